@@ -1,0 +1,5 @@
+//! End-to-end tests: the real `gatehouse` binary, the real OpenSSH client and sshd, a real
+//! Jupyter Server, all inside network namespaces created (and torn down) by each test.
+//! They need root (namespaces). Run them with `tests/run`, which installs what they need.
+
+mod harness;
