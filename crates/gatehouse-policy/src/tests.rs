@@ -1,0 +1,203 @@
+//! Unit tests of target resolution and the policy.
+
+use super::*;
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn host(id: &str, addr: &str, groups: &[&str], ports: &[u16]) -> Host {
+    Host {
+        id: id.into(),
+        names: vec![id.into()],
+        address: addr.parse().unwrap(),
+        groups: set(groups),
+        ports: ports.iter().copied().collect(),
+    }
+}
+
+fn alice() -> Principal {
+    Principal {
+        user: "alice".into(),
+        groups: set(&["research"]),
+    }
+}
+
+fn inventory() -> Inventory {
+    Inventory::new(vec![
+        host("jupyter", "10.0.3.140", &["research"], &[22, 8888]),
+        host("prod-db", "10.0.4.10", &["ops"], &[5432]),
+        host("v6box", "fd00::10", &["research"], &[22]),
+    ])
+}
+
+#[test]
+fn allowed_by_name_and_exact_address() {
+    let inv = inventory();
+    let g = inv.authorize(&alice(), "jupyter", 8888).unwrap();
+    assert_eq!(g.host_id, "jupyter");
+    assert_eq!(g.dial, "10.0.3.140:8888".parse().unwrap());
+    let g = inv.authorize(&alice(), "10.0.3.140", 22).unwrap();
+    assert_eq!(g.dial, "10.0.3.140:22".parse().unwrap());
+    let g = inv.authorize(&alice(), "fd00::10", 22).unwrap();
+    assert_eq!(g.dial, "[fd00::10]:22".parse().unwrap());
+}
+
+#[test]
+fn names_are_case_insensitive_and_ignore_a_trailing_dot() {
+    let inv = inventory();
+    assert_eq!(inv.resolve("JuPyTeR").unwrap().id, "jupyter");
+    assert_eq!(inv.resolve("jupyter.").unwrap().id, "jupyter");
+    assert!(inv.resolve(".").is_err());
+    assert!(inv.resolve("").is_err());
+}
+
+#[test]
+fn dial_address_is_the_inventorys_never_the_clients() {
+    let inv = inventory();
+    let g = inv.authorize(&alice(), "JUPYTER.", 22).unwrap();
+    assert_eq!(g.dial.ip(), "10.0.3.140".parse::<IpAddr>().unwrap());
+}
+
+#[test]
+fn non_inventory_targets_of_any_spelling_are_refused() {
+    let inv = inventory();
+    for target in [
+        "localhost",
+        "127.0.0.1",
+        "127.1",
+        "0x7f000001",
+        "2130706433",
+        "0.0.0.0",
+        "::1",
+        "[::1]",
+        "169.254.169.254",
+        "instance-data",
+        "metadata.google.internal",
+        "fd00:ec2::254",
+        "10.0.3.141",
+        "010.000.003.140",
+        "0x0a.0.3.140",
+        "167773068", // 10.0.3.140 as an integer
+        "::ffff:10.0.3.140",
+        "::ffff:a00:38c",
+        "[10.0.3.140]",
+        "10.0.3.140.",
+        " jupyter",
+        "jupyter ",
+        "jupyter\0",
+        "jupyter.evil.example",
+    ] {
+        let err = inv.authorize(&alice(), target, 22).unwrap_err();
+        assert_eq!(err.code(), "unknown_target", "target {target:?}: {err}");
+    }
+}
+
+#[test]
+fn wrong_group_is_refused_with_host_named() {
+    let err = inventory()
+        .authorize(&alice(), "prod-db", 5432)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Refusal::NoSharedGroup {
+            user: "alice".into(),
+            host: "prod-db".into()
+        }
+    );
+    assert_eq!(err.to_string(), "user 'alice' may not reach host 'prod-db'");
+}
+
+#[test]
+fn port_not_listed_is_refused_with_allowed_list() {
+    let err = inventory()
+        .authorize(&alice(), "jupyter", 8889)
+        .unwrap_err();
+    assert_eq!(err.code(), "port_not_allowed");
+    assert_eq!(
+        err.to_string(),
+        "port 8889 is not open on host 'jupyter' (allowed: 22, 8888)"
+    );
+}
+
+#[test]
+fn out_of_range_ports_are_refused() {
+    let inv = inventory();
+    for port in [0u32, 65536, u32::MAX] {
+        let err = inv.authorize(&alice(), "jupyter", port).unwrap_err();
+        assert_eq!(err, Refusal::InvalidPort { port });
+    }
+}
+
+#[test]
+fn group_check_comes_before_port_check() {
+    // A user outside the host's groups learns nothing about the host's ports.
+    let err = inventory().authorize(&alice(), "prod-db", 1).unwrap_err();
+    assert_eq!(err.code(), "no_shared_group");
+}
+
+#[test]
+fn principal_without_groups_reaches_nothing() {
+    let nobody = Principal {
+        user: "nobody".into(),
+        groups: BTreeSet::new(),
+    };
+    let inv = inventory();
+    assert_eq!(inv.reachable(&nobody).len(), 0);
+    assert!(inv.authorize(&nobody, "jupyter", 22).is_err());
+}
+
+#[test]
+fn ambiguous_names_list_candidates() {
+    let mut a = host("i-0aaa", "10.0.3.10", &["research"], &[22]);
+    let mut b = host("i-0bbb", "10.0.3.11", &["research"], &[22]);
+    a.names.push("worker".into());
+    b.names.push("worker".into());
+    let inv = Inventory::new(vec![a, b]);
+    let err = inv.authorize(&alice(), "worker", 22).unwrap_err();
+    assert_eq!(
+        err,
+        Refusal::Ambiguous {
+            target: "worker".into(),
+            candidates: vec!["i-0aaa".into(), "i-0bbb".into()]
+        }
+    );
+    assert!(err.to_string().contains("i-0aaa, i-0bbb"));
+    // The unique id still works.
+    assert_eq!(inv.resolve("i-0bbb").unwrap().id, "i-0bbb");
+}
+
+#[test]
+fn duplicate_address_is_ambiguous_not_first_wins() {
+    let inv = Inventory::new(vec![
+        host("a", "10.0.3.10", &["research"], &[22]),
+        host("b", "10.0.3.10", &["research"], &[22]),
+    ]);
+    assert_eq!(
+        inv.resolve("10.0.3.10").unwrap_err().code(),
+        "ambiguous_target"
+    );
+}
+
+#[test]
+fn reachable_lists_only_shared_group_hosts() {
+    let inv = inventory();
+    let ids: Vec<&str> = inv
+        .reachable(&alice())
+        .iter()
+        .map(|h| h.id.as_str())
+        .collect();
+    assert_eq!(ids, ["jupyter", "v6box"]);
+}
+
+#[test]
+fn hostile_target_text_is_escaped_and_capped() {
+    let inv = inventory();
+    let err = inv.resolve("evil\n{\"event\":\"forged\"}").unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains('\n'), "{text}");
+    assert!(text.contains("\\n"), "{text}");
+    let long = "a".repeat(10_000);
+    let text = inv.resolve(&long).unwrap_err().to_string();
+    assert!(text.len() < 200, "{}", text.len());
+}
