@@ -1,0 +1,192 @@
+//! The typed, validated configuration, its defaults and its limits.
+//!
+//! Everything here has already been checked: a [`Config`] that exists is one the daemon may
+//! run with. The doc comments on the fields are the reference for the TOML keys of the same
+//! name; `config/gatehouse.toml` repeats them as comments.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default `server.host_key`.
+pub const DEFAULT_HOST_KEY: &str = "/var/lib/gatehouse/ssh_host_ed25519_key";
+/// Default `server.login_grace`.
+pub const DEFAULT_LOGIN_GRACE: Duration = Duration::from_secs(20);
+/// Default `server.max_unauthenticated`.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
+/// Default `server.idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// Default `server.connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `server.keepalive_interval`.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Default `server.max_auth_attempts`.
+pub const DEFAULT_MAX_AUTH_ATTEMPTS: usize = 6;
+/// Default `server.shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default `hosts[].ports`.
+pub const DEFAULT_PORTS: &[u16] = &[22];
+
+/// Accepted range of `server.login_grace`.
+pub const LOGIN_GRACE_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(10 * 60));
+/// Accepted range of `server.max_unauthenticated`.
+pub const MAX_UNAUTHENTICATED_RANGE: (usize, usize) = (1, 100_000);
+/// Accepted range of `server.idle_timeout`.
+pub const IDLE_TIMEOUT_RANGE: (Duration, Duration) = (
+    Duration::from_secs(60),
+    Duration::from_secs(7 * 24 * 60 * 60),
+);
+/// Accepted range of `server.connect_timeout`.
+pub const CONNECT_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(2 * 60));
+/// Accepted range of `server.keepalive_interval` when it is not 0 (which disables keepalives).
+pub const KEEPALIVE_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(60 * 60));
+/// Accepted range of `server.max_auth_attempts`.
+pub const MAX_AUTH_ATTEMPTS_RANGE: (usize, usize) = (1, 20);
+/// Accepted range of `server.shutdown_grace`.
+pub const SHUTDOWN_GRACE_RANGE: (Duration, Duration) =
+    (Duration::ZERO, Duration::from_secs(10 * 60));
+/// Smallest RSA modulus accepted in a user key, in bits.
+pub const MIN_RSA_BITS: u32 = 2048;
+
+/// A validated gatehouse configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration was read from, as it was named (used in messages).
+    pub source: PathBuf,
+    /// `[server]`: how the SSH listener behaves.
+    pub server: ServerConfig,
+    /// `[audit]`: where audit events go.
+    pub audit: AuditConfig,
+    /// `[[users]]`: who may log in, in file order. May be empty.
+    pub users: Vec<UserConfig>,
+    /// `[[hosts]]`: where they may go, in file order. May be empty.
+    pub hosts: Vec<HostConfig>,
+}
+
+/// `[server]`: the SSH listener.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `listen`: socket addresses to accept SSH on, e.g. `"0.0.0.0:22"` or `"[::]:22"` (IPv6
+    /// needs brackets). Required, at least one, no duplicates. Port 0 asks the OS for a free port
+    /// (useful in tests).
+    pub listen: Vec<SocketAddr>,
+    /// `host_key`: path of the bastion's OpenSSH private host key; created 0600 on first start.
+    /// A relative path is resolved against the config file's directory. Default
+    /// [`DEFAULT_HOST_KEY`].
+    pub host_key: PathBuf,
+    /// `login_grace`: time a connection has to complete authentication before it is dropped.
+    /// Range 1s..10m, default 20s.
+    pub login_grace: Duration,
+    /// `max_unauthenticated`: connections allowed at once that have not authenticated yet;
+    /// further ones are refused before the SSH handshake. Range 1..100000, default 64.
+    pub max_unauthenticated: usize,
+    /// `idle_timeout`: an authenticated session with no traffic on any channel for this long is
+    /// closed. Range 1m..7d, default 1h.
+    pub idle_timeout: Duration,
+    /// `connect_timeout`: how long the bastion waits for a TCP connection to a target host
+    /// before refusing the tunnel. Range 100ms..2m, default 5s.
+    pub connect_timeout: Duration,
+    /// `keepalive_interval`: SSH keepalive sent to idle clients; `"0"` disables (`None`).
+    /// Otherwise range 1s..1h, default 30s.
+    pub keepalive_interval: Option<Duration>,
+    /// `max_auth_attempts`: public-key attempts allowed per connection before it is dropped.
+    /// Range 1..20, default 6.
+    pub max_auth_attempts: usize,
+    /// `shutdown_grace`: on SIGTERM, how long open tunnels may drain before they are cut.
+    /// Range 0..10m, default 30s.
+    pub shutdown_grace: Duration,
+}
+
+/// `[audit]`: the audit log (one JSON object per line).
+#[derive(Debug, Clone, Default)]
+pub struct AuditConfig {
+    /// `file`: append audit lines to this file; relative paths are resolved against the config
+    /// file's directory. `None` (key omitted): write them to standard output.
+    pub file: Option<PathBuf>,
+}
+
+/// `[[users]]`: one person who may log in.
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    /// `name`: the SSH login name. 1 to 64 characters of `a-z 0-9 . _ -`, starting with a letter,
+    /// digit or underscore. Unique across users.
+    pub name: String,
+    /// Public keys that authenticate this user: the lines of `keys` followed by those of
+    /// `keys_file`, comments preserved. At least one in total. Accepted types: ssh-ed25519,
+    /// ecdsa-sha2-nistp256/384/521, ssh-rsa of at least 2048 bits, and the FIDO
+    /// `sk-ssh-ed25519@openssh.com` / `sk-ecdsa-sha2-nistp256@openssh.com`. DSA keys,
+    /// certificates and authorized_keys options are rejected. A key may belong to one user
+    /// only, and appear once.
+    ///
+    /// `keys_file` (TOML only): an authorized_keys-style file, relative to the config file's
+    /// directory; blank lines and `#` comments are skipped.
+    pub keys: Vec<ssh_key::PublicKey>,
+    /// `groups`: the groups this user belongs to; at least one, each 1 to 64 characters of
+    /// `a-z 0-9 _ -`, no duplicates.
+    pub groups: Vec<String>,
+}
+
+/// `[[hosts]]`: one target that users may tunnel to.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// `name`: what users type (`ssh -J bastion NAME`). A DNS-style name of `a-z 0-9 . -`
+    /// (labels of 1 to 63 characters, not starting or ending with `-`), compared
+    /// case-insensitively and stored lowercased; must not look like an IP address. Unique.
+    pub name: String,
+    /// `address`: the IP literal (IPv4 or IPv6) the bastion dials. DNS names are not accepted:
+    /// the bastion never resolves names, so a DNS answer can never redirect a tunnel (no DNS
+    /// rebinding). Loopback, unspecified, multicast, broadcast, link-local (including the
+    /// instance metadata service 169.254.169.254), AWS-reserved `fd00:ec2::/32` and
+    /// IPv4-mapped/compatible IPv6 forms are rejected. Unique across hosts.
+    pub address: IpAddr,
+    /// `groups`: users in any of these groups may reach this host; at least one.
+    pub groups: Vec<String>,
+    /// `ports`: the TCP ports that may be forwarded to; 1..65535, at least one, no duplicates.
+    /// Default `[22]`.
+    pub ports: Vec<u16>,
+}
+
+impl Config {
+    /// A few human-readable lines describing this configuration, for `gatehouse check`.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let listen: Vec<String> = self.server.listen.iter().map(ToString::to_string).collect();
+        let keys: usize = self.users.iter().map(|u| u.keys.len()).sum();
+        let ports: usize = self.hosts.iter().map(|h| h.ports.len()).sum();
+        let _ = writeln!(out, "config: {}", self.source.display());
+        let _ = writeln!(out, "listen: {}", listen.join(", "));
+        let _ = writeln!(out, "host key: {}", self.server.host_key.display());
+        let _ = writeln!(
+            out,
+            "users: {} ({keys} {})",
+            self.users.len(),
+            plural(keys, "key", "keys")
+        );
+        let _ = writeln!(
+            out,
+            "hosts: {} ({ports} {})",
+            self.hosts.len(),
+            plural(ports, "port", "ports")
+        );
+        match &self.audit.file {
+            Some(file) => {
+                let _ = write!(out, "audit: {}", file.display());
+            }
+            None => out.push_str("audit: standard output (JSON lines)"),
+        }
+        out
+    }
+}
+
+fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}

@@ -1,0 +1,102 @@
+//! The file as written: serde structs that mirror the TOML, before any validation.
+//!
+//! Every table denies unknown keys, so a typo (`lisen`) is an error rather than a silently
+//! ignored setting. Values that need checking beyond their TOML type are kept as
+//! [`Spanned`] so that the validator can point at them. Keys a config must have are still
+//! `Option` here: the validator reports all missing keys at once instead of serde stopping at
+//! the first one. Integers are read as `i64` so that `port = 70000` gets our range message,
+//! not serde's "expected u16".
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole document.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "the gatehouse configuration document"
+)]
+pub(crate) struct RawConfig {
+    /// `[server]`.
+    pub(crate) server: Option<Spanned<RawServer>>,
+    /// `[audit]`.
+    pub(crate) audit: Option<RawAudit>,
+    /// `[[users]]`.
+    #[serde(default)]
+    pub(crate) users: Vec<Spanned<RawUser>>,
+    /// `[[hosts]]`.
+    #[serde(default)]
+    pub(crate) hosts: Vec<Spanned<RawHost>>,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table of server settings")]
+pub(crate) struct RawServer {
+    pub(crate) listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) host_key: Option<Spanned<String>>,
+    pub(crate) login_grace: Option<Spanned<String>>,
+    pub(crate) max_unauthenticated: Option<Spanned<Integer>>,
+    pub(crate) idle_timeout: Option<Spanned<String>>,
+    pub(crate) connect_timeout: Option<Spanned<String>>,
+    pub(crate) keepalive_interval: Option<Spanned<String>>,
+    pub(crate) max_auth_attempts: Option<Spanned<Integer>>,
+    pub(crate) shutdown_grace: Option<Spanned<String>>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table of audit settings")]
+pub(crate) struct RawAudit {
+    pub(crate) file: Option<Spanned<String>>,
+}
+
+/// One `[[users]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a user table")]
+pub(crate) struct RawUser {
+    pub(crate) name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) keys: Vec<Spanned<String>>,
+    pub(crate) keys_file: Option<Spanned<String>>,
+    pub(crate) groups: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// One `[[hosts]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a host table")]
+pub(crate) struct RawHost {
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) address: Option<Spanned<String>>,
+    pub(crate) groups: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) ports: Option<Spanned<Vec<Spanned<Integer>>>>,
+}
+
+/// A TOML integer, range-checked later by the validator (so `1.5` reads "expected an
+/// integer", not "expected i64").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Integer(pub(crate) i64);
+
+impl<'de> Deserialize<'de> for Integer {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntegerVisitor;
+        impl Visitor<'_> for IntegerVisitor {
+            type Value = Integer;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Integer, E> {
+                Ok(Integer(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Integer, E> {
+                i64::try_from(v)
+                    .map(Integer)
+                    .map_err(|_| E::custom(format!("integer {v} is too large")))
+            }
+        }
+        deserializer.deserialize_i64(IntegerVisitor)
+    }
+}

@@ -1,0 +1,729 @@
+//! Semantic validation: [`RawConfig`] in, [`Config`] or every problem found out.
+//!
+//! The validator keeps going after a problem so that one run lists them all; when a value is
+//! bad it substitutes the default and carries on, and the half-built `Config` is thrown away
+//! at the end if anything was reported.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ssh_key::public::KeyData;
+use ssh_key::{HashAlg, PublicKey};
+use toml::Spanned;
+
+use crate::address::forbidden_target_reason;
+use crate::error::{Diagnostic, Source};
+use crate::keys::{parse_key_line, parse_keys_file};
+use crate::model::*;
+use crate::raw::{Integer, RawAudit, RawConfig, RawHost, RawServer, RawUser};
+
+/// Longest user, group and host-label name, in characters.
+const MAX_NAME_LEN: usize = 64;
+/// Longest host name (a DNS name), in characters.
+const MAX_HOST_NAME_LEN: usize = 253;
+/// Longest DNS label, in characters.
+const MAX_LABEL_LEN: usize = 63;
+
+/// Validates a parsed document. `source` is the config text (for positions); relative paths
+/// are resolved against `dir`.
+pub(crate) fn validate(
+    raw: RawConfig,
+    source: Source<'_>,
+    dir: &Path,
+) -> Result<Config, Vec<Diagnostic>> {
+    let mut v = Validator {
+        source,
+        dir,
+        diagnostics: Vec::new(),
+        key_owners: HashMap::new(),
+    };
+    let server = v.server(raw.server.as_ref());
+    let audit = v.audit(raw.audit.as_ref());
+    let users = v.users(&raw.users);
+    let hosts = v.hosts(&raw.hosts);
+    if v.diagnostics.is_empty() {
+        return Ok(Config {
+            source: source.file.to_path_buf(),
+            server,
+            audit,
+            users,
+            hosts,
+        });
+    }
+    let config_file = source.file;
+    let mut diagnostics = v.diagnostics;
+    // Config-file problems first, in file order; then each keys file's, in line order.
+    diagnostics.sort_by(|a, b| {
+        (a.file != config_file, &a.file, a.line, a.column).cmp(&(
+            b.file != config_file,
+            &b.file,
+            b.line,
+            b.column,
+        ))
+    });
+    Err(diagnostics)
+}
+
+struct Validator<'a> {
+    source: Source<'a>,
+    dir: &'a Path,
+    diagnostics: Vec<Diagnostic>,
+    /// Every key seen so far, with a description of where it was, to refuse a key that two
+    /// users share (the audit log could not tell who used it) or that is listed twice.
+    key_owners: HashMap<KeyData, String>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: &Range<usize>, message: impl Into<String>) {
+        let diagnostic = self.source.at(span, message);
+        self.diagnostics.push(diagnostic);
+    }
+
+    fn server(&mut self, server: Option<&Spanned<RawServer>>) -> ServerConfig {
+        let Some(spanned) = server else {
+            self.error(
+                &(0..0),
+                "server.listen: missing; add a [server] table with e.g. listen = [\"0.0.0.0:22\"]",
+            );
+            return self.server_fields(&empty_server(), None);
+        };
+        self.server_fields(spanned.get_ref(), Some(&spanned.span()))
+    }
+
+    /// `table` is the span of `[server]`, `None` when it is missing (already reported).
+    fn server_fields(&mut self, s: &RawServer, table: Option<&Range<usize>>) -> ServerConfig {
+        let listen = self.listen(s, table);
+        let host_key = match &s.host_key {
+            Some(path) => self
+                .path("server.host_key", path)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_HOST_KEY)),
+            None => PathBuf::from(DEFAULT_HOST_KEY),
+        };
+        let keepalive_interval = match &s.keepalive_interval {
+            None => Some(DEFAULT_KEEPALIVE_INTERVAL),
+            Some(value) => match self.parse_duration("server.keepalive_interval", value) {
+                Some(Duration::ZERO) => None,
+                Some(d) => Some(self.in_range(
+                    "server.keepalive_interval",
+                    value,
+                    d,
+                    KEEPALIVE_INTERVAL_RANGE,
+                    " (or \"0\" to disable)",
+                )),
+                None => Some(DEFAULT_KEEPALIVE_INTERVAL),
+            },
+        };
+        ServerConfig {
+            listen,
+            host_key,
+            login_grace: self.duration(
+                "server.login_grace",
+                s.login_grace.as_ref(),
+                DEFAULT_LOGIN_GRACE,
+                LOGIN_GRACE_RANGE,
+            ),
+            max_unauthenticated: self.count(
+                "server.max_unauthenticated",
+                s.max_unauthenticated.as_ref(),
+                DEFAULT_MAX_UNAUTHENTICATED,
+                MAX_UNAUTHENTICATED_RANGE,
+            ),
+            idle_timeout: self.duration(
+                "server.idle_timeout",
+                s.idle_timeout.as_ref(),
+                DEFAULT_IDLE_TIMEOUT,
+                IDLE_TIMEOUT_RANGE,
+            ),
+            connect_timeout: self.duration(
+                "server.connect_timeout",
+                s.connect_timeout.as_ref(),
+                DEFAULT_CONNECT_TIMEOUT,
+                CONNECT_TIMEOUT_RANGE,
+            ),
+            keepalive_interval,
+            max_auth_attempts: self.count(
+                "server.max_auth_attempts",
+                s.max_auth_attempts.as_ref(),
+                DEFAULT_MAX_AUTH_ATTEMPTS,
+                MAX_AUTH_ATTEMPTS_RANGE,
+            ),
+            shutdown_grace: self.duration(
+                "server.shutdown_grace",
+                s.shutdown_grace.as_ref(),
+                DEFAULT_SHUTDOWN_GRACE,
+                SHUTDOWN_GRACE_RANGE,
+            ),
+        }
+    }
+
+    fn listen(&mut self, s: &RawServer, table: Option<&Range<usize>>) -> Vec<SocketAddr> {
+        let Some(list) = &s.listen else {
+            let Some(table) = table else {
+                return Vec::new();
+            };
+            self.error(
+                table,
+                "server.listen: missing; give at least one address, e.g. listen = [\"0.0.0.0:22\"]",
+            );
+            return Vec::new();
+        };
+        if list.get_ref().is_empty() {
+            self.error(
+                &list.span(),
+                "server.listen: empty; give at least one address, e.g. [\"0.0.0.0:22\"]",
+            );
+        }
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, item) in list.get_ref().iter().enumerate() {
+            let text = item.get_ref().trim();
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    if let Some(first) = seen.insert(addr, i) {
+                        self.error(
+                            &item.span(),
+                            format!(
+                                "server.listen[{i}]: {addr} is already listed as server.listen[{first}]"
+                            ),
+                        );
+                    } else {
+                        out.push(addr);
+                    }
+                }
+                Err(_) => {
+                    let hint = if text.matches(':').count() > 1 && !text.starts_with('[') {
+                        "; IPv6 addresses need brackets, e.g. \"[::]:22\""
+                    } else {
+                        "; write IP:PORT (e.g. \"0.0.0.0:22\" or \"[::]:22\"), host names are not \
+                         resolved"
+                    };
+                    self.error(
+                        &item.span(),
+                        format!(
+                            "server.listen[{i}]: `{}` is not a socket address{hint}",
+                            item.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn audit(&mut self, audit: Option<&RawAudit>) -> AuditConfig {
+        let file = audit
+            .and_then(|a| a.file.as_ref())
+            .and_then(|path| self.path("audit.file", path));
+        AuditConfig { file }
+    }
+
+    /// A path value: not empty, no NUL; relative paths resolved against the config's directory.
+    fn path(&mut self, key: &str, value: &Spanned<String>) -> Option<PathBuf> {
+        let text = value.get_ref();
+        if text.trim().is_empty() {
+            self.error(&value.span(), format!("{key}: empty path"));
+            return None;
+        }
+        if text.contains('\0') {
+            self.error(
+                &value.span(),
+                format!("{key}: path contains a NUL character"),
+            );
+            return None;
+        }
+        Some(self.dir.join(text))
+    }
+
+    fn parse_duration(&mut self, key: &str, value: &Spanned<String>) -> Option<Duration> {
+        match humantime::parse_duration(value.get_ref().trim()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "{key}: `{}` is not a duration ({e}); write e.g. \"500ms\", \"20s\", \
+                         \"15m\", \"1h\"",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+        range: (Duration, Duration),
+    ) -> Duration {
+        let Some(value) = value else {
+            return default;
+        };
+        match self.parse_duration(key, value) {
+            Some(d) => self.in_range(key, value, d, range, ""),
+            None => default,
+        }
+    }
+
+    fn in_range(
+        &mut self,
+        key: &str,
+        value: &Spanned<String>,
+        d: Duration,
+        (min, max): (Duration, Duration),
+        note: &str,
+    ) -> Duration {
+        if d < min || d > max {
+            self.error(
+                &value.span(),
+                format!(
+                    "{key}: {} is out of range: must be between {} and {}{note}",
+                    show(d),
+                    show(min),
+                    show(max)
+                ),
+            );
+        }
+        d
+    }
+
+    fn count(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<Integer>>,
+        default: usize,
+        (min, max): (usize, usize),
+    ) -> usize {
+        let Some(value) = value else {
+            return default;
+        };
+        match usize::try_from(value.get_ref().0) {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "{key}: {} is out of range: must be between {min} and {max}",
+                        value.get_ref().0
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// A required `groups` list: at least one, each a valid group name, no duplicates.
+    fn groups(
+        &mut self,
+        owner: &str,
+        table: &Range<usize>,
+        groups: Option<&Spanned<Vec<Spanned<String>>>>,
+    ) -> Vec<String> {
+        let Some(list) = groups else {
+            self.error(
+                table,
+                format!("{owner}.groups: missing; give at least one group, e.g. groups = [\"research\"]"),
+            );
+            return Vec::new();
+        };
+        if list.get_ref().is_empty() {
+            self.error(
+                &list.span(),
+                format!("{owner}.groups: empty; give at least one group"),
+            );
+        }
+        let mut out: Vec<String> = Vec::new();
+        for (i, group) in list.get_ref().iter().enumerate() {
+            let name = group.get_ref();
+            if let Err(why) = check_group_name(name) {
+                self.error(&group.span(), format!("{owner}.groups[{i}]: {why}"));
+            } else if let Some(first) = out.iter().position(|g| g == name) {
+                self.error(
+                    &group.span(),
+                    format!("{owner}.groups[{i}]: `{name}` is already listed as {owner}.groups[{first}]"),
+                );
+            } else {
+                out.push(name.clone());
+            }
+        }
+        out
+    }
+
+    fn users(&mut self, users: &[Spanned<RawUser>]) -> Vec<UserConfig> {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, user) in users.iter().enumerate() {
+            let table = user.span();
+            let user = user.get_ref();
+            let owner = format!("users[{i}]");
+            let name = match &user.name {
+                None => {
+                    self.error(&table, format!("{owner}.name: missing"));
+                    String::new()
+                }
+                Some(name) => {
+                    if let Err(why) = check_user_name(name.get_ref()) {
+                        self.error(&name.span(), format!("{owner}.name: {why}"));
+                    } else if let Some(first) = names.insert(name.get_ref().clone(), i) {
+                        self.error(
+                            &name.span(),
+                            format!(
+                                "{owner}.name: user `{}` is already defined as users[{first}]",
+                                name.get_ref()
+                            ),
+                        );
+                    }
+                    name.get_ref().clone()
+                }
+            };
+            // Names the user in messages about a key that turns up again elsewhere.
+            let who = format!("user `{name}`");
+            let errors_before = self.diagnostics.len();
+            let mut keys = Vec::new();
+            for (k, line) in user.keys.iter().enumerate() {
+                let key_name = format!("{owner}.keys[{k}]");
+                match parse_key_line(line.get_ref()) {
+                    Ok(key) => {
+                        let span = line.span();
+                        if let Some(dup) = self.claim_key(&key, format!("{key_name} ({who})")) {
+                            self.error(&span, format!("{key_name}: {dup}"));
+                        } else {
+                            keys.push(key);
+                        }
+                    }
+                    Err(why) => self.error(&line.span(), format!("{key_name}: {why}")),
+                }
+            }
+            if let Some(file) = &user.keys_file {
+                self.keys_file(&owner, &who, file, &mut keys);
+            }
+            let key_errors = self.diagnostics.len() > errors_before;
+            if keys.is_empty() && !key_errors {
+                self.error(
+                    &table,
+                    format!("{owner}: user has no public keys; give `keys` and/or `keys_file`"),
+                );
+            }
+            let groups = self.groups(&owner, &table, user.groups.as_ref());
+            out.push(UserConfig { name, keys, groups });
+        }
+        out
+    }
+
+    /// Reads one user's `keys_file`, appending its keys; problems in the file are reported at
+    /// the file's own line and column.
+    fn keys_file(
+        &mut self,
+        owner: &str,
+        who: &str,
+        file: &Spanned<String>,
+        keys: &mut Vec<PublicKey>,
+    ) {
+        let key = format!("{owner}.keys_file");
+        let Some(path) = self.path(&key, file) else {
+            return;
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                self.error(
+                    &file.span(),
+                    format!("{key}: cannot read {}: {e}", path.display()),
+                );
+                return;
+            }
+        };
+        let (found, problems) = parse_keys_file(&text);
+        for problem in problems {
+            self.diagnostics.push(Diagnostic {
+                file: path.clone(),
+                line: problem.line,
+                column: problem.column,
+                message: format!("{key}: {}", problem.message),
+            });
+        }
+        for (line, public_key) in found {
+            let place = format!("{}:{line} ({key}, {who})", path.display());
+            if let Some(dup) = self.claim_key(&public_key, place) {
+                self.diagnostics.push(Diagnostic {
+                    file: path.clone(),
+                    line,
+                    column: 1,
+                    message: format!("{key}: {dup}"),
+                });
+            } else {
+                keys.push(public_key);
+            }
+        }
+    }
+
+    /// Records that the key found at `place` is taken; if it already was, says where.
+    fn claim_key(&mut self, key: &PublicKey, place: String) -> Option<String> {
+        match self.key_owners.get(key.key_data()) {
+            Some(first) => Some(format!(
+                "key {} is already given at {first}; a key may appear once and belong to one \
+                 user only",
+                key.fingerprint(HashAlg::Sha256)
+            )),
+            None => {
+                self.key_owners.insert(key.key_data().clone(), place);
+                None
+            }
+        }
+    }
+
+    fn hosts(&mut self, hosts: &[Spanned<RawHost>]) -> Vec<HostConfig> {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut addresses: HashMap<IpAddr, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, host) in hosts.iter().enumerate() {
+            let table = host.span();
+            let host = host.get_ref();
+            let owner = format!("hosts[{i}]");
+            let name = match &host.name {
+                None => {
+                    self.error(&table, format!("{owner}.name: missing"));
+                    String::new()
+                }
+                Some(raw) => match check_host_name(raw.get_ref()) {
+                    Err(why) => {
+                        self.error(&raw.span(), format!("{owner}.name: {why}"));
+                        String::new()
+                    }
+                    Ok(name) => {
+                        if let Some(first) = names.insert(name.clone(), i) {
+                            self.error(
+                                &raw.span(),
+                                format!("{owner}.name: host `{name}` is already defined as hosts[{first}]"),
+                            );
+                        }
+                        name
+                    }
+                },
+            };
+            let address = match &host.address {
+                None => {
+                    self.error(
+                        &table,
+                        format!("{owner}.address: missing; give the host's IP address"),
+                    );
+                    None
+                }
+                Some(raw) => match check_address(raw.get_ref()) {
+                    Err(why) => {
+                        self.error(&raw.span(), format!("{owner}.address: {why}"));
+                        None
+                    }
+                    Ok(ip) => {
+                        if let Some(first) = addresses.insert(ip, i) {
+                            self.error(
+                                &raw.span(),
+                                format!(
+                                    "{owner}.address: {ip} is already the address of hosts[{first}]"
+                                ),
+                            );
+                        }
+                        Some(ip)
+                    }
+                },
+            };
+            let groups = self.groups(&owner, &table, host.groups.as_ref());
+            let ports = self.ports(&owner, host.ports.as_ref());
+            if let Some(address) = address {
+                out.push(HostConfig {
+                    name,
+                    address,
+                    groups,
+                    ports,
+                });
+            }
+        }
+        out
+    }
+
+    fn ports(&mut self, owner: &str, ports: Option<&Spanned<Vec<Spanned<Integer>>>>) -> Vec<u16> {
+        let Some(list) = ports else {
+            return DEFAULT_PORTS.to_vec();
+        };
+        if list.get_ref().is_empty() {
+            self.error(
+                &list.span(),
+                format!(
+                    "{owner}.ports: empty; give at least one port, or leave the key out for [22]"
+                ),
+            );
+        }
+        let mut out: Vec<u16> = Vec::new();
+        for (i, port) in list.get_ref().iter().enumerate() {
+            let value = port.get_ref().0;
+            match u16::try_from(value) {
+                Ok(p) if p != 0 => {
+                    if let Some(first) = out.iter().position(|&q| q == p) {
+                        self.error(
+                            &port.span(),
+                            format!("{owner}.ports[{i}]: port {p} is already listed as {owner}.ports[{first}]"),
+                        );
+                    } else {
+                        out.push(p);
+                    }
+                }
+                _ => self.error(
+                    &port.span(),
+                    format!("{owner}.ports[{i}]: {value} is not a TCP port: must be between 1 and 65535"),
+                ),
+            }
+        }
+        out
+    }
+}
+
+fn empty_server() -> RawServer {
+    RawServer {
+        listen: None,
+        host_key: None,
+        login_grace: None,
+        max_unauthenticated: None,
+        idle_timeout: None,
+        connect_timeout: None,
+        keepalive_interval: None,
+        max_auth_attempts: None,
+        shutdown_grace: None,
+    }
+}
+
+/// A duration as the config spells it (`20s`, `1h`, `100ms`, `0s`).
+fn show(d: Duration) -> String {
+    if d.is_zero() {
+        "0s".to_owned()
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+/// Login names: 1 to 64 of `a-z 0-9 . _ -`, the first a letter, digit or underscore (so never
+/// `.`, `..`, or something that reads as a command-line option).
+fn check_user_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
+    if name.is_empty() {
+        return Err("empty name".to_owned());
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(format!("`{name}` is longer than {MAX_NAME_LEN} characters"));
+    }
+    if let Some(c) = name.chars().find(|&c| !ok_char(c)) {
+        let hint = if c.is_ascii_uppercase() {
+            " (login names are lowercase)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "`{name}` contains {c:?}; use only a-z, 0-9, `.`, `_` and `-`{hint}"
+        ));
+    }
+    if name.starts_with(['.', '-']) {
+        return Err(format!("`{name}` must start with a letter, a digit or `_`"));
+    }
+    Ok(())
+}
+
+/// Group names: 1 to 64 of `a-z 0-9 _ -`.
+fn check_group_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c);
+    if name.is_empty() {
+        return Err("empty group name".to_owned());
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(format!(
+            "group `{name}` is longer than {MAX_NAME_LEN} characters"
+        ));
+    }
+    if let Some(c) = name.chars().find(|&c| !ok_char(c)) {
+        return Err(format!(
+            "group `{name}` contains {c:?}; use only a-z, 0-9, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// Host names: DNS-style, case-insensitive (returned lowercased), never an IP look-alike.
+fn check_host_name(raw: &str) -> Result<String, String> {
+    let name = raw.to_ascii_lowercase();
+    if name.is_empty() {
+        return Err("empty name".to_owned());
+    }
+    if name.chars().count() > MAX_HOST_NAME_LEN {
+        return Err(format!(
+            "`{raw}` is longer than {MAX_HOST_NAME_LEN} characters"
+        ));
+    }
+    if name.parse::<IpAddr>().is_ok() || name.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "`{raw}` looks like an IP address; a host name must not, so that a name can never \
+             be mistaken for an address (put the address in `address`)"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'))
+    {
+        return Err(format!(
+            "`{raw}` contains {c:?}; use only letters, digits, `.` and `-`"
+        ));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(format!(
+                "`{raw}` has an empty label (leading, trailing or double `.`)"
+            ));
+        }
+        if label.len() > MAX_LABEL_LEN {
+            return Err(format!(
+                "`{raw}` has a label longer than {MAX_LABEL_LEN} characters"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("`{raw}` has a label that starts or ends with `-`"));
+        }
+    }
+    Ok(name)
+}
+
+/// Target addresses: an IP literal that is a real, remote unicast host.
+fn check_address(raw: &str) -> Result<IpAddr, String> {
+    let ip = match raw.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => {
+            let trimmed = raw.trim_start_matches('[').trim_end_matches(']');
+            let why = if raw.is_empty() {
+                "empty address".to_owned()
+            } else if trimmed != raw && trimmed.parse::<IpAddr>().is_ok() {
+                format!("`{raw}`: write the IPv6 address without brackets")
+            } else if raw.contains('%') {
+                format!("`{raw}`: scoped (zone) addresses are not accepted")
+            } else if raw.contains(':')
+                && raw
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| h.parse::<IpAddr>().is_ok() && p.parse::<u16>().is_ok())
+            {
+                format!("`{raw}`: give the address alone; ports go in `ports`")
+            } else if raw.chars().any(|c| c.is_ascii_alphabetic()) && !raw.contains(':') {
+                format!(
+                    "`{raw}` is not an IP address; DNS names are not accepted because the \
+                     bastion never resolves names (no DNS rebinding)"
+                )
+            } else {
+                format!("`{raw}` is not an IP address")
+            };
+            return Err(why);
+        }
+    };
+    match forbidden_target_reason(ip) {
+        Some(reason) => Err(format!("{ip} may not be a target: {reason}")),
+        None => Ok(ip),
+    }
+}
