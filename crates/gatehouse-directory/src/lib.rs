@@ -1,0 +1,225 @@
+//! The directory: who may log in (identities with their keys and groups) and where they may go
+//! (the inventory), as an immutable [`Snapshot`] published through a [`Directory`].
+//!
+//! Readers take the current snapshot without waiting; a writer (config reload, and the AWS
+//! refresh later) publishes a whole new snapshot, and every subscriber is woken so it can
+//! re-check what it holds open. A snapshot is replaced only by a complete, validated one: a
+//! failed refresh never publishes an empty directory.
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use gatehouse_config::Config;
+use gatehouse_policy::{Host, Inventory, Principal};
+use ssh_key::{HashAlg, PublicKey};
+use tokio::sync::watch;
+
+/// One person who may log in.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Login name.
+    pub name: String,
+    /// Groups, for the policy.
+    pub groups: BTreeSet<String>,
+    /// Public keys that authenticate this person.
+    pub keys: Vec<PublicKey>,
+}
+
+/// Why a login is refused by the directory (the signature itself is checked by the SSH layer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginRefusal {
+    /// No identity with this login name.
+    UnknownUser,
+    /// The identity exists but this key is not one of its keys.
+    UnknownKey,
+}
+
+impl LoginRefusal {
+    /// Stable label for audit and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LoginRefusal::UnknownUser => "unknown_user",
+            LoginRefusal::UnknownKey => "unknown_key",
+        }
+    }
+}
+
+/// A consistent view of identities and inventory at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    identities: HashMap<String, Identity>,
+    inventory: Inventory,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from identities and hosts.
+    pub fn new(identities: Vec<Identity>, inventory: Inventory) -> Self {
+        let identities = identities
+            .into_iter()
+            .map(|i| (i.name.clone(), i))
+            .collect();
+        Snapshot {
+            identities,
+            inventory,
+        }
+    }
+
+    /// The static directory described by `[[users]]` and `[[hosts]]` of a config.
+    pub fn from_config(config: &Config) -> Self {
+        let identities = config
+            .users
+            .iter()
+            .map(|u| Identity {
+                name: u.name.clone(),
+                groups: u.groups.iter().cloned().collect(),
+                keys: u.keys.clone(),
+            })
+            .collect();
+        let hosts = config
+            .hosts
+            .iter()
+            .map(|h| Host {
+                id: h.name.clone(),
+                names: vec![h.name.to_ascii_lowercase()],
+                address: h.address,
+                groups: h.groups.iter().cloned().collect(),
+                ports: h.ports.iter().copied().collect(),
+            })
+            .collect();
+        Snapshot::new(identities, Inventory::new(hosts))
+    }
+
+    /// The inventory of this snapshot.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// All identities, sorted by name.
+    pub fn identities(&self) -> Vec<&Identity> {
+        let mut all: Vec<&Identity> = self.identities.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The identity with this login name.
+    pub fn identity(&self, user: &str) -> Option<&Identity> {
+        self.identities.get(user)
+    }
+
+    /// Whether `key` authenticates `user`; on success, the principal the policy sees. Keys
+    /// are compared by their key material; comments play no part.
+    pub fn login(&self, user: &str, key: &PublicKey) -> Result<Principal, LoginRefusal> {
+        let identity = self.identity(user).ok_or(LoginRefusal::UnknownUser)?;
+        if identity.keys.iter().any(|k| k.key_data() == key.key_data()) {
+            Ok(principal_of(identity))
+        } else {
+            Err(LoginRefusal::UnknownKey)
+        }
+    }
+
+    /// The principal for a login name, without a key check (for `gatehouse hosts`).
+    pub fn principal(&self, user: &str) -> Option<Principal> {
+        self.identity(user).map(principal_of)
+    }
+}
+
+fn principal_of(identity: &Identity) -> Principal {
+    Principal {
+        user: identity.name.clone(),
+        groups: identity.groups.clone(),
+    }
+}
+
+/// The `SHA256:...` fingerprint OpenSSH prints for a key.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Publishes snapshots to subscribers.
+#[derive(Debug)]
+pub struct Directory {
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Directory {
+    /// A directory that starts with `initial`.
+    pub fn new(initial: Snapshot) -> Self {
+        let (tx, _) = watch::channel(Arc::new(initial));
+        Directory { tx }
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+
+    /// A receiver that sees every later snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
+    /// Replaces the snapshot and wakes every subscriber.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.tx.send_replace(Arc::new(snapshot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(line: &str) -> PublicKey {
+        PublicKey::from_openssh(line).unwrap()
+    }
+
+    const K1: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMzQnTZ1QB2clN1RVs8twk5/t+5CEwiIXdcNoxcQmsgc alice@laptop";
+    const K2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINmlGXI7OASyXk4O6d+gTUjFFoKRkucGwcPn6U7HGaSw bob@laptop";
+
+    fn snapshot() -> Snapshot {
+        Snapshot::new(
+            vec![Identity {
+                name: "alice".into(),
+                groups: ["research".to_string()].into(),
+                keys: vec![key(K1)],
+            }],
+            Inventory::default(),
+        )
+    }
+
+    #[test]
+    fn login_matches_key_material_not_comment() {
+        let s = snapshot();
+        let same_key_other_comment = key(&K1.replace("alice@laptop", "renamed"));
+        let p = s.login("alice", &same_key_other_comment).unwrap();
+        assert_eq!(p.user, "alice");
+        assert!(p.groups.contains("research"));
+    }
+
+    #[test]
+    fn login_refusals_are_distinguished() {
+        let s = snapshot();
+        assert_eq!(s.login("alice", &key(K2)), Err(LoginRefusal::UnknownKey));
+        assert_eq!(s.login("mallory", &key(K1)), Err(LoginRefusal::UnknownUser));
+        assert_eq!(s.login("Alice", &key(K1)), Err(LoginRefusal::UnknownUser));
+    }
+
+    #[test]
+    fn fingerprint_has_openssh_form() {
+        let fp = fingerprint(&key(K1));
+        assert!(fp.starts_with("SHA256:"), "{fp}");
+        assert_eq!(fp.len(), "SHA256:".len() + 43);
+    }
+
+    #[test]
+    fn publish_wakes_subscribers_with_the_new_snapshot() {
+        let dir = Directory::new(snapshot());
+        let mut rx = dir.subscribe();
+        assert!(dir.current().identity("alice").is_some());
+        dir.publish(Snapshot::default());
+        assert!(rx.has_changed().unwrap());
+        assert!(rx.borrow_and_update().identity("alice").is_none());
+        assert!(dir.current().identity("alice").is_none());
+    }
+}
