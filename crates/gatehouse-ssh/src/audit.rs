@@ -1,0 +1,207 @@
+//! The audit log: one JSON object per line, for every authentication result, tunnel open,
+//! refusal and close. Written to a file (append) or to stdout; each line is written whole and
+//! flushed, so a crash loses at most the event being written.
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// One audit event. The `event` field of the JSON line is the variant's name.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event")]
+pub enum Event<'a> {
+    /// A user authenticated.
+    #[serde(rename = "auth.success")]
+    AuthSuccess {
+        session: &'a str,
+        user: &'a str,
+        key: &'a str,
+        source: SocketAddr,
+    },
+    /// An authentication attempt was refused.
+    #[serde(rename = "auth.failure")]
+    AuthFailure {
+        session: &'a str,
+        user: &'a str,
+        method: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+        source: SocketAddr,
+        reason: &'a str,
+    },
+    /// A tunnel was opened.
+    #[serde(rename = "tunnel.open")]
+    TunnelOpen {
+        session: &'a str,
+        tunnel: u64,
+        user: &'a str,
+        target: &'a str,
+        port: u32,
+        host: &'a str,
+        dial: SocketAddr,
+    },
+    /// A tunnel request was refused (policy, or the target could not be reached).
+    #[serde(rename = "tunnel.deny")]
+    TunnelDeny {
+        session: &'a str,
+        user: &'a str,
+        target: &'a str,
+        port: u32,
+        reason_code: &'a str,
+        reason: &'a str,
+    },
+    /// A tunnel closed.
+    #[serde(rename = "tunnel.close")]
+    TunnelClose {
+        session: &'a str,
+        tunnel: u64,
+        user: &'a str,
+        host: &'a str,
+        dial: SocketAddr,
+        /// Bytes from the client to the target.
+        bytes_up: u64,
+        /// Bytes from the target to the client.
+        bytes_down: u64,
+        duration_ms: u64,
+        reason: &'a str,
+    },
+    /// A request other than a tunnel (shell, exec, -R, agent, X11, ...) was refused.
+    #[serde(rename = "request.deny")]
+    RequestDeny {
+        session: &'a str,
+        user: &'a str,
+        request: &'a str,
+        reason: &'a str,
+    },
+    /// A connection was refused or cut before it authenticated.
+    #[serde(rename = "connection.refused")]
+    ConnectionRefused {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session: Option<&'a str>,
+        source: SocketAddr,
+        reason: &'a str,
+    },
+    /// An authenticated session ended.
+    #[serde(rename = "session.close")]
+    SessionClose {
+        session: &'a str,
+        user: &'a str,
+        duration_ms: u64,
+        reason: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    #[serde(flatten)]
+    event: &'a Event<'a>,
+}
+
+/// Where audit lines go. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct Audit {
+    sink: Arc<Mutex<Box<dyn Write + Send>>>,
+}
+
+impl Audit {
+    /// Audit lines on standard output.
+    pub fn stdout() -> Self {
+        Self::to_writer(io::stdout())
+    }
+
+    /// Audit lines appended to `path` (created 0640 if absent).
+    pub fn file(path: &Path) -> io::Result<Self> {
+        let file = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(path)?;
+        Ok(Self::to_writer(file))
+    }
+
+    /// Audit lines to any writer (tests).
+    pub fn to_writer(w: impl Write + Send + 'static) -> Self {
+        Audit {
+            sink: Arc::new(Mutex::new(Box::new(w))),
+        }
+    }
+
+    /// Writes one event. A failing audit sink is logged, never fatal to the connection.
+    pub fn record(&self, event: Event<'_>) {
+        let line = Line {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            event: &event,
+        };
+        let mut text = match serde_json::to_string(&line) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!("cannot encode audit event {event:?}: {e}");
+                return;
+            }
+        };
+        text.push('\n');
+        let mut sink = match self.sink.lock() {
+            Ok(sink) => sink,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Err(e) = sink.write_all(text.as_bytes()).and_then(|_| sink.flush()) {
+            tracing::error!(
+                "cannot write audit log: {e}; event was: {}",
+                text.trim_end()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn one_json_object_per_line_with_event_and_timestamp() {
+        let buf = Buf::default();
+        let audit = Audit::to_writer(buf.clone());
+        audit.record(Event::TunnelDeny {
+            session: "s1",
+            user: "alice",
+            target: "evil\n{\"event\":\"x\"}",
+            port: 22,
+            reason_code: "unknown_target",
+            reason: "nope",
+        });
+        audit.record(Event::ConnectionRefused {
+            session: None,
+            source: "10.0.0.1:5".parse().unwrap(),
+            reason: "too many",
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(first["event"], "tunnel.deny");
+        assert_eq!(first["target"], "evil\n{\"event\":\"x\"}");
+        assert!(first["ts"].as_str().unwrap().ends_with('Z'));
+        let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(second["event"], "connection.refused");
+        assert!(second.get("session").is_none());
+    }
+}

@@ -1,0 +1,464 @@
+//! The russh handler of one connection: thin translation of SSH events into directory look-ups,
+//! policy decisions (made by `gatehouse-policy`, never here), refusals and tunnel tasks.
+
+use std::sync::Arc;
+
+use gatehouse_directory::fingerprint;
+use gatehouse_policy::{printable, Principal};
+use russh::keys::PublicKey;
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use tokio::sync::oneshot;
+
+use crate::algorithms::signature_allowed;
+use crate::audit::Event;
+use crate::conn::Conn;
+use crate::server::Shared;
+use crate::tunnel;
+
+pub(crate) struct Handler {
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    /// Fired once authentication succeeds, so the connection task lifts the pre-auth limits.
+    authenticated: Option<oneshot::Sender<()>>,
+    principal: Option<Principal>,
+}
+
+/// How long a refused session request waits for the client to acknowledge the hint.
+const HINT_PING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The reason given for any refused non-publickey method.
+const ONLY_PUBLICKEY: &str = "only public key authentication is accepted";
+
+impl Handler {
+    pub fn new(shared: Arc<Shared>, conn: Arc<Conn>, authenticated: oneshot::Sender<()>) -> Self {
+        Handler {
+            shared,
+            conn,
+            authenticated: Some(authenticated),
+            principal: None,
+        }
+    }
+
+    fn reject() -> Auth {
+        let mut methods = MethodSet::empty();
+        methods.push(MethodKind::PublicKey);
+        Auth::Reject {
+            proceed_with_methods: Some(methods),
+            partial_success: false,
+        }
+    }
+
+    fn auth_failure(&self, user: &str, method: &str, key: Option<&str>, reason: &str) {
+        tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user = %printable(user), method, reason, "authentication refused");
+        self.shared.audit.record(Event::AuthFailure {
+            session: &self.conn.id,
+            user: &printable(user),
+            method,
+            key,
+            source: self.conn.peer,
+            reason,
+        });
+    }
+
+    /// Checks a user's key against the directory; audits a refusal.
+    fn check_key(
+        &self,
+        user: &str,
+        key: &PublicKey,
+        algorithm: &russh::keys::Algorithm,
+    ) -> Option<Principal> {
+        let fp = fingerprint(key);
+        if !signature_allowed(algorithm) {
+            self.auth_failure(
+                user,
+                "publickey",
+                Some(&fp),
+                "ssh-rsa (SHA-1) signatures are refused; use rsa-sha2-256 or rsa-sha2-512",
+            );
+            return None;
+        }
+        let snapshot = self.shared.directory.borrow().clone();
+        match snapshot.login(user, key) {
+            Ok(principal) => Some(principal),
+            Err(refusal) => {
+                self.auth_failure(user, "publickey", Some(&fp), refusal.code());
+                None
+            }
+        }
+    }
+
+    fn deny_request(&self, request: &str, reason: &str) {
+        tracing::info!(session = %self.conn.id, user = self.conn.user(), request, reason, "request refused");
+        self.shared.audit.record(Event::RequestDeny {
+            session: &self.conn.id,
+            user: self.conn.user(),
+            request,
+            reason,
+        });
+    }
+
+    /// Answers a shell/exec/subsystem request on a session channel: the hint on stderr, then
+    /// a failure reply, exit status 1 and the channel closed.
+    ///
+    /// OpenSSH discards stderr data that it reads in the same batch as the failure reply, so
+    /// the failure waits until the client has answered a ping sent after the hint: by then
+    /// the client has processed (and printed) the hint.
+    fn refuse_session(
+        &self,
+        channel: ChannelId,
+        request: &str,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        self.deny_request(request, "this bastion runs no shell or commands");
+        session.extended_data(channel, 1, self.hint().into_bytes())?;
+        let (pong_tx, pong) = oneshot::channel();
+        session.send_ping(pong_tx)?;
+        let handle = session.handle();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(HINT_PING_WAIT, pong).await;
+            let _ = handle.channel_failure(channel).await;
+            let _ = handle.exit_status_request(channel, 1).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
+    }
+
+    /// The message a session channel gets: how to use the bastion, and where this user may go.
+    fn hint(&self) -> String {
+        let user = self.conn.user();
+        let mut text = format!(
+            "gatehouse: this is a jump host; it runs no shell or commands. \
+             Use it with ssh -J {user}@<bastion> <host>, or ProxyJump in ~/.ssh/config.\r\n"
+        );
+        let snapshot = self.shared.directory.borrow().clone();
+        if let Some(principal) = &self.principal {
+            let hosts = snapshot.inventory().reachable(principal);
+            if hosts.is_empty() {
+                text.push_str("gatehouse: you may not reach any host.\r\n");
+            } else {
+                let list: Vec<String> = hosts
+                    .iter()
+                    .map(|h| {
+                        let ports: Vec<String> = h.ports.iter().map(u16::to_string).collect();
+                        format!("{} (ports {})", h.id, ports.join(", "))
+                    })
+                    .collect();
+                text.push_str(&format!(
+                    "gatehouse: you may reach: {}\r\n",
+                    list.join("; ")
+                ));
+            }
+        }
+        text
+    }
+}
+
+fn prohibited(reason: impl Into<String>) -> ChannelOpenFailure {
+    ChannelOpenFailure::Other {
+        code: ChannelOpenFailure::AdministrativelyProhibited.code(),
+        reason: reason.into(),
+    }
+}
+
+impl russh::server::Handler for Handler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        // Every OpenSSH client probes with "none" first: not an attack, not audited.
+        Ok(Self::reject())
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        self.auth_failure(user, "password", None, ONLY_PUBLICKEY);
+        Ok(Self::reject())
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        self.auth_failure(user, "keyboard-interactive", None, ONLY_PUBLICKEY);
+        Ok(Self::reject())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(
+            match self.check_key(user, offer.public_key, offer.algorithm) {
+                Some(_) => Auth::Accept,
+                None => Self::reject(),
+            },
+        )
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let Some(principal) = self.check_key(user, key.public_key, key.algorithm) else {
+            return Ok(Self::reject());
+        };
+        let fp = fingerprint(key.public_key);
+        tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user, key = %fp, "authenticated");
+        self.shared.audit.record(Event::AuthSuccess {
+            session: &self.conn.id,
+            user,
+            key: &fp,
+            source: self.conn.peer,
+        });
+        let _ = self.conn.user.set(principal.user.clone());
+        self.principal = Some(principal);
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        _certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        self.auth_failure(
+            user,
+            "publickey",
+            None,
+            "certificates are not accepted; use a plain key",
+        );
+        Ok(Self::reject())
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        self.conn.touch();
+        if let Some(tx) = self.authenticated.take() {
+            let _ = tx.send(());
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Accepted only to explain ourselves: every request on it is refused. The channel
+        // object is dropped; data sent to it is discarded by russh.
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.conn.touch();
+        let target = printable(host_to_connect);
+        let deny = |code: &str, reason: String| {
+            tracing::info!(session = %self.conn.id, user = self.conn.user(), %target, port = port_to_connect, %reason, "tunnel refused");
+            self.shared.audit.record(Event::TunnelDeny {
+                session: &self.conn.id,
+                user: self.conn.user(),
+                target: &target,
+                port: port_to_connect,
+                reason_code: code,
+                reason: &reason,
+            });
+            prohibited(reason)
+        };
+        let Some(principal) = &self.principal else {
+            reply
+                .reject(deny("not_authenticated", "not authenticated".into()))
+                .await;
+            return Ok(());
+        };
+        if self.shared.draining.is_cancelled() {
+            reply
+                .reject(deny("shutting_down", "the bastion is shutting down".into()))
+                .await;
+            return Ok(());
+        }
+        let snapshot = self.shared.directory.borrow().clone();
+        match snapshot
+            .inventory()
+            .authorize(principal, host_to_connect, port_to_connect)
+        {
+            Err(refusal) => {
+                reply
+                    .reject(deny(refusal.code(), refusal.to_string()))
+                    .await;
+            }
+            Ok(grant) => {
+                let request = tunnel::Request {
+                    target,
+                    port: port_to_connect,
+                };
+                let task = tunnel::run(
+                    self.shared.clone(),
+                    self.conn.clone(),
+                    request,
+                    grant,
+                    channel,
+                    reply,
+                );
+                self.shared.tasks.spawn(task);
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let reason = "forwarding to Unix sockets is not allowed";
+        self.deny_request(
+            &format!("direct-streamlocal {}", printable(socket_path)),
+            reason,
+        );
+        reply.reject(prohibited(reason)).await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let reason = "X11 forwarding is not allowed";
+        self.deny_request("x11 channel", reason);
+        reply.reject(prohibited(reason)).await;
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let reason = "remote forwarding is not allowed";
+        self.deny_request("forwarded-tcpip channel", reason);
+        reply.reject(prohibited(reason)).await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Not audited on its own: the shell request that follows is.
+        session.channel_failure(channel)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.deny_request("x11", "X11 forwarding is not allowed");
+        session.channel_failure(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_session(channel, "shell", session)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_session(channel, "exec", session)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_session(channel, &format!("subsystem {}", printable(name)), session)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.deny_request("agent forwarding", "agent forwarding is not allowed");
+        Ok(false)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.deny_request(
+            &format!("remote forwarding {}:{port}", printable(address)),
+            "remote forwarding (-R) is not allowed",
+        );
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.deny_request(
+            &format!("remote streamlocal forwarding {}", printable(socket_path)),
+            "remote forwarding is not allowed",
+        );
+        Ok(false)
+    }
+}
