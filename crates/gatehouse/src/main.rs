@@ -1,1 +1,117 @@
-fn main() {}
+//! `gatehouse`: the bastion daemon and its admin commands.
+//!
+//! `serve` runs the daemon; `check` validates a config; `hosts` shows who may reach what;
+//! `demo` runs the daemon on the embedded demo config with generated keys. Config errors exit
+//! with 64 and `file:line:column: message` lines, before any socket is bound.
+
+#![forbid(unsafe_code)]
+
+mod demo;
+mod hosts;
+mod serve;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for an invalid config or command line (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "A hardened SSH jump host: tunnels only, no shell."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bastion.
+    Serve {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print a summary; exit 64 on any error.
+    Check {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show which hosts and ports each user may reach.
+    Hosts {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this user.
+        #[arg(long, short)]
+        user: Option<String>,
+    },
+    /// Run the bastion on the embedded demo config (static users and hosts, no AWS), with a
+    /// demo key pair and an ssh_config generated in the state directory.
+    Demo {
+        /// Where the demo keeps its host key, client key and ssh_config.
+        #[arg(long, default_value = "gatehouse-demo")]
+        state_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:2222")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => load(&config).and_then(|c| run(serve::run(c, None))),
+        Command::Check { config } => load(&config).map(|c| {
+            println!("{}: OK", config.display());
+            println!("{}", c.summary());
+        }),
+        Command::Hosts { config, user } => {
+            load(&config).and_then(|c| run_plain(hosts::print(&c, user.as_deref())))
+        }
+        Command::Demo { state_dir, listen } => demo::prepare(&state_dir, listen)
+            .map_err(Failure::Runtime)
+            .and_then(|(config, hint)| run(serve::run(config, Some(hint)))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    /// The config is invalid: its diagnostics, each `file:line:column: message`.
+    Config(gatehouse_config::ConfigError),
+    /// Anything else, with its context chain.
+    Runtime(anyhow::Error),
+}
+
+fn load(path: &Path) -> Result<gatehouse_config::Config, Failure> {
+    gatehouse_config::load(path).map_err(Failure::Config)
+}
+
+fn run_plain(r: anyhow::Result<()>) -> Result<(), Failure> {
+    r.map_err(Failure::Runtime)
+}
+
+fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) -> Result<(), Failure> {
+    serve::init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    runtime.block_on(f).map_err(Failure::Runtime)
+}
