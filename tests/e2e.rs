@@ -3,3 +3,4 @@
 //! They need root (namespaces). Run them with `tests/run`, which installs what they need.
 
 mod harness;
+mod openssh_baseline; // the harness itself, with OpenSSH sshd as the bastion
