@@ -39,8 +39,10 @@ pub struct Bastion {
     pub audit: Audit,
 }
 
-/// How long a disconnected session gets to finish writing before we stop waiting for it.
-const DISCONNECT_WAIT: Duration = Duration::from_secs(5);
+/// How long a session gets to act on our DISCONNECT before its socket is shut down under it.
+/// russh does not process a disconnect while a key exchange is in progress, so a client that
+/// stalls the key exchange would otherwise hold its connection forever.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
 
 /// Longest pause between accept retries after accept errors (e.g. out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -167,7 +169,6 @@ async fn connection(
     let conn = Arc::new(Conn::new(shared.next_session_id(), peer));
     // Tunnels of this connection stop when this task ends, however it ends.
     let _closed = conn.closed.clone().drop_guard();
-    let _ = stream.set_nodelay(true);
     let refused = |reason: &str| {
         tracing::info!(session = %conn.id, %peer, "connection cut: {reason}");
         shared.audit.record(Event::ConnectionRefused {
@@ -176,6 +177,11 @@ async fn connection(
             reason,
         });
     };
+    let (stream, cutter) = match with_cutter(stream) {
+        Ok(pair) => pair,
+        Err(e) => return refused(&format!("cannot set up the connection: {e}")),
+    };
+    let _ = stream.set_nodelay(true);
 
     let deadline = Instant::now() + shared.settings.login_grace;
     let (auth_tx, auth_rx) = oneshot::channel();
@@ -213,15 +219,14 @@ async fn connection(
     };
     if let Some(reason) = cut {
         refused(reason);
-        let _ = handle
-            .disconnect(Disconnect::ByApplication, reason.into(), "en".into())
-            .await;
-        let _ = timeout(DISCONNECT_WAIT, &mut session).await;
+        close(&handle, session, &cutter, reason).await;
+        // The pre-auth slot is released only now, when the socket is really gone.
+        drop(preauth);
         return;
     }
     drop(preauth);
 
-    let reason = authenticated_phase(&shared, &conn, &handle, session).await;
+    let reason = authenticated_phase(&shared, &conn, &handle, session, &cutter).await;
     tracing::info!(session = %conn.id, user = conn.user(), "session closed: {reason}");
     shared.audit.record(Event::SessionClose {
         session: &conn.id,
@@ -231,12 +236,40 @@ async fn connection(
     });
 }
 
+/// Splits off a duplicate of the socket that can shut it down from outside the session.
+fn with_cutter(stream: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let std_stream = stream.into_std()?;
+    let cutter = std_stream.try_clone()?;
+    Ok((TcpStream::from_std(std_stream)?, cutter))
+}
+
+/// Ends a session: a polite DISCONNECT with `reason`, then, if the session has not ended
+/// within [`DISCONNECT_WAIT`], the socket shut down under it.
+async fn close<F: Future>(
+    handle: &russh::server::Handle,
+    mut session: std::pin::Pin<&mut F>,
+    cutter: &std::net::TcpStream,
+    reason: &str,
+) {
+    let polite = async {
+        let _ = handle
+            .disconnect(Disconnect::ByApplication, reason.into(), "en".into())
+            .await;
+        (&mut session).await;
+    };
+    if timeout(DISCONNECT_WAIT, polite).await.is_err() {
+        let _ = cutter.shutdown(std::net::Shutdown::Both);
+        let _ = timeout(DISCONNECT_WAIT, &mut session).await;
+    }
+}
+
 /// Watches an authenticated session until it ends; returns why it ended.
 async fn authenticated_phase<F, E>(
     shared: &Shared,
     conn: &Conn,
     handle: &russh::server::Handle,
     mut session: std::pin::Pin<&mut F>,
+    cutter: &std::net::TcpStream,
 ) -> String
 where
     F: Future<Output = Result<(), E>>,
@@ -277,9 +310,6 @@ where
             }
         }
     };
-    let _ = handle
-        .disconnect(Disconnect::ByApplication, close_reason.clone(), "en".into())
-        .await;
-    let _ = timeout(DISCONNECT_WAIT, &mut session).await;
+    close(handle, session, cutter, &close_reason).await;
     close_reason
 }
