@@ -78,17 +78,18 @@ fn hint(ssh_config: &Path, config: &Config) -> String {
     let f = ssh_config.display();
     let mut text = format!(
         "\ngatehouse demo is up. In another terminal:\n\
-         \n  ssh -F {f} gatehouse-demo\n      logs in as 'demo' and explains itself (a bastion gives no shell)\n"
+         \n  ssh -F {f} gatehouse-demo\n      logs in as 'demo'; the bastion explains itself (it gives no shell)\n\
+         \n  ssh -F {f} -W 169.254.169.254:80 gatehouse-demo\n      a tunnel the bastion refuses, with its reason\n"
     );
     if let Some(host) = config.hosts.first() {
         text.push_str(&format!(
-            "  ssh -F {f} you@{}\n      jumps to '{}' ({}) through the bastion\n",
-            host.name, host.name, host.address
+            "\nThe demo's one host, '{}', is a placeholder at {} (a documentation address):\n\
+             `ssh -F {f} you@{}` would jump there. To reach your own machines, copy\n\
+             config/gatehouse.toml, list your users and hosts, and run\n\
+             gatehouse serve --config that.toml\n",
+            host.name, host.address, host.name
         ));
     }
-    text.push_str(
-        "\nTo reach your own machines, copy config/gatehouse.toml, list your users and hosts,\n\
-         and run: gatehouse serve --config that.toml   (Ctrl-C stops the demo.)\n",
-    );
+    text.push_str("\nCtrl-C stops the demo.\n");
     text
 }

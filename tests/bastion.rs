@@ -1,0 +1,887 @@
+//! gatehouse itself, end to end: the real binary in the bastion namespace, OpenSSH sshd and a
+//! real Jupyter Server in the private namespace, the stock OpenSSH client in the client
+//! namespace. What users do (ssh -J, ProxyJump, -L for Jupyter, scp, -W) works; everything
+//! else is refused with a reason the user sees and an audit line; shutdown drains.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::harness::{
+    gatehouse_bin, jupyter_check, run_feeding, run_with_timeout, CmdOutput, Daemon, Digest,
+    Jupyter, KeyPair, KeyType, Pattern, Scratch, SshClient, Sshd, SshdConfig, TcpServer, Topology,
+    BASTION_CLIENT_ADDR, BASTION_PRIVATE_ADDR, PRIVATE_ADDR, PRIVATE_ADDR_2, TEST_USER,
+};
+
+const SSH_PORT: u16 = 22;
+const JUPYTER_PORT: u16 = 8888;
+const SINK_PORT: u16 = 9000;
+const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+/// Settings a test may change in the `[server]` table.
+struct ServerOptions {
+    login_grace: &'static str,
+    max_unauthenticated: usize,
+    shutdown_grace: &'static str,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            login_grace: "20s",
+            max_unauthenticated: 64,
+            shutdown_grace: "10s",
+        }
+    }
+}
+
+/// The inventory the tests use. `jupyter` (10.0.3.140) is open to `research` on 22, 8888 and
+/// the sink port; `opsbox` belongs to `ops` only. 10.0.3.141 is a live private address that is
+/// NOT in the inventory.
+fn write_config(
+    scratch: &Scratch,
+    alice: &KeyPair,
+    bob: &KeyPair,
+    opts: &ServerOptions,
+) -> PathBuf {
+    let text = format!(
+        r#"
+[server]
+listen = ["{listen}"]
+host_key = "{dir}/state/ssh_host_ed25519_key"
+login_grace = "{login_grace}"
+max_unauthenticated = {max_unauth}
+connect_timeout = "3s"
+shutdown_grace = "{shutdown_grace}"
+
+[audit]
+file = "{dir}/audit.jsonl"
+
+[[users]]
+name = "alice"
+keys = ["{alice}"]
+groups = ["research"]
+
+[[users]]
+name = "bob"
+keys = ["{bob}"]
+groups = ["ops"]
+
+[[hosts]]
+name = "jupyter"
+address = "{private}"
+groups = ["research"]
+ports = [{SSH_PORT}, {JUPYTER_PORT}, {SINK_PORT}]
+
+[[hosts]]
+name = "opsbox"
+address = "10.0.3.142"
+groups = ["ops"]
+ports = [22]
+"#,
+        listen = addr(BASTION_CLIENT_ADDR, SSH_PORT),
+        dir = scratch.path().display(),
+        login_grace = opts.login_grace,
+        max_unauth = opts.max_unauthenticated,
+        shutdown_grace = opts.shutdown_grace,
+        alice = alice.public_line.trim(),
+        bob = bob.public_line.trim(),
+        private = PRIVATE_ADDR,
+    );
+    scratch.write("gatehouse.toml", text.as_bytes())
+}
+
+/// Starts `gatehouse serve` in the bastion namespace and waits for its "listening" line
+/// (not a port probe, which would itself be a connection in the audit log).
+fn start_gatehouse(topology: &Topology, scratch: &Scratch, config: &Path, name: &str) -> Daemon {
+    let mut cmd = topology.bastion.command(gatehouse_bin());
+    cmd.arg("serve").arg("--config").arg(config);
+    let mut daemon = Daemon::spawn(name, cmd, scratch);
+    daemon.wait_for_stderr("gatehouse listening", START_TIMEOUT);
+    daemon
+}
+
+/// Fields drop in order: processes first, the namespaces last.
+struct Rig {
+    alice: SshClient,
+    gatehouse: Daemon,
+    private_sshd: Sshd,
+    alice_key: KeyPair,
+    bob_key: KeyPair,
+    config: PathBuf,
+    scratch: Scratch,
+    topology: Topology,
+}
+
+fn rig() -> Rig {
+    rig_with(ServerOptions::default())
+}
+
+fn rig_with(opts: ServerOptions) -> Rig {
+    let topology = Topology::new();
+    let scratch = Scratch::new();
+    let alice_key = KeyPair::ed25519(&scratch, "alice_key");
+    let bob_key = KeyPair::generate(&scratch, "bob_key", KeyType::Rsa);
+    let config = write_config(&scratch, &alice_key, &bob_key, &opts);
+    let gatehouse = start_gatehouse(&topology, &scratch, &config, "gatehouse");
+    let private_sshd = SshdConfig::private_host(addr(PRIVATE_ADDR, SSH_PORT))
+        .authorize(&alice_key.public_line)
+        .start(&topology.private, &scratch, "private_sshd");
+    let alice = SshClient::new(
+        &topology.client,
+        &scratch,
+        addr(BASTION_CLIENT_ADDR, SSH_PORT),
+        "alice",
+        &alice_key.private,
+    );
+    Rig {
+        alice,
+        gatehouse,
+        private_sshd,
+        alice_key,
+        bob_key,
+        config,
+        scratch,
+        topology,
+    }
+}
+
+impl Rig {
+    /// A client logging in to the bastion as `user` with `key`.
+    fn client(&self, user: &str, key: &Path) -> SshClient {
+        SshClient::new(
+            &self.topology.client,
+            &self.scratch,
+            addr(BASTION_CLIENT_ADDR, SSH_PORT),
+            user,
+            key,
+        )
+    }
+
+    /// Every audit line so far.
+    fn audit(&self) -> Vec<Value> {
+        read_audit(&self.scratch.join("audit.jsonl"))
+    }
+
+    /// Waits (bounded) for an audit line matching `pred`, and returns it.
+    fn wait_audit(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.audit().into_iter().find(|l| pred(l)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit line for {what}; audit log:\n{}",
+                self.audit()
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `ssh -W target bastion` as alice, feeding nothing.
+    fn dash_w(&self, target: &str) -> CmdOutput {
+        dash_w(&self.alice, target)
+    }
+}
+
+/// `ssh -W target bastion`, at OpenSSH's default log level (the harness's is ERROR), so that
+/// stderr shows what the user sees: "channel 0: open failed: <code>: <reason>".
+fn dash_w(client: &SshClient, target: &str) -> CmdOutput {
+    let mut ssh = client.ssh();
+    ssh.args(["-o", "LogLevel=INFO", "-W", target, "bastion"]);
+    run_with_timeout(ssh, CMD_TIMEOUT)
+}
+
+fn read_audit(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+fn is(line: &Value, event: &str) -> bool {
+    line["event"] == event
+}
+
+#[test]
+fn jump_with_dash_j_and_with_proxyjump_config() {
+    let mut rig = rig();
+    // ssh -J by address, then by inventory name (sent to the bastion exactly as typed).
+    for target in [PRIVATE_ADDR.to_string(), "jupyter".to_string()] {
+        let mut ssh = rig.alice.ssh();
+        ssh.args(["-J", "bastion", &format!("{TEST_USER}@{target}"), "id -un"]);
+        let out = run_with_timeout(ssh, CMD_TIMEOUT);
+        out.expect_success(&format!("ssh -J bastion {TEST_USER}@{target} id -un"));
+        assert_eq!(out.stdout_str().trim(), TEST_USER);
+    }
+    // ProxyJump in an ssh_config, as users write it in ~/.ssh/config.
+    rig.alice
+        .add_target("research-box", "jupyter", SSH_PORT, TEST_USER, None);
+    let mut ssh = rig.alice.ssh();
+    ssh.args(["research-box", "true"]);
+    run_with_timeout(ssh, CMD_TIMEOUT).expect_success("ssh research-box (ProxyJump bastion)");
+
+    rig.private_sshd
+        .daemon()
+        .wait_for_stderr("Accepted publickey for ghtest", Duration::from_secs(5));
+    let auth = rig.wait_audit("auth.success", |l| is(l, "auth.success"));
+    assert_eq!(auth["user"], "alice");
+    assert_eq!(auth["key"], rig.alice_key.fingerprint());
+    assert!(
+        auth["source"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("10.240.0.2:"),
+        "{auth}"
+    );
+    let open = rig.wait_audit("tunnel.open by name", |l| {
+        is(l, "tunnel.open") && l["target"] == "jupyter"
+    });
+    assert_eq!(open["host"], "jupyter");
+    assert_eq!(open["dial"], addr(PRIVATE_ADDR, SSH_PORT).to_string());
+    let close = rig.wait_audit("tunnel.close", |l| is(l, "tunnel.close"));
+    assert!(close["bytes_up"].as_u64().unwrap_or(0) > 0, "{close}");
+    assert!(close["bytes_down"].as_u64().unwrap_or(0) > 0, "{close}");
+    assert!(close["duration_ms"].is_u64(), "{close}");
+}
+
+#[test]
+fn jupyter_kernel_runs_code_through_a_local_forward() {
+    let rig = rig();
+    let jupyter = Jupyter::start(
+        &rig.topology.private,
+        &rig.scratch,
+        addr(PRIVATE_ADDR, JUPYTER_PORT),
+    );
+    let local_port = 18888;
+    // The recipe from the README: ssh -N -L 8888:jupyter:8888 bastion
+    let _tunnel = rig.alice.local_forward(
+        &rig.scratch,
+        "ssh_tunnel",
+        local_port,
+        "jupyter",
+        JUPYTER_PORT,
+        "bastion",
+    );
+    let out = jupyter_check(
+        &rig.topology.client,
+        &format!("http://127.0.0.1:{local_port}"),
+        jupyter.token(),
+        Duration::from_secs(90),
+    );
+    out.expect_success("jupyter_check.py through ssh -L via gatehouse");
+    let summary = out.stdout_str();
+    assert!(summary.contains("\"ok\": true"), "summary: {summary}");
+    assert!(summary.contains("\"result\": \"42\""), "summary: {summary}");
+    // Jupyter's REST calls and the kernel websocket each went through a tunnel of their own.
+    let opens = rig
+        .audit()
+        .iter()
+        .filter(|l| is(l, "tunnel.open") && l["port"] == JUPYTER_PORT)
+        .count();
+    assert!(
+        opens >= 2,
+        "expected several tunnels to jupyter:8888, saw {opens}"
+    );
+}
+
+#[test]
+fn scp_through_the_bastion_is_byte_exact() {
+    let rig = rig();
+    let user = rig.private_sshd.user().clone();
+    let remote_dir = rig.scratch.owned_subdir("private_home", user.uid, user.gid);
+    let data = Pattern::new(5 * 1024 * 1024 + 3, 11).to_vec();
+    let local = rig.scratch.write("upload.bin", &data);
+    let remote = format!("{TEST_USER}@jupyter:{}/copy.bin", remote_dir.display());
+    let mut scp = rig.alice.scp();
+    scp.args(["-J", "bastion"]).arg(&local).arg(&remote);
+    run_with_timeout(scp, CMD_TIMEOUT).expect_success("scp -J bastion upload");
+    let back = rig.scratch.join("download.bin");
+    let mut scp = rig.alice.scp();
+    scp.args(["-J", "bastion"]).arg(&remote).arg(&back);
+    run_with_timeout(scp, CMD_TIMEOUT).expect_success("scp -J bastion download");
+    assert_eq!(
+        std::fs::read(remote_dir.join("copy.bin")).expect("uploaded copy"),
+        data
+    );
+    assert_eq!(std::fs::read(&back).expect("downloaded copy"), data);
+}
+
+#[test]
+fn dash_w_moves_256_mib_intact() {
+    let rig = rig();
+    let sink = TcpServer::digest(&rig.topology.private, addr(PRIVATE_ADDR, SINK_PORT), 0);
+    let mut ssh = rig.alice.ssh();
+    ssh.args(["-W", &format!("jupyter:{SINK_PORT}"), "bastion"]);
+    let (out, sent) = run_feeding(ssh, Pattern::new(256 << 20, 42), Duration::from_secs(240));
+    out.expect_success("ssh -W with 256 MiB");
+    let (reply, rest) =
+        Digest::parse_reply(&out.stdout).unwrap_or_else(|| panic!("no digest reply: {out}"));
+    assert_eq!(
+        reply, sent,
+        "what the sink received vs what the client sent"
+    );
+    assert!(rest.is_empty());
+    assert_eq!(
+        sink.wait_for_connections(1, Duration::from_secs(10)),
+        vec![Ok(sent)]
+    );
+    let close = rig.wait_audit("tunnel.close", |l| is(l, "tunnel.close"));
+    assert_eq!(close["bytes_up"].as_u64(), Some(256 << 20), "{close}");
+    eprintln!("256 MiB through gatehouse -W in {:.2?}", out.elapsed);
+}
+
+#[test]
+fn half_closed_stream_keeps_flowing_back() {
+    let rig = rig();
+    // The server answers only after it has seen EOF, with a digest and 4 MiB more.
+    let reply_len = 4 << 20;
+    let sink = TcpServer::digest(
+        &rig.topology.private,
+        addr(PRIVATE_ADDR, SINK_PORT),
+        reply_len,
+    );
+    let mut ssh = rig.alice.ssh();
+    ssh.args(["-W", &sink.addr().to_string(), "bastion"]);
+    let (out, sent) = run_feeding(ssh, Pattern::new(100_000, 3), CMD_TIMEOUT);
+    out.expect_success("ssh -W with a half-closed stream");
+    let (reply, rest) =
+        Digest::parse_reply(&out.stdout).unwrap_or_else(|| panic!("no digest reply: {out}"));
+    assert_eq!(reply, sent);
+    assert_eq!(Digest::of(rest), Pattern::new(reply_len, 1).digest());
+}
+
+#[test]
+fn wrong_key_unknown_user_and_passwords_are_refused() {
+    let rig = rig();
+    let mallory = KeyPair::ed25519(&rig.scratch, "mallory_key");
+
+    // alice's name with a key that is not hers.
+    let client = rig.client("alice", &mallory.private);
+    let mut ssh = client.ssh();
+    ssh.args(["-W", &format!("jupyter:{SSH_PORT}"), "bastion"]);
+    let out = run_with_timeout(ssh, CMD_TIMEOUT);
+    out.expect_failure("alice with mallory's key");
+    assert!(
+        out.stderr_str().contains("Permission denied (publickey)"),
+        "{out}"
+    );
+    let line = rig.wait_audit("auth.failure unknown_key", |l| {
+        is(l, "auth.failure") && l["reason"] == "unknown_key"
+    });
+    assert_eq!(line["user"], "alice");
+    assert_eq!(line["key"], mallory.fingerprint());
+
+    // A user the bastion does not know, with a key that is valid for someone else.
+    let client = rig.client("mallory", &rig.alice_key.private);
+    let mut ssh = client.ssh();
+    ssh.args(["-W", &format!("jupyter:{SSH_PORT}"), "bastion"]);
+    run_with_timeout(ssh, CMD_TIMEOUT).expect_failure("unknown user");
+    rig.wait_audit("auth.failure unknown_user", |l| {
+        is(l, "auth.failure") && l["reason"] == "unknown_user" && l["user"] == "mallory"
+    });
+
+    // Password and keyboard-interactive, sent although the server offers only publickey
+    // (the OpenSSH client would not send them): refused by the handler, and audited.
+    let mut probe = rig.topology.client.command(crate::harness::venv_python());
+    probe
+        .arg(crate::harness::jupyter::py_script("auth_probe.py"))
+        .arg(BASTION_CLIENT_ADDR.to_string())
+        .arg(SSH_PORT.to_string())
+        .arg("alice");
+    let out = run_with_timeout(probe, CMD_TIMEOUT);
+    out.expect_success("auth_probe.py: none, password and keyboard-interactive all refused");
+    let summary: Value = serde_json::from_str(out.stdout_str().trim()).expect("probe JSON");
+    for method in ["none", "password", "keyboard-interactive"] {
+        assert_eq!(summary[method]["accepted"], false, "{summary}");
+        assert_eq!(
+            summary[method]["allowed"],
+            serde_json::json!(["publickey"]),
+            "{summary}"
+        );
+    }
+    for method in ["password", "keyboard-interactive"] {
+        rig.wait_audit(method, |l| is(l, "auth.failure") && l["method"] == method);
+    }
+    assert!(
+        !rig.audit().iter().any(|l| is(l, "auth.success")),
+        "nothing may have authenticated"
+    );
+}
+
+#[test]
+fn shell_exec_and_subsystems_get_the_hint_and_a_refusal() {
+    let rig = rig();
+    for (args, request) in [
+        (vec!["bastion"], "shell"),
+        (vec!["bastion", "true"], "exec"),
+        (vec!["-s", "bastion", "sftp"], "subsystem sftp"),
+    ] {
+        let mut ssh = rig.alice.ssh();
+        ssh.args(&args);
+        let out = run_with_timeout(ssh, CMD_TIMEOUT);
+        out.expect_failure(&format!("ssh {args:?}"));
+        let stderr = out.stderr_str();
+        assert!(stderr.contains("this is a jump host"), "{out}");
+        assert!(stderr.contains("ssh -J alice@<bastion> <host>"), "{out}");
+        assert!(
+            stderr.contains("you may reach: jupyter (ports 22, 8888, 9000)"),
+            "{out}"
+        );
+        assert!(
+            !stderr.contains("opsbox"),
+            "hint lists a host alice may not reach: {out}"
+        );
+        rig.wait_audit(request, |l| {
+            is(l, "request.deny") && l["request"] == request
+        });
+    }
+}
+
+#[test]
+fn remote_forwarding_agent_and_x11_are_refused() {
+    let rig = rig();
+    // -R, TCP and Unix socket flavours; ExitOnForwardFailure makes the client give up.
+    for spec in [
+        "127.0.0.1:9999:localhost:22",
+        "/tmp/gatehouse-test.sock:localhost:22",
+    ] {
+        let mut ssh = rig.alice.ssh();
+        ssh.args(["-N", "-R", spec, "bastion"]);
+        let out = run_with_timeout(ssh, CMD_TIMEOUT);
+        out.expect_failure(&format!("ssh -R {spec}"));
+        assert!(out.stderr_str().contains("forwarding failed"), "{out}");
+    }
+    rig.wait_audit("-R", |l| {
+        is(l, "request.deny") && l["request"] == "remote forwarding 127.0.0.1:9999"
+    });
+    rig.wait_audit("-R unix socket", |l| {
+        is(l, "request.deny")
+            && l["request"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("remote streamlocal forwarding"))
+    });
+
+    // Agent forwarding, with a real agent for the client to offer.
+    let sock = rig.scratch.join("agent.sock");
+    let mut agent_cmd = rig.topology.client.command("ssh-agent");
+    agent_cmd.args(["-D", "-a"]).arg(&sock);
+    let _agent = Daemon::spawn("ssh_agent", agent_cmd, &rig.scratch);
+    crate::harness::wait_until(Duration::from_secs(10), "agent socket", || sock.exists());
+    let mut ssh = rig.alice.ssh();
+    // The harness's config says IdentityAgent none, which also unsets SSH_AUTH_SOCK: name the
+    // agent explicitly.
+    ssh.env("SSH_AUTH_SOCK", &sock)
+        .arg("-o")
+        .arg(format!("IdentityAgent={}", sock.display()))
+        .arg("-o")
+        .arg(format!("ForwardAgent={}", sock.display()))
+        .args(["bastion", "true"]);
+    run_with_timeout(ssh, CMD_TIMEOUT).expect_failure("ssh -A bastion true");
+    rig.wait_audit("agent forwarding", |l| {
+        is(l, "request.deny") && l["request"] == "agent forwarding"
+    });
+
+    // X11 forwarding (fake auth data: there is no X server, nothing is ever connected).
+    let mut ssh = rig.alice.ssh();
+    ssh.env("DISPLAY", "127.0.0.1:0")
+        .args(["-o", "ForwardX11=yes", "bastion", "true"]);
+    run_with_timeout(ssh, CMD_TIMEOUT).expect_failure("ssh -X bastion true");
+    rig.wait_audit("x11", |l| is(l, "request.deny") && l["request"] == "x11");
+}
+
+#[test]
+fn targets_outside_the_inventory_are_refused_in_every_spelling() {
+    let rig = rig();
+    // Live listeners a broken policy could reach: loopback and both addresses of the bastion
+    // namespace, and a private address that is not an inventory host.
+    let decoys = [
+        TcpServer::digest(
+            &rig.topology.bastion,
+            addr(Ipv4Addr::LOCALHOST, SINK_PORT),
+            0,
+        ),
+        TcpServer::digest(
+            &rig.topology.bastion,
+            addr(BASTION_PRIVATE_ADDR, SINK_PORT),
+            0,
+        ),
+        TcpServer::digest(
+            &rig.topology.bastion,
+            addr(BASTION_CLIENT_ADDR, SINK_PORT),
+            0,
+        ),
+        TcpServer::digest(&rig.topology.private, addr(PRIVATE_ADDR_2, SINK_PORT), 0),
+    ];
+    let refused = [
+        ("127.0.0.1:9000", "127.0.0.1"),
+        ("localhost:9000", "localhost"),
+        ("[::1]:22", "::1"),
+        ("0x7f000001:9000", "0x7f000001"),
+        ("2130706433:9000", "2130706433"),
+        ("127.1:9000", "127.1"),
+        ("169.254.169.254:80", "169.254.169.254"),
+        ("[fd00:ec2::254]:80", "fd00:ec2::254"),
+        ("10.0.3.1:9000", "10.0.3.1"),
+        ("10.240.0.1:22", "10.240.0.1"),
+        ("10.0.3.141:9000", "10.0.3.141"),
+        ("[::ffff:10.0.3.140]:9000", "::ffff:10.0.3.140"),
+        ("010.000.003.140:9000", "010.000.003.140"),
+        ("jupyter.evil.example:9000", "jupyter.evil.example"),
+    ];
+    for (spec, target) in refused {
+        let out = rig.dash_w(spec);
+        out.expect_failure(&format!("-W {spec}"));
+        assert!(
+            out.stderr_str().contains("administratively prohibited")
+                && out
+                    .stderr_str()
+                    .contains("is not a host this bastion forwards to"),
+            "-W {spec}: {out}"
+        );
+        rig.wait_audit(spec, |l| {
+            is(l, "tunnel.deny") && l["target"] == target && l["reason_code"] == "unknown_target"
+        });
+    }
+    for decoy in &decoys {
+        assert_eq!(decoy.connections().len(), 0, "a refused target was dialed");
+    }
+}
+
+#[test]
+fn unlisted_ports_and_other_groups_hosts_are_refused() {
+    let rig = rig();
+    let out = rig.dash_w("jupyter:23");
+    out.expect_failure("-W jupyter:23");
+    assert!(
+        out.stderr_str()
+            .contains("port 23 is not open on host 'jupyter' (allowed: 22, 8888, 9000)"),
+        "{out}"
+    );
+    let out = rig.dash_w("opsbox:22");
+    out.expect_failure("-W opsbox:22");
+    assert!(
+        out.stderr_str()
+            .contains("user 'alice' may not reach host 'opsbox'"),
+        "{out}"
+    );
+    rig.wait_audit("port", |l| {
+        is(l, "tunnel.deny") && l["reason_code"] == "port_not_allowed"
+    });
+    rig.wait_audit("group", |l| {
+        is(l, "tunnel.deny") && l["reason_code"] == "no_shared_group"
+    });
+
+    // bob (RSA key, rsa-sha2 signatures) authenticates but may not reach alice's host.
+    let bob = rig.client("bob", &rig.bob_key.private);
+    let out = dash_w(&bob, &format!("jupyter:{SSH_PORT}"));
+    out.expect_failure("bob to jupyter");
+    assert!(
+        out.stderr_str()
+            .contains("user 'bob' may not reach host 'jupyter'"),
+        "{out}"
+    );
+    rig.wait_audit("bob auth", |l| is(l, "auth.success") && l["user"] == "bob");
+}
+
+#[test]
+fn a_target_that_refuses_fails_the_channel_with_connect_failed() {
+    let rig = rig();
+    // jupyter:8888 is allowed, but nothing listens there in this test.
+    let out = rig.dash_w(&format!("jupyter:{JUPYTER_PORT}"));
+    out.expect_failure("-W to a closed port");
+    assert!(
+        out.stderr_str()
+            .contains("connect failed: connecting to host 'jupyter' failed"),
+        "{out}"
+    );
+    rig.wait_audit("connect_failed", |l| {
+        is(l, "tunnel.deny") && l["reason_code"] == "connect_failed"
+    });
+}
+
+#[test]
+fn unauthenticated_connections_are_capped_and_cut_at_login_grace() {
+    let rig = rig_with(ServerOptions {
+        login_grace: "2s",
+        max_unauthenticated: 2,
+        ..ServerOptions::default()
+    });
+    let bastion = addr(BASTION_CLIENT_ADDR, SSH_PORT);
+    let quick = Duration::from_secs(5);
+    let connect = || {
+        let s = rig
+            .topology
+            .client
+            .connect(bastion, quick)
+            .expect("connect to gatehouse");
+        s.set_read_timeout(Some(Duration::from_secs(8)))
+            .expect("read timeout");
+        s
+    };
+    let read_all = |s: &mut std::net::TcpStream| {
+        let mut buf = Vec::new();
+        let r = s.read_to_end(&mut buf);
+        (r, buf)
+    };
+    // Two silent connections hold both pre-auth slots: each gets the server's version line.
+    let mut held: Vec<_> = (0..2).map(|_| connect()).collect();
+    for s in &mut held {
+        let mut line = [0u8; 17];
+        s.read_exact(&mut line).expect("version line");
+        assert_eq!(&line, b"SSH-2.0-bastion\r\n");
+    }
+    // A third is closed at once, without a version line.
+    let mut third = connect();
+    let (r, buf) = read_all(&mut third);
+    assert!(
+        r.is_ok() && buf.is_empty(),
+        "third connection: {r:?} {buf:?}"
+    );
+    rig.wait_audit("cap", |l| {
+        is(l, "connection.refused") && l["reason"] == "too many unauthenticated connections"
+    });
+    // The silent ones are cut at the login grace time.
+    let started = Instant::now();
+    for s in &mut held {
+        let _ = s.write_all(b"SSH-2.0-slowpoke\r\n");
+        let (r, _) = read_all(s);
+        assert!(r.is_ok(), "held connection not closed by the server: {r:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    let cut = rig
+        .audit()
+        .iter()
+        .filter(|l| is(l, "connection.refused") && l["reason"] == "login grace time exceeded")
+        .count();
+    assert_eq!(cut, 2);
+    // The slots are free again: a real login works.
+    let out = rig.dash_w("jupyter:22");
+    out.expect_success("ssh -W jupyter:22 after the flood");
+}
+
+#[test]
+fn sigterm_drains_open_tunnels_then_exits_within_the_grace_period() {
+    let mut rig = rig_with(ServerOptions {
+        shutdown_grace: "2s",
+        ..ServerOptions::default()
+    });
+    let echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, SINK_PORT));
+    let _tunnel = rig.alice.local_forward(
+        &rig.scratch,
+        "ssh_tunnel",
+        19000,
+        "jupyter",
+        SINK_PORT,
+        "bastion",
+    );
+    let mut conn = rig
+        .topology
+        .client
+        .connect(addr(Ipv4Addr::LOCALHOST, 19000), Duration::from_secs(5))
+        .expect("connect to the forwarded port");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    conn.write_all(b"ping").expect("write through the tunnel");
+    let mut back = [0u8; 4];
+    conn.read_exact(&mut back).expect("echo through the tunnel");
+    assert_eq!(&back, b"ping");
+    rig.wait_audit("tunnel open", |l| is(l, "tunnel.open"));
+
+    let started = Instant::now();
+    rig.gatehouse.signal(Signal::SIGTERM);
+    let status = rig
+        .gatehouse
+        .wait_exit(Duration::from_secs(10))
+        .expect("gatehouse exited");
+    let took = started.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        rig.gatehouse.logs()
+    );
+    // It waited for the open tunnel (grace 2 s), and no longer than the grace plus slack.
+    assert!(
+        took >= Duration::from_millis(1500),
+        "exited after {took:?}: did not drain"
+    );
+    assert!(took < Duration::from_secs(8), "exited after {took:?}");
+    assert!(
+        rig.gatehouse.stderr().contains("grace period over"),
+        "{}",
+        rig.gatehouse.logs()
+    );
+    // (The harness's port probe opened and closed a tunnel of its own before this one.)
+    let close = rig.wait_audit("tunnel.close of the held tunnel", |l| {
+        is(l, "tunnel.close") && l["bytes_up"] == 4
+    });
+    assert_eq!(close["bytes_down"], 4, "{close}");
+    assert_eq!(close["reason"], "connection ended", "{close}");
+    drop(echo);
+}
+
+#[test]
+fn sigterm_without_tunnels_exits_promptly_and_the_host_key_survives_restarts() {
+    let mut rig = rig_with(ServerOptions {
+        shutdown_grace: "30s",
+        ..ServerOptions::default()
+    });
+    let known_hosts = rig.scratch.join("known_hosts");
+    let strict = |mode: &str| {
+        let mut ssh = rig.alice.ssh();
+        ssh.arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .args(["-o", &format!("StrictHostKeyChecking={mode}")])
+            .args(["-W", "jupyter:22", "bastion"]);
+        run_with_timeout(ssh, CMD_TIMEOUT)
+    };
+    strict("accept-new").expect_success("first connection records the host key");
+
+    let started = Instant::now();
+    rig.gatehouse.signal(Signal::SIGTERM);
+    let status = rig
+        .gatehouse
+        .wait_exit(Duration::from_secs(10))
+        .expect("gatehouse exited");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?} with nothing open",
+        started.elapsed()
+    );
+
+    let key_file = rig.scratch.join("state/ssh_host_ed25519_key");
+    let mode = std::fs::metadata(&key_file)
+        .expect("host key file")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    let _again = start_gatehouse(&rig.topology, &rig.scratch, &rig.config, "gatehouse_again");
+    strict("yes").expect_success("same host key after a restart");
+}
+
+#[test]
+fn check_exits_64_naming_file_line_and_key() {
+    let bad = crate::harness::repo_root().join("crates/gatehouse-config/tests/bad");
+    let cases = [
+        ("unknown_key.toml", ":4:1: ", "lisen"),
+        ("bad_port.toml", ":15:14: ", "hosts[0].ports[1]"),
+        ("bad_key.toml", ":14:5: ", "users[1].keys[0]"),
+        ("bad_duration.toml", ":4:15: ", "server.login_grace"),
+        ("syntax.toml", ":4:15: ", "server.login_grace"),
+        (
+            "metadata_host.toml",
+            ":12:11: ",
+            "instance metadata service",
+        ),
+    ];
+    for (file, position, key) in cases {
+        let path = bad.join(file);
+        let mut cmd = Command::new(gatehouse_bin());
+        cmd.arg("check").arg("--config").arg(&path);
+        let out = run_with_timeout(cmd, CMD_TIMEOUT);
+        assert_eq!(out.code(), Some(64), "{file}: {out}");
+        let first = out.stderr_str().lines().next().unwrap_or("").to_owned();
+        assert!(
+            first.starts_with(&format!("{}{position}", path.display())),
+            "{file}: {first}"
+        );
+        assert!(first.contains(key), "{file}: {first}");
+    }
+    // The shipped reference config is valid, and so is the demo.
+    let mut cmd = Command::new(gatehouse_bin());
+    cmd.arg("check")
+        .arg("--config")
+        .arg(crate::harness::repo_root().join("config/gatehouse.toml"));
+    let out = run_with_timeout(cmd, CMD_TIMEOUT);
+    out.expect_success("check config/gatehouse.toml");
+    assert!(out.stdout_str().contains(": OK"), "{out}");
+}
+
+#[test]
+fn hosts_lists_what_each_user_may_reach() {
+    let scratch = Scratch::new();
+    let alice = KeyPair::ed25519(&scratch, "alice_key");
+    let bob = KeyPair::ed25519(&scratch, "bob_key");
+    let config = write_config(&scratch, &alice, &bob, &ServerOptions::default());
+    let mut cmd = Command::new(gatehouse_bin());
+    cmd.arg("hosts")
+        .arg("--config")
+        .arg(&config)
+        .args(["--user", "alice"]);
+    let out = run_with_timeout(cmd, CMD_TIMEOUT);
+    out.expect_success("gatehouse hosts --user alice");
+    let text = out.stdout_str();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "alice (groups: research)", "{text}");
+    assert!(
+        lines[1].contains("jupyter") && lines[1].contains("10.0.3.140"),
+        "{text}"
+    );
+    assert!(
+        lines[1].trim_end().ends_with("ports 22, 8888, 9000"),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 2, "{text}");
+
+    let mut cmd = Command::new(gatehouse_bin());
+    cmd.arg("hosts")
+        .arg("--config")
+        .arg(&config)
+        .args(["--user", "nobody"]);
+    let out = run_with_timeout(cmd, CMD_TIMEOUT);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr_str().contains("no user named 'nobody'"), "{out}");
+}
+
+#[test]
+fn demo_command_serves_the_embedded_config() {
+    let topology = Topology::new();
+    let scratch = Scratch::new();
+    let state = scratch.join("demo-state");
+    let mut cmd = topology.bastion.command(gatehouse_bin());
+    cmd.arg("demo")
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--listen", &addr(BASTION_CLIENT_ADDR, 2222).to_string()]);
+    let mut demo = Daemon::spawn("demo", cmd, &scratch);
+    let banner = demo.wait_for_stderr("gatehouse demo is up", START_TIMEOUT);
+    assert!(banner.contains("ssh -F"), "{banner}");
+
+    // Exactly the command the hint prints.
+    let mut ssh = topology.client.command("ssh");
+    ssh.arg("-F")
+        .arg(state.join("ssh_config"))
+        .args(["-o", "BatchMode=yes", "gatehouse-demo"]);
+    let out = run_with_timeout(ssh, CMD_TIMEOUT);
+    out.expect_failure("the demo gives no shell");
+    assert!(out.stderr_str().contains("this is a jump host"), "{out}");
+    assert!(out.stderr_str().contains("you may reach: example"), "{out}");
+    demo.wait_for_stdout("\"event\":\"auth.success\"", Duration::from_secs(5));
+    demo.terminate(Duration::from_secs(10));
+    drop(topology);
+}
