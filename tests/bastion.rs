@@ -31,6 +31,7 @@ fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
 /// Settings a test may change in the `[server]` table.
 struct ServerOptions {
     login_grace: &'static str,
+    idle_timeout: &'static str,
     max_unauthenticated: usize,
     shutdown_grace: &'static str,
 }
@@ -39,6 +40,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             login_grace: "20s",
+            idle_timeout: "1h",
             max_unauthenticated: 64,
             shutdown_grace: "10s",
         }
@@ -60,6 +62,7 @@ fn write_config(
 listen = ["{listen}"]
 host_key = "{dir}/state/ssh_host_ed25519_key"
 login_grace = "{login_grace}"
+idle_timeout = "{idle_timeout}"
 max_unauthenticated = {max_unauth}
 connect_timeout = "3s"
 shutdown_grace = "{shutdown_grace}"
@@ -92,6 +95,7 @@ ports = [22]
         listen = addr(BASTION_CLIENT_ADDR, SSH_PORT),
         dir = scratch.path().display(),
         login_grace = opts.login_grace,
+        idle_timeout = opts.idle_timeout,
         max_unauth = opts.max_unauthenticated,
         shutdown_grace = opts.shutdown_grace,
         alice = alice.public_line.trim(),
@@ -739,6 +743,49 @@ fn sigterm_drains_open_tunnels_then_exits_within_the_grace_period() {
     assert_eq!(close["bytes_down"], 4, "{close}");
     assert_eq!(close["reason"], "connection ended", "{close}");
     drop(echo);
+}
+
+#[test]
+fn sessions_are_closed_after_idle_timeout_but_not_while_bytes_move() {
+    let rig = rig_with(ServerOptions {
+        idle_timeout: "2s",
+        ..ServerOptions::default()
+    });
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, SINK_PORT));
+    let mut tunnel = rig.alice.local_forward(
+        &rig.scratch,
+        "ssh_tunnel",
+        19001,
+        "jupyter",
+        SINK_PORT,
+        "bastion",
+    );
+    let mut conn = rig
+        .topology
+        .client
+        .connect(addr(Ipv4Addr::LOCALHOST, 19001), Duration::from_secs(5))
+        .expect("connect to the forwarded port");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    // Twice the idle timeout with a byte moving every 400 ms: the session stays.
+    for i in 0..10u8 {
+        conn.write_all(&[i]).expect("write through the tunnel");
+        let mut back = [0u8; 1];
+        conn.read_exact(&mut back)
+            .expect("echo through a live session");
+        assert_eq!(back[0], i);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert!(
+        tunnel.is_running(),
+        "ssh -N exited while bytes moved:\n{}",
+        tunnel.logs()
+    );
+    // Then silence: the bastion closes the session, and ssh -N exits.
+    let exited = tunnel.wait_exit(Duration::from_secs(10));
+    assert!(exited.is_some(), "session not closed after idling");
+    let line = rig.wait_audit("session.close", |l| is(l, "session.close"));
+    assert_eq!(line["reason"], "idle for 2s", "{line}");
 }
 
 #[test]

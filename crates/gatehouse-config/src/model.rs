@@ -35,7 +35,7 @@ pub const LOGIN_GRACE_RANGE: (Duration, Duration) =
 pub const MAX_UNAUTHENTICATED_RANGE: (usize, usize) = (1, 100_000);
 /// Accepted range of `server.idle_timeout`.
 pub const IDLE_TIMEOUT_RANGE: (Duration, Duration) = (
-    Duration::from_secs(60),
+    Duration::from_secs(1),
     Duration::from_secs(7 * 24 * 60 * 60),
 );
 /// Accepted range of `server.connect_timeout`.
@@ -85,7 +85,7 @@ pub struct ServerConfig {
     /// further ones are refused before the SSH handshake. Range 1..100000, default 64.
     pub max_unauthenticated: usize,
     /// `idle_timeout`: an authenticated session with no traffic on any channel for this long is
-    /// closed. Range 1m..7d, default 1h.
+    /// closed. Range 1s..7d, default 1h.
     pub idle_timeout: Duration,
     /// `connect_timeout`: how long the bastion waits for a TCP connection to a target host
     /// before refusing the tunnel. Range 100ms..2m, default 5s.

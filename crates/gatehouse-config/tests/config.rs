@@ -405,8 +405,8 @@ fn durations_are_parsed_and_range_checked() {
     let cases: &[(&str, &str, &str)] = &[
         ("login_grace", "0s", "between 1s and 10m"),
         ("login_grace", "11m", "between 1s and 10m"),
-        ("idle_timeout", "59s", "between 1m and 7days"),
-        ("idle_timeout", "8d", "between 1m and 7days"),
+        ("idle_timeout", "500ms", "between 1s and 7days"),
+        ("idle_timeout", "8d", "between 1s and 7days"),
         ("connect_timeout", "99ms", "between 100ms and 2m"),
         ("connect_timeout", "121s", "between 100ms and 2m"),
         (
