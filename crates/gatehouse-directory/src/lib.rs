@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use gatehouse_config::Config;
 use gatehouse_policy::{Host, Inventory, Principal};
@@ -34,6 +35,9 @@ pub enum LoginRefusal {
     UnknownUser,
     /// The identity exists but this key is not one of its keys.
     UnknownKey,
+    /// The snapshot is older than its source allows (AWS unreachable for longer than
+    /// `max_staleness`): new logins fail closed.
+    DirectoryStale,
 }
 
 impl LoginRefusal {
@@ -42,6 +46,7 @@ impl LoginRefusal {
         match self {
             LoginRefusal::UnknownUser => "unknown_user",
             LoginRefusal::UnknownKey => "unknown_key",
+            LoginRefusal::DirectoryStale => "directory_stale",
         }
     }
 }
@@ -51,6 +56,8 @@ impl LoginRefusal {
 pub struct Snapshot {
     identities: HashMap<String, Identity>,
     inventory: Inventory,
+    /// After this instant the snapshot may not admit new logins. `None`: never (static).
+    fresh_until: Option<Instant>,
 }
 
 impl Snapshot {
@@ -63,7 +70,20 @@ impl Snapshot {
         Snapshot {
             identities,
             inventory,
+            fresh_until: None,
         }
+    }
+
+    /// The same snapshot, admitting new logins only until `fresh_until`. A source that
+    /// refreshes (AWS) sets it to the time of its last good answer plus `max_staleness`.
+    pub fn fresh_until(mut self, fresh_until: Instant) -> Self {
+        self.fresh_until = Some(fresh_until);
+        self
+    }
+
+    /// Whether the snapshot is too old to admit new logins at `now`.
+    pub fn is_stale(&self, now: Instant) -> bool {
+        self.fresh_until.is_some_and(|t| now >= t)
     }
 
     /// The static directory described by `[[users]]` and `[[hosts]]` of a config.
@@ -110,7 +130,11 @@ impl Snapshot {
 
     /// Whether `key` authenticates `user`; on success, the principal the policy sees. Keys
     /// are compared by their key material; comments play no part.
+    /// A stale snapshot refuses every login (fail closed).
     pub fn login(&self, user: &str, key: &PublicKey) -> Result<Principal, LoginRefusal> {
+        if self.is_stale(Instant::now()) {
+            return Err(LoginRefusal::DirectoryStale);
+        }
         let identity = self.identity(user).ok_or(LoginRefusal::UnknownUser)?;
         if identity.keys.iter().any(|k| k.key_data() == key.key_data()) {
             Ok(principal_of(identity))
@@ -203,6 +227,20 @@ mod tests {
         assert_eq!(s.login("alice", &key(K2)), Err(LoginRefusal::UnknownKey));
         assert_eq!(s.login("mallory", &key(K1)), Err(LoginRefusal::UnknownUser));
         assert_eq!(s.login("Alice", &key(K1)), Err(LoginRefusal::UnknownUser));
+    }
+
+    #[test]
+    fn stale_snapshot_refuses_logins_fresh_one_admits() {
+        let now = Instant::now();
+        let fresh = snapshot().fresh_until(now + std::time::Duration::from_secs(60));
+        assert!(fresh.login("alice", &key(K1)).is_ok());
+        let stale = snapshot().fresh_until(now);
+        assert!(stale.is_stale(now));
+        assert_eq!(
+            stale.login("alice", &key(K1)),
+            Err(LoginRefusal::DirectoryStale)
+        );
+        assert!(!snapshot().is_stale(now + std::time::Duration::from_secs(1 << 30)));
     }
 
     #[test]
