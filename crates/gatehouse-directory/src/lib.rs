@@ -129,12 +129,18 @@ impl Snapshot {
     }
 
     /// Whether `key` authenticates `user`; on success, the principal the policy sees. Keys
-    /// are compared by their key material; comments play no part.
-    /// A stale snapshot refuses every login (fail closed).
+    /// are compared by their key material; comments play no part. A stale snapshot refuses
+    /// every login (fail closed).
     pub fn login(&self, user: &str, key: &PublicKey) -> Result<Principal, LoginRefusal> {
         if self.is_stale(Instant::now()) {
             return Err(LoginRefusal::DirectoryStale);
         }
+        self.recheck(user, key)
+    }
+
+    /// The key check of [`Snapshot::login`] without the staleness check: for sessions that
+    /// are already open. Staleness stops new logins, it never revokes anyone.
+    pub fn recheck(&self, user: &str, key: &PublicKey) -> Result<Principal, LoginRefusal> {
         let identity = self.identity(user).ok_or(LoginRefusal::UnknownUser)?;
         if identity.keys.iter().any(|k| k.key_data() == key.key_data()) {
             Ok(principal_of(identity))
