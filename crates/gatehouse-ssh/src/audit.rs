@@ -87,6 +87,32 @@ pub enum Event<'a> {
         source: SocketAddr,
         reason: &'a str,
     },
+    /// An open session's key is no longer valid for its user (key deactivated or deleted,
+    /// user removed): the session is closed.
+    #[serde(rename = "session.revoked")]
+    SessionRevoked {
+        session: &'a str,
+        user: &'a str,
+        key: &'a str,
+        reason: &'a str,
+    },
+    /// An open tunnel is no longer allowed (group removed, host gone, port closed, host
+    /// moved): the tunnel is closed.
+    #[serde(rename = "tunnel.revoked")]
+    TunnelRevoked {
+        session: &'a str,
+        tunnel: u64,
+        user: &'a str,
+        host: &'a str,
+        reason: &'a str,
+    },
+    /// A configuration reload was applied or refused (the running config stays).
+    #[serde(rename = "config.reload")]
+    ConfigReload {
+        /// "applied" or "refused".
+        result: &'a str,
+        detail: &'a str,
+    },
     /// An authenticated session ended.
     #[serde(rename = "session.close")]
     SessionClose {

@@ -263,6 +263,54 @@ async fn close<F: Future>(
     }
 }
 
+/// Re-checks an open session against a new snapshot. Closes the tunnels that are no longer
+/// allowed; returns a reason if the whole session must close (its key was revoked).
+fn recheck(shared: &Shared, conn: &Conn, snapshot: &Snapshot) -> Option<String> {
+    let login = conn.login.get()?;
+    let principal = match snapshot.recheck(&login.user, &login.key) {
+        Ok(principal) => principal,
+        Err(refusal) => {
+            let reason = format!(
+                "key {} is no longer valid for user '{}' ({})",
+                login.fingerprint,
+                login.user,
+                refusal.code()
+            );
+            tracing::info!(session = %conn.id, user = %login.user, "session revoked: {reason}");
+            shared.audit.record(Event::SessionRevoked {
+                session: &conn.id,
+                user: &login.user,
+                key: &login.fingerprint,
+                reason: &reason,
+            });
+            return Some(format!("revoked: {reason}"));
+        }
+    };
+    for (id, tunnel) in conn.tunnels() {
+        let verdict = match snapshot
+            .inventory()
+            .authorize(&principal, &tunnel.target, tunnel.port)
+        {
+            Ok(grant) if grant.dial == tunnel.dial => continue,
+            Ok(grant) => format!(
+                "host '{}' is now at {}, not {}",
+                grant.host_id, grant.dial, tunnel.dial
+            ),
+            Err(refusal) => refusal.to_string(),
+        };
+        tracing::info!(session = %conn.id, user = %login.user, tunnel = id, "tunnel revoked: {verdict}");
+        shared.audit.record(Event::TunnelRevoked {
+            session: &conn.id,
+            tunnel: id,
+            user: &login.user,
+            host: &tunnel.host,
+            reason: &verdict,
+        });
+        tunnel.revoked.cancel();
+    }
+    None
+}
+
 /// Watches an authenticated session until it ends; returns why it ended.
 async fn authenticated_phase<F, E>(
     shared: &Shared,
@@ -281,8 +329,23 @@ where
     );
     idle_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut draining = false;
+    // Every snapshot published after authentication is checked against this session.
+    let mut directory = shared.directory.clone();
+    directory.mark_changed();
+    let mut directory_open = true;
     let close_reason = loop {
         tokio::select! {
+            changed = directory.changed(), if directory_open => {
+                if changed.is_err() {
+                    // The publisher is gone: the last snapshot stays in force.
+                    directory_open = false;
+                    continue;
+                }
+                let snapshot = directory.borrow_and_update().clone();
+                if let Some(reason) = recheck(shared, conn, &snapshot) {
+                    break reason;
+                }
+            }
             r = &mut session => {
                 return match r {
                     Ok(()) => "client disconnected".into(),

@@ -1,11 +1,13 @@
-//! Wiring of the daemon: host key, audit sink, listeners, directory, signals.
+//! Wiring of the daemon: host key, audit sink, listeners, directory, signals, reload.
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use gatehouse_config::Config;
 use gatehouse_directory::{Directory, Snapshot};
-use gatehouse_ssh::audit::Audit;
+use gatehouse_ssh::audit::{Audit, Event};
 use gatehouse_ssh::{hostkey, russh_config, serve, Bastion};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -22,7 +24,12 @@ pub fn init_logging() {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains. `hint` is printed once listening.
-pub async fn run(config: Config, hint: Option<String>) -> anyhow::Result<()> {
+/// With `reload_from`, SIGHUP re-reads that file and applies its users and hosts.
+pub async fn run(
+    config: Config,
+    hint: Option<String>,
+    reload_from: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let host_key = hostkey::load_or_create(&config.server.host_key)?;
     let audit = match &config.audit.file {
         Some(path) => Audit::file(path)
@@ -37,7 +44,16 @@ pub async fn run(config: Config, hint: Option<String>) -> anyhow::Result<()> {
         listeners.push(listener);
     }
     let shutdown = shutdown_signal()?;
-    let directory = Directory::new(Snapshot::from_config(&config));
+    let directory = Arc::new(Directory::new(Snapshot::from_config(&config)));
+    if let Some(path) = reload_from {
+        let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(reload_on_hangup(
+            hangup,
+            path,
+            directory.clone(),
+            audit.clone(),
+        ));
+    }
     let fingerprint = gatehouse_directory::fingerprint(host_key.public_key());
     tracing::info!(
         listen = ?config.server.listen,
@@ -57,6 +73,44 @@ pub async fn run(config: Config, hint: Option<String>) -> anyhow::Result<()> {
     };
     serve(bastion, listeners, shutdown).await;
     Ok(())
+}
+
+/// On each SIGHUP, re-reads the config file and publishes its users and hosts. Open sessions
+/// and tunnels are re-checked against them (the SSH layer closes what is no longer allowed).
+/// An invalid file is refused and the running config stays. `[server]` and `[audit]` settings
+/// apply at the next restart.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    path: PathBuf,
+    directory: Arc<Directory>,
+    audit: Audit,
+) {
+    while hangup.recv().await.is_some() {
+        match gatehouse_config::load(&path) {
+            Ok(config) => {
+                let detail = format!(
+                    "{} users, {} hosts from {}; [server] and [audit] changes apply at restart",
+                    config.users.len(),
+                    config.hosts.len(),
+                    path.display()
+                );
+                tracing::info!("SIGHUP: reloaded {detail}");
+                directory.publish(Snapshot::from_config(&config));
+                audit.record(Event::ConfigReload {
+                    result: "applied",
+                    detail: &detail,
+                });
+            }
+            Err(e) => {
+                let detail = e.to_string();
+                tracing::error!("SIGHUP: config refused, the running config stays:\n{detail}");
+                audit.record(Event::ConfigReload {
+                    result: "refused",
+                    detail: &detail,
+                });
+            }
+        }
+    }
 }
 
 /// Completes on the first SIGTERM or SIGINT.
