@@ -30,6 +30,8 @@ fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
 
 /// Settings a test may change in the `[server]` table.
 struct ServerOptions {
+    /// Extra TOML appended to the config (e.g. `[limits]`, `[penalties]`, `[metrics]`).
+    extra: String,
     login_grace: &'static str,
     idle_timeout: &'static str,
     max_unauthenticated: usize,
@@ -39,6 +41,8 @@ struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
+            // Tests fail logins on purpose from one source: no penalties unless a test asks.
+            extra: "[penalties]\nenabled = false\n".into(),
             login_grace: "20s",
             idle_timeout: "1h",
             max_unauthenticated: 64,
@@ -91,7 +95,10 @@ name = "opsbox"
 address = "10.0.3.142"
 groups = ["ops"]
 ports = [22]
+
+{extra}
 "#,
+        extra = opts.extra,
         listen = addr(BASTION_CLIENT_ADDR, SSH_PORT),
         dir = scratch.path().display(),
         login_grace = opts.login_grace,

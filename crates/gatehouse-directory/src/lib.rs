@@ -52,12 +52,20 @@ impl LoginRefusal {
 }
 
 /// A consistent view of identities and inventory at one moment.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     identities: HashMap<String, Identity>,
     inventory: Inventory,
     /// After this instant the snapshot may not admit new logins. `None`: never (static).
     fresh_until: Option<Instant>,
+    /// When the snapshot was built.
+    created: Instant,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot::new(Vec::new(), Inventory::default())
+    }
 }
 
 impl Snapshot {
@@ -71,7 +79,13 @@ impl Snapshot {
             identities,
             inventory,
             fresh_until: None,
+            created: Instant::now(),
         }
+    }
+
+    /// Time since the snapshot was built (for the AWS source: since its data was read).
+    pub fn age(&self) -> std::time::Duration {
+        self.created.elapsed()
     }
 
     /// The same snapshot, admitting new logins only until `fresh_until`. A source that

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,9 @@ pub(crate) struct Conn {
     /// Cancelled when the connection ends; tunnels stop with it.
     pub closed: CancellationToken,
     tunnels: Mutex<HashMap<u64, OpenTunnel>>,
+    /// Tunnels open or being dialed (for `limits.max_channels_per_connection`).
+    pub channels: AtomicUsize,
+    auth_failures: AtomicU32,
     /// Signalled whenever a tunnel closes.
     pub tunnel_closed: Notify,
     last_activity_ms: AtomicU64,
@@ -58,6 +61,8 @@ impl Conn {
             login: OnceLock::new(),
             closed: CancellationToken::new(),
             tunnels: Mutex::new(HashMap::new()),
+            channels: AtomicUsize::new(0),
+            auth_failures: AtomicU32::new(0),
             tunnel_closed: Notify::new(),
             last_activity_ms: AtomicU64::new(0),
         }
@@ -66,6 +71,16 @@ impl Conn {
     /// The login name, or "" before authentication.
     pub fn user(&self) -> &str {
         self.login.get().map(|l| l.user.as_str()).unwrap_or("")
+    }
+
+    /// Counts a refused authentication attempt (for the source's penalty).
+    pub fn note_auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refused authentication attempts so far.
+    pub fn auth_failures(&self) -> u32 {
+        self.auth_failures.load(Ordering::Relaxed)
     }
 
     /// Records activity now (bytes moved, a channel opened).

@@ -48,6 +48,7 @@ impl Handler {
     }
 
     fn auth_failure(&self, user: &str, method: &str, key: Option<&str>, reason: &str) {
+        self.conn.note_auth_failure();
         tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user = %printable(user), method, reason, "authentication refused");
         self.shared.audit.record(Event::AuthFailure {
             session: &self.conn.id,
@@ -215,6 +216,15 @@ impl russh::server::Handler for Handler {
             return Ok(Self::reject());
         };
         let fp = fingerprint(key.public_key);
+        if !self.shared.try_add_user_session(&principal.user) {
+            self.auth_failure(
+                user,
+                "publickey",
+                Some(&fp),
+                "too many sessions for this user (limits.max_sessions_per_user)",
+            );
+            return Ok(Self::reject());
+        }
         tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user, key = %fp, "authenticated");
         self.shared.audit.record(Event::AuthSuccess {
             session: &self.conn.id,
@@ -313,6 +323,19 @@ impl russh::server::Handler for Handler {
                     .await;
             }
             Ok(grant) => {
+                let slot = match self.shared.try_tunnel_slot(&self.conn) {
+                    Ok(slot) => slot,
+                    Err(reason) => {
+                        deny("limit", reason.clone());
+                        reply
+                            .reject(ChannelOpenFailure::Other {
+                                code: ChannelOpenFailure::ResourceShortage.code(),
+                                reason,
+                            })
+                            .await;
+                        return Ok(());
+                    }
+                };
                 let request = tunnel::Request {
                     raw_target: host_to_connect.to_owned(),
                     target,
@@ -321,6 +344,7 @@ impl russh::server::Handler for Handler {
                 let task = tunnel::run(
                     self.shared.clone(),
                     self.conn.clone(),
+                    slot,
                     request,
                     grant,
                     channel,

@@ -19,7 +19,8 @@ use tokio::net::TcpStream;
 
 use crate::audit::Event;
 use crate::conn::{Conn, OpenTunnel};
-use crate::server::Shared;
+use crate::server::{Shared, TunnelSlot};
+use crate::telemetry;
 
 /// Copy buffer per direction. 64 KiB: the default 8 KiB costs four writes per SSH packet.
 const COPY_BUFFER: usize = 64 * 1024;
@@ -37,6 +38,8 @@ pub(crate) struct Request {
 pub(crate) async fn run(
     shared: Arc<Shared>,
     conn: Arc<Conn>,
+    // Held until the tunnel ends: it counts against the connection's and the bastion's limits.
+    _slot: TunnelSlot,
     request: Request,
     grant: Grant,
     channel: Channel<Msg>,
@@ -163,6 +166,7 @@ impl AsyncRead for Counted {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.counters.down.fetch_add(n as u64, Ordering::Relaxed);
+            telemetry::tunnel_bytes("down", n as u64);
             self.conn.touch();
         }
         poll
@@ -178,6 +182,7 @@ impl AsyncWrite for Counted {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = poll {
             self.counters.up.fetch_add(n as u64, Ordering::Relaxed);
+            telemetry::tunnel_bytes("up", n as u64);
             self.conn.touch();
         }
         poll

@@ -8,7 +8,7 @@ use anyhow::Context;
 use gatehouse_config::Config;
 use gatehouse_directory::{Directory, Snapshot};
 use gatehouse_ssh::audit::{Audit, Event};
-use gatehouse_ssh::{hostkey, russh_config, serve, Bastion};
+use gatehouse_ssh::{hostkey, russh_config, serve, Bastion, Listener};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -37,11 +37,20 @@ pub async fn run(
         None => Audit::stdout(),
     };
     let mut listeners = Vec::new();
-    for addr in &config.server.listen {
-        let listener = TcpListener::bind(addr)
+    let all = config.server.listen.iter().map(|a| (a, false));
+    let proxied = config.server.proxy_listen.iter().map(|a| (a, true));
+    for (addr, proxy) in all.chain(proxied) {
+        let socket = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        listeners.push(listener);
+        listeners.push(Listener { socket, proxy });
+    }
+    if let Some(addr) = config.metrics.listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!("metrics on http://{addr}/metrics");
     }
     let shutdown = shutdown_signal()?;
     let directory = Arc::new(Directory::new(Snapshot::from_config(&config)));
@@ -65,13 +74,20 @@ pub async fn run(
     if let Some(hint) = hint {
         eprintln!("{hint}");
     }
+    // Under systemd (Type=notify): ready once every socket is bound. Without NOTIFY_SOCKET
+    // this does nothing.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tokio::spawn(report_directory_age(directory.clone()));
     let bastion = Bastion {
         russh: russh_config(&config.server, host_key),
         settings: config.server.clone(),
+        limits: config.limits.clone(),
+        penalties: config.penalties.clone(),
         directory: directory.subscribe(),
         audit,
     };
     serve(bastion, listeners, shutdown).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())
 }
 
@@ -110,6 +126,16 @@ async fn reload_on_hangup(
                 });
             }
         }
+    }
+}
+
+/// Keeps the `gatehouse_directory_age_seconds` gauge current.
+async fn report_directory_age(directory: Arc<Directory>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let age = directory.current().age().as_secs_f64();
+        metrics::gauge!("gatehouse_directory_age_seconds").set(age);
     }
 }
 
