@@ -101,7 +101,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Test hook: exit abruptly (status 137, like SIGKILL) before running step N+1, so tests can
+/// interrupt an apply at a chosen point. Unset in normal use.
+const KILL_AFTER_STEPS_ENV: &str = "GATEHOUSE_VPC_TEST_KILL_AFTER_STEPS";
+static STEPS_RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn progress(step: &Step) {
+    let done = STEPS_RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let limit = std::env::var(KILL_AFTER_STEPS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if limit.is_some_and(|n| done >= n) {
+        eprintln!("killed after {done} step(s) ({KILL_AFTER_STEPS_ENV})");
+        std::process::exit(137);
+    }
     eprintln!(
         "{} {:<28} {}",
         step.sign.symbol(),

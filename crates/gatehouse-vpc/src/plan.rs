@@ -231,10 +231,10 @@ fn tag_drift(desired: &Tags, observed: &Tags) -> Tags {
 }
 
 /// Split observed resources by key: the kept one (lowest id) per key and the extras.
-fn primary_by_key<'a, T>(
-    items: &'a [T],
+fn primary_by_key<T>(
+    items: &[T],
     key: impl Fn(&T) -> (&str, &str),
-) -> (BTreeMap<String, &'a T>, Vec<&'a T>) {
+) -> (BTreeMap<String, &T>, Vec<&T>) {
     let mut sorted: Vec<&T> = items.iter().collect();
     sorted.sort_by(|a, b| key(a).cmp(&key(b)));
     let mut primary = BTreeMap::new();
@@ -704,7 +704,7 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
     let (sgs, extra) = primary_by_key(&obs.security_groups, |g| (g.key.as_str(), g.id.as_str()));
     p.doomed.security_groups.extend(extra.into_iter().cloned());
     for (k, g) in &sgs {
-        if sg_keys.contains(&k.as_str()) && p.known.get("vpc").is_some() {
+        if sg_keys.contains(&k.as_str()) && p.known.contains_key("vpc") {
             p.known.insert(k.clone(), g.id.clone());
         } else {
             p.doomed.security_groups.push((*g).clone());

@@ -458,16 +458,14 @@ async fn observe_iam(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(),
                         .collect()
                 })
                 .unwrap_or_default();
-            let tags = c
-                .iam
-                .list_instance_profile_tags()
-                .instance_profile_name(&name)
-                .send()
-                .await
-                .map_err(|e| fail(&what, "ListInstanceProfileTags", e))?;
+            // GetInstanceProfile carries the tags (moto 5.2 lacks ListInstanceProfileTags).
+            let tags = out
+                .instance_profile()
+                .map(|p| iam_tags(p.tags()))
+                .unwrap_or_default();
             obs.profile = Some(ObsProfile {
                 name: name.clone(),
-                tags: iam_tags(tags.tags()),
+                tags,
                 roles,
             });
         }
