@@ -16,6 +16,10 @@ pub struct StackOutput {
     /// The Elastic IP of the bastion (falls back to the instance's public IP).
     pub bastion_address: Option<String>,
     pub host_key_parameter: String,
+    /// Subnet name -> subnet id (like the Terraform module's `public_subnets`/`private_subnets`).
+    pub subnet_ids: std::collections::BTreeMap<String, String>,
+    /// Public IPs of the NAT gateways (like `nat_public_ips`), e.g. for allow lists elsewhere.
+    pub nat_public_ips: Vec<String>,
     pub ssh_config: String,
 }
 
@@ -72,6 +76,17 @@ pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> StackOutput {
         bastion_instance_id: bastion.map(|b| b.id.clone()),
         bastion_address: address,
         host_key_parameter: crate::plan::host_key_parameter(&spec.stack),
+        subnet_ids: obs
+            .subnets
+            .iter()
+            .filter_map(|s| Some((s.key.strip_prefix("subnet/")?.to_string(), s.id.clone())))
+            .collect(),
+        nat_public_ips: obs
+            .eips
+            .iter()
+            .filter(|e| e.key.starts_with("eip/nat-"))
+            .map(|e| e.public_ip.clone())
+            .collect(),
         ssh_config: cfg,
     }
 }

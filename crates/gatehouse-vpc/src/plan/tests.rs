@@ -945,3 +945,14 @@ fn output_prints_the_address_and_an_ssh_config() {
         .ssh_config
         .contains("Host jupyter\n    HostName jupyter\n    ProxyJump lab-bastion\n"));
 }
+
+#[test]
+fn output_json_lists_subnets_and_nat_ips() {
+    let spec = spec("per_az");
+    let mut fake = Fake::new();
+    fake.converge(&spec);
+    let out = crate::output::stack_output(&spec, &fake.obs, "alice");
+    assert_eq!(out.subnet_ids.len(), 4);
+    assert_eq!(out.nat_public_ips.len(), 2);
+    assert!(out.vpc_id.is_some() && out.bastion_instance_id.is_some());
+}
