@@ -6,6 +6,7 @@
 //! - interrupted_apply_converges: apply killed after N steps, for several N, then apply
 //! - drift_is_planned_and_repaired: a removed route, a removed and an added SG rule
 //! - nat_mode_changes_converge: per_az -> single -> none
+//! - destroy_never_touches_foreign_resources_inside_the_stack_vpc: foreign instance + SG survive
 //! - foreign_iam_role_is_refused: same role name without the stack tag
 //! - bad_specs_are_rejected_before_any_aws_call: each bad spec, exit 64, its message
 //! - user_data_is_cloud_config_under_16k: YAML parse (PyYAML from tests/.venv), keys, size
@@ -310,8 +311,8 @@ fn apply_from_empty_converges_and_is_idempotent() {
     assert!(plan.contains("+ vpc"), "{plan}");
     assert!(plan.contains("+ instance/bastion"), "{plan}");
     let out = rig.ok(&spec, &["apply"]);
-    // One round: 37 steps from empty, nothing left for a second round.
-    assert_eq!(out, "stack lab: applied 37 step(s); now up to date\n");
+    // One round: 33 steps from empty (nat = single), nothing left for a second round.
+    assert_eq!(out, "stack lab: applied 33 step(s); now up to date\n");
 
     rig.assert_no_changes(&spec, "lab");
     let again = rig.ok(&spec, &["apply"]);
@@ -931,4 +932,96 @@ print("ok")
     );
     // The unit embedded is the one in systemd/.
     assert!(text.contains("SystemCallFilter=@system-service"));
+}
+
+#[test]
+fn destroy_never_touches_foreign_resources_inside_the_stack_vpc() {
+    let rig = Rig::new();
+    let spec = rig.write_spec("lab.toml", &spec_text("lab", 50, "single"));
+    rig.ok(&spec, &["apply"]);
+    let (rt, ec2) = rig.ec2();
+    // Someone else's instance and security group inside the stack's VPC and private subnet.
+    let (foreign_instance, foreign_sg) = rt.block_on(async {
+        let subnets = ec2
+            .describe_subnets()
+            .filters(tag("lab"))
+            .filters(
+                Filter::builder()
+                    .name("tag:gatehouse:resource")
+                    .values("subnet/analysis-b")
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("subnets");
+        let subnet = &subnets.subnets()[0];
+        let vpc = subnet.vpc_id().expect("vpc").to_string();
+        let sg = ec2
+            .create_security_group()
+            .vpc_id(&vpc)
+            .group_name("not-gatehouse")
+            .description("someone else's")
+            .send()
+            .await
+            .expect("sg");
+        let sg = sg.group_id().expect("sg id").to_string();
+        let run = ec2
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(subnet.subnet_id().expect("subnet id"))
+            .security_group_ids(&sg)
+            .send()
+            .await
+            .expect("run foreign instance");
+        (
+            run.instances()[0].instance_id().expect("id").to_string(),
+            sg,
+        )
+    });
+    // Destroy removes what it can; the VPC cannot go while foreign things live in it.
+    let out = rig
+        .command(&spec, &["destroy", "--wait-timeout", "1s"])
+        .output()
+        .expect("destroy");
+    let err = String::from_utf8_lossy(&out.stderr);
+    rt.block_on(async {
+        let i = ec2
+            .describe_instances()
+            .instance_ids(&foreign_instance)
+            .send()
+            .await
+            .expect("describe");
+        let state = i.reservations()[0].instances()[0]
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string());
+        assert_eq!(
+            state.as_deref(),
+            Some("running"),
+            "foreign instance touched; destroy said:\n{err}"
+        );
+        let g = ec2
+            .describe_security_groups()
+            .group_ids(&foreign_sg)
+            .send()
+            .await
+            .expect("foreign sg kept");
+        assert_eq!(g.security_groups().len(), 1);
+        // Everything of the stack that does not hold the foreign resources is gone.
+        let counts = tagged_counts(&ec2, "lab").await;
+        assert!(
+            counts.contains(&("instance", 0)) && counts.contains(&("nat", 0)),
+            "{counts:?}"
+        );
+    });
+    eprintln!(
+        "destroy with foreign resources inside: {}\n{err}",
+        out.status
+    );
+    if !out.status.success() {
+        // The refusal names the resource and AWS's reason.
+        assert!(err.contains("DependencyViolation"), "{err}");
+    }
 }

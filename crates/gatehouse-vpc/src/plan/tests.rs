@@ -956,3 +956,26 @@ fn output_json_lists_subnets_and_nat_ips() {
     assert_eq!(out.nat_public_ips.len(), 2);
     assert!(out.vpc_id.is_some() && out.bastion_instance_id.is_some());
 }
+
+#[test]
+fn a_host_removed_from_the_spec_is_terminated() {
+    let spec_a = spec("single");
+    let mut fake = Fake::new();
+    fake.converge(&spec_a);
+    let without = SPEC.replace("NAT", "single");
+    let without = &without[..without.find("[[hosts]]").expect("hosts")];
+    let spec_b = parse("t.toml", without, None).expect("spec");
+    let plan = plan_apply(&spec_b, &fake.obs).expect("plan");
+    assert!(
+        matches!(
+            plan.steps.as_slice(),
+            [Step {
+                sign: Sign::Delete,
+                action: Action::TerminateInstance { .. },
+                ..
+            }]
+        ),
+        "{}",
+        plan.render()
+    );
+}
