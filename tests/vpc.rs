@@ -894,7 +894,7 @@ fn user_data_is_cloud_config_under_16k() {
     assert!(text.starts_with("#cloud-config\n"));
     let python = moto::moto_server_path().with_file_name("python3");
     let check = r#"
-import sys, yaml, json, tomllib
+import sys, yaml, tomllib
 doc = yaml.safe_load(sys.stdin.read())
 files = {f["path"]: f for f in doc["write_files"]}
 assert set(files) == {"/etc/gatehouse/gatehouse.toml", "/etc/systemd/system/gatehouse.service", "/usr/local/sbin/gatehouse-install"}, files.keys()
@@ -906,6 +906,8 @@ unit = files["/etc/systemd/system/gatehouse.service"]["content"]
 assert "ExecStart=/usr/local/bin/gatehouse serve --config /etc/gatehouse/gatehouse.toml" in unit
 script = files["/usr/local/sbin/gatehouse-install"]["content"]
 assert "sha256sum -c" in script and "https://example.org/releases/gatehouse" in script
+import subprocess
+assert subprocess.run(["sh", "-n"], input=script.encode()).returncode == 0, "install script: sh syntax error"
 assert doc["runcmd"] == [["/usr/local/sbin/gatehouse-install"]], doc["runcmd"]
 print("ok")
 "#;

@@ -60,7 +60,9 @@ fn install_script(spec: &Spec) -> String {
          rm -f \"$tmp\"\n\
          # gatehouse serves port 22; the image's sshd must not hold it. Administer the bastion\n\
          # through a replacement instance (or SSM Session Manager if you add it), not a shell.\n\
-         systemctl disable --now ssh.socket ssh.service sshd.service 2>/dev/null || true\n\
+         for unit in ssh.socket ssh.service sshd.service; do\n\
+         \x20 systemctl disable --now \"$unit\" 2>/dev/null || true\n\
+         done\n\
          systemctl daemon-reload\n\
          systemctl enable --now gatehouse.service\n",
         url = spec.bastion.download_url,
