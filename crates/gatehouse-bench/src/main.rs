@@ -51,6 +51,13 @@ struct Cli {
     /// benchmarks/quick.json with --quick).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Extra environment for the gatehouse process, e.g. `TOKIO_WORKER_THREADS=1` (repeatable).
+    #[arg(long = "gatehouse-env", value_name = "KEY=VALUE")]
+    gatehouse_env: Vec<String>,
+    /// Measure nothing: re-render the Markdown report from this JSON report (e.g. after
+    /// editing benchmarks/NOTES.md).
+    #[arg(long, value_name = "JSON")]
+    render: Option<PathBuf>,
     /// Only these measurements (comma-separated: tunnel, many, login, hol, memory).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -184,6 +191,27 @@ fn wanted(cli: &Cli, name: &str) -> bool {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Some(json) = &cli.render {
+        let text =
+            std::fs::read_to_string(json).with_context(|| format!("read {}", json.display()))?;
+        let report =
+            Report::from_json(&text).with_context(|| format!("parse {}", json.display()))?;
+        let root = repo_root();
+        let md_path = cli
+            .markdown
+            .clone()
+            .unwrap_or_else(|| match report.mode.as_str() {
+                "quick" => root.join("benchmarks/quick.md"),
+                _ => root.join("BENCHMARKS.md"),
+            });
+        let notes = std::fs::read_to_string(root.join("benchmarks/NOTES.md")).unwrap_or_default();
+        write(
+            &md_path,
+            &report.to_markdown(include_str!("method.md"), &notes),
+        )?;
+        eprintln!("gatehouse-bench: wrote {}", md_path.display());
+        return Ok(());
+    }
     if !nix::unistd::geteuid().is_root() {
         bail!("needs root (network namespaces, sshd): sudo target/release/gatehouse-bench");
     }
@@ -230,7 +258,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         plan.mode,
         gatehouse.display()
     );
-    let env = Env::new(gatehouse)?;
+    let mut env = Env::new(gatehouse)?;
+    for kv in &cli.gatehouse_env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--gatehouse-env {kv}: expected KEY=VALUE"))?;
+        env.gatehouse_env.push((k.into(), v.into()));
+    }
     let mut gh = Side::new(Kind::Gatehouse, &env)?;
     let mut os = Side::new(Kind::OpenSsh, &env)?;
     let mut problems = Vec::new();
@@ -654,6 +688,9 @@ fn command_line(cli: &Cli) -> String {
     }
     if cli.smoke {
         s.push_str(" --smoke");
+    }
+    for kv in &cli.gatehouse_env {
+        s.push_str(&format!(" --gatehouse-env {kv}"));
     }
     if !cli.only.is_empty() {
         s.push_str(&format!(" --only {}", cli.only.join(",")));

@@ -5,10 +5,10 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where the figures came from.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
@@ -23,7 +23,7 @@ pub struct Machine {
 }
 
 /// One measured quantity for both bastions.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     /// Which of the six measurements (e.g. "1. one tunnel").
     pub section: String,
@@ -43,7 +43,7 @@ impl Row {
 }
 
 /// Which way a target points.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Bound {
     AtLeast,
@@ -51,7 +51,7 @@ pub enum Bound {
 }
 
 /// A goal from the issue, with the figure that judges it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Target {
     /// e.g. "throughput aes128-gcm, gatehouse / OpenSSH".
     pub name: String,
@@ -75,7 +75,7 @@ impl Target {
 }
 
 /// Everything one run produced.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Report {
     /// "full" or "quick".
     pub mode: String,
@@ -113,6 +113,10 @@ fn cell(v: Option<f64>) -> String {
 
 impl Report {
     /// The JSON form (pretty).
+    pub fn from_json(text: &str) -> serde_json::Result<Report> {
+        serde_json::from_str(text)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
@@ -279,6 +283,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
         assert_eq!(v["rows"][0]["gatehouse"], 600.0);
         assert_eq!(v["targets"][0]["bound"], "at_least");
+        let back = Report::from_json(&sample().to_json()).unwrap();
+        assert_eq!(back.to_markdown("m", "n"), sample().to_markdown("m", "n"));
     }
 
     #[test]

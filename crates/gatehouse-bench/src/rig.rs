@@ -60,6 +60,8 @@ pub struct Env {
     pub gatehouse_bin: PathBuf,
     /// The gatehouse config (written once, with the limits this gatehouse version knows).
     pub gatehouse_config: PathBuf,
+    /// Extra environment for the gatehouse process.
+    pub gatehouse_env: Vec<(String, String)>,
 }
 
 impl Env {
@@ -72,6 +74,7 @@ impl Env {
             key,
             gatehouse_bin,
             gatehouse_config,
+            gatehouse_env: Vec::new(),
         })
     }
 }
@@ -223,7 +226,8 @@ impl Side {
                     .arg(&env.gatehouse_bin)
                     .arg("serve")
                     .arg("--config")
-                    .arg(&env.gatehouse_config);
+                    .arg(&env.gatehouse_config)
+                    .envs(env.gatehouse_env.iter().map(|(k, v)| (k, v)));
                 let mut daemon = Daemon::spawn(&name, cmd, &env.scratch);
                 daemon.wait_for_stderr("gatehouse listening", Duration::from_secs(20));
                 Server::Gatehouse(daemon)
