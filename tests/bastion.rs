@@ -18,24 +18,24 @@ use crate::harness::{
     BASTION_CLIENT_ADDR, BASTION_PRIVATE_ADDR, PRIVATE_ADDR, PRIVATE_ADDR_2, TEST_USER,
 };
 
-const SSH_PORT: u16 = 22;
-const JUPYTER_PORT: u16 = 8888;
-const SINK_PORT: u16 = 9000;
-const CMD_TIMEOUT: Duration = Duration::from_secs(60);
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const SSH_PORT: u16 = 22;
+pub(crate) const JUPYTER_PORT: u16 = 8888;
+pub(crate) const SINK_PORT: u16 = 9000;
+pub(crate) const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
+pub(crate) fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::from((ip, port))
 }
 
 /// Settings a test may change in the `[server]` table.
-struct ServerOptions {
+pub(crate) struct ServerOptions {
     /// Extra TOML appended to the config (e.g. `[limits]`, `[penalties]`, `[metrics]`).
-    extra: String,
-    login_grace: &'static str,
-    idle_timeout: &'static str,
-    max_unauthenticated: usize,
-    shutdown_grace: &'static str,
+    pub extra: String,
+    pub login_grace: &'static str,
+    pub idle_timeout: &'static str,
+    pub max_unauthenticated: usize,
+    pub shutdown_grace: &'static str,
 }
 
 impl Default for ServerOptions {
@@ -54,7 +54,7 @@ impl Default for ServerOptions {
 /// The inventory the tests use. `jupyter` (10.0.3.140) is open to `research` on 22, 8888 and
 /// the sink port; `opsbox` belongs to `ops` only. 10.0.3.141 is a live private address that is
 /// NOT in the inventory.
-fn write_config(
+pub(crate) fn write_config(
     scratch: &Scratch,
     alice: &KeyPair,
     bob: &KeyPair,
@@ -114,7 +114,12 @@ ports = [22]
 
 /// Starts `gatehouse serve` in the bastion namespace and waits for its "listening" line
 /// (not a port probe, which would itself be a connection in the audit log).
-fn start_gatehouse(topology: &Topology, scratch: &Scratch, config: &Path, name: &str) -> Daemon {
+pub(crate) fn start_gatehouse(
+    topology: &Topology,
+    scratch: &Scratch,
+    config: &Path,
+    name: &str,
+) -> Daemon {
     let mut cmd = topology.bastion.command(gatehouse_bin());
     cmd.arg("serve").arg("--config").arg(config);
     let mut daemon = Daemon::spawn(name, cmd, scratch);
@@ -123,22 +128,22 @@ fn start_gatehouse(topology: &Topology, scratch: &Scratch, config: &Path, name: 
 }
 
 /// Fields drop in order: processes first, the namespaces last.
-struct Rig {
-    alice: SshClient,
-    gatehouse: Daemon,
-    private_sshd: Sshd,
-    alice_key: KeyPair,
-    bob_key: KeyPair,
-    config: PathBuf,
-    scratch: Scratch,
-    topology: Topology,
+pub(crate) struct Rig {
+    pub alice: SshClient,
+    pub gatehouse: Daemon,
+    pub private_sshd: Sshd,
+    pub alice_key: KeyPair,
+    pub bob_key: KeyPair,
+    pub config: PathBuf,
+    pub scratch: Scratch,
+    pub topology: Topology,
 }
 
-fn rig() -> Rig {
+pub(crate) fn rig() -> Rig {
     rig_with(ServerOptions::default())
 }
 
-fn rig_with(opts: ServerOptions) -> Rig {
+pub(crate) fn rig_with(opts: ServerOptions) -> Rig {
     let topology = Topology::new();
     let scratch = Scratch::new();
     let alice_key = KeyPair::ed25519(&scratch, "alice_key");
@@ -169,7 +174,7 @@ fn rig_with(opts: ServerOptions) -> Rig {
 
 impl Rig {
     /// A client logging in to the bastion as `user` with `key`.
-    fn client(&self, user: &str, key: &Path) -> SshClient {
+    pub fn client(&self, user: &str, key: &Path) -> SshClient {
         SshClient::new(
             &self.topology.client,
             &self.scratch,
@@ -180,12 +185,12 @@ impl Rig {
     }
 
     /// Every audit line so far.
-    fn audit(&self) -> Vec<Value> {
+    pub fn audit(&self) -> Vec<Value> {
         read_audit(&self.scratch.join("audit.jsonl"))
     }
 
     /// Waits (bounded) for an audit line matching `pred`, and returns it.
-    fn wait_audit(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_audit(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(line) = self.audit().into_iter().find(|l| pred(l)) {
@@ -205,20 +210,20 @@ impl Rig {
     }
 
     /// `ssh -W target bastion` as alice, feeding nothing.
-    fn dash_w(&self, target: &str) -> CmdOutput {
+    pub fn dash_w(&self, target: &str) -> CmdOutput {
         dash_w(&self.alice, target)
     }
 }
 
 /// `ssh -W target bastion`, at OpenSSH's default log level (the harness's is ERROR), so that
 /// stderr shows what the user sees: "channel 0: open failed: <code>: <reason>".
-fn dash_w(client: &SshClient, target: &str) -> CmdOutput {
+pub(crate) fn dash_w(client: &SshClient, target: &str) -> CmdOutput {
     let mut ssh = client.ssh();
     ssh.args(["-o", "LogLevel=INFO", "-W", target, "bastion"]);
     run_with_timeout(ssh, CMD_TIMEOUT)
 }
 
-fn read_audit(path: &Path) -> Vec<Value> {
+pub(crate) fn read_audit(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .map(|l| {
@@ -227,7 +232,7 @@ fn read_audit(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn is(line: &Value, event: &str) -> bool {
+pub(crate) fn is(line: &Value, event: &str) -> bool {
     line["event"] == event
 }
 
@@ -796,7 +801,7 @@ fn sessions_are_closed_after_idle_timeout_but_not_while_bytes_move() {
 }
 
 /// Rewrites the config file with `edit` applied, then sends SIGHUP.
-fn reload(rig: &Rig, edit: impl FnOnce(String) -> String) {
+pub(crate) fn reload(rig: &Rig, edit: impl FnOnce(String) -> String) {
     let text = std::fs::read_to_string(&rig.config).expect("read config");
     let edited = edit(text.clone());
     assert_ne!(edited, text, "the edit changed nothing");

@@ -1,7 +1,14 @@
 //! End-to-end tests: the real `gatehouse` binary, the real OpenSSH client and sshd, a real
 //! Jupyter Server, all inside network namespaces created (and torn down) by each test.
 //! They need root (namespaces). Run them with `tests/run`, which installs what they need.
+//!
+//! - `bastion`: jumps, ProxyJump, Jupyter through -L, scp, bytes, refusals, pre-auth limits,
+//!   idle timeout, reload and revocation, drain on SIGTERM, host key, check, hosts, demo
+//! - `hardening`: verdicts (ssh-audit, systemd-analyze), a flood from one source, penalties,
+//!   limits, a black-holed target, PROXY protocol, metrics, socket activation, kill -9
+//! - `openssh_baseline`: the harness itself, with OpenSSH sshd as the bastion
 
 mod bastion;
+mod hardening;
 mod harness;
-mod openssh_baseline; // the harness itself, with OpenSSH sshd as the bastion
+mod openssh_baseline;

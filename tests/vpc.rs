@@ -897,13 +897,15 @@ fn user_data_is_cloud_config_under_16k() {
 import sys, yaml, tomllib
 doc = yaml.safe_load(sys.stdin.read())
 files = {f["path"]: f for f in doc["write_files"]}
-assert set(files) == {"/etc/gatehouse/gatehouse.toml", "/etc/systemd/system/gatehouse.service", "/usr/local/sbin/gatehouse-install"}, files.keys()
+assert set(files) == {"/etc/gatehouse/gatehouse.toml", "/etc/systemd/system/gatehouse.service", "/etc/systemd/system/gatehouse.socket", "/etc/systemd/system/gatehouse.service.d/aws.conf", "/usr/local/sbin/gatehouse-install"}, files.keys()
 cfg = tomllib.loads(files["/etc/gatehouse/gatehouse.toml"]["content"])
 assert cfg["server"]["listen"] == ["0.0.0.0:22"], cfg
 assert cfg["aws"]["vpc_ids"] == ["vpc-0123456789abcdef0"], cfg
 assert cfg["aws"]["host_key_ssm_parameter"] == "/gatehouse/lab/host_ed25519", cfg
 unit = files["/etc/systemd/system/gatehouse.service"]["content"]
 assert "ExecStart=/usr/local/bin/gatehouse serve --config /etc/gatehouse/gatehouse.toml" in unit
+assert "ListenStream=22" in files["/etc/systemd/system/gatehouse.socket"]["content"]
+assert "IPAddressDeny=\n" in files["/etc/systemd/system/gatehouse.service.d/aws.conf"]["content"]
 script = files["/usr/local/sbin/gatehouse-install"]["content"]
 assert "sha256sum -c" in script and "https://example.org/releases/gatehouse" in script
 import subprocess

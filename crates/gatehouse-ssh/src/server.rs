@@ -339,12 +339,15 @@ async fn connection(
         return shared.refuse(None, source, "penalized", &reason);
     }
     let Some(source_slot) = shared.unauthenticated.try_take(source.ip()) else {
-        return shared.refuse(
+        shared.refuse(
             None,
             source,
             "too_many_from_source",
             "too many unauthenticated connections from this source",
         );
+        // A source that keeps opening more than its share never authenticates them either.
+        shared.charge(source, Offence::NoAuth);
+        return;
     };
 
     let conn = Arc::new(Conn::new(shared.next_session_id(), source));

@@ -3,18 +3,30 @@
 //!
 //! Runs in its own task: a slow or black-holed target never stalls the connection's loop or
 //! its other channels.
+//!
+//! Flow control, and why the splice is hand-written: russh 0.65 re-opens a channel's SSH window
+//! as soon as data *arrives*, not when it is consumed, and hands the data to a bounded
+//! per-channel queue that the connection's loop awaits. So a target that stops reading fills
+//! that queue and then freezes the whole connection, every other channel included
+//! (head-of-line blocking; OpenSSH stops only the one channel, by not re-opening its window).
+//! Until russh re-opens windows on consumption (see BENCHMARKS.md), the client-to-target
+//! direction drains the channel into a backlog of its own as data comes, without waiting for
+//! the target, up to [`BACKLOG_LIMIT`] bytes. Past that it takes no more (memory stays
+//! bounded, and the connection stalls as before), and if the target then takes nothing for
+//! [`STALL_LIMIT`] the tunnel is cut, with an audit reason, so that the stall is bounded and
+//! visible instead of permanent.
 
-use std::io;
-use std::pin::Pin;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gatehouse_policy::Grant;
 use russh::server::Msg;
-use russh::{Channel, ChannelOpenFailure};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::audit::Event;
@@ -22,8 +34,23 @@ use crate::conn::{Conn, OpenTunnel};
 use crate::server::{Shared, TunnelSlot};
 use crate::telemetry;
 
-/// Copy buffer per direction. 64 KiB: the default 8 KiB costs four writes per SSH packet.
+/// Read buffer for the target-to-client direction. 64 KiB: 8 KiB costs four writes per SSH
+/// packet.
 const COPY_BUFFER: usize = 64 * 1024;
+
+/// Client bytes a tunnel holds for a target that is slower than the client, before it stops
+/// draining its SSH channel: one SSH window, what the client may have in flight anyway.
+pub(crate) const BACKLOG_LIMIT: usize = crate::algorithms::WINDOW_SIZE as usize;
+
+/// How long a full backlog waits for the target to take any byte before the tunnel is cut.
+/// While it waits, the whole connection is stalled (see the module docs).
+pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(5);
+
+/// Chunks handed to one vectored write to the target (32 KiB SSH packets: 512 KiB at most).
+const MAX_WRITE_CHUNKS: usize = 16;
+
+/// How long the CLOSE for a finished tunnel may wait for room in the connection's queue.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// What the client asked for.
 pub(crate) struct Request {
@@ -100,26 +127,27 @@ pub(crate) async fn run(
         dial: grant.dial,
     });
     let started = Instant::now();
-    let counters = Arc::new(Counters::default());
-    let mut target = Counted {
-        inner: tcp,
-        conn: conn.clone(),
-        counters: counters.clone(),
-    };
-    let mut stream = channel.into_stream();
+    let counters = Counters::default();
+    let (mut from_client, to_client) = channel.split();
+    let (target_read, target_write) = tcp.into_split();
     let reason = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut target, COPY_BUFFER, COPY_BUFFER) => {
-            match r {
-                Ok(_) => "closed".to_owned(),
-                Err(e) => format!("error: {e}"),
-            }
-        }
+        r = async {
+            tokio::try_join!(
+                upload(&mut from_client, target_write, &conn, &counters),
+                download(target_read, &to_client, &conn, &counters),
+            )
+        } => match r {
+            Ok(_) => "closed".to_owned(),
+            Err(e) => format!("error: {e}"),
+        },
         _ = revoked.cancelled() => if conn.closed.is_cancelled() {
             "connection ended".to_owned()
         } else {
             "revoked".to_owned()
         },
     };
+    drop(from_client);
+    let _ = tokio::time::timeout(CLOSE_WAIT, to_client.close()).await;
     shared.audit.record(Event::TunnelClose {
         session: &conn.id,
         tunnel,
@@ -148,51 +176,173 @@ struct Counters {
     down: AtomicU64,
 }
 
-/// The target socket, counting bytes each way and marking the connection active.
-struct Counted {
-    inner: TcpStream,
-    conn: Arc<Conn>,
-    counters: Arc<Counters>,
-}
+impl Counters {
+    /// `n` bytes written to the target; the connection is active.
+    fn up(&self, conn: &Conn, n: usize) {
+        self.up.fetch_add(n as u64, Ordering::Relaxed);
+        telemetry::tunnel_bytes("up", n as u64);
+        conn.touch();
+    }
 
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.counters.down.fetch_add(n as u64, Ordering::Relaxed);
-            telemetry::tunnel_bytes("down", n as u64);
-            self.conn.touch();
-        }
-        poll
+    /// `n` bytes read from the target; the connection is active.
+    fn down(&self, conn: &Conn, n: usize) {
+        self.down.fetch_add(n as u64, Ordering::Relaxed);
+        telemetry::tunnel_bytes("down", n as u64);
+        conn.touch();
     }
 }
 
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = poll {
-            self.counters.up.fetch_add(n as u64, Ordering::Relaxed);
-            telemetry::tunnel_bytes("up", n as u64);
-            self.conn.touch();
+/// Client to target: drains the SSH channel into a bounded backlog as data arrives, and
+/// writes the backlog to the target as fast as it takes it (see the module docs). Ends after
+/// the client's EOF, once everything is written and the target's write side is shut down.
+async fn upload(
+    from_client: &mut ChannelReadHalf,
+    mut target: OwnedWriteHalf,
+    conn: &Conn,
+    counters: &Counters,
+) -> io::Result<()> {
+    let mut backlog = Backlog::default();
+    let mut client_done = false;
+    loop {
+        if client_done && backlog.is_empty() {
+            return target.shutdown().await;
         }
-        poll
+        let full = backlog.pending >= BACKLOG_LIMIT;
+        tokio::select! {
+            // Writing first: a backlog that the target takes never grows.
+            biased;
+            written = async { target.write_vectored(&backlog.slices()).await }, if !backlog.is_empty() => {
+                let n = written?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                counters.up(conn, n);
+                backlog.consume(n);
+            }
+            msg = from_client.wait(), if !client_done && !full => match msg {
+                Some(ChannelMsg::Data { data }) => backlog.push(data),
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => client_done = true,
+                Some(_) => {}
+            },
+            // Only while full: any byte the target takes restarts the wait.
+            _ = tokio::time::sleep(STALL_LIMIT), if full => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "target stopped reading: {} KiB pending for {}",
+                        backlog.pending / 1024,
+                        humantime::format_duration(STALL_LIMIT)
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Client data not yet taken by the target: chunks as they came, and how far into the first
+/// one the target has got.
+struct Backlog<B> {
+    chunks: VecDeque<B>,
+    /// Bytes of the first chunk already written.
+    offset: usize,
+    /// Bytes not yet written, in all.
+    pending: usize,
+}
+
+impl<B> Default for Backlog<B> {
+    fn default() -> Self {
+        Backlog {
+            chunks: VecDeque::new(),
+            offset: 0,
+            pending: 0,
+        }
+    }
+}
+
+impl<B: AsRef<[u8]>> Backlog<B> {
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn push(&mut self, chunk: B) {
+        let len = chunk.as_ref().len();
+        if len > 0 {
+            self.pending += len;
+            self.chunks.push_back(chunk);
+        }
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    /// The first chunks, for one vectored write.
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        self.chunks
+            .iter()
+            .take(MAX_WRITE_CHUNKS)
+            .enumerate()
+            .map(|(i, c)| {
+                let skip = if i == 0 { self.offset } else { 0 };
+                IoSlice::new(&c.as_ref()[skip..])
+            })
+            .collect()
+    }
+
+    /// Drops the first `n` pending bytes (written).
+    fn consume(&mut self, mut n: usize) {
+        self.pending -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let left = front.as_ref().len() - self.offset;
+            if n >= left {
+                n -= left;
+                self.offset = 0;
+                self.chunks.pop_front();
+            } else {
+                self.offset += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+/// Target to client, until the target's EOF (passed on as the channel's EOF).
+async fn download(
+    mut target: OwnedReadHalf,
+    to_client: &ChannelWriteHalf<Msg>,
+    conn: &Conn,
+    counters: &Counters,
+) -> io::Result<()> {
+    let mut writer = to_client.make_writer();
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = target.read(&mut buf).await?;
+        if n == 0 {
+            return writer.shutdown().await;
+        }
+        counters.down(conn, n);
+        writer.write_all(&buf[..n]).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_consumes_across_chunks() {
+        let mut b = Backlog::default();
+        b.push(vec![1u8, 2, 3]);
+        b.push(Vec::new());
+        b.push(vec![4u8, 5]);
+        assert_eq!(b.pending, 5);
+        b.consume(2);
+        let flat: Vec<u8> = b.slices().iter().flat_map(|s| s.to_vec()).collect();
+        assert_eq!(flat, [3, 4, 5]);
+        b.consume(2);
+        assert_eq!(b.slices().len(), 1);
+        assert_eq!(&*b.slices()[0], &[5]);
+        b.consume(1);
+        assert!(b.is_empty());
+        assert_eq!(b.pending, 0);
     }
 }

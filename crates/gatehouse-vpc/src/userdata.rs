@@ -7,6 +7,16 @@ use crate::spec::Spec;
 
 /// The hardened unit shipped in the repository's `systemd/` folder.
 pub const SYSTEMD_UNIT: &str = include_str!("../../../systemd/gatehouse.service");
+/// Its socket unit: systemd binds port 22 so the service needs no capability.
+pub const SYSTEMD_SOCKET: &str = include_str!("../../../systemd/gatehouse.socket");
+/// AWS mode reaches the AWS APIs (public addresses) and the instance metadata service for
+/// its credentials: lift the unit's private-ranges-only outbound allow-list.
+pub const SYSTEMD_AWS_DROP_IN: &str =
+    "# Written by gatehouse-vpc: AWS mode needs the AWS APIs and the instance metadata\n\
+# service, which the unit's IPAddressAllow= (private ranges only) would block.\n\
+[Service]\n\
+IPAddressDeny=\n\
+IPAddressAllow=\n";
 /// Where the daemon keeps its host key (inside its StateDirectory).
 pub const HOST_KEY_PATH: &str = "/var/lib/gatehouse/ssh_host_ed25519_key";
 
@@ -64,7 +74,7 @@ fn install_script(spec: &Spec) -> String {
          \x20 systemctl disable --now \"$unit\" 2>/dev/null || true\n\
          done\n\
          systemctl daemon-reload\n\
-         systemctl enable --now gatehouse.service\n",
+         systemctl enable --now gatehouse.socket gatehouse.service\n",
         url = spec.bastion.download_url,
     )
 }
@@ -100,6 +110,16 @@ pub fn render(spec: &Spec, vpc_id: &str) -> String {
          \x20   permissions: '0644'\n\
          \x20   content: |\n\
          {unit}\n\
+         \x20 - path: /etc/systemd/system/gatehouse.socket\n\
+         \x20   owner: root:root\n\
+         \x20   permissions: '0644'\n\
+         \x20   content: |\n\
+         {socket}\n\
+         \x20 - path: /etc/systemd/system/gatehouse.service.d/aws.conf\n\
+         \x20   owner: root:root\n\
+         \x20   permissions: '0644'\n\
+         \x20   content: |\n\
+         {drop_in}\n\
          \x20 - path: /usr/local/sbin/gatehouse-install\n\
          \x20   owner: root:root\n\
          \x20   permissions: '0755'\n\
@@ -110,6 +130,8 @@ pub fn render(spec: &Spec, vpc_id: &str) -> String {
         stack = spec.stack,
         config = indent(&daemon_config(spec, vpc_id), 6),
         unit = indent(SYSTEMD_UNIT, 6),
+        socket = indent(SYSTEMD_SOCKET, 6),
+        drop_in = indent(SYSTEMD_AWS_DROP_IN, 6),
         script = indent(&install_script(spec), 6),
     )
 }

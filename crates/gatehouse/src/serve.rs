@@ -36,15 +36,7 @@ pub async fn run(
             .with_context(|| format!("cannot open the audit log {}", path.display()))?,
         None => Audit::stdout(),
     };
-    let mut listeners = Vec::new();
-    let all = config.server.listen.iter().map(|a| (a, false));
-    let proxied = config.server.proxy_listen.iter().map(|a| (a, true));
-    for (addr, proxy) in all.chain(proxied) {
-        let socket = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        listeners.push(Listener { socket, proxy });
-    }
+    let listeners = listeners(&config).await?;
     if let Some(addr) = config.metrics.listen {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
@@ -64,8 +56,12 @@ pub async fn run(
         ));
     }
     let fingerprint = gatehouse_directory::fingerprint(host_key.public_key());
+    let bound: Vec<std::net::SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.socket.local_addr().ok())
+        .collect();
     tracing::info!(
-        listen = ?config.server.listen,
+        listen = ?bound,
         host_key = %fingerprint,
         users = config.users.len(),
         hosts = config.hosts.len(),
@@ -127,6 +123,46 @@ async fn reload_on_hangup(
             }
         }
     }
+}
+
+/// The sockets to serve: those systemd passed (socket activation; a socket whose
+/// `FileDescriptorName=` is `proxy` expects PROXY v2 headers), else the configured
+/// `listen` and `proxy_listen` addresses, bound here.
+async fn listeners(config: &Config) -> anyhow::Result<Vec<Listener>> {
+    let mut inherited = listenfd::ListenFd::from_env();
+    if inherited.len() > 0 {
+        let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+        let names: Vec<&str> = names.split(':').collect();
+        let mut out = Vec::new();
+        for i in 0..inherited.len() {
+            let Some(std_listener) = inherited
+                .take_tcp_listener(i)
+                .with_context(|| format!("inherited socket {i} is not a TCP listener"))?
+            else {
+                continue;
+            };
+            std_listener.set_nonblocking(true)?;
+            let socket = TcpListener::from_std(std_listener)?;
+            let proxy = names.get(i) == Some(&"proxy");
+            tracing::info!(
+                "using socket {} from systemd{}; [server] listen addresses are not bound",
+                socket.local_addr()?,
+                if proxy { " (PROXY protocol)" } else { "" }
+            );
+            out.push(Listener { socket, proxy });
+        }
+        return Ok(out);
+    }
+    let mut out = Vec::new();
+    let plain = config.server.listen.iter().map(|a| (a, false));
+    let proxied = config.server.proxy_listen.iter().map(|a| (a, true));
+    for (addr, proxy) in plain.chain(proxied) {
+        let socket = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        out.push(Listener { socket, proxy });
+    }
+    Ok(out)
 }
 
 /// Keeps the `gatehouse_directory_age_seconds` gauge current.
