@@ -14,6 +14,7 @@ mod handler;
 pub mod hostkey;
 pub mod proxy;
 mod server;
+mod socket;
 mod sources;
 mod telemetry;
 mod tunnel;

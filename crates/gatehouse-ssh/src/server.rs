@@ -28,6 +28,7 @@ use crate::audit::{Audit, Event};
 use crate::conn::Conn;
 use crate::handler::Handler;
 use crate::proxy;
+use crate::socket::{with_cutter, ClientSocket};
 use crate::sources::{Offence, Penalties, Source, Unauthenticated};
 
 /// Everything the SSH server needs, built by the binary.
@@ -366,6 +367,7 @@ async fn connection(
         }
     };
     let _ = stream.set_nodelay(true);
+    let stream = ClientSocket::new(stream, conn.clone());
 
     let (auth_tx, auth_rx) = oneshot::channel();
     let handler = Handler::new(shared.clone(), conn.clone(), auth_tx);
@@ -463,13 +465,6 @@ impl Drop for UserSessionGuard<'_> {
             self.shared.remove_user_session(&login.user);
         }
     }
-}
-
-/// Splits off a duplicate of the socket that can shut it down from outside the session.
-fn with_cutter(stream: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
-    let std_stream = stream.into_std()?;
-    let cutter = std_stream.try_clone()?;
-    Ok((TcpStream::from_std(std_stream)?, cutter))
 }
 
 /// Ends a session: a polite DISCONNECT with `reason`, then, if the session has not ended
