@@ -2,6 +2,7 @@
 //! Jupyter Server, all inside network namespaces created (and torn down) by each test.
 //! They need root (namespaces). Run them with `tests/run`, which installs what they need.
 
+mod aws; // gatehouse with AWS as the source of truth, against moto
 mod bastion;
 mod harness;
 mod openssh_baseline; // the harness itself, with OpenSSH sshd as the bastion

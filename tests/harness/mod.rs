@@ -12,6 +12,7 @@
 //!   file (the only way options reach the `-J` hop).
 //! - [`Jupyter`] (jupyter): a real Jupyter Server and the `tests/py/jupyter_check.py` probe.
 //! - [`TcpServer`], [`Pattern`], [`Digest`] (bytes): byte sinks, echo servers and checksums.
+//! - [`moto::Moto`] (moto): the AWS API in memory, in the root namespace or inside one.
 //! - [`Daemon`], [`run_with_timeout`], [`run_feeding`] (process): every child process is bounded
 //!   in time and killed on drop.
 //!
@@ -25,6 +26,7 @@
 pub mod bytes;
 pub mod jupyter;
 pub mod keys;
+pub mod moto;
 pub mod netns;
 pub mod process;
 pub mod scratch;

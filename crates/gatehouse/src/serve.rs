@@ -1,6 +1,7 @@
 //! Wiring of the daemon: host key, audit sink, listeners, directory, signals.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use anyhow::Context;
 use gatehouse_config::Config;
@@ -23,7 +24,14 @@ pub fn init_logging() {
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains. `hint` is printed once listening.
 pub async fn run(config: Config, hint: Option<String>) -> anyhow::Result<()> {
-    let host_key = hostkey::load_or_create(&config.server.host_key)?;
+    let aws = match &config.aws {
+        Some(settings) => Some(crate::aws::Started::new(settings).await?),
+        None => None,
+    };
+    let host_key = match aws.as_ref().and_then(|a| a.host_key.clone()) {
+        Some(key) => key,
+        None => hostkey::load_or_create(&config.server.host_key)?,
+    };
     let audit = match &config.audit.file {
         Some(path) => Audit::file(path)
             .with_context(|| format!("cannot open the audit log {}", path.display()))?,
@@ -37,13 +45,16 @@ pub async fn run(config: Config, hint: Option<String>) -> anyhow::Result<()> {
         listeners.push(listener);
     }
     let shutdown = shutdown_signal()?;
-    let directory = Directory::new(Snapshot::from_config(&config));
+    let directory = match &aws {
+        Some(aws) => aws.directory(),
+        None => Arc::new(Directory::new(Snapshot::from_config(&config))),
+    };
     let fingerprint = gatehouse_directory::fingerprint(host_key.public_key());
     tracing::info!(
         listen = ?config.server.listen,
         host_key = %fingerprint,
-        users = config.users.len(),
-        hosts = config.hosts.len(),
+        users = directory.current().identities().len(),
+        hosts = directory.current().inventory().hosts().len(),
         "gatehouse listening"
     );
     if let Some(hint) = hint {
@@ -55,6 +66,9 @@ pub async fn run(config: Config, hint: Option<String>) -> anyhow::Result<()> {
         directory: directory.subscribe(),
         audit,
     };
+    if let Some(aws) = aws {
+        aws.spawn_refresh();
+    }
     serve(bastion, listeners, shutdown).await;
     Ok(())
 }

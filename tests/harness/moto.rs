@@ -1,0 +1,216 @@
+//! A moto server (the AWS API, in memory) for tests: started on a free loopback port, waited
+//! for (bounded), reset on demand, killed on drop. Self-contained: std only.
+//!
+//! Needs `tests/.venv/bin/moto_server` (see tests/py/requirements.txt).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long moto may take to answer after start (it needs about a second).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Moto {
+    child: Child,
+    addr: SocketAddr,
+    /// The namespace moto runs in (`None`: the root namespace).
+    ns: Option<super::netns::Netns>,
+}
+
+/// The venv's `moto_server` (tests/.venv at the repository root).
+pub fn moto_server_path() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // CARGO_MANIFEST_DIR is the crate that declares the test; walk up to the workspace root.
+    let root = root
+        .ancestors()
+        .find(|p| p.join("tests").join("py").join("requirements.txt").exists())
+        .map(PathBuf::from)
+        .unwrap_or(root);
+    root.join("tests")
+        .join(".venv")
+        .join("bin")
+        .join("moto_server")
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One HTTP/1.0 request to moto; returns (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+impl Moto {
+    /// Start a fresh moto server; panics with a clear message if it cannot.
+    pub fn start() -> Moto {
+        let bin = moto_server_path();
+        assert!(
+            bin.exists(),
+            "{} missing: python3 -m venv tests/.venv && tests/.venv/bin/pip install -r tests/py/requirements.txt",
+            bin.display()
+        );
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut moto = Moto {
+            child,
+            addr,
+            ns: None,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = http(addr, "GET", "/moto-api/data.json") {
+                break;
+            }
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!("moto_server exited early with {status}");
+            }
+            assert!(
+                start.elapsed() < START_TIMEOUT,
+                "moto_server did not answer on {addr} within {START_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Forget all state (`POST /moto-api/reset`).
+    pub fn reset(&self) {
+        let (status, body) = self.request("POST", "/moto-api/reset").expect("reset moto");
+        assert_eq!(status, 200, "moto reset failed: {body}");
+    }
+
+    /// Environment for a process that must talk to this moto and nothing else (also remove
+    /// `AWS_PROFILE` from it).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.url()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_SESSION_TOKEN", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("AWS_CONFIG_FILE", "/nonexistent/aws-config".into()),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/aws-credentials".into(),
+            ),
+        ]
+    }
+}
+
+impl Moto {
+    /// Starts a fresh moto server inside `ns`, on its loopback (127.0.0.1 there) at a free
+    /// port: a process in that namespace (the bastion) reaches it, nothing else does.
+    pub fn start_in(ns: &super::netns::Netns) -> Moto {
+        let port = ns
+            .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .and_then(|l| l.local_addr())
+            .expect("a free port in the namespace")
+            .port();
+        Moto::start_in_at(ns, port)
+    }
+
+    /// Starts a fresh moto server inside `ns` on 127.0.0.1:`port`.
+    pub fn start_in_at(ns: &super::netns::Netns, port: u16) -> Moto {
+        let bin = moto_server_path();
+        assert!(
+            bin.exists(),
+            "{} missing: python3 -m venv tests/.venv && tests/.venv/bin/pip install -r tests/py/requirements.txt",
+            bin.display()
+        );
+        let child = ns
+            .command(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut moto = Moto {
+            child,
+            addr,
+            ns: Some(ns.clone()),
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = moto.request("GET", "/moto-api/data.json") {
+                break;
+            }
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!("moto_server exited early with {status}");
+            }
+            assert!(
+                start.elapsed() < START_TIMEOUT,
+                "moto_server did not answer on {addr} in {} within {START_TIMEOUT:?}",
+                ns.name()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    /// Kills the server now (its state is gone); the port becomes free.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// One HTTP request to moto, from its own namespace.
+    fn request(&self, method: &'static str, path: &'static str) -> std::io::Result<(u16, String)> {
+        match &self.ns {
+            None => http(self.addr, method, path),
+            Some(ns) => {
+                let addr = self.addr;
+                ns.run_in(move || http(addr, method, path))?
+            }
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
