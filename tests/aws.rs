@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::harness::moto::Moto;
+use crate::harness::moto_ns::NsMoto as Moto;
 use crate::harness::{
     gatehouse_bin, run_with_timeout, venv_python, CmdOutput, Daemon, KeyPair, Scratch, SshClient,
     Sshd, SshdConfig, TcpServer, Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, PRIVATE_ADDR_2,

@@ -30,6 +30,8 @@ fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
 
 /// Settings a test may change in the `[server]` table.
 struct ServerOptions {
+    /// Extra TOML appended to the config (e.g. `[limits]`, `[penalties]`, `[metrics]`).
+    extra: String,
     login_grace: &'static str,
     idle_timeout: &'static str,
     max_unauthenticated: usize,
@@ -39,6 +41,8 @@ struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
+            // Tests fail logins on purpose from one source: no penalties unless a test asks.
+            extra: "[penalties]\nenabled = false\n".into(),
             login_grace: "20s",
             idle_timeout: "1h",
             max_unauthenticated: 64,
@@ -91,7 +95,10 @@ name = "opsbox"
 address = "10.0.3.142"
 groups = ["ops"]
 ports = [22]
+
+{extra}
 "#,
+        extra = opts.extra,
         listen = addr(BASTION_CLIENT_ADDR, SSH_PORT),
         dir = scratch.path().display(),
         login_grace = opts.login_grace,
@@ -786,6 +793,121 @@ fn sessions_are_closed_after_idle_timeout_but_not_while_bytes_move() {
     assert!(exited.is_some(), "session not closed after idling");
     let line = rig.wait_audit("session.close", |l| is(l, "session.close"));
     assert_eq!(line["reason"], "idle for 2s", "{line}");
+}
+
+/// Rewrites the config file with `edit` applied, then sends SIGHUP.
+fn reload(rig: &Rig, edit: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(&rig.config).expect("read config");
+    let edited = edit(text.clone());
+    assert_ne!(edited, text, "the edit changed nothing");
+    std::fs::write(&rig.config, edited).expect("write config");
+    rig.gatehouse.signal(Signal::SIGHUP);
+}
+
+#[test]
+fn sighup_reload_revokes_tunnels_and_sessions_and_refuses_a_broken_config() {
+    let mut rig = rig();
+    let alice_line = rig.alice_key.public_line.trim().to_owned();
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, SINK_PORT));
+    let mut tunnel = rig.alice.local_forward(
+        &rig.scratch,
+        "ssh_tunnel",
+        19002,
+        "jupyter",
+        SINK_PORT,
+        "bastion",
+    );
+    let mut conn = rig
+        .topology
+        .client
+        .connect(addr(Ipv4Addr::LOCALHOST, 19002), Duration::from_secs(5))
+        .expect("connect to the forwarded port");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    conn.write_all(b"x").expect("write through the tunnel");
+    let mut byte = [0u8; 1];
+    conn.read_exact(&mut byte).expect("echo before the reload");
+
+    // 1. A broken file is refused; the running config stays and the tunnel keeps working.
+    let good = std::fs::read_to_string(&rig.config).expect("read config");
+    reload(&rig, |t| t.replace("[[hosts]]", "[[hosts]]\nbogus = 1"));
+    let line = rig.wait_audit("reload refused", |l| is(l, "config.reload"));
+    assert_eq!(line["result"], "refused", "{line}");
+    assert!(
+        line["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unknown field `bogus`"),
+        "{line}"
+    );
+    assert!(
+        rig.gatehouse.is_running(),
+        "a broken reload stopped the daemon"
+    );
+    conn.write_all(b"y")
+        .expect("write after the refused reload");
+    conn.read_exact(&mut byte)
+        .expect("echo after the refused reload");
+    std::fs::write(&rig.config, &good).expect("restore config");
+
+    // 2. alice loses the group: her open tunnel to jupyter is closed, her session stays, and
+    //    a new tunnel is refused.
+    reload(&rig, |t| {
+        t.replace(
+            &format!("keys = [\"{alice_line}\"]\ngroups = [\"research\"]"),
+            &format!("keys = [\"{alice_line}\"]\ngroups = [\"ops\"]"),
+        )
+    });
+    let revoked = rig.wait_audit("tunnel.revoked", |l| is(l, "tunnel.revoked"));
+    assert_eq!(
+        revoked["reason"], "user 'alice' may not reach host 'jupyter'",
+        "{revoked}"
+    );
+    assert_eq!(revoked["host"], "jupyter");
+    let mut rest = Vec::new();
+    let eof = conn.read_to_end(&mut rest);
+    assert!(
+        eof.is_ok(),
+        "tunnel not closed after the revocation: {eof:?}"
+    );
+    let close = rig.wait_audit("tunnel.close revoked", |l| {
+        is(l, "tunnel.close") && l["reason"] == "revoked"
+    });
+    assert_eq!(close["bytes_up"], 2, "{close}");
+    assert!(
+        tunnel.is_running(),
+        "the session itself must stay:\n{}",
+        tunnel.logs()
+    );
+    let out = rig.dash_w(&format!("jupyter:{SINK_PORT}"));
+    out.expect_failure("a new tunnel after losing the group");
+    assert!(
+        out.stderr_str().contains("may not reach host 'jupyter'"),
+        "{out}"
+    );
+
+    // 3. alice's key is removed: her session is disconnected.
+    let mallory = KeyPair::ed25519(&rig.scratch, "mallory_key");
+    reload(&rig, |t| t.replace(&alice_line, mallory.public_line.trim()));
+    let line = rig.wait_audit("session.revoked", |l| is(l, "session.revoked"));
+    assert_eq!(line["user"], "alice");
+    assert_eq!(line["key"], rig.alice_key.fingerprint());
+    assert!(
+        tunnel.wait_exit(Duration::from_secs(10)).is_some(),
+        "ssh -N still running after its key was revoked"
+    );
+    rig.wait_audit("session.close revoked", |l| {
+        is(l, "session.close")
+            && l["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("revoked: key "))
+    });
+    let applied = rig
+        .audit()
+        .iter()
+        .filter(|l| is(l, "config.reload") && l["result"] == "applied")
+        .count();
+    assert_eq!(applied, 2);
 }
 
 #[test]

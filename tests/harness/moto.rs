@@ -17,8 +17,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Moto {
     child: Child,
     addr: SocketAddr,
-    /// The namespace moto runs in (`None`: the root namespace).
-    ns: Option<super::netns::Netns>,
 }
 
 /// The venv's `moto_server` (tests/.venv at the repository root).
@@ -81,11 +79,7 @@ impl Moto {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut moto = Moto {
-            child,
-            addr,
-            ns: None,
-        };
+        let mut moto = Moto { child, addr };
         let start = Instant::now();
         loop {
             if let Ok((200, _)) = http(addr, "GET", "/moto-api/data.json") {
@@ -114,7 +108,7 @@ impl Moto {
 
     /// Forget all state (`POST /moto-api/reset`).
     pub fn reset(&self) {
-        let (status, body) = self.request("POST", "/moto-api/reset").expect("reset moto");
+        let (status, body) = http(self.addr, "POST", "/moto-api/reset").expect("reset moto");
         assert_eq!(status, 200, "moto reset failed: {body}");
     }
 
@@ -135,76 +129,6 @@ impl Moto {
                 "/nonexistent/aws-credentials".into(),
             ),
         ]
-    }
-}
-
-impl Moto {
-    /// Starts a fresh moto server inside `ns`, on its loopback (127.0.0.1 there) at a free
-    /// port: a process in that namespace (the bastion) reaches it, nothing else does.
-    pub fn start_in(ns: &super::netns::Netns) -> Moto {
-        let port = ns
-            .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .and_then(|l| l.local_addr())
-            .expect("a free port in the namespace")
-            .port();
-        Moto::start_in_at(ns, port)
-    }
-
-    /// Starts a fresh moto server inside `ns` on 127.0.0.1:`port`.
-    pub fn start_in_at(ns: &super::netns::Netns, port: u16) -> Moto {
-        let bin = moto_server_path();
-        assert!(
-            bin.exists(),
-            "{} missing: python3 -m venv tests/.venv && tests/.venv/bin/pip install -r tests/py/requirements.txt",
-            bin.display()
-        );
-        let child = ns
-            .command(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut moto = Moto {
-            child,
-            addr,
-            ns: Some(ns.clone()),
-        };
-        let start = Instant::now();
-        loop {
-            if let Ok((200, _)) = moto.request("GET", "/moto-api/data.json") {
-                break;
-            }
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto_server exited early with {status}");
-            }
-            assert!(
-                start.elapsed() < START_TIMEOUT,
-                "moto_server did not answer on {addr} in {} within {START_TIMEOUT:?}",
-                ns.name()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
-    }
-
-    /// Kills the server now (its state is gone); the port becomes free.
-    pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// One HTTP request to moto, from its own namespace.
-    fn request(&self, method: &'static str, path: &'static str) -> std::io::Result<(u16, String)> {
-        match &self.ns {
-            None => http(self.addr, method, path),
-            Some(ns) => {
-                let addr = self.addr;
-                ns.run_in(move || http(addr, method, path))?
-            }
-        }
     }
 }
 

@@ -17,6 +17,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use gatehouse_config::AwsConfig;
 use gatehouse_directory::{Directory, Identity, Snapshot};
 use gatehouse_policy::{Host, Inventory};
@@ -135,6 +137,8 @@ pub struct AwsDirectory {
     empty_streak: u32,
     /// Whether the "stale" line was logged for the current outage.
     stale: bool,
+    /// Wakes the loop for an immediate refresh (SIGHUP).
+    wakeup: Arc<Notify>,
 }
 
 impl AwsDirectory {
@@ -159,6 +163,7 @@ impl AwsDirectory {
                         source,
                         empty_streak: 0,
                         stale: false,
+                        wakeup: Arc::new(Notify::new()),
                     });
                 }
                 Err(e) => {
@@ -178,6 +183,11 @@ impl AwsDirectory {
     /// The directory this source publishes to.
     pub fn directory(&self) -> Arc<Directory> {
         self.directory.clone()
+    }
+
+    /// A handle that makes the running loop refresh at once (`notify_one`).
+    pub fn wakeup(&self) -> Arc<Notify> {
+        self.wakeup.clone()
     }
 
     /// One refresh: list, and publish the listing unless it is held back.
@@ -219,10 +229,14 @@ impl AwsDirectory {
         let settings = self.source.settings().clone();
         let mut failures: u32 = 0;
         let mut next = Instant::now() + settings.refresh_interval;
+        let wakeup = self.wakeup.clone();
         loop {
             let stale_at = self.last_good + settings.max_staleness;
             tokio::select! {
                 () = tokio::time::sleep_until(next.into()) => {}
+                () = wakeup.notified() => {
+                    tracing::info!("AWS refresh requested");
+                }
                 () = tokio::time::sleep_until(stale_at.into()), if !self.stale => {
                     self.stale = true;
                     tracing::error!(

@@ -33,6 +33,31 @@ pub const LOGIN_GRACE_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(10 * 60));
 /// Accepted range of `server.max_unauthenticated`.
 pub const MAX_UNAUTHENTICATED_RANGE: (usize, usize) = (1, 100_000);
+/// Default of `limits.max_sessions_per_user`.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 16;
+/// Default of `limits.max_channels_per_connection`.
+pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 64;
+/// Default of `limits.max_tunnels`.
+pub const DEFAULT_MAX_TUNNELS: usize = 10_000;
+/// Default of `limits.per_source_max_unauthenticated`.
+pub const DEFAULT_PER_SOURCE_MAX_UNAUTHENTICATED: usize = 8;
+/// Accepted range of the `[limits]` counts.
+pub const LIMIT_RANGE: (usize, usize) = (1, 1_000_000);
+/// Default penalty for a connection that failed authentication (OpenSSH: authfail 5s).
+pub const DEFAULT_PENALTY_AUTH_FAILURE: Duration = Duration::from_secs(5);
+/// Default penalty for a connection closed without authenticating (OpenSSH: noauth 1s).
+pub const DEFAULT_PENALTY_NO_AUTH: Duration = Duration::from_secs(1);
+/// Default penalty for a connection cut at the login grace time (OpenSSH: grace-exceeded 10s).
+pub const DEFAULT_PENALTY_GRACE_EXCEEDED: Duration = Duration::from_secs(10);
+/// Default accumulated penalty above which a source is refused (OpenSSH: min 15s).
+pub const DEFAULT_PENALTY_THRESHOLD: Duration = Duration::from_secs(15);
+/// Default cap of a source's accumulated penalty (OpenSSH: max 600s).
+pub const DEFAULT_PENALTY_MAX: Duration = Duration::from_secs(600);
+/// Default number of sources tracked at once (OpenSSH: max-sources 65536).
+pub const DEFAULT_PENALTY_MAX_SOURCES: usize = 65_536;
+/// Accepted range of each penalty duration.
+pub const PENALTY_RANGE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(24 * 3600));
+
 /// Accepted range of `server.idle_timeout`.
 pub const IDLE_TIMEOUT_RANGE: (Duration, Duration) = (
     Duration::from_secs(1),
@@ -79,6 +104,12 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// `[[hosts]]`: where they may go, in file order. May be empty.
     pub hosts: Vec<HostConfig>,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
+    /// `[penalties]`.
+    pub penalties: PenaltiesConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
     /// `[aws]`: when present, users and hosts come from AWS (IAM and EC2) instead of
     /// `[[users]]` and `[[hosts]]`, which must then be absent.
     pub aws: Option<AwsConfig>,
@@ -167,6 +198,63 @@ pub struct ServerConfig {
     /// `shutdown_grace`: on SIGTERM, how long open tunnels may drain before they are cut.
     /// Range 0..10m, default 30s.
     pub shutdown_grace: Duration,
+    /// `pq_only`: offer only the post-quantum hybrid key exchange (mlkem768x25519-sha256).
+    /// Only OpenSSH 9.9+ clients can connect. Default false (curve25519 offered too).
+    pub pq_only: bool,
+    /// `proxy_listen`: further socket addresses that expect a PROXY protocol v2 header (a
+    /// load balancer in front); the address in the header is then the client's. Default none.
+    pub proxy_listen: Vec<SocketAddr>,
+    /// `trusted_proxies`: CIDRs allowed to connect to `proxy_listen` (the load balancer's
+    /// addresses). Required when `proxy_listen` is set; anything else is refused.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// `[limits]`: caps that turn resource exhaustion into clear refusals.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// `max_sessions_per_user`: authenticated connections one user may hold at once.
+    pub max_sessions_per_user: usize,
+    /// `max_channels_per_connection`: tunnels (open or being dialed) on one connection.
+    pub max_channels_per_connection: usize,
+    /// `max_tunnels`: tunnels on the whole bastion.
+    pub max_tunnels: usize,
+    /// `per_source_max_unauthenticated`: connections from one source address (IPv4 /32,
+    /// IPv6 /64) that may be unauthenticated at once, so one source cannot fill
+    /// `server.max_unauthenticated`.
+    pub per_source_max_unauthenticated: usize,
+}
+
+/// `[penalties]`: per-source penalties in the spirit of OpenSSH's PerSourcePenalties. Each
+/// connection that ends without authenticating adds its penalty to its source's account
+/// (IPv4 /32, IPv6 /64), which drains in real time; while the account exceeds `threshold`,
+/// new connections from that source are refused at once.
+#[derive(Debug, Clone)]
+pub struct PenaltiesConfig {
+    /// `enabled`: default true.
+    pub enabled: bool,
+    /// `auth_failure`: added when a connection failed authentication. Default 5s.
+    pub auth_failure: Duration,
+    /// `no_auth`: added when a connection closed without trying to authenticate. Default 1s.
+    pub no_auth: Duration,
+    /// `grace_exceeded`: added when a connection was cut at `login_grace`. Default 10s.
+    pub grace_exceeded: Duration,
+    /// `threshold`: a source is refused while its account exceeds this. Default 15s.
+    pub threshold: Duration,
+    /// `max`: an account never exceeds this. Default 10m.
+    pub max: Duration,
+    /// `max_sources`: sources tracked at once; past it, new sources are not tracked.
+    pub max_sources: usize,
+    /// `exempt`: CIDRs never penalized (e.g. a monitoring host, a load balancer's health
+    /// checks).
+    pub exempt: Vec<ipnet::IpNet>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// `listen`: where to serve `/metrics` over plain HTTP; must be a loopback address.
+    /// Omitted: no metrics endpoint.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[audit]`: the audit log (one JSON object per line).

@@ -30,6 +30,12 @@ pub(crate) struct RawConfig {
     /// `[[hosts]]`.
     #[serde(default)]
     pub(crate) hosts: Vec<Spanned<RawHost>>,
+    /// `[limits]`.
+    pub(crate) limits: Option<RawLimits>,
+    /// `[penalties]`.
+    pub(crate) penalties: Option<RawPenalties>,
+    /// `[metrics]`.
+    pub(crate) metrics: Option<RawMetrics>,
     /// `[aws]`.
     pub(crate) aws: Option<Spanned<RawAws>>,
 }
@@ -49,6 +55,40 @@ pub(crate) struct RawAws {
     pub(crate) host_key_ssm_parameter: Option<Spanned<String>>,
 }
 
+/// `[limits]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table of limits")]
+pub(crate) struct RawLimits {
+    pub(crate) max_sessions_per_user: Option<Spanned<Integer>>,
+    pub(crate) max_channels_per_connection: Option<Spanned<Integer>>,
+    pub(crate) max_tunnels: Option<Spanned<Integer>>,
+    pub(crate) per_source_max_unauthenticated: Option<Spanned<Integer>>,
+}
+
+/// `[penalties]`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table of per-source penalty settings"
+)]
+pub(crate) struct RawPenalties {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) auth_failure: Option<Spanned<String>>,
+    pub(crate) no_auth: Option<Spanned<String>>,
+    pub(crate) grace_exceeded: Option<Spanned<String>>,
+    pub(crate) threshold: Option<Spanned<String>>,
+    pub(crate) max: Option<Spanned<String>>,
+    pub(crate) max_sources: Option<Spanned<Integer>>,
+    pub(crate) exempt: Option<Vec<Spanned<String>>>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table of metrics settings")]
+pub(crate) struct RawMetrics {
+    pub(crate) listen: Option<Spanned<String>>,
+}
+
 /// `[server]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table of server settings")]
@@ -62,6 +102,9 @@ pub(crate) struct RawServer {
     pub(crate) keepalive_interval: Option<Spanned<String>>,
     pub(crate) max_auth_attempts: Option<Spanned<Integer>>,
     pub(crate) shutdown_grace: Option<Spanned<String>>,
+    pub(crate) pq_only: Option<bool>,
+    pub(crate) proxy_listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 /// `[audit]`.

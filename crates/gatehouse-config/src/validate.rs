@@ -18,7 +18,10 @@ use crate::address::forbidden_target_reason;
 use crate::error::{Diagnostic, Source};
 use crate::keys::{parse_key_line, parse_keys_file};
 use crate::model::*;
-use crate::raw::{Integer, RawAudit, RawAws, RawConfig, RawHost, RawServer, RawUser};
+use crate::raw::{
+    Integer, RawAudit, RawAws, RawConfig, RawHost, RawLimits, RawMetrics, RawPenalties, RawServer,
+    RawUser,
+};
 
 /// Longest user, group and host-label name, in characters.
 const MAX_NAME_LEN: usize = 64;
@@ -44,6 +47,9 @@ pub(crate) fn validate(
     let audit = v.audit(raw.audit.as_ref());
     let users = v.users(&raw.users);
     let hosts = v.hosts(&raw.hosts);
+    let limits = v.limits(raw.limits.as_ref());
+    let penalties = v.penalties(raw.penalties.as_ref());
+    let metrics = v.metrics(raw.metrics.as_ref());
     let aws = raw.aws.as_ref().map(|aws| v.aws(aws.get_ref()));
     if aws.is_some() {
         // One source of truth at a time: a static entry next to AWS would be a second door
@@ -72,6 +78,9 @@ pub(crate) fn validate(
             audit,
             users,
             hosts,
+            limits,
+            penalties,
+            metrics,
             aws,
         });
     }
@@ -138,7 +147,34 @@ impl Validator<'_> {
                 None => Some(DEFAULT_KEEPALIVE_INTERVAL),
             },
         };
+        let proxy_listen = match &s.proxy_listen {
+            Some(list) => self.socket_addrs("server.proxy_listen", list),
+            None => Vec::new(),
+        };
+        let trusted_proxies = self.cidrs("server.trusted_proxies", s.trusted_proxies.as_deref());
+        if let (Some(list), true) = (&s.proxy_listen, trusted_proxies.is_empty()) {
+            if !list.get_ref().is_empty() {
+                self.error(
+                    &list.span(),
+                    "server.proxy_listen: needs server.trusted_proxies, the CIDRs of the load \
+                     balancers allowed to send PROXY headers",
+                );
+            }
+        }
+        for addr in &proxy_listen {
+            if listen.contains(addr) {
+                if let Some(list) = &s.proxy_listen {
+                    self.error(
+                        &list.span(),
+                        format!("server.proxy_listen: {addr} is also in server.listen"),
+                    );
+                }
+            }
+        }
         ServerConfig {
+            pq_only: s.pq_only.unwrap_or(false),
+            proxy_listen,
+            trusted_proxies,
             listen,
             host_key,
             login_grace: self.duration(
@@ -198,41 +234,188 @@ impl Validator<'_> {
                 "server.listen: empty; give at least one address, e.g. [\"0.0.0.0:22\"]",
             );
         }
+        self.socket_addrs("server.listen", list)
+    }
+
+    /// A list of `IP:PORT` socket addresses, without duplicates.
+    fn socket_addrs(&mut self, key: &str, list: &Spanned<Vec<Spanned<String>>>) -> Vec<SocketAddr> {
         let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
         let mut out = Vec::new();
         for (i, item) in list.get_ref().iter().enumerate() {
-            let text = item.get_ref().trim();
-            match text.parse::<SocketAddr>() {
-                Ok(addr) => {
+            match self.socket_addr(&format!("{key}[{i}]"), item) {
+                Some(addr) => {
                     if let Some(first) = seen.insert(addr, i) {
                         self.error(
                             &item.span(),
-                            format!(
-                                "server.listen[{i}]: {addr} is already listed as server.listen[{first}]"
-                            ),
+                            format!("{key}[{i}]: {addr} is already listed as {key}[{first}]"),
                         );
                     } else {
                         out.push(addr);
                     }
                 }
-                Err(_) => {
-                    let hint = if text.matches(':').count() > 1 && !text.starts_with('[') {
-                        "; IPv6 addresses need brackets, e.g. \"[::]:22\""
-                    } else {
-                        "; write IP:PORT (e.g. \"0.0.0.0:22\" or \"[::]:22\"), host names are not \
-                         resolved"
-                    };
-                    self.error(
-                        &item.span(),
-                        format!(
-                            "server.listen[{i}]: `{}` is not a socket address{hint}",
-                            item.get_ref()
-                        ),
-                    );
-                }
+                None => continue,
             }
         }
         out
+    }
+
+    /// One `IP:PORT` socket address.
+    fn socket_addr(&mut self, key: &str, item: &Spanned<String>) -> Option<SocketAddr> {
+        let text = item.get_ref().trim();
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                let hint = if text.matches(':').count() > 1 && !text.starts_with('[') {
+                    "; IPv6 addresses need brackets, e.g. \"[::]:22\""
+                } else {
+                    "; write IP:PORT (e.g. \"0.0.0.0:22\" or \"[::]:22\"), host names are not \
+                     resolved"
+                };
+                self.error(
+                    &item.span(),
+                    format!("{key}: `{}` is not a socket address{hint}", item.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A list of CIDRs (`10.0.0.0/8`, `2001:db8::/32`; a bare address means one host).
+    fn cidrs(&mut self, key: &str, list: Option<&[Spanned<String>]>) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for (i, item) in list.unwrap_or_default().iter().enumerate() {
+            let text = item.get_ref().trim();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => self.error(
+                    &item.span(),
+                    format!(
+                        "{key}[{i}]: `{}` is not a CIDR; write e.g. \"10.0.0.0/16\" or \"2001:db8::/48\"",
+                        item.get_ref()
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
+    fn limits(&mut self, limits: Option<&RawLimits>) -> LimitsConfig {
+        let count = |v: &mut Self, key: &str, value: Option<&Spanned<Integer>>, default| {
+            v.count(key, value, default, LIMIT_RANGE)
+        };
+        let l = limits;
+        LimitsConfig {
+            max_sessions_per_user: count(
+                self,
+                "limits.max_sessions_per_user",
+                l.and_then(|l| l.max_sessions_per_user.as_ref()),
+                DEFAULT_MAX_SESSIONS_PER_USER,
+            ),
+            max_channels_per_connection: count(
+                self,
+                "limits.max_channels_per_connection",
+                l.and_then(|l| l.max_channels_per_connection.as_ref()),
+                DEFAULT_MAX_CHANNELS_PER_CONNECTION,
+            ),
+            max_tunnels: count(
+                self,
+                "limits.max_tunnels",
+                l.and_then(|l| l.max_tunnels.as_ref()),
+                DEFAULT_MAX_TUNNELS,
+            ),
+            per_source_max_unauthenticated: count(
+                self,
+                "limits.per_source_max_unauthenticated",
+                l.and_then(|l| l.per_source_max_unauthenticated.as_ref()),
+                DEFAULT_PER_SOURCE_MAX_UNAUTHENTICATED,
+            ),
+        }
+    }
+
+    fn penalties(&mut self, p: Option<&RawPenalties>) -> PenaltiesConfig {
+        let duration = |v: &mut Self, name: &str, value: Option<&Spanned<String>>, default| {
+            v.duration(&format!("penalties.{name}"), value, default, PENALTY_RANGE)
+        };
+        let auth_failure = duration(
+            self,
+            "auth_failure",
+            p.and_then(|p| p.auth_failure.as_ref()),
+            DEFAULT_PENALTY_AUTH_FAILURE,
+        );
+        let no_auth = duration(
+            self,
+            "no_auth",
+            p.and_then(|p| p.no_auth.as_ref()),
+            DEFAULT_PENALTY_NO_AUTH,
+        );
+        let grace_exceeded = duration(
+            self,
+            "grace_exceeded",
+            p.and_then(|p| p.grace_exceeded.as_ref()),
+            DEFAULT_PENALTY_GRACE_EXCEEDED,
+        );
+        let threshold = duration(
+            self,
+            "threshold",
+            p.and_then(|p| p.threshold.as_ref()),
+            DEFAULT_PENALTY_THRESHOLD,
+        );
+        let max = duration(
+            self,
+            "max",
+            p.and_then(|p| p.max.as_ref()),
+            DEFAULT_PENALTY_MAX,
+        );
+        if max < threshold {
+            if let Some(value) = p.and_then(|p| p.max.as_ref()) {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "penalties.max: {} is below penalties.threshold ({}): no source could \
+                         ever be refused",
+                        show(max),
+                        show(threshold)
+                    ),
+                );
+            }
+        }
+        PenaltiesConfig {
+            enabled: p.and_then(|p| p.enabled).unwrap_or(true),
+            auth_failure,
+            no_auth,
+            grace_exceeded,
+            threshold,
+            max,
+            max_sources: self.count(
+                "penalties.max_sources",
+                p.and_then(|p| p.max_sources.as_ref()),
+                DEFAULT_PENALTY_MAX_SOURCES,
+                LIMIT_RANGE,
+            ),
+            exempt: self.cidrs("penalties.exempt", p.and_then(|p| p.exempt.as_deref())),
+        }
+    }
+
+    fn metrics(&mut self, m: Option<&RawMetrics>) -> MetricsConfig {
+        let Some(value) = m.and_then(|m| m.listen.as_ref()) else {
+            return MetricsConfig::default();
+        };
+        let listen = self.socket_addr("metrics.listen", value);
+        if let Some(addr) = listen {
+            if !addr.ip().is_loopback() {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "metrics.listen: {addr} is not a loopback address; the metrics endpoint \
+                         has no authentication, keep it on 127.0.0.1 or [::1]"
+                    ),
+                );
+            }
+        }
+        MetricsConfig { listen }
     }
 
     fn audit(&mut self, audit: Option<&RawAudit>) -> AuditConfig {
@@ -812,6 +995,9 @@ fn empty_server() -> RawServer {
         keepalive_interval: None,
         max_auth_attempts: None,
         shutdown_grace: None,
+        pq_only: None,
+        proxy_listen: None,
+        trusted_proxies: None,
     }
 }
 

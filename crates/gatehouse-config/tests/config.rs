@@ -1229,6 +1229,105 @@ fn broken_example_files_fail_where_their_comment_says() {
     assert_eq!(err.diagnostics().len(), 5, "{err}");
 }
 
+#[test]
+fn limits_penalties_and_metrics_have_openssh_like_defaults() {
+    let config = ok(SERVER);
+    assert!(!config.server.pq_only);
+    assert!(config.server.proxy_listen.is_empty());
+    assert_eq!(config.limits.max_sessions_per_user, 16);
+    assert_eq!(config.limits.max_channels_per_connection, 64);
+    assert_eq!(config.limits.max_tunnels, 10_000);
+    assert_eq!(config.limits.per_source_max_unauthenticated, 8);
+    let p = &config.penalties;
+    assert!(p.enabled);
+    assert_eq!(p.auth_failure, Duration::from_secs(5));
+    assert_eq!(p.no_auth, Duration::from_secs(1));
+    assert_eq!(p.grace_exceeded, Duration::from_secs(10));
+    assert_eq!(p.threshold, Duration::from_secs(15));
+    assert_eq!(p.max, Duration::from_secs(600));
+    assert!(p.exempt.is_empty());
+    assert!(config.metrics.listen.is_none());
+}
+
+#[test]
+fn limits_penalties_metrics_and_proxy_settings_parse() {
+    let config = ok(&format!(
+        "[server]\nlisten = [\"0.0.0.0:22\"]\npq_only = true\nproxy_listen = [\"0.0.0.0:2222\"]\n\
+         trusted_proxies = [\"10.0.0.0/16\", \"10.1.2.3\"]\n\
+         [limits]\nmax_sessions_per_user = 2\nmax_channels_per_connection = 3\nmax_tunnels = 4\n\
+         per_source_max_unauthenticated = 5\n\
+         [penalties]\nenabled = false\nauth_failure = \"1s\"\nthreshold = \"2s\"\nmax = \"1m\"\n\
+         exempt = [\"192.0.2.0/24\", \"2001:db8::/48\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:9100\"\n"
+    ));
+    assert!(config.server.pq_only);
+    assert_eq!(
+        config.server.proxy_listen,
+        vec!["0.0.0.0:2222".parse().unwrap()]
+    );
+    let nets: Vec<String> = config
+        .server
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/16", "10.1.2.3/32"]);
+    assert_eq!(config.limits.max_tunnels, 4);
+    assert!(!config.penalties.enabled);
+    assert_eq!(config.penalties.threshold, Duration::from_secs(2));
+    assert_eq!(config.penalties.exempt.len(), 2);
+    assert_eq!(
+        config.metrics.listen,
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
+}
+
+#[test]
+fn bad_limits_penalties_metrics_and_proxy_settings_are_reported() {
+    one_error(
+        &format!("{SERVER}[metrics]\nlisten = \"0.0.0.0:9100\"\n"),
+        4,
+        10,
+        &["metrics.listen", "not a loopback address"],
+    );
+    one_error(
+        &format!("{SERVER}[penalties]\nexempt = [\"10.0.0.0/33\"]\n"),
+        4,
+        11,
+        &["penalties.exempt[0]", "is not a CIDR"],
+    );
+    one_error(
+        &format!("{SERVER}[penalties]\nthreshold = \"1m\"\nmax = \"30s\"\n"),
+        5,
+        7,
+        &["penalties.max", "below penalties.threshold"],
+    );
+    one_error(
+        &format!("{SERVER}[limits]\nmax_tunnels = 0\n"),
+        4,
+        15,
+        &["limits.max_tunnels", "out of range"],
+    );
+    one_error(
+        "[server]\nlisten = [\"0.0.0.0:22\"]\nproxy_listen = [\"0.0.0.0:2222\"]\n",
+        3,
+        16,
+        &["server.proxy_listen", "needs server.trusted_proxies"],
+    );
+    one_error(
+        "[server]\nlisten = [\"0.0.0.0:22\"]\nproxy_listen = [\"0.0.0.0:22\"]\ntrusted_proxies = [\"10.0.0.1\"]\n",
+        3,
+        16,
+        &["server.proxy_listen", "also in server.listen"],
+    );
+    one_error(
+        &format!("{SERVER}[limits]\nmax_tunnel = 3\n"),
+        4,
+        1,
+        &["limits", "unknown field `max_tunnel`"],
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // [aws]
 

@@ -52,12 +52,20 @@ impl LoginRefusal {
 }
 
 /// A consistent view of identities and inventory at one moment.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     identities: HashMap<String, Identity>,
     inventory: Inventory,
     /// After this instant the snapshot may not admit new logins. `None`: never (static).
     fresh_until: Option<Instant>,
+    /// When the snapshot was built.
+    created: Instant,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot::new(Vec::new(), Inventory::default())
+    }
 }
 
 impl Snapshot {
@@ -71,7 +79,13 @@ impl Snapshot {
             identities,
             inventory,
             fresh_until: None,
+            created: Instant::now(),
         }
+    }
+
+    /// Time since the snapshot was built (for the AWS source: since its data was read).
+    pub fn age(&self) -> std::time::Duration {
+        self.created.elapsed()
     }
 
     /// The same snapshot, admitting new logins only until `fresh_until`. A source that
@@ -129,12 +143,18 @@ impl Snapshot {
     }
 
     /// Whether `key` authenticates `user`; on success, the principal the policy sees. Keys
-    /// are compared by their key material; comments play no part.
-    /// A stale snapshot refuses every login (fail closed).
+    /// are compared by their key material; comments play no part. A stale snapshot refuses
+    /// every login (fail closed).
     pub fn login(&self, user: &str, key: &PublicKey) -> Result<Principal, LoginRefusal> {
         if self.is_stale(Instant::now()) {
             return Err(LoginRefusal::DirectoryStale);
         }
+        self.recheck(user, key)
+    }
+
+    /// The key check of [`Snapshot::login`] without the staleness check: for sessions that
+    /// are already open. Staleness stops new logins, it never revokes anyone.
+    pub fn recheck(&self, user: &str, key: &PublicKey) -> Result<Principal, LoginRefusal> {
         let identity = self.identity(user).ok_or(LoginRefusal::UnknownUser)?;
         if identity.keys.iter().any(|k| k.key_data() == key.key_data()) {
             Ok(principal_of(identity))

@@ -31,6 +31,13 @@ pub const WINDOW_SIZE: u32 = 2 * 1024 * 1024;
 /// Largest SSH packet accepted.
 pub const MAX_PACKET_SIZE: u32 = 32768;
 
+/// Key exchange in `pq_only` mode: the post-quantum hybrid alone (OpenSSH 9.9+ clients).
+const KEX_PQ_ONLY: &[kex::Name] = &[
+    kex::MLKEM768X25519_SHA256,
+    kex::EXTENSION_SUPPORT_AS_SERVER,
+    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
+
 const KEX: &[kex::Name] = &[
     kex::MLKEM768X25519_SHA256,
     kex::CURVE25519,
@@ -89,7 +96,7 @@ pub fn russh_config(settings: &ServerConfig, host_key: PrivateKey) -> Arc<Config
         window_size: WINDOW_SIZE,
         maximum_packet_size: MAX_PACKET_SIZE,
         preferred: Preferred {
-            kex: Cow::Borrowed(KEX),
+            kex: Cow::Borrowed(if settings.pq_only { KEX_PQ_ONLY } else { KEX }),
             key: Cow::Owned(key_algorithms()),
             cipher: Cow::Borrowed(CIPHERS),
             mac: Cow::Borrowed(MACS),
@@ -121,9 +128,12 @@ mod tests {
     }
 
     #[test]
-    fn strict_kex_and_ext_info_are_advertised() {
-        assert!(KEX.contains(&kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER));
-        assert!(KEX.contains(&kex::EXTENSION_SUPPORT_AS_SERVER));
+    fn strict_kex_and_ext_info_are_advertised_in_both_modes() {
+        for list in [KEX, KEX_PQ_ONLY] {
+            assert!(list.contains(&kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER));
+            assert!(list.contains(&kex::EXTENSION_SUPPORT_AS_SERVER));
+        }
+        assert!(!KEX_PQ_ONLY.contains(&kex::CURVE25519));
     }
 
     #[test]

@@ -85,7 +85,45 @@ pub enum Event<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         session: Option<&'a str>,
         source: SocketAddr,
+        /// Stable label: `too_many_unauthenticated`, `too_many_from_source`, `penalized`,
+        /// `login_grace`, `untrusted_proxy`, `bad_proxy_header`, `shutting_down`, `internal`.
+        reason_code: &'a str,
         reason: &'a str,
+    },
+    /// A source's penalty account went over the threshold: its new connections are refused
+    /// for `seconds` (less the threshold), and longer if it keeps offending.
+    #[serde(rename = "source.penalized")]
+    SourcePenalized {
+        /// IPv4 address or IPv6 /64.
+        source: &'a str,
+        seconds: u64,
+        offence: &'a str,
+    },
+    /// An open session's key is no longer valid for its user (key deactivated or deleted,
+    /// user removed): the session is closed.
+    #[serde(rename = "session.revoked")]
+    SessionRevoked {
+        session: &'a str,
+        user: &'a str,
+        key: &'a str,
+        reason: &'a str,
+    },
+    /// An open tunnel is no longer allowed (group removed, host gone, port closed, host
+    /// moved): the tunnel is closed.
+    #[serde(rename = "tunnel.revoked")]
+    TunnelRevoked {
+        session: &'a str,
+        tunnel: u64,
+        user: &'a str,
+        host: &'a str,
+        reason: &'a str,
+    },
+    /// A configuration reload was applied or refused (the running config stays).
+    #[serde(rename = "config.reload")]
+    ConfigReload {
+        /// "applied" or "refused".
+        result: &'a str,
+        detail: &'a str,
     },
     /// An authenticated session ended.
     #[serde(rename = "session.close")]
@@ -133,8 +171,10 @@ impl Audit {
         }
     }
 
-    /// Writes one event. A failing audit sink is logged, never fatal to the connection.
+    /// Writes one event (and counts it in the metrics). A failing audit sink is logged,
+    /// never fatal to the connection.
     pub fn record(&self, event: Event<'_>) {
+        crate::telemetry::observe(&event);
         let line = Line {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             event: &event,
@@ -191,6 +231,7 @@ mod tests {
         audit.record(Event::ConnectionRefused {
             session: None,
             source: "10.0.0.1:5".parse().unwrap(),
+            reason_code: "too_many_unauthenticated",
             reason: "too many",
         });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();

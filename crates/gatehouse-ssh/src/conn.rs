@@ -1,13 +1,35 @@
 //! Per-connection state shared between the russh handler, the connection task and the
 //! tunnel tasks: identity once authenticated, open tunnels, last activity.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use russh::keys::PublicKey;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// How the connection authenticated: re-checked against every new directory snapshot.
+pub(crate) struct Login {
+    pub user: String,
+    pub key: PublicKey,
+    pub fingerprint: String,
+}
+
+/// An open tunnel, as the revocation check needs it.
+#[derive(Clone)]
+pub(crate) struct OpenTunnel {
+    /// The target exactly as the client sent it (re-resolved on every check).
+    pub target: String,
+    pub port: u32,
+    /// Where it was dialed: a host that moved has its tunnels closed too.
+    pub dial: SocketAddr,
+    pub host: String,
+    /// Cancelled to close this tunnel.
+    pub revoked: CancellationToken,
+}
 
 /// State of one client connection.
 pub(crate) struct Conn {
@@ -17,11 +39,14 @@ pub(crate) struct Conn {
     pub peer: SocketAddr,
     /// When the connection was accepted.
     pub started: Instant,
-    /// The login name, set once authentication succeeds.
-    pub user: OnceLock<String>,
+    /// Who authenticated, and with which key; set once authentication succeeds.
+    pub login: OnceLock<Login>,
     /// Cancelled when the connection ends; tunnels stop with it.
     pub closed: CancellationToken,
-    open_tunnels: AtomicUsize,
+    tunnels: Mutex<HashMap<u64, OpenTunnel>>,
+    /// Tunnels open or being dialed (for `limits.max_channels_per_connection`).
+    pub channels: AtomicUsize,
+    auth_failures: AtomicU32,
     /// Signalled whenever a tunnel closes.
     pub tunnel_closed: Notify,
     last_activity_ms: AtomicU64,
@@ -33,9 +58,11 @@ impl Conn {
             id,
             peer,
             started: Instant::now(),
-            user: OnceLock::new(),
+            login: OnceLock::new(),
             closed: CancellationToken::new(),
-            open_tunnels: AtomicUsize::new(0),
+            tunnels: Mutex::new(HashMap::new()),
+            channels: AtomicUsize::new(0),
+            auth_failures: AtomicU32::new(0),
             tunnel_closed: Notify::new(),
             last_activity_ms: AtomicU64::new(0),
         }
@@ -43,7 +70,17 @@ impl Conn {
 
     /// The login name, or "" before authentication.
     pub fn user(&self) -> &str {
-        self.user.get().map(String::as_str).unwrap_or("")
+        self.login.get().map(|l| l.user.as_str()).unwrap_or("")
+    }
+
+    /// Counts a refused authentication attempt (for the source's penalty).
+    pub fn note_auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refused authentication attempts so far.
+    pub fn auth_failures(&self) -> u32 {
+        self.auth_failures.load(Ordering::Relaxed)
     }
 
     /// Records activity now (bytes moved, a channel opened).
@@ -60,25 +97,42 @@ impl Conn {
 
     /// Number of tunnels open right now.
     pub fn open_tunnels(&self) -> usize {
-        self.open_tunnels.load(Ordering::Acquire)
+        self.lock_tunnels().len()
     }
 
-    /// Counts a tunnel as open until the returned guard is dropped.
-    pub fn tunnel_guard(self: &Arc<Self>) -> TunnelGuard {
-        self.open_tunnels.fetch_add(1, Ordering::AcqRel);
+    /// The open tunnels, by id.
+    pub fn tunnels(&self) -> Vec<(u64, OpenTunnel)> {
+        let tunnels = self.lock_tunnels();
+        tunnels.iter().map(|(id, t)| (*id, t.clone())).collect()
+    }
+
+    /// Registers an open tunnel until the returned guard is dropped.
+    pub fn open_tunnel(self: &Arc<Self>, id: u64, tunnel: OpenTunnel) -> TunnelGuard {
+        self.lock_tunnels().insert(id, tunnel);
         self.touch();
-        TunnelGuard(self.clone())
+        TunnelGuard {
+            conn: self.clone(),
+            id,
+        }
+    }
+
+    fn lock_tunnels(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenTunnel>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.tunnels.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Keeps a tunnel counted as open; dropping it wakes the connection task.
-pub(crate) struct TunnelGuard(Arc<Conn>);
+/// Keeps a tunnel registered; dropping it wakes the connection task.
+pub(crate) struct TunnelGuard {
+    conn: Arc<Conn>,
+    id: u64,
+}
 
 impl Drop for TunnelGuard {
     fn drop(&mut self) {
-        self.0.open_tunnels.fetch_sub(1, Ordering::AcqRel);
-        self.0.touch();
+        self.conn.lock_tunnels().remove(&self.id);
+        self.conn.touch();
         // notify_one stores a permit if nobody waits yet, so the wake-up is never lost.
-        self.0.tunnel_closed.notify_one();
+        self.conn.tunnel_closed.notify_one();
     }
 }

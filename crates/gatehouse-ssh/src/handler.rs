@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::algorithms::signature_allowed;
 use crate::audit::Event;
-use crate::conn::Conn;
+use crate::conn::{Conn, Login};
 use crate::server::Shared;
 use crate::tunnel;
 
@@ -21,7 +21,6 @@ pub(crate) struct Handler {
     conn: Arc<Conn>,
     /// Fired once authentication succeeds, so the connection task lifts the pre-auth limits.
     authenticated: Option<oneshot::Sender<()>>,
-    principal: Option<Principal>,
 }
 
 /// How long a refused session request waits for the client to acknowledge the hint.
@@ -36,7 +35,6 @@ impl Handler {
             shared,
             conn,
             authenticated: Some(authenticated),
-            principal: None,
         }
     }
 
@@ -50,6 +48,7 @@ impl Handler {
     }
 
     fn auth_failure(&self, user: &str, method: &str, key: Option<&str>, reason: &str) {
+        self.conn.note_auth_failure();
         tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user = %printable(user), method, reason, "authentication refused");
         self.shared.audit.record(Event::AuthFailure {
             session: &self.conn.id,
@@ -86,6 +85,16 @@ impl Handler {
                 None
             }
         }
+    }
+
+    /// The authenticated principal as the *current* snapshot sees it: group changes apply to
+    /// the next request at once, and a revoked key opens nothing more.
+    fn principal(&self) -> Result<Principal, &'static str> {
+        let login = self.conn.login.get().ok_or("not_authenticated")?;
+        let snapshot = self.shared.directory.borrow().clone();
+        snapshot
+            .recheck(&login.user, &login.key)
+            .map_err(|r| r.code())
     }
 
     fn deny_request(&self, request: &str, reason: &str) {
@@ -133,8 +142,8 @@ impl Handler {
              Use it with ssh -J {user}@<bastion> <host>, or ProxyJump in ~/.ssh/config.\r\n"
         );
         let snapshot = self.shared.directory.borrow().clone();
-        if let Some(principal) = &self.principal {
-            let hosts = snapshot.inventory().reachable(principal);
+        if let Ok(principal) = self.principal() {
+            let hosts = snapshot.inventory().reachable(&principal);
             if hosts.is_empty() {
                 text.push_str("gatehouse: you may not reach any host.\r\n");
             } else {
@@ -207,6 +216,15 @@ impl russh::server::Handler for Handler {
             return Ok(Self::reject());
         };
         let fp = fingerprint(key.public_key);
+        if !self.shared.try_add_user_session(&principal.user) {
+            self.auth_failure(
+                user,
+                "publickey",
+                Some(&fp),
+                "too many sessions for this user (limits.max_sessions_per_user)",
+            );
+            return Ok(Self::reject());
+        }
         tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user, key = %fp, "authenticated");
         self.shared.audit.record(Event::AuthSuccess {
             session: &self.conn.id,
@@ -214,8 +232,11 @@ impl russh::server::Handler for Handler {
             key: &fp,
             source: self.conn.peer,
         });
-        let _ = self.conn.user.set(principal.user.clone());
-        self.principal = Some(principal);
+        let _ = self.conn.login.set(Login {
+            user: principal.user,
+            key: key.public_key.clone(),
+            fingerprint: fp,
+        });
         Ok(Auth::Accept)
     }
 
@@ -277,11 +298,13 @@ impl russh::server::Handler for Handler {
             });
             prohibited(reason)
         };
-        let Some(principal) = &self.principal else {
-            reply
-                .reject(deny("not_authenticated", "not authenticated".into()))
-                .await;
-            return Ok(());
+        let principal = match self.principal() {
+            Ok(principal) => principal,
+            Err(code) => {
+                let reason = format!("your login is no longer valid ({code})");
+                reply.reject(deny(code, reason)).await;
+                return Ok(());
+            }
         };
         if self.shared.draining.is_cancelled() {
             reply
@@ -292,7 +315,7 @@ impl russh::server::Handler for Handler {
         let snapshot = self.shared.directory.borrow().clone();
         match snapshot
             .inventory()
-            .authorize(principal, host_to_connect, port_to_connect)
+            .authorize(&principal, host_to_connect, port_to_connect)
         {
             Err(refusal) => {
                 reply
@@ -300,13 +323,28 @@ impl russh::server::Handler for Handler {
                     .await;
             }
             Ok(grant) => {
+                let slot = match self.shared.try_tunnel_slot(&self.conn) {
+                    Ok(slot) => slot,
+                    Err(reason) => {
+                        deny("limit", reason.clone());
+                        reply
+                            .reject(ChannelOpenFailure::Other {
+                                code: ChannelOpenFailure::ResourceShortage.code(),
+                                reason,
+                            })
+                            .await;
+                        return Ok(());
+                    }
+                };
                 let request = tunnel::Request {
+                    raw_target: host_to_connect.to_owned(),
                     target,
                     port: port_to_connect,
                 };
                 let task = tunnel::run(
                     self.shared.clone(),
                     self.conn.clone(),
+                    slot,
                     request,
                     grant,
                     channel,

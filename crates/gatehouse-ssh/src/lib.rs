@@ -12,8 +12,11 @@ pub mod audit;
 mod conn;
 mod handler;
 pub mod hostkey;
+pub mod proxy;
 mod server;
+mod sources;
+mod telemetry;
 mod tunnel;
 
 pub use algorithms::{russh_config, SERVER_ID};
-pub use server::{serve, Bastion};
+pub use server::{serve, Bastion, Listener};

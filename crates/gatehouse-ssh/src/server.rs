@@ -2,19 +2,20 @@
 //!
 //! Pre-auth limits live here because russh has none: a cap on connections that have not
 //! authenticated yet (checked right after accept; over the cap the connection is closed at
-//! once) and a login-grace deadline covering the version exchange, key exchange and
-//! authentication. After authentication the connection is watched for idleness and for
+//! once), a per-source cap and per-source penalties (see `sources`), and a login-grace
+//! deadline covering the PROXY header, version exchange, key exchange and authentication. After authentication the connection is watched for idleness and for
 //! shutdown. Shutdown stops accepting, closes sessions without tunnels at once, lets tunnels
 //! drain for the grace period, then closes everything.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gatehouse_config::ServerConfig;
+use gatehouse_config::{LimitsConfig, PenaltiesConfig, ServerConfig};
 use gatehouse_directory::Snapshot;
 use russh::Disconnect;
 use tokio::net::{TcpListener, TcpStream};
@@ -26,17 +27,31 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{Audit, Event};
 use crate::conn::Conn;
 use crate::handler::Handler;
+use crate::proxy;
+use crate::sources::{Offence, Penalties, Source, Unauthenticated};
 
 /// Everything the SSH server needs, built by the binary.
 pub struct Bastion {
     /// The `[server]` settings.
     pub settings: ServerConfig,
+    /// The `[limits]` settings.
+    pub limits: LimitsConfig,
+    /// The `[penalties]` settings.
+    pub penalties: PenaltiesConfig,
     /// The russh configuration (algorithms, host key); see [`crate::russh_config`].
     pub russh: Arc<russh::server::Config>,
     /// The directory snapshots.
     pub directory: watch::Receiver<Arc<Snapshot>>,
     /// The audit sink.
     pub audit: Audit,
+}
+
+/// A bound listening socket.
+pub struct Listener {
+    /// The socket.
+    pub socket: TcpListener,
+    /// Whether connections start with a PROXY protocol v2 header (`server.proxy_listen`).
+    pub proxy: bool,
 }
 
 /// How long a session gets to act on our DISCONNECT before its socket is shut down under it.
@@ -47,9 +62,16 @@ const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
 /// Longest pause between accept retries after accept errors (e.g. out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Longest wait for a load balancer's PROXY header (less if `login_grace` is shorter).
+const PROXY_HEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// How often the penalized-sources gauge is refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// State shared by all connections of one server.
 pub(crate) struct Shared {
     pub settings: ServerConfig,
+    pub limits: LimitsConfig,
     pub russh: Arc<russh::server::Config>,
     pub directory: watch::Receiver<Arc<Snapshot>>,
     pub audit: Audit,
@@ -60,6 +82,12 @@ pub(crate) struct Shared {
     /// Cancelled when the grace period is over: close everything.
     pub stop: CancellationToken,
     preauth: Arc<Semaphore>,
+    penalties: Penalties,
+    unauthenticated: Unauthenticated,
+    /// Authenticated connections per user.
+    user_sessions: Mutex<HashMap<String, usize>>,
+    /// Tunnels open or being dialed, bastion-wide.
+    tunnels: AtomicUsize,
     id_prefix: String,
     next_session: AtomicU64,
     next_tunnel: AtomicU64,
@@ -73,7 +101,12 @@ impl Shared {
             .unwrap_or(0);
         Shared {
             preauth: Arc::new(Semaphore::new(b.settings.max_unauthenticated)),
+            penalties: Penalties::new(b.penalties),
+            unauthenticated: Unauthenticated::new(b.limits.per_source_max_unauthenticated),
+            user_sessions: Mutex::new(HashMap::new()),
+            tunnels: AtomicUsize::new(0),
             settings: b.settings,
+            limits: b.limits,
             russh: b.russh,
             directory: b.directory,
             audit: b.audit,
@@ -94,19 +127,109 @@ impl Shared {
     pub fn next_tunnel_id(&self) -> u64 {
         self.next_tunnel.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// Counts one more authenticated session of `user`, unless the user is at the limit.
+    pub fn try_add_user_session(&self, user: &str) -> bool {
+        let mut sessions = self.user_sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let count = sessions.entry(user.to_owned()).or_insert(0);
+        if *count >= self.limits.max_sessions_per_user {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn remove_user_session(&self, user: &str) {
+        let mut sessions = self.user_sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = sessions.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                sessions.remove(user);
+            }
+        }
+    }
+
+    /// Reserves a tunnel on `conn`, within the per-connection and bastion-wide limits.
+    pub fn try_tunnel_slot(self: &Arc<Self>, conn: &Arc<Conn>) -> Result<TunnelSlot, String> {
+        let per_conn = self.limits.max_channels_per_connection;
+        if conn
+            .channels
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < per_conn).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(format!(
+                "too many tunnels on this connection (limit {per_conn})"
+            ));
+        }
+        let total = self.limits.max_tunnels;
+        if self
+            .tunnels
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < total).then_some(n + 1)
+            })
+            .is_err()
+        {
+            conn.channels.fetch_sub(1, Ordering::AcqRel);
+            return Err(format!("the bastion is at its tunnel limit ({total})"));
+        }
+        Ok(TunnelSlot {
+            shared: self.clone(),
+            conn: conn.clone(),
+        })
+    }
+
+    fn refuse(&self, session: Option<&str>, source: SocketAddr, code: &str, reason: &str) {
+        tracing::info!(session, %source, "connection refused: {reason}");
+        self.audit.record(Event::ConnectionRefused {
+            session,
+            source,
+            reason_code: code,
+            reason,
+        });
+    }
+
+    /// Charges a connection that ended without authenticating to its source.
+    fn charge(&self, source: SocketAddr, offence: Offence) {
+        metrics::counter!("gatehouse_penalties_total", "offence" => offence.label()).increment(1);
+        if let Some(balance) =
+            self.penalties
+                .charge(source.ip(), offence, Instant::now().into_std())
+        {
+            let who = Source::of(source.ip()).to_string();
+            tracing::warn!(source = %who, "penalized: new connections refused for {}s", balance.as_secs());
+            self.audit.record(Event::SourcePenalized {
+                source: &who,
+                seconds: balance.as_secs(),
+                offence: offence.label(),
+            });
+        }
+    }
+}
+
+/// A reserved tunnel: released (on the connection and bastion-wide) when dropped.
+pub(crate) struct TunnelSlot {
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        self.conn.channels.fetch_sub(1, Ordering::AcqRel);
+        self.shared.tunnels.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Serves SSH on `listeners` until `shutdown` completes, then drains (see module docs).
-pub async fn serve(
-    bastion: Bastion,
-    listeners: Vec<TcpListener>,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(bastion: Bastion, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) {
     let shared = Arc::new(Shared::new(bastion));
     for listener in listeners {
         shared.tasks.spawn(accept_loop(shared.clone(), listener));
     }
+    let gauges = tokio::spawn(update_gauges(shared.clone()));
     shutdown.await;
+    gauges.abort();
     let grace = shared.settings.shutdown_grace;
     tracing::info!(
         "shutting down: no new connections; open tunnels may drain for {}",
@@ -117,38 +240,61 @@ pub async fn serve(
     if timeout(grace, shared.tasks.wait()).await.is_err() {
         tracing::warn!("grace period over: closing the remaining sessions");
         shared.stop.cancel();
-        if timeout(DISCONNECT_WAIT, shared.tasks.wait()).await.is_err() {
+        if timeout(DISCONNECT_WAIT * 2, shared.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some sessions did not close in time; exiting anyway");
         }
     }
     tracing::info!("stopped");
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+async fn update_gauges(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let refused = shared.penalties.refused_sources(Instant::now().into_std());
+        metrics::gauge!("gatehouse_penalized_sources").set(refused as f64);
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: Listener) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
             _ = shared.draining.cancelled() => return,
-            r = listener.accept() => r,
+            r = listener.socket.accept() => r,
         };
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
+                if listener.proxy
+                    && !shared
+                        .settings
+                        .trusted_proxies
+                        .iter()
+                        .any(|net| net.contains(&peer.ip().to_canonical()))
+                {
+                    shared.refuse(
+                        None,
+                        peer,
+                        "untrusted_proxy",
+                        "PROXY listener: the peer is not in server.trusted_proxies",
+                    );
+                    continue;
+                }
                 match shared.preauth.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        shared
-                            .tasks
-                            .spawn(connection(shared.clone(), stream, peer, permit));
+                        let task = connection(shared.clone(), stream, peer, listener.proxy, permit);
+                        shared.tasks.spawn(task);
                     }
-                    Err(_) => {
-                        let reason = "too many unauthenticated connections";
-                        tracing::warn!(%peer, "refused: {reason}");
-                        shared.audit.record(Event::ConnectionRefused {
-                            session: None,
-                            source: peer,
-                            reason,
-                        });
-                    }
+                    Err(_) => shared.refuse(
+                        None,
+                        peer,
+                        "too_many_unauthenticated",
+                        "too many unauthenticated connections",
+                    ),
                 }
             }
             Err(e) => {
@@ -162,28 +308,62 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 
 async fn connection(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
+    proxied: bool,
     preauth: OwnedSemaphorePermit,
 ) {
-    let conn = Arc::new(Conn::new(shared.next_session_id(), peer));
+    let deadline = Instant::now() + shared.settings.login_grace;
+    // Behind a load balancer, the client is the one the PROXY header names.
+    let source = if proxied {
+        let wait = deadline.min(Instant::now() + PROXY_HEADER_WAIT);
+        match proxy::read_header(&mut stream, wait).await {
+            Ok(Some(client)) => client,
+            Ok(None) => peer,
+            Err(e) => {
+                return shared.refuse(None, peer, "bad_proxy_header", &e.to_string());
+            }
+        }
+    } else {
+        peer
+    };
+    if let Some(left) = shared
+        .penalties
+        .refused(source.ip(), Instant::now().into_std())
+    {
+        let reason = format!(
+            "source {} is penalized for {}s more",
+            Source::of(source.ip()),
+            left.as_secs().max(1)
+        );
+        return shared.refuse(None, source, "penalized", &reason);
+    }
+    let Some(source_slot) = shared.unauthenticated.try_take(source.ip()) else {
+        return shared.refuse(
+            None,
+            source,
+            "too_many_from_source",
+            "too many unauthenticated connections from this source",
+        );
+    };
+
+    let conn = Arc::new(Conn::new(shared.next_session_id(), source));
     // Tunnels of this connection stop when this task ends, however it ends.
     let _closed = conn.closed.clone().drop_guard();
-    let refused = |reason: &str| {
-        tracing::info!(session = %conn.id, %peer, "connection cut: {reason}");
-        shared.audit.record(Event::ConnectionRefused {
-            session: Some(&conn.id),
-            source: peer,
-            reason,
-        });
+    // The per-user session count, taken by the handler on success, is returned on every path.
+    let _user_session = UserSessionGuard {
+        shared: &shared,
+        conn: &conn,
     };
     let (stream, cutter) = match with_cutter(stream) {
         Ok(pair) => pair,
-        Err(e) => return refused(&format!("cannot set up the connection: {e}")),
+        Err(e) => {
+            let reason = format!("cannot set up the connection: {e}");
+            return shared.refuse(Some(&conn.id), source, "internal", &reason);
+        }
     };
     let _ = stream.set_nodelay(true);
 
-    let deadline = Instant::now() + shared.settings.login_grace;
     let (auth_tx, auth_rx) = oneshot::channel();
     let handler = Handler::new(shared.clone(), conn.clone(), auth_tx);
     let session = match timeout_at(
@@ -194,10 +374,20 @@ async fn connection(
     {
         Ok(Ok(session)) => session,
         Ok(Err(e)) => {
-            tracing::debug!(session = %conn.id, %peer, "handshake failed: {e}");
+            tracing::debug!(session = %conn.id, %source, "handshake failed: {e}");
+            shared.charge(source, Offence::NoAuth);
             return;
         }
-        Err(_) => return refused("login grace time exceeded"),
+        Err(_) => {
+            shared.refuse(
+                Some(&conn.id),
+                source,
+                "login_grace",
+                "login grace time exceeded",
+            );
+            shared.charge(source, Offence::GraceExceeded);
+            return;
+        }
     };
     let handle = session.handle();
     let mut session = pin!(session);
@@ -205,26 +395,48 @@ async fn connection(
     let cut = tokio::select! {
         r = &mut session => {
             if let Err(e) = r {
-                tracing::debug!(session = %conn.id, %peer, "ended before authentication: {e}");
+                tracing::debug!(session = %conn.id, %source, "ended before authentication: {e}");
             }
-            return;
+            None
         }
         r = auth_rx => match r {
-            Ok(()) => None,
+            Ok(()) => Some(None),
             // The handler is gone: the session is ending on its own.
-            Err(_) => Some("connection ended before authentication"),
+            Err(_) => None,
         },
-        _ = sleep_until(deadline) => Some("login grace time exceeded"),
-        _ = shared.draining.cancelled() => Some("the bastion is shutting down"),
+        _ = sleep_until(deadline) => Some(Some(("login_grace", "login grace time exceeded"))),
+        _ = shared.draining.cancelled() => {
+            Some(Some(("shutting_down", "the bastion is shutting down")))
+        }
     };
-    if let Some(reason) = cut {
-        refused(reason);
-        close(&handle, session, &cutter, reason).await;
-        // The pre-auth slot is released only now, when the socket is really gone.
-        drop(preauth);
-        return;
+    let offence = if conn.auth_failures() > 0 {
+        Offence::AuthFailure
+    } else {
+        Offence::NoAuth
+    };
+    match cut {
+        // Authenticated.
+        Some(None) => {}
+        // Ended on its own before authenticating.
+        None => {
+            let _ = timeout(DISCONNECT_WAIT, &mut session).await;
+            shared.charge(source, offence);
+            return;
+        }
+        Some(Some((code, reason))) => {
+            shared.refuse(Some(&conn.id), source, code, reason);
+            close(&handle, session, &cutter, reason).await;
+            match code {
+                "login_grace" => shared.charge(source, Offence::GraceExceeded),
+                "shutting_down" => {}
+                _ => shared.charge(source, offence),
+            }
+            // The pre-auth slots are released only now, when the socket is really gone.
+            drop((preauth, source_slot));
+            return;
+        }
     }
-    drop(preauth);
+    drop((preauth, source_slot));
 
     let reason = authenticated_phase(&shared, &conn, &handle, session, &cutter).await;
     tracing::info!(session = %conn.id, user = conn.user(), "session closed: {reason}");
@@ -234,6 +446,20 @@ async fn connection(
         duration_ms: u64::try_from(conn.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         reason: &reason,
     });
+}
+
+/// Returns the user's session count when the connection ends, if the handler took one.
+struct UserSessionGuard<'a> {
+    shared: &'a Shared,
+    conn: &'a Conn,
+}
+
+impl Drop for UserSessionGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(login) = self.conn.login.get() {
+            self.shared.remove_user_session(&login.user);
+        }
+    }
 }
 
 /// Splits off a duplicate of the socket that can shut it down from outside the session.
@@ -263,6 +489,54 @@ async fn close<F: Future>(
     }
 }
 
+/// Re-checks an open session against a new snapshot. Closes the tunnels that are no longer
+/// allowed; returns a reason if the whole session must close (its key was revoked).
+fn recheck(shared: &Shared, conn: &Conn, snapshot: &Snapshot) -> Option<String> {
+    let login = conn.login.get()?;
+    let principal = match snapshot.recheck(&login.user, &login.key) {
+        Ok(principal) => principal,
+        Err(refusal) => {
+            let reason = format!(
+                "key {} is no longer valid for user '{}' ({})",
+                login.fingerprint,
+                login.user,
+                refusal.code()
+            );
+            tracing::info!(session = %conn.id, user = %login.user, "session revoked: {reason}");
+            shared.audit.record(Event::SessionRevoked {
+                session: &conn.id,
+                user: &login.user,
+                key: &login.fingerprint,
+                reason: &reason,
+            });
+            return Some(format!("revoked: {reason}"));
+        }
+    };
+    for (id, tunnel) in conn.tunnels() {
+        let verdict = match snapshot
+            .inventory()
+            .authorize(&principal, &tunnel.target, tunnel.port)
+        {
+            Ok(grant) if grant.dial == tunnel.dial => continue,
+            Ok(grant) => format!(
+                "host '{}' is now at {}, not {}",
+                grant.host_id, grant.dial, tunnel.dial
+            ),
+            Err(refusal) => refusal.to_string(),
+        };
+        tracing::info!(session = %conn.id, user = %login.user, tunnel = id, "tunnel revoked: {verdict}");
+        shared.audit.record(Event::TunnelRevoked {
+            session: &conn.id,
+            tunnel: id,
+            user: &login.user,
+            host: &tunnel.host,
+            reason: &verdict,
+        });
+        tunnel.revoked.cancel();
+    }
+    None
+}
+
 /// Watches an authenticated session until it ends; returns why it ended.
 async fn authenticated_phase<F, E>(
     shared: &Shared,
@@ -281,8 +555,23 @@ where
     );
     idle_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut draining = false;
+    // Every snapshot published after authentication is checked against this session.
+    let mut directory = shared.directory.clone();
+    directory.mark_changed();
+    let mut directory_open = true;
     let close_reason = loop {
         tokio::select! {
+            changed = directory.changed(), if directory_open => {
+                if changed.is_err() {
+                    // The publisher is gone: the last snapshot stays in force.
+                    directory_open = false;
+                    continue;
+                }
+                let snapshot = directory.borrow_and_update().clone();
+                if let Some(reason) = recheck(shared, conn, &snapshot) {
+                    break reason;
+                }
+            }
             r = &mut session => {
                 return match r {
                     Ok(()) => "client disconnected".into(),

@@ -18,14 +18,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::audit::Event;
-use crate::conn::Conn;
-use crate::server::Shared;
+use crate::conn::{Conn, OpenTunnel};
+use crate::server::{Shared, TunnelSlot};
+use crate::telemetry;
 
 /// Copy buffer per direction. 64 KiB: the default 8 KiB costs four writes per SSH packet.
 const COPY_BUFFER: usize = 64 * 1024;
 
-/// What the client asked for, for audit lines.
+/// What the client asked for.
 pub(crate) struct Request {
+    /// The target exactly as sent: re-resolved by revocation checks.
+    pub raw_target: String,
+    /// The same, made safe for logs and audit lines.
     pub target: String,
     pub port: u32,
 }
@@ -34,6 +38,8 @@ pub(crate) struct Request {
 pub(crate) async fn run(
     shared: Arc<Shared>,
     conn: Arc<Conn>,
+    // Held until the tunnel ends: it counts against the connection's and the bastion's limits.
+    _slot: TunnelSlot,
     request: Request,
     grant: Grant,
     channel: Channel<Msg>,
@@ -71,9 +77,19 @@ pub(crate) async fn run(
         }
     };
     let _ = tcp.set_nodelay(true);
-    let _guard = conn.tunnel_guard();
-    reply.accept().await;
     let tunnel = shared.next_tunnel_id();
+    let revoked = conn.closed.child_token();
+    let _registered = conn.open_tunnel(
+        tunnel,
+        OpenTunnel {
+            target: request.raw_target.clone(),
+            port: request.port,
+            dial: grant.dial,
+            host: grant.host_id.clone(),
+            revoked: revoked.clone(),
+        },
+    );
+    reply.accept().await;
     shared.audit.record(Event::TunnelOpen {
         session: &conn.id,
         tunnel,
@@ -98,7 +114,11 @@ pub(crate) async fn run(
                 Err(e) => format!("error: {e}"),
             }
         }
-        _ = conn.closed.cancelled() => "connection ended".to_owned(),
+        _ = revoked.cancelled() => if conn.closed.is_cancelled() {
+            "connection ended".to_owned()
+        } else {
+            "revoked".to_owned()
+        },
     };
     shared.audit.record(Event::TunnelClose {
         session: &conn.id,
@@ -146,6 +166,7 @@ impl AsyncRead for Counted {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.counters.down.fetch_add(n as u64, Ordering::Relaxed);
+            telemetry::tunnel_bytes("down", n as u64);
             self.conn.touch();
         }
         poll
@@ -161,6 +182,7 @@ impl AsyncWrite for Counted {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = poll {
             self.counters.up.fetch_add(n as u64, Ordering::Relaxed);
+            telemetry::tunnel_bytes("up", n as u64);
             self.conn.touch();
         }
         poll

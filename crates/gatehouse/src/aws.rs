@@ -47,9 +47,29 @@ impl Started {
         self.refresher.directory()
     }
 
+    /// Wakes the refresh loop for an immediate refresh.
+    pub fn wakeup(&self) -> Arc<tokio::sync::Notify> {
+        self.refresher.wakeup()
+    }
+
     /// Starts the background refresh loop.
     pub fn spawn_refresh(self) {
         tokio::spawn(self.refresher.run());
+    }
+}
+
+/// On each SIGHUP in AWS mode: refresh from AWS at once. The config file is not re-read: its
+/// `[[users]]` and `[[hosts]]` are empty by construction, so publishing them would revoke
+/// everyone; `[server]`, `[audit]` and `[aws]` changes apply at restart.
+pub async fn refresh_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    wakeup: Arc<tokio::sync::Notify>,
+) {
+    while hangup.recv().await.is_some() {
+        tracing::info!(
+            "SIGHUP: refreshing users and hosts from AWS now; config file changes apply at restart"
+        );
+        wakeup.notify_one();
     }
 }
 

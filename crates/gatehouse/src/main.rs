@@ -94,7 +94,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => load(&config).and_then(|c| run(serve::run(c, None))),
+        Command::Serve { config } => {
+            load(&config).and_then(|c| run(serve::run(c, None, Some(config.clone()))))
+        }
         Command::Check { config } => load(&config).map(|c| {
             println!("{}: OK", config.display());
             println!("{}", c.summary());
@@ -125,7 +127,7 @@ fn main() -> ExitCode {
         }),
         Command::Demo { state_dir, listen } => demo::prepare(&state_dir, listen)
             .map_err(Failure::Runtime)
-            .and_then(|(config, hint)| run(serve::run(config, Some(hint)))),
+            .and_then(|(config, hint)| run(serve::run(config, Some(hint), None))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

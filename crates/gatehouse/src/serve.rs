@@ -1,13 +1,14 @@
-//! Wiring of the daemon: host key, audit sink, listeners, directory, signals.
+//! Wiring of the daemon: host key, audit sink, listeners, directory, signals, reload.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use gatehouse_config::Config;
 use gatehouse_directory::{Directory, Snapshot};
-use gatehouse_ssh::audit::Audit;
-use gatehouse_ssh::{hostkey, russh_config, serve, Bastion};
+use gatehouse_ssh::audit::{Audit, Event};
+use gatehouse_ssh::{hostkey, russh_config, serve, Bastion, Listener};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -23,7 +24,14 @@ pub fn init_logging() {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains. `hint` is printed once listening.
-pub async fn run(config: Config, hint: Option<String>) -> anyhow::Result<()> {
+/// With `reload_from`, SIGHUP re-reads that file and applies its users and hosts; with
+/// `[aws]`, SIGHUP asks for an immediate AWS refresh instead (the file's users and hosts are
+/// empty by construction, so reloading them would revoke everyone).
+pub async fn run(
+    config: Config,
+    hint: Option<String>,
+    reload_from: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let aws = match &config.aws {
         Some(settings) => Some(crate::aws::Started::new(settings).await?),
         None => None,
@@ -38,17 +46,38 @@ pub async fn run(config: Config, hint: Option<String>) -> anyhow::Result<()> {
         None => Audit::stdout(),
     };
     let mut listeners = Vec::new();
-    for addr in &config.server.listen {
-        let listener = TcpListener::bind(addr)
+    let all = config.server.listen.iter().map(|a| (a, false));
+    let proxied = config.server.proxy_listen.iter().map(|a| (a, true));
+    for (addr, proxy) in all.chain(proxied) {
+        let socket = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        listeners.push(listener);
+        listeners.push(Listener { socket, proxy });
+    }
+    if let Some(addr) = config.metrics.listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!("metrics on http://{addr}/metrics");
     }
     let shutdown = shutdown_signal()?;
     let directory = match &aws {
         Some(aws) => aws.directory(),
         None => Arc::new(Directory::new(Snapshot::from_config(&config))),
     };
+    if let Some(aws) = &aws {
+        let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(crate::aws::refresh_on_hangup(hangup, aws.wakeup()));
+    } else if let Some(path) = reload_from {
+        let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(reload_on_hangup(
+            hangup,
+            path,
+            directory.clone(),
+            audit.clone(),
+        ));
+    }
     let fingerprint = gatehouse_directory::fingerprint(host_key.public_key());
     tracing::info!(
         listen = ?config.server.listen,
@@ -60,9 +89,15 @@ pub async fn run(config: Config, hint: Option<String>) -> anyhow::Result<()> {
     if let Some(hint) = hint {
         eprintln!("{hint}");
     }
+    // Under systemd (Type=notify): ready once every socket is bound. Without NOTIFY_SOCKET
+    // this does nothing.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tokio::spawn(report_directory_age(directory.clone()));
     let bastion = Bastion {
         russh: russh_config(&config.server, host_key),
         settings: config.server.clone(),
+        limits: config.limits.clone(),
+        penalties: config.penalties.clone(),
         directory: directory.subscribe(),
         audit,
     };
@@ -70,7 +105,56 @@ pub async fn run(config: Config, hint: Option<String>) -> anyhow::Result<()> {
         aws.spawn_refresh();
     }
     serve(bastion, listeners, shutdown).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())
+}
+
+/// On each SIGHUP, re-reads the config file and publishes its users and hosts. Open sessions
+/// and tunnels are re-checked against them (the SSH layer closes what is no longer allowed).
+/// An invalid file is refused and the running config stays. `[server]` and `[audit]` settings
+/// apply at the next restart.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    path: PathBuf,
+    directory: Arc<Directory>,
+    audit: Audit,
+) {
+    while hangup.recv().await.is_some() {
+        match gatehouse_config::load(&path) {
+            Ok(config) => {
+                let detail = format!(
+                    "{} users, {} hosts from {}; [server] and [audit] changes apply at restart",
+                    config.users.len(),
+                    config.hosts.len(),
+                    path.display()
+                );
+                tracing::info!("SIGHUP: reloaded {detail}");
+                directory.publish(Snapshot::from_config(&config));
+                audit.record(Event::ConfigReload {
+                    result: "applied",
+                    detail: &detail,
+                });
+            }
+            Err(e) => {
+                let detail = e.to_string();
+                tracing::error!("SIGHUP: config refused, the running config stays:\n{detail}");
+                audit.record(Event::ConfigReload {
+                    result: "refused",
+                    detail: &detail,
+                });
+            }
+        }
+    }
+}
+
+/// Keeps the `gatehouse_directory_age_seconds` gauge current.
+async fn report_directory_age(directory: Arc<Directory>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let age = directory.current().age().as_secs_f64();
+        metrics::gauge!("gatehouse_directory_age_seconds").set(age);
+    }
 }
 
 /// Completes on the first SIGTERM or SIGINT.

@@ -1,0 +1,71 @@
+//! Prometheus metrics, derived from audit events so that every counted thing is also an
+//! audited thing and no call site is forgotten. Recorded through the `metrics` facade: with no
+//! exporter installed (the default) every call is a no-op.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `gatehouse_sessions` | gauge | |
+//! | `gatehouse_tunnels` | gauge | |
+//! | `gatehouse_auth_total` | counter | `result`, `method`, `reason` |
+//! | `gatehouse_tunnel_refusals_total` | counter | `reason` (the `reason_code`) |
+//! | `gatehouse_request_refusals_total` | counter | `request` (shell, exec, agent, ...) |
+//! | `gatehouse_connection_refusals_total` | counter | `reason` (the `reason_code`) |
+//! | `gatehouse_tunnel_bytes_total` | counter | `direction` (up: to the target, down) |
+//! | `gatehouse_revocations_total` | counter | `kind` (session, tunnel) |
+//! | `gatehouse_penalties_total` | counter | `offence` |
+//! | `gatehouse_penalized_sources` | gauge | |
+//! | `gatehouse_directory_age_seconds` | gauge | (set by the binary) |
+
+use crate::audit::Event;
+
+/// Counts one audit event.
+pub(crate) fn observe(event: &Event<'_>) {
+    match event {
+        Event::AuthSuccess { .. } => {
+            metrics::gauge!("gatehouse_sessions").increment(1.0);
+            metrics::counter!("gatehouse_auth_total", "result" => "success", "method" => "publickey", "reason" => "")
+                .increment(1);
+        }
+        Event::AuthFailure { method, reason, .. } => {
+            metrics::counter!(
+                "gatehouse_auth_total",
+                "result" => "failure",
+                "method" => method.to_string(),
+                "reason" => reason.to_string()
+            )
+            .increment(1);
+        }
+        Event::SessionClose { .. } => metrics::gauge!("gatehouse_sessions").decrement(1.0),
+        Event::TunnelOpen { .. } => metrics::gauge!("gatehouse_tunnels").increment(1.0),
+        Event::TunnelClose { .. } => metrics::gauge!("gatehouse_tunnels").decrement(1.0),
+        Event::TunnelDeny { reason_code, .. } => {
+            metrics::counter!("gatehouse_tunnel_refusals_total", "reason" => reason_code.to_string())
+                .increment(1);
+        }
+        Event::RequestDeny { request, .. } => {
+            // The first word only ("remote forwarding 1.2.3.4:5" -> "remote"): bounded labels.
+            let kind = request
+                .split_whitespace()
+                .next()
+                .unwrap_or("other")
+                .to_owned();
+            metrics::counter!("gatehouse_request_refusals_total", "request" => kind).increment(1);
+        }
+        Event::ConnectionRefused { reason_code, .. } => {
+            metrics::counter!("gatehouse_connection_refusals_total", "reason" => reason_code.to_string())
+                .increment(1);
+        }
+        Event::SessionRevoked { .. } => {
+            metrics::counter!("gatehouse_revocations_total", "kind" => "session").increment(1);
+        }
+        Event::TunnelRevoked { .. } => {
+            metrics::counter!("gatehouse_revocations_total", "kind" => "tunnel").increment(1);
+        }
+        Event::SourcePenalized { .. } | Event::ConfigReload { .. } => {}
+    }
+}
+
+/// Counts bytes moved through tunnels, as they move.
+pub(crate) fn tunnel_bytes(direction: &'static str, n: u64) {
+    metrics::counter!("gatehouse_tunnel_bytes_total", "direction" => direction).increment(n);
+}

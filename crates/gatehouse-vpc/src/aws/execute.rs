@@ -1,0 +1,893 @@
+//! The executor: one or a few SDK calls per plan step. Every create call tags the resource in
+//! the same request (`TagSpecifications`), so an apply killed half way leaves nothing untagged
+//! and the next apply finds and reuses what exists.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{
+    AttributeBooleanValue, DomainType, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceType, IpPermission,
+    IpRange, Ipv6Range, PrefixListId, ResourceType, Tag, TagSpecification, UserIdGroupPair,
+};
+use base64::Engine;
+
+use super::{fail, Clients, Error};
+use crate::model::*;
+use crate::plan::{sha256_hex, POLICY_NAME};
+use crate::policy::trust_policy;
+use crate::spec::Spec;
+
+/// How long to wait for AWS to settle (instances running, NAT gateways available or deleted,
+/// IAM instance profiles visible to EC2) and how often to look.
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    pub poll: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Waits {
+    fn default() -> Self {
+        Waits {
+            poll: Duration::from_secs(5),
+            timeout: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Runs plan steps against AWS.
+pub struct Executor<'a> {
+    clients: &'a Clients,
+    spec: Option<&'a Spec>,
+    waits: Waits,
+    /// Logical key -> AWS id: the plan's kept resources plus what this run created.
+    ids: BTreeMap<String, String>,
+}
+
+fn ec2_tags(tags: &Tags) -> Vec<Tag> {
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn tag_spec(kind: ResourceType, tags: &Tags) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(kind)
+        .set_tags(Some(ec2_tags(tags)))
+        .build()
+}
+
+fn iam_tags(tags: &Tags) -> Vec<aws_sdk_iam::types::Tag> {
+    tags.iter()
+        .filter_map(|(k, v)| {
+            aws_sdk_iam::types::Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+                .ok()
+        })
+        .collect()
+}
+
+fn permission(
+    rule: &Rule,
+    resolve: impl Fn(&str) -> Option<String>,
+) -> Result<IpPermission, Error> {
+    let mut p = IpPermission::builder().ip_protocol(&rule.proto);
+    if rule.proto != "-1" {
+        p = p.from_port(rule.from).to_port(rule.to);
+    }
+    p = match &rule.peer {
+        Peer::Cidr(c) => p.ip_ranges(IpRange::builder().cidr_ip(c).build()),
+        Peer::Cidr6(c) => p.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(c).build()),
+        Peer::Group(id) => p.user_id_group_pairs(UserIdGroupPair::builder().group_id(id).build()),
+        Peer::GroupKey(k) => {
+            let id = resolve(k).ok_or_else(|| Error::Unresolved(k.clone()))?;
+            p.user_id_group_pairs(UserIdGroupPair::builder().group_id(id).build())
+        }
+        Peer::PrefixList(id) => {
+            p.prefix_list_ids(PrefixListId::builder().prefix_list_id(id).build())
+        }
+    };
+    Ok(p.build())
+}
+
+impl<'a> Executor<'a> {
+    /// An executor for applying `spec` (destroy passes `None`: it only removes).
+    pub fn new(clients: &'a Clients, spec: Option<&'a Spec>, waits: Waits) -> Self {
+        Executor {
+            clients,
+            spec,
+            waits,
+            ids: BTreeMap::new(),
+        }
+    }
+
+    fn id(&self, key: &str) -> Result<String, Error> {
+        self.ids
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::Unresolved(key.to_string()))
+    }
+
+    /// Run the steps in order; `progress` is told about each step before it runs.
+    pub async fn run(&mut self, plan: &Plan, progress: &mut dyn FnMut(&Step)) -> Result<(), Error> {
+        self.ids.extend(plan.known.clone());
+        for step in &plan.steps {
+            progress(step);
+            self.step(step).await?;
+        }
+        Ok(())
+    }
+
+    async fn step(&mut self, step: &Step) -> Result<(), Error> {
+        let ec2 = &self.clients.ec2;
+        let iam = &self.clients.iam;
+        let what = step.resource.clone();
+        match &step.action {
+            // ---------------- removal ----------------
+            Action::TerminateInstance { id } => {
+                let r = ec2.terminate_instances().instance_ids(id).send().await;
+                ok_if_gone(
+                    r.map(|_| ())
+                        .map_err(|e| fail(&what, "TerminateInstances", e)),
+                )?;
+                self.wait_instance(id, &["terminated"], &what).await?;
+            }
+            Action::DeleteNatGateway { id } => {
+                let r = ec2.delete_nat_gateway().nat_gateway_id(id).send().await;
+                ok_if_gone(
+                    r.map(|_| ())
+                        .map_err(|e| fail(&what, "DeleteNatGateway", e)),
+                )?;
+                self.wait_nat(id, &["deleted"], &what).await?;
+            }
+            Action::ReleaseAddress {
+                allocation_id,
+                association_id,
+            } => {
+                if let Some(assoc) = association_id {
+                    let r = ec2
+                        .disassociate_address()
+                        .association_id(assoc)
+                        .send()
+                        .await;
+                    ok_if_gone(
+                        r.map(|_| ())
+                            .map_err(|e| fail(&what, "DisassociateAddress", e)),
+                    )?;
+                }
+                let r = ec2
+                    .release_address()
+                    .allocation_id(allocation_id)
+                    .send()
+                    .await;
+                ok_if_gone(r.map(|_| ()).map_err(|e| fail(&what, "ReleaseAddress", e)))?;
+            }
+            Action::Disassociate { association_id } => {
+                let r = ec2
+                    .disassociate_route_table()
+                    .association_id(association_id)
+                    .send()
+                    .await;
+                ok_if_gone(
+                    r.map(|_| ())
+                        .map_err(|e| fail(&what, "DisassociateRouteTable", e)),
+                )?;
+            }
+            Action::DeleteRouteTable {
+                id,
+                association_ids,
+            } => {
+                for assoc in association_ids {
+                    let r = ec2
+                        .disassociate_route_table()
+                        .association_id(assoc)
+                        .send()
+                        .await;
+                    ok_if_gone(
+                        r.map(|_| ())
+                            .map_err(|e| fail(&what, "DisassociateRouteTable", e)),
+                    )?;
+                }
+                let r = ec2.delete_route_table().route_table_id(id).send().await;
+                ok_if_gone(
+                    r.map(|_| ())
+                        .map_err(|e| fail(&what, "DeleteRouteTable", e)),
+                )?;
+            }
+            Action::DeleteSubnet { id } => {
+                let id = id.clone();
+                self.retry_dependency(&what, || async {
+                    let r = ec2.delete_subnet().subnet_id(&id).send().await;
+                    ok_if_gone(r.map(|_| ()).map_err(|e| fail(&what, "DeleteSubnet", e)))
+                })
+                .await?;
+            }
+            Action::RevokeIngressById { group_id, rules } => {
+                for rule in rules {
+                    let perm = permission(rule, |_| None)?;
+                    let r = ec2
+                        .revoke_security_group_ingress()
+                        .group_id(group_id)
+                        .ip_permissions(perm)
+                        .send()
+                        .await;
+                    ok_if_gone(
+                        r.map(|_| ())
+                            .map_err(|e| fail(&what, "RevokeSecurityGroupIngress", e)),
+                    )?;
+                }
+            }
+            Action::DeleteSecurityGroup { id } => {
+                let id = id.clone();
+                self.retry_dependency(&what, || async {
+                    let r = ec2.delete_security_group().group_id(&id).send().await;
+                    ok_if_gone(
+                        r.map(|_| ())
+                            .map_err(|e| fail(&what, "DeleteSecurityGroup", e)),
+                    )
+                })
+                .await?;
+            }
+            Action::DeleteInternetGateway { id, attached_vpcs } => {
+                for vpc in attached_vpcs {
+                    let r = ec2
+                        .detach_internet_gateway()
+                        .internet_gateway_id(id)
+                        .vpc_id(vpc)
+                        .send()
+                        .await;
+                    ok_if_gone(
+                        r.map(|_| ())
+                            .map_err(|e| fail(&what, "DetachInternetGateway", e)),
+                    )?;
+                }
+                let r = ec2
+                    .delete_internet_gateway()
+                    .internet_gateway_id(id)
+                    .send()
+                    .await;
+                ok_if_gone(
+                    r.map(|_| ())
+                        .map_err(|e| fail(&what, "DeleteInternetGateway", e)),
+                )?;
+            }
+            Action::DeleteVpc { id } => {
+                let id = id.clone();
+                self.retry_dependency(&what, || async {
+                    let r = ec2.delete_vpc().vpc_id(&id).send().await;
+                    ok_if_gone(r.map(|_| ()).map_err(|e| fail(&what, "DeleteVpc", e)))
+                })
+                .await?;
+            }
+            Action::DeleteInstanceProfile { name, roles } => {
+                for role in roles {
+                    let r = iam
+                        .remove_role_from_instance_profile()
+                        .instance_profile_name(name)
+                        .role_name(role)
+                        .send()
+                        .await;
+                    ok_if_gone(
+                        r.map(|_| ())
+                            .map_err(|e| fail(&what, "RemoveRoleFromInstanceProfile", e)),
+                    )?;
+                }
+                let r = iam
+                    .delete_instance_profile()
+                    .instance_profile_name(name)
+                    .send()
+                    .await;
+                ok_if_gone(
+                    r.map(|_| ())
+                        .map_err(|e| fail(&what, "DeleteInstanceProfile", e)),
+                )?;
+            }
+            Action::DeleteRole { name, has_policy } => {
+                if *has_policy {
+                    let r = iam
+                        .delete_role_policy()
+                        .role_name(name)
+                        .policy_name(POLICY_NAME)
+                        .send()
+                        .await;
+                    ok_if_gone(
+                        r.map(|_| ())
+                            .map_err(|e| fail(&what, "DeleteRolePolicy", e)),
+                    )?;
+                }
+                let r = iam.delete_role().role_name(name).send().await;
+                ok_if_gone(r.map(|_| ()).map_err(|e| fail(&what, "DeleteRole", e)))?;
+            }
+            Action::DeleteParameter { name } => {
+                let r = self.clients.ssm.delete_parameter().name(name).send().await;
+                ok_if_gone(r.map(|_| ()).map_err(|e| fail(&what, "DeleteParameter", e)))?;
+            }
+
+            // ---------------- creation and repair ----------------
+            Action::CreateVpc { key, cidr, tags } => {
+                let out = ec2
+                    .create_vpc()
+                    .cidr_block(cidr)
+                    .tag_specifications(tag_spec(ResourceType::Vpc, tags))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "CreateVpc", e))?;
+                let id = out
+                    .vpc()
+                    .and_then(|v| v.vpc_id())
+                    .ok_or_else(|| missing(&what, "CreateVpc", "vpc id"))?;
+                self.ids.insert(key.clone(), id.to_string());
+            }
+            Action::EnableDns {
+                vpc,
+                hostnames,
+                support,
+            } => {
+                let id = self.id(vpc)?;
+                // One attribute per call (an AWS rule); support first, hostnames need it.
+                ec2.modify_vpc_attribute()
+                    .vpc_id(&id)
+                    .enable_dns_support(AttributeBooleanValue::builder().value(*support).build())
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "ModifyVpcAttribute", e))?;
+                ec2.modify_vpc_attribute()
+                    .vpc_id(&id)
+                    .enable_dns_hostnames(
+                        AttributeBooleanValue::builder().value(*hostnames).build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "ModifyVpcAttribute", e))?;
+            }
+            Action::LockDownDefaultSecurityGroup { vpc, tags } => {
+                let vpc = self.id(vpc)?;
+                let out = ec2
+                    .describe_security_groups()
+                    .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+                    .filters(
+                        Filter::builder()
+                            .name("group-name")
+                            .values("default")
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "DescribeSecurityGroups", e))?;
+                let group = out
+                    .security_groups()
+                    .iter()
+                    .find(|g| g.group_name() == Some("default") && g.vpc_id() == Some(vpc.as_str()))
+                    .ok_or_else(|| missing(&what, "DescribeSecurityGroups", "the default group"))?;
+                let gid = group
+                    .group_id()
+                    .ok_or_else(|| missing(&what, "DescribeSecurityGroups", "group id"))?;
+                ec2.create_tags()
+                    .resources(gid)
+                    .set_tags(Some(ec2_tags(tags)))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "CreateTags", e))?;
+                if !group.ip_permissions().is_empty() {
+                    ec2.revoke_security_group_ingress()
+                        .group_id(gid)
+                        .set_ip_permissions(Some(group.ip_permissions().to_vec()))
+                        .send()
+                        .await
+                        .map_err(|e| fail(&what, "RevokeSecurityGroupIngress", e))?;
+                }
+                if !group.ip_permissions_egress().is_empty() {
+                    ec2.revoke_security_group_egress()
+                        .group_id(gid)
+                        .set_ip_permissions(Some(group.ip_permissions_egress().to_vec()))
+                        .send()
+                        .await
+                        .map_err(|e| fail(&what, "RevokeSecurityGroupEgress", e))?;
+                }
+            }
+            Action::CreateSubnet {
+                key,
+                vpc,
+                cidr,
+                az,
+                tags,
+            } => {
+                let out = ec2
+                    .create_subnet()
+                    .vpc_id(self.id(vpc)?)
+                    .cidr_block(cidr)
+                    .availability_zone(az)
+                    .tag_specifications(tag_spec(ResourceType::Subnet, tags))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "CreateSubnet", e))?;
+                let id = out
+                    .subnet()
+                    .and_then(|s| s.subnet_id())
+                    .ok_or_else(|| missing(&what, "CreateSubnet", "subnet id"))?;
+                self.ids.insert(key.clone(), id.to_string());
+            }
+            Action::CreateInternetGateway { key, tags } => {
+                let out = ec2
+                    .create_internet_gateway()
+                    .tag_specifications(tag_spec(ResourceType::InternetGateway, tags))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "CreateInternetGateway", e))?;
+                let id = out
+                    .internet_gateway()
+                    .and_then(|g| g.internet_gateway_id())
+                    .ok_or_else(|| missing(&what, "CreateInternetGateway", "gateway id"))?;
+                self.ids.insert(key.clone(), id.to_string());
+            }
+            Action::AttachInternetGateway { igw, vpc } => {
+                ec2.attach_internet_gateway()
+                    .internet_gateway_id(self.id(igw)?)
+                    .vpc_id(self.id(vpc)?)
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "AttachInternetGateway", e))?;
+            }
+            Action::AllocateAddress { key, tags } => {
+                let out = ec2
+                    .allocate_address()
+                    .domain(DomainType::Vpc)
+                    .tag_specifications(tag_spec(ResourceType::ElasticIp, tags))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "AllocateAddress", e))?;
+                let id = out
+                    .allocation_id()
+                    .ok_or_else(|| missing(&what, "AllocateAddress", "allocation id"))?;
+                self.ids.insert(key.clone(), id.to_string());
+            }
+            Action::CreateNatGateway {
+                key,
+                subnet,
+                eip,
+                tags,
+            } => {
+                let out = ec2
+                    .create_nat_gateway()
+                    .subnet_id(self.id(subnet)?)
+                    .allocation_id(self.id(eip)?)
+                    .tag_specifications(tag_spec(ResourceType::Natgateway, tags))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "CreateNatGateway", e))?;
+                let id = out
+                    .nat_gateway()
+                    .and_then(|n| n.nat_gateway_id())
+                    .ok_or_else(|| missing(&what, "CreateNatGateway", "gateway id"))?
+                    .to_string();
+                self.ids.insert(key.clone(), id.clone());
+                self.wait_nat(&id, &["available"], &what).await?;
+            }
+            Action::CreateRouteTable { key, vpc, tags } => {
+                let out = ec2
+                    .create_route_table()
+                    .vpc_id(self.id(vpc)?)
+                    .tag_specifications(tag_spec(ResourceType::RouteTable, tags))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "CreateRouteTable", e))?;
+                let id = out
+                    .route_table()
+                    .and_then(|r| r.route_table_id())
+                    .ok_or_else(|| missing(&what, "CreateRouteTable", "route table id"))?;
+                self.ids.insert(key.clone(), id.to_string());
+            }
+            Action::CreateRoute {
+                table,
+                dest,
+                target,
+            } => {
+                let mut req = ec2
+                    .create_route()
+                    .route_table_id(self.id(table)?)
+                    .destination_cidr_block(dest);
+                let target_id = self.id(target)?;
+                req = if target.starts_with("nat/") {
+                    req.nat_gateway_id(target_id)
+                } else {
+                    req.gateway_id(target_id)
+                };
+                req.send()
+                    .await
+                    .map_err(|e| fail(&what, "CreateRoute", e))?;
+            }
+            Action::ReplaceRoute {
+                table,
+                dest,
+                target,
+            } => {
+                let mut req = ec2
+                    .replace_route()
+                    .route_table_id(self.id(table)?)
+                    .destination_cidr_block(dest);
+                let target_id = self.id(target)?;
+                req = if target.starts_with("nat/") {
+                    req.nat_gateway_id(target_id)
+                } else {
+                    req.gateway_id(target_id)
+                };
+                req.send()
+                    .await
+                    .map_err(|e| fail(&what, "ReplaceRoute", e))?;
+            }
+            Action::DeleteRoute { table, dest } => {
+                let r = ec2
+                    .delete_route()
+                    .route_table_id(self.id(table)?)
+                    .destination_cidr_block(dest)
+                    .send()
+                    .await;
+                ok_if_gone(r.map(|_| ()).map_err(|e| fail(&what, "DeleteRoute", e)))?;
+            }
+            Action::Associate { table, subnet } => {
+                ec2.associate_route_table()
+                    .route_table_id(self.id(table)?)
+                    .subnet_id(self.id(subnet)?)
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "AssociateRouteTable", e))?;
+            }
+            Action::ReplaceAssociation {
+                association_id,
+                table,
+            } => {
+                ec2.replace_route_table_association()
+                    .association_id(association_id)
+                    .route_table_id(self.id(table)?)
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "ReplaceRouteTableAssociation", e))?;
+            }
+            Action::CreateSecurityGroup {
+                key,
+                vpc,
+                name,
+                description,
+                tags,
+            } => {
+                let out = ec2
+                    .create_security_group()
+                    .vpc_id(self.id(vpc)?)
+                    .group_name(name)
+                    .description(description)
+                    .tag_specifications(tag_spec(ResourceType::SecurityGroup, tags))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "CreateSecurityGroup", e))?;
+                let id = out
+                    .group_id()
+                    .ok_or_else(|| missing(&what, "CreateSecurityGroup", "group id"))?;
+                self.ids.insert(key.clone(), id.to_string());
+            }
+            Action::Authorize {
+                group,
+                ingress,
+                rule,
+            } => {
+                let gid = self.id(group)?;
+                let perm = permission(rule, |k| self.ids.get(k).cloned())?;
+                let r = if *ingress {
+                    ec2.authorize_security_group_ingress()
+                        .group_id(&gid)
+                        .ip_permissions(perm)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| fail(&what, "AuthorizeSecurityGroupIngress", e))
+                } else {
+                    ec2.authorize_security_group_egress()
+                        .group_id(&gid)
+                        .ip_permissions(perm)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| fail(&what, "AuthorizeSecurityGroupEgress", e))
+                };
+                match r {
+                    Err(e) if e.code() == Some("InvalidPermission.Duplicate") => {}
+                    other => other?,
+                }
+            }
+            Action::Revoke {
+                group,
+                ingress,
+                rule,
+            } => {
+                let gid = self.id(group)?;
+                let perm = permission(rule, |k| self.ids.get(k).cloned())?;
+                let r = if *ingress {
+                    ec2.revoke_security_group_ingress()
+                        .group_id(&gid)
+                        .ip_permissions(perm)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| fail(&what, "RevokeSecurityGroupIngress", e))
+                } else {
+                    ec2.revoke_security_group_egress()
+                        .group_id(&gid)
+                        .ip_permissions(perm)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| fail(&what, "RevokeSecurityGroupEgress", e))
+                };
+                ok_if_gone(r)?;
+            }
+            Action::CreateRole { name, tags } => {
+                iam.create_role()
+                    .role_name(name)
+                    .assume_role_policy_document(trust_policy().to_string())
+                    .description(
+                        "gatehouse bastion: discover hosts, read IAM SSH keys, share the host key",
+                    )
+                    .set_tags(Some(iam_tags(tags)))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "CreateRole", e))?;
+            }
+            Action::PutRolePolicy { role, policy } => {
+                iam.put_role_policy()
+                    .role_name(role)
+                    .policy_name(POLICY_NAME)
+                    .policy_document(policy.to_string())
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "PutRolePolicy", e))?;
+            }
+            Action::CreateInstanceProfile { name, tags } => {
+                iam.create_instance_profile()
+                    .instance_profile_name(name)
+                    .set_tags(Some(iam_tags(tags)))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "CreateInstanceProfile", e))?;
+            }
+            Action::AddRoleToProfile { profile, role } => {
+                iam.add_role_to_instance_profile()
+                    .instance_profile_name(profile)
+                    .role_name(role)
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "AddRoleToInstanceProfile", e))?;
+            }
+            Action::RunInstance { key, launch, tags } => {
+                let id = self.run_instance(&what, launch, tags).await?;
+                self.ids.insert(key.clone(), id);
+            }
+            Action::AssociateAddress { eip, instance } => {
+                let alloc = self.id(eip)?;
+                let inst = self.id(instance)?;
+                self.wait_instance(&inst, &["running"], &what).await?;
+                ec2.associate_address()
+                    .allocation_id(alloc)
+                    .instance_id(inst)
+                    .allow_reassociation(true)
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "AssociateAddress", e))?;
+            }
+            Action::SetTags { resource, tags } => {
+                ec2.create_tags()
+                    .resources(self.id(resource)?)
+                    .set_tags(Some(ec2_tags(tags)))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, "CreateTags", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_instance(
+        &self,
+        what: &str,
+        launch: &LaunchSpec,
+        tags: &Tags,
+    ) -> Result<String, Error> {
+        let mut tags = tags.clone();
+        let mut user_data = None;
+        if launch.bastion {
+            let spec = self
+                .spec
+                .ok_or_else(|| Error::Unresolved("spec for the bastion user data".into()))?;
+            let text = crate::userdata::render(spec, &self.id("vpc")?);
+            tags.insert(TAG_USER_DATA.into(), sha256_hex(&text));
+            user_data = Some(base64::engine::general_purpose::STANDARD.encode(text));
+        }
+        let subnet = self.id(&launch.subnet)?;
+        let group = self.id(&launch.security_group)?;
+        let start = Instant::now();
+        loop {
+            let mut req = self
+                .clients
+                .ec2
+                .run_instances()
+                .image_id(&launch.ami)
+                .instance_type(InstanceType::from(launch.instance_type.as_str()))
+                .min_count(1)
+                .max_count(1)
+                .subnet_id(&subnet)
+                .security_group_ids(&group)
+                .metadata_options(
+                    InstanceMetadataOptionsRequest::builder()
+                        .http_tokens(HttpTokensState::Required)
+                        .http_put_response_hop_limit(1)
+                        .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                        .build(),
+                )
+                .tag_specifications(tag_spec(ResourceType::Instance, &tags))
+                .tag_specifications(tag_spec(ResourceType::Volume, &tags))
+                .set_user_data(user_data.clone())
+                .set_private_ip_address(launch.private_ip.clone());
+            if let Some(profile) = &launch.profile {
+                req = req.iam_instance_profile(
+                    IamInstanceProfileSpecification::builder()
+                        .name(profile)
+                        .build(),
+                );
+            }
+            match req.send().await {
+                Ok(out) => {
+                    let id = out
+                        .instances()
+                        .first()
+                        .and_then(|i| i.instance_id())
+                        .ok_or_else(|| missing(what, "RunInstances", "instance id"))?;
+                    return Ok(id.to_string());
+                }
+                Err(e) => {
+                    let err = fail(what, "RunInstances", e);
+                    // IAM is eventually consistent: a new instance profile can take seconds to
+                    // become visible to EC2.
+                    let profile_not_ready = err.code() == Some("InvalidParameterValue")
+                        && err
+                            .to_string()
+                            .to_ascii_lowercase()
+                            .contains("iaminstanceprofile");
+                    if !profile_not_ready || start.elapsed() > self.waits.timeout {
+                        return Err(err);
+                    }
+                    tracing::info!(
+                        resource = what,
+                        "instance profile not visible to EC2 yet; retrying"
+                    );
+                    tokio::time::sleep(self.waits.poll).await;
+                }
+            }
+        }
+    }
+
+    async fn wait_instance(
+        &self,
+        id: &str,
+        states: &[&'static str],
+        what: &str,
+    ) -> Result<(), Error> {
+        let start = Instant::now();
+        loop {
+            let out = self
+                .clients
+                .ec2
+                .describe_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .map_err(|e| fail(what, "DescribeInstances", e))?;
+            let state = out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .find(|i| i.instance_id() == Some(id))
+                .and_then(|i| i.state())
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_string());
+            match state {
+                Some(s) if states.contains(&s.as_str()) => return Ok(()),
+                None if states.contains(&"terminated") => return Ok(()),
+                _ => {}
+            }
+            self.pause(start, what, states.first().copied().unwrap_or("ready"))
+                .await?;
+        }
+    }
+
+    async fn wait_nat(&self, id: &str, states: &[&'static str], what: &str) -> Result<(), Error> {
+        let start = Instant::now();
+        loop {
+            let r = self
+                .clients
+                .ec2
+                .describe_nat_gateways()
+                .nat_gateway_ids(id)
+                .send()
+                .await;
+            let state = match r {
+                Ok(out) => out
+                    .nat_gateways()
+                    .iter()
+                    .find(|n| n.nat_gateway_id() == Some(id))
+                    .and_then(|n| n.state())
+                    .map(|s| s.as_str().to_string()),
+                Err(e) => {
+                    let err = fail(what, "DescribeNatGateways", e);
+                    if !err.is_not_found() {
+                        return Err(err);
+                    }
+                    None
+                }
+            };
+            match state.as_deref() {
+                Some(s) if states.contains(&s) => return Ok(()),
+                None if states.contains(&"deleted") => return Ok(()),
+                Some("failed") => {
+                    return Err(Error::Aws {
+                        resource: what.to_string(),
+                        op: "CreateNatGateway",
+                        code: Some("failed".into()),
+                        message: "the NAT gateway went to state failed".into(),
+                    })
+                }
+                _ => {}
+            }
+            self.pause(start, what, states.first().copied().unwrap_or("ready"))
+                .await?;
+        }
+    }
+
+    /// Deleting a subnet, group or VPC right after its dependents can meet
+    /// `DependencyViolation` for a while (network interfaces linger): retry, bounded.
+    async fn retry_dependency<F, Fut>(&self, what: &str, mut call: F) -> Result<(), Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), Error>>,
+    {
+        let start = Instant::now();
+        loop {
+            match call().await {
+                Err(e)
+                    if e.code() == Some("DependencyViolation")
+                        && start.elapsed() < self.waits.timeout =>
+                {
+                    tracing::info!(resource = what, "still has dependents; retrying");
+                    tokio::time::sleep(self.waits.poll).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn pause(&self, start: Instant, what: &str, state: &'static str) -> Result<(), Error> {
+        if start.elapsed() > self.waits.timeout {
+            return Err(Error::Timeout {
+                resource: what.to_string(),
+                state,
+                secs: self.waits.timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(self.waits.poll).await;
+        Ok(())
+    }
+}
+
+fn missing(resource: &str, op: &'static str, field: &'static str) -> Error {
+    Error::Missing {
+        resource: resource.to_string(),
+        op,
+        field,
+    }
+}
+
+fn ok_if_gone(r: Result<(), Error>) -> Result<(), Error> {
+    match r {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,547 @@
+//! Read what AWS reports for a stack into plain data. Every EC2 describe call filters on the
+//! stack tag, and the planner checks the tag again on each item (see `plan::only_ours`).
+
+use aws_sdk_ec2::types::{Filter, IpPermission, VpcAttributeName};
+
+use super::{fail, Clients, Error};
+use crate::model::*;
+use crate::plan::{host_key_parameter, role_name, POLICY_NAME};
+
+fn tag_filter(stack: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{TAG_STACK}"))
+        .values(stack)
+        .build()
+}
+
+fn ec2_tags(tags: &[aws_sdk_ec2::types::Tag]) -> Tags {
+    tags.iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn key_of(tags: &Tags) -> String {
+    tags.get(TAG_RESOURCE).cloned().unwrap_or_default()
+}
+
+/// Flatten AWS's grouped permissions into one [`Rule`] per peer.
+pub fn flatten_rules(perms: &[IpPermission]) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for p in perms {
+        let proto = match p.ip_protocol().unwrap_or("-1") {
+            "6" => "tcp",
+            "17" => "udp",
+            "1" => "icmp",
+            other => other,
+        }
+        .to_string();
+        let (from, to) = if proto == "-1" {
+            (-1, -1)
+        } else {
+            (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1))
+        };
+        let rule = |peer| Rule {
+            proto: proto.clone(),
+            from,
+            to,
+            peer,
+        };
+        for r in p.ip_ranges() {
+            if let Some(c) = r.cidr_ip() {
+                out.push(rule(Peer::Cidr(c.to_string())));
+            }
+        }
+        for r in p.ipv6_ranges() {
+            if let Some(c) = r.cidr_ipv6() {
+                out.push(rule(Peer::Cidr6(c.to_string())));
+            }
+        }
+        for g in p.user_id_group_pairs() {
+            if let Some(id) = g.group_id() {
+                out.push(rule(Peer::Group(id.to_string())));
+            }
+        }
+        for pl in p.prefix_list_ids() {
+            if let Some(id) = pl.prefix_list_id() {
+                out.push(rule(Peer::PrefixList(id.to_string())));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn security_group(g: &aws_sdk_ec2::types::SecurityGroup) -> ObsSecurityGroup {
+    let tags = ec2_tags(g.tags());
+    ObsSecurityGroup {
+        id: g.group_id().unwrap_or_default().to_string(),
+        key: key_of(&tags),
+        name: g.group_name().unwrap_or_default().to_string(),
+        ingress: flatten_rules(g.ip_permissions()),
+        egress: flatten_rules(g.ip_permissions_egress()),
+        tags,
+    }
+}
+
+/// Everything of stack `stack` that AWS reports.
+pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
+    let ec2 = &c.ec2;
+    let mut obs = Observed::default();
+    let res = |what: &str| format!("{what} of stack {stack}");
+
+    let pages = ec2
+        .describe_vpcs()
+        .filters(tag_filter(stack))
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| fail(res("vpcs"), "DescribeVpcs", e))?;
+    for v in pages.iter().flat_map(|p| p.vpcs()) {
+        let tags = ec2_tags(v.tags());
+        let id = v.vpc_id().unwrap_or_default().to_string();
+        let attr = |name: VpcAttributeName| {
+            let id = id.clone();
+            async move {
+                ec2.describe_vpc_attribute()
+                    .vpc_id(&id)
+                    .attribute(name)
+                    .send()
+                    .await
+                    .map_err(|e| fail(format!("vpc {id}"), "DescribeVpcAttribute", e))
+            }
+        };
+        let hostnames = attr(VpcAttributeName::EnableDnsHostnames)
+            .await?
+            .enable_dns_hostnames()
+            .and_then(|a| a.value())
+            .unwrap_or(false);
+        let support = attr(VpcAttributeName::EnableDnsSupport)
+            .await?
+            .enable_dns_support()
+            .and_then(|a| a.value())
+            .unwrap_or(false);
+        obs.vpcs.push(ObsVpc {
+            key: key_of(&tags),
+            cidr: v.cidr_block().unwrap_or_default().to_string(),
+            dns_hostnames: hostnames,
+            dns_support: support,
+            id,
+            tags,
+        });
+    }
+
+    // The default security group of the stack's own VPC (AWS creates it untagged).
+    let own_vpc = obs
+        .vpcs
+        .iter()
+        .find(|v| v.key == "vpc" && v.tags.get(TAG_STACK).map(String::as_str) == Some(stack))
+        .map(|v| v.id.clone());
+    if let Some(vpc) = &own_vpc {
+        let out = ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("vpc-id").values(vpc).build())
+            .filters(
+                Filter::builder()
+                    .name("group-name")
+                    .values("default")
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                fail(
+                    format!("default security group of {vpc}"),
+                    "DescribeSecurityGroups",
+                    e,
+                )
+            })?;
+        obs.default_sg = out
+            .security_groups()
+            .iter()
+            .find(|g| g.group_name() == Some("default") && g.vpc_id() == Some(vpc.as_str()))
+            .map(security_group);
+    }
+
+    let pages = ec2
+        .describe_subnets()
+        .filters(tag_filter(stack))
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| fail(res("subnets"), "DescribeSubnets", e))?;
+    for s in pages.iter().flat_map(|p| p.subnets()) {
+        let tags = ec2_tags(s.tags());
+        obs.subnets.push(ObsSubnet {
+            id: s.subnet_id().unwrap_or_default().to_string(),
+            key: key_of(&tags),
+            vpc_id: s.vpc_id().unwrap_or_default().to_string(),
+            cidr: s.cidr_block().unwrap_or_default().to_string(),
+            az: s.availability_zone().unwrap_or_default().to_string(),
+            tags,
+        });
+    }
+
+    let pages = ec2
+        .describe_internet_gateways()
+        .filters(tag_filter(stack))
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| fail(res("internet gateways"), "DescribeInternetGateways", e))?;
+    for g in pages.iter().flat_map(|p| p.internet_gateways()) {
+        let tags = ec2_tags(g.tags());
+        obs.igws.push(ObsIgw {
+            id: g.internet_gateway_id().unwrap_or_default().to_string(),
+            key: key_of(&tags),
+            attached_vpcs: g
+                .attachments()
+                .iter()
+                .filter_map(|a| a.vpc_id().map(str::to_string))
+                .collect(),
+            tags,
+        });
+    }
+
+    let out = ec2
+        .describe_addresses()
+        .filters(tag_filter(stack))
+        .send()
+        .await
+        .map_err(|e| fail(res("elastic IPs"), "DescribeAddresses", e))?;
+    for a in out.addresses() {
+        let tags = ec2_tags(a.tags());
+        obs.eips.push(ObsEip {
+            allocation_id: a.allocation_id().unwrap_or_default().to_string(),
+            key: key_of(&tags),
+            public_ip: a.public_ip().unwrap_or_default().to_string(),
+            association_id: a.association_id().map(str::to_string),
+            instance_id: a.instance_id().map(str::to_string),
+            tags,
+        });
+    }
+
+    let pages = ec2
+        .describe_nat_gateways()
+        .filter(tag_filter(stack))
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| fail(res("NAT gateways"), "DescribeNatGateways", e))?;
+    for n in pages.iter().flat_map(|p| p.nat_gateways()) {
+        let state = n
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default();
+        if state != "pending" && state != "available" {
+            continue;
+        }
+        let tags = ec2_tags(n.tags());
+        obs.nats.push(ObsNat {
+            id: n.nat_gateway_id().unwrap_or_default().to_string(),
+            key: key_of(&tags),
+            subnet_id: n.subnet_id().unwrap_or_default().to_string(),
+            allocation_id: n
+                .nat_gateway_addresses()
+                .iter()
+                .find_map(|a| a.allocation_id().map(str::to_string)),
+            state,
+            tags,
+        });
+    }
+
+    let pages = ec2
+        .describe_route_tables()
+        .filters(tag_filter(stack))
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| fail(res("route tables"), "DescribeRouteTables", e))?;
+    for r in pages.iter().flat_map(|p| p.route_tables()) {
+        let tags = ec2_tags(r.tags());
+        let routes = r
+            .routes()
+            .iter()
+            .filter(|x| x.gateway_id() != Some("local"))
+            .filter_map(|x| {
+                let dest = x.destination_cidr_block()?.to_string();
+                let target = if let Some(n) = x.nat_gateway_id() {
+                    RouteTarget::Nat(n.to_string())
+                } else if let Some(g) = x.gateway_id() {
+                    RouteTarget::Gateway(g.to_string())
+                } else {
+                    let other = x
+                        .instance_id()
+                        .or(x.vpc_peering_connection_id())
+                        .or(x.transit_gateway_id())
+                        .or(x.network_interface_id())
+                        .unwrap_or("blackhole");
+                    RouteTarget::Other(other.to_string())
+                };
+                Some(ObsRoute { dest, target })
+            })
+            .collect();
+        let associations = r
+            .associations()
+            .iter()
+            .filter(|a| a.main() != Some(true))
+            .filter_map(|a| {
+                Some(ObsAssociation {
+                    id: a.route_table_association_id()?.to_string(),
+                    subnet_id: a.subnet_id()?.to_string(),
+                })
+            })
+            .collect();
+        obs.route_tables.push(ObsRouteTable {
+            id: r.route_table_id().unwrap_or_default().to_string(),
+            key: key_of(&tags),
+            routes,
+            associations,
+            tags,
+        });
+    }
+
+    let pages = ec2
+        .describe_security_groups()
+        .filters(tag_filter(stack))
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| fail(res("security groups"), "DescribeSecurityGroups", e))?;
+    for g in pages.iter().flat_map(|p| p.security_groups()) {
+        if g.group_name() == Some("default") {
+            continue; // the VPC's default group is tracked separately
+        }
+        obs.security_groups.push(security_group(g));
+    }
+
+    let pages = ec2
+        .describe_instances()
+        .filters(tag_filter(stack))
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .values("stopping")
+                .values("stopped")
+                .build(),
+        )
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| fail(res("instances"), "DescribeInstances", e))?;
+    for i in pages
+        .iter()
+        .flat_map(|p| p.reservations())
+        .flat_map(|r| r.instances())
+    {
+        let state = i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default();
+        if !["pending", "running", "stopping", "stopped"].contains(&state.as_str()) {
+            continue;
+        }
+        let tags = ec2_tags(i.tags());
+        let meta = i.metadata_options();
+        obs.instances.push(ObsInstance {
+            id: i.instance_id().unwrap_or_default().to_string(),
+            key: key_of(&tags),
+            state,
+            ami: i.image_id().unwrap_or_default().to_string(),
+            instance_type: i
+                .instance_type()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default(),
+            subnet_id: i.subnet_id().unwrap_or_default().to_string(),
+            security_groups: i
+                .security_groups()
+                .iter()
+                .filter_map(|g| g.group_id().map(str::to_string))
+                .collect(),
+            profile_arn: i
+                .iam_instance_profile()
+                .and_then(|p| p.arn())
+                .map(str::to_string),
+            http_tokens: meta
+                .and_then(|m| m.http_tokens())
+                .map(|t| t.as_str().to_string()),
+            hop_limit: meta.and_then(|m| m.http_put_response_hop_limit()),
+            private_ip: i.private_ip_address().map(str::to_string),
+            public_ip: i.public_ip_address().map(str::to_string),
+            tags,
+        });
+    }
+
+    observe_iam(c, stack, &mut obs).await?;
+    observe_ssm(c, stack, &mut obs).await?;
+    Ok(obs)
+}
+
+fn iam_tags(tags: &[aws_sdk_iam::types::Tag]) -> Tags {
+    tags.iter()
+        .map(|t| (t.key().to_string(), t.value().to_string()))
+        .collect()
+}
+
+/// IAM has no tag filter: the role and profile have deterministic names, read their tags.
+async fn observe_iam(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
+    let name = role_name(stack);
+    let what = format!("iam role {name}");
+    match c.iam.get_role().role_name(&name).send().await {
+        Ok(_) => {
+            let tags = c
+                .iam
+                .list_role_tags()
+                .role_name(&name)
+                .send()
+                .await
+                .map_err(|e| fail(&what, "ListRoleTags", e))?;
+            let policy = match c
+                .iam
+                .get_role_policy()
+                .role_name(&name)
+                .policy_name(POLICY_NAME)
+                .send()
+                .await
+            {
+                Ok(out) => Some(parse_policy(out.policy_document())),
+                Err(e) => {
+                    let err = fail(&what, "GetRolePolicy", e);
+                    if !err.is_not_found() {
+                        return Err(err);
+                    }
+                    None
+                }
+            };
+            obs.role = Some(ObsRole {
+                name: name.clone(),
+                tags: iam_tags(tags.tags()),
+                policy,
+            });
+        }
+        Err(e) => {
+            let err = fail(&what, "GetRole", e);
+            if !err.is_not_found() {
+                return Err(err);
+            }
+        }
+    }
+    let what = format!("instance profile {name}");
+    match c
+        .iam
+        .get_instance_profile()
+        .instance_profile_name(&name)
+        .send()
+        .await
+    {
+        Ok(out) => {
+            let roles = out
+                .instance_profile()
+                .map(|p| {
+                    p.roles()
+                        .iter()
+                        .map(|r| r.role_name().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            // GetInstanceProfile carries the tags (moto 5.2 lacks ListInstanceProfileTags).
+            let tags = out
+                .instance_profile()
+                .map(|p| iam_tags(p.tags()))
+                .unwrap_or_default();
+            obs.profile = Some(ObsProfile {
+                name: name.clone(),
+                tags,
+                roles,
+            });
+        }
+        Err(e) => {
+            let err = fail(&what, "GetInstanceProfile", e);
+            if !err.is_not_found() {
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The host key parameter, if it exists (the daemon creates it and should tag it).
+async fn observe_ssm(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
+    let name = host_key_parameter(stack);
+    let what = format!("ssm parameter {name}");
+    let tags = c
+        .ssm
+        .list_tags_for_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+        .resource_id(&name)
+        .send()
+        .await;
+    match tags {
+        Ok(out) => {
+            let tags: Tags = out
+                .tag_list()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect();
+            obs.parameters.push(ObsParameter { name, tags });
+        }
+        Err(e) => {
+            let err = fail(&what, "ListTagsForResource", e);
+            let missing = err.is_not_found() || err.code() == Some("InvalidResourceId");
+            if !missing {
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// IAM returns policy documents URL-encoded (RFC 3986); accept plain JSON too.
+pub fn parse_policy(doc: &str) -> serde_json::Value {
+    if let Ok(v) = serde_json::from_str(doc) {
+        return v;
+    }
+    serde_json::from_str(&percent_decode(doc)).unwrap_or(serde_json::Value::String(doc.to_string()))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,180 @@
+//! `gatehouse-vpc`: provision the VPC around a gatehouse bastion.
+//!
+//! `plan [--json]`, `apply`, `destroy`, `output` — each reads the spec (`--spec`, default
+//! `config/vpc.toml`) and validates it completely before any AWS call.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gatehouse_vpc::aws::{self, execute::Waits, Clients};
+use gatehouse_vpc::model::Step;
+use gatehouse_vpc::{output, plan, spec};
+
+/// Exit status for a bad spec (EX_DATAERR-like `EX_USAGE`, as the daemon uses for bad config).
+const EXIT_BAD_SPEC: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gatehouse-vpc",
+    version,
+    about = "Provision the VPC around a gatehouse bastion"
+)]
+struct Cli {
+    /// The VPC spec (TOML).
+    #[arg(long, global = true, default_value = "config/vpc.toml")]
+    spec: PathBuf,
+    /// Send every AWS call to this endpoint (e.g. moto at http://127.0.0.1:5000).
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+    /// How long to wait for AWS to settle (instances, NAT gateways, IAM), e.g. "15m".
+    #[arg(long, global = true, default_value = "15m", value_parser = humantime::parse_duration)]
+    wait_timeout: std::time::Duration,
+    /// How often to look while waiting, e.g. "5s".
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    poll_interval: std::time::Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show what apply would change (+ create, ~ change, - delete).
+    Plan {
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make AWS match the spec (idempotent).
+    Apply,
+    /// Delete every resource tagged with the stack, in dependency order (nothing else).
+    Destroy,
+    /// Print the bastion's address and a ready ~/.ssh/config block.
+    Output {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The IAM user name you log in with (default: $USER).
+        #[arg(long, env = "USER", default_value = "YOUR_IAM_USER")]
+        user: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_VPC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let env_region = std::env::var("AWS_REGION")
+        .ok()
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .filter(|r| !r.is_empty());
+    let spec = match spec::load(&cli.spec, env_region.as_deref()) {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_SPEC);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, spec)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Test hook: exit abruptly (status 137, like SIGKILL) before running step N+1, so tests can
+/// interrupt an apply at a chosen point. Unset in normal use.
+const KILL_AFTER_STEPS_ENV: &str = "GATEHOUSE_VPC_TEST_KILL_AFTER_STEPS";
+static STEPS_RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn progress(step: &Step) {
+    let done = STEPS_RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let limit = std::env::var(KILL_AFTER_STEPS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if limit.is_some_and(|n| done >= n) {
+        eprintln!("killed after {done} step(s) ({KILL_AFTER_STEPS_ENV})");
+        std::process::exit(137);
+    }
+    eprintln!(
+        "{} {:<28} {}",
+        step.sign.symbol(),
+        step.resource,
+        step.detail
+    );
+}
+
+async fn run(cli: Cli, spec: spec::Spec) -> anyhow::Result<ExitCode> {
+    let clients = Clients::new(&spec.region, cli.endpoint_url.as_deref()).await;
+    let waits = Waits {
+        poll: cli.poll_interval,
+        timeout: cli.wait_timeout,
+    };
+    let stack = spec.stack.clone();
+    match cli.command {
+        Command::Plan { json } => {
+            let obs = aws::observe(&clients, &stack)
+                .await
+                .context("reading the stack from AWS")?;
+            let plan = plan::plan_apply(&spec, &obs).context("planning")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", plan.render());
+            }
+        }
+        Command::Apply => {
+            let n = aws::apply(&clients, &spec, waits, &mut progress)
+                .await
+                .with_context(|| format!("apply of stack {stack}"))?;
+            if n == 0 {
+                println!("stack {stack}: no changes");
+            } else {
+                println!("stack {stack}: applied {n} step(s); now up to date");
+            }
+        }
+        Command::Destroy => {
+            let n = aws::destroy(&clients, &stack, waits, &mut progress)
+                .await
+                .with_context(|| format!("destroy of stack {stack}"))?;
+            println!("stack {stack}: destroyed ({n} step(s))");
+        }
+        Command::Output { json, user } => {
+            let obs = aws::observe(&clients, &stack)
+                .await
+                .context("reading the stack from AWS")?;
+            let out = output::stack_output(&spec, &obs, &user);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                match &out.bastion_address {
+                    Some(a) => println!("bastion: {a}"),
+                    None => println!("bastion: no address yet (run apply)"),
+                }
+                println!("host key parameter: {}", out.host_key_parameter);
+                println!();
+                print!("{}", out.ssh_config);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,460 @@
+//! Plain data: what AWS reports for a stack (`Observed`) and the steps a plan is made of
+//! (`Action`). No I/O here, so the planner over these types is a pure function.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Every resource of a stack carries this tag; its value is the stack name.
+pub const TAG_STACK: &str = "gatehouse:stack";
+/// The logical key of a resource inside its stack, e.g. `subnet/dmz`, `nat/eu-central-1a`.
+pub const TAG_RESOURCE: &str = "gatehouse:resource";
+/// SHA-256 of the user data an instance was launched with (user data cannot be read back cheaply).
+pub const TAG_USER_DATA: &str = "gatehouse:user-data-sha256";
+/// Groups that may reach a private host (comma separated); read by the daemon.
+pub const TAG_GROUPS: &str = "gatehouse:groups";
+/// Ports of a private host the daemon forwards to (comma separated).
+pub const TAG_PORTS: &str = "gatehouse:ports";
+
+pub type Tags = BTreeMap<String, String>;
+
+/// A security group rule in AWS terms. `proto` is `tcp`, `udp`, `icmp` or `-1` (all).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Rule {
+    pub proto: String,
+    pub from: i32,
+    pub to: i32,
+    pub peer: Peer,
+}
+
+/// The other side of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Peer {
+    /// An IPv4 CIDR.
+    Cidr(String),
+    /// An IPv6 CIDR (never desired; only observed).
+    Cidr6(String),
+    /// A security group by AWS id.
+    Group(String),
+    /// A security group by logical key (desired rules only; resolved by the executor).
+    GroupKey(String),
+    /// A prefix list (never desired; only observed).
+    PrefixList(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsVpc {
+    pub id: String,
+    pub key: String,
+    pub cidr: String,
+    pub dns_hostnames: bool,
+    pub dns_support: bool,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsSubnet {
+    pub id: String,
+    pub key: String,
+    pub vpc_id: String,
+    pub cidr: String,
+    pub az: String,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsIgw {
+    pub id: String,
+    pub key: String,
+    pub attached_vpcs: Vec<String>,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsEip {
+    pub allocation_id: String,
+    pub key: String,
+    pub public_ip: String,
+    pub association_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsNat {
+    pub id: String,
+    pub key: String,
+    pub subnet_id: String,
+    pub allocation_id: Option<String>,
+    /// `pending` or `available` (deleted, deleting and failed gateways are not observed).
+    pub state: String,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum RouteTarget {
+    Gateway(String),
+    Nat(String),
+    /// Anything else (instance, peering, blackhole...), described for the plan.
+    Other(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObsRoute {
+    pub dest: String,
+    pub target: RouteTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObsAssociation {
+    pub id: String,
+    pub subnet_id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsRouteTable {
+    pub id: String,
+    pub key: String,
+    /// Routes other than the VPC's `local` route, IPv4 only.
+    pub routes: Vec<ObsRoute>,
+    pub associations: Vec<ObsAssociation>,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsSecurityGroup {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub ingress: Vec<Rule>,
+    pub egress: Vec<Rule>,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsInstance {
+    pub id: String,
+    pub key: String,
+    pub state: String,
+    pub ami: String,
+    pub instance_type: String,
+    pub subnet_id: String,
+    pub security_groups: Vec<String>,
+    pub profile_arn: Option<String>,
+    /// `required` when IMDSv2 is enforced; None when AWS did not say.
+    pub http_tokens: Option<String>,
+    pub hop_limit: Option<i32>,
+    pub private_ip: Option<String>,
+    pub public_ip: Option<String>,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsRole {
+    pub name: String,
+    pub tags: Tags,
+    /// The inline policy document `gatehouse-bastion`, parsed; None when absent.
+    pub policy: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsProfile {
+    pub name: String,
+    pub tags: Tags,
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsParameter {
+    pub name: String,
+    pub tags: Tags,
+}
+
+/// Everything AWS reports for one stack tag. Only resources whose `gatehouse:stack` tag equals
+/// the stack name are in here, with two exceptions that only ever matter for refusing: an IAM
+/// role or instance profile found by its (deterministic) name whose tags say it is not ours.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Observed {
+    pub vpcs: Vec<ObsVpc>,
+    /// The default security group of the stack's VPC (created by AWS with the VPC).
+    pub default_sg: Option<ObsSecurityGroup>,
+    pub subnets: Vec<ObsSubnet>,
+    pub igws: Vec<ObsIgw>,
+    pub eips: Vec<ObsEip>,
+    pub nats: Vec<ObsNat>,
+    pub route_tables: Vec<ObsRouteTable>,
+    pub security_groups: Vec<ObsSecurityGroup>,
+    pub instances: Vec<ObsInstance>,
+    pub role: Option<ObsRole>,
+    pub profile: Option<ObsProfile>,
+    pub parameters: Vec<ObsParameter>,
+}
+
+impl Observed {
+    /// True when nothing of the stack exists.
+    pub fn is_empty(&self) -> bool {
+        self.vpcs.is_empty()
+            && self.subnets.is_empty()
+            && self.igws.is_empty()
+            && self.eips.is_empty()
+            && self.nats.is_empty()
+            && self.route_tables.is_empty()
+            && self.security_groups.is_empty()
+            && self.instances.is_empty()
+            && self.role.is_none()
+            && self.profile.is_none()
+            && self.parameters.is_empty()
+    }
+}
+
+/// What to launch for one instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LaunchSpec {
+    pub ami: String,
+    pub instance_type: String,
+    pub subnet: String,
+    pub security_group: String,
+    /// Instance profile name (the bastion only).
+    pub profile: Option<String>,
+    /// True for the bastion: the executor renders its user data (it needs the VPC id).
+    pub bastion: bool,
+    pub private_ip: Option<String>,
+}
+
+/// One change to make. Keys (`vpc`, `subnet/dmz`, ...) refer to resources of the stack that
+/// either exist (the plan's `known` map gives their id) or are created earlier in the same plan;
+/// ids refer to observed resources being removed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    // ---- removal (ids) ----
+    TerminateInstance {
+        id: String,
+    },
+    DeleteNatGateway {
+        id: String,
+    },
+    ReleaseAddress {
+        allocation_id: String,
+        association_id: Option<String>,
+    },
+    DeleteRouteTable {
+        id: String,
+        association_ids: Vec<String>,
+    },
+    Disassociate {
+        association_id: String,
+    },
+    DeleteSubnet {
+        id: String,
+    },
+    RevokeIngressById {
+        group_id: String,
+        rules: Vec<Rule>,
+    },
+    DeleteSecurityGroup {
+        id: String,
+    },
+    DeleteInternetGateway {
+        id: String,
+        attached_vpcs: Vec<String>,
+    },
+    DeleteVpc {
+        id: String,
+    },
+    DeleteInstanceProfile {
+        name: String,
+        roles: Vec<String>,
+    },
+    DeleteRole {
+        name: String,
+        has_policy: bool,
+    },
+    DeleteParameter {
+        name: String,
+    },
+    // ---- creation and repair (keys) ----
+    CreateVpc {
+        key: String,
+        cidr: String,
+        tags: Tags,
+    },
+    EnableDns {
+        vpc: String,
+        hostnames: bool,
+        support: bool,
+    },
+    /// Tag the default security group of the VPC and revoke all of its rules.
+    LockDownDefaultSecurityGroup {
+        vpc: String,
+        tags: Tags,
+    },
+    CreateSubnet {
+        key: String,
+        vpc: String,
+        cidr: String,
+        az: String,
+        tags: Tags,
+    },
+    CreateInternetGateway {
+        key: String,
+        tags: Tags,
+    },
+    AttachInternetGateway {
+        igw: String,
+        vpc: String,
+    },
+    AllocateAddress {
+        key: String,
+        tags: Tags,
+    },
+    CreateNatGateway {
+        key: String,
+        subnet: String,
+        eip: String,
+        tags: Tags,
+    },
+    CreateRouteTable {
+        key: String,
+        vpc: String,
+        tags: Tags,
+    },
+    CreateRoute {
+        table: String,
+        dest: String,
+        target: String,
+    },
+    ReplaceRoute {
+        table: String,
+        dest: String,
+        target: String,
+    },
+    DeleteRoute {
+        table: String,
+        dest: String,
+    },
+    Associate {
+        table: String,
+        subnet: String,
+    },
+    ReplaceAssociation {
+        association_id: String,
+        table: String,
+    },
+    CreateSecurityGroup {
+        key: String,
+        vpc: String,
+        name: String,
+        description: String,
+        tags: Tags,
+    },
+    Authorize {
+        group: String,
+        ingress: bool,
+        rule: Rule,
+    },
+    Revoke {
+        group: String,
+        ingress: bool,
+        rule: Rule,
+    },
+    CreateRole {
+        name: String,
+        tags: Tags,
+    },
+    PutRolePolicy {
+        role: String,
+        policy: serde_json::Value,
+    },
+    CreateInstanceProfile {
+        name: String,
+        tags: Tags,
+    },
+    AddRoleToProfile {
+        profile: String,
+        role: String,
+    },
+    RunInstance {
+        key: String,
+        launch: LaunchSpec,
+        tags: Tags,
+    },
+    AssociateAddress {
+        eip: String,
+        instance: String,
+    },
+    SetTags {
+        resource: String,
+        tags: Tags,
+    },
+}
+
+/// `+` create, `~` change in place, `-` delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sign {
+    Create,
+    Change,
+    Delete,
+}
+
+impl Sign {
+    pub fn symbol(self) -> char {
+        match self {
+            Sign::Create => '+',
+            Sign::Change => '~',
+            Sign::Delete => '-',
+        }
+    }
+}
+
+/// One line of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    pub sign: Sign,
+    /// What it concerns, e.g. `subnet/dmz` or `vpc (vpc-0abc)`.
+    pub resource: String,
+    /// Why, in words.
+    pub detail: String,
+    pub action: Action,
+}
+
+/// An ordered list of steps plus the ids of the resources that exist and are kept.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub stack: String,
+    pub steps: Vec<Step>,
+    /// Logical key -> AWS id of each observed resource the plan keeps.
+    pub known: BTreeMap<String, String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The human-readable diff.
+    pub fn render(&self) -> String {
+        if self.steps.is_empty() {
+            return format!("stack {}: no changes\n", self.stack);
+        }
+        let mut out = String::new();
+        for s in &self.steps {
+            out.push_str(&format!(
+                "{} {:<28} {}\n",
+                s.sign.symbol(),
+                s.resource,
+                s.detail
+            ));
+        }
+        let count = |sign| self.steps.iter().filter(|s| s.sign == sign).count();
+        out.push_str(&format!(
+            "stack {}: {} to create, {} to change, {} to delete\n",
+            self.stack,
+            count(Sign::Create),
+            count(Sign::Change),
+            count(Sign::Delete)
+        ));
+        out
+    }
+}

@@ -1,0 +1,92 @@
+//! `gatehouse-vpc output`: the bastion's address and a ready `~/.ssh/config` block, derived from
+//! the spec and what AWS reports (pure, so it is unit-tested).
+
+use serde::Serialize;
+
+use crate::model::Observed;
+use crate::spec::Spec;
+
+/// What `output` prints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StackOutput {
+    pub stack: String,
+    pub region: String,
+    pub vpc_id: Option<String>,
+    pub bastion_instance_id: Option<String>,
+    /// The Elastic IP of the bastion (falls back to the instance's public IP).
+    pub bastion_address: Option<String>,
+    pub host_key_parameter: String,
+    /// Subnet name -> subnet id (like the Terraform module's `public_subnets`/`private_subnets`).
+    pub subnet_ids: std::collections::BTreeMap<String, String>,
+    /// Public IPs of the NAT gateways (like `nat_public_ips`), e.g. for allow lists elsewhere.
+    pub nat_public_ips: Vec<String>,
+    pub ssh_config: String,
+}
+
+/// Build the output; `user` is the IAM user name people log in with.
+pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> StackOutput {
+    let obs = crate::plan::only_ours(&spec.stack, obs);
+    let vpc_id = obs
+        .vpcs
+        .iter()
+        .find(|v| v.key == "vpc")
+        .map(|v| v.id.clone());
+    let bastion = obs.instances.iter().find(|i| i.key == "instance/bastion");
+    let address = obs
+        .eips
+        .iter()
+        .find(|e| e.key == "eip/bastion" && e.instance_id.is_some())
+        .map(|e| e.public_ip.clone())
+        .or_else(|| bastion.and_then(|b| b.public_ip.clone()));
+    let alias = format!("{}-bastion", spec.stack);
+    let mut cfg = String::new();
+    cfg.push_str(&format!(
+        "# gatehouse stack {} ({})\n",
+        spec.stack, spec.region
+    ));
+    cfg.push_str(&format!("Host {alias}\n"));
+    cfg.push_str(&format!(
+        "    HostName {}\n",
+        address.as_deref().unwrap_or("<not yet assigned>")
+    ));
+    cfg.push_str(&format!("    User {user}\n"));
+    cfg.push_str("    IdentityFile ~/.ssh/id_ed25519\n");
+    cfg.push_str("    IdentitiesOnly yes\n");
+    cfg.push_str("    # gatehouse is a jump host only: no shell, no agent or X11 forwarding.\n");
+    cfg.push_str("    RequestTTY no\n");
+    cfg.push_str("    ForwardAgent no\n");
+    cfg.push_str("    ServerAliveInterval 30\n");
+    for h in &spec.hosts {
+        cfg.push('\n');
+        cfg.push_str(&format!("Host {}\n", h.name));
+        cfg.push_str(&format!("    HostName {}\n", h.name));
+        cfg.push_str(&format!("    ProxyJump {alias}\n"));
+        cfg.push_str("    # User <your account on this host>\n");
+        for port in h.ports.iter().filter(|p| **p != 22) {
+            cfg.push_str(&format!(
+                "# tunnel to {}:{port}: ssh -N -L {port}:{}:{port} {alias}\n",
+                h.name, h.name
+            ));
+        }
+    }
+    StackOutput {
+        stack: spec.stack.clone(),
+        region: spec.region.clone(),
+        vpc_id,
+        bastion_instance_id: bastion.map(|b| b.id.clone()),
+        bastion_address: address,
+        host_key_parameter: crate::plan::host_key_parameter(&spec.stack),
+        subnet_ids: obs
+            .subnets
+            .iter()
+            .filter_map(|s| Some((s.key.strip_prefix("subnet/")?.to_string(), s.id.clone())))
+            .collect(),
+        nat_public_ips: obs
+            .eips
+            .iter()
+            .filter(|e| e.key.starts_with("eip/nat-"))
+            .map(|e| e.public_ip.clone())
+            .collect(),
+        ssh_config: cfg,
+    }
+}

@@ -1,0 +1,1278 @@
+//! The planner: a pure function from (validated spec, observed AWS state) to an ordered list of
+//! steps. Removals come first, in reverse dependency order; then creations and repairs in
+//! dependency order. The same removal code is the whole of `destroy`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::*;
+use crate::spec::{NatMode, Spec, Tier};
+
+/// Name of the inline policy on the bastion role.
+pub const POLICY_NAME: &str = "gatehouse-bastion";
+/// The only destination the stack routes: everything not local.
+pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
+
+/// A plan that cannot be made.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PlanError {
+    /// A resource with the stack's deterministic name exists but is not tagged as ours.
+    #[error(
+        "{what} {name:?} exists but does not carry {TAG_STACK} = {stack}; refusing to touch it"
+    )]
+    NotOurs {
+        what: &'static str,
+        name: String,
+        stack: String,
+    },
+    /// The spec asks for a change AWS cannot make in place.
+    #[error("{resource}: {message}")]
+    Immutable { resource: String, message: String },
+}
+
+/// IAM role and instance profile name of a stack's bastion.
+pub fn role_name(stack: &str) -> String {
+    format!("gatehouse-{stack}-bastion")
+}
+
+/// SSM parameter holding the bastion's host key.
+pub fn host_key_parameter(stack: &str) -> String {
+    format!("/gatehouse/{stack}/host_ed25519")
+}
+
+/// Key of the NAT gateway (and its route table) serving an AZ.
+fn nat_key(az: &str) -> String {
+    format!("nat/{az}")
+}
+
+fn nat_eip_key(az: &str) -> String {
+    format!("eip/nat-{az}")
+}
+
+/// Tags every resource of the stack gets.
+pub fn base_tags(spec: &Spec, key: &str) -> Tags {
+    let mut tags = spec.tags.clone();
+    tags.insert(
+        "Name".into(),
+        format!("{}-{}", spec.stack, key.replace('/', "-")),
+    );
+    tags.insert(TAG_STACK.into(), spec.stack.clone());
+    tags.insert(TAG_RESOURCE.into(), key.into());
+    tags
+}
+
+/// Tags of a private host: its `Name` is the name gatehouse users type.
+pub fn host_tags(spec: &Spec, host: &crate::spec::Host) -> Tags {
+    let mut tags = base_tags(spec, &format!("instance/{}", host.name));
+    tags.insert("Name".into(), host.name.clone());
+    tags.insert(TAG_GROUPS.into(), host.groups.join(","));
+    let ports: Vec<String> = host.ports.iter().map(u16::to_string).collect();
+    tags.insert(TAG_PORTS.into(), ports.join(","));
+    tags
+}
+
+/// The NAT gateways the spec asks for: (AZ, key of the public subnet it lives in).
+pub fn desired_nats(spec: &Spec) -> Vec<(String, String)> {
+    match spec.nat {
+        NatMode::None => vec![],
+        NatMode::Single => spec
+            .public_subnets()
+            .next()
+            .map(|s| vec![(s.az.clone(), format!("subnet/{}", s.name))])
+            .unwrap_or_default(),
+        NatMode::PerAz => {
+            let mut out: Vec<(String, String)> = Vec::new();
+            for az in &spec.azs {
+                let wants = spec.private_subnets().any(|s| &s.az == az);
+                let public = spec.public_subnets().find(|s| &s.az == az);
+                if let (true, Some(p)) = (wants, public) {
+                    out.push((az.clone(), format!("subnet/{}", p.name)));
+                }
+            }
+            out
+        }
+    }
+}
+
+/// A route table the spec asks for.
+#[derive(Debug, Clone)]
+struct DesiredTable {
+    key: String,
+    /// Destination -> key of the gateway.
+    routes: BTreeMap<String, String>,
+    subnets: Vec<String>,
+}
+
+fn desired_tables(spec: &Spec) -> Vec<DesiredTable> {
+    let mut tables = vec![DesiredTable {
+        key: "rt/public".into(),
+        routes: BTreeMap::from([(DEFAULT_ROUTE.to_string(), "igw".to_string())]),
+        subnets: spec
+            .public_subnets()
+            .map(|s| format!("subnet/{}", s.name))
+            .collect(),
+    }];
+    let private: Vec<_> = spec.private_subnets().collect();
+    match spec.nat {
+        NatMode::None | NatMode::Single if !private.is_empty() => {
+            let nat = desired_nats(spec).into_iter().next();
+            tables.push(DesiredTable {
+                key: "rt/private".into(),
+                routes: nat
+                    .map(|(az, _)| BTreeMap::from([(DEFAULT_ROUTE.to_string(), nat_key(&az))]))
+                    .unwrap_or_default(),
+                subnets: private
+                    .iter()
+                    .map(|s| format!("subnet/{}", s.name))
+                    .collect(),
+            });
+        }
+        NatMode::PerAz => {
+            for az in &spec.azs {
+                let subnets: Vec<String> = private
+                    .iter()
+                    .filter(|s| &s.az == az)
+                    .map(|s| format!("subnet/{}", s.name))
+                    .collect();
+                if subnets.is_empty() {
+                    continue;
+                }
+                tables.push(DesiredTable {
+                    key: format!("rt/private-{az}"),
+                    routes: BTreeMap::from([(DEFAULT_ROUTE.to_string(), nat_key(az))]),
+                    subnets,
+                });
+            }
+        }
+        _ => {}
+    }
+    tables
+}
+
+/// Desired rules of a security group: (ingress, egress).
+fn desired_rules(spec: &Spec, key: &str) -> (Vec<Rule>, Vec<Rule>) {
+    let all_out = vec![Rule {
+        proto: "-1".into(),
+        from: -1,
+        to: -1,
+        peer: Peer::Cidr(DEFAULT_ROUTE.into()),
+    }];
+    let ingress = if key == "sg/bastion" {
+        spec.bastion
+            .allowed_cidrs
+            .iter()
+            .map(|c| Rule {
+                proto: "tcp".into(),
+                from: 22,
+                to: 22,
+                peer: Peer::Cidr(c.to_string()),
+            })
+            .collect()
+    } else {
+        spec.private_ports
+            .iter()
+            .map(|p| Rule {
+                proto: "tcp".into(),
+                from: i32::from(*p),
+                to: i32::from(*p),
+                peer: Peer::GroupKey("sg/bastion".into()),
+            })
+            .collect()
+    };
+    (ingress, all_out)
+}
+
+/// The instances the spec asks for: (key, launch spec, tags).
+fn desired_instances(spec: &Spec) -> Vec<(String, LaunchSpec, Tags)> {
+    let mut out = vec![(
+        "instance/bastion".to_string(),
+        LaunchSpec {
+            ami: spec.bastion.ami.clone(),
+            instance_type: spec.bastion.instance_type.clone(),
+            subnet: format!("subnet/{}", spec.bastion.subnet),
+            security_group: "sg/bastion".into(),
+            profile: Some(role_name(&spec.stack)),
+            bastion: true,
+            private_ip: None,
+        },
+        base_tags(spec, "instance/bastion"),
+    )];
+    for h in &spec.hosts {
+        out.push((
+            format!("instance/{}", h.name),
+            LaunchSpec {
+                ami: h.ami.clone(),
+                instance_type: h.instance_type.clone(),
+                subnet: format!("subnet/{}", h.subnet),
+                security_group: "sg/private".into(),
+                profile: None,
+                bastion: false,
+                private_ip: h.private_ip.map(|ip| ip.to_string()),
+            },
+            host_tags(spec, h),
+        ));
+    }
+    out
+}
+
+/// SHA-256 (hex) of a text.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Tags in `desired` that `observed` lacks or holds with another value.
+fn tag_drift(desired: &Tags, observed: &Tags) -> Tags {
+    desired
+        .iter()
+        .filter(|(k, v)| observed.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Split observed resources by key: the kept one (lowest id) per key and the extras.
+fn primary_by_key<T>(
+    items: &[T],
+    key: impl Fn(&T) -> (&str, &str),
+) -> (BTreeMap<String, &T>, Vec<&T>) {
+    let mut sorted: Vec<&T> = items.iter().collect();
+    sorted.sort_by(|a, b| key(a).cmp(&key(b)));
+    let mut primary = BTreeMap::new();
+    let mut extra = Vec::new();
+    for item in sorted {
+        let (k, _) = key(item);
+        if primary.contains_key(k) {
+            extra.push(item);
+        } else {
+            primary.insert(k.to_string(), item);
+        }
+    }
+    (primary, extra)
+}
+
+struct Planner {
+    known: BTreeMap<String, String>,
+    doomed: Observed,
+    /// Route table associations of subnets being removed that sit in kept tables.
+    doomed_associations: Vec<String>,
+}
+
+impl Planner {
+    /// Id -> key for every kept resource (to read observed references).
+    fn key_of(&self, id: &str) -> Option<&str> {
+        self.known
+            .iter()
+            .find(|(_, v)| v.as_str() == id)
+            .map(|(k, _)| k.as_str())
+    }
+}
+
+/// Plan the changes that make AWS match the spec.
+pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
+    let mut p = Planner {
+        known: BTreeMap::new(),
+        doomed: Observed::default(),
+        doomed_associations: Vec::new(),
+    };
+    check_iam_ownership(spec, obs)?;
+    let owned = only_ours(&spec.stack, obs);
+    let obs = &owned;
+
+    // ---- VPC ----
+    let (vpcs, extra) = primary_by_key(&obs.vpcs, |v| (v.key.as_str(), v.id.as_str()));
+    p.doomed.vpcs.extend(extra.into_iter().cloned());
+    for (k, v) in &vpcs {
+        if k != "vpc" {
+            p.doomed.vpcs.push((*v).clone());
+        }
+    }
+    let vpc = vpcs.get("vpc").copied();
+    let desired_cidr = spec.vpc_cidr.to_string();
+    let mut create = Vec::new();
+    match vpc {
+        Some(v) if v.cidr != desired_cidr => {
+            return Err(PlanError::Immutable {
+                resource: format!("vpc ({})", v.id),
+                message: format!(
+                    "cidr is {} but the spec says {desired_cidr}; a VPC's CIDR cannot change: destroy the stack first",
+                    v.cidr
+                ),
+            });
+        }
+        Some(v) => {
+            p.known.insert("vpc".into(), v.id.clone());
+        }
+        None => {}
+    }
+
+    // Everything below is decided with `known` holding the kept resources; steps that create
+    // go to `create`, removals are derived from `doomed` at the end.
+    let mut c = Creates { steps: &mut create };
+    match vpc {
+        None => {
+            c.push(
+                Sign::Create,
+                "vpc",
+                format!("cidr {desired_cidr}, DNS hostnames on"),
+                Action::CreateVpc {
+                    key: "vpc".into(),
+                    cidr: desired_cidr.clone(),
+                    tags: base_tags(spec, "vpc"),
+                },
+            );
+            c.push(
+                Sign::Change,
+                "vpc",
+                "enable DNS hostnames",
+                Action::EnableDns {
+                    vpc: "vpc".into(),
+                    hostnames: true,
+                    support: true,
+                },
+            );
+            c.push(
+                Sign::Change,
+                "sg/default",
+                "lock down: no rules",
+                Action::LockDownDefaultSecurityGroup {
+                    vpc: "vpc".into(),
+                    tags: base_tags(spec, "sg/default"),
+                },
+            );
+        }
+        Some(v) => {
+            if !v.dns_hostnames || !v.dns_support {
+                c.push(
+                    Sign::Change,
+                    "vpc",
+                    "enable DNS hostnames and support",
+                    Action::EnableDns {
+                        vpc: "vpc".into(),
+                        hostnames: true,
+                        support: true,
+                    },
+                );
+            }
+            c.retag("vpc", &base_tags(spec, "vpc"), &v.tags);
+            let default_tags = base_tags(spec, "sg/default");
+            let rules = obs
+                .default_sg
+                .as_ref()
+                .map(|g| g.ingress.len() + g.egress.len())
+                .unwrap_or(0);
+            let drift = obs
+                .default_sg
+                .as_ref()
+                .map(|g| !tag_drift(&default_tags, &g.tags).is_empty());
+            if rules > 0 || drift != Some(false) {
+                c.push(
+                    Sign::Change,
+                    "sg/default",
+                    format!("lock down: revoke {rules} rule(s)"),
+                    Action::LockDownDefaultSecurityGroup {
+                        vpc: "vpc".into(),
+                        tags: default_tags,
+                    },
+                );
+            }
+        }
+    }
+
+    // ---- subnets ----
+    let (subnets, extra) = primary_by_key(&obs.subnets, |s| (s.key.as_str(), s.id.as_str()));
+    p.doomed.subnets.extend(extra.into_iter().cloned());
+    let desired_subnets: BTreeMap<String, &crate::spec::Subnet> = spec
+        .subnets
+        .iter()
+        .map(|s| (format!("subnet/{}", s.name), s))
+        .collect();
+    for (k, s) in &subnets {
+        let keep = desired_subnets.get(k).is_some_and(|d| {
+            d.cidr.to_string() == s.cidr && d.az == s.az && p.known.get("vpc") == Some(&s.vpc_id)
+        });
+        if keep {
+            p.known.insert(k.clone(), s.id.clone());
+        } else {
+            p.doomed.subnets.push((*s).clone());
+        }
+    }
+    for s in &spec.subnets {
+        let key = format!("subnet/{}", s.name);
+        let tags = base_tags(spec, &key);
+        match p
+            .known
+            .get(&key)
+            .and_then(|id| obs.subnets.iter().find(|o| &o.id == id))
+        {
+            Some(o) => c.retag(&key, &tags, &o.tags),
+            None => {
+                let tier = if s.tier == Tier::Public {
+                    "public"
+                } else {
+                    "private"
+                };
+                let replacing = subnets.contains_key(&key);
+                c.push(
+                    Sign::Create,
+                    &key,
+                    format!(
+                        "{}{tier}, {} in {}",
+                        if replacing { "replace: " } else { "" },
+                        s.cidr,
+                        s.az
+                    ),
+                    Action::CreateSubnet {
+                        key: key.clone(),
+                        vpc: "vpc".into(),
+                        cidr: s.cidr.to_string(),
+                        az: s.az.clone(),
+                        tags,
+                    },
+                );
+            }
+        }
+    }
+
+    // ---- internet gateway ----
+    let (igws, extra) = primary_by_key(&obs.igws, |g| (g.key.as_str(), g.id.as_str()));
+    p.doomed.igws.extend(extra.into_iter().cloned());
+    for (k, g) in &igws {
+        if k == "igw" {
+            p.known.insert(k.clone(), g.id.clone());
+        } else {
+            p.doomed.igws.push((*g).clone());
+        }
+    }
+    match igws.get("igw") {
+        None => {
+            c.push(
+                Sign::Create,
+                "igw",
+                "internet gateway",
+                Action::CreateInternetGateway {
+                    key: "igw".into(),
+                    tags: base_tags(spec, "igw"),
+                },
+            );
+            c.push(
+                Sign::Change,
+                "igw",
+                "attach to vpc",
+                Action::AttachInternetGateway {
+                    igw: "igw".into(),
+                    vpc: "vpc".into(),
+                },
+            );
+        }
+        Some(g) => {
+            let attached = p
+                .known
+                .get("vpc")
+                .is_some_and(|v| g.attached_vpcs.contains(v));
+            if !attached {
+                c.push(
+                    Sign::Change,
+                    "igw",
+                    "attach to vpc",
+                    Action::AttachInternetGateway {
+                        igw: "igw".into(),
+                        vpc: "vpc".into(),
+                    },
+                );
+            }
+            c.retag("igw", &base_tags(spec, "igw"), &g.tags);
+        }
+    }
+
+    // ---- elastic IPs (NAT and bastion) ----
+    let nats_wanted = desired_nats(spec);
+    let mut eip_keys: Vec<String> = nats_wanted.iter().map(|(az, _)| nat_eip_key(az)).collect();
+    eip_keys.push("eip/bastion".into());
+    let (eips, extra) = primary_by_key(&obs.eips, |e| (e.key.as_str(), e.allocation_id.as_str()));
+    p.doomed.eips.extend(extra.into_iter().cloned());
+    for (k, e) in &eips {
+        if eip_keys.contains(k) {
+            p.known.insert(k.clone(), e.allocation_id.clone());
+        } else {
+            p.doomed.eips.push((*e).clone());
+        }
+    }
+    for k in &eip_keys {
+        match eips.get(k) {
+            None => c.push(
+                Sign::Create,
+                k,
+                "elastic IP",
+                Action::AllocateAddress {
+                    key: k.clone(),
+                    tags: base_tags(spec, k),
+                },
+            ),
+            Some(e) => c.retag(k, &base_tags(spec, k), &e.tags),
+        }
+    }
+
+    // ---- NAT gateways ----
+    let (nats, extra) = primary_by_key(&obs.nats, |n| (n.key.as_str(), n.id.as_str()));
+    p.doomed.nats.extend(extra.into_iter().cloned());
+    let wanted: BTreeMap<String, (String, String)> = nats_wanted
+        .iter()
+        .map(|(az, subnet)| (nat_key(az), (subnet.clone(), nat_eip_key(az))))
+        .collect();
+    for (k, n) in &nats {
+        let keep = wanted.get(k).is_some_and(|(subnet, eip)| {
+            p.known.get(subnet) == Some(&n.subnet_id)
+                && p.known.get(eip) == n.allocation_id.as_ref()
+        });
+        if keep {
+            p.known.insert(k.clone(), n.id.clone());
+        } else {
+            p.doomed.nats.push((*n).clone());
+        }
+    }
+    for (k, (subnet, eip)) in &wanted {
+        match p
+            .known
+            .get(k)
+            .and_then(|id| obs.nats.iter().find(|n| &n.id == id))
+        {
+            Some(n) => c.retag(k, &base_tags(spec, k), &n.tags),
+            None => {
+                let replacing = nats.contains_key(k);
+                c.push(
+                    Sign::Create,
+                    k,
+                    format!(
+                        "{}NAT gateway in {subnet}",
+                        if replacing { "replace: " } else { "" }
+                    ),
+                    Action::CreateNatGateway {
+                        key: k.clone(),
+                        subnet: subnet.clone(),
+                        eip: eip.clone(),
+                        tags: base_tags(spec, k),
+                    },
+                );
+            }
+        }
+    }
+
+    // ---- route tables ----
+    let tables = desired_tables(spec);
+    let (rts, extra) = primary_by_key(&obs.route_tables, |r| (r.key.as_str(), r.id.as_str()));
+    p.doomed.route_tables.extend(extra.into_iter().cloned());
+    for (k, r) in &rts {
+        if tables.iter().any(|t| &t.key == k) {
+            p.known.insert(k.clone(), r.id.clone());
+        } else {
+            p.doomed.route_tables.push((*r).clone());
+        }
+    }
+    // Where each kept subnet is associated now (in our tables): subnet id -> (assoc id, table key).
+    let mut current: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (k, r) in &rts {
+        if p.known.contains_key(k) {
+            for a in &r.associations {
+                current.insert(a.subnet_id.clone(), (a.id.clone(), k.clone()));
+            }
+        }
+    }
+    let mut claimed: BTreeSet<String> = BTreeSet::new();
+    for t in &tables {
+        let observed = rts.get(&t.key).filter(|_| p.known.contains_key(&t.key));
+        match observed {
+            None => c.push(
+                Sign::Create,
+                &t.key,
+                "route table",
+                Action::CreateRouteTable {
+                    key: t.key.clone(),
+                    vpc: "vpc".into(),
+                    tags: base_tags(spec, &t.key),
+                },
+            ),
+            Some(r) => c.retag(&t.key, &base_tags(spec, &t.key), &r.tags),
+        }
+        for (dest, target) in &t.routes {
+            let seen = observed.and_then(|r| r.routes.iter().find(|x| &x.dest == dest));
+            match seen {
+                None => c.push(
+                    Sign::Change,
+                    &t.key,
+                    format!("+ route {dest} -> {target}"),
+                    Action::CreateRoute {
+                        table: t.key.clone(),
+                        dest: dest.clone(),
+                        target: target.clone(),
+                    },
+                ),
+                Some(route) => {
+                    let now = match &route.target {
+                        RouteTarget::Gateway(id) | RouteTarget::Nat(id) => {
+                            p.key_of(id).map(str::to_string)
+                        }
+                        RouteTarget::Other(_) => None,
+                    };
+                    if now.as_deref() != Some(target.as_str()) {
+                        c.push(
+                            Sign::Change,
+                            &t.key,
+                            format!(
+                                "route {dest}: {} -> {target}",
+                                describe_target(&route.target)
+                            ),
+                            Action::ReplaceRoute {
+                                table: t.key.clone(),
+                                dest: dest.clone(),
+                                target: target.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(r) = observed {
+            for route in &r.routes {
+                if !t.routes.contains_key(&route.dest) {
+                    c.push(
+                        Sign::Change,
+                        &t.key,
+                        format!(
+                            "- route {} -> {}",
+                            route.dest,
+                            describe_target(&route.target)
+                        ),
+                        Action::DeleteRoute {
+                            table: t.key.clone(),
+                            dest: route.dest.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        for subnet in &t.subnets {
+            let subnet_id = p.known.get(subnet).cloned();
+            let now = subnet_id.as_ref().and_then(|id| current.get(id)).cloned();
+            if let Some(id) = &subnet_id {
+                claimed.insert(id.clone());
+            }
+            match now {
+                Some((_, table)) if table == t.key => {}
+                Some((assoc, table)) => c.push(
+                    Sign::Change,
+                    &t.key,
+                    format!("move {subnet} here from {table}"),
+                    Action::ReplaceAssociation {
+                        association_id: assoc,
+                        table: t.key.clone(),
+                    },
+                ),
+                None => c.push(
+                    Sign::Change,
+                    &t.key,
+                    format!("associate {subnet}"),
+                    Action::Associate {
+                        table: t.key.clone(),
+                        subnet: subnet.clone(),
+                    },
+                ),
+            }
+        }
+    }
+    let doomed_subnet_ids: BTreeSet<&str> =
+        p.doomed.subnets.iter().map(|s| s.id.as_str()).collect();
+    for (subnet_id, (assoc, table)) in &current {
+        if claimed.contains(subnet_id) {
+            continue;
+        }
+        if doomed_subnet_ids.contains(subnet_id.as_str()) {
+            p.doomed_associations.push(assoc.clone());
+        } else {
+            c.push(
+                Sign::Change,
+                table,
+                format!("disassociate {subnet_id}"),
+                Action::Disassociate {
+                    association_id: assoc.clone(),
+                },
+            );
+        }
+    }
+
+    // ---- security groups ----
+    let sg_keys = ["sg/bastion", "sg/private"];
+    let (sgs, extra) = primary_by_key(&obs.security_groups, |g| (g.key.as_str(), g.id.as_str()));
+    p.doomed.security_groups.extend(extra.into_iter().cloned());
+    for (k, g) in &sgs {
+        if sg_keys.contains(&k.as_str()) && p.known.contains_key("vpc") {
+            p.known.insert(k.clone(), g.id.clone());
+        } else {
+            p.doomed.security_groups.push((*g).clone());
+        }
+    }
+    for key in sg_keys {
+        let (ingress, egress) = desired_rules(spec, key);
+        let name = format!("{}-{}", spec.stack, key.trim_start_matches("sg/"));
+        let observed = sgs.get(key).filter(|_| p.known.contains_key(key));
+        match observed {
+            None => {
+                let description = if key == "sg/bastion" {
+                    format!(
+                        "gatehouse {}: SSH to the bastion from allowed_cidrs only",
+                        spec.stack
+                    )
+                } else {
+                    format!(
+                        "gatehouse {}: private hosts, reachable from the bastion only",
+                        spec.stack
+                    )
+                };
+                c.push(
+                    Sign::Create,
+                    key,
+                    format!("security group {name}"),
+                    Action::CreateSecurityGroup {
+                        key: key.into(),
+                        vpc: "vpc".into(),
+                        name,
+                        description,
+                        tags: base_tags(spec, key),
+                    },
+                );
+                // A new group comes with an allow-all egress rule that AWS adds itself.
+                let mut default_egress = egress.clone();
+                default_egress.retain(|r| r.proto != "-1");
+                for rule in ingress {
+                    c.push(
+                        Sign::Change,
+                        key,
+                        format!("+ ingress {}", describe_rule(&rule)),
+                        Action::Authorize {
+                            group: key.into(),
+                            ingress: true,
+                            rule,
+                        },
+                    );
+                }
+                for rule in default_egress {
+                    c.push(
+                        Sign::Change,
+                        key,
+                        format!("+ egress {}", describe_rule(&rule)),
+                        Action::Authorize {
+                            group: key.into(),
+                            ingress: false,
+                            rule,
+                        },
+                    );
+                }
+            }
+            Some(g) => {
+                c.retag(key, &base_tags(spec, key), &g.tags);
+                let known = p.known.clone();
+                diff_rules(&mut c, key, true, &ingress, &g.ingress, &known);
+                diff_rules(&mut c, key, false, &egress, &g.egress, &known);
+            }
+        }
+    }
+
+    // ---- IAM ----
+    let role = role_name(&spec.stack);
+    let policy = crate::policy::bastion_policy(spec);
+    match &obs.role {
+        None => {
+            c.push(
+                Sign::Create,
+                format!("iam role {role}"),
+                "assumable by EC2",
+                Action::CreateRole {
+                    name: role.clone(),
+                    tags: base_tags(spec, "iam/role"),
+                },
+            );
+            c.push(
+                Sign::Create,
+                format!("iam role {role}"),
+                format!("inline policy {POLICY_NAME}"),
+                Action::PutRolePolicy {
+                    role: role.clone(),
+                    policy: policy.clone(),
+                },
+            );
+        }
+        Some(r) => {
+            if r.policy.as_ref() != Some(&policy) {
+                let what = if r.policy.is_none() { "add" } else { "update" };
+                c.push(
+                    Sign::Change,
+                    format!("iam role {role}"),
+                    format!("{what} inline policy {POLICY_NAME}"),
+                    Action::PutRolePolicy {
+                        role: role.clone(),
+                        policy: policy.clone(),
+                    },
+                );
+            }
+        }
+    }
+    match &obs.profile {
+        None => {
+            c.push(
+                Sign::Create,
+                format!("instance profile {role}"),
+                "",
+                Action::CreateInstanceProfile {
+                    name: role.clone(),
+                    tags: base_tags(spec, "iam/profile"),
+                },
+            );
+            c.push(
+                Sign::Change,
+                format!("instance profile {role}"),
+                format!("add role {role}"),
+                Action::AddRoleToProfile {
+                    profile: role.clone(),
+                    role: role.clone(),
+                },
+            );
+        }
+        Some(pr) if !pr.roles.contains(&role) => c.push(
+            Sign::Change,
+            format!("instance profile {role}"),
+            format!("add role {role}"),
+            Action::AddRoleToProfile {
+                profile: role.clone(),
+                role: role.clone(),
+            },
+        ),
+        Some(_) => {}
+    }
+
+    // ---- instances ----
+    let desired = desired_instances(spec);
+    let (insts, extra) = primary_by_key(&obs.instances, |i| (i.key.as_str(), i.id.as_str()));
+    p.doomed.instances.extend(extra.into_iter().cloned());
+    let user_data_hash = p
+        .known
+        .get("vpc")
+        .map(|vpc| sha256_hex(&crate::userdata::render(spec, vpc)));
+    let mut replaced: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, inst) in &insts {
+        let Some((_, launch, _)) = desired.iter().find(|(dk, _, _)| dk == k) else {
+            p.doomed.instances.push((*inst).clone());
+            continue;
+        };
+        let reasons = instance_mismatch(inst, launch, &p.known, user_data_hash.as_deref());
+        if reasons.is_empty() {
+            p.known.insert(k.clone(), inst.id.clone());
+        } else {
+            replaced.insert(k.clone(), reasons);
+            p.doomed.instances.push((*inst).clone());
+        }
+    }
+    for (key, launch, tags) in &desired {
+        match p
+            .known
+            .get(key)
+            .and_then(|id| obs.instances.iter().find(|i| &i.id == id))
+        {
+            Some(i) => c.retag(key, tags, &i.tags),
+            None => {
+                let detail = match replaced.get(key) {
+                    Some(reasons) => format!("replace: {}", reasons.join("; ")),
+                    None => format!(
+                        "{} {} in {}",
+                        launch.instance_type, launch.ami, launch.subnet
+                    ),
+                };
+                c.push(
+                    Sign::Create,
+                    key,
+                    detail,
+                    Action::RunInstance {
+                        key: key.clone(),
+                        launch: launch.clone(),
+                        tags: tags.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    // ---- bastion address ----
+    let bastion_known = p.known.get("instance/bastion").cloned();
+    let eip_attached = eips
+        .get("eip/bastion")
+        .and_then(|e| e.instance_id.as_ref())
+        .is_some_and(|i| Some(i) == bastion_known.as_ref());
+    if !eip_attached {
+        c.push(
+            Sign::Change,
+            "eip/bastion",
+            "associate with instance/bastion",
+            Action::AssociateAddress {
+                eip: "eip/bastion".into(),
+                instance: "instance/bastion".into(),
+            },
+        );
+    }
+
+    // ---- assemble: removals first ----
+    let mut steps = removal_steps(&p.doomed, &p.doomed_associations);
+    steps.extend(create);
+    Ok(Plan {
+        stack: spec.stack.clone(),
+        steps,
+        known: p.known,
+    })
+}
+
+/// The collector for creation and repair steps.
+struct Creates<'s> {
+    steps: &'s mut Vec<Step>,
+}
+
+impl Creates<'_> {
+    fn push(
+        &mut self,
+        sign: Sign,
+        resource: impl Into<String>,
+        detail: impl Into<String>,
+        action: Action,
+    ) {
+        self.steps.push(Step {
+            sign,
+            resource: resource.into(),
+            detail: detail.into(),
+            action,
+        });
+    }
+
+    fn retag(&mut self, key: &str, desired: &Tags, observed: &Tags) {
+        let drift = tag_drift(desired, observed);
+        if !drift.is_empty() {
+            let names: Vec<&str> = drift.keys().map(String::as_str).collect();
+            self.push(
+                Sign::Change,
+                key,
+                format!("tags {}", names.join(", ")),
+                Action::SetTags {
+                    resource: key.into(),
+                    tags: drift,
+                },
+            );
+        }
+    }
+}
+
+fn check_iam_ownership(spec: &Spec, obs: &Observed) -> Result<(), PlanError> {
+    let ours = |tags: &Tags| tags.get(TAG_STACK) == Some(&spec.stack);
+    if let Some(r) = &obs.role {
+        if !ours(&r.tags) {
+            return Err(PlanError::NotOurs {
+                what: "IAM role",
+                name: r.name.clone(),
+                stack: spec.stack.clone(),
+            });
+        }
+    }
+    if let Some(p) = &obs.profile {
+        if !ours(&p.tags) {
+            return Err(PlanError::NotOurs {
+                what: "IAM instance profile",
+                name: p.name.clone(),
+                stack: spec.stack.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn instance_mismatch(
+    inst: &ObsInstance,
+    launch: &LaunchSpec,
+    known: &BTreeMap<String, String>,
+    user_data_hash: Option<&str>,
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if inst.ami != launch.ami {
+        reasons.push(format!("ami {} -> {}", inst.ami, launch.ami));
+    }
+    if inst.instance_type != launch.instance_type {
+        reasons.push(format!(
+            "type {} -> {}",
+            inst.instance_type, launch.instance_type
+        ));
+    }
+    if known.get(&launch.subnet) != Some(&inst.subnet_id) {
+        reasons.push(format!("subnet {} -> {}", inst.subnet_id, launch.subnet));
+    }
+    let sg = known.get(&launch.security_group);
+    if sg.is_none() || inst.security_groups.len() != 1 || inst.security_groups.first() != sg {
+        reasons.push(format!("security groups -> {}", launch.security_group));
+    }
+    if let Some(profile) = &launch.profile {
+        let ok = inst
+            .profile_arn
+            .as_ref()
+            .is_some_and(|a| a.ends_with(&format!("/{profile}")));
+        if !ok {
+            reasons.push(format!("instance profile -> {profile}"));
+        }
+    }
+    if launch.bastion && inst.tags.get(TAG_USER_DATA).map(String::as_str) != user_data_hash {
+        reasons.push("user data changed".into());
+    }
+    if inst.http_tokens.as_deref().is_some_and(|t| t != "required")
+        || inst.hop_limit.is_some_and(|h| h != 1)
+    {
+        reasons.push("IMDSv2 not enforced".into());
+    }
+    if let Some(ip) = &launch.private_ip {
+        if inst.private_ip.as_ref() != Some(ip) {
+            reasons.push(format!("private ip -> {ip}"));
+        }
+    }
+    reasons
+}
+
+fn diff_rules(
+    c: &mut Creates<'_>,
+    key: &str,
+    ingress: bool,
+    desired: &[Rule],
+    observed: &[Rule],
+    known: &BTreeMap<String, String>,
+) {
+    let dir = if ingress { "ingress" } else { "egress" };
+    // Compare in key terms: a rule naming a kept group by id equals the one naming its key.
+    let by_key = |r: &Rule| -> Rule {
+        let mut r = r.clone();
+        if let Peer::Group(id) = &r.peer {
+            if let Some((k, _)) = known.iter().find(|(_, v)| *v == id) {
+                r.peer = Peer::GroupKey(k.clone());
+            }
+        }
+        r
+    };
+    let observed_keyed: Vec<Rule> = observed.iter().map(by_key).collect();
+    for rule in desired {
+        if !observed_keyed.contains(rule) {
+            c.push(
+                Sign::Change,
+                key,
+                format!("+ {dir} {}", describe_rule(rule)),
+                Action::Authorize {
+                    group: key.into(),
+                    ingress,
+                    rule: rule.clone(),
+                },
+            );
+        }
+    }
+    for (rule, keyed) in observed.iter().zip(&observed_keyed) {
+        if !desired.contains(keyed) {
+            c.push(
+                Sign::Change,
+                key,
+                format!("- {dir} {}", describe_rule(keyed)),
+                Action::Revoke {
+                    group: key.into(),
+                    ingress,
+                    rule: rule.clone(),
+                },
+            );
+        }
+    }
+}
+
+fn describe_rule(r: &Rule) -> String {
+    let peer = match &r.peer {
+        Peer::Cidr(c) | Peer::Cidr6(c) => c.clone(),
+        Peer::Group(g) | Peer::GroupKey(g) | Peer::PrefixList(g) => g.clone(),
+    };
+    if r.proto == "-1" {
+        format!("all traffic {peer}")
+    } else if r.from == r.to {
+        format!("{} {} {peer}", r.proto, r.from)
+    } else {
+        format!("{} {}-{} {peer}", r.proto, r.from, r.to)
+    }
+}
+
+fn describe_target(t: &RouteTarget) -> String {
+    match t {
+        RouteTarget::Gateway(id) | RouteTarget::Nat(id) | RouteTarget::Other(id) => id.clone(),
+    }
+}
+
+/// Keep only what carries `gatehouse:stack = stack`. The observer already asks AWS for that
+/// tag; this second check makes the invariant hold even if a filter were ignored.
+pub fn only_ours(stack: &str, obs: &Observed) -> Observed {
+    let ours = |tags: &Tags| tags.get(TAG_STACK).map(String::as_str) == Some(stack);
+    let mut o = obs.clone();
+    o.vpcs.retain(|x| ours(&x.tags));
+    o.subnets.retain(|x| ours(&x.tags));
+    o.igws.retain(|x| ours(&x.tags));
+    o.eips.retain(|x| ours(&x.tags));
+    o.nats.retain(|x| ours(&x.tags));
+    o.route_tables.retain(|x| ours(&x.tags));
+    o.security_groups.retain(|x| ours(&x.tags));
+    o.instances.retain(|x| ours(&x.tags));
+    o.parameters.retain(|x| ours(&x.tags));
+    o.role = o.role.filter(|x| ours(&x.tags));
+    o.profile = o.profile.filter(|x| ours(&x.tags));
+    // The default group belongs to the VPC: only consider it when the VPC is ours.
+    if o.vpcs.is_empty() {
+        o.default_sg = None;
+    }
+    o
+}
+
+/// Plan the removal of everything observed for a stack (and nothing else).
+pub fn plan_destroy(stack: &str, obs: &Observed) -> Plan {
+    let obs = only_ours(stack, obs);
+    Plan {
+        stack: stack.to_string(),
+        steps: removal_steps(&obs, &[]),
+        known: BTreeMap::new(),
+    }
+}
+
+/// Removal steps for the given resources, in reverse dependency order.
+fn removal_steps(doomed: &Observed, extra_associations: &[String]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut push = |resource: String, detail: &str, action: Action| {
+        steps.push(Step {
+            sign: Sign::Delete,
+            resource,
+            detail: detail.to_string(),
+            action,
+        })
+    };
+    for i in &doomed.instances {
+        push(
+            format!("{} ({})", i.key, i.id),
+            "terminate instance",
+            Action::TerminateInstance { id: i.id.clone() },
+        );
+    }
+    for n in &doomed.nats {
+        push(
+            format!("{} ({})", n.key, n.id),
+            "NAT gateway",
+            Action::DeleteNatGateway { id: n.id.clone() },
+        );
+    }
+    for e in &doomed.eips {
+        push(
+            format!("{} ({})", e.key, e.public_ip),
+            "release elastic IP",
+            Action::ReleaseAddress {
+                allocation_id: e.allocation_id.clone(),
+                association_id: e.association_id.clone(),
+            },
+        );
+    }
+    for a in extra_associations {
+        push(
+            a.clone(),
+            "route table association",
+            Action::Disassociate {
+                association_id: a.clone(),
+            },
+        );
+    }
+    for r in &doomed.route_tables {
+        push(
+            format!("{} ({})", r.key, r.id),
+            "route table",
+            Action::DeleteRouteTable {
+                id: r.id.clone(),
+                association_ids: r.associations.iter().map(|a| a.id.clone()).collect(),
+            },
+        );
+    }
+    for s in &doomed.subnets {
+        push(
+            format!("{} ({})", s.key, s.id),
+            &format!("subnet {}", s.cidr),
+            Action::DeleteSubnet { id: s.id.clone() },
+        );
+    }
+    for g in &doomed.security_groups {
+        let refs: Vec<Rule> = g
+            .ingress
+            .iter()
+            .filter(|r| matches!(r.peer, Peer::Group(_)))
+            .cloned()
+            .collect();
+        if !refs.is_empty() {
+            push(
+                format!("{} ({})", g.key, g.id),
+                "revoke rules naming other groups",
+                Action::RevokeIngressById {
+                    group_id: g.id.clone(),
+                    rules: refs,
+                },
+            );
+        }
+    }
+    for g in &doomed.security_groups {
+        push(
+            format!("{} ({})", g.key, g.id),
+            "security group",
+            Action::DeleteSecurityGroup { id: g.id.clone() },
+        );
+    }
+    for g in &doomed.igws {
+        push(
+            format!("{} ({})", g.key, g.id),
+            "internet gateway",
+            Action::DeleteInternetGateway {
+                id: g.id.clone(),
+                attached_vpcs: g.attached_vpcs.clone(),
+            },
+        );
+    }
+    for v in &doomed.vpcs {
+        push(
+            format!("{} ({})", v.key, v.id),
+            &format!("vpc {}", v.cidr),
+            Action::DeleteVpc { id: v.id.clone() },
+        );
+    }
+    if let Some(p) = &doomed.profile {
+        push(
+            format!("instance profile {}", p.name),
+            "",
+            Action::DeleteInstanceProfile {
+                name: p.name.clone(),
+                roles: p.roles.clone(),
+            },
+        );
+    }
+    if let Some(r) = &doomed.role {
+        push(
+            format!("iam role {}", r.name),
+            "",
+            Action::DeleteRole {
+                name: r.name.clone(),
+                has_policy: r.policy.is_some(),
+            },
+        );
+    }
+    for prm in &doomed.parameters {
+        push(
+            format!("ssm parameter {}", prm.name),
+            "",
+            Action::DeleteParameter {
+                name: prm.name.clone(),
+            },
+        );
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,981 @@
+//! Planner tests with no AWS: a tiny in-memory "AWS" (`Fake`) applies plan steps to an
+//! [`Observed`] the way EC2/IAM would, so convergence, ordering, drift and the stack-tag
+//! invariant are checked as pure functions.
+
+use super::*;
+use crate::spec::parse;
+
+const SPEC: &str = r#"
+[stack]
+name = "lab"
+region = "eu-central-1"
+
+[vpc]
+cidr = "10.0.0.0/16"
+azs = ["eu-central-1a", "eu-central-1b"]
+nat = "NAT"
+
+[[subnets]]
+name = "dmz-a"
+tier = "public"
+cidr = "10.0.0.0/24"
+az = "eu-central-1a"
+
+[[subnets]]
+name = "dmz-b"
+tier = "public"
+cidr = "10.0.1.0/24"
+az = "eu-central-1b"
+
+[[subnets]]
+name = "private-a"
+tier = "private"
+cidr = "10.0.10.0/24"
+az = "eu-central-1a"
+
+[[subnets]]
+name = "private-b"
+tier = "private"
+cidr = "10.0.11.0/24"
+az = "eu-central-1b"
+
+[bastion]
+subnet = "dmz-a"
+ami = "ami-0123456789abcdef0"
+allowed_cidrs = ["198.51.100.0/24"]
+gatehouse_download_url = "https://example.org/gatehouse"
+
+[private]
+ports = [22, 8888]
+
+[[hosts]]
+name = "jupyter"
+subnet = "private-a"
+ami = "ami-0123456789abcdef0"
+groups = ["research"]
+ports = [22, 8888]
+"#;
+
+fn spec(nat: &str) -> Spec {
+    parse("t.toml", &SPEC.replace("NAT", nat), None).expect("valid spec")
+}
+
+/// An in-memory AWS that applies plan steps to an `Observed`.
+struct Fake {
+    obs: Observed,
+    next: u32,
+}
+
+impl Fake {
+    fn new() -> Fake {
+        Fake {
+            obs: Observed::default(),
+            next: 0,
+        }
+    }
+
+    fn id(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        format!("{prefix}-{:04}", self.next)
+    }
+
+    fn apply(&mut self, spec: &Spec, plan: &Plan) {
+        let mut ids = plan.known.clone();
+        for step in &plan.steps {
+            self.step(spec, &mut ids, &step.action);
+        }
+    }
+
+    /// Plan and apply until the plan is empty; returns the number of rounds (must be 1).
+    fn converge(&mut self, spec: &Spec) -> usize {
+        for round in 1..=3 {
+            let plan = plan_apply(spec, &self.obs).expect("plan");
+            if plan.is_empty() {
+                return round - 1;
+            }
+            self.apply(spec, &plan);
+        }
+        let plan = plan_apply(spec, &self.obs).expect("plan");
+        panic!("did not converge:\n{}", plan.render());
+    }
+
+    fn all_tags_mut(&mut self, id: &str) -> Option<&mut Tags> {
+        let o = &mut self.obs;
+        o.vpcs
+            .iter_mut()
+            .find(|x| x.id == id)
+            .map(|x| &mut x.tags)
+            .or_else(|| {
+                o.subnets
+                    .iter_mut()
+                    .find(|x| x.id == id)
+                    .map(|x| &mut x.tags)
+                    .or_else(|| {
+                        o.igws
+                            .iter_mut()
+                            .find(|x| x.id == id)
+                            .map(|x| &mut x.tags)
+                            .or_else(|| {
+                                o.eips
+                                    .iter_mut()
+                                    .find(|x| x.allocation_id == id)
+                                    .map(|x| &mut x.tags)
+                                    .or_else(|| {
+                                        o.nats
+                                            .iter_mut()
+                                            .find(|x| x.id == id)
+                                            .map(|x| &mut x.tags)
+                                            .or_else(|| {
+                                                o.route_tables
+                                                    .iter_mut()
+                                                    .find(|x| x.id == id)
+                                                    .map(|x| &mut x.tags)
+                                                    .or_else(|| {
+                                                        o.security_groups
+                                                            .iter_mut()
+                                                            .find(|x| x.id == id)
+                                                            .map(|x| &mut x.tags)
+                                                            .or_else(|| {
+                                                                o.instances
+                                                                    .iter_mut()
+                                                                    .find(|x| x.id == id)
+                                                                    .map(|x| &mut x.tags)
+                                                            })
+                                                    })
+                                            })
+                                    })
+                            })
+                    })
+            })
+    }
+
+    fn step(&mut self, spec: &Spec, ids: &mut BTreeMap<String, String>, action: &Action) {
+        let get = |ids: &BTreeMap<String, String>, k: &str| {
+            ids.get(k)
+                .cloned()
+                .unwrap_or_else(|| panic!("unresolved {k}"))
+        };
+        let resolve_rule = |ids: &BTreeMap<String, String>, r: &Rule| {
+            let mut r = r.clone();
+            if let Peer::GroupKey(k) = &r.peer {
+                r.peer = Peer::Group(get(ids, k));
+            }
+            r
+        };
+        match action {
+            Action::TerminateInstance { id } => self.obs.instances.retain(|i| &i.id != id),
+            Action::DeleteNatGateway { id } => self.obs.nats.retain(|n| &n.id != id),
+            Action::ReleaseAddress { allocation_id, .. } => {
+                self.obs.eips.retain(|e| &e.allocation_id != allocation_id)
+            }
+            Action::DeleteRouteTable { id, .. } => self.obs.route_tables.retain(|r| &r.id != id),
+            Action::Disassociate { association_id } => {
+                for r in &mut self.obs.route_tables {
+                    r.associations.retain(|a| &a.id != association_id);
+                }
+            }
+            Action::DeleteSubnet { id } => {
+                assert!(
+                    !self.obs.instances.iter().any(|i| &i.subnet_id == id),
+                    "subnet {id} still has instances"
+                );
+                assert!(
+                    !self.obs.nats.iter().any(|n| &n.subnet_id == id),
+                    "subnet {id} still has a NAT"
+                );
+                self.obs.subnets.retain(|s| &s.id != id);
+            }
+            Action::RevokeIngressById { group_id, rules } => {
+                if let Some(g) = self
+                    .obs
+                    .security_groups
+                    .iter_mut()
+                    .find(|g| &g.id == group_id)
+                {
+                    g.ingress.retain(|r| !rules.contains(r));
+                }
+            }
+            Action::DeleteSecurityGroup { id } => self.obs.security_groups.retain(|g| &g.id != id),
+            Action::DeleteInternetGateway { id, .. } => self.obs.igws.retain(|g| &g.id != id),
+            Action::DeleteVpc { id } => {
+                assert!(
+                    !self.obs.subnets.iter().any(|s| &s.vpc_id == id),
+                    "vpc {id} still has subnets"
+                );
+                self.obs.vpcs.retain(|v| &v.id != id);
+                self.obs.default_sg = None;
+            }
+            Action::DeleteInstanceProfile { .. } => self.obs.profile = None,
+            Action::DeleteRole { .. } => self.obs.role = None,
+            Action::DeleteParameter { name } => self.obs.parameters.retain(|p| &p.name != name),
+            Action::CreateVpc { key, cidr, tags } => {
+                let id = self.id("vpc");
+                self.obs.vpcs.push(ObsVpc {
+                    id: id.clone(),
+                    key: key.clone(),
+                    cidr: cidr.clone(),
+                    dns_hostnames: false,
+                    dns_support: true,
+                    tags: tags.clone(),
+                });
+                let sg = self.id("sg");
+                self.obs.default_sg = Some(ObsSecurityGroup {
+                    id: sg.clone(),
+                    name: "default".into(),
+                    ingress: vec![Rule {
+                        proto: "-1".into(),
+                        from: -1,
+                        to: -1,
+                        peer: Peer::Group(sg),
+                    }],
+                    egress: vec![all_out()],
+                    ..Default::default()
+                });
+                ids.insert(key.clone(), id);
+            }
+            Action::EnableDns {
+                vpc,
+                hostnames,
+                support,
+            } => {
+                let id = get(ids, vpc);
+                let v = self.obs.vpcs.iter_mut().find(|v| v.id == id).expect("vpc");
+                v.dns_hostnames = *hostnames;
+                v.dns_support = *support;
+            }
+            Action::LockDownDefaultSecurityGroup { tags, .. } => {
+                let g = self.obs.default_sg.as_mut().expect("default sg");
+                g.ingress.clear();
+                g.egress.clear();
+                g.tags.extend(tags.clone());
+            }
+            Action::CreateSubnet {
+                key,
+                vpc,
+                cidr,
+                az,
+                tags,
+            } => {
+                let id = self.id("subnet");
+                self.obs.subnets.push(ObsSubnet {
+                    id: id.clone(),
+                    key: key.clone(),
+                    vpc_id: get(ids, vpc),
+                    cidr: cidr.clone(),
+                    az: az.clone(),
+                    tags: tags.clone(),
+                });
+                ids.insert(key.clone(), id);
+            }
+            Action::CreateInternetGateway { key, tags } => {
+                let id = self.id("igw");
+                self.obs.igws.push(ObsIgw {
+                    id: id.clone(),
+                    key: key.clone(),
+                    attached_vpcs: vec![],
+                    tags: tags.clone(),
+                });
+                ids.insert(key.clone(), id);
+            }
+            Action::AttachInternetGateway { igw, vpc } => {
+                let (g, v) = (get(ids, igw), get(ids, vpc));
+                self.obs
+                    .igws
+                    .iter_mut()
+                    .find(|x| x.id == g)
+                    .expect("igw")
+                    .attached_vpcs
+                    .push(v);
+            }
+            Action::AllocateAddress { key, tags } => {
+                let id = self.id("eipalloc");
+                self.obs.eips.push(ObsEip {
+                    allocation_id: id.clone(),
+                    key: key.clone(),
+                    public_ip: format!("192.0.2.{}", self.next),
+                    tags: tags.clone(),
+                    ..Default::default()
+                });
+                ids.insert(key.clone(), id);
+            }
+            Action::CreateNatGateway {
+                key,
+                subnet,
+                eip,
+                tags,
+            } => {
+                let id = self.id("nat");
+                self.obs.nats.push(ObsNat {
+                    id: id.clone(),
+                    key: key.clone(),
+                    subnet_id: get(ids, subnet),
+                    allocation_id: Some(get(ids, eip)),
+                    state: "available".into(),
+                    tags: tags.clone(),
+                });
+                ids.insert(key.clone(), id);
+            }
+            Action::CreateRouteTable { key, tags, .. } => {
+                let id = self.id("rtb");
+                self.obs.route_tables.push(ObsRouteTable {
+                    id: id.clone(),
+                    key: key.clone(),
+                    tags: tags.clone(),
+                    ..Default::default()
+                });
+                ids.insert(key.clone(), id);
+            }
+            Action::CreateRoute {
+                table,
+                dest,
+                target,
+            }
+            | Action::ReplaceRoute {
+                table,
+                dest,
+                target,
+            } => {
+                let (t, target_id) = (get(ids, table), get(ids, target));
+                let rt = self
+                    .obs
+                    .route_tables
+                    .iter_mut()
+                    .find(|r| r.id == t)
+                    .expect("rt");
+                rt.routes.retain(|r| &r.dest != dest);
+                let target = if target.starts_with("nat/") {
+                    RouteTarget::Nat(target_id)
+                } else {
+                    RouteTarget::Gateway(target_id)
+                };
+                rt.routes.push(ObsRoute {
+                    dest: dest.clone(),
+                    target,
+                });
+            }
+            Action::DeleteRoute { table, dest } => {
+                let t = get(ids, table);
+                let rt = self
+                    .obs
+                    .route_tables
+                    .iter_mut()
+                    .find(|r| r.id == t)
+                    .expect("rt");
+                rt.routes.retain(|r| &r.dest != dest);
+            }
+            Action::Associate { table, subnet } => {
+                let (t, s) = (get(ids, table), get(ids, subnet));
+                let assoc = self.id("rtbassoc");
+                for r in &self.obs.route_tables {
+                    assert!(
+                        !r.associations.iter().any(|a| a.subnet_id == s),
+                        "{s} already associated"
+                    );
+                }
+                let rt = self
+                    .obs
+                    .route_tables
+                    .iter_mut()
+                    .find(|r| r.id == t)
+                    .expect("rt");
+                rt.associations.push(ObsAssociation {
+                    id: assoc,
+                    subnet_id: s,
+                });
+            }
+            Action::ReplaceAssociation {
+                association_id,
+                table,
+            } => {
+                let t = get(ids, table);
+                let mut moved = None;
+                for r in &mut self.obs.route_tables {
+                    if let Some(pos) = r.associations.iter().position(|a| &a.id == association_id) {
+                        moved = Some(r.associations.remove(pos));
+                    }
+                }
+                let a = moved.expect("association");
+                self.obs
+                    .route_tables
+                    .iter_mut()
+                    .find(|r| r.id == t)
+                    .expect("rt")
+                    .associations
+                    .push(a);
+            }
+            Action::CreateSecurityGroup {
+                key, name, tags, ..
+            } => {
+                let id = self.id("sg");
+                self.obs.security_groups.push(ObsSecurityGroup {
+                    id: id.clone(),
+                    key: key.clone(),
+                    name: name.clone(),
+                    ingress: vec![],
+                    egress: vec![all_out()],
+                    tags: tags.clone(),
+                });
+                ids.insert(key.clone(), id);
+            }
+            Action::Authorize {
+                group,
+                ingress,
+                rule,
+            } => {
+                let (g, rule) = (get(ids, group), resolve_rule(ids, rule));
+                let sg = self
+                    .obs
+                    .security_groups
+                    .iter_mut()
+                    .find(|x| x.id == g)
+                    .expect("sg");
+                let list = if *ingress {
+                    &mut sg.ingress
+                } else {
+                    &mut sg.egress
+                };
+                assert!(!list.contains(&rule), "duplicate rule {rule:?}");
+                list.push(rule);
+            }
+            Action::Revoke {
+                group,
+                ingress,
+                rule,
+            } => {
+                let g = get(ids, group);
+                let sg = self
+                    .obs
+                    .security_groups
+                    .iter_mut()
+                    .find(|x| x.id == g)
+                    .expect("sg");
+                let list = if *ingress {
+                    &mut sg.ingress
+                } else {
+                    &mut sg.egress
+                };
+                list.retain(|r| r != rule);
+            }
+            Action::CreateRole { name, tags } => {
+                self.obs.role = Some(ObsRole {
+                    name: name.clone(),
+                    tags: tags.clone(),
+                    policy: None,
+                })
+            }
+            Action::PutRolePolicy { policy, .. } => {
+                self.obs.role.as_mut().expect("role").policy = Some(policy.clone())
+            }
+            Action::CreateInstanceProfile { name, tags } => {
+                self.obs.profile = Some(ObsProfile {
+                    name: name.clone(),
+                    tags: tags.clone(),
+                    roles: vec![],
+                })
+            }
+            Action::AddRoleToProfile { role, .. } => {
+                assert!(
+                    self.obs.role.is_some(),
+                    "role must exist before it joins the profile"
+                );
+                self.obs
+                    .profile
+                    .as_mut()
+                    .expect("profile")
+                    .roles
+                    .push(role.clone());
+            }
+            Action::RunInstance { key, launch, tags } => {
+                if let Some(p) = &launch.profile {
+                    let prof = self.obs.profile.as_ref().expect("profile before instance");
+                    assert!(
+                        prof.roles.iter().any(|r| r == p),
+                        "profile has its role before launch"
+                    );
+                }
+                let id = self.id("i");
+                let mut tags = tags.clone();
+                if launch.bastion {
+                    let text = crate::userdata::render(spec, &get(ids, "vpc"));
+                    tags.insert(TAG_USER_DATA.into(), sha256_hex(&text));
+                }
+                self.obs.instances.push(ObsInstance {
+                    id: id.clone(),
+                    key: key.clone(),
+                    state: "running".into(),
+                    ami: launch.ami.clone(),
+                    instance_type: launch.instance_type.clone(),
+                    subnet_id: get(ids, &launch.subnet),
+                    security_groups: vec![get(ids, &launch.security_group)],
+                    profile_arn: launch
+                        .profile
+                        .as_ref()
+                        .map(|p| format!("arn:aws:iam::123:instance-profile/{p}")),
+                    http_tokens: Some("required".into()),
+                    hop_limit: Some(1),
+                    private_ip: launch.private_ip.clone(),
+                    public_ip: None,
+                    tags,
+                });
+                ids.insert(key.clone(), id);
+            }
+            Action::AssociateAddress { eip, instance } => {
+                let (e, i) = (get(ids, eip), get(ids, instance));
+                let assoc = self.id("eipassoc");
+                let a = self
+                    .obs
+                    .eips
+                    .iter_mut()
+                    .find(|x| x.allocation_id == e)
+                    .expect("eip");
+                a.instance_id = Some(i);
+                a.association_id = Some(assoc);
+            }
+            Action::SetTags { resource, tags } => {
+                let id = get(ids, resource);
+                self.all_tags_mut(&id)
+                    .expect("tagged resource")
+                    .extend(tags.clone());
+            }
+        }
+    }
+}
+
+fn all_out() -> Rule {
+    Rule {
+        proto: "-1".into(),
+        from: -1,
+        to: -1,
+        peer: Peer::Cidr("0.0.0.0/0".into()),
+    }
+}
+
+fn position(plan: &Plan, pred: impl Fn(&Action) -> bool) -> usize {
+    plan.steps
+        .iter()
+        .position(|s| pred(&s.action))
+        .unwrap_or_else(|| panic!("step missing in\n{}", plan.render()))
+}
+
+#[test]
+fn from_empty_every_nat_mode_converges_in_one_round() {
+    for (nat, nats) in [("none", 0), ("single", 1), ("per_az", 2)] {
+        let spec = spec(nat);
+        let mut fake = Fake::new();
+        assert_eq!(fake.converge(&spec), 1, "nat = {nat}");
+        assert_eq!(fake.obs.nats.len(), nats, "nat = {nat}");
+        assert_eq!(fake.obs.instances.len(), 2);
+        assert!(fake
+            .obs
+            .default_sg
+            .as_ref()
+            .is_some_and(|g| g.ingress.is_empty() && g.egress.is_empty()));
+        assert!(
+            plan_apply(&spec, &fake.obs).expect("plan").is_empty(),
+            "nat = {nat}"
+        );
+    }
+}
+
+#[test]
+fn creation_order_respects_dependencies() {
+    let plan = plan_apply(&spec("single"), &Observed::default()).expect("plan");
+    let vpc = position(&plan, |a| matches!(a, Action::CreateVpc { .. }));
+    let subnet = position(&plan, |a| matches!(a, Action::CreateSubnet { .. }));
+    let nat = position(&plan, |a| matches!(a, Action::CreateNatGateway { .. }));
+    let eip = position(&plan, |a| matches!(a, Action::AllocateAddress { .. }));
+    let route = position(
+        &plan,
+        |a| matches!(a, Action::CreateRoute { target, .. } if target.starts_with("nat/")),
+    );
+    let profile = position(&plan, |a| matches!(a, Action::AddRoleToProfile { .. }));
+    let bastion = position(
+        &plan,
+        |a| matches!(a, Action::RunInstance { launch, .. } if launch.bastion),
+    );
+    let assoc = position(&plan, |a| matches!(a, Action::AssociateAddress { .. }));
+    assert!(vpc < subnet && subnet < nat && eip < nat && nat < route && route < bastion);
+    assert!(profile < bastion && bastion < assoc && assoc == plan.steps.len() - 1);
+    let text = plan.render();
+    assert!(text.starts_with("+ vpc"), "{text}");
+    assert!(
+        text.ends_with("stack lab: 18 to create, 14 to change, 0 to delete\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn drift_is_repaired_and_only_drift() {
+    let spec = spec("single");
+    let mut fake = Fake::new();
+    fake.converge(&spec);
+    // A route removed by hand, a rule removed, SSH opened to the world, a tag edited.
+    let rt = fake
+        .obs
+        .route_tables
+        .iter_mut()
+        .find(|r| r.key == "rt/private")
+        .expect("rt");
+    rt.routes.clear();
+    let sg = fake
+        .obs
+        .security_groups
+        .iter_mut()
+        .find(|g| g.key == "sg/bastion")
+        .expect("sg");
+    sg.ingress.clear();
+    sg.ingress.push(Rule {
+        proto: "tcp".into(),
+        from: 22,
+        to: 22,
+        peer: Peer::Cidr("0.0.0.0/0".into()),
+    });
+    let j = fake
+        .obs
+        .instances
+        .iter_mut()
+        .find(|i| i.key == "instance/jupyter")
+        .expect("jupyter");
+    j.tags.insert(TAG_GROUPS.into(), "everyone".into());
+
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    let text = plan.render();
+    assert_eq!(plan.steps.len(), 4, "{text}");
+    assert!(
+        text.contains("~ rt/private                   + route 0.0.0.0/0 -> nat/eu-central-1a"),
+        "{text}"
+    );
+    assert!(text.contains("+ ingress tcp 22 198.51.100.0/24"), "{text}");
+    assert!(text.contains("- ingress tcp 22 0.0.0.0/0"), "{text}");
+    assert!(
+        text.contains("~ instance/jupyter             tags gatehouse:groups"),
+        "{text}"
+    );
+    fake.apply(&spec, &plan);
+    assert!(plan_apply(&spec, &fake.obs).expect("plan").is_empty());
+}
+
+#[test]
+fn a_blackholed_route_is_replaced() {
+    let spec = spec("single");
+    let mut fake = Fake::new();
+    fake.converge(&spec);
+    let rt = fake
+        .obs
+        .route_tables
+        .iter_mut()
+        .find(|r| r.key == "rt/private")
+        .expect("rt");
+    rt.routes[0].target = RouteTarget::Other("blackhole".into());
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    assert!(
+        matches!(
+            plan.steps.as_slice(),
+            [Step {
+                action: Action::ReplaceRoute { .. },
+                ..
+            }]
+        ),
+        "{}",
+        plan.render()
+    );
+}
+
+#[test]
+fn changing_a_subnet_cidr_replaces_it_and_what_lives_in_it() {
+    let spec_a = spec("single");
+    let mut fake = Fake::new();
+    fake.converge(&spec_a);
+    let old_jupyter = fake
+        .obs
+        .instances
+        .iter()
+        .find(|i| i.key == "instance/jupyter")
+        .expect("j")
+        .id
+        .clone();
+    let spec_b = parse(
+        "t.toml",
+        &SPEC
+            .replace("NAT", "single")
+            .replace("10.0.10.0/24", "10.0.12.0/24"),
+        None,
+    )
+    .expect("spec");
+    let plan = plan_apply(&spec_b, &fake.obs).expect("plan");
+    let text = plan.render();
+    assert!(text.contains("- instance/jupyter"), "{text}");
+    assert!(text.contains("- subnet/private-a"), "{text}");
+    assert!(text.contains("replace: private, 10.0.12.0/24"), "{text}");
+    assert!(!text.contains("- instance/bastion"), "{text}");
+    fake.apply(&spec_b, &plan);
+    assert!(plan_apply(&spec_b, &fake.obs).expect("plan").is_empty());
+    assert!(!fake.obs.instances.iter().any(|i| i.id == old_jupyter));
+}
+
+#[test]
+fn changing_the_ami_or_losing_imdsv2_replaces_the_instance() {
+    let spec = spec("single");
+    let mut fake = Fake::new();
+    fake.converge(&spec);
+    let b = fake
+        .obs
+        .instances
+        .iter_mut()
+        .find(|i| i.key == "instance/bastion")
+        .expect("bastion");
+    b.http_tokens = Some("optional".into());
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    let text = plan.render();
+    assert!(text.contains("replace: IMDSv2 not enforced"), "{text}");
+    assert!(text.contains("~ eip/bastion"), "{text}");
+    fake.apply(&spec, &plan);
+    assert!(plan_apply(&spec, &fake.obs).expect("plan").is_empty());
+}
+
+#[test]
+fn changing_the_download_url_replaces_the_bastion_only() {
+    let spec_a = spec("single");
+    let mut fake = Fake::new();
+    fake.converge(&spec_a);
+    let spec_b = parse(
+        "t.toml",
+        &SPEC
+            .replace("NAT", "single")
+            .replace("/gatehouse\"", "/gatehouse-2\""),
+        None,
+    )
+    .expect("spec");
+    let plan = plan_apply(&spec_b, &fake.obs).expect("plan");
+    let text = plan.render();
+    assert!(text.contains("replace: user data changed"), "{text}");
+    assert!(!text.contains("instance/jupyter"), "{text}");
+}
+
+#[test]
+fn nat_mode_switches_converge() {
+    let mut fake = Fake::new();
+    for nat in ["single", "per_az", "none", "single"] {
+        let spec = spec(nat);
+        assert!(fake.converge(&spec) <= 1, "nat = {nat}");
+    }
+    assert_eq!(fake.obs.nats.len(), 1);
+    assert_eq!(fake.obs.route_tables.len(), 2);
+}
+
+#[test]
+fn duplicates_from_an_interrupted_run_are_removed() {
+    let spec = spec("single");
+    let mut fake = Fake::new();
+    fake.converge(&spec);
+    let mut dup = fake.obs.subnets[0].clone();
+    dup.id = "subnet-zzzz".into();
+    fake.obs.subnets.push(dup);
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    assert!(
+        matches!(plan.steps.as_slice(), [Step { action: Action::DeleteSubnet { id }, .. }] if id == "subnet-zzzz"),
+        "{}",
+        plan.render()
+    );
+}
+
+#[test]
+fn resources_without_the_stack_tag_are_never_touched() {
+    let spec = spec("single");
+    let mut fake = Fake::new();
+    fake.converge(&spec);
+    let mut foreign = fake.obs.clone();
+    // Same keys, but another stack's tag or no tag at all: as if a filter had been ignored.
+    for v in &mut foreign.vpcs {
+        v.id = "vpc-foreign".into();
+        v.tags.insert(TAG_STACK.into(), "other".into());
+    }
+    for s in &mut foreign.subnets {
+        s.id = format!("{}-foreign", s.id);
+        s.tags.remove(TAG_STACK);
+    }
+    for i in &mut foreign.instances {
+        i.id = format!("{}-foreign", i.id);
+        i.tags.insert(TAG_STACK.into(), "lab2".into());
+    }
+    let mut mixed = fake.obs.clone();
+    mixed.vpcs.extend(foreign.vpcs);
+    mixed.subnets.extend(foreign.subnets);
+    mixed.instances.extend(foreign.instances);
+
+    assert!(plan_apply(&spec, &mixed).expect("plan").is_empty());
+    let destroy = plan_destroy("lab", &mixed);
+    let json = serde_json::to_string(&destroy).expect("json");
+    assert!(!json.contains("foreign"), "{}", destroy.render());
+    // And destroying the stack alone removes everything of it.
+    let mut after = fake;
+    after.apply(&spec, &destroy);
+    assert!(only_ours("lab", &after.obs).is_empty(), "{:#?}", after.obs);
+}
+
+#[test]
+fn destroy_order_is_reverse_dependency_order() {
+    let spec = spec("per_az");
+    let mut fake = Fake::new();
+    fake.converge(&spec);
+    fake.obs.parameters.push(ObsParameter {
+        name: host_key_parameter("lab"),
+        tags: Tags::from([(TAG_STACK.to_string(), "lab".to_string())]),
+    });
+    let plan = plan_destroy("lab", &fake.obs);
+    let first = |pred: fn(&Action) -> bool| position(&plan, pred);
+    let last = |pred: fn(&Action) -> bool| {
+        plan.steps
+            .iter()
+            .rposition(|s| pred(&s.action))
+            .expect("step")
+    };
+    assert!(
+        last(|a| matches!(a, Action::TerminateInstance { .. }))
+            < first(|a| matches!(a, Action::DeleteNatGateway { .. }))
+    );
+    assert!(
+        last(|a| matches!(a, Action::DeleteNatGateway { .. }))
+            < first(|a| matches!(a, Action::ReleaseAddress { .. }))
+    );
+    assert!(
+        last(|a| matches!(a, Action::DeleteRouteTable { .. }))
+            < first(|a| matches!(a, Action::DeleteSubnet { .. }))
+    );
+    assert!(
+        last(|a| matches!(a, Action::DeleteSubnet { .. }))
+            < first(|a| matches!(a, Action::DeleteSecurityGroup { .. }))
+    );
+    assert!(
+        last(|a| matches!(a, Action::RevokeIngressById { .. }))
+            < first(|a| matches!(a, Action::DeleteSecurityGroup { .. }))
+    );
+    assert!(
+        last(|a| matches!(a, Action::DeleteInternetGateway { .. }))
+            < first(|a| matches!(a, Action::DeleteVpc { .. }))
+    );
+    assert!(
+        first(|a| matches!(a, Action::DeleteInstanceProfile { .. }))
+            < first(|a| matches!(a, Action::DeleteRole { .. }))
+    );
+    fake.apply(&spec, &plan);
+    assert!(fake.obs.is_empty(), "{:#?}", fake.obs);
+}
+
+#[test]
+fn a_role_of_the_same_name_without_our_tag_is_refused() {
+    let obs = Observed {
+        role: Some(ObsRole {
+            name: role_name("lab"),
+            tags: Tags::new(),
+            policy: None,
+        }),
+        ..Default::default()
+    };
+    let err = plan_apply(&spec("single"), &obs).expect_err("must refuse");
+    assert!(
+        matches!(
+            err,
+            PlanError::NotOurs {
+                what: "IAM role",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(plan_destroy("lab", &obs).is_empty());
+}
+
+#[test]
+fn the_vpc_cidr_cannot_change_in_place() {
+    let mut fake = Fake::new();
+    fake.converge(&spec("single"));
+    let other = parse(
+        "t.toml",
+        &SPEC
+            .replace("NAT", "single")
+            .replace("10.0.0.0/16", "10.0.0.0/17"),
+        None,
+    )
+    .expect("spec");
+    let err = plan_apply(&other, &fake.obs).expect_err("immutable");
+    assert!(
+        err.to_string().contains("a VPC's CIDR cannot change"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_policy_is_least_privilege() {
+    let spec = spec("single");
+    let policy = crate::policy::bastion_policy(&spec);
+    let actions: Vec<String> = policy["Statement"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(actions.len(), 11, "{actions:?}");
+    assert!(actions.iter().all(|a| !a.contains('*')), "{actions:?}");
+    assert!(!actions.iter().any(|a| a.starts_with("iam:Upload")
+        || a.starts_with("iam:Create")
+        || a.starts_with("ec2:Run")));
+    assert_eq!(
+        policy["Statement"][2]["Resource"],
+        "arn:aws:ssm:eu-central-1:*:parameter/gatehouse/lab/*"
+    );
+}
+
+#[test]
+fn output_prints_the_address_and_an_ssh_config() {
+    let spec = spec("single");
+    let mut fake = Fake::new();
+    fake.converge(&spec);
+    let out = crate::output::stack_output(&spec, &fake.obs, "alice");
+    let ip = out.bastion_address.clone().expect("address");
+    assert!(
+        out.ssh_config.contains(&format!(
+            "Host lab-bastion\n    HostName {ip}\n    User alice\n"
+        )),
+        "{}",
+        out.ssh_config
+    );
+    assert!(out
+        .ssh_config
+        .contains("Host jupyter\n    HostName jupyter\n    ProxyJump lab-bastion\n"));
+}
+
+#[test]
+fn output_json_lists_subnets_and_nat_ips() {
+    let spec = spec("per_az");
+    let mut fake = Fake::new();
+    fake.converge(&spec);
+    let out = crate::output::stack_output(&spec, &fake.obs, "alice");
+    assert_eq!(out.subnet_ids.len(), 4);
+    assert_eq!(out.nat_public_ips.len(), 2);
+    assert!(out.vpc_id.is_some() && out.bastion_instance_id.is_some());
+}
+
+#[test]
+fn a_host_removed_from_the_spec_is_terminated() {
+    let spec_a = spec("single");
+    let mut fake = Fake::new();
+    fake.converge(&spec_a);
+    let without = SPEC.replace("NAT", "single");
+    let without = &without[..without.find("[[hosts]]").expect("hosts")];
+    let spec_b = parse("t.toml", without, None).expect("spec");
+    let plan = plan_apply(&spec_b, &fake.obs).expect("plan");
+    assert!(
+        matches!(
+            plan.steps.as_slice(),
+            [Step {
+                sign: Sign::Delete,
+                action: Action::TerminateInstance { .. },
+                ..
+            }]
+        ),
+        "{}",
+        plan.render()
+    );
+}

@@ -1,0 +1,798 @@
+//! The VPC spec (`config/vpc.toml`): parse, reject unknown keys, validate, all before any AWS
+//! call. Every error names the file, line and column of the value it concerns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Largest user data EC2 accepts (before base64), in bytes.
+pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
+/// Instance type of the bastion when the spec names none.
+pub const DEFAULT_BASTION_INSTANCE_TYPE: &str = "t3.micro";
+/// Instance type of a private host when the spec names none.
+pub const DEFAULT_HOST_INSTANCE_TYPE: &str = "t3.medium";
+/// Ports opened from the bastion to private hosts when the spec names none.
+pub const DEFAULT_PRIVATE_PORTS: &[u16] = &[22];
+
+/// One problem found in a spec, located in its source text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecIssue {
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+/// A spec that cannot be used; lists every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid spec.
+    #[error("{}", render_issues(.path, .issues))]
+    Invalid {
+        path: String,
+        issues: Vec<SpecIssue>,
+    },
+}
+
+impl SpecError {
+    /// The messages without locations (for tests and JSON).
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            SpecError::Read { source, .. } => vec![source.to_string()],
+            SpecError::Invalid { issues, .. } => issues.iter().map(|i| i.message.clone()).collect(),
+        }
+    }
+}
+
+fn render_issues(path: &str, issues: &[SpecIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("{path}:{}:{}: {}", i.line, i.col, i.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// NAT for outbound traffic of the private subnets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatMode {
+    /// No NAT: private subnets have no route to the internet.
+    None,
+    /// One NAT gateway (in the first public subnet) for all private subnets.
+    #[default]
+    Single,
+    /// One NAT gateway per availability zone that has private subnets.
+    PerAz,
+}
+
+/// Whether a subnet routes to the internet gateway (public) or through NAT (private).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Public,
+    Private,
+}
+
+/// The raw spec as written; see `config/vpc.toml` for a commented example.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpec {
+    pub stack: RawStack,
+    pub vpc: RawVpc,
+    /// Extra tags put on every resource (like the Terraform module's `tags`).
+    #[serde(default)]
+    pub tags: BTreeMap<Spanned<String>, String>,
+    pub subnets: Vec<RawSubnet>,
+    pub bastion: RawBastion,
+    #[serde(default)]
+    pub private: Option<RawPrivate>,
+    #[serde(default)]
+    pub hosts: Vec<RawHost>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStack {
+    /// Stack name: the value of the `gatehouse:stack` tag on every resource.
+    pub name: Spanned<String>,
+    /// AWS region; falls back to `AWS_REGION` / `AWS_DEFAULT_REGION`.
+    pub region: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVpc {
+    pub cidr: Spanned<Ipv4Net>,
+    pub azs: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub nat: NatMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubnet {
+    pub name: Spanned<String>,
+    pub tier: Tier,
+    pub cidr: Spanned<Ipv4Net>,
+    pub az: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBastion {
+    pub subnet: Spanned<String>,
+    pub ami: Spanned<String>,
+    pub instance_type: Option<Spanned<String>>,
+    pub allowed_cidrs: Spanned<Vec<Spanned<Ipv4Net>>>,
+    #[serde(default)]
+    pub allow_world: bool,
+    pub gatehouse_download_url: Spanned<String>,
+    pub gatehouse_sha256: Option<Spanned<String>>,
+    /// TOML appended verbatim to the daemon config (e.g. static `[[users]]` for break-glass).
+    pub extra_daemon_config: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrivate {
+    pub ports: Spanned<Vec<Spanned<u16>>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    pub name: Spanned<String>,
+    pub subnet: Spanned<String>,
+    pub ami: Spanned<String>,
+    pub instance_type: Option<Spanned<String>>,
+    pub groups: Spanned<Vec<Spanned<String>>>,
+    pub ports: Option<Spanned<Vec<Spanned<u16>>>>,
+    pub private_ip: Option<Spanned<Ipv4Addr>>,
+}
+
+/// A validated spec: every invariant below holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Spec {
+    pub stack: String,
+    pub region: String,
+    pub vpc_cidr: Ipv4Net,
+    pub azs: Vec<String>,
+    pub nat: NatMode,
+    pub tags: BTreeMap<String, String>,
+    pub subnets: Vec<Subnet>,
+    pub bastion: Bastion,
+    pub private_ports: Vec<u16>,
+    pub hosts: Vec<Host>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Subnet {
+    pub name: String,
+    pub tier: Tier,
+    pub cidr: Ipv4Net,
+    pub az: String,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Bastion {
+    pub subnet: String,
+    pub ami: String,
+    pub instance_type: String,
+    pub allowed_cidrs: Vec<Ipv4Net>,
+    pub download_url: String,
+    pub sha256: Option<String>,
+    pub extra_daemon_config: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Host {
+    pub name: String,
+    pub subnet: String,
+    pub ami: String,
+    pub instance_type: String,
+    pub groups: Vec<String>,
+    pub ports: Vec<u16>,
+    pub private_ip: Option<Ipv4Addr>,
+}
+
+impl Spec {
+    /// The subnet a name refers to (validated specs only refer to existing subnets).
+    pub fn subnet(&self, name: &str) -> Option<&Subnet> {
+        self.subnets.iter().find(|s| s.name == name)
+    }
+
+    /// Public subnets in spec order.
+    pub fn public_subnets(&self) -> impl Iterator<Item = &Subnet> {
+        self.subnets.iter().filter(|s| s.tier == Tier::Public)
+    }
+
+    /// Private subnets in spec order.
+    pub fn private_subnets(&self) -> impl Iterator<Item = &Subnet> {
+        self.subnets.iter().filter(|s| s.tier == Tier::Private)
+    }
+}
+
+/// Read and validate a spec file. `env_region` is used when the spec names no region.
+pub fn load(path: &std::path::Path, env_region: Option<&str>) -> Result<Spec, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&path.display().to_string(), &text, env_region)
+}
+
+/// Parse and validate spec text. `origin` names it in error messages.
+pub fn parse(origin: &str, text: &str, env_region: Option<&str>) -> Result<Spec, SpecError> {
+    let mut v = Validator {
+        text,
+        issues: Vec::new(),
+    };
+    let raw: RawSpec = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            v.push(offset, e.message().trim().to_string());
+            return Err(v.into_error(origin));
+        }
+    };
+    let spec = v.validate(raw, env_region);
+    match spec {
+        Some(spec) if v.issues.is_empty() => Ok(spec),
+        _ => Err(v.into_error(origin)),
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    issues: Vec<SpecIssue>,
+}
+
+impl Validator<'_> {
+    fn push(&mut self, offset: usize, message: String) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        self.issues.push(SpecIssue { line, col, message });
+    }
+
+    fn at<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.push(at.span().start, message.into());
+    }
+
+    fn into_error(mut self, origin: &str) -> SpecError {
+        self.issues.sort_by_key(|i| (i.line, i.col));
+        SpecError::Invalid {
+            path: origin.to_string(),
+            issues: self.issues,
+        }
+    }
+
+    fn validate(&mut self, raw: RawSpec, env_region: Option<&str>) -> Option<Spec> {
+        let stack = raw.stack.name.get_ref().clone();
+        if !is_name(&stack, 28) {
+            self.at(
+                &raw.stack.name,
+                format!(
+                    "stack name {stack:?} must be 1-28 of a-z, 0-9, '-', starting with a letter"
+                ),
+            );
+        }
+        let region = match (&raw.stack.region, env_region) {
+            (Some(r), _) => {
+                if !is_region(r.get_ref()) {
+                    self.at(
+                        r,
+                        format!(
+                            "region {:?} is not a region name like eu-central-1",
+                            r.get_ref()
+                        ),
+                    );
+                }
+                r.get_ref().clone()
+            }
+            (None, Some(r)) if is_region(r) => r.to_string(),
+            (None, Some(r)) => {
+                self.at(
+                    &raw.stack.name,
+                    format!("region {r:?} from the environment is not a region name"),
+                );
+                r.to_string()
+            }
+            (None, None) => {
+                self.at(
+                    &raw.stack.name,
+                    "no region: set [stack] region or AWS_REGION",
+                );
+                String::new()
+            }
+        };
+
+        // VPC
+        let vpc_cidr = *raw.vpc.cidr.get_ref();
+        self.check_cidr(&raw.vpc.cidr, "vpc cidr");
+        let mut azs = Vec::new();
+        if raw.vpc.azs.get_ref().is_empty() {
+            self.at(
+                &raw.vpc.azs,
+                "vpc azs must list at least one availability zone",
+            );
+        }
+        for az in raw.vpc.azs.get_ref() {
+            let name = az.get_ref();
+            if !region.is_empty() && !is_az_of(name, &region) {
+                self.at(
+                    az,
+                    format!("unknown availability zone {name:?} for region {region}"),
+                );
+            }
+            if azs.contains(name) {
+                self.at(az, format!("availability zone {name:?} listed twice"));
+            }
+            azs.push(name.clone());
+        }
+
+        // Tags
+        let mut tags = BTreeMap::new();
+        if raw.tags.len() > 40 {
+            if let Some((k, _)) = raw.tags.iter().next() {
+                self.at(k, "at most 40 tags (AWS allows 50 and gatehouse uses some)");
+            }
+        }
+        for (k, val) in &raw.tags {
+            let key = k.get_ref();
+            let lower = key.to_ascii_lowercase();
+            if lower.starts_with("aws:") || lower.starts_with("gatehouse:") || key == "Name" {
+                self.at(
+                    k,
+                    format!("tag {key:?} is reserved (aws:*, gatehouse:*, Name)"),
+                );
+            } else if key.is_empty() || key.chars().count() > 127 || val.chars().count() > 255 {
+                self.at(
+                    k,
+                    format!("tag {key:?}: key must be 1-127 characters, value at most 255"),
+                );
+            }
+            tags.insert(key.clone(), val.clone());
+        }
+
+        // Subnets
+        let mut subnets: Vec<Subnet> = Vec::new();
+        for (i, s) in raw.subnets.iter().enumerate() {
+            let name = s.name.get_ref();
+            if !is_name(name, 24) {
+                self.at(&s.name, format!("subnet name {name:?} must be 1-24 of a-z, 0-9, '-', starting with a letter"));
+            }
+            if subnets.iter().any(|o| &o.name == name) {
+                self.at(&s.name, format!("subnet name {name:?} used twice"));
+            }
+            let cidr = *s.cidr.get_ref();
+            self.check_cidr(&s.cidr, &format!("subnet {name} cidr"));
+            if !vpc_cidr.contains(&cidr) {
+                self.at(
+                    &s.cidr,
+                    format!("subnet {name} cidr {cidr} is outside the vpc cidr {vpc_cidr}"),
+                );
+            }
+            for (j, o) in raw.subnets.iter().enumerate().take(i) {
+                let other = *o.cidr.get_ref();
+                if j != i && (other.contains(&cidr) || cidr.contains(&other)) {
+                    self.at(
+                        &s.cidr,
+                        format!(
+                            "subnet {name} cidr {cidr} overlaps subnet {} cidr {other}",
+                            o.name.get_ref()
+                        ),
+                    );
+                }
+            }
+            if !azs.contains(s.az.get_ref()) {
+                self.at(
+                    &s.az,
+                    format!(
+                        "subnet {name}: unknown availability zone {:?} (not in vpc azs)",
+                        s.az.get_ref()
+                    ),
+                );
+            }
+            subnets.push(Subnet {
+                name: name.clone(),
+                tier: s.tier,
+                cidr,
+                az: s.az.get_ref().clone(),
+            });
+        }
+        let first_subnet_span = raw
+            .subnets
+            .first()
+            .map(|s| s.name.span().start)
+            .unwrap_or(0);
+        if !subnets.iter().any(|s| s.tier == Tier::Public) {
+            self.push(
+                first_subnet_span,
+                "at least one public subnet is needed (for the bastion)".into(),
+            );
+        }
+        if raw.vpc.nat == NatMode::PerAz {
+            for s in subnets.iter().filter(|s| s.tier == Tier::Private) {
+                if !subnets
+                    .iter()
+                    .any(|p| p.tier == Tier::Public && p.az == s.az)
+                {
+                    let span = raw
+                        .subnets
+                        .iter()
+                        .find(|r| r.name.get_ref() == &s.name)
+                        .map(|r| r.az.span().start);
+                    self.push(
+                        span.unwrap_or(0),
+                        format!(
+                            "nat = \"per_az\" needs a public subnet in {} for private subnet {}",
+                            s.az, s.name
+                        ),
+                    );
+                }
+            }
+        }
+
+        // Bastion
+        let b = &raw.bastion;
+        match subnets.iter().find(|s| &s.name == b.subnet.get_ref()) {
+            None => self.at(
+                &b.subnet,
+                format!(
+                    "bastion subnet {:?} is not defined in [[subnets]]",
+                    b.subnet.get_ref()
+                ),
+            ),
+            Some(s) if s.tier != Tier::Public => self.at(
+                &b.subnet,
+                format!("bastion subnet {:?} must be public", b.subnet.get_ref()),
+            ),
+            Some(_) => {}
+        }
+        self.check_ami(&b.ami);
+        let instance_type = self.instance_type(&b.instance_type, DEFAULT_BASTION_INSTANCE_TYPE);
+        if b.allowed_cidrs.get_ref().is_empty() {
+            self.at(
+                &b.allowed_cidrs,
+                "bastion allowed_cidrs is empty: nobody could reach the bastion",
+            );
+        }
+        let mut allowed = Vec::new();
+        for c in b.allowed_cidrs.get_ref() {
+            let cidr = *c.get_ref();
+            if cidr.prefix_len() == 0 && !b.allow_world {
+                self.at(c, "allowed_cidrs contains 0.0.0.0/0 (the whole internet); set allow_world = true to mean it");
+            }
+            if cidr != cidr.trunc() {
+                self.at(
+                    c,
+                    format!(
+                        "allowed cidr {cidr} has host bits set (did you mean {}?)",
+                        cidr.trunc()
+                    ),
+                );
+            }
+            allowed.push(cidr);
+        }
+        let url = b.gatehouse_download_url.get_ref();
+        if !url.starts_with("https://")
+            || url.len() > 1024
+            || url
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "'\"`$\\<>{}|^".contains(c))
+        {
+            self.at(
+                &b.gatehouse_download_url,
+                "gatehouse_download_url must be an https:// URL without spaces, quotes, $ or backslashes",
+            );
+        }
+        if let Some(sha) = &b.gatehouse_sha256 {
+            let s = sha.get_ref();
+            if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+                self.at(sha, "gatehouse_sha256 must be 64 hexadecimal characters");
+            }
+        }
+
+        if let Some(extra) = &b.extra_daemon_config {
+            match toml::from_str::<toml::Table>(extra.get_ref()) {
+                Err(e) => self.at(
+                    extra,
+                    format!(
+                        "extra_daemon_config is not valid TOML: {}",
+                        e.message().trim()
+                    ),
+                ),
+                Ok(t) if t.contains_key("server") || t.contains_key("aws") => self.at(
+                    extra,
+                    "extra_daemon_config must not set [server] or [aws]: gatehouse-vpc writes them",
+                ),
+                Ok(_) => {}
+            }
+        }
+
+        // Private ports
+        let private_ports = match &raw.private {
+            None => DEFAULT_PRIVATE_PORTS.to_vec(),
+            Some(p) => {
+                if p.ports.get_ref().is_empty() {
+                    self.at(&p.ports, "private ports is empty");
+                }
+                self.ports(p.ports.get_ref())
+            }
+        };
+
+        // Hosts
+        let mut hosts: Vec<Host> = Vec::new();
+        for h in &raw.hosts {
+            let name = h.name.get_ref();
+            if !is_name(name, 24) || name == "bastion" {
+                self.at(
+                    &h.name,
+                    format!(
+                        "host name {name:?} must be 1-24 of a-z, 0-9, '-', and not \"bastion\""
+                    ),
+                );
+            }
+            if hosts.iter().any(|o| &o.name == name) {
+                self.at(&h.name, format!("host name {name:?} used twice"));
+            }
+            let subnet = subnets.iter().find(|s| &s.name == h.subnet.get_ref());
+            match subnet {
+                None => self.at(
+                    &h.subnet,
+                    format!(
+                        "host {name}: subnet {:?} is not defined",
+                        h.subnet.get_ref()
+                    ),
+                ),
+                Some(s) if s.tier != Tier::Private => self.at(
+                    &h.subnet,
+                    format!(
+                        "host {name}: subnet {:?} must be private",
+                        h.subnet.get_ref()
+                    ),
+                ),
+                Some(_) => {}
+            }
+            self.check_ami(&h.ami);
+            let instance_type = self.instance_type(&h.instance_type, DEFAULT_HOST_INSTANCE_TYPE);
+            if h.groups.get_ref().is_empty() {
+                self.at(
+                    &h.groups,
+                    format!("host {name}: groups is empty, nobody could reach it"),
+                );
+            }
+            for g in h.groups.get_ref() {
+                if !is_group(g.get_ref()) {
+                    self.at(
+                        g,
+                        format!(
+                            "group {:?} must be 1-64 of A-Z, a-z, 0-9, '-', '_', '.'",
+                            g.get_ref()
+                        ),
+                    );
+                }
+            }
+            let ports = match &h.ports {
+                None => vec![22],
+                Some(p) => {
+                    if p.get_ref().is_empty() {
+                        self.at(p, format!("host {name}: ports is empty"));
+                    }
+                    self.ports(p.get_ref())
+                }
+            };
+            for (i, port) in ports.iter().enumerate() {
+                if !private_ports.contains(port) {
+                    let span = h
+                        .ports
+                        .as_ref()
+                        .and_then(|p| p.get_ref().get(i))
+                        .map(|p| p.span().start);
+                    self.push(
+                        span.unwrap_or(h.name.span().start),
+                        format!("host {name}: port {port} is not open in [private] ports {private_ports:?}"),
+                    );
+                }
+            }
+            if let (Some(ip), Some(s)) = (&h.private_ip, subnet) {
+                let addr = *ip.get_ref();
+                let first = u32::from(s.cidr.network());
+                let last = u32::from(s.cidr.broadcast());
+                let a = u32::from(addr);
+                if !s.cidr.contains(&addr) {
+                    self.at(
+                        ip,
+                        format!(
+                            "host {name}: private_ip {addr} is outside subnet {} ({})",
+                            s.name, s.cidr
+                        ),
+                    );
+                } else if a < first + 4 || a == last {
+                    self.at(
+                        ip,
+                        format!(
+                            "host {name}: private_ip {addr} is reserved by AWS in {}",
+                            s.cidr
+                        ),
+                    );
+                }
+            }
+            hosts.push(Host {
+                name: name.clone(),
+                subnet: h.subnet.get_ref().clone(),
+                ami: h.ami.get_ref().clone(),
+                instance_type,
+                groups: h
+                    .groups
+                    .get_ref()
+                    .iter()
+                    .map(|g| g.get_ref().clone())
+                    .collect(),
+                ports,
+                private_ip: h.private_ip.as_ref().map(|p| *p.get_ref()),
+            });
+        }
+
+        let spec = Spec {
+            stack,
+            region,
+            vpc_cidr,
+            azs,
+            nat: raw.vpc.nat,
+            tags,
+            subnets,
+            bastion: Bastion {
+                subnet: b.subnet.get_ref().clone(),
+                ami: b.ami.get_ref().clone(),
+                instance_type,
+                allowed_cidrs: allowed,
+                download_url: url.clone(),
+                sha256: b
+                    .gatehouse_sha256
+                    .as_ref()
+                    .map(|s| s.get_ref().to_ascii_lowercase()),
+                extra_daemon_config: b.extra_daemon_config.as_ref().map(|s| s.get_ref().clone()),
+            },
+            private_ports,
+            hosts,
+        };
+        if self.issues.is_empty() {
+            // Checked here, before any AWS call, with the longest VPC id AWS hands out.
+            let size = crate::userdata::render(&spec, "vpc-0123456789abcdef0").len();
+            if size >= MAX_USER_DATA_BYTES {
+                let at = b
+                    .extra_daemon_config
+                    .as_ref()
+                    .map_or(b.gatehouse_download_url.span(), |e| e.span());
+                self.push(
+                    at.start,
+                    format!(
+                        "bastion user data is {size} bytes, EC2 accepts at most {}",
+                        MAX_USER_DATA_BYTES - 1
+                    ),
+                );
+            }
+        }
+        Some(spec)
+    }
+
+    fn check_cidr(&mut self, c: &Spanned<Ipv4Net>, what: &str) {
+        let cidr = *c.get_ref();
+        if cidr != cidr.trunc() {
+            self.at(
+                c,
+                format!(
+                    "{what} {cidr} has host bits set (did you mean {}?)",
+                    cidr.trunc()
+                ),
+            );
+        }
+        if !(16..=28).contains(&cidr.prefix_len()) {
+            self.at(
+                c,
+                format!("{what} {cidr}: AWS allows prefix lengths /16 to /28"),
+            );
+        }
+    }
+
+    fn check_ami(&mut self, ami: &Spanned<String>) {
+        let a = ami.get_ref();
+        let ok = a.strip_prefix("ami-").is_some_and(|h| {
+            (8..=17).contains(&h.len()) && h.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !ok {
+            self.at(
+                ami,
+                format!("ami {a:?} is not an AMI id like ami-0123456789abcdef0"),
+            );
+        }
+    }
+
+    fn instance_type(&mut self, t: &Option<Spanned<String>>, default: &str) -> String {
+        match t {
+            None => default.to_string(),
+            Some(t) => {
+                let s = t.get_ref();
+                let ok = s.split_once('.').is_some_and(|(a, b)| {
+                    !a.is_empty()
+                        && !b.is_empty()
+                        && s.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'
+                        })
+                });
+                if !ok {
+                    self.at(
+                        t,
+                        format!("instance_type {s:?} is not an instance type like t3.micro"),
+                    );
+                }
+                s.clone()
+            }
+        }
+    }
+
+    fn ports(&mut self, ports: &[Spanned<u16>]) -> Vec<u16> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for p in ports {
+            let port = *p.get_ref();
+            if port == 0 {
+                self.at(p, "port 0 is not a port");
+            } else if !seen.insert(port) {
+                self.at(p, format!("port {port} listed twice"));
+            } else {
+                out.push(port);
+            }
+        }
+        out
+    }
+}
+
+fn is_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.ends_with('-')
+}
+
+fn is_group(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// `eu-central-1`, `us-gov-west-1`, `ap-southeast-2`.
+fn is_region(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+        && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty()
+}
+
+/// An AZ name of the region: the region followed by one letter (`eu-central-1a`). Local zones
+/// and zone ids are not supported.
+fn is_az_of(az: &str, region: &str) -> bool {
+    az.strip_prefix(region)
+        .is_some_and(|rest| rest.len() == 1 && rest.chars().all(|c| c.is_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests;

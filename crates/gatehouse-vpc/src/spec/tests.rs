@@ -1,0 +1,342 @@
+//! Spec validation: the example parses, and each kind of bad spec is rejected with its message
+//! and location.
+
+use super::*;
+
+pub(crate) const MINIMAL: &str = r#"
+[stack]
+name = "lab"
+region = "eu-central-1"
+
+[vpc]
+cidr = "10.0.0.0/16"
+azs = ["eu-central-1a", "eu-central-1b"]
+nat = "single"
+
+[[subnets]]
+name = "dmz"
+tier = "public"
+cidr = "10.0.0.0/24"
+az = "eu-central-1a"
+
+[[subnets]]
+name = "private-a"
+tier = "private"
+cidr = "10.0.10.0/24"
+az = "eu-central-1a"
+
+[bastion]
+subnet = "dmz"
+ami = "ami-0123456789abcdef0"
+allowed_cidrs = ["198.51.100.0/24"]
+gatehouse_download_url = "https://example.org/gatehouse"
+
+[private]
+ports = [22, 8888]
+
+[[hosts]]
+name = "jupyter"
+subnet = "private-a"
+ami = "ami-0123456789abcdef0"
+groups = ["research"]
+ports = [22, 8888]
+"#;
+
+/// The minimal spec with one text replaced (the replaced text must exist).
+fn with(from: &str, to: &str) -> String {
+    assert!(MINIMAL.contains(from), "test bug: {from:?} not in MINIMAL");
+    MINIMAL.replacen(from, to, 1)
+}
+
+/// Parse and return the error messages with locations ("line:col: message").
+fn errors(text: &str) -> Vec<String> {
+    match parse("t.toml", text, None) {
+        Ok(_) => vec![],
+        Err(SpecError::Invalid { issues, .. }) => issues
+            .iter()
+            .map(|i| format!("{}:{}: {}", i.line, i.col, i.message))
+            .collect(),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+fn assert_rejected(text: &str, needle: &str) {
+    let errs = errors(text);
+    assert!(
+        errs.iter().any(|e| e.contains(needle)),
+        "expected an error containing {needle:?}, got {errs:#?}"
+    );
+}
+
+#[test]
+fn minimal_spec_is_valid() {
+    let spec = parse("t.toml", MINIMAL, None).expect("valid");
+    assert_eq!(spec.stack, "lab");
+    assert_eq!(spec.bastion.instance_type, DEFAULT_BASTION_INSTANCE_TYPE);
+    assert_eq!(spec.hosts[0].instance_type, DEFAULT_HOST_INSTANCE_TYPE);
+    assert_eq!(spec.private_ports, vec![22, 8888]);
+}
+
+#[test]
+fn example_config_is_valid() {
+    let text = include_str!("../../../../config/vpc.toml");
+    let spec = parse("config/vpc.toml", text, None).expect("config/vpc.toml must stay valid");
+    assert_eq!(spec.stack, "research");
+    assert_eq!(spec.subnets.len(), 4);
+}
+
+#[test]
+fn region_comes_from_the_environment_when_the_spec_has_none() {
+    let text = with("region = \"eu-central-1\"\n", "");
+    let spec = parse("t.toml", &text, Some("eu-central-1")).expect("valid");
+    assert_eq!(spec.region, "eu-central-1");
+    assert_rejected(&text, "no region");
+}
+
+#[test]
+fn unknown_key_is_rejected_with_its_location() {
+    let errs = errors(&with(
+        "nat = \"single\"",
+        "nat = \"single\"\nnat_gateways = 2",
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("10:1: unknown field `nat_gateways`"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn error_display_names_file_line_and_column() {
+    let err = parse(
+        "config/vpc.toml",
+        &with("10.0.10.0/24", "10.0.0.128/25"),
+        None,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("config/vpc.toml:20:8: subnet private-a cidr 10.0.0.128/25 overlaps"),
+        "{text}"
+    );
+}
+
+#[test]
+fn overlapping_subnets_are_rejected() {
+    assert_rejected(&with("10.0.10.0/24", "10.0.0.0/23"), "overlaps subnet dmz");
+}
+
+#[test]
+fn subnet_outside_the_vpc_is_rejected() {
+    assert_rejected(
+        &with("10.0.10.0/24", "10.1.10.0/24"),
+        "is outside the vpc cidr 10.0.0.0/16",
+    );
+}
+
+#[test]
+fn host_bits_are_rejected() {
+    assert_rejected(
+        &with("cidr = \"10.0.0.0/16\"", "cidr = \"10.0.0.1/16\""),
+        "has host bits set",
+    );
+}
+
+#[test]
+fn bad_cidr_text_is_rejected() {
+    assert_rejected(
+        &with("10.0.10.0/24", "10.0.10.0/33"),
+        "invalid IP address syntax",
+    );
+}
+
+#[test]
+fn prefix_length_out_of_aws_range_is_rejected() {
+    assert_rejected(
+        &with("cidr = \"10.0.0.0/16\"", "cidr = \"10.0.0.0/8\""),
+        "AWS allows prefix lengths /16 to /28",
+    );
+}
+
+#[test]
+fn unknown_availability_zone_is_rejected() {
+    assert_rejected(
+        &with("\"eu-central-1b\"]", "\"us-east-1b\"]"),
+        "unknown availability zone \"us-east-1b\"",
+    );
+    assert_rejected(
+        &with(
+            "az = \"eu-central-1a\"\n\n[[subnets]]\nname = \"private-a\"",
+            "az = \"eu-central-1c\"\n\n[[subnets]]\nname = \"private-a\"",
+        ),
+        "unknown availability zone \"eu-central-1c\" (not in vpc azs)",
+    );
+}
+
+#[test]
+fn the_whole_internet_needs_allow_world() {
+    let open = with("[\"198.51.100.0/24\"]", "[\"0.0.0.0/0\"]");
+    assert_rejected(&open, "set allow_world = true");
+    let allowed = open.replace("allowed_cidrs", "allow_world = true\nallowed_cidrs");
+    assert!(
+        parse("t.toml", &allowed, None).is_ok(),
+        "{:?}",
+        errors(&allowed)
+    );
+}
+
+#[test]
+fn empty_allowed_cidrs_is_rejected() {
+    assert_rejected(
+        &with("[\"198.51.100.0/24\"]", "[]"),
+        "nobody could reach the bastion",
+    );
+}
+
+#[test]
+fn bastion_must_sit_in_a_public_subnet() {
+    assert_rejected(
+        &with("subnet = \"dmz\"", "subnet = \"private-a\""),
+        "must be public",
+    );
+    assert_rejected(
+        &with("subnet = \"dmz\"", "subnet = \"nowhere\""),
+        "is not defined in [[subnets]]",
+    );
+}
+
+#[test]
+fn per_az_nat_needs_a_public_subnet_in_each_private_az() {
+    let text = with("nat = \"single\"", "nat = \"per_az\"").replace(
+        "cidr = \"10.0.10.0/24\"\naz = \"eu-central-1a\"",
+        "cidr = \"10.0.10.0/24\"\naz = \"eu-central-1b\"",
+    );
+    assert_rejected(&text, "needs a public subnet in eu-central-1b");
+}
+
+#[test]
+fn unknown_nat_mode_is_rejected() {
+    assert_rejected(
+        &with("nat = \"single\"", "nat = \"two\""),
+        "unknown variant `two`",
+    );
+}
+
+#[test]
+fn host_ports_must_be_open_in_the_private_group() {
+    let text = format!(
+        "{}ports = [22, 9999]\n",
+        MINIMAL.trim_end().trim_end_matches("ports = [22, 8888]")
+    );
+    assert_rejected(&text, "port 9999 is not open");
+}
+
+#[test]
+fn host_must_sit_in_a_private_subnet() {
+    assert_rejected(
+        &with("subnet = \"private-a\"", "subnet = \"dmz\""),
+        "host jupyter: subnet \"dmz\" must be private",
+    );
+}
+
+#[test]
+fn host_private_ip_must_be_in_its_subnet() {
+    let text = with(
+        "groups = [\"research\"]",
+        "groups = [\"research\"]\nprivate_ip = \"10.0.11.5\"",
+    );
+    assert_rejected(&text, "private_ip 10.0.11.5 is outside subnet private-a");
+    let text = with(
+        "groups = [\"research\"]",
+        "groups = [\"research\"]\nprivate_ip = \"10.0.10.2\"",
+    );
+    assert_rejected(&text, "is reserved by AWS");
+}
+
+#[test]
+fn duplicate_names_are_rejected() {
+    assert_rejected(
+        &with("name = \"private-a\"", "name = \"dmz\""),
+        "subnet name \"dmz\" used twice",
+    );
+}
+
+#[test]
+fn download_url_must_be_plain_https() {
+    assert_rejected(
+        &with(
+            "https://example.org/gatehouse",
+            "http://example.org/gatehouse",
+        ),
+        "must be an https:// URL",
+    );
+    assert_rejected(
+        &with(
+            "https://example.org/gatehouse",
+            "https://example.org/x';reboot;'",
+        ),
+        "must be an https:// URL",
+    );
+}
+
+#[test]
+fn sha256_must_be_hex() {
+    let text = with(
+        "gatehouse_download_url",
+        "gatehouse_sha256 = \"abc\"\ngatehouse_download_url",
+    );
+    assert_rejected(&text, "64 hexadecimal characters");
+}
+
+#[test]
+fn bad_names_and_amis_are_rejected() {
+    assert_rejected(&with("name = \"lab\"", "name = \"Lab_1\""), "stack name");
+    assert_rejected(
+        &with("ami = \"ami-0123456789abcdef0\"", "ami = \"ubuntu\""),
+        "is not an AMI id",
+    );
+    assert_rejected(
+        &with("name = \"jupyter\"", "name = \"bastion\""),
+        "host name",
+    );
+}
+
+#[test]
+fn reserved_tags_are_rejected() {
+    let text = with(
+        "[bastion]",
+        "[tags]\n\"gatehouse:stack\" = \"other\"\n\n[bastion]",
+    );
+    assert_rejected(&text, "is reserved");
+}
+
+#[test]
+fn user_data_over_16_kib_is_rejected_before_any_call() {
+    let big = "# padding\n".repeat(1700);
+    let text = with(
+        "gatehouse_download_url",
+        &format!("extra_daemon_config = '''\n{big}'''\ngatehouse_download_url"),
+    );
+    assert_rejected(&text, "EC2 accepts at most 16383");
+}
+
+#[test]
+fn extra_daemon_config_must_be_toml_without_server_or_aws() {
+    let text = with(
+        "gatehouse_download_url",
+        "extra_daemon_config = \"[server]\\nlisten = []\"\ngatehouse_download_url",
+    );
+    assert_rejected(&text, "must not set [server] or [aws]");
+    let text = with(
+        "gatehouse_download_url",
+        "extra_daemon_config = \"not toml [\"\ngatehouse_download_url",
+    );
+    assert_rejected(&text, "is not valid TOML");
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = with("10.0.10.0/24", "10.1.10.0/24").replace("198.51.100.0/24", "0.0.0.0/0");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+}

@@ -1,0 +1,115 @@
+//! The bastion's user data: a `#cloud-config` document that writes the gatehouse config and
+//! the hardened systemd unit, downloads the gatehouse binary (checking its SHA-256 when the spec
+//! gives one), hands port 22 from the image's sshd to gatehouse and starts it.
+
+use crate::plan::host_key_parameter;
+use crate::spec::Spec;
+
+/// The hardened unit shipped in the repository's `systemd/` folder.
+pub const SYSTEMD_UNIT: &str = include_str!("../../../systemd/gatehouse.service");
+/// Where the daemon keeps its host key (inside its StateDirectory).
+pub const HOST_KEY_PATH: &str = "/var/lib/gatehouse/ssh_host_ed25519_key";
+
+/// The gatehouse daemon config for the bastion of `spec` in VPC `vpc_id`.
+pub fn daemon_config(spec: &Spec, vpc_id: &str) -> String {
+    // Values below are validated (stack, region) or come from AWS (vpc id); keep only the
+    // characters an id can have so nothing can break out of the TOML string.
+    let vpc: String = vpc_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let mut config = format!(
+        "# Written by gatehouse-vpc for stack {stack}.\n\
+         [server]\n\
+         listen = [\"0.0.0.0:22\"]\n\
+         host_key = \"{HOST_KEY_PATH}\"\n\
+         \n\
+         [aws]\n\
+         region = \"{region}\"\n\
+         vpc_ids = [\"{vpc}\"]\n\
+         host_key_ssm_parameter = \"{param}\"\n",
+        stack = spec.stack,
+        region = spec.region,
+        param = host_key_parameter(&spec.stack),
+    );
+    if let Some(extra) = &spec.bastion.extra_daemon_config {
+        config.push_str("\n# extra_daemon_config from the spec\n");
+        config.push_str(extra);
+        if !extra.ends_with('\n') {
+            config.push('\n');
+        }
+    }
+    config
+}
+
+/// The install script run once by cloud-init.
+fn install_script(spec: &Spec) -> String {
+    // The URL is validated: https, no quotes, spaces, `$` or backslashes, so single quotes hold.
+    let check = match &spec.bastion.sha256 {
+        Some(sha) => format!("echo '{sha}  '\"$tmp\" | sha256sum -c -\n"),
+        None => String::new(),
+    };
+    format!(
+        "#!/bin/sh\n\
+         set -eu\n\
+         url='{url}'\n\
+         tmp=$(mktemp)\n\
+         curl -fsSL --proto '=https' --tlsv1.2 --retry 5 --retry-all-errors -o \"$tmp\" \"$url\"\n\
+         {check}\
+         install -m 0755 \"$tmp\" /usr/local/bin/gatehouse\n\
+         rm -f \"$tmp\"\n\
+         # gatehouse serves port 22; the image's sshd must not hold it. Administer the bastion\n\
+         # through a replacement instance (or SSM Session Manager if you add it), not a shell.\n\
+         for unit in ssh.socket ssh.service sshd.service; do\n\
+         \x20 systemctl disable --now \"$unit\" 2>/dev/null || true\n\
+         done\n\
+         systemctl daemon-reload\n\
+         systemctl enable --now gatehouse.service\n",
+        url = spec.bastion.download_url,
+    )
+}
+
+/// Indent every line of `text` by `n` spaces (for a YAML block scalar).
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines()
+        .map(|l| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{pad}{l}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The complete user data (plain text; the executor base64-encodes it for EC2).
+pub fn render(spec: &Spec, vpc_id: &str) -> String {
+    format!(
+        "#cloud-config\n\
+         # gatehouse bastion of stack {stack}, written by gatehouse-vpc\n\
+         write_files:\n\
+         \x20 - path: /etc/gatehouse/gatehouse.toml\n\
+         \x20   owner: root:root\n\
+         \x20   permissions: '0644'\n\
+         \x20   content: |\n\
+         {config}\n\
+         \x20 - path: /etc/systemd/system/gatehouse.service\n\
+         \x20   owner: root:root\n\
+         \x20   permissions: '0644'\n\
+         \x20   content: |\n\
+         {unit}\n\
+         \x20 - path: /usr/local/sbin/gatehouse-install\n\
+         \x20   owner: root:root\n\
+         \x20   permissions: '0755'\n\
+         \x20   content: |\n\
+         {script}\n\
+         runcmd:\n\
+         \x20 - [/usr/local/sbin/gatehouse-install]\n",
+        stack = spec.stack,
+        config = indent(&daemon_config(spec, vpc_id), 6),
+        unit = indent(SYSTEMD_UNIT, 6),
+        script = indent(&install_script(spec), 6),
+    )
+}
