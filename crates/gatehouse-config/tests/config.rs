@@ -1251,7 +1251,7 @@ fn limits_penalties_and_metrics_have_openssh_like_defaults() {
 
 #[test]
 fn limits_penalties_metrics_and_proxy_settings_parse() {
-    let config = ok(&format!(
+    let config = ok(
         "[server]\nlisten = [\"0.0.0.0:22\"]\npq_only = true\nproxy_listen = [\"0.0.0.0:2222\"]\n\
          trusted_proxies = [\"10.0.0.0/16\", \"10.1.2.3\"]\n\
          [limits]\nmax_sessions_per_user = 2\nmax_channels_per_connection = 3\nmax_tunnels = 4\n\
@@ -1259,7 +1259,7 @@ fn limits_penalties_metrics_and_proxy_settings_parse() {
          [penalties]\nenabled = false\nauth_failure = \"1s\"\nthreshold = \"2s\"\nmax = \"1m\"\n\
          exempt = [\"192.0.2.0/24\", \"2001:db8::/48\"]\n\
          [metrics]\nlisten = \"127.0.0.1:9100\"\n"
-    ));
+    );
     assert!(config.server.pq_only);
     assert_eq!(
         config.server.proxy_listen,
