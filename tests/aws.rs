@@ -854,3 +854,77 @@ fn aws_ssh_config_output_reaches_the_host_as_is() {
     stream.read_exact(&mut buf).expect("echo");
     assert_eq!(&buf, b"hello\n");
 }
+
+/// Refresh cost, counted by the proxy: one cold listing (`gatehouse hosts`) and the steady
+/// state of the daemon's loop. N users (K with an Active key and a tag), 2 prefixed IAM
+/// groups, M tagged instances.
+#[test]
+fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
+    const WITH_KEYS: usize = 30;
+    const WITHOUT_KEYS: usize = 10;
+    const INSTANCES: usize = 20;
+    let mut rig = rig("1m", true);
+    let mut ops = Vec::new();
+    for i in 0..WITH_KEYS {
+        ops.push(json!({"op": "user", "name": format!("user{i:02}"), "groups": "research",
+                        "gen_keys": 1,
+                        "iam_groups": if i % 2 == 0 { vec!["gatehouse-ops"] } else { vec!["gatehouse-ml"] }}));
+    }
+    for i in 0..WITHOUT_KEYS {
+        ops.push(json!({"op": "user", "name": format!("nokey{i:02}"), "groups": "research"}));
+    }
+    for i in 0..INSTANCES {
+        ops.push(json!({"op": "instance", "subnet_id": rig.world.subnet_id,
+                        "ip": format!("10.0.3.{}", 10 + i),
+                        "tags": {"Name": format!("box{i:02}"), "gatehouse:groups": "research"}}));
+    }
+    rig.fixture(Value::Array(ops));
+    // alice and jupyter come with the rig.
+    let n = WITH_KEYS + WITHOUT_KEYS + 1;
+    let k = WITH_KEYS + 1;
+    let m = INSTANCES + 1;
+
+    let count = |v: &Value, action: &str| v[action].as_u64().unwrap_or(0) as usize;
+    // The daemon's steady state: no key bodies, N + K + 4 calls per refresh.
+    std::thread::sleep(REFRESH * 3);
+    rig.proxy.control("/__proxy/reset");
+    std::thread::sleep(REFRESH * 5 + REFRESH / 2);
+    let warm = rig.proxy.control("/__proxy/counts");
+    let refreshes = count(&warm, "iam:ListUsers");
+    assert!(refreshes >= 3, "{warm}");
+    assert_eq!(count(&warm, "iam:GetSSHPublicKey"), 0, "{warm}");
+    let per_refresh = count(&warm, "iam:ListSSHPublicKeys") as f64 / refreshes as f64;
+    assert!(
+        (per_refresh - n as f64).abs() <= n as f64 / refreshes as f64,
+        "{warm}"
+    );
+    eprintln!(
+        "refresh cost, steady state, N={n} K={k} M={m}: {refreshes} refreshes, per refresh about {} calls: {warm}",
+        n + k + 4
+    );
+    // A cold listing (the daemon stopped, so only `gatehouse hosts` counts): every key body
+    // is fetched once.
+    rig.gatehouse.terminate(Duration::from_secs(10));
+    rig.proxy.control("/__proxy/reset");
+    let mut cmd = gatehouse_cmd(&rig.topology);
+    cmd.arg("hosts").arg("--config").arg(&rig.config);
+    let out = run_with_timeout(cmd, CMD_TIMEOUT);
+    out.expect_success("gatehouse hosts");
+    assert!(
+        out.stdout_str().contains("user29 (groups: ml, research)"),
+        "{out}"
+    );
+    let cold = rig.proxy.control("/__proxy/counts");
+    assert_eq!(count(&cold, "iam:ListUsers"), 1, "{cold}");
+    assert_eq!(count(&cold, "iam:ListSSHPublicKeys"), n, "{cold}");
+    assert_eq!(count(&cold, "iam:ListUserTags"), k, "{cold}");
+    assert_eq!(count(&cold, "iam:GetSSHPublicKey"), k, "{cold}");
+    assert_eq!(count(&cold, "iam:ListGroups"), 1, "{cold}");
+    assert_eq!(count(&cold, "iam:GetGroup"), 2, "{cold}");
+    assert_eq!(count(&cold, "ec2:DescribeInstances"), 1, "{cold}");
+    let cold_total: usize = cold
+        .as_object()
+        .map(|o| o.values().filter_map(Value::as_u64).sum::<u64>() as usize)
+        .unwrap_or(0);
+    eprintln!("refresh cost, cold, N={n} users (K={k} with keys), M={m} instances: {cold_total} calls {cold}");
+}

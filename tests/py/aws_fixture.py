@@ -5,7 +5,7 @@
 Prints one JSON list with a result per operation. Operations:
 
     {"op": "user", "name": N, "groups": "a,b" | null, "keys": [LINE...], "iam_groups": [G...],
-     "path": "/"}                                   -> {"key_ids": [...]}
+     "path": "/", "gen_keys": n}                     -> {"key_ids": [...]}
     {"op": "deactivate_key", "user": N, "key_id": K} -> {"at": unix time after the call}
     {"op": "delete_key", "user": N, "key_id": K}     -> {"at": ...}
     {"op": "untag_user", "user": N, "key": TAGKEY}   -> {"at": ...}
@@ -22,6 +22,16 @@ import sys
 import time
 
 import boto3
+
+
+def new_public_key():
+    """A fresh ed25519 public key line, for users whose private key no test needs."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    public = Ed25519PrivateKey.generate().public_key()
+    return public.public_bytes(serialization.Encoding.OpenSSH,
+                               serialization.PublicFormat.OpenSSH).decode()
 
 
 def main():
@@ -46,7 +56,10 @@ def main():
                     pass
                 iam.add_user_to_group(GroupName=group, UserName=op["name"])
             ids = []
-            for line in op.get("keys", []):
+            keys = list(op.get("keys", []))
+            for _ in range(op.get("gen_keys", 0)):
+                keys.append(new_public_key())
+            for line in keys:
                 key = iam.upload_ssh_public_key(UserName=op["name"], SSHPublicKeyBody=line)
                 ids.append(key["SSHPublicKey"]["SSHPublicKeyId"])
             out.append({"key_ids": ids})

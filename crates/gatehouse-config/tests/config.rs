@@ -1258,7 +1258,7 @@ fn limits_penalties_metrics_and_proxy_settings_parse() {
          per_source_max_unauthenticated = 5\n\
          [penalties]\nenabled = false\nauth_failure = \"1s\"\nthreshold = \"2s\"\nmax = \"1m\"\n\
          exempt = [\"192.0.2.0/24\", \"2001:db8::/48\"]\n\
-         [metrics]\nlisten = \"127.0.0.1:9100\"\n"
+         [metrics]\nlisten = \"127.0.0.1:9100\"\n",
     );
     assert!(config.server.pq_only);
     assert_eq!(
