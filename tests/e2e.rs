@@ -8,6 +8,7 @@
 //!   limits, a black-holed target, PROXY protocol, metrics, socket activation, kill -9
 //! - `openssh_baseline`: the harness itself, with OpenSSH sshd as the bastion
 
+mod aws; // gatehouse with AWS as the source of truth, against moto
 mod bastion;
 mod hardening;
 mod harness;

@@ -12,6 +12,8 @@
 //!   file (the only way options reach the `-J` hop).
 //! - [`Jupyter`] (jupyter): a real Jupyter Server and the `tests/py/jupyter_check.py` probe.
 //! - [`TcpServer`], [`Pattern`], [`Digest`] (bytes): byte sinks, echo servers and checksums.
+//! - [`moto::Moto`] (moto), [`moto_ns::NsMoto`] (moto_ns): the AWS API in memory, in the
+//!   root namespace or on the loopback of a test namespace.
 //! - [`Daemon`], [`run_with_timeout`], [`run_feeding`] (process): every child process is bounded
 //!   in time and killed on drop.
 //!
@@ -25,6 +27,8 @@
 pub mod bytes;
 pub mod jupyter;
 pub mod keys;
+pub mod moto;
+pub mod moto_ns;
 pub mod netns;
 pub mod process;
 pub mod scratch;

@@ -31,6 +31,33 @@ pub use model::*;
 pub use ssh_key;
 
 use error::Source;
+
+/// Parses one public key line (`TYPE BASE64 [COMMENT]`) under the same rules as `keys` in the
+/// config: accepted types only, RSA of at least [`MIN_RSA_BITS`], no options, no
+/// certificates. The error says why, without the key text.
+///
+/// # Errors
+/// A message fragment such as "ssh-dss (DSA) keys are not accepted".
+pub fn parse_public_key(line: &str) -> Result<ssh_key::PublicKey, String> {
+    keys::parse_key_line(line)
+}
+
+/// Checks a group name (1 to 64 of `a-z 0-9 _ -`), as for `groups` in the config.
+///
+/// # Errors
+/// Why the name is not accepted.
+pub fn check_group_name(name: &str) -> Result<(), String> {
+    validate::check_group_name(name)
+}
+
+/// Checks a host name (DNS-style, not an IP look-alike) as for `hosts[].name`, returning it
+/// lowercased.
+///
+/// # Errors
+/// Why the name is not accepted.
+pub fn check_host_name(name: &str) -> Result<String, String> {
+    validate::check_host_name(name)
+}
 use raw::RawConfig;
 
 /// Reads, parses and validates the config file at `path`.

@@ -74,6 +74,20 @@ pub const MAX_AUTH_ATTEMPTS_RANGE: (usize, usize) = (1, 20);
 /// Accepted range of `server.shutdown_grace`.
 pub const SHUTDOWN_GRACE_RANGE: (Duration, Duration) =
     (Duration::ZERO, Duration::from_secs(10 * 60));
+/// Default `aws.refresh_interval`.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// Default `aws.max_staleness`.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(15 * 60);
+/// Default `aws.tag_prefix`.
+pub const DEFAULT_TAG_PREFIX: &str = "gatehouse:";
+/// Accepted range of `aws.refresh_interval`.
+pub const REFRESH_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(60 * 60));
+/// Accepted range of `aws.max_staleness`.
+pub const MAX_STALENESS_RANGE: (Duration, Duration) = (
+    Duration::from_secs(1),
+    Duration::from_secs(7 * 24 * 60 * 60),
+);
 /// Smallest RSA modulus accepted in a user key, in bits.
 pub const MIN_RSA_BITS: u32 = 2048;
 
@@ -96,6 +110,60 @@ pub struct Config {
     pub penalties: PenaltiesConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[aws]`: when present, users and hosts come from AWS (IAM and EC2) instead of
+    /// `[[users]]` and `[[hosts]]`, which must then be absent.
+    pub aws: Option<AwsConfig>,
+}
+
+/// `[aws]`: AWS as the source of truth for users, hosts and (optionally) the host key.
+///
+/// Credentials always come from the AWS SDK's default chain (on the bastion: its instance
+/// profile); they are never part of the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsConfig {
+    /// `region`: the AWS region, e.g. `"eu-west-1"`. `None`: from the environment
+    /// (`AWS_REGION`), the shared config, or the instance metadata, as the SDK finds it.
+    pub region: Option<String>,
+    /// `endpoint_url`: send every AWS call to this `http://` or `https://` URL instead of the
+    /// real endpoints (LocalStack, moto). `None`: the real AWS endpoints.
+    pub endpoint_url: Option<String>,
+    /// `vpc_ids`: only instances in these VPCs (`vpc-...`) are inventory. Empty (the default):
+    /// every VPC of the region.
+    pub vpc_ids: Vec<String>,
+    /// `refresh_interval`: time between two refreshes of users and hosts; also the bound on
+    /// how long a revoked key or removed tag keeps working. Range 1s..1h, default 30s.
+    pub refresh_interval: Duration,
+    /// `max_staleness`: how long the last good snapshot keeps admitting new logins while AWS
+    /// cannot be read; after that, new logins are refused until a refresh succeeds. Must be
+    /// longer than `refresh_interval`. Range 1s..7d, default 15m.
+    pub max_staleness: Duration,
+    /// `iam_path_prefix`: only IAM users whose path starts with this (e.g. `"/staff/"`);
+    /// starts and ends with `/`. `None`: all users (path `/`).
+    pub iam_path_prefix: Option<String>,
+    /// `iam_group_prefix`: when set, membership in an IAM group named PREFIX + NAME puts the
+    /// user in gatehouse group NAME (lowercased), e.g. `"gatehouse-"`: IAM group
+    /// `gatehouse-research` gives group `research`. `None`: IAM groups are not read.
+    pub iam_group_prefix: Option<String>,
+    /// `tag_prefix`: prefix of the tag keys gatehouse reads (`<prefix>groups`,
+    /// `<prefix>ports`). Default `"gatehouse:"`.
+    pub tag_prefix: String,
+    /// `host_key_ssm_parameter`: name of an SSM Parameter Store SecureString holding the
+    /// bastion's OpenSSH ed25519 private key, e.g. `"/gatehouse/prod/host_ed25519"`; created
+    /// (without overwrite) on first start, so every replica presents the same key. When set,
+    /// `server.host_key` is not used. `None`: the host key file.
+    pub host_key_ssm_parameter: Option<String>,
+}
+
+impl AwsConfig {
+    /// The tag key that lists groups (`<tag_prefix>groups`).
+    pub fn groups_tag(&self) -> String {
+        format!("{}groups", self.tag_prefix)
+    }
+
+    /// The tag key that lists ports (`<tag_prefix>ports`).
+    pub fn ports_tag(&self) -> String {
+        format!("{}ports", self.tag_prefix)
+    }
 }
 
 /// `[server]`: the SSH listener.
@@ -248,19 +316,43 @@ impl Config {
         let ports: usize = self.hosts.iter().map(|h| h.ports.len()).sum();
         let _ = writeln!(out, "config: {}", self.source.display());
         let _ = writeln!(out, "listen: {}", listen.join(", "));
-        let _ = writeln!(out, "host key: {}", self.server.host_key.display());
-        let _ = writeln!(
-            out,
-            "users: {} ({keys} {})",
-            self.users.len(),
-            plural(keys, "key", "keys")
-        );
-        let _ = writeln!(
-            out,
-            "hosts: {} ({ports} {})",
-            self.hosts.len(),
-            plural(ports, "port", "ports")
-        );
+        if self
+            .aws
+            .as_ref()
+            .is_none_or(|a| a.host_key_ssm_parameter.is_none())
+        {
+            let _ = writeln!(out, "host key: {}", self.server.host_key.display());
+        }
+        if self.aws.is_none() {
+            let _ = writeln!(
+                out,
+                "users: {} ({keys} {})",
+                self.users.len(),
+                plural(keys, "key", "keys")
+            );
+            let _ = writeln!(
+                out,
+                "hosts: {} ({ports} {})",
+                self.hosts.len(),
+                plural(ports, "port", "ports")
+            );
+        }
+        if let Some(aws) = &self.aws {
+            let vpcs = if aws.vpc_ids.is_empty() {
+                "every VPC".to_owned()
+            } else {
+                aws.vpc_ids.join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "aws: users from IAM, hosts from EC2 ({vpcs}), refresh every {}, stale after {}",
+                humantime::format_duration(aws.refresh_interval),
+                humantime::format_duration(aws.max_staleness)
+            );
+            if let Some(param) = &aws.host_key_ssm_parameter {
+                let _ = writeln!(out, "host key from SSM: {param}");
+            }
+        }
         match &self.audit.file {
             Some(file) => {
                 let _ = write!(out, "audit: {}", file.display());

@@ -36,6 +36,23 @@ pub(crate) struct RawConfig {
     pub(crate) penalties: Option<RawPenalties>,
     /// `[metrics]`.
     pub(crate) metrics: Option<RawMetrics>,
+    /// `[aws]`.
+    pub(crate) aws: Option<Spanned<RawAws>>,
+}
+
+/// `[aws]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table of AWS settings")]
+pub(crate) struct RawAws {
+    pub(crate) region: Option<Spanned<String>>,
+    pub(crate) endpoint_url: Option<Spanned<String>>,
+    pub(crate) vpc_ids: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) refresh_interval: Option<Spanned<String>>,
+    pub(crate) max_staleness: Option<Spanned<String>>,
+    pub(crate) iam_path_prefix: Option<Spanned<String>>,
+    pub(crate) iam_group_prefix: Option<Spanned<String>>,
+    pub(crate) tag_prefix: Option<Spanned<String>>,
+    pub(crate) host_key_ssm_parameter: Option<Spanned<String>>,
 }
 
 /// `[limits]`.

@@ -19,7 +19,8 @@ use crate::error::{Diagnostic, Source};
 use crate::keys::{parse_key_line, parse_keys_file};
 use crate::model::*;
 use crate::raw::{
-    Integer, RawAudit, RawConfig, RawHost, RawLimits, RawMetrics, RawPenalties, RawServer, RawUser,
+    Integer, RawAudit, RawAws, RawConfig, RawHost, RawLimits, RawMetrics, RawPenalties, RawServer,
+    RawUser,
 };
 
 /// Longest user, group and host-label name, in characters.
@@ -49,6 +50,27 @@ pub(crate) fn validate(
     let limits = v.limits(raw.limits.as_ref());
     let penalties = v.penalties(raw.penalties.as_ref());
     let metrics = v.metrics(raw.metrics.as_ref());
+    let aws = raw.aws.as_ref().map(|aws| v.aws(aws.get_ref()));
+    if aws.is_some() {
+        // One source of truth at a time: a static entry next to AWS would be a second door
+        // that no IAM change can close.
+        for (kind, span) in raw
+            .users
+            .first()
+            .map(|u| ("users", u.span()))
+            .into_iter()
+            .chain(raw.hosts.first().map(|h| ("hosts", h.span())))
+        {
+            v.error(
+                &span,
+                format!(
+                    "{kind}: [[{kind}]] cannot be combined with [aws]: with [aws], users come \
+                     from IAM and hosts from EC2 tags; remove the [[{kind}]] tables or the [aws] \
+                     table"
+                ),
+            );
+        }
+    }
     if v.diagnostics.is_empty() {
         return Ok(Config {
             source: source.file.to_path_buf(),
@@ -59,6 +81,7 @@ pub(crate) fn validate(
             limits,
             penalties,
             metrics,
+            aws,
         });
     }
     let config_file = source.file;
@@ -764,6 +787,203 @@ impl Validator<'_> {
     }
 }
 
+impl Validator<'_> {
+    fn aws(&mut self, a: &RawAws) -> AwsConfig {
+        let region = a.region.as_ref().and_then(|r| {
+            let text = r.get_ref();
+            let ok = !text.is_empty()
+                && text.len() <= 32
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if ok {
+                Some(text.clone())
+            } else {
+                self.error(
+                    &r.span(),
+                    format!("aws.region: `{text}` is not an AWS region name such as \"eu-west-1\""),
+                );
+                None
+            }
+        });
+        let endpoint_url = a.endpoint_url.as_ref().and_then(|u| {
+            let text = u.get_ref().trim();
+            let rest = text
+                .strip_prefix("http://")
+                .or_else(|| text.strip_prefix("https://"));
+            match rest {
+                Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => {
+                    Some(text.to_owned())
+                }
+                _ => {
+                    self.error(
+                        &u.span(),
+                        format!(
+                            "aws.endpoint_url: `{text}` is not an http:// or https:// URL, e.g. \
+                             \"http://127.0.0.1:5000\""
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let mut vpc_ids: Vec<String> = Vec::new();
+        if let Some(list) = &a.vpc_ids {
+            for (i, id) in list.get_ref().iter().enumerate() {
+                let text = id.get_ref();
+                let ok = text.strip_prefix("vpc-").is_some_and(|hex| {
+                    !hex.is_empty()
+                        && hex.len() <= 32
+                        && hex
+                            .chars()
+                            .all(|c| c.is_ascii_hexdigit() || c.is_ascii_lowercase())
+                });
+                if !ok {
+                    self.error(
+                        &id.span(),
+                        format!(
+                            "aws.vpc_ids[{i}]: `{text}` is not a VPC id such as \"vpc-0abc123\""
+                        ),
+                    );
+                } else if let Some(first) = vpc_ids.iter().position(|v| v == text) {
+                    self.error(
+                        &id.span(),
+                        format!(
+                            "aws.vpc_ids[{i}]: `{text}` is already listed as aws.vpc_ids[{first}]"
+                        ),
+                    );
+                } else {
+                    vpc_ids.push(text.clone());
+                }
+            }
+        }
+        let refresh_interval = self.duration(
+            "aws.refresh_interval",
+            a.refresh_interval.as_ref(),
+            DEFAULT_REFRESH_INTERVAL,
+            REFRESH_INTERVAL_RANGE,
+        );
+        let max_staleness = self.duration(
+            "aws.max_staleness",
+            a.max_staleness.as_ref(),
+            DEFAULT_MAX_STALENESS,
+            MAX_STALENESS_RANGE,
+        );
+        if max_staleness <= refresh_interval {
+            let span = a
+                .max_staleness
+                .as_ref()
+                .or(a.refresh_interval.as_ref())
+                .map(|s| s.span())
+                .unwrap_or(0..0);
+            self.error(
+                &span,
+                format!(
+                    "aws.max_staleness: {} must be longer than aws.refresh_interval ({}), or \
+                     every refresh would leave the directory stale",
+                    show(max_staleness),
+                    show(refresh_interval)
+                ),
+            );
+        }
+        let iam_path_prefix = a.iam_path_prefix.as_ref().and_then(|p| {
+            let text = p.get_ref();
+            let ok = text.starts_with('/')
+                && text.ends_with('/')
+                && text.len() <= 512
+                && text.chars().all(|c| c.is_ascii_graphic());
+            if ok {
+                Some(text.clone())
+            } else {
+                self.error(
+                    &p.span(),
+                    format!(
+                        "aws.iam_path_prefix: `{text}` is not an IAM path: it starts and ends \
+                         with `/`, e.g. \"/staff/\""
+                    ),
+                );
+                None
+            }
+        });
+        let iam_group_prefix = a.iam_group_prefix.as_ref().and_then(|p| {
+            let text = p.get_ref();
+            let ok = !text.is_empty()
+                && text.len() <= 64
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+            if ok {
+                Some(text.clone())
+            } else {
+                self.error(
+                    &p.span(),
+                    format!(
+                        "aws.iam_group_prefix: `{text}` is not the start of an IAM group name \
+                         (1 to 64 of letters, digits and `+=,.@_-`), e.g. \"gatehouse-\""
+                    ),
+                );
+                None
+            }
+        });
+        let tag_prefix = match &a.tag_prefix {
+            None => DEFAULT_TAG_PREFIX.to_owned(),
+            Some(p) => {
+                let text = p.get_ref();
+                let ok = text.len() <= 100
+                    && !text.to_ascii_lowercase().starts_with("aws:")
+                    && text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || " +-=._:/@".contains(c));
+                if !ok {
+                    self.error(
+                        &p.span(),
+                        format!(
+                            "aws.tag_prefix: `{text}` cannot start a tag key (letters, digits and \
+                             ` +-=._:/@`, not `aws:`), e.g. \"gatehouse:\""
+                        ),
+                    );
+                }
+                text.clone()
+            }
+        };
+        let host_key_ssm_parameter = a.host_key_ssm_parameter.as_ref().and_then(|p| {
+            let text = p.get_ref();
+            let ok = text.starts_with('/')
+                && text.len() > 1
+                && text.len() <= 1011
+                && !text.to_ascii_lowercase().starts_with("/aws")
+                && !text.to_ascii_lowercase().starts_with("/ssm")
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+            if ok {
+                Some(text.clone())
+            } else {
+                self.error(
+                    &p.span(),
+                    format!(
+                        "aws.host_key_ssm_parameter: `{text}` is not an SSM parameter name: a \
+                         path of letters, digits and `_.-/` starting with `/` (not /aws or \
+                         /ssm), e.g. \"/gatehouse/prod/host_ed25519\""
+                    ),
+                );
+                None
+            }
+        });
+        AwsConfig {
+            region,
+            endpoint_url,
+            vpc_ids,
+            refresh_interval,
+            max_staleness,
+            iam_path_prefix,
+            iam_group_prefix,
+            tag_prefix,
+            host_key_ssm_parameter,
+        }
+    }
+}
+
 fn empty_server() -> RawServer {
     RawServer {
         listen: None,
@@ -817,7 +1037,7 @@ fn check_user_name(name: &str) -> Result<(), String> {
 }
 
 /// Group names: 1 to 64 of `a-z 0-9 _ -`.
-fn check_group_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_group_name(name: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c);
     if name.is_empty() {
         return Err("empty group name".to_owned());
@@ -836,7 +1056,7 @@ fn check_group_name(name: &str) -> Result<(), String> {
 }
 
 /// Host names: DNS-style, case-insensitive (returned lowercased), never an IP look-alike.
-fn check_host_name(raw: &str) -> Result<String, String> {
+pub(crate) fn check_host_name(raw: &str) -> Result<String, String> {
     let name = raw.to_ascii_lowercase();
     if name.is_empty() {
         return Err("empty name".to_owned());

@@ -1327,3 +1327,115 @@ fn bad_limits_penalties_metrics_and_proxy_settings_are_reported() {
         &["limits", "unknown field `max_tunnel`"],
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// [aws]
+
+#[test]
+fn aws_section_defaults_and_every_key() {
+    let c = ok(&format!("{SERVER}[aws]\n"));
+    let aws = c.aws.expect("aws");
+    assert_eq!(aws.refresh_interval, Duration::from_secs(30));
+    assert_eq!(aws.max_staleness, Duration::from_secs(15 * 60));
+    assert_eq!(aws.tag_prefix, "gatehouse:");
+    assert_eq!(aws.groups_tag(), "gatehouse:groups");
+    assert_eq!(aws.ports_tag(), "gatehouse:ports");
+    assert!(aws.vpc_ids.is_empty() && aws.region.is_none() && aws.endpoint_url.is_none());
+    assert!(aws.iam_group_prefix.is_none() && aws.host_key_ssm_parameter.is_none());
+    assert!(c.users.is_empty() && c.hosts.is_empty());
+
+    let c = ok(&format!(
+        "{SERVER}[aws]\nregion = \"eu-west-1\"\nendpoint_url = \"http://127.0.0.1:5000\"\n\
+         vpc_ids = [\"vpc-0abc123\", \"vpc-1\"]\nrefresh_interval = \"1s\"\nmax_staleness = \"5s\"\n\
+         iam_path_prefix = \"/staff/\"\niam_group_prefix = \"gatehouse-\"\ntag_prefix = \"gh:\"\n\
+         host_key_ssm_parameter = \"/gatehouse/prod/host_ed25519\"\n"
+    ));
+    assert!(c.summary().contains("host key from SSM"), "{}", c.summary());
+    let aws = c.aws.expect("aws");
+    assert_eq!(aws.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
+    assert_eq!(aws.vpc_ids, ["vpc-0abc123", "vpc-1"]);
+    assert_eq!(aws.refresh_interval, Duration::from_secs(1));
+    assert_eq!(aws.max_staleness, Duration::from_secs(5));
+    assert_eq!(aws.iam_path_prefix.as_deref(), Some("/staff/"));
+    assert_eq!(aws.iam_group_prefix.as_deref(), Some("gatehouse-"));
+    assert_eq!(aws.groups_tag(), "gh:groups");
+    assert_eq!(
+        aws.host_key_ssm_parameter.as_deref(),
+        Some("/gatehouse/prod/host_ed25519")
+    );
+}
+
+#[test]
+fn aws_values_are_checked() {
+    let list = errors(&format!(
+        "{SERVER}[aws]\nregion = \"EU West\"\nendpoint_url = \"ftp://x\"\nvpc_ids = [\"subnet-1\", \"vpc-1\", \"vpc-1\"]\n\
+         refresh_interval = \"0s\"\niam_path_prefix = \"staff\"\niam_group_prefix = \"a b\"\n\
+         tag_prefix = \"aws:x\"\nhost_key_ssm_parameter = \"gatehouse/key\"\nbogus = 1\n"
+    ));
+    // Unknown keys stop at the shape stage.
+    assert_eq!(list.len(), 1, "{}", render(&list));
+    has_error(&list, "bogus");
+
+    let list = errors(&format!(
+        "{SERVER}[aws]\nregion = \"EU West\"\nendpoint_url = \"ftp://x\"\nvpc_ids = [\"subnet-1\", \"vpc-1\", \"vpc-1\"]\n\
+         refresh_interval = \"0s\"\niam_path_prefix = \"staff\"\niam_group_prefix = \"a b\"\n\
+         tag_prefix = \"aws:x\"\nhost_key_ssm_parameter = \"gatehouse/key\"\n"
+    ));
+    for needle in [
+        "aws.region",
+        "aws.endpoint_url",
+        "aws.vpc_ids[0]",
+        "aws.vpc_ids[2]: `vpc-1` is already listed",
+        "aws.refresh_interval",
+        "aws.iam_path_prefix",
+        "aws.iam_group_prefix",
+        "aws.tag_prefix",
+        "aws.host_key_ssm_parameter",
+    ] {
+        has_error(&list, needle);
+    }
+}
+
+#[test]
+fn aws_max_staleness_must_exceed_the_refresh_interval() {
+    one_error(
+        &format!("{SERVER}[aws]\nrefresh_interval = \"1m\"\nmax_staleness = \"30s\"\n"),
+        5,
+        17,
+        &["must be longer than aws.refresh_interval"],
+    );
+}
+
+#[test]
+fn aws_refuses_static_users_and_hosts() {
+    let list = errors(&format!(
+        "{SERVER}[aws]\n{}{}",
+        user("alice", ALICE),
+        host("jupyter", "10.0.3.140")
+    ));
+    assert_eq!(list.len(), 2, "{}", render(&list));
+    has_error(&list, "users: [[users]] cannot be combined with [aws]");
+    has_error(&list, "hosts: [[hosts]] cannot be combined with [aws]");
+}
+
+#[test]
+fn shipped_aws_config_is_valid() {
+    let path = manifest_dir().join("../../config/aws.toml");
+    let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let aws = config.aws.expect("config/aws.toml has [aws]");
+    assert!(aws.host_key_ssm_parameter.is_some());
+}
+
+#[test]
+fn public_helpers_apply_the_config_rules() {
+    assert!(gatehouse_config::parse_public_key(ALICE).is_ok());
+    assert!(gatehouse_config::parse_public_key("ssh-ed25519 AAAA").is_err());
+    assert!(gatehouse_config::check_group_name("research").is_ok());
+    assert!(gatehouse_config::check_group_name("Research").is_err());
+    assert_eq!(
+        gatehouse_config::check_host_name("Jupyter.Internal").as_deref(),
+        Ok("jupyter.internal")
+    );
+    assert!(gatehouse_config::check_host_name("10.0.0.1").is_err());
+}

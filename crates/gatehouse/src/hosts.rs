@@ -1,4 +1,5 @@
-//! `gatehouse hosts`: what each user may reach, host by host and port by port.
+//! `gatehouse hosts`: what each user may reach, host by host and port by port. With `[aws]`
+//! the directory is one fresh AWS listing.
 
 use anyhow::bail;
 use gatehouse_config::Config;
@@ -6,13 +7,15 @@ use gatehouse_directory::Snapshot;
 
 /// Prints the reachability table for every user, or for one.
 pub fn print(config: &Config, only: Option<&str>) -> anyhow::Result<()> {
-    print!("{}", render(&Snapshot::from_config(config), only)?);
+    print!("{}", render(&crate::aws::snapshot_now(config)?, only)?);
     Ok(())
 }
 
 fn render(snapshot: &Snapshot, only: Option<&str>) -> anyhow::Result<String> {
     let identities = match only {
-        Some(name) => match snapshot.identity(name) {
+        Some(name) => match crate::aws::login_for(snapshot, name)
+            .and_then(|login| snapshot.identity(&login))
+        {
             Some(identity) => vec![identity],
             None => bail!("no user named '{name}' in the directory"),
         },

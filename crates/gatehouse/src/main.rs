@@ -1,14 +1,16 @@
 //! `gatehouse`: the bastion daemon and its admin commands.
 //!
 //! `serve` runs the daemon; `check` validates a config; `hosts` shows who may reach what;
-//! `demo` runs the daemon on the embedded demo config with generated keys. Config errors exit
+//! `ssh-config` writes a user's `~/.ssh/config` block; `demo` runs the daemon on the embedded demo config with generated keys. Config errors exit
 //! with 64 and `file:line:column: message` lines, before any socket is bound.
 
 #![forbid(unsafe_code)]
 
+mod aws;
 mod demo;
 mod hosts;
 mod serve;
+mod ssh_config;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,6 +54,31 @@ enum Command {
         #[arg(long, short)]
         user: Option<String>,
     },
+    /// Print the ~/.ssh/config block for one user: the bastion, a ProxyJump host per target
+    /// the user may reach, and LocalForward tunnels for their other ports.
+    SshConfig {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The user (login name, or IAM user name on AWS).
+        #[arg(long, short)]
+        user: String,
+        /// How clients reach the bastion: HOST or HOST:PORT.
+        #[arg(long)]
+        bastion: String,
+        /// The bastion's Host alias in the generated config.
+        #[arg(long, default_value = "bastion")]
+        alias: String,
+        /// IdentityFile to use (default: ssh's own choice).
+        #[arg(long)]
+        identity_file: Option<PathBuf>,
+        /// UserKnownHostsFile to use (default: ~/.ssh/known_hosts).
+        #[arg(long)]
+        known_hosts: Option<PathBuf>,
+        /// User name on the target hosts (default: the local user name).
+        #[arg(long)]
+        target_user: Option<String>,
+    },
     /// Run the bastion on the embedded demo config (static users and hosts, no AWS), with a
     /// demo key pair and an ssh_config generated in the state directory.
     Demo {
@@ -77,6 +104,27 @@ fn main() -> ExitCode {
         Command::Hosts { config, user } => {
             load(&config).and_then(|c| run_plain(hosts::print(&c, user.as_deref())))
         }
+        Command::SshConfig {
+            config,
+            user,
+            bastion,
+            alias,
+            identity_file,
+            known_hosts,
+            target_user,
+        } => load(&config).and_then(|c| {
+            run_plain(ssh_config::print(
+                &c,
+                &ssh_config::Options {
+                    user: &user,
+                    bastion: &bastion,
+                    alias: &alias,
+                    identity_file: identity_file.as_deref(),
+                    known_hosts: known_hosts.as_deref(),
+                    target_user: target_user.as_deref(),
+                },
+            ))
+        }),
         Command::Demo { state_dir, listen } => demo::prepare(&state_dir, listen)
             .map_err(Failure::Runtime)
             .and_then(|(config, hint)| run(serve::run(config, Some(hint), None))),

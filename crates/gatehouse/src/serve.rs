@@ -24,13 +24,22 @@ pub fn init_logging() {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains. `hint` is printed once listening.
-/// With `reload_from`, SIGHUP re-reads that file and applies its users and hosts.
+/// With `reload_from`, SIGHUP re-reads that file and applies its users and hosts; with
+/// `[aws]`, SIGHUP asks for an immediate AWS refresh instead (the file's users and hosts are
+/// empty by construction, so reloading them would revoke everyone).
 pub async fn run(
     config: Config,
     hint: Option<String>,
     reload_from: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let host_key = hostkey::load_or_create(&config.server.host_key)?;
+    let aws = match &config.aws {
+        Some(settings) => Some(crate::aws::Started::new(settings).await?),
+        None => None,
+    };
+    let host_key = match aws.as_ref().and_then(|a| a.host_key.clone()) {
+        Some(key) => key,
+        None => hostkey::load_or_create(&config.server.host_key)?,
+    };
     let audit = match &config.audit.file {
         Some(path) => Audit::file(path)
             .with_context(|| format!("cannot open the audit log {}", path.display()))?,
@@ -45,8 +54,14 @@ pub async fn run(
         tracing::info!("metrics on http://{addr}/metrics");
     }
     let shutdown = shutdown_signal()?;
-    let directory = Arc::new(Directory::new(Snapshot::from_config(&config)));
-    if let Some(path) = reload_from {
+    let directory = match &aws {
+        Some(aws) => aws.directory(),
+        None => Arc::new(Directory::new(Snapshot::from_config(&config))),
+    };
+    if let Some(aws) = &aws {
+        let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(crate::aws::refresh_on_hangup(hangup, aws.wakeup()));
+    } else if let Some(path) = reload_from {
         let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         tokio::spawn(reload_on_hangup(
             hangup,
@@ -63,8 +78,8 @@ pub async fn run(
     tracing::info!(
         listen = ?bound,
         host_key = %fingerprint,
-        users = config.users.len(),
-        hosts = config.hosts.len(),
+        users = directory.current().identities().len(),
+        hosts = directory.current().inventory().hosts().len(),
         "gatehouse listening"
     );
     if let Some(hint) = hint {
@@ -82,6 +97,9 @@ pub async fn run(
         directory: directory.subscribe(),
         audit,
     };
+    if let Some(aws) = aws {
+        aws.spawn_refresh();
+    }
     serve(bastion, listeners, shutdown).await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())

@@ -1,0 +1,138 @@
+//! The bastion's host key in SSM Parameter Store, shared by every replica.
+//!
+//! Read the SecureString; if it does not exist, generate an ed25519 key and create the
+//! parameter with `Overwrite=false`. If another replica created it in between
+//! (`ParameterAlreadyExists`), read theirs. So replicas started at the same moment still end up
+//! with one key: exactly one `PutParameter` can win.
+
+use aws_sdk_ssm::types::ParameterType;
+use aws_sdk_ssm::Client;
+use ssh_key::{Algorithm, LineEnding, PrivateKey};
+
+use crate::calls::Calls;
+use crate::error::AwsError;
+
+/// How many read / create rounds before giving up (a parameter that keeps vanishing).
+const ROUNDS: usize = 3;
+
+/// Loads the host key from `parameter`, creating it if absent.
+///
+/// # Errors
+/// An SSM call failed, or the parameter holds something that is not an unencrypted ed25519
+/// OpenSSH private key.
+pub async fn load_or_create(
+    client: &Client,
+    parameter: &str,
+    calls: &Calls,
+) -> Result<PrivateKey, AwsError> {
+    for _ in 0..ROUNDS {
+        if let Some(text) = get(client, parameter, calls).await? {
+            return parse(parameter, &text);
+        }
+        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| {
+            AwsError::HostKey {
+                parameter: parameter.to_owned(),
+                reason: format!("generating a key failed: {e}"),
+            }
+        })?;
+        let text = key
+            .to_openssh(LineEnding::LF)
+            .map_err(|e| AwsError::HostKey {
+                parameter: parameter.to_owned(),
+                reason: format!("encoding the new key failed: {e}"),
+            })?;
+        calls.count("ssm:PutParameter");
+        let put = client
+            .put_parameter()
+            .name(parameter)
+            .description("gatehouse bastion SSH host key (ed25519, OpenSSH format)")
+            .value(text.as_str())
+            .r#type(ParameterType::SecureString)
+            .overwrite(false)
+            .send()
+            .await;
+        match put {
+            Ok(_) => {
+                tracing::info!(parameter, "created a new ed25519 host key in SSM");
+                return Ok(key);
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_already_exists()) =>
+            {
+                // Another replica won the race: use its key (next round reads it).
+                tracing::info!(
+                    parameter,
+                    "another replica created the host key first; using it"
+                );
+            }
+            Err(e) => return Err(AwsError::call("ssm", "PutParameter", &e)),
+        }
+    }
+    Err(AwsError::HostKey {
+        parameter: parameter.to_owned(),
+        reason: "the parameter exists and then does not, repeatedly".to_owned(),
+    })
+}
+
+/// The parameter's decrypted value, `None` if it does not exist.
+async fn get(client: &Client, parameter: &str, calls: &Calls) -> Result<Option<String>, AwsError> {
+    calls.count("ssm:GetParameter");
+    match client
+        .get_parameter()
+        .name(parameter)
+        .with_decryption(true)
+        .send()
+        .await
+    {
+        Ok(answer) => Ok(answer
+            .parameter()
+            .and_then(|p| p.value())
+            .map(str::to_owned)),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_not_found()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(AwsError::call("ssm", "GetParameter", &e)),
+    }
+}
+
+/// Parses the parameter's text as the host key: OpenSSH format, unencrypted, ed25519.
+pub fn parse(parameter: &str, text: &str) -> Result<PrivateKey, AwsError> {
+    let invalid = |reason: String| AwsError::HostKey {
+        parameter: parameter.to_owned(),
+        reason,
+    };
+    let key = PrivateKey::from_openssh(text.trim().as_bytes())
+        .map_err(|e| invalid(format!("not an OpenSSH private key: {e}")))?;
+    if key.is_encrypted() {
+        return Err(invalid("the key is encrypted with a passphrase".to_owned()));
+    }
+    if key.algorithm() != Algorithm::Ed25519 {
+        return Err(invalid(format!(
+            "the key is {}, gatehouse uses ed25519 host keys",
+            key.algorithm()
+        )));
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_generated_key_and_refuses_junk() {
+        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let text = key.to_openssh(LineEnding::LF).unwrap();
+        let back = parse("/p", &text).unwrap();
+        assert_eq!(back.public_key(), key.public_key());
+        let err = parse("/p", "hello").unwrap_err().to_string();
+        assert!(
+            err.starts_with("SSM parameter /p: not an OpenSSH private key"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! AWS as gatehouse's source of truth: who may log in (IAM users with Active SSH public keys
+//! and gatehouse groups), where they may go (running EC2 instances tagged with groups), and the
+//! bastion's host key (an SSM SecureString shared by every replica).
+//!
+//! This is the only crate that talks to AWS. Its shape:
+//! - fetchers ([`iam`], [`ec2`]) make the calls and return plain records;
+//! - [`build`] turns records into identities and hosts (pure, unit-tested);
+//! - [`refresh`] runs one refresh or the background loop, and publishes a
+//!   [`gatehouse_directory::Snapshot`] only after a complete, successful listing;
+//! - [`hostkey`] reads or creates the SSM host key; [`names`] maps IAM names to login names.
+//!
+//! Nothing an AWS answer contains can make this crate panic: failures are [`AwsError`]s, and
+//! unusable items are skipped with a warning naming the user, key or instance.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod build;
+mod calls;
+pub mod ec2;
+mod error;
+pub mod hostkey;
+pub mod iam;
+pub mod names;
+pub mod refresh;
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use gatehouse_config::AwsConfig;
+
+pub use calls::Calls;
+pub use error::AwsError;
+pub use refresh::{AwsDirectory, Listing};
+
+/// Bound on opening a connection to an AWS endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on one attempt of one call.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one call with its retries.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts per call (the SDK's standard retry: exponential backoff with jitter, and
+/// throttling answers retried after a pause).
+const ATTEMPTS: u32 = 3;
+
+/// The AWS clients gatehouse uses, built from the SDK's default credential chain.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// IAM.
+    pub iam: aws_sdk_iam::Client,
+    /// EC2.
+    pub ec2: aws_sdk_ec2::Client,
+    /// SSM.
+    pub ssm: aws_sdk_ssm::Client,
+}
+
+impl Clients {
+    /// Clients for `settings`: region and endpoint from the config when given, otherwise as
+    /// the SDK finds them (environment, shared config, instance metadata); credentials always
+    /// from the default chain (the instance profile on a bastion).
+    pub async fn new(settings: &AwsConfig) -> Clients {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .operation_timeout(CALL_TIMEOUT)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(ATTEMPTS));
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &settings.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let sdk = loader.load().await;
+        Clients {
+            iam: aws_sdk_iam::Client::new(&sdk),
+            ec2: aws_sdk_ec2::Client::new(&sdk),
+            ssm: aws_sdk_ssm::Client::new(&sdk),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! AWS wiring of the binary: the host key from SSM, the directory from IAM and EC2, and its
+//! refresh loop; and a one-shot listing for the admin commands. Everything that talks to AWS
+//! is in `gatehouse-aws`; this module only decides what to do when it fails.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use gatehouse_aws::refresh::{snapshot_once, AwsSource};
+use gatehouse_aws::{AwsDirectory, Calls, Clients};
+use gatehouse_config::{AwsConfig, Config};
+use gatehouse_directory::{Directory, Snapshot};
+use russh::keys::PrivateKey;
+
+/// A bastion's AWS side, ready to serve: the host key (if it comes from SSM) and a directory
+/// holding a first successful listing.
+pub struct Started {
+    /// The SSM host key, `None` when `host_key_ssm_parameter` is not set.
+    pub host_key: Option<PrivateKey>,
+    refresher: AwsDirectory,
+}
+
+impl Started {
+    /// Loads (or creates) the SSM host key and makes the first listing, retrying for up to
+    /// `max_staleness` (each failure is logged). A bastion that cannot read AWS at all serves
+    /// nobody, so after that it gives up with the last error.
+    pub async fn new(settings: &AwsConfig) -> anyhow::Result<Started> {
+        let clients = Clients::new(settings).await;
+        let host_key = match &settings.host_key_ssm_parameter {
+            Some(parameter) => Some(
+                gatehouse_aws::hostkey::load_or_create(&clients.ssm, parameter, &Calls::default())
+                    .await
+                    .with_context(|| format!("cannot load the host key from SSM {parameter}"))?,
+            ),
+            None => None,
+        };
+        let refresher = AwsDirectory::start(AwsSource::new(&clients, settings))
+            .await
+            .context("cannot list users and hosts from AWS")?;
+        Ok(Started {
+            host_key,
+            refresher,
+        })
+    }
+
+    /// The directory the refresh loop publishes to.
+    pub fn directory(&self) -> Arc<Directory> {
+        self.refresher.directory()
+    }
+
+    /// Wakes the refresh loop for an immediate refresh.
+    pub fn wakeup(&self) -> Arc<tokio::sync::Notify> {
+        self.refresher.wakeup()
+    }
+
+    /// Starts the background refresh loop.
+    pub fn spawn_refresh(self) {
+        tokio::spawn(self.refresher.run());
+    }
+}
+
+/// On each SIGHUP in AWS mode: refresh from AWS at once. The config file is not re-read: its
+/// `[[users]]` and `[[hosts]]` are empty by construction, so publishing them would revoke
+/// everyone; `[server]`, `[audit]` and `[aws]` changes apply at restart.
+pub async fn refresh_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    wakeup: Arc<tokio::sync::Notify>,
+) {
+    while hangup.recv().await.is_some() {
+        tracing::info!(
+            "SIGHUP: refreshing users and hosts from AWS now; config file changes apply at restart"
+        );
+        wakeup.notify_one();
+    }
+}
+
+/// The directory of `config` right now: the static one, or one AWS listing.
+pub fn snapshot_now(config: &Config) -> anyhow::Result<Snapshot> {
+    let Some(settings) = &config.aws else {
+        return Ok(Snapshot::from_config(config));
+    };
+    crate::serve::init_logging();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let clients = Clients::new(settings).await;
+        snapshot_once(&clients, settings)
+            .await
+            .context("cannot list users and hosts from AWS")
+    })
+}
+
+/// The login name for `name` in `snapshot`: itself, or the login name of the IAM user `name`
+/// (so `--user jane@example.org` works as well as `--user jane~40example.org`).
+pub fn login_for(snapshot: &Snapshot, name: &str) -> Option<String> {
+    if snapshot.identity(name).is_some() {
+        return Some(name.to_owned());
+    }
+    gatehouse_aws::names::login_name(name)
+        .ok()
+        .filter(|login| snapshot.identity(login).is_some())
+}

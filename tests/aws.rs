@@ -1,0 +1,930 @@
+//! gatehouse with AWS as the source of truth, end to end: moto (the AWS API, in memory) runs on
+//! the bastion namespace's own loopback behind a small fault-injecting proxy
+//! (`tests/py/aws_proxy.py`), the real `gatehouse` binary reads it with the real AWS SDK, and
+//! the stock OpenSSH client logs in from the client namespace. IAM users, keys and tags and
+//! EC2 instances (placed on addresses the private namespace owns) are created with boto3
+//! (`tests/py/aws_fixture.py`).
+//!
+//! Covered: who gets in and where (tags, IAM groups, inactive keys, ports, stopped and
+//! terminated instances, VPC filter, duplicate names, name mapping), live revocation (key
+//! deactivated, tag removed), an AWS outage (cached users until `max_staleness`, then refused,
+//! then recovery without a restart), throttling (no revocation), the shared SSM host key, and
+//! `gatehouse ssh-config` / `gatehouse hosts` in AWS mode.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::harness::moto_ns::NsMoto as Moto;
+use crate::harness::{
+    gatehouse_bin, run_with_timeout, venv_python, CmdOutput, Daemon, KeyPair, Scratch, SshClient,
+    Sshd, SshdConfig, TcpServer, Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, PRIVATE_ADDR_2,
+    TEST_USER,
+};
+
+const SSH_PORT: u16 = 22;
+const ECHO_PORT: u16 = 9000;
+const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// `refresh_interval` in these tests.
+const REFRESH: Duration = Duration::from_secs(1);
+/// Slack on top of one refresh interval for the refresh itself and the revocation to act.
+const SLACK: Duration = Duration::from_secs(4);
+const HOST_KEY_PARAMETER: &str = "/gatehouse/test/host_ed25519";
+
+fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+fn py_script(name: &str) -> PathBuf {
+    crate::harness::jupyter::py_script(name)
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The fault-injecting proxy in front of moto, in the bastion namespace.
+struct Proxy {
+    /// Kept for its lifetime (killed on drop) and its logs.
+    _daemon: Daemon,
+    port: u16,
+    ns: crate::harness::Netns,
+}
+
+impl Proxy {
+    fn start(topology: &Topology, scratch: &Scratch, upstream: u16) -> Proxy {
+        let port = topology
+            .bastion
+            .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut cmd = topology.bastion.command(venv_python());
+        cmd.arg(py_script("aws_proxy.py"))
+            .arg(port.to_string())
+            .arg(upstream.to_string());
+        let mut daemon = Daemon::spawn("aws_proxy", cmd, scratch);
+        daemon.wait_for_port(
+            &topology.bastion,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(20),
+        );
+        Proxy {
+            _daemon: daemon,
+            port,
+            ns: topology.bastion.clone(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A control request (`/__proxy/...`); returns the JSON answer.
+    fn control(&self, path: &str) -> Value {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut stream = self
+            .ns
+            .connect(addr, Duration::from_secs(5))
+            .expect("connect to the proxy");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write to the proxy");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read the proxy");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("proxy answer {text:?}: {e}"))
+    }
+}
+
+/// Runs `tests/py/aws_fixture.py` against moto (directly, not through the proxy) in the
+/// bastion namespace and returns one result per operation.
+fn fixture(topology: &Topology, moto: &Moto, ops: Value) -> Vec<Value> {
+    let mut cmd = topology.bastion.command(venv_python());
+    cmd.arg(py_script("aws_fixture.py"))
+        .arg(moto.url())
+        .arg(ops.to_string());
+    let out = run_with_timeout(cmd, CMD_TIMEOUT);
+    out.expect_success("aws_fixture.py");
+    let value: Value = serde_json::from_str(out.stdout_str().trim())
+        .unwrap_or_else(|e| panic!("fixture output is not JSON ({e}): {out}"));
+    value.as_array().cloned().unwrap_or_default()
+}
+
+/// Settings of one test's gatehouse config.
+struct Settings {
+    max_staleness: &'static str,
+    vpc_id: Option<String>,
+    listen_port: u16,
+}
+
+fn write_config(scratch: &Scratch, name: &str, endpoint: &str, s: &Settings) -> PathBuf {
+    let vpcs = match &s.vpc_id {
+        Some(id) => format!("[\"{id}\"]"),
+        None => "[]".to_owned(),
+    };
+    let text = format!(
+        r#"
+[server]
+listen = ["{listen}"]
+connect_timeout = "3s"
+shutdown_grace = "1s"
+
+[audit]
+file = "{dir}/{name}.audit.jsonl"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+vpc_ids = {vpcs}
+refresh_interval = "{refresh}s"
+max_staleness = "{staleness}"
+iam_group_prefix = "gatehouse-"
+host_key_ssm_parameter = "{HOST_KEY_PARAMETER}"
+"#,
+        listen = addr(BASTION_CLIENT_ADDR, s.listen_port),
+        dir = scratch.path().display(),
+        refresh = REFRESH.as_secs(),
+        staleness = s.max_staleness,
+    );
+    scratch.write(format!("{name}.toml"), text.as_bytes())
+}
+
+/// A gatehouse command in the bastion namespace with AWS credentials for moto (and nothing
+/// that could reach a real AWS endpoint or the metadata service).
+fn gatehouse_cmd(topology: &Topology) -> Command {
+    let mut cmd = topology.bastion.command(gatehouse_bin());
+    for var in [
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/aws-credentials",
+        )
+        .env("RUST_LOG", "info,russh=warn");
+    cmd
+}
+
+fn start_gatehouse(topology: &Topology, scratch: &Scratch, config: &Path, name: &str) -> Daemon {
+    let mut cmd = gatehouse_cmd(topology);
+    cmd.arg("serve").arg("--config").arg(config);
+    let mut daemon = Daemon::spawn(name, cmd, scratch);
+    daemon.wait_for_stderr("gatehouse listening", START_TIMEOUT);
+    daemon
+}
+
+fn read_audit(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The standard world: a VPC with a subnet on the private namespace's addresses, alice
+/// (tagged `research`), and `jupyter` (10.0.3.140, research, SSH and the echo port).
+struct World {
+    vpc_id: String,
+    subnet_id: String,
+    alice_key_id: String,
+    jupyter_id: String,
+}
+
+fn standard_world(topology: &Topology, moto: &Moto, alice: &KeyPair) -> World {
+    let r = fixture(
+        topology,
+        moto,
+        json!([
+            {"op": "vpc", "cidr": "10.0.0.0/16", "subnet": "10.0.3.0/24"},
+            {"op": "user", "name": "alice", "groups": "research", "keys": [alice.public_line.trim()]},
+        ]),
+    );
+    let vpc_id = r[0]["vpc_id"].as_str().expect("vpc id").to_owned();
+    let subnet_id = r[0]["subnet_id"].as_str().expect("subnet id").to_owned();
+    let alice_key_id = r[1]["key_ids"][0].as_str().expect("key id").to_owned();
+    let r = fixture(
+        topology,
+        moto,
+        json!([{"op": "instance", "subnet_id": subnet_id, "ip": PRIVATE_ADDR.to_string(),
+                "tags": {"Name": "jupyter", "gatehouse:groups": "research",
+                         "gatehouse:ports": format!("{SSH_PORT},{ECHO_PORT}")}}]),
+    );
+    World {
+        vpc_id,
+        subnet_id,
+        alice_key_id,
+        jupyter_id: r[0]["id"].as_str().expect("instance id").to_owned(),
+    }
+}
+
+/// Fields drop in order: processes first, the namespaces last.
+struct Rig {
+    gatehouse: Daemon,
+    sshd: Sshd,
+    proxy: Proxy,
+    moto: Moto,
+    world: World,
+    alice_key: KeyPair,
+    config: PathBuf,
+    scratch: Scratch,
+    topology: Topology,
+}
+
+fn rig(max_staleness: &'static str, filter_vpc: bool) -> Rig {
+    let topology = Topology::new();
+    let scratch = Scratch::new();
+    let moto = Moto::start_in(&topology.bastion);
+    let proxy = Proxy::start(&topology, &scratch, moto.addr().port());
+    let alice_key = KeyPair::ed25519(&scratch, "alice_key");
+    let world = standard_world(&topology, &moto, &alice_key);
+    let config = write_config(
+        &scratch,
+        "gatehouse",
+        &proxy.url(),
+        &Settings {
+            max_staleness,
+            vpc_id: filter_vpc.then(|| world.vpc_id.clone()),
+            listen_port: SSH_PORT,
+        },
+    );
+    let gatehouse = start_gatehouse(&topology, &scratch, &config, "gatehouse");
+    let sshd = SshdConfig::private_host(addr(PRIVATE_ADDR, SSH_PORT))
+        .authorize(&alice_key.public_line)
+        .start(&topology.private, &scratch, "private_sshd");
+    Rig {
+        gatehouse,
+        sshd,
+        proxy,
+        moto,
+        world,
+        alice_key,
+        config,
+        scratch,
+        topology,
+    }
+}
+
+impl Rig {
+    fn client(&self, user: &str, key: &Path) -> SshClient {
+        SshClient::new(
+            &self.topology.client,
+            &self.scratch,
+            addr(BASTION_CLIENT_ADDR, SSH_PORT),
+            user,
+            key,
+        )
+    }
+
+    fn alice(&self) -> SshClient {
+        self.client("alice", &self.alice_key.private)
+    }
+
+    fn fixture(&self, ops: Value) -> Vec<Value> {
+        fixture(&self.topology, &self.moto, ops)
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        read_audit(&self.scratch.join("gatehouse.audit.jsonl"))
+    }
+
+    /// Waits (bounded) for an audit line matching `pred`.
+    fn wait_audit(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.audit().into_iter().find(|l| pred(l)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit line for {what} within {timeout:?}; audit log:\n{}\n{}",
+                self.audit()
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                self.gatehouse.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until gatehouse's refresh has picked up a change: the next "AWS directory
+    /// refreshed" line at debug level is not logged, so wait for two intervals.
+    fn let_refresh_run(&self) {
+        std::thread::sleep(REFRESH * 3);
+    }
+}
+
+/// `ssh -W target bastion` (stdin closed at once): on success stdout begins with the
+/// target's SSH banner; on refusal stderr has the bastion's reason.
+fn dash_w(client: &SshClient, target: &str) -> CmdOutput {
+    let mut ssh = client.ssh();
+    ssh.args(["-o", "LogLevel=INFO", "-W", target, "bastion"]);
+    run_with_timeout(ssh, CMD_TIMEOUT)
+}
+
+#[track_caller]
+fn assert_reaches_sshd(client: &SshClient, target: &str) {
+    let out = dash_w(client, target);
+    assert!(
+        out.stdout_str().starts_with("SSH-2.0-"),
+        "expected the target's SSH banner through -W {target}: {out}"
+    );
+}
+
+#[track_caller]
+fn assert_refused(client: &SshClient, target: &str, reason: &str) {
+    let out = dash_w(client, target);
+    assert!(
+        !out.stdout_str().starts_with("SSH-2.0-") && out.stderr_str().contains(reason),
+        "expected -W {target} to be refused with {reason:?}: {out}"
+    );
+}
+
+#[track_caller]
+fn assert_login_refused(client: &SshClient) {
+    let out = dash_w(client, &format!("jupyter:{SSH_PORT}"));
+    out.expect_failure("login that must be refused");
+    assert!(
+        out.stderr_str().contains("Permission denied (publickey)"),
+        "{out}"
+    );
+}
+
+/// A tunnel held open: `ssh -N -L` in the client namespace plus one TCP connection through
+/// it to the echo server, proven alive by a round trip.
+struct OpenTunnel {
+    ssh: Daemon,
+    stream: TcpStream,
+}
+
+impl OpenTunnel {
+    fn open(client: &SshClient, scratch: &Scratch, name: &str, local: u16, target: &str) -> Self {
+        let ssh = client.local_forward(scratch, name, local, target, ECHO_PORT, "bastion");
+        let mut stream = client
+            .netns()
+            .connect(
+                SocketAddr::from(([127, 0, 0, 1], local)),
+                Duration::from_secs(5),
+            )
+            .expect("connect to the local forward");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(b"ping\n")
+            .expect("write through the tunnel");
+        let mut buf = [0u8; 5];
+        stream
+            .read_exact(&mut buf)
+            .expect("echo through the tunnel");
+        assert_eq!(&buf, b"ping\n");
+        OpenTunnel { ssh, stream }
+    }
+
+    /// Whether the TCP connection still carries a round trip.
+    fn alive(&mut self) -> bool {
+        if self.stream.write_all(b"ping\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 5];
+        self.stream.read_exact(&mut buf).is_ok() && &buf == b"ping\n"
+    }
+
+    /// Waits until the connection is closed (EOF or error) and returns the wall-clock time it
+    /// was seen closed; panics after `timeout`.
+    fn wait_closed(&mut self, timeout: Duration) -> f64 {
+        self.stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 64];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return now_unix(),
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return now_unix(),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the tunnel was still open {timeout:?} later"
+            );
+        }
+    }
+}
+
+fn rfc3339_to_unix(ts: &str) -> f64 {
+    // "2026-05-01T12:34:56.789Z" -> seconds; enough for latency differences within a test.
+    let out = Command::new("date")
+        .args(["-u", "-d", ts, "+%s.%N"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn aws_tagged_user_reaches_tagged_host_and_the_rest_is_refused() {
+    let rig = rig("1m", true);
+    let bob = KeyPair::ed25519(&rig.scratch, "bob_key");
+    let carol = KeyPair::ed25519(&rig.scratch, "carol_key");
+    let dave = KeyPair::ed25519(&rig.scratch, "dave_key");
+    let jane = KeyPair::ed25519(&rig.scratch, "jane_key");
+    let subnet = rig.world.subnet_id.clone();
+    let r = rig.fixture(json!([
+        {"op": "user", "name": "bob", "keys": [bob.public_line.trim()]},
+        {"op": "user", "name": "carol", "groups": "research", "keys": [carol.public_line.trim()]},
+        {"op": "user", "name": "dave", "iam_groups": ["gatehouse-ops"], "keys": [dave.public_line.trim()]},
+        {"op": "user", "name": "jane@example.org", "groups": "research",
+         "keys": ["ssh-dss AAAAB3NzaC1kc3MAAACBAP not-a-usable-key", jane.public_line.trim()]},
+        {"op": "instance", "subnet_id": subnet, "ip": PRIVATE_ADDR_2.to_string(),
+         "tags": {"Name": "stopped-box", "gatehouse:groups": "research"}},
+        {"op": "instance", "subnet_id": subnet, "ip": "10.0.3.150",
+         "tags": {"Name": "twin", "gatehouse:groups": "research"}},
+        {"op": "instance", "subnet_id": subnet, "ip": "10.0.3.151",
+         "tags": {"Name": "twin", "gatehouse:groups": "research"}},
+        {"op": "instance", "subnet_id": subnet, "ip": "10.0.3.160",
+         "tags": {"Name": "gone-box", "gatehouse:groups": "research"}},
+        {"op": "instance", "tags": {"Name": "other-vpc", "gatehouse:groups": "research"}},
+    ]));
+    let carol_key_id = r[1]["key_ids"][0]
+        .as_str()
+        .expect("carol's key id")
+        .to_owned();
+    let stopped = r[4]["id"].as_str().expect("id").to_owned();
+    let twins = [
+        r[5]["id"].as_str().expect("id").to_owned(),
+        r[6]["id"].as_str().expect("id").to_owned(),
+    ];
+    let gone = r[7]["id"].as_str().expect("id").to_owned();
+    let jupyter_dns = format!(
+        "ip-{}.ec2.internal",
+        PRIVATE_ADDR.to_string().replace('.', "-")
+    );
+    rig.fixture(json!([
+        {"op": "deactivate_key", "user": "carol", "key_id": carol_key_id},
+        {"op": "stop", "id": stopped},
+        {"op": "terminate", "id": gone},
+    ]));
+    rig.let_refresh_run();
+
+    // alice, tagged research, reaches the tagged host by every name it has.
+    let alice = rig.alice();
+    let mut ssh = alice.ssh();
+    ssh.args(["-J", "bastion", &format!("{TEST_USER}@jupyter"), "id -un"]);
+    let out = run_with_timeout(ssh, CMD_TIMEOUT);
+    out.expect_success("ssh -J bastion ghtest@jupyter");
+    assert_eq!(out.stdout_str().trim(), TEST_USER);
+    for target in [
+        rig.world.jupyter_id.clone(),
+        PRIVATE_ADDR.to_string(),
+        jupyter_dns.clone(),
+    ] {
+        assert_reaches_sshd(&alice, &format!("{target}:{SSH_PORT}"));
+    }
+    // Wrong port, stopped and terminated instances, an instance outside the VPC, duplicates.
+    assert_refused(&alice, "jupyter:2222", "port 2222 is not open");
+    assert_refused(
+        &alice,
+        &format!("stopped-box:{SSH_PORT}"),
+        "is not a host this bastion forwards to",
+    );
+    assert_refused(
+        &alice,
+        &format!("{PRIVATE_ADDR_2}:{SSH_PORT}"),
+        "is not a host this bastion forwards to",
+    );
+    assert_refused(
+        &alice,
+        "gone-box:22",
+        "is not a host this bastion forwards to",
+    );
+    assert_refused(
+        &alice,
+        "other-vpc:22",
+        "is not a host this bastion forwards to",
+    );
+    let out = dash_w(&alice, "twin:22");
+    assert!(
+        out.stderr_str().contains("is ambiguous")
+            && twins
+                .iter()
+                .all(|id| out.stderr_str().contains(id.as_str())),
+        "{out}"
+    );
+
+    // An untagged user and an inactive key: not logged in at all.
+    assert_login_refused(&rig.client("bob", &bob.private));
+    assert_login_refused(&rig.client("carol", &carol.private));
+    // dave is in group ops through the IAM group gatehouse-ops: logged in, but not to jupyter.
+    assert_refused(
+        &rig.client("dave", &dave.private),
+        "jupyter:22",
+        "may not reach host",
+    );
+    // jane@example.org logs in as jane~40example.org; her bad key was skipped, not her.
+    let jane_client = rig.client("jane~40example.org", &jane.private);
+    assert_reaches_sshd(&jane_client, "jupyter:22");
+    let log = rig.gatehouse.stderr();
+    assert!(
+        log.contains("IAM user jane@example.org key") && log.contains("key skipped"),
+        "a warning names the user and the key id:\n{log}"
+    );
+
+    let auth = rig
+        .audit()
+        .into_iter()
+        .find(|l| l["event"] == "auth.failure" && l["user"] == "carol")
+        .expect("carol's failure is audited");
+    assert_eq!(auth["reason"], "unknown_user", "{auth}");
+
+    // `gatehouse hosts` works in AWS mode (one listing), also by IAM name.
+    let mut cmd = gatehouse_cmd(&rig.topology);
+    cmd.arg("hosts")
+        .arg("--config")
+        .arg(&rig.config)
+        .args(["--user", "jane@example.org"]);
+    let out = run_with_timeout(cmd, CMD_TIMEOUT);
+    out.expect_success("gatehouse hosts in AWS mode");
+    let text = out.stdout_str();
+    assert!(
+        text.starts_with("jane~40example.org (groups: research)"),
+        "{out}"
+    );
+    assert!(text.contains(&rig.world.jupyter_id), "{out}");
+    assert!(!text.contains(&stopped), "{out}");
+}
+
+#[test]
+fn aws_revocation_closes_sessions_and_tunnels_within_one_refresh() {
+    let rig = rig("1m", true);
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, ECHO_PORT));
+    let _echo2 = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR_2, ECHO_PORT));
+    let erin = KeyPair::ed25519(&rig.scratch, "erin_key");
+    let r = rig.fixture(json!([
+        {"op": "user", "name": "erin", "groups": "research", "keys": [erin.public_line.trim()]},
+        {"op": "instance", "subnet_id": rig.world.subnet_id, "ip": PRIVATE_ADDR_2.to_string(),
+         "tags": {"Name": "sinkbox", "gatehouse:groups": "research",
+                  "gatehouse:ports": ECHO_PORT.to_string()}},
+    ]));
+    let sinkbox = r[1]["id"].as_str().expect("id").to_owned();
+    rig.let_refresh_run();
+
+    // alice holds a tunnel to jupyter, erin one to sinkbox.
+    let alice = rig.alice();
+    let mut alice_tunnel = OpenTunnel::open(&alice, &rig.scratch, "alice_tunnel", 15000, "jupyter");
+    let erin_client = rig.client("erin", &erin.private);
+    let mut erin_tunnel =
+        OpenTunnel::open(&erin_client, &rig.scratch, "erin_tunnel", 15001, "sinkbox");
+
+    // Deactivate alice's key: her session is cut within one refresh interval.
+    let r = rig.fixture(json!([
+        {"op": "deactivate_key", "user": "alice", "key_id": rig.world.alice_key_id},
+    ]));
+    let deactivated_at = r[0]["at"].as_f64().expect("time");
+    let closed_at = alice_tunnel.wait_closed(REFRESH + SLACK);
+    let revoked = rig.wait_audit("session.revoked for alice", SLACK, |l| {
+        l["event"] == "session.revoked" && l["user"] == "alice"
+    });
+    let audit_at = rfc3339_to_unix(revoked["ts"].as_str().unwrap_or(""));
+    eprintln!(
+        "revocation latency (key deactivated -> audit line): {:.3}s; -> client saw the tunnel close: {:.3}s",
+        audit_at - deactivated_at,
+        closed_at - deactivated_at
+    );
+    assert!(alice_tunnel.ssh.wait_exit(SLACK).is_some(), "ssh -N exits");
+    assert_login_refused(&alice);
+    // erin was not touched.
+    assert!(
+        erin_tunnel.alive(),
+        "erin's tunnel survives alice's revocation"
+    );
+
+    // Remove sinkbox's groups tag: erin's tunnel to it closes, her session stays.
+    let r = rig.fixture(json!([{"op": "untag", "id": sinkbox, "key": "gatehouse:groups"}]));
+    let untagged_at = r[0]["at"].as_f64().expect("time");
+    let closed_at = erin_tunnel.wait_closed(REFRESH + SLACK);
+    rig.wait_audit("tunnel.revoked for erin", SLACK, |l| {
+        l["event"] == "tunnel.revoked" && l["user"] == "erin"
+    });
+    eprintln!(
+        "tag removal -> tunnel closed at the client: {:.3}s",
+        closed_at - untagged_at
+    );
+    assert!(
+        erin_tunnel.ssh.is_running(),
+        "erin's session outlives the tunnel\n{}",
+        erin_tunnel.ssh.logs()
+    );
+    assert_refused(
+        &erin_client,
+        "sinkbox:9000",
+        "is not a host this bastion forwards to",
+    );
+}
+
+#[test]
+fn aws_outage_serves_cached_users_until_max_staleness_then_recovers() {
+    // vpc_ids = [] so that a restarted (empty, re-seeded) moto with a new VPC id still counts.
+    let mut rig = rig("6s", false);
+    let alice = rig.alice();
+    assert_reaches_sshd(&alice, "jupyter:22");
+
+    // Stop moto: the proxy's upstream is gone, AWS is unreachable.
+    let stopped_at = Instant::now();
+    rig.moto.stop();
+    assert_reaches_sshd(&alice, "jupyter:22");
+    rig.gatehouse
+        .wait_for_stderr("AWS refresh failed", Duration::from_secs(10));
+    assert_reaches_sshd(&alice, "jupyter:22");
+    rig.gatehouse
+        .wait_for_stderr("AWS directory is stale", Duration::from_secs(15));
+    let stale_after = stopped_at.elapsed();
+    assert!(
+        stale_after >= Duration::from_secs(4),
+        "stale after only {stale_after:?}"
+    );
+    assert_login_refused(&alice);
+    rig.wait_audit("auth.failure directory_stale", SLACK, |l| {
+        l["event"] == "auth.failure" && l["reason"] == "directory_stale"
+    });
+
+    // Restart moto (empty: re-create the world) and point the proxy at it.
+    let moto = Moto::start_in(&rig.topology.bastion);
+    let world = standard_world(&rig.topology, &moto, &rig.alice_key);
+    rig.proxy
+        .control(&format!("/__proxy/upstream?port={}", moto.addr().port()));
+    rig.moto = moto;
+    rig.world = world;
+    rig.gatehouse
+        .wait_for_stderr("AWS directory is fresh again", Duration::from_secs(20));
+    assert_reaches_sshd(&alice, "jupyter:22");
+    assert!(rig.gatehouse.is_running(), "no restart was needed");
+}
+
+#[test]
+fn aws_throttling_causes_no_revocation() {
+    let rig = rig("30s", true);
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, ECHO_PORT));
+    let alice = rig.alice();
+    let mut tunnel = OpenTunnel::open(&alice, &rig.scratch, "alice_tunnel", 15000, "jupyter");
+
+    rig.proxy.control("/__proxy/throttle?seconds=6");
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert!(tunnel.alive(), "the tunnel survives throttling");
+        assert_reaches_sshd(&alice, "jupyter:22");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let counts = rig.proxy.control("/__proxy/counts");
+    assert!(
+        counts["_throttled"].as_u64().unwrap_or(0) > 0,
+        "the proxy throttled: {counts}"
+    );
+    let log = rig.gatehouse.stderr();
+    assert!(
+        log.contains("AWS refresh failed") && log.contains("Throttling"),
+        "{log}"
+    );
+    // After the throttling ends, refreshes succeed again and still nothing was revoked.
+    rig.let_refresh_run();
+    assert!(tunnel.alive(), "the tunnel survives the end of throttling");
+    assert!(tunnel.ssh.is_running());
+    let revoked: Vec<Value> = rig
+        .audit()
+        .into_iter()
+        .filter(|l| l["event"].as_str().is_some_and(|e| e.ends_with(".revoked")))
+        .collect();
+    assert!(revoked.is_empty(), "{revoked:?}");
+}
+
+#[test]
+fn aws_two_replicas_present_the_same_ssm_host_key() {
+    let rig = rig("1m", true);
+    // A second and a third replica on other ports, started at the same moment, on a fresh
+    // parameter name: they race to create it.
+    let parameter = "/gatehouse/race/host_ed25519";
+    let mut replicas = Vec::new();
+    for (i, port) in [(1, 2201u16), (2, 2202u16)] {
+        let config = write_config(
+            &rig.scratch,
+            &format!("replica{i}"),
+            &rig.proxy.url(),
+            &Settings {
+                max_staleness: "1m",
+                vpc_id: Some(rig.world.vpc_id.clone()),
+                listen_port: port,
+            },
+        );
+        let text = std::fs::read_to_string(&config)
+            .expect("config")
+            .replace(HOST_KEY_PARAMETER, parameter);
+        std::fs::write(&config, text).expect("config");
+        let mut cmd = gatehouse_cmd(&rig.topology);
+        cmd.arg("serve").arg("--config").arg(&config);
+        replicas.push((
+            port,
+            Daemon::spawn(&format!("replica{i}"), cmd, &rig.scratch),
+        ));
+    }
+    let mut keys = Vec::new();
+    for (port, daemon) in &mut replicas {
+        daemon.wait_for_stderr("gatehouse listening", START_TIMEOUT);
+        let mut scan = rig.topology.client.command("ssh-keyscan");
+        scan.args(["-t", "ed25519", "-p", &port.to_string()])
+            .arg(BASTION_CLIENT_ADDR.to_string());
+        let out = run_with_timeout(scan, CMD_TIMEOUT);
+        let line = out
+            .stdout_str()
+            .lines()
+            .find(|l| l.contains("ssh-ed25519"))
+            .unwrap_or_else(|| panic!("no host key from replica on {port}: {out}"))
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ");
+        keys.push(line);
+    }
+    assert_eq!(keys[0], keys[1], "both replicas present one host key");
+    let created = replicas
+        .iter()
+        .filter(|(_, d)| d.stderr().contains("created a new ed25519 host key in SSM"))
+        .count();
+    assert!(created <= 1, "at most one replica created the key");
+    let stored = rig.fixture(json!([{"op": "get_parameter", "name": parameter}]));
+    assert!(
+        stored[0]["value"]
+            .as_str()
+            .is_some_and(|v| v.contains("BEGIN OPENSSH PRIVATE KEY")),
+        "the key is in SSM"
+    );
+}
+
+#[test]
+fn aws_ssh_config_output_reaches_the_host_as_is() {
+    let rig = rig("1m", true);
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, ECHO_PORT));
+    // known_hosts: the bastion's key (scanned) and jupyter's (the private sshd's own).
+    let mut scan = rig.topology.client.command("ssh-keyscan");
+    scan.args(["-t", "ed25519"])
+        .arg(BASTION_CLIENT_ADDR.to_string());
+    let bastion_key = run_with_timeout(scan, CMD_TIMEOUT).stdout_str();
+    assert!(bastion_key.contains("ssh-ed25519"), "{bastion_key}");
+    let known = format!(
+        "{}jupyter {}\n",
+        bastion_key,
+        rig.sshd.host_key().public_line.trim()
+    );
+    let known_hosts = rig.scratch.write("known_hosts", known.as_bytes());
+
+    let mut cmd = gatehouse_cmd(&rig.topology);
+    cmd.arg("ssh-config")
+        .arg("--config")
+        .arg(&rig.config)
+        .args(["--user", "alice", "--bastion"])
+        .arg(format!("{BASTION_CLIENT_ADDR}:{SSH_PORT}"))
+        .arg("--identity-file")
+        .arg(&rig.alice_key.private)
+        .arg("--known-hosts")
+        .arg(&known_hosts)
+        .args(["--target-user", TEST_USER]);
+    let out = run_with_timeout(cmd, CMD_TIMEOUT);
+    out.expect_success("gatehouse ssh-config");
+    let text = out.stdout_str();
+    assert!(text.contains("Host jupyter\n"), "{text}");
+    assert!(text.contains("ProxyJump bastion"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "LocalForward 127.0.0.1:{ECHO_PORT} jupyter:{ECHO_PORT}"
+        )),
+        "{text}"
+    );
+    let ssh_config = rig.scratch.write("generated_ssh_config", text.as_bytes());
+
+    // Used as-is: `ssh -F generated jupyter` goes through the bastion.
+    let mut ssh = rig.topology.client.command("ssh");
+    ssh.arg("-F").arg(&ssh_config).args(["jupyter", "id -un"]);
+    let out = run_with_timeout(ssh, CMD_TIMEOUT);
+    out.expect_success("ssh -F generated jupyter id -un");
+    assert_eq!(out.stdout_str().trim(), TEST_USER);
+
+    // And `ssh -F generated jupyter-tunnel` opens the echo port on localhost.
+    let mut ssh = rig.topology.client.command("ssh");
+    ssh.arg("-F").arg(&ssh_config).arg("jupyter-tunnel");
+    let mut tunnel = Daemon::spawn("generated_tunnel", ssh, &rig.scratch);
+    let local = SocketAddr::from(([127, 0, 0, 1], ECHO_PORT));
+    tunnel.wait_for_port(&rig.topology.client, local, Duration::from_secs(30));
+    let mut stream = rig
+        .topology
+        .client
+        .connect(local, Duration::from_secs(5))
+        .expect("connect to the generated LocalForward");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(b"hello\n").expect("write");
+    let mut buf = [0u8; 6];
+    stream.read_exact(&mut buf).expect("echo");
+    assert_eq!(&buf, b"hello\n");
+}
+
+/// Refresh cost, counted by the proxy: one cold listing (`gatehouse hosts`) and the steady
+/// state of the daemon's loop. N users (K with an Active key and a tag), 2 prefixed IAM
+/// groups, M tagged instances.
+#[test]
+fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
+    const WITH_KEYS: usize = 30;
+    const WITHOUT_KEYS: usize = 10;
+    const INSTANCES: usize = 20;
+    let mut rig = rig("1m", true);
+    let mut ops = Vec::new();
+    for i in 0..WITH_KEYS {
+        ops.push(json!({"op": "user", "name": format!("user{i:02}"), "groups": "research",
+                        "gen_keys": 1,
+                        "iam_groups": if i % 2 == 0 { vec!["gatehouse-ops"] } else { vec!["gatehouse-ml"] }}));
+    }
+    for i in 0..WITHOUT_KEYS {
+        ops.push(json!({"op": "user", "name": format!("nokey{i:02}"), "groups": "research"}));
+    }
+    for i in 0..INSTANCES {
+        ops.push(json!({"op": "instance", "subnet_id": rig.world.subnet_id,
+                        "ip": format!("10.0.3.{}", 10 + i),
+                        "tags": {"Name": format!("box{i:02}"), "gatehouse:groups": "research"}}));
+    }
+    rig.fixture(Value::Array(ops));
+    // alice and jupyter come with the rig.
+    let n = WITH_KEYS + WITHOUT_KEYS + 1;
+    let k = WITH_KEYS + 1;
+    let m = INSTANCES + 1;
+
+    let count = |v: &Value, action: &str| v[action].as_u64().unwrap_or(0) as usize;
+    // The daemon's steady state: no key bodies, N + K + 4 calls per refresh.
+    std::thread::sleep(REFRESH * 3);
+    rig.proxy.control("/__proxy/reset");
+    std::thread::sleep(REFRESH * 5 + REFRESH / 2);
+    let warm = rig.proxy.control("/__proxy/counts");
+    let refreshes = count(&warm, "iam:ListUsers");
+    assert!(refreshes >= 3, "{warm}");
+    assert_eq!(count(&warm, "iam:GetSSHPublicKey"), 0, "{warm}");
+    let per_refresh = count(&warm, "iam:ListSSHPublicKeys") as f64 / refreshes as f64;
+    assert!(
+        (per_refresh - n as f64).abs() <= n as f64 / refreshes as f64,
+        "{warm}"
+    );
+    eprintln!(
+        "refresh cost, steady state, N={n} K={k} M={m}: {refreshes} refreshes, per refresh about {} calls: {warm}",
+        n + k + 4
+    );
+    // A cold listing (the daemon stopped, so only `gatehouse hosts` counts): every key body
+    // is fetched once.
+    rig.gatehouse.terminate(Duration::from_secs(10));
+    rig.proxy.control("/__proxy/reset");
+    let mut cmd = gatehouse_cmd(&rig.topology);
+    cmd.arg("hosts").arg("--config").arg(&rig.config);
+    let out = run_with_timeout(cmd, CMD_TIMEOUT);
+    out.expect_success("gatehouse hosts");
+    assert!(
+        out.stdout_str().contains("user29 (groups: ml, research)"),
+        "{out}"
+    );
+    let cold = rig.proxy.control("/__proxy/counts");
+    assert_eq!(count(&cold, "iam:ListUsers"), 1, "{cold}");
+    assert_eq!(count(&cold, "iam:ListSSHPublicKeys"), n, "{cold}");
+    assert_eq!(count(&cold, "iam:ListUserTags"), k, "{cold}");
+    assert_eq!(count(&cold, "iam:GetSSHPublicKey"), k, "{cold}");
+    assert_eq!(count(&cold, "iam:ListGroups"), 1, "{cold}");
+    assert_eq!(count(&cold, "iam:GetGroup"), 2, "{cold}");
+    assert_eq!(count(&cold, "ec2:DescribeInstances"), 1, "{cold}");
+    let cold_total: usize = cold
+        .as_object()
+        .map(|o| o.values().filter_map(Value::as_u64).sum::<u64>() as usize)
+        .unwrap_or(0);
+    eprintln!("refresh cost, cold, N={n} users (K={k} with keys), M={m} instances: {cold_total} calls {cold}");
+}

@@ -1,0 +1,155 @@
+"""A fault-injecting HTTP proxy in front of moto, for the gatehouse AWS end-to-end tests.
+
+    aws_proxy.py LISTEN_PORT UPSTREAM_PORT
+
+Listens on 127.0.0.1:LISTEN_PORT (inside the test's bastion namespace) and forwards every
+request to moto on 127.0.0.1:UPSTREAM_PORT, counting AWS actions. Control requests (GET):
+
+    /__proxy/throttle?seconds=S   answer every AWS request with a throttling error for S seconds
+    /__proxy/upstream?port=P      forward to another moto from now on (a restarted one)
+    /__proxy/counts               {"Action": n, ...} forwarded since the last reset, and
+                                  "_throttled": n answered with a throttling error
+    /__proxy/reset                zero the counts
+
+When the upstream is down, the client's connection is closed without an answer: to the SDK
+that is an unreachable endpoint. Only loopback is ever contacted.
+"""
+
+import http.client
+import json
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOCK = threading.Lock()
+STATE = {"upstream": 0, "throttle_until": 0.0, "counts": {}}
+
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+       "proxy-authorization", "proxy-authenticate", "content-length"}
+
+
+def service_of(headers, body):
+    auth = headers.get("Authorization", "")
+    for svc in ("iam", "ec2", "ssm", "sts"):
+        if f"/{svc}/aws4_request" in auth:
+            return svc
+    return "unknown"
+
+
+def action_of(headers, body):
+    target = headers.get("X-Amz-Target")
+    if target:
+        return target.split(".")[-1]
+    try:
+        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+        return form.get("Action", ["?"])[0]
+    except Exception:  # noqa: BLE001 - a count label only
+        return "?"
+
+
+def throttle_answer(service):
+    if service == "ssm":
+        body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"})
+        return 400, "application/x-amz-json-1.1", body.encode()
+    if service == "ec2":
+        body = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error>"
+                "<Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>"
+                "</Error></Errors><RequestID>throttle</RequestID></Response>")
+        return 503, "text/xml", body.encode()
+    body = ("<ErrorResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><Error>"
+            "<Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message>"
+            "</Error><RequestId>throttle</RequestId></ErrorResponse>")
+    return 400, "text/xml", body.encode()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def control(self):
+        url = urllib.parse.urlparse(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        with LOCK:
+            if url.path == "/__proxy/throttle":
+                STATE["throttle_until"] = time.time() + float(query["seconds"][0])
+                answer = {"ok": True}
+            elif url.path == "/__proxy/upstream":
+                STATE["upstream"] = int(query["port"][0])
+                answer = {"ok": True}
+            elif url.path == "/__proxy/counts":
+                answer = dict(STATE["counts"])
+            elif url.path == "/__proxy/reset":
+                STATE["counts"] = {}
+                answer = {"ok": True}
+            else:
+                answer = {"error": "unknown control path"}
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def forward(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        service = service_of(self.headers, body)
+        action = action_of(self.headers, body)
+        with LOCK:
+            throttled = time.time() < STATE["throttle_until"]
+            upstream = STATE["upstream"]
+            key = "_throttled" if throttled else f"{service}:{action}"
+            STATE["counts"][key] = STATE["counts"].get(key, 0) + 1
+        if throttled:
+            status, ctype, answer = throttle_answer(service)
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", upstream, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            resp_headers = resp.getheaders()
+            status = resp.status
+            conn.close()
+        except OSError:
+            # Upstream down: close without an answer, as an unreachable endpoint would.
+            self.close_connection = True
+            return
+        self.send_response(status)
+        for k, v in resp_headers:
+            if k.lower() not in HOP and k.lower() not in ("server", "date"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def handle_one(self):
+        if self.path.startswith("/__proxy/"):
+            self.control()
+        else:
+            self.forward()
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_one
+
+
+def main():
+    listen, upstream = int(sys.argv[1]), int(sys.argv[2])
+    STATE["upstream"] = upstream
+    server = ThreadingHTTPServer(("127.0.0.1", listen), Handler)
+    server.daemon_threads = True
+    print(f"aws_proxy listening on 127.0.0.1:{listen} -> {upstream}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
