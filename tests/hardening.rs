@@ -145,7 +145,11 @@ fn limits_refuse_with_a_reason_sessions_per_user_and_tunnels_per_connection() {
         "bastion",
     );
     let local = addr(Ipv4Addr::LOCALHOST, 19020);
-    // The harness's readiness probe opened and closed one tunnel; open two and keep them.
+    // The harness's readiness probe opened and closed one tunnel: wait until it is given
+    // back, then open two and keep them.
+    wait_until(Duration::from_secs(10), "the probe's tunnel closed", || {
+        rig.audit().iter().any(|l| is(l, "tunnel.close"))
+    });
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut c = rig
@@ -603,4 +607,51 @@ fn after_kill_9_a_restart_serves_at_once_with_the_same_host_key() {
         out.stdout_str().starts_with("SSH-2.0-OpenSSH"),
         "same host key expected: {out}"
     );
+}
+
+#[test]
+fn the_bastion_wide_tunnel_limit_refuses_with_resource_shortage() {
+    let rig = rig_with(options(
+        "[penalties]\nenabled = false\n[limits]\nmax_tunnels = 1\n",
+    ));
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, SINK_PORT));
+    let _tunnel = rig.alice.local_forward(
+        &rig.scratch,
+        "ssh_tunnel",
+        19040,
+        "jupyter",
+        SINK_PORT,
+        "bastion",
+    );
+    let local = addr(Ipv4Addr::LOCALHOST, 19040);
+    // The harness's readiness probe used the one tunnel; wait until it is given back.
+    wait_until(Duration::from_secs(10), "the probe's tunnel closed", || {
+        rig.audit().iter().any(|l| is(l, "tunnel.close"))
+    });
+    // Hold the one tunnel the bastion allows.
+    let mut held = rig
+        .topology
+        .client
+        .connect(local, Duration::from_secs(5))
+        .expect("connect");
+    held.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    std::io::Write::write_all(&mut held, b"x").expect("write");
+    let mut b = [0u8; 1];
+    held.read_exact(&mut b).expect("echo");
+    // Any other tunnel, from another session too, is refused while it is open.
+    let out = rig.dash_w(&format!("jupyter:{SINK_PORT}"));
+    out.expect_failure("a second tunnel over the bastion-wide limit");
+    assert!(
+        out.stderr_str()
+            .contains("resource shortage: the bastion is at its tunnel limit (1)"),
+        "{out}"
+    );
+    // Once it closes, tunnels work again.
+    drop(held);
+    wait_until(Duration::from_secs(10), "the held tunnel closed", || {
+        rig.audit().iter().filter(|l| is(l, "tunnel.close")).count() >= 2
+    });
+    let out = rig.dash_w("jupyter:22");
+    assert!(out.stdout_str().starts_with("SSH-2.0-OpenSSH"), "{out}");
 }
