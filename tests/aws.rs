@@ -928,3 +928,53 @@ fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
         .unwrap_or(0);
     eprintln!("refresh cost, cold, N={n} users (K={k} with keys), M={m} instances: {cold_total} calls {cold}");
 }
+
+#[test]
+fn aws_iam_path_prefix_admits_only_users_under_it() {
+    let rig = rig("1m", true);
+    let sam = KeyPair::ed25519(&rig.scratch, "sam_key");
+    let ext = KeyPair::ed25519(&rig.scratch, "ext_key");
+    rig.fixture(json!([
+        {"op": "user", "name": "sam", "groups": "research", "path": "/staff/",
+         "keys": [sam.public_line.trim()]},
+        {"op": "user", "name": "ext", "groups": "research", "path": "/contractors/",
+         "keys": [ext.public_line.trim()]},
+    ]));
+    // A second gatehouse on the same AWS state, listing only users under /staff/.
+    let config = write_config(
+        &rig.scratch,
+        "staff",
+        &rig.proxy.url(),
+        &Settings {
+            max_staleness: "1m",
+            vpc_id: Some(rig.world.vpc_id.clone()),
+            listen_port: 2203,
+        },
+    );
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("[aws]\n", "[aws]\niam_path_prefix = \"/staff/\"\n");
+    std::fs::write(&config, text).expect("config");
+    let mut cmd = gatehouse_cmd(&rig.topology);
+    cmd.arg("serve").arg("--config").arg(&config);
+    let mut staff = Daemon::spawn("gatehouse_staff", cmd, &rig.scratch);
+    staff.wait_for_stderr("gatehouse listening", START_TIMEOUT);
+
+    let via_staff = |user: &str, key: &KeyPair| {
+        SshClient::new(
+            &rig.topology.client,
+            &rig.scratch,
+            addr(BASTION_CLIENT_ADDR, 2203),
+            user,
+            &key.private,
+        )
+    };
+    assert_reaches_sshd(&via_staff("sam", &sam), &format!("jupyter:{SSH_PORT}"));
+    assert_login_refused(&via_staff("ext", &ext));
+    assert_login_refused(&via_staff("alice", &rig.alice_key));
+    // The unfiltered gatehouse admits all three: the difference is the prefix alone.
+    assert_reaches_sshd(
+        &rig.client("ext", &ext.private),
+        &format!("jupyter:{SSH_PORT}"),
+    );
+}
