@@ -12,6 +12,8 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine;
 
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+
 use super::{fail, Clients, Error};
 use crate::model::*;
 use crate::plan::{sha256_hex, POLICY_NAME};
@@ -128,18 +130,12 @@ impl<'a> Executor<'a> {
             // ---------------- removal ----------------
             Action::TerminateInstance { id } => {
                 let r = ec2.terminate_instances().instance_ids(id).send().await;
-                ok_if_gone(
-                    r.map(|_| ())
-                        .map_err(|e| fail(&what, "TerminateInstances", e)),
-                )?;
+                deleted(&what, "TerminateInstances", r)?;
                 self.wait_instance(id, &["terminated"], &what).await?;
             }
             Action::DeleteNatGateway { id } => {
                 let r = ec2.delete_nat_gateway().nat_gateway_id(id).send().await;
-                ok_if_gone(
-                    r.map(|_| ())
-                        .map_err(|e| fail(&what, "DeleteNatGateway", e)),
-                )?;
+                deleted(&what, "DeleteNatGateway", r)?;
                 self.wait_nat(id, &["deleted"], &what).await?;
             }
             Action::ReleaseAddress {
@@ -152,17 +148,14 @@ impl<'a> Executor<'a> {
                         .association_id(assoc)
                         .send()
                         .await;
-                    ok_if_gone(
-                        r.map(|_| ())
-                            .map_err(|e| fail(&what, "DisassociateAddress", e)),
-                    )?;
+                    deleted(&what, "DisassociateAddress", r)?;
                 }
                 let r = ec2
                     .release_address()
                     .allocation_id(allocation_id)
                     .send()
                     .await;
-                ok_if_gone(r.map(|_| ()).map_err(|e| fail(&what, "ReleaseAddress", e)))?;
+                deleted(&what, "ReleaseAddress", r)?;
             }
             Action::Disassociate { association_id } => {
                 let r = ec2
@@ -170,10 +163,7 @@ impl<'a> Executor<'a> {
                     .association_id(association_id)
                     .send()
                     .await;
-                ok_if_gone(
-                    r.map(|_| ())
-                        .map_err(|e| fail(&what, "DisassociateRouteTable", e)),
-                )?;
+                deleted(&what, "DisassociateRouteTable", r)?;
             }
             Action::DeleteRouteTable {
                 id,
@@ -185,22 +175,16 @@ impl<'a> Executor<'a> {
                         .association_id(assoc)
                         .send()
                         .await;
-                    ok_if_gone(
-                        r.map(|_| ())
-                            .map_err(|e| fail(&what, "DisassociateRouteTable", e)),
-                    )?;
+                    deleted(&what, "DisassociateRouteTable", r)?;
                 }
                 let r = ec2.delete_route_table().route_table_id(id).send().await;
-                ok_if_gone(
-                    r.map(|_| ())
-                        .map_err(|e| fail(&what, "DeleteRouteTable", e)),
-                )?;
+                deleted(&what, "DeleteRouteTable", r)?;
             }
             Action::DeleteSubnet { id } => {
                 let id = id.clone();
                 self.retry_dependency(&what, || async {
                     let r = ec2.delete_subnet().subnet_id(&id).send().await;
-                    ok_if_gone(r.map(|_| ()).map_err(|e| fail(&what, "DeleteSubnet", e)))
+                    deleted(&what, "DeleteSubnet", r)
                 })
                 .await?;
             }
@@ -213,20 +197,14 @@ impl<'a> Executor<'a> {
                         .ip_permissions(perm)
                         .send()
                         .await;
-                    ok_if_gone(
-                        r.map(|_| ())
-                            .map_err(|e| fail(&what, "RevokeSecurityGroupIngress", e)),
-                    )?;
+                    deleted(&what, "RevokeSecurityGroupIngress", r)?;
                 }
             }
             Action::DeleteSecurityGroup { id } => {
                 let id = id.clone();
                 self.retry_dependency(&what, || async {
                     let r = ec2.delete_security_group().group_id(&id).send().await;
-                    ok_if_gone(
-                        r.map(|_| ())
-                            .map_err(|e| fail(&what, "DeleteSecurityGroup", e)),
-                    )
+                    deleted(&what, "DeleteSecurityGroup", r)
                 })
                 .await?;
             }
@@ -238,26 +216,20 @@ impl<'a> Executor<'a> {
                         .vpc_id(vpc)
                         .send()
                         .await;
-                    ok_if_gone(
-                        r.map(|_| ())
-                            .map_err(|e| fail(&what, "DetachInternetGateway", e)),
-                    )?;
+                    deleted(&what, "DetachInternetGateway", r)?;
                 }
                 let r = ec2
                     .delete_internet_gateway()
                     .internet_gateway_id(id)
                     .send()
                     .await;
-                ok_if_gone(
-                    r.map(|_| ())
-                        .map_err(|e| fail(&what, "DeleteInternetGateway", e)),
-                )?;
+                deleted(&what, "DeleteInternetGateway", r)?;
             }
             Action::DeleteVpc { id } => {
                 let id = id.clone();
                 self.retry_dependency(&what, || async {
                     let r = ec2.delete_vpc().vpc_id(&id).send().await;
-                    ok_if_gone(r.map(|_| ()).map_err(|e| fail(&what, "DeleteVpc", e)))
+                    deleted(&what, "DeleteVpc", r)
                 })
                 .await?;
             }
@@ -269,20 +241,14 @@ impl<'a> Executor<'a> {
                         .role_name(role)
                         .send()
                         .await;
-                    ok_if_gone(
-                        r.map(|_| ())
-                            .map_err(|e| fail(&what, "RemoveRoleFromInstanceProfile", e)),
-                    )?;
+                    deleted(&what, "RemoveRoleFromInstanceProfile", r)?;
                 }
                 let r = iam
                     .delete_instance_profile()
                     .instance_profile_name(name)
                     .send()
                     .await;
-                ok_if_gone(
-                    r.map(|_| ())
-                        .map_err(|e| fail(&what, "DeleteInstanceProfile", e)),
-                )?;
+                deleted(&what, "DeleteInstanceProfile", r)?;
             }
             Action::DeleteRole { name, has_policy } => {
                 if *has_policy {
@@ -292,17 +258,14 @@ impl<'a> Executor<'a> {
                         .policy_name(POLICY_NAME)
                         .send()
                         .await;
-                    ok_if_gone(
-                        r.map(|_| ())
-                            .map_err(|e| fail(&what, "DeleteRolePolicy", e)),
-                    )?;
+                    deleted(&what, "DeleteRolePolicy", r)?;
                 }
                 let r = iam.delete_role().role_name(name).send().await;
-                ok_if_gone(r.map(|_| ()).map_err(|e| fail(&what, "DeleteRole", e)))?;
+                deleted(&what, "DeleteRole", r)?;
             }
             Action::DeleteParameter { name } => {
                 let r = self.clients.ssm.delete_parameter().name(name).send().await;
-                ok_if_gone(r.map(|_| ()).map_err(|e| fail(&what, "DeleteParameter", e)))?;
+                deleted(&what, "DeleteParameter", r)?;
             }
 
             // ---------------- creation and repair ----------------
@@ -524,7 +487,7 @@ impl<'a> Executor<'a> {
                     .destination_cidr_block(dest)
                     .send()
                     .await;
-                ok_if_gone(r.map(|_| ()).map_err(|e| fail(&what, "DeleteRoute", e)))?;
+                deleted(&what, "DeleteRoute", r)?;
             }
             Action::Associate { table, subnet } => {
                 ec2.associate_route_table()
@@ -602,24 +565,23 @@ impl<'a> Executor<'a> {
             } => {
                 let gid = self.id(group)?;
                 let perm = permission(rule, |k| self.ids.get(k).cloned())?;
-                let r = if *ingress {
-                    ec2.revoke_security_group_ingress()
+                if *ingress {
+                    let r = ec2
+                        .revoke_security_group_ingress()
                         .group_id(&gid)
                         .ip_permissions(perm)
                         .send()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| fail(&what, "RevokeSecurityGroupIngress", e))
+                        .await;
+                    deleted(&what, "RevokeSecurityGroupIngress", r)?;
                 } else {
-                    ec2.revoke_security_group_egress()
+                    let r = ec2
+                        .revoke_security_group_egress()
                         .group_id(&gid)
                         .ip_permissions(perm)
                         .send()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| fail(&what, "RevokeSecurityGroupEgress", e))
-                };
-                ok_if_gone(r)?;
+                        .await;
+                    deleted(&what, "RevokeSecurityGroupEgress", r)?;
+                }
             }
             Action::CreateRole { name, tags } => {
                 iam.create_role()
@@ -885,9 +847,18 @@ fn missing(resource: &str, op: &'static str, field: &'static str) -> Error {
     }
 }
 
-fn ok_if_gone(r: Result<(), Error>) -> Result<(), Error> {
+/// The result of a delete-like call: done, or already gone (not found), else the error for
+/// `what`.
+fn deleted<T, E, R>(what: &str, op: &'static str, r: Result<T, SdkError<E, R>>) -> Result<(), Error>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
     match r {
-        Err(e) if e.is_not_found() => Ok(()),
-        other => other,
+        Ok(_) => Ok(()),
+        Err(e) => match fail(what, op, e) {
+            e if e.is_not_found() => Ok(()),
+            e => Err(e),
+        },
     }
 }
