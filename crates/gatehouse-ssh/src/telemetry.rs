@@ -65,7 +65,8 @@ pub(crate) fn observe(event: &Event<'_>) {
     }
 }
 
-/// Counts bytes moved through tunnels, as they move.
-pub(crate) fn tunnel_bytes(direction: &'static str, n: u64) {
-    metrics::counter!("gatehouse_tunnel_bytes_total", "direction" => direction).increment(n);
+/// The counter of bytes moved through tunnels in `direction` ("up": to the target, "down"),
+/// incremented as they move. Taken once per tunnel: the lookup stays off the per-packet path.
+pub(crate) fn tunnel_bytes(direction: &'static str) -> metrics::Counter {
+    metrics::counter!("gatehouse_tunnel_bytes_total", "direction" => direction)
 }

@@ -127,7 +127,7 @@ pub(crate) async fn run(
         dial: grant.dial,
     });
     let started = Instant::now();
-    let counters = Counters::default();
+    let counters = Counters::new();
     let (mut from_client, to_client) = channel.split();
     let (target_read, target_write) = tcp.into_split();
     let reason = tokio::select! {
@@ -168,26 +168,38 @@ fn connect_failed(reason: String) -> ChannelOpenFailure {
     }
 }
 
-#[derive(Default)]
+/// Bytes each way, for this tunnel's audit line and for the metrics. The metric handles are
+/// looked up once per tunnel, not on every read and write.
 struct Counters {
     /// Client to target.
     up: AtomicU64,
     /// Target to client.
     down: AtomicU64,
+    metric_up: metrics::Counter,
+    metric_down: metrics::Counter,
 }
 
 impl Counters {
+    fn new() -> Self {
+        Counters {
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            metric_up: telemetry::tunnel_bytes("up"),
+            metric_down: telemetry::tunnel_bytes("down"),
+        }
+    }
+
     /// `n` bytes written to the target; the connection is active.
     fn up(&self, conn: &Conn, n: usize) {
         self.up.fetch_add(n as u64, Ordering::Relaxed);
-        telemetry::tunnel_bytes("up", n as u64);
+        self.metric_up.increment(n as u64);
         conn.touch();
     }
 
     /// `n` bytes read from the target; the connection is active.
     fn down(&self, conn: &Conn, n: usize) {
         self.down.fetch_add(n as u64, Ordering::Relaxed);
-        telemetry::tunnel_bytes("down", n as u64);
+        self.metric_down.increment(n as u64);
         conn.touch();
     }
 }
