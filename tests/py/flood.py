@@ -18,6 +18,18 @@ import time
 import paramiko
 
 
+class Tally:
+    """Counts from many threads, under a lock."""
+
+    def __init__(self, counts):
+        self.counts = counts
+        self.lock = threading.Lock()
+
+    def inc(self, key):
+        with self.lock:
+            self.counts[key] += 1
+
+
 def connect(host, port, source):
     s = socket.create_connection((host, port), timeout=5, source_address=(source, 0))
     s.settimeout(2)
@@ -42,10 +54,10 @@ def half_open(host, port, source, hold, results):
     try:
         s = connect(host, port, source)
     except OSError:
-        results["connect_failed"] += 1
+        results.inc("connect_failed")
         return
     line = first_line(s)
-    results["served" if line.startswith("SSH-") else "refused"] += 1
+    results.inc("served" if line.startswith("SSH-") else "refused")
     deadline = time.time() + hold
     while time.time() < deadline:
         try:
@@ -62,10 +74,10 @@ def slow_sender(host, port, source, hold, results):
     try:
         s = connect(host, port, source)
     except OSError:
-        results["connect_failed"] += 1
+        results.inc("connect_failed")
         return
     line = first_line(s)
-    results["served" if line.startswith("SSH-") else "refused"] += 1
+    results.inc("served" if line.startswith("SSH-") else "refused")
     deadline = time.time() + hold
     for byte in b"SSH-2.0-slowpoke-" + b"x" * 200:
         if time.time() > deadline:
@@ -82,16 +94,16 @@ def bad_key(host, port, source, key, results):
     try:
         s = connect(host, port, source)
     except OSError:
-        results["connect_failed"] += 1
+        results.inc("connect_failed")
         return
     t = paramiko.Transport(s)
     try:
         t.start_client(timeout=5)
-        results["served"] += 1
-        results["bad_key_logins"] += 1
+        results.inc("served")
+        results.inc("bad_key_logins")
         t.auth_publickey("alice", key)
     except Exception:
-        results["refused_or_failed_login"] += 1
+        results.inc("refused_or_failed_login")
     finally:
         t.close()
 
@@ -100,19 +112,7 @@ def main():
     host, port, source = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     count, hold = int(sys.argv[4]), float(sys.argv[5])
     results = {k: 0 for k in ("connect_failed", "refused", "served", "bad_key_logins", "refused_or_failed_login")}
-    lock = threading.Lock()
-
-    class Counter:
-        """`results[k] += 1` from many threads."""
-
-        def __getitem__(self, k):
-            return 0
-
-        def __setitem__(self, k, v):
-            with lock:
-                results[k] += 1
-
-    shared = Counter()
+    shared = Tally(results)
     # One key the bastion has never seen, made once (RSA generation is slow).
     key = paramiko.RSAKey.generate(2048)
     threads = []
