@@ -61,6 +61,10 @@ struct Cli {
     /// Only these measurements (comma-separated: tunnel, many, login, hol, memory).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Repetitions of each single-tunnel measurement, instead of the mode's (5 in a full run):
+    /// more of them narrow the medians when comparing two builds.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=100))]
+    tunnel_reps: Option<u16>,
 }
 
 /// Sizes and repetitions of one run.
@@ -221,6 +225,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Plan::quick()
     } else {
         Plan::full()
+    };
+    let plan = Plan {
+        tunnel_reps: cli.tunnel_reps.map_or(plan.tunnel_reps, usize::from),
+        ..plan
     };
     let root = repo_root();
     let (md_path, json_path) = match plan.mode {
@@ -694,6 +702,9 @@ fn command_line(cli: &Cli) -> String {
     }
     if !cli.only.is_empty() {
         s.push_str(&format!(" --only {}", cli.only.join(",")));
+    }
+    if let Some(n) = cli.tunnel_reps {
+        s.push_str(&format!(" --tunnel-reps {n}"));
     }
     s
 }

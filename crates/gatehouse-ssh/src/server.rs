@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{LocalPoolHandle, TaskTracker};
 
 use crate::audit::{Audit, Event};
 use crate::conn::Conn;
@@ -78,6 +78,10 @@ pub(crate) struct Shared {
     pub audit: Audit,
     /// Connection and tunnel tasks, awaited on shutdown.
     pub tasks: TaskTracker,
+    /// Single-threaded runtimes, one per core: each connection lives on one of them with all
+    /// its tasks (russh's session loop, tunnels, watchdogs), so handing a packet from the
+    /// session to its tunnel never wakes another thread.
+    workers: LocalPoolHandle,
     /// Cancelled when shutdown starts: stop accepting, refuse new tunnels.
     pub draining: CancellationToken,
     /// Cancelled when the grace period is over: close everything.
@@ -112,6 +116,7 @@ impl Shared {
             directory: b.directory,
             audit: b.audit,
             tasks: TaskTracker::new(),
+            workers: LocalPoolHandle::new(worker_count()),
             draining: CancellationToken::new(),
             stop: CancellationToken::new(),
             id_prefix: format!("{epoch:x}"),
@@ -287,8 +292,24 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener) {
                 }
                 match shared.preauth.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let task = connection(shared.clone(), stream, peer, listener.proxy, permit);
-                        shared.tasks.spawn(task);
+                        // The socket moves to the worker's runtime: deregister it from this
+                        // one first.
+                        let stream = match stream.into_std() {
+                            Ok(s) => s,
+                            Err(e) => {
+                                let reason = format!("cannot set up the connection: {e}");
+                                shared.refuse(None, peer, "internal", &reason);
+                                continue;
+                            }
+                        };
+                        let task = shared.tasks.track_future(on_worker(
+                            shared.clone(),
+                            stream,
+                            peer,
+                            listener.proxy,
+                            permit,
+                        ));
+                        shared.workers.spawn_pinned(move || task);
                     }
                     Err(_) => shared.refuse(
                         None,
@@ -303,6 +324,34 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener) {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
             }
+        }
+    }
+}
+
+/// How many single-threaded runtimes serve connections: `TOKIO_WORKER_THREADS` if set (the
+/// variable tokio's own runtime reads), else one per available core.
+fn worker_count() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+}
+
+/// A connection, on the worker runtime that polls this future.
+async fn on_worker(
+    shared: Arc<Shared>,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    proxied: bool,
+    preauth: OwnedSemaphorePermit,
+) {
+    match TcpStream::from_std(stream) {
+        Ok(stream) => connection(shared, stream, peer, proxied, preauth).await,
+        Err(e) => {
+            let reason = format!("cannot set up the connection: {e}");
+            shared.refuse(None, peer, "internal", &reason);
         }
     }
 }
