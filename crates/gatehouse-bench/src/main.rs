@@ -10,6 +10,7 @@
 
 mod feed;
 mod harness;
+mod interrupt;
 mod loadgen;
 mod measure;
 mod rig;
@@ -142,6 +143,9 @@ impl Plan {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = interrupt::install() {
+        eprintln!("gatehouse-bench: cannot take over SIGINT/SIGTERM ({e}); an interrupted run may leave namespaces behind");
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
