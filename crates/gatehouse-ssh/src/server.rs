@@ -343,7 +343,8 @@ fn worker_count() -> usize {
         .unwrap_or(1)
 }
 
-/// A connection, on the worker runtime that polls this future.
+/// A connection, on the worker runtime that polls this future: the socket is registered
+/// here, once.
 async fn on_worker(
     shared: Arc<Shared>,
     stream: std::net::TcpStream,
@@ -351,8 +352,8 @@ async fn on_worker(
     proxied: bool,
     preauth: OwnedSemaphorePermit,
 ) {
-    match TcpStream::from_std(stream) {
-        Ok(stream) => connection(shared, stream, peer, proxied, preauth).await,
+    match with_cutter(stream) {
+        Ok((stream, cutter)) => connection(shared, stream, cutter, peer, proxied, preauth).await,
         Err(e) => {
             let reason = format!("cannot set up the connection: {e}");
             shared.refuse(None, peer, "internal", &reason);
@@ -363,6 +364,7 @@ async fn on_worker(
 async fn connection(
     shared: Arc<Shared>,
     mut stream: TcpStream,
+    cutter: std::net::TcpStream,
     peer: SocketAddr,
     proxied: bool,
     preauth: OwnedSemaphorePermit,
@@ -411,13 +413,6 @@ async fn connection(
     let _user_session = UserSessionGuard {
         shared: &shared,
         conn: &conn,
-    };
-    let (stream, cutter) = match with_cutter(stream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            let reason = format!("cannot set up the connection: {e}");
-            return shared.refuse(Some(&conn.id), source, "internal", &reason);
-        }
     };
     let _ = stream.set_nodelay(true);
     let stream = ClientSocket::new(stream, conn.clone());

@@ -18,11 +18,13 @@ use tokio::net::TcpStream;
 
 use crate::conn::Conn;
 
-/// Splits off a duplicate of the socket that can shut it down from outside the session.
-pub(crate) fn with_cutter(stream: TcpStream) -> io::Result<(TcpStream, std::net::TcpStream)> {
-    let std_stream = stream.into_std()?;
-    let cutter = std_stream.try_clone()?;
-    Ok((TcpStream::from_std(std_stream)?, cutter))
+/// Registers an accepted socket with the current runtime and splits off a duplicate that can
+/// shut it down from outside the session.
+pub(crate) fn with_cutter(
+    stream: std::net::TcpStream,
+) -> io::Result<(TcpStream, std::net::TcpStream)> {
+    let cutter = stream.try_clone()?;
+    Ok((TcpStream::from_std(stream)?, cutter))
 }
 
 /// The client socket, with quick ACKs re-armed after each read until `conn` authenticates.
