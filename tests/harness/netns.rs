@@ -224,25 +224,31 @@ impl Default for Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        let me = std::process::id();
-        for ns in self.namespaces() {
-            for pid in ns.pids() {
-                if pid != me {
-                    let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                }
+        tear_down(&self.namespaces());
+    }
+}
+
+/// Kills every process in `namespaces` (but this one) and deletes them (their veths go with
+/// them). Bounded: each `ip` call has a timeout.
+pub fn tear_down(namespaces: &[&Netns]) {
+    let me = std::process::id();
+    for ns in namespaces {
+        for pid in ns.pids() {
+            if pid != me {
+                let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
-        for ns in self.namespaces() {
-            if !ns.path().exists() {
-                continue;
-            }
-            let mut del = Command::new("ip");
-            del.args(["netns", "del", ns.name()]);
-            match try_run_with_timeout(del, IP_TIMEOUT) {
-                Ok(out) if out.success() => {}
-                Ok(out) => eprintln!("teardown: {out}"),
-                Err(e) => eprintln!("teardown: ip netns del {}: {e}", ns.name()),
-            }
+    }
+    for ns in namespaces {
+        if !ns.path().exists() {
+            continue;
+        }
+        let mut del = Command::new("ip");
+        del.args(["netns", "del", ns.name()]);
+        match try_run_with_timeout(del, IP_TIMEOUT) {
+            Ok(out) if out.success() => {}
+            Ok(out) => eprintln!("teardown: {out}"),
+            Err(e) => eprintln!("teardown: ip netns del {}: {e}", ns.name()),
         }
     }
 }

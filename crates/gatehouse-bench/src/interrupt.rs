@@ -5,21 +5,20 @@
 
 use std::path::Path;
 
-use nix::sys::signal::{kill, SigSet, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::{SigSet, Signal};
 
-use crate::harness::netns::NAME_PREFIX;
+use crate::harness::netns::{tear_down, NAME_PREFIX};
 use crate::harness::Netns;
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every thread started after it;
 /// child processes start with an empty mask) and starts the thread that waits for them.
 /// Call first thing in `main`.
-pub fn install() -> nix::Result<()> {
+pub fn install() -> std::io::Result<()> {
     let mut set = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         set.add(s);
     }
-    set.thread_block()?;
+    set.thread_block().map_err(std::io::Error::from)?;
     std::thread::Builder::new()
         .name("interrupt".into())
         .spawn(move || {
@@ -32,13 +31,11 @@ pub fn install() -> nix::Result<()> {
             }
         })
         .map(|_| ())
-        .map_err(|_| nix::Error::EAGAIN)
 }
 
-/// Kills every process in this run's namespaces (`gh<pid>x...`) and deletes the namespaces.
+/// Removes this run's namespaces (`gh<pid>x...`) and every process in them.
 fn sweep() {
-    let me = std::process::id();
-    let ours = format!("{NAME_PREFIX}{me}x");
+    let ours = format!("{NAME_PREFIX}{}x", std::process::id());
     let Ok(entries) = std::fs::read_dir(Path::new("/run/netns")) else {
         return;
     };
@@ -47,16 +44,5 @@ fn sweep() {
         .filter(|name| name.starts_with(&ours))
         .map(Netns::named)
         .collect();
-    for ns in &namespaces {
-        for pid in ns.pids() {
-            if pid != me {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
-        }
-    }
-    for ns in &namespaces {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", ns.name()])
-            .status();
-    }
+    tear_down(&namespaces.iter().collect::<Vec<_>>());
 }
