@@ -885,8 +885,20 @@ fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
     let m = INSTANCES + 1;
 
     let count = |v: &Value, action: &str| v[action].as_u64().unwrap_or(0) as usize;
-    // The daemon's steady state: no key bodies, N + K + 4 calls per refresh.
-    std::thread::sleep(REFRESH * 3);
+    // The daemon's steady state: no key bodies, N + K + 4 calls per refresh. It starts once
+    // the daemon has fetched every key body (K since the proxy started: alice's and the
+    // fixture's) and the refresh that fetched them is over. A fixed wait was not enough when
+    // other tests loaded the machine and one refresh took longer than the wait.
+    let warmed = Instant::now();
+    while count(&rig.proxy.control("/__proxy/counts"), "iam:GetSSHPublicKey") < k {
+        assert!(
+            warmed.elapsed() < Duration::from_secs(60),
+            "the daemon did not fetch all {k} key bodies within 60 s: {}",
+            rig.proxy.control("/__proxy/counts")
+        );
+        std::thread::sleep(REFRESH / 5);
+    }
+    std::thread::sleep(REFRESH * 2);
     rig.proxy.control("/__proxy/reset");
     std::thread::sleep(REFRESH * 5 + REFRESH / 2);
     let warm = rig.proxy.control("/__proxy/counts");
