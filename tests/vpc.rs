@@ -13,6 +13,8 @@
 
 #[path = "harness/moto.rs"]
 mod moto;
+#[path = "harness/panics.rs"]
+mod panics;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -21,6 +23,25 @@ use aws_sdk_ec2::types::Filter;
 use moto::Moto;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse-vpc");
+
+/// Runs a command to completion; fails the test if it printed a Rust panic (the harness
+/// rule, `harness/panics.rs`), whatever its exit status.
+trait CheckedOutput {
+    fn checked_output(&mut self, what: &str) -> Output;
+}
+
+impl CheckedOutput for Command {
+    #[track_caller]
+    fn checked_output(&mut self, what: &str) -> Output {
+        let out = self
+            .output()
+            .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+        let context = format!("{what}: {out:?}");
+        panics::assert_no_panic(what, &String::from_utf8_lossy(&out.stdout), &context);
+        panics::assert_no_panic(what, &String::from_utf8_lossy(&out.stderr), &context);
+        out
+    }
+}
 
 fn spec_text(stack: &str, cidr_second_octet: u8, nat: &str) -> String {
     let o = cidr_second_octet;
@@ -124,8 +145,7 @@ impl Rig {
 
     fn run(&self, spec: &Path, args: &[&str]) -> Output {
         self.command(spec, args)
-            .output()
-            .expect("run gatehouse-vpc")
+            .checked_output("run gatehouse-vpc")
     }
 
     /// Run and require success; returns stdout.
@@ -619,8 +639,7 @@ fn interrupted_apply_converges() {
                 "GATEHOUSE_VPC_TEST_KILL_AFTER_STEPS",
                 kill_after.to_string(),
             )
-            .output()
-            .expect("run");
+            .checked_output("run");
         assert_eq!(
             out.status.code(),
             Some(137),
@@ -869,8 +888,7 @@ fn bad_specs_are_rejected_before_any_aws_call() {
                 .arg("--spec")
                 .arg(&path)
                 .args(["--endpoint-url", &format!("http://127.0.0.1:{closed}"), cmd])
-                .output()
-                .expect("run");
+                .checked_output("run");
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(64), "{what}/{cmd}: {err}");
             assert!(
@@ -987,8 +1005,7 @@ fn destroy_never_touches_foreign_resources_inside_the_stack_vpc() {
     // Destroy removes what it can; the VPC cannot go while foreign things live in it.
     let out = rig
         .command(&spec, &["destroy", "--wait-timeout", "1s"])
-        .output()
-        .expect("destroy");
+        .checked_output("destroy");
     let err = String::from_utf8_lossy(&out.stderr);
     rt.block_on(async {
         let i = ec2

@@ -15,7 +15,7 @@
 //! - [`moto::Moto`] (moto), [`moto_ns::NsMoto`] (moto_ns): the AWS API in memory, in the
 //!   root namespace or on the loopback of a test namespace.
 //! - [`Daemon`], [`run_with_timeout`], [`run_feeding`] (process): every child process is bounded
-//!   in time and killed on drop.
+//!   in time and killed on drop, and a test fails if any of them printed a Rust panic (panics).
 //!
 //! Safety rule for everything here: traffic goes only to loopback or to addresses inside
 //! namespaces the test created itself, never anywhere that could leave the machine.
@@ -30,6 +30,7 @@ pub mod keys;
 pub mod moto;
 pub mod moto_ns;
 pub mod netns;
+pub mod panics;
 pub mod process;
 pub mod scratch;
 pub mod ssh_client;

@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 
 use super::bytes::{Digest, Sha256Pipe};
 use super::netns::Netns;
+use super::panics::assert_no_panic;
 use super::scratch::Scratch;
 
 /// How often waiting loops poll.
@@ -214,13 +215,18 @@ fn finish(mut child: Child, command: String, started: Instant, timeout: Duration
     };
     let stdout = collect(stdout);
     let stderr = collect(stderr);
-    CmdOutput {
+    let output = CmdOutput {
         command,
         status,
         stdout,
         stderr,
         elapsed,
-    }
+    };
+    // The harness rule (see `panics`): a command that panicked fails the test, whatever the
+    // test goes on to check.
+    assert_no_panic(&output.command, &output.stdout_str(), &output);
+    assert_no_panic(&output.command, &output.stderr_str(), &output);
+    output
 }
 
 fn read_in_background(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
@@ -472,6 +478,14 @@ impl Daemon {
         &self.stderr_path
     }
 
+    /// Fails the test if the process printed a Rust panic on stdout or stderr (the harness
+    /// rule; also checked when the guard is dropped).
+    #[track_caller]
+    pub fn assert_no_panic(&self) {
+        assert_no_panic(&format!("{} (stdout)", self.name), &self.stdout(), &self.logs());
+        assert_no_panic(&format!("{} (stderr)", self.name), &self.stderr(), &self.logs());
+    }
+
     /// Both logs, trimmed to their tails, for panic messages.
     pub fn logs(&self) -> String {
         format!(
@@ -489,6 +503,11 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         // Leftovers of a daemon that was already reaped die with the namespace teardown.
         self.kill();
+        // The harness rule: every test fails if a daemon it ran panicked, even one that kept
+        // serving. Not while the test is already failing (a second panic would abort).
+        if !thread::panicking() {
+            self.assert_no_panic();
+        }
     }
 }
 

@@ -12,6 +12,8 @@ pub mod bytes;
 pub mod keys;
 #[path = "../../../tests/harness/netns.rs"]
 pub mod netns;
+#[path = "../../../tests/harness/panics.rs"]
+pub mod panics;
 #[path = "../../../tests/harness/process.rs"]
 pub mod process;
 #[path = "../../../tests/harness/scratch.rs"]

@@ -5,6 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
+#[path = "../../../tests/harness/panics.rs"]
+mod panics;
+
 #[test]
 fn smoke_run_produces_every_figure() {
     assert!(
@@ -34,6 +37,14 @@ fn smoke_run_produces_every_figure() {
         .output()
         .expect("run gatehouse-bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The harness rule: no program of the run (the bench itself, or a daemon it ran and
+    // reported on) printed a panic.
+    panics::assert_no_panic("gatehouse-bench --smoke", &stderr, &stderr);
+    panics::assert_no_panic(
+        "gatehouse-bench --smoke (stdout)",
+        &String::from_utf8_lossy(&out.stdout),
+        &stderr,
+    );
     assert!(
         out.status.success(),
         "gatehouse-bench --smoke failed:\n{stderr}"
