@@ -6,10 +6,14 @@
 //!   idle timeout, reload and revocation, drain on SIGTERM, host key, check, hosts, demo
 //! - `hardening`: verdicts (ssh-audit, systemd-analyze), a flood from one source, penalties,
 //!   limits, a black-holed target, PROXY protocol, metrics, socket activation, kill -9
+//! - `lifecycle`: connections ending at every phase (handshake cuts, failed and successful
+//!   logins, channel opens, dials, shutdown), straight and behind PROXY: no panic, charges
+//!   exactly as documented, every pre-auth slot released
 //! - `openssh_baseline`: the harness itself, with OpenSSH sshd as the bastion
 
 mod aws; // gatehouse with AWS as the source of truth, against moto
 mod bastion;
 mod hardening;
 mod harness;
+mod lifecycle; // connections ending at every phase: panics, penalty charges, pre-auth slots
 mod openssh_baseline;
