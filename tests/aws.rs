@@ -6,10 +6,12 @@
 //! (`tests/py/aws_fixture.py`).
 //!
 //! Covered: who gets in and where (tags, IAM groups, inactive keys, ports, stopped and
-//! terminated instances, VPC filter, duplicate names, name mapping), live revocation (key
-//! deactivated, tag removed), an AWS outage (cached users until `max_staleness`, then refused,
-//! then recovery without a restart), throttling (no revocation), the shared SSM host key, and
-//! `gatehouse ssh-config` / `gatehouse hosts` in AWS mode.
+//! terminated instances, VPC filter, duplicate names, name mapping), one private address in
+//! two VPCs (never dialed), live revocation (key deactivated, tag removed), users deleted
+//! during a refresh (gone, not a failed refresh), an AWS outage (cached users until
+//! `max_staleness`, then refused, then recovery without a restart), throttling (no
+//! revocation), the shared SSM host key, and `gatehouse ssh-config` / `gatehouse hosts` in AWS
+//! mode.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -127,15 +129,13 @@ fn fixture(topology: &Topology, moto: &Moto, ops: Value) -> Vec<Value> {
 /// Settings of one test's gatehouse config.
 struct Settings {
     max_staleness: &'static str,
-    vpc_id: Option<String>,
+    /// `aws.vpc_ids` (required, at least one).
+    vpc_ids: Vec<String>,
     listen_port: u16,
 }
 
 fn write_config(scratch: &Scratch, name: &str, endpoint: &str, s: &Settings) -> PathBuf {
-    let vpcs = match &s.vpc_id {
-        Some(id) => format!("[\"{id}\"]"),
-        None => "[]".to_owned(),
-    };
+    let vpcs = serde_json::to_string(&s.vpc_ids).expect("a list of strings");
     let text = format!(
         r#"
 [server]
@@ -252,12 +252,20 @@ struct Rig {
     topology: Topology,
 }
 
-fn rig(max_staleness: &'static str, filter_vpc: bool) -> Rig {
+fn rig(max_staleness: &'static str) -> Rig {
+    rig_seeded(max_staleness, None)
+}
+
+/// A rig whose moto hands out ids from `seed` (see the fixture's `seed` op), when given.
+fn rig_seeded(max_staleness: &'static str, seed: Option<u64>) -> Rig {
     let topology = Topology::new();
     let scratch = Scratch::new();
     let moto = Moto::start_in(&topology.bastion);
     let proxy = Proxy::start(&topology, &scratch, moto.addr().port());
     let alice_key = KeyPair::ed25519(&scratch, "alice_key");
+    if let Some(seed) = seed {
+        fixture(&topology, &moto, json!([{"op": "seed", "value": seed}]));
+    }
     let world = standard_world(&topology, &moto, &alice_key);
     let config = write_config(
         &scratch,
@@ -265,7 +273,7 @@ fn rig(max_staleness: &'static str, filter_vpc: bool) -> Rig {
         &proxy.url(),
         &Settings {
             max_staleness,
-            vpc_id: filter_vpc.then(|| world.vpc_id.clone()),
+            vpc_ids: vec![world.vpc_id.clone()],
             listen_port: SSH_PORT,
         },
     );
@@ -452,7 +460,7 @@ fn rfc3339_to_unix(ts: &str) -> f64 {
 
 #[test]
 fn aws_tagged_user_reaches_tagged_host_and_the_rest_is_refused() {
-    let rig = rig("1m", true);
+    let rig = rig("1m");
     let bob = KeyPair::ed25519(&rig.scratch, "bob_key");
     let carol = KeyPair::ed25519(&rig.scratch, "carol_key");
     let dave = KeyPair::ed25519(&rig.scratch, "dave_key");
@@ -584,7 +592,7 @@ fn aws_tagged_user_reaches_tagged_host_and_the_rest_is_refused() {
 
 #[test]
 fn aws_revocation_closes_sessions_and_tunnels_within_one_refresh() {
-    let rig = rig("1m", true);
+    let rig = rig("1m");
     let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, ECHO_PORT));
     let _echo2 = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR_2, ECHO_PORT));
     let erin = KeyPair::ed25519(&rig.scratch, "erin_key");
@@ -652,8 +660,10 @@ fn aws_revocation_closes_sessions_and_tunnels_within_one_refresh() {
 
 #[test]
 fn aws_outage_serves_cached_users_until_max_staleness_then_recovers() {
-    // vpc_ids = [] so that a restarted (empty, re-seeded) moto with a new VPC id still counts.
-    let mut rig = rig("6s", false);
+    // moto seeded, so that a restarted (empty) moto given the same world hands out the same
+    // VPC id, which the config lists.
+    const SEED: u64 = 4242;
+    let mut rig = rig_seeded("6s", Some(SEED));
     let alice = rig.alice();
     assert_reaches_sshd(&alice, "jupyter:22");
 
@@ -678,7 +688,12 @@ fn aws_outage_serves_cached_users_until_max_staleness_then_recovers() {
 
     // Restart moto (empty: re-create the world) and point the proxy at it.
     let moto = Moto::start_in(&rig.topology.bastion);
+    fixture(&rig.topology, &moto, json!([{"op": "seed", "value": SEED}]));
     let world = standard_world(&rig.topology, &moto, &rig.alice_key);
+    assert_eq!(
+        world.vpc_id, rig.world.vpc_id,
+        "the seeded moto repeats its VPC id"
+    );
     rig.proxy
         .control(&format!("/__proxy/upstream?port={}", moto.addr().port()));
     rig.moto = moto;
@@ -691,7 +706,7 @@ fn aws_outage_serves_cached_users_until_max_staleness_then_recovers() {
 
 #[test]
 fn aws_throttling_causes_no_revocation() {
-    let rig = rig("30s", true);
+    let rig = rig("30s");
     let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, ECHO_PORT));
     let alice = rig.alice();
     let mut tunnel = OpenTunnel::open(&alice, &rig.scratch, "alice_tunnel", 15000, "jupyter");
@@ -727,7 +742,7 @@ fn aws_throttling_causes_no_revocation() {
 
 #[test]
 fn aws_two_replicas_present_the_same_ssm_host_key() {
-    let rig = rig("1m", true);
+    let rig = rig("1m");
     // A second and a third replica on other ports, started at the same moment, on a fresh
     // parameter name: they race to create it.
     let parameter = "/gatehouse/race/host_ed25519";
@@ -739,7 +754,7 @@ fn aws_two_replicas_present_the_same_ssm_host_key() {
             &rig.proxy.url(),
             &Settings {
                 max_staleness: "1m",
-                vpc_id: Some(rig.world.vpc_id.clone()),
+                vpc_ids: vec![rig.world.vpc_id.clone()],
                 listen_port: port,
             },
         );
@@ -789,7 +804,7 @@ fn aws_two_replicas_present_the_same_ssm_host_key() {
 
 #[test]
 fn aws_ssh_config_output_reaches_the_host_as_is() {
-    let rig = rig("1m", true);
+    let rig = rig("1m");
     let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, ECHO_PORT));
     // known_hosts: the bastion's key (scanned) and jupyter's (the private sshd's own).
     let mut scan = rig.topology.client.command("ssh-keyscan");
@@ -863,7 +878,7 @@ fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
     const WITH_KEYS: usize = 30;
     const WITHOUT_KEYS: usize = 10;
     const INSTANCES: usize = 20;
-    let mut rig = rig("1m", true);
+    let mut rig = rig("1m");
     let mut ops = Vec::new();
     for i in 0..WITH_KEYS {
         ops.push(json!({"op": "user", "name": format!("user{i:02}"), "groups": "research",
@@ -943,7 +958,7 @@ fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
 
 #[test]
 fn aws_iam_path_prefix_admits_only_users_under_it() {
-    let rig = rig("1m", true);
+    let rig = rig("1m");
     let sam = KeyPair::ed25519(&rig.scratch, "sam_key");
     let ext = KeyPair::ed25519(&rig.scratch, "ext_key");
     rig.fixture(json!([
@@ -959,7 +974,7 @@ fn aws_iam_path_prefix_admits_only_users_under_it() {
         &rig.proxy.url(),
         &Settings {
             max_staleness: "1m",
-            vpc_id: Some(rig.world.vpc_id.clone()),
+            vpc_ids: vec![rig.world.vpc_id.clone()],
             listen_port: 2203,
         },
     );
@@ -989,4 +1004,198 @@ fn aws_iam_path_prefix_admits_only_users_under_it() {
         &rig.client("ext", &ext.private),
         &format!("jupyter:{SSH_PORT}"),
     );
+}
+
+/// Two VPCs with one CIDR (every default `10.0.0.0/16` overlaps): jupyter (research, VPC A)
+/// and prod-box (ops, VPC B) end up on one private address. The bastion's routes deliver that
+/// address to one of them only, so a grant to dial it could land on a host of another group.
+/// A gatehouse listing both VPCs refuses the address by every name of either host, naming
+/// both instance ids and nothing else, closes a tunnel opened before the address became
+/// shared, and says so in a warning; a gatehouse listing VPC A only still serves jupyter.
+#[test]
+fn aws_an_address_shared_by_two_vpcs_is_never_dialed() {
+    const PORT: u16 = 2204;
+    let rig = rig("1m");
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, ECHO_PORT));
+    let olga = KeyPair::ed25519(&rig.scratch, "olga_key");
+    let r = rig.fixture(json!([
+        {"op": "vpc", "cidr": "10.0.0.0/16", "subnet": "10.0.3.0/24"},
+        {"op": "user", "name": "olga", "groups": "ops", "keys": [olga.public_line.trim()]},
+    ]));
+    let vpc_b = r[0]["vpc_id"].as_str().expect("vpc id").to_owned();
+    let subnet_b = r[0]["subnet_id"].as_str().expect("subnet id").to_owned();
+    assert_ne!(vpc_b, rig.world.vpc_id);
+
+    // A second gatehouse on the same AWS state, listing both VPCs.
+    let config = write_config(
+        &rig.scratch,
+        "twovpc",
+        &rig.proxy.url(),
+        &Settings {
+            max_staleness: "1m",
+            vpc_ids: vec![rig.world.vpc_id.clone(), vpc_b.clone()],
+            listen_port: PORT,
+        },
+    );
+    let mut cmd = gatehouse_cmd(&rig.topology);
+    cmd.arg("serve").arg("--config").arg(&config);
+    let mut twovpc = Daemon::spawn("gatehouse_twovpc", cmd, &rig.scratch);
+    twovpc.wait_for_stderr("gatehouse listening", START_TIMEOUT);
+    let via = |user: &str, key: &Path| {
+        SshClient::new(
+            &rig.topology.client,
+            &rig.scratch,
+            addr(BASTION_CLIENT_ADDR, PORT),
+            user,
+            key,
+        )
+    };
+    let alice = via("alice", &rig.alice_key.private);
+    let olga_client = via("olga", &olga.private);
+
+    // While the address is jupyter's alone, alice holds a tunnel to it.
+    let mut tunnel = OpenTunnel::open(&alice, &rig.scratch, "alice_tunnel", 15002, "jupyter");
+
+    // prod-box appears in VPC B on jupyter's address.
+    let r = rig.fixture(json!([
+        {"op": "instance", "subnet_id": subnet_b, "ip": PRIVATE_ADDR.to_string(),
+         "tags": {"Name": "prod-box", "gatehouse:groups": "ops",
+                  "gatehouse:ports": format!("{SSH_PORT},{ECHO_PORT}")}},
+    ]));
+    let prod_id = r[0]["id"].as_str().expect("instance id").to_owned();
+    assert_eq!(
+        r[0]["ip"].as_str(),
+        Some(PRIVATE_ADDR.to_string().as_str()),
+        "moto placed prod-box on the shared address: {r:?}"
+    );
+    let jupyter_id = rig.world.jupyter_id.clone();
+    let shared = format!(
+        "address {PRIVATE_ADDR} belongs to 2 hosts ({}); refusing to guess which one you mean",
+        {
+            let mut ids = [jupyter_id.clone(), prod_id.clone()];
+            ids.sort();
+            ids.join(", ")
+        }
+    );
+
+    // The open tunnel is closed within one refresh, with the reason in the audit log.
+    tunnel.wait_closed(REFRESH + SLACK);
+    let audit = || read_audit(&rig.scratch.join("twovpc.audit.jsonl"));
+    let deadline = Instant::now() + SLACK;
+    let revoked = loop {
+        if let Some(line) = audit()
+            .into_iter()
+            .find(|l| l["event"] == "tunnel.revoked" && l["user"] == "alice")
+        {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no tunnel.revoked for alice: {:?}\n{}",
+            audit(),
+            twovpc.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(revoked["reason"], shared.as_str(), "{revoked}");
+
+    // Refused by every name of either host, for a user of either group.
+    let dns = format!(
+        "ip-{}.ec2.internal",
+        PRIVATE_ADDR.to_string().replace('.', "-")
+    );
+    for target in [
+        "jupyter".to_owned(),
+        jupyter_id.clone(),
+        dns.clone(),
+        PRIVATE_ADDR.to_string(),
+    ] {
+        assert_refused(&alice, &format!("{target}:{SSH_PORT}"), &shared);
+    }
+    for target in [
+        "prod-box".to_owned(),
+        prod_id.clone(),
+        PRIVATE_ADDR.to_string(),
+    ] {
+        assert_refused(&olga_client, &format!("{target}:{SSH_PORT}"), &shared);
+    }
+    // A host of another group is refused for the group, as before.
+    assert_refused(
+        &alice,
+        &format!("prod-box:{SSH_PORT}"),
+        "may not reach host",
+    );
+    let denies: Vec<Value> = audit()
+        .into_iter()
+        .filter(|l| l["event"] == "tunnel.deny" && l["reason_code"] == "shared_address")
+        .collect();
+    assert_eq!(denies.len(), 7, "{denies:?}");
+
+    // The daemon says why, once, naming both instances.
+    let log = twovpc.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains(&PRIVATE_ADDR.to_string())
+            && l.contains(&jupyter_id)
+            && l.contains(&prod_id)),
+        "a warning names the address and both instances:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+
+    // The gatehouse listing VPC A only never sees prod-box: jupyter is served as before.
+    assert_reaches_sshd(&rig.alice(), &format!("jupyter:{SSH_PORT}"));
+    assert_reaches_sshd(&rig.alice(), &format!("{PRIVATE_ADDR}:{SSH_PORT}"));
+    assert!(!rig.gatehouse.stderr().contains("panicked"));
+}
+
+/// IAM users deleted while a refresh lists them: ListUsers still named them, and their
+/// per-user calls answer NoSuchEntity (the proxy plays the deletion: bob's ListSSHPublicKeys,
+/// carol's ListUserTags). That is not a failed refresh: the listing is published without
+/// them, so their session and tunnel end and they cannot log in, while everyone else is
+/// served and no refresh fails.
+#[test]
+fn aws_a_user_deleted_during_a_refresh_is_gone_not_a_failed_refresh() {
+    let rig = rig("1m");
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, ECHO_PORT));
+    let bob = KeyPair::ed25519(&rig.scratch, "bob_key");
+    let carol = KeyPair::ed25519(&rig.scratch, "carol_key");
+    rig.fixture(json!([
+        {"op": "user", "name": "bob", "groups": "research", "keys": [bob.public_line.trim()]},
+        {"op": "user", "name": "carol", "groups": "research", "keys": [carol.public_line.trim()]},
+    ]));
+    rig.let_refresh_run();
+    let bob_client = rig.client("bob", &bob.private);
+    let carol_client = rig.client("carol", &carol.private);
+    assert_reaches_sshd(&carol_client, &format!("jupyter:{SSH_PORT}"));
+    let mut alice_tunnel =
+        OpenTunnel::open(&rig.alice(), &rig.scratch, "alice_tunnel", 15003, "jupyter");
+    let mut bob_tunnel =
+        OpenTunnel::open(&bob_client, &rig.scratch, "bob_tunnel", 15004, "jupyter");
+
+    rig.proxy
+        .control("/__proxy/gone?user=bob&action=ListSSHPublicKeys");
+    rig.proxy
+        .control("/__proxy/gone?user=carol&action=ListUserTags");
+    bob_tunnel.wait_closed(REFRESH + SLACK);
+    rig.wait_audit("session.revoked for bob", SLACK, |l| {
+        l["event"] == "session.revoked" && l["user"] == "bob"
+    });
+    assert_login_refused(&bob_client);
+    assert_login_refused(&carol_client);
+    assert!(alice_tunnel.alive(), "alice's tunnel is untouched");
+    assert_reaches_sshd(&rig.alice(), &format!("jupyter:{SSH_PORT}"));
+
+    let counts = rig.proxy.control("/__proxy/counts");
+    assert!(counts["_gone"].as_u64().unwrap_or(0) >= 2, "{counts}");
+    let log = rig.gatehouse.stderr();
+    assert!(!log.contains("AWS refresh failed"), "{log}");
+    for who in ["bob", "carol"] {
+        assert!(
+            log.lines().any(
+                |l| l.contains("IAM user deleted since ListUsers listed it") && l.contains(who)
+            ),
+            "an info line says {who} is gone:\n{log}"
+        );
+    }
+    assert!(!log.contains("panicked"), "{log}");
 }

@@ -15,11 +15,15 @@ Prints one JSON list with a result per operation. Operations:
     {"op": "untag", "id": I, "key": K}               -> {"at": ...}
     {"op": "tag", "id": I, "tags": {K: V}}           -> {"at": ...}
     {"op": "get_parameter", "name": P}               -> {"value": V | null}
+    {"op": "seed", "value": N}                       -> {} (moto's ids are deterministic from here:
+                                                        two motos seeded alike, then given the
+                                                        same operations, hand out the same ids)
 """
 
 import json
 import sys
 import time
+import urllib.request
 
 import boto3
 
@@ -102,6 +106,12 @@ def main():
             ec2.create_tags(Resources=[op["id"]],
                             Tags=[{"Key": k, "Value": v} for k, v in op["tags"].items()])
             out.append({"at": time.time()})
+        elif kind == "seed":
+            request = urllib.request.Request(f"{endpoint}/moto-api/seed?a={int(op['value'])}",
+                                             method="POST")
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                answer.read()
+            out.append({})
         elif kind == "get_parameter":
             try:
                 value = ssm.get_parameter(Name=op["name"], WithDecryption=True)["Parameter"]["Value"]

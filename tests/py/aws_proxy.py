@@ -10,6 +10,9 @@ request to moto on 127.0.0.1:UPSTREAM_PORT, counting AWS actions. Control reques
     /__proxy/counts               {"Action": n, ...} forwarded since the last reset, and
                                   "_throttled": n answered with a throttling error
     /__proxy/reset                zero the counts
+    /__proxy/gone?user=U&action=A answer IAM action A for user U (the UserName parameter) with
+                                  NoSuchEntity from now on, as IAM does for a user deleted
+                                  after ListUsers listed it (counted as "_gone")
 
 When the upstream is down, the client's connection is closed without an answer: to the SDK
 that is an unreachable endpoint. Only loopback is ever contacted.
@@ -24,7 +27,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.Lock()
-STATE = {"upstream": 0, "throttle_until": 0.0, "counts": {}}
+STATE = {"upstream": 0, "throttle_until": 0.0, "counts": {}, "gone": set()}
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
        "proxy-authorization", "proxy-authenticate", "content-length"}
@@ -47,6 +50,22 @@ def action_of(headers, body):
         return form.get("Action", ["?"])[0]
     except Exception:  # noqa: BLE001 - a count label only
         return "?"
+
+
+def user_of(body):
+    try:
+        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+        return form.get("UserName", [None])[0]
+    except Exception:  # noqa: BLE001 - only used to pick requests to fail
+        return None
+
+
+def no_such_entity_answer(user):
+    body = ("<ErrorResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><Error>"
+            "<Type>Sender</Type><Code>NoSuchEntity</Code>"
+            f"<Message>The user with name {user} cannot be found.</Message>"
+            "</Error><RequestId>gone</RequestId></ErrorResponse>")
+    return 404, "text/xml", body.encode()
 
 
 def throttle_answer(service):
@@ -82,6 +101,9 @@ class Handler(BaseHTTPRequestHandler):
                 answer = {"ok": True}
             elif url.path == "/__proxy/counts":
                 answer = dict(STATE["counts"])
+            elif url.path == "/__proxy/gone":
+                STATE["gone"].add((query["user"][0], query["action"][0]))
+                answer = {"ok": True}
             elif url.path == "/__proxy/reset":
                 STATE["counts"] = {}
                 answer = {"ok": True}
@@ -99,13 +121,15 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         service = service_of(self.headers, body)
         action = action_of(self.headers, body)
+        user = user_of(body) if service == "iam" else None
         with LOCK:
             throttled = time.time() < STATE["throttle_until"]
+            gone = not throttled and (user, action) in STATE["gone"]
             upstream = STATE["upstream"]
-            key = "_throttled" if throttled else f"{service}:{action}"
+            key = "_throttled" if throttled else "_gone" if gone else f"{service}:{action}"
             STATE["counts"][key] = STATE["counts"].get(key, 0) + 1
-        if throttled:
-            status, ctype, answer = throttle_answer(service)
+        if throttled or gone:
+            status, ctype, answer = throttle_answer(service) if throttled else no_such_entity_answer(user)
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(answer)))

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use gatehouse_config::{check_group_name, check_host_name, forbidden_target_reason, AwsConfig};
 use gatehouse_directory::Identity;
-use gatehouse_policy::Host;
+use gatehouse_policy::{Host, Inventory};
 use ssh_key::PublicKey;
 
 use crate::names::login_name;
@@ -184,6 +184,10 @@ pub fn identities(users: &[UserRecord], settings: &AwsConfig) -> (Vec<Identity>,
 /// The hosts among `instances`: running, tagged with groups, with a usable private address.
 /// Names: the `Name` tag (lowercased, when it is a valid host name), the instance id, and the
 /// private DNS name (lowercased).
+///
+/// Instances that share a private address (VPCs with overlapping CIDRs) are kept, so that a
+/// refusal can name them, with a note each: the policy never dials such an address
+/// ([`gatehouse_policy::Refusal::SharedAddress`]).
 pub fn hosts(instances: &[InstanceRecord], settings: &AwsConfig) -> (Vec<Host>, Vec<Skipped>) {
     let groups_tag = settings.groups_tag();
     let ports_tag = settings.ports_tag();
@@ -253,20 +257,32 @@ pub fn hosts(instances: &[InstanceRecord], settings: &AwsConfig) -> (Vec<Host>, 
         });
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
+    for (address, ids) in Inventory::new(out.clone()).shared_addresses() {
+        notes.push(skipped(
+            format!("instances {}", ids.join(", ")),
+            format!(
+                "address {address} belongs to {} instances (VPCs with overlapping CIDRs?); \
+                 the bastion cannot tell which one a dial would reach, so it forwards to none \
+                 of them, by any name, until each has an address of its own",
+                ids.len()
+            ),
+        ));
+    }
     (out, notes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gatehouse_policy::{Inventory, Principal, Refusal};
+    use gatehouse_policy::{Principal, Refusal};
 
     const K1: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMzQnTZ1QB2clN1RVs8twk5/t+5CEwiIXdcNoxcQmsgc alice@laptop";
     const K2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINmlGXI7OASyXk4O6d+gTUjFFoKRkucGwcPn6U7HGaSw bob@laptop";
 
     fn settings() -> AwsConfig {
         let config = gatehouse_config::parse(
-            "[server]\nlisten = [\"0.0.0.0:22\"]\n[aws]\niam_group_prefix = \"gatehouse-\"\n",
+            "[server]\nlisten = [\"0.0.0.0:22\"]\n[aws]\niam_group_prefix = \"gatehouse-\"\n\
+             vpc_ids = [\"vpc-1\"]\n",
             std::path::Path::new("t.toml"),
         )
         .unwrap();
@@ -476,6 +492,55 @@ mod tests {
         assert!(inventory
             .authorize(&alice, "IP-10-0-3-140.ec2.internal", 22)
             .is_ok());
+    }
+
+    #[test]
+    fn two_instances_with_one_address_are_warned_about_and_never_dialed() {
+        // dev-box (research) in VPC A and prod-box (ops) in VPC B, both 10.20.10.10.
+        let list = vec![
+            instance(
+                "i-0bbb",
+                "10.20.10.10",
+                &[("Name", "prod-box"), ("gatehouse:groups", "ops")],
+            ),
+            instance(
+                "i-0aaa",
+                "10.20.10.10",
+                &[("Name", "dev-box"), ("gatehouse:groups", "research")],
+            ),
+            instance("i-0ccc", "10.20.10.11", &[("gatehouse:groups", "research")]),
+        ];
+        let (hosts, notes) = hosts(&list, &settings());
+        assert_eq!(hosts.len(), 3, "both are kept, to be named in refusals");
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0].what, "instances i-0aaa, i-0bbb");
+        assert!(
+            notes[0]
+                .why
+                .starts_with("address 10.20.10.10 belongs to 2 instances"),
+            "{}",
+            notes[0]
+        );
+        let inventory = Inventory::new(hosts);
+        let alice = Principal {
+            user: "alice".into(),
+            groups: ["research".to_string()].into(),
+        };
+        for target in [
+            "dev-box",
+            "i-0aaa",
+            "ip-10-20-10-10.ec2.internal",
+            "10.20.10.10",
+        ] {
+            match inventory.authorize(&alice, target, 22) {
+                Err(Refusal::SharedAddress { address, hosts }) => {
+                    assert_eq!(address.to_string(), "10.20.10.10");
+                    assert_eq!(hosts, ["i-0aaa", "i-0bbb"]);
+                }
+                other => panic!("{target}: {other:?}"),
+            }
+        }
+        assert!(inventory.authorize(&alice, "i-0ccc", 22).is_ok());
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! EC2 fetcher: running instances carrying the groups tag, in the configured VPCs.
 //!
+//! The config requires at least one VPC id (`aws.vpc_ids`): the bastion can route only into
+//! its own VPC and the VPCs peered with it, and listing every VPC of the region would mix in
+//! VPCs with overlapping CIDRs, where one private address is two instances.
+//!
 //! One paginated DescribeInstances per refresh (`ceil(M/1000)` calls for M matching
 //! instances), filtered on the server side by state, tag key and VPC, so instances that can
 //! never be targets cost nothing.
@@ -25,8 +29,8 @@ pub struct Ec2Fetcher {
 }
 
 impl Ec2Fetcher {
-    /// A fetcher over `client` for instances in `vpc_ids` (all VPCs if empty) that carry the
-    /// tag key `groups_tag`.
+    /// A fetcher over `client` for instances in `vpc_ids` that carry the tag key
+    /// `groups_tag`. With no VPC id, no instance is listed (never every VPC of the region).
     pub fn new(client: Client, vpc_ids: Vec<String>, groups_tag: String) -> Self {
         Ec2Fetcher {
             client,
@@ -46,20 +50,21 @@ impl Ec2Fetcher {
                 .values(&self.groups_tag)
                 .build(),
         ];
-        if !self.vpc_ids.is_empty() {
-            filters.push(
-                Filter::builder()
-                    .name("vpc-id")
-                    .set_values(Some(self.vpc_ids.clone()))
-                    .build(),
-            );
-        }
+        filters.push(
+            Filter::builder()
+                .name("vpc-id")
+                .set_values(Some(self.vpc_ids.clone()))
+                .build(),
+        );
         filters
     }
 
     /// Every matching instance. Fails as a whole if any page fails.
     pub async fn fetch(&self, calls: &Calls) -> Result<Vec<InstanceRecord>, AwsError> {
         let mut out = Vec::new();
+        if self.vpc_ids.is_empty() {
+            return Ok(out);
+        }
         let mut token: Option<String> = None;
         for _ in 0..MAX_PAGES {
             calls.count("ec2:DescribeInstances");

@@ -45,6 +45,12 @@ impl AwsError {
         matches!(self, AwsError::Call { code: Some(code), .. } if THROTTLING_CODES.contains(&code.as_str()))
     }
 
+    /// Whether AWS said the entity asked about does not exist (IAM's `NoSuchEntity`): for a
+    /// user or key listed a moment earlier, it was deleted in between.
+    pub fn is_no_such_entity(&self) -> bool {
+        matches!(self, AwsError::Call { code: Some(code), .. } if code == "NoSuchEntity")
+    }
+
     /// Builds a [`AwsError::Call`] from an SDK error.
     pub(crate) fn call<E, R>(
         service: &'static str,
@@ -81,5 +87,8 @@ mod tests {
         assert!(!e(Some("AccessDenied")).is_throttling());
         assert!(!e(None).is_throttling());
         assert!(!AwsError::Suspicious("x".into()).is_throttling());
+        assert!(e(Some("NoSuchEntity")).is_no_such_entity());
+        assert!(!e(Some("AccessDenied")).is_no_such_entity());
+        assert!(!e(None).is_no_such_entity());
     }
 }

@@ -7,8 +7,9 @@
 //!   the listing + `max_staleness`) makes new logins fail closed once it is too old.
 //! - An empty answer is not trusted on its word: a successful listing with no users (or no
 //!   hosts) where the published snapshot had some is held back until
-//!   [`EMPTY_CONFIRMATIONS`] listings in a row agree. One glitch (a wrong path prefix answer, a
-//!   half-deployed IAM change) never mass-revokes.
+//!   [`EMPTY_CONFIRMATIONS`] listings in a row agree, with no failed listing in between (a
+//!   failure is not agreement, so it starts the count again). One glitch (a wrong path prefix
+//!   answer, a half-deployed IAM change) never mass-revokes.
 //! - After a failure the next try comes sooner than `refresh_interval` and then backs off
 //!   exponentially, with jitter, longer still when AWS says it is throttling us.
 //! - When the snapshot goes stale, and when it is fresh again, one log line says so.
@@ -125,16 +126,63 @@ impl AwsSource {
     }
 }
 
+/// The rule "an empty listing is trusted only when repeated", and what it remembers. Every
+/// refresh's outcome goes through [`EmptyGuard::admit`], failures included.
+#[derive(Debug)]
+struct EmptyGuard {
+    /// Users and hosts in the published snapshot.
+    published: (usize, usize),
+    /// Consecutive successful listings that came back empty where the published one was
+    /// not, with no failed listing in between.
+    streak: u32,
+}
+
+impl EmptyGuard {
+    fn new(published: (usize, usize)) -> Self {
+        EmptyGuard {
+            published,
+            streak: 0,
+        }
+    }
+
+    /// The listing to publish, or why not. A listing with no users (or no hosts) where the
+    /// published snapshot has some is held back until [`EMPTY_CONFIRMATIONS`] successful
+    /// listings in a row agree. A failed listing breaks the row: a failure is not agreement.
+    fn admit(&mut self, outcome: Result<Listing, AwsError>) -> Result<Listing, AwsError> {
+        let listing = match outcome {
+            Ok(listing) => listing,
+            Err(e) => {
+                self.streak = 0;
+                return Err(e);
+            }
+        };
+        let counts = (listing.identities.len(), listing.hosts.len());
+        let lost_all_users = counts.0 == 0 && self.published.0 > 0;
+        let lost_all_hosts = counts.1 == 0 && self.published.1 > 0;
+        if lost_all_users || lost_all_hosts {
+            self.streak += 1;
+            if self.streak < EMPTY_CONFIRMATIONS {
+                return Err(AwsError::Suspicious(format!(
+                    "AWS listed {} users and {} hosts where the current snapshot has {} and {}; \
+                     not trusted until {EMPTY_CONFIRMATIONS} listings in a row agree ({} so far)",
+                    counts.0, counts.1, self.published.0, self.published.1, self.streak
+                )));
+            }
+        }
+        self.streak = 0;
+        self.published = counts;
+        Ok(listing)
+    }
+}
+
 /// A [`Directory`] kept up to date from AWS.
 pub struct AwsDirectory {
     source: AwsSource,
     directory: Arc<Directory>,
     /// When the published snapshot's listing started.
     last_good: Instant,
-    /// Users and hosts in the published snapshot.
-    published: (usize, usize),
-    /// Consecutive listings that came back empty where the published one was not.
-    empty_streak: u32,
+    /// Holds back empty listings until they are repeated.
+    guard: EmptyGuard,
     /// Whether the "stale" line was logged for the current outage.
     stale: bool,
     /// Wakes the loop for an immediate refresh (SIGHUP).
@@ -157,11 +205,10 @@ impl AwsDirectory {
                     log_listing(&listing, true);
                     let snapshot = listing.snapshot(settings.max_staleness);
                     return Ok(AwsDirectory {
-                        published: (listing.identities.len(), listing.hosts.len()),
+                        guard: EmptyGuard::new((listing.identities.len(), listing.hosts.len())),
                         last_good: listing.started,
                         directory: Arc::new(Directory::new(snapshot)),
                         source,
-                        empty_streak: 0,
                         stale: false,
                         wakeup: Arc::new(Notify::new()),
                     });
@@ -195,26 +242,12 @@ impl AwsDirectory {
     /// # Errors
     /// The listing failed, or it was held back as suspicious; nothing was published.
     pub async fn refresh(&mut self) -> Result<(), AwsError> {
-        let listing = self.source.list().await?;
-        let counts = (listing.identities.len(), listing.hosts.len());
-        let lost_all_users = counts.0 == 0 && self.published.0 > 0;
-        let lost_all_hosts = counts.1 == 0 && self.published.1 > 0;
-        if lost_all_users || lost_all_hosts {
-            self.empty_streak += 1;
-            if self.empty_streak < EMPTY_CONFIRMATIONS {
-                return Err(AwsError::Suspicious(format!(
-                    "AWS listed {} users and {} hosts where the current snapshot has {} and {}; \
-                     not trusted until {EMPTY_CONFIRMATIONS} listings in a row agree ({} so far)",
-                    counts.0, counts.1, self.published.0, self.published.1, self.empty_streak
-                )));
-            }
-        }
-        self.empty_streak = 0;
-        let changed = counts != self.published;
-        log_listing(&listing, changed);
+        let outcome = self.source.list().await;
+        let before = self.guard.published;
+        let listing = self.guard.admit(outcome)?;
+        log_listing(&listing, self.guard.published != before);
         let max_staleness = self.source.settings().max_staleness;
         self.directory.publish(listing.snapshot(max_staleness));
-        self.published = counts;
         self.last_good = listing.started;
         if self.stale {
             self.stale = false;
@@ -327,12 +360,85 @@ mod tests {
     fn settings(interval: u64, staleness: u64) -> AwsConfig {
         let text = format!(
             "[server]\nlisten = [\"0.0.0.0:22\"]\n[aws]\nrefresh_interval = \"{interval}s\"\n\
-             max_staleness = \"{staleness}s\"\n"
+             max_staleness = \"{staleness}s\"\nvpc_ids = [\"vpc-1\"]\n"
         );
         gatehouse_config::parse(&text, std::path::Path::new("t.toml"))
             .unwrap()
             .aws
             .unwrap()
+    }
+
+    /// A listing of `users` users and `hosts` hosts (their content does not matter here).
+    fn listing(users: usize, hosts: usize) -> Listing {
+        Listing {
+            identities: (0..users)
+                .map(|i| Identity {
+                    name: format!("user{i}"),
+                    groups: ["research".to_owned()].into(),
+                    keys: Vec::new(),
+                })
+                .collect(),
+            hosts: (0..hosts)
+                .map(|i| Host {
+                    id: format!("i-{i}"),
+                    names: vec![format!("i-{i}")],
+                    address: std::net::IpAddr::from([10, 0, 3, 10 + (i % 200) as u8]),
+                    groups: ["research".to_owned()].into(),
+                    ports: [22].into(),
+                })
+                .collect(),
+            skipped: Vec::new(),
+            calls: Calls::default(),
+            started: Instant::now(),
+            took: Duration::ZERO,
+        }
+    }
+
+    fn failure() -> Result<Listing, AwsError> {
+        Err(AwsError::Call {
+            service: "iam",
+            operation: "ListUsers",
+            code: None,
+            message: "dispatch failure".to_owned(),
+        })
+    }
+
+    #[test]
+    fn an_empty_listing_is_published_only_when_three_in_a_row_agree() {
+        let mut guard = EmptyGuard::new((2, 1));
+        assert!(guard.admit(Ok(listing(0, 1))).is_err());
+        assert!(guard.admit(Ok(listing(0, 1))).is_err());
+        let third = guard
+            .admit(Ok(listing(0, 1)))
+            .expect("the third in a row is trusted");
+        assert_eq!(third.identities.len(), 0);
+        assert_eq!(guard.published, (0, 1));
+        // Nothing to lose any more: an empty listing now is just the truth.
+        assert!(guard.admit(Ok(listing(0, 1))).is_ok());
+        // A non-empty listing in between breaks the row.
+        let mut guard = EmptyGuard::new((2, 1));
+        assert!(guard.admit(Ok(listing(2, 0))).is_err());
+        assert!(guard.admit(Ok(listing(2, 1))).is_ok());
+        assert!(guard.admit(Ok(listing(2, 0))).is_err());
+        assert!(guard.admit(Ok(listing(2, 0))).is_err());
+        assert!(guard.admit(Ok(listing(2, 0))).is_ok());
+    }
+
+    #[test]
+    fn a_failed_listing_between_empty_ones_resets_the_count() {
+        // A failure is not agreement: empty, empty, failure, empty is one empty listing in a
+        // row, not three.
+        let mut guard = EmptyGuard::new((2, 1));
+        assert!(guard.admit(Ok(listing(0, 0))).is_err());
+        assert!(guard.admit(Ok(listing(0, 0))).is_err());
+        assert!(matches!(guard.admit(failure()), Err(AwsError::Call { .. })));
+        match guard.admit(Ok(listing(0, 0))) {
+            Err(AwsError::Suspicious(why)) => assert!(why.ends_with("(1 so far)"), "{why}"),
+            other => panic!("an empty listing after a failure was not held back: {other:?}"),
+        }
+        assert!(guard.admit(Ok(listing(0, 0))).is_err());
+        assert!(guard.admit(Ok(listing(0, 0))).is_ok());
+        assert_eq!(guard.published, (0, 0));
     }
 
     #[test]

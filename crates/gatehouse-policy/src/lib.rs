@@ -9,7 +9,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -71,6 +71,14 @@ pub enum Refusal {
         port: u16,
         allowed: Vec<u16>,
     },
+    /// The host's address is also another inventory host's (two VPCs with overlapping CIDRs):
+    /// the bastion cannot know which of them a dial would reach, so it dials neither.
+    #[error(
+        "address {address} belongs to {} hosts ({}); refusing to guess which one you mean",
+        .hosts.len(),
+        .hosts.join(", ")
+    )]
+    SharedAddress { address: IpAddr, hosts: Vec<String> },
 }
 
 impl Refusal {
@@ -82,6 +90,7 @@ impl Refusal {
             Refusal::InvalidPort { .. } => "invalid_port",
             Refusal::NoSharedGroup { .. } => "no_shared_group",
             Refusal::PortNotAllowed { .. } => "port_not_allowed",
+            Refusal::SharedAddress { .. } => "shared_address",
         }
     }
 }
@@ -112,9 +121,42 @@ impl Inventory {
         &self.hosts
     }
 
+    /// The ids of the hosts at `address`, when there is more than one: such an address
+    /// names no host (see [`Refusal::SharedAddress`]).
+    pub fn sharing(&self, address: IpAddr) -> Option<Vec<String>> {
+        let ids: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|h| h.address == address)
+            .map(|h| h.id.clone())
+            .collect();
+        (ids.len() > 1).then_some(ids)
+    }
+
+    /// Every address that more than one host has, with those hosts' ids, in address order.
+    /// Never dialed; callers warn about them (the AWS builder does).
+    pub fn shared_addresses(&self) -> Vec<(IpAddr, Vec<String>)> {
+        let mut by_address: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        for host in &self.hosts {
+            by_address
+                .entry(host.address)
+                .or_default()
+                .push(host.id.clone());
+        }
+        by_address
+            .into_iter()
+            .filter(|(_, ids)| ids.len() > 1)
+            .collect()
+    }
+
     /// The host a client-typed target names: by one of its names (case-insensitive, a trailing
     /// dot ignored) or by its exact address in canonical form. Any other spelling of an address
     /// (IPv4-mapped IPv6, leading zeros, decimal or hex integers, `[brackets]`) names nothing.
+    ///
+    /// A target that names several hosts is refused: as [`Refusal::SharedAddress`] when they
+    /// all have one address (the address itself, or the private DNS name both carry), else as
+    /// [`Refusal::Ambiguous`]. A single host is returned even if its address is shared;
+    /// [`Inventory::authorize`] refuses that.
     pub fn resolve(&self, target: &str) -> Result<&Host, Refusal> {
         let unknown = || Refusal::UnknownTarget {
             target: printable(target),
@@ -140,6 +182,12 @@ impl Inventory {
         match matches.as_slice() {
             [] => Err(unknown()),
             [one] => Ok(one),
+            [first, rest @ ..] if rest.iter().all(|h| h.address == first.address) => {
+                Err(Refusal::SharedAddress {
+                    address: first.address,
+                    hosts: self.sharing(first.address).unwrap_or_default(),
+                })
+            }
             many => Err(Refusal::Ambiguous {
                 target: printable(target),
                 candidates: many.iter().map(|h| h.id.clone()).collect(),
@@ -148,6 +196,11 @@ impl Inventory {
     }
 
     /// Resolves `target` and decides whether `principal` may reach it on `port`.
+    ///
+    /// Never grants an address that more than one host has, by whatever name the host was
+    /// asked for: the bastion's routes deliver it to one of them only, maybe to a host of
+    /// another group. That refusal comes after the group check, so a user learns a host's
+    /// address only for a host of their own groups (or when they typed the address).
     pub fn authorize(
         &self,
         principal: &Principal,
@@ -160,6 +213,12 @@ impl Inventory {
             .filter(|p| *p != 0)
             .ok_or(Refusal::InvalidPort { port })?;
         decide(principal, host, port)?;
+        if let Some(hosts) = self.sharing(host.address) {
+            return Err(Refusal::SharedAddress {
+                address: host.address,
+                hosts,
+            });
+        }
         Ok(Grant {
             host_id: host.id.clone(),
             dial: SocketAddr::new(host.address, port),
@@ -167,11 +226,12 @@ impl Inventory {
     }
 
     /// For each host `principal` may reach, the ports it may use (hosts without any are left
-    /// out). Used by `gatehouse hosts` and the session-channel hint.
+    /// out, and so are hosts whose address another host has). Used by `gatehouse hosts` and
+    /// the session-channel hint.
     pub fn reachable(&self, principal: &Principal) -> Vec<&Host> {
         self.hosts
             .iter()
-            .filter(|h| shares_group(principal, h))
+            .filter(|h| shares_group(principal, h) && self.sharing(h.address).is_none())
             .collect()
     }
 }

@@ -168,15 +168,26 @@ fn ambiguous_names_list_candidates() {
 }
 
 #[test]
-fn duplicate_address_is_ambiguous_not_first_wins() {
+fn duplicate_address_is_refused_not_first_wins() {
     let inv = Inventory::new(vec![
         host("a", "10.0.3.10", &["research"], &[22]),
         host("b", "10.0.3.10", &["research"], &[22]),
     ]);
     assert_eq!(
-        inv.resolve("10.0.3.10").unwrap_err().code(),
-        "ambiguous_target"
+        inv.resolve("10.0.3.10").unwrap_err(),
+        Refusal::SharedAddress {
+            address: "10.0.3.10".parse().unwrap(),
+            hosts: vec!["a".into(), "b".into()]
+        }
     );
+    assert_eq!(
+        inv.shared_addresses(),
+        [(
+            "10.0.3.10".parse::<IpAddr>().unwrap(),
+            vec!["a".to_owned(), "b".to_owned()]
+        )]
+    );
+    assert!(inventory().shared_addresses().is_empty());
 }
 
 #[test]
@@ -200,4 +211,74 @@ fn hostile_target_text_is_escaped_and_capped() {
     let long = "a".repeat(10_000);
     let text = inv.resolve(&long).unwrap_err().to_string();
     assert!(text.len() < 200, "{}", text.len());
+}
+
+/// dev-box (research, VPC A) and prod-box (ops, VPC B) share 10.20.10.10: two VPCs with one
+/// CIDR. The bastion's routes deliver that address to one of them only, so it names neither.
+fn twin_vpcs() -> Inventory {
+    let mut dev = host("i-0aaa", "10.20.10.10", &["research"], &[22]);
+    dev.names = vec![
+        "dev-box".into(),
+        "i-0aaa".into(),
+        "ip-10-20-10-10.ec2.internal".into(),
+    ];
+    let mut prod = host("i-0bbb", "10.20.10.10", &["ops"], &[22]);
+    prod.names = vec![
+        "prod-box".into(),
+        "i-0bbb".into(),
+        "ip-10-20-10-10.ec2.internal".into(),
+    ];
+    Inventory::new(vec![
+        dev,
+        host("jupyter", "10.0.3.140", &["research"], &[22]),
+        prod,
+    ])
+}
+
+#[test]
+fn an_address_of_two_hosts_is_never_dialed_however_the_host_is_named() {
+    let inv = twin_vpcs();
+    for target in [
+        "dev-box",
+        "DEV-BOX.",
+        "i-0aaa",
+        "ip-10-20-10-10.ec2.internal",
+        "10.20.10.10",
+    ] {
+        let err = inv.authorize(&alice(), target, 22).unwrap_err();
+        assert_eq!(err.code(), "shared_address", "target {target:?}: {err}");
+        assert_eq!(
+            err.to_string(),
+            "address 10.20.10.10 belongs to 2 hosts (i-0aaa, i-0bbb); refusing to guess \
+             which one you mean",
+            "target {target:?}"
+        );
+    }
+    // The other hosts are untouched.
+    assert!(inv.authorize(&alice(), "jupyter", 22).is_ok());
+    // A host of another group is refused for the group, as before: its address stays unsaid.
+    let err = inv.authorize(&alice(), "prod-box", 22).unwrap_err();
+    assert_eq!(err.code(), "no_shared_group", "{err}");
+    assert!(!err.to_string().contains("10.20.10.10"), "{err}");
+    // Nor is a shared-address host reachable for anyone, so it is not listed as such.
+    let ids: Vec<&str> = inv
+        .reachable(&alice())
+        .iter()
+        .map(|h| h.id.as_str())
+        .collect();
+    assert_eq!(ids, ["jupyter"]);
+}
+
+#[test]
+fn an_address_of_two_hosts_of_one_group_is_refused_too() {
+    // Even when the user may reach both, the bastion cannot say which one it would dial.
+    let inv = Inventory::new(vec![
+        host("a", "10.0.3.10", &["research"], &[22]),
+        host("b", "10.0.3.10", &["research"], &[22]),
+    ]);
+    for target in ["a", "b", "10.0.3.10"] {
+        let err = inv.authorize(&alice(), target, 22).unwrap_err();
+        assert_eq!(err.code(), "shared_address", "target {target:?}: {err}");
+        assert!(err.to_string().contains("(a, b)"), "{err}");
+    }
 }
