@@ -36,6 +36,7 @@ pub(crate) struct ServerOptions {
     pub idle_timeout: &'static str,
     pub max_unauthenticated: usize,
     pub shutdown_grace: &'static str,
+    pub connect_timeout: &'static str,
 }
 
 impl Default for ServerOptions {
@@ -47,6 +48,7 @@ impl Default for ServerOptions {
             idle_timeout: "1h",
             max_unauthenticated: 64,
             shutdown_grace: "10s",
+            connect_timeout: "3s",
         }
     }
 }
@@ -68,7 +70,7 @@ host_key = "{dir}/state/ssh_host_ed25519_key"
 login_grace = "{login_grace}"
 idle_timeout = "{idle_timeout}"
 max_unauthenticated = {max_unauth}
-connect_timeout = "3s"
+connect_timeout = "{connect_timeout}"
 shutdown_grace = "{shutdown_grace}"
 
 [audit]
@@ -105,6 +107,7 @@ ports = [22]
         idle_timeout = opts.idle_timeout,
         max_unauth = opts.max_unauthenticated,
         shutdown_grace = opts.shutdown_grace,
+        connect_timeout = opts.connect_timeout,
         alice = alice.public_line.trim(),
         bob = bob.public_line.trim(),
         private = PRIVATE_ADDR,

@@ -180,7 +180,7 @@ fn limits_refuse_with_a_reason_sessions_per_user_and_tunnels_per_connection() {
     });
     assert_eq!(
         deny["reason"],
-        "too many tunnels on this connection (limit 2)"
+        "too many channels on this connection (limit 2)"
     );
 
     // A second session for alice is refused while the first is open.
@@ -654,4 +654,242 @@ fn the_bastion_wide_tunnel_limit_refuses_with_resource_shortage() {
     });
     let out = rig.dash_w("jupyter:22");
     assert!(out.stdout_str().starts_with("SSH-2.0-OpenSSH"), "{out}");
+}
+
+#[test]
+fn session_channels_count_against_the_channel_limit() {
+    let rig = rig_with(options(
+        "[penalties]\nenabled = false\n[limits]\nmax_channels_per_connection = 4\n",
+    ));
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, SINK_PORT));
+    // A hostile client (the OpenSSH client opens one session channel) asks for six.
+    let mut probe = rig.topology.client.command(venv_python());
+    probe
+        .arg(py_script("channels_probe.py"))
+        .arg(BASTION_CLIENT_ADDR.to_string())
+        .arg(SSH_PORT.to_string())
+        .arg("alice")
+        .arg(&rig.alice_key.private)
+        .arg("6")
+        .arg("jupyter")
+        .arg(SINK_PORT.to_string());
+    let out = run_with_timeout(probe, CMD_TIMEOUT);
+    out.expect_success("channels_probe.py");
+    let summary: Value = serde_json::from_str(out.stdout_str().trim()).expect("probe JSON");
+    // Refused with SSH_OPEN_RESOURCE_SHORTAGE (4); paramiko shows its own text for the code.
+    let outcomes: Vec<&str> = summary["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|o| o.as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(outcomes[..4], ["open"; 4], "{summary}");
+    assert!(
+        outcomes[4..].iter().all(|o| o.starts_with("refused 4:")),
+        "{summary}"
+    );
+    // At the limit a tunnel is refused too; closing a session channel gives its slot back.
+    assert!(
+        summary["tunnel_at_limit"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("refused 4:")),
+        "{summary}"
+    );
+    assert_eq!(summary["tunnel_after_close"], "open", "{summary}");
+    let denied: Vec<Value> = rig
+        .audit()
+        .into_iter()
+        .filter(|l| is(l, "request.deny") && l["request"] == "session channel")
+        .collect();
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert_eq!(
+        denied[0]["reason"],
+        "too many channels on this connection (limit 4)"
+    );
+    let tunnel_deny = rig.wait_audit("the refused tunnel", |l| {
+        is(l, "tunnel.deny") && l["reason_code"] == "limit"
+    });
+    assert_eq!(
+        tunnel_deny["reason"],
+        "too many channels on this connection (limit 4)"
+    );
+}
+
+#[test]
+fn a_revocation_reaches_a_tunnel_still_dialing() {
+    // 10.0.3.150 is in the private subnet but nobody has it: the dial hangs for the whole
+    // connect_timeout, long enough for a reload to land in the middle of it.
+    let rig = rig_with(ServerOptions {
+        connect_timeout: "30s",
+        ..options(
+            "[[hosts]]\nname = \"blackhole\"\naddress = \"10.0.3.150\"\ngroups = [\"research\"]\nports = [22]\n\n[penalties]\nenabled = false\n",
+        )
+    });
+    let mut ssh = rig.alice.ssh();
+    ssh.args(["-W", "blackhole:22", "bastion"]);
+    ssh.args(["-o", "LogLevel=INFO"]);
+    let mut dialing = Daemon::spawn("ssh_dialing", ssh, &rig.scratch);
+    rig.wait_audit("alice logged in", |l| is(l, "auth.success"));
+    // The channel request follows the login at once; give it a moment to reach the dial.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(dialing.is_running(), "{}", dialing.logs());
+    let started = Instant::now();
+    crate::bastion::reload(&rig, |t| {
+        t.replace(
+            "address = \"10.0.3.150\"\ngroups = [\"research\"]",
+            "address = \"10.0.3.150\"\ngroups = [\"ops\"]",
+        )
+    });
+    let revoked = rig.wait_audit("tunnel.revoked", |l| is(l, "tunnel.revoked"));
+    assert_eq!(revoked["host"], "blackhole", "{revoked}");
+    let deny = rig.wait_audit("the dialing tunnel refused", |l| {
+        is(l, "tunnel.deny") && l["reason_code"] == "revoked"
+    });
+    assert_eq!(
+        deny["reason"],
+        "access to host 'blackhole' was withdrawn while connecting to it"
+    );
+    // The client hears it at once, not after connect_timeout.
+    let exited = dialing.wait_exit(Duration::from_secs(10));
+    assert!(exited.is_some(), "ssh still waiting\n{}", dialing.logs());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        dialing
+            .stderr()
+            .contains("was withdrawn while connecting to it"),
+        "{}",
+        dialing.logs()
+    );
+    assert!(
+        !rig.audit().iter().any(|l| is(l, "tunnel.open")),
+        "the revoked dial was accepted after all"
+    );
+}
+
+#[test]
+fn the_bastions_own_addresses_are_never_a_target() {
+    // A host whose address is the bastion's own (its private-side interface): a static host
+    // here, a tagged bastion instance on AWS. A service listens there, as sshd or a metrics
+    // endpoint would; before the check, a tunnel reached it from the inside.
+    let own = crate::harness::BASTION_PRIVATE_ADDR;
+    let rig = rig_with(options(&format!(
+        "[[hosts]]\nname = \"itself\"\naddress = \"{own}\"\ngroups = [\"research\"]\nports = [{SINK_PORT}]\n\n[penalties]\nenabled = false\n"
+    )));
+    let _inside = TcpServer::echo(&rig.topology.bastion, addr(own, SINK_PORT));
+    for target in ["itself".to_owned(), own.to_string()] {
+        let out = crate::bastion::dash_w(&rig.alice, &format!("{target}:{SINK_PORT}"));
+        out.expect_failure("a tunnel to the bastion itself");
+        assert!(
+            out.stderr_str().contains(&format!(
+                "administratively prohibited: host 'itself' is at {own}, an address of this \
+                 bastion itself: the bastion never forwards to itself"
+            )),
+            "{out}"
+        );
+    }
+    let denies: Vec<Value> = rig
+        .audit()
+        .into_iter()
+        .filter(|l| is(l, "tunnel.deny") && l["reason_code"] == "own_address")
+        .collect();
+    assert_eq!(denies.len(), 2, "{denies:?}");
+    assert!(!rig.audit().iter().any(|l| is(l, "tunnel.open")));
+}
+
+#[test]
+fn buffered_bytes_stay_within_the_bastion_wide_budget() {
+    const BUDGET_MIB: u64 = 8;
+    const SESSIONS: u16 = 8;
+    const TUNNELS_PER_SESSION: usize = 4;
+    const PUSH: usize = 16 << 20;
+    let rig = rig_with(options(&format!(
+        "[penalties]\nenabled = false\n[limits]\nmax_buffered_mib = {BUDGET_MIB}\n"
+    )));
+    // A target that never reads: a listener nobody accepts on. The kernel takes the first
+    // few MiB of each connection, then the bastion holds what its client sends.
+    let _stuck = rig
+        .topology
+        .private
+        .listen(addr(PRIVATE_ADDR, SINK_PORT))
+        .expect("listen");
+    // One user, several sessions, several tunnels each: what one user with a slow target of
+    // their own can do within the per-user and per-connection limits.
+    let forwards: Vec<(u16, Daemon)> = (0..SESSIONS)
+        .map(|i| {
+            let port = 19100 + i;
+            let ssh = rig.alice.local_forward(
+                &rig.scratch,
+                &format!("ssh_forward{i}"),
+                port,
+                "jupyter",
+                SINK_PORT,
+                "bastion",
+            );
+            (port, ssh)
+        })
+        .collect();
+    let pid = rig.gatehouse.pid();
+    std::thread::sleep(Duration::from_millis(500));
+    let baseline = rss_kib(pid);
+    let pushers: Vec<_> = forwards
+        .iter()
+        .flat_map(|(port, _)| std::iter::repeat_n(*port, TUNNELS_PER_SESSION))
+        .map(|port| {
+            let mut stream = rig
+                .topology
+                .client
+                .connect(addr(Ipv4Addr::LOCALHOST, port), Duration::from_secs(5))
+                .expect("connect to a forward");
+            std::thread::spawn(move || {
+                stream
+                    .set_write_timeout(Some(Duration::from_secs(3)))
+                    .expect("write timeout");
+                let chunk = vec![0x5au8; 64 << 10];
+                let mut sent = 0usize;
+                // Until the tunnel holds back (a write blocks for 3 s) or PUSH is sent.
+                while sent < PUSH {
+                    match std::io::Write::write(&mut stream, &chunk) {
+                        Ok(n) if n > 0 => sent += n,
+                        _ => break,
+                    }
+                }
+                (sent, stream)
+            })
+        })
+        .collect();
+    let mut peak = baseline;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pushers.iter().any(|p| !p.is_finished()) && Instant::now() < deadline {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The tunnels are held back now: sample a little longer.
+    for _ in 0..20 {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent: usize = pushers
+        .into_iter()
+        .map(|p| p.join().expect("pusher").0)
+        .sum();
+    let tunnels = SESSIONS as u64 * TUNNELS_PER_SESSION as u64;
+    // Outside the budget: what russh queues for a held-back channel (16 packets of 32 KiB)
+    // and each tunnel's 64 KiB read buffer, plus slack for the allocator.
+    let allowance_kib = tunnels * (512 + 64) + 8 * 1024;
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "sent {} MiB into {tunnels} tunnels; RSS {baseline} KiB -> peak {peak} KiB (+{growth}); \
+         budget {BUDGET_MIB} MiB + allowance {allowance_kib} KiB",
+        sent >> 20
+    );
+    // The attack really pushed: far more than the budget left the client.
+    assert!(
+        sent as u64 > 4 * (BUDGET_MIB << 20),
+        "sent only {sent} bytes"
+    );
+    assert!(
+        growth <= (BUDGET_MIB << 10) + allowance_kib,
+        "RSS grew by {growth} KiB, more than the {BUDGET_MIB} MiB budget plus {allowance_kib} KiB"
+    );
+    drop(forwards);
 }

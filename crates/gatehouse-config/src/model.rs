@@ -41,6 +41,8 @@ pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 64;
 pub const DEFAULT_MAX_TUNNELS: usize = 10_000;
 /// Default of `limits.per_source_max_unauthenticated`.
 pub const DEFAULT_PER_SOURCE_MAX_UNAUTHENTICATED: usize = 8;
+/// Accepted range of `limits.max_buffered_mib`.
+pub const MAX_BUFFERED_MIB_RANGE: (usize, usize) = (1, 1 << 20);
 /// Accepted range of the `[limits]` counts.
 pub const LIMIT_RANGE: (usize, usize) = (1, 1_000_000);
 /// Default penalty for a connection that failed authentication (OpenSSH: authfail 5s).
@@ -127,8 +129,9 @@ pub struct AwsConfig {
     /// `endpoint_url`: send every AWS call to this `http://` or `https://` URL instead of the
     /// real endpoints (LocalStack, moto). `None`: the real AWS endpoints.
     pub endpoint_url: Option<String>,
-    /// `vpc_ids`: only instances in these VPCs (`vpc-...`) are inventory. Empty (the default):
-    /// every VPC of the region.
+    /// `vpc_ids`: only instances in these VPCs (`vpc-...`) are inventory. Required, at least
+    /// one: the bastion routes only into its own VPC and peered ones, and VPCs with
+    /// overlapping CIDRs would give one private address to two hosts.
     pub vpc_ids: Vec<String>,
     /// `refresh_interval`: time between two refreshes of users and hosts; also the bound on
     /// how long a revoked key or removed tag keeps working. Range 1s..1h, default 30s.
@@ -222,6 +225,10 @@ pub struct LimitsConfig {
     /// IPv6 /64) that may be unauthenticated at once, so one source cannot fill
     /// `server.max_unauthenticated`.
     pub per_source_max_unauthenticated: usize,
+    /// `max_buffered_mib`: client bytes the whole bastion may hold for targets slower than
+    /// their clients, in MiB. `None` (the default): derived from the machine's memory at
+    /// start (see `gatehouse_ssh::buffer_budget`).
+    pub max_buffered_mib: Option<usize>,
 }
 
 /// `[penalties]`: per-source penalties in the spirit of OpenSSH's PerSourcePenalties. Each
@@ -338,11 +345,7 @@ impl Config {
             );
         }
         if let Some(aws) = &self.aws {
-            let vpcs = if aws.vpc_ids.is_empty() {
-                "every VPC".to_owned()
-            } else {
-                aws.vpc_ids.join(", ")
-            };
+            let vpcs = aws.vpc_ids.join(", ");
             let _ = writeln!(
                 out,
                 "aws: users from IAM, hosts from EC2 ({vpcs}), refresh every {}, stale after {}",

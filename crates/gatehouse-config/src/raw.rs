@@ -63,6 +63,7 @@ pub(crate) struct RawLimits {
     pub(crate) max_channels_per_connection: Option<Spanned<Integer>>,
     pub(crate) max_tunnels: Option<Spanned<Integer>>,
     pub(crate) per_source_max_unauthenticated: Option<Spanned<Integer>>,
+    pub(crate) max_buffered_mib: Option<Spanned<Integer>>,
 }
 
 /// `[penalties]`.

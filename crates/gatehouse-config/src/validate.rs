@@ -50,7 +50,10 @@ pub(crate) fn validate(
     let limits = v.limits(raw.limits.as_ref());
     let penalties = v.penalties(raw.penalties.as_ref());
     let metrics = v.metrics(raw.metrics.as_ref());
-    let aws = raw.aws.as_ref().map(|aws| v.aws(aws.get_ref()));
+    let aws = raw
+        .aws
+        .as_ref()
+        .map(|aws| v.aws(aws.get_ref(), &aws.span()));
     if aws.is_some() {
         // One source of truth at a time: a static entry next to AWS would be a second door
         // that no IAM change can close.
@@ -332,6 +335,14 @@ impl Validator<'_> {
                 l.and_then(|l| l.per_source_max_unauthenticated.as_ref()),
                 DEFAULT_PER_SOURCE_MAX_UNAUTHENTICATED,
             ),
+            max_buffered_mib: l.and_then(|l| l.max_buffered_mib.as_ref()).map(|value| {
+                self.count(
+                    "limits.max_buffered_mib",
+                    Some(value),
+                    MAX_BUFFERED_MIB_RANGE.0,
+                    MAX_BUFFERED_MIB_RANGE,
+                )
+            }),
         }
     }
 
@@ -787,8 +798,15 @@ impl Validator<'_> {
     }
 }
 
+/// Why `aws.vpc_ids` must list at least one VPC (the tail of its "missing" and "empty" errors).
+const VPC_IDS_WHY: &str = "list the VPCs whose instances may be targets, e.g. \
+    vpc_ids = [\"vpc-0abc123\"]: the bastion can route only into its own VPC and the VPCs \
+    peered with it, and in VPCs with overlapping CIDRs one private address names two \
+    instances (gatehouse-vpc writes its VPC's id here for you)";
+
 impl Validator<'_> {
-    fn aws(&mut self, a: &RawAws) -> AwsConfig {
+    /// `table` is the span of `[aws]`.
+    fn aws(&mut self, a: &RawAws, table: &Range<usize>) -> AwsConfig {
         let region = a.region.as_ref().and_then(|r| {
             let text = r.get_ref();
             let ok = !text.is_empty()
@@ -828,6 +846,13 @@ impl Validator<'_> {
             }
         });
         let mut vpc_ids: Vec<String> = Vec::new();
+        match &a.vpc_ids {
+            None => self.error(table, format!("aws.vpc_ids: missing; {VPC_IDS_WHY}")),
+            Some(list) if list.get_ref().is_empty() => {
+                self.error(&list.span(), format!("aws.vpc_ids: empty; {VPC_IDS_WHY}"));
+            }
+            Some(_) => {}
+        }
         if let Some(list) = &a.vpc_ids {
             for (i, id) in list.get_ref().iter().enumerate() {
                 let text = id.get_ref();

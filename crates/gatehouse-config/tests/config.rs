@@ -1333,14 +1333,14 @@ fn bad_limits_penalties_metrics_and_proxy_settings_are_reported() {
 
 #[test]
 fn aws_section_defaults_and_every_key() {
-    let c = ok(&format!("{SERVER}[aws]\n"));
+    let c = ok(&format!("{SERVER}[aws]\nvpc_ids = [\"vpc-0abc123\"]\n"));
     let aws = c.aws.expect("aws");
     assert_eq!(aws.refresh_interval, Duration::from_secs(30));
     assert_eq!(aws.max_staleness, Duration::from_secs(15 * 60));
     assert_eq!(aws.tag_prefix, "gatehouse:");
     assert_eq!(aws.groups_tag(), "gatehouse:groups");
     assert_eq!(aws.ports_tag(), "gatehouse:ports");
-    assert!(aws.vpc_ids.is_empty() && aws.region.is_none() && aws.endpoint_url.is_none());
+    assert!(aws.region.is_none() && aws.endpoint_url.is_none());
     assert!(aws.iam_group_prefix.is_none() && aws.host_key_ssm_parameter.is_none());
     assert!(c.users.is_empty() && c.hosts.is_empty());
 
@@ -1398,9 +1398,37 @@ fn aws_values_are_checked() {
 }
 
 #[test]
+fn aws_vpc_ids_are_required_and_not_empty() {
+    // Empty used to mean every VPC of the region: instances the bastion cannot route to, and
+    // VPCs whose CIDRs overlap, where one private address names two hosts.
+    let why = [
+        "its own VPC",
+        "peered",
+        "overlapping CIDRs",
+        "gatehouse-vpc writes",
+        "vpc_ids = [\"vpc-",
+    ];
+    let d = one_error(&format!("{SERVER}[aws]\n"), 3, 1, &why);
+    assert!(d.message.starts_with("aws.vpc_ids: missing"), "{d}");
+    let d = one_error(
+        &format!("{SERVER}[aws]\nregion = \"eu-west-1\"\nvpc_ids = []\n"),
+        5,
+        11,
+        &why,
+    );
+    assert!(d.message.starts_with("aws.vpc_ids: empty"), "{d}");
+    // One id is enough.
+    let c = ok(&format!("{SERVER}[aws]\nvpc_ids = [\"vpc-0abc123\"]\n"));
+    assert_eq!(c.aws.expect("aws").vpc_ids, ["vpc-0abc123"]);
+}
+
+#[test]
 fn aws_max_staleness_must_exceed_the_refresh_interval() {
     one_error(
-        &format!("{SERVER}[aws]\nrefresh_interval = \"1m\"\nmax_staleness = \"30s\"\n"),
+        &format!(
+            "{SERVER}[aws]\nrefresh_interval = \"1m\"\nmax_staleness = \"30s\"\n\
+             vpc_ids = [\"vpc-1\"]\n"
+        ),
         5,
         17,
         &["must be longer than aws.refresh_interval"],
@@ -1410,7 +1438,7 @@ fn aws_max_staleness_must_exceed_the_refresh_interval() {
 #[test]
 fn aws_refuses_static_users_and_hosts() {
     let list = errors(&format!(
-        "{SERVER}[aws]\n{}{}",
+        "{SERVER}[aws]\nvpc_ids = [\"vpc-1\"]\n{}{}",
         user("alice", ALICE),
         host("jupyter", "10.0.3.140")
     ));

@@ -31,6 +31,13 @@ pub const WINDOW_SIZE: u32 = 2 * 1024 * 1024;
 /// Largest SSH packet accepted.
 pub const MAX_PACKET_SIZE: u32 = 32768;
 
+/// Messages russh queues for one channel before its connection loop waits for the channel's
+/// reader (russh's default is 100). The tunnels drain their channels as data comes, so the
+/// queue only fills for a channel that is held back (its backlog full, or the bastion-wide
+/// buffer budget spent); each queued message can be a whole packet, so this bounds the
+/// memory such a channel holds outside the budget: 16 x 32 KiB = 512 KiB.
+pub const CHANNEL_QUEUE: usize = 16;
+
 /// Key exchange in `pq_only` mode: the post-quantum hybrid alone (OpenSSH 9.9+ clients).
 const KEX_PQ_ONLY: &[kex::Name] = &[
     kex::MLKEM768X25519_SHA256,
@@ -95,6 +102,7 @@ pub fn russh_config(settings: &ServerConfig, host_key: PrivateKey) -> Arc<Config
         keys: vec![host_key],
         window_size: WINDOW_SIZE,
         maximum_packet_size: MAX_PACKET_SIZE,
+        channel_buffer_size: CHANNEL_QUEUE,
         preferred: Preferred {
             kex: Cow::Borrowed(if settings.pq_only { KEX_PQ_ONLY } else { KEX }),
             key: Cow::Owned(key_algorithms()),

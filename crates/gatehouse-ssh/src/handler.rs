@@ -164,7 +164,8 @@ impl Handler {
     }
 }
 
-fn prohibited(reason: impl Into<String>) -> ChannelOpenFailure {
+/// A refusal the OpenSSH client prints as "administratively prohibited: <reason>".
+pub(crate) fn prohibited(reason: impl Into<String>) -> ChannelOpenFailure {
     ChannelOpenFailure::Other {
         code: ChannelOpenFailure::AdministrativelyProhibited.code(),
         reason: reason.into(),
@@ -264,13 +265,37 @@ impl russh::server::Handler for Handler {
 
     async fn channel_open_session(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // Accepted only to explain ourselves: every request on it is refused. The channel
-        // object is dropped; data sent to it is discarded by russh.
+        // Accepted only to explain ourselves: every request on it is refused. It counts
+        // against max_channels_per_connection like a tunnel, until the client closes it.
+        let slot = match self.shared.try_channel_slot(&self.conn) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                self.deny_request("session channel", &reason);
+                reply
+                    .reject(ChannelOpenFailure::Other {
+                        code: ChannelOpenFailure::ResourceShortage.code(),
+                        reason,
+                    })
+                    .await;
+                return Ok(());
+            }
+        };
         reply.accept().await;
+        // Data sent to it is read and discarded (a channel nobody reads would stall the
+        // connection); the slot is released when the channel closes or the connection ends.
+        let closed = self.conn.closed.clone();
+        self.shared.tasks.spawn(async move {
+            let _slot = slot;
+            let mut channel = channel;
+            tokio::select! {
+                _ = async { while channel.wait().await.is_some() {} } => {}
+                _ = closed.cancelled() => {}
+            }
+        });
         Ok(())
     }
 

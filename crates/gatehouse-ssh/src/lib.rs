@@ -9,9 +9,11 @@
 
 mod algorithms;
 pub mod audit;
+mod budget;
 mod conn;
 mod handler;
 pub mod hostkey;
+mod local;
 pub mod proxy;
 mod server;
 mod socket;

@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{LocalPoolHandle, TaskTracker};
 
 use crate::audit::{Audit, Event};
-use crate::conn::Conn;
+use crate::budget::BufferBudget;
+use crate::conn::{Conn, OpenTunnel};
 use crate::handler::Handler;
 use crate::proxy;
 use crate::socket::{with_cutter, ClientSocket};
@@ -93,6 +94,8 @@ pub(crate) struct Shared {
     user_sessions: Mutex<HashMap<String, usize>>,
     /// Tunnels open or being dialed, bastion-wide.
     tunnels: AtomicUsize,
+    /// Client bytes held for slow targets, bastion-wide (`limits.max_buffered_mib`).
+    pub budget: BufferBudget,
     id_prefix: String,
     next_session: AtomicU64,
     next_tunnel: AtomicU64,
@@ -110,6 +113,7 @@ impl Shared {
             unauthenticated: Unauthenticated::new(b.limits.per_source_max_unauthenticated),
             user_sessions: Mutex::new(HashMap::new()),
             tunnels: AtomicUsize::new(0),
+            budget: BufferBudget::from_config(b.limits.max_buffered_mib),
             settings: b.settings,
             limits: b.limits,
             russh: b.russh,
@@ -155,8 +159,9 @@ impl Shared {
         }
     }
 
-    /// Reserves a tunnel on `conn`, within the per-connection and bastion-wide limits.
-    pub fn try_tunnel_slot(self: &Arc<Self>, conn: &Arc<Conn>) -> Result<TunnelSlot, String> {
+    /// Reserves a channel on `conn`, within `limits.max_channels_per_connection`: every
+    /// channel counts, session channels too (each costs memory until the client closes it).
+    pub fn try_channel_slot(&self, conn: &Arc<Conn>) -> Result<ChannelSlot, String> {
         let per_conn = self.limits.max_channels_per_connection;
         if conn
             .channels
@@ -166,9 +171,15 @@ impl Shared {
             .is_err()
         {
             return Err(format!(
-                "too many tunnels on this connection (limit {per_conn})"
+                "too many channels on this connection (limit {per_conn})"
             ));
         }
+        Ok(ChannelSlot { conn: conn.clone() })
+    }
+
+    /// Reserves a tunnel on `conn`, within the per-connection and bastion-wide limits.
+    pub fn try_tunnel_slot(self: &Arc<Self>, conn: &Arc<Conn>) -> Result<TunnelSlot, String> {
+        let channel = self.try_channel_slot(conn)?;
         let total = self.limits.max_tunnels;
         if self
             .tunnels
@@ -177,12 +188,11 @@ impl Shared {
             })
             .is_err()
         {
-            conn.channels.fetch_sub(1, Ordering::AcqRel);
             return Err(format!("the bastion is at its tunnel limit ({total})"));
         }
         Ok(TunnelSlot {
             shared: self.clone(),
-            conn: conn.clone(),
+            _channel: channel,
         })
     }
 
@@ -214,15 +224,25 @@ impl Shared {
     }
 }
 
+/// A reserved channel of a connection: released when dropped.
+pub(crate) struct ChannelSlot {
+    conn: Arc<Conn>,
+}
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        self.conn.channels.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A reserved tunnel: released (on the connection and bastion-wide) when dropped.
 pub(crate) struct TunnelSlot {
     shared: Arc<Shared>,
-    conn: Arc<Conn>,
+    _channel: ChannelSlot,
 }
 
 impl Drop for TunnelSlot {
     fn drop(&mut self) {
-        self.conn.channels.fetch_sub(1, Ordering::AcqRel);
         self.shared.tunnels.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -230,6 +250,10 @@ impl Drop for TunnelSlot {
 /// Serves SSH on `listeners` until `shutdown` completes, then drains (see module docs).
 pub async fn serve(bastion: Bastion, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) {
     let shared = Arc::new(Shared::new(bastion));
+    tracing::info!(
+        "client bytes held for slow targets: at most {} MiB bastion-wide (limits.max_buffered_mib)",
+        shared.budget.limit() >> 20
+    );
     for listener in listeners {
         shared.tasks.spawn(accept_loop(shared.clone(), listener));
     }
@@ -262,6 +286,7 @@ async fn update_gauges(shared: Arc<Shared>) {
         tick.tick().await;
         let refused = shared.penalties.refused_sources(Instant::now().into_std());
         metrics::gauge!("gatehouse_penalized_sources").set(refused as f64);
+        metrics::gauge!("gatehouse_buffered_bytes").set(shared.budget.used() as f64);
     }
 }
 
@@ -373,7 +398,13 @@ async fn connection(
     // Behind a load balancer, the client is the one the PROXY header names.
     let source = if proxied {
         let wait = deadline.min(Instant::now() + PROXY_HEADER_WAIT);
-        match proxy::read_header(&mut stream, wait).await {
+        let header = tokio::select! {
+            r = proxy::read_header(&mut stream, wait) => r,
+            _ = shared.draining.cancelled() => {
+                return shared.refuse(None, peer, "shutting_down", "the bastion is shutting down");
+            }
+        };
+        match header {
             Ok(Some(client)) => client,
             Ok(None) => peer,
             Err(e) => {
@@ -419,12 +450,20 @@ async fn connection(
 
     let (auth_tx, auth_rx) = oneshot::channel();
     let handler = Handler::new(shared.clone(), conn.clone(), auth_tx);
-    let session = match timeout_at(
-        deadline,
-        russh::server::run_stream(shared.russh.clone(), stream, handler),
-    )
-    .await
-    {
+    // The version exchange happens in here: a client that never sends its version line is
+    // cut by shutdown as well as by the grace deadline.
+    let started = tokio::select! {
+        r = timeout_at(
+            deadline,
+            russh::server::run_stream(shared.russh.clone(), stream, handler),
+        ) => r,
+        _ = shared.draining.cancelled() => {
+            let reason = "the bastion is shutting down";
+            shared.refuse(Some(&conn.id), source, "shutting_down", reason);
+            return;
+        }
+    };
+    let session = match started {
         Ok(Ok(session)) => session,
         Ok(Err(e)) => {
             tracing::debug!(session = %conn.id, %source, "handshake failed: {e}");
@@ -445,21 +484,23 @@ async fn connection(
     let handle = session.handle();
     let mut session = pin!(session);
 
-    let cut = tokio::select! {
+    // Each arm says how the pre-auth phase ended. The session future is polled again only
+    // where it has not completed: a completed `RunningSession` panics if polled again.
+    let phase = tokio::select! {
         r = &mut session => {
             if let Err(e) = r {
                 tracing::debug!(session = %conn.id, %source, "ended before authentication: {e}");
             }
-            None
+            PreAuthEnd::Ended
         }
         r = auth_rx => match r {
-            Ok(()) => Some(None),
+            Ok(()) => PreAuthEnd::Authenticated,
             // The handler is gone: the session is ending on its own.
-            Err(_) => None,
+            Err(_) => PreAuthEnd::Ending,
         },
-        _ = sleep_until(deadline) => Some(Some(("login_grace", "login grace time exceeded"))),
+        _ = sleep_until(deadline) => PreAuthEnd::Cut("login_grace", "login grace time exceeded"),
         _ = shared.draining.cancelled() => {
-            Some(Some(("shutting_down", "the bastion is shutting down")))
+            PreAuthEnd::Cut("shutting_down", "the bastion is shutting down")
         }
     };
     let offence = if conn.auth_failures() > 0 {
@@ -467,19 +508,33 @@ async fn connection(
     } else {
         Offence::NoAuth
     };
-    match cut {
-        // Authenticated.
-        Some(None) => {}
-        // Ended on its own before authenticating.
-        None => {
+    // The handler records the login before russh reports success: a client that leaves in
+    // between has authenticated (auth.success is in the audit log), so it is not charged and
+    // its session is closed like any other.
+    let logged_in = conn.login.get().is_some();
+    match phase {
+        PreAuthEnd::Authenticated => {}
+        PreAuthEnd::Ended | PreAuthEnd::Ending if logged_in => {
+            if matches!(phase, PreAuthEnd::Ending) {
+                let _ = timeout(DISCONNECT_WAIT, &mut session).await;
+            }
+            drop((preauth, source_slot));
+            return record_close(&shared, &conn, "client disconnected");
+        }
+        PreAuthEnd::Ended => {
+            shared.charge(source, offence);
+            return;
+        }
+        PreAuthEnd::Ending => {
             let _ = timeout(DISCONNECT_WAIT, &mut session).await;
             shared.charge(source, offence);
             return;
         }
-        Some(Some((code, reason))) => {
+        PreAuthEnd::Cut(code, reason) => {
             shared.refuse(Some(&conn.id), source, code, reason);
             close(&handle, session, &cutter, reason).await;
             match code {
+                _ if logged_in => {}
                 "login_grace" => shared.charge(source, Offence::GraceExceeded),
                 "shutting_down" => {}
                 _ => shared.charge(source, offence),
@@ -492,13 +547,30 @@ async fn connection(
     drop((preauth, source_slot));
 
     let reason = authenticated_phase(&shared, &conn, &handle, session, &cutter).await;
+    record_close(&shared, &conn, &reason);
+}
+
+/// Logs and audits the end of an authenticated session.
+fn record_close(shared: &Shared, conn: &Conn, reason: &str) {
     tracing::info!(session = %conn.id, user = conn.user(), "session closed: {reason}");
     shared.audit.record(Event::SessionClose {
         session: &conn.id,
         user: conn.user(),
         duration_ms: u64::try_from(conn.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        reason: &reason,
+        reason,
     });
+}
+
+/// How the pre-authentication phase of a connection ended.
+enum PreAuthEnd {
+    /// The client authenticated.
+    Authenticated,
+    /// The session future completed (the client left or the protocol failed).
+    Ended,
+    /// The handler is gone, so the session is ending; its future has not completed yet.
+    Ending,
+    /// We cut it: (audit reason code, reason).
+    Cut(&'static str, &'static str),
 }
 
 /// Returns the user's session count when the connection ends, if the handler took one.
@@ -559,28 +631,44 @@ fn recheck(shared: &Shared, conn: &Conn, snapshot: &Snapshot) -> Option<String> 
         }
     };
     for (id, tunnel) in conn.tunnels() {
-        let verdict = match snapshot
-            .inventory()
-            .authorize(&principal, &tunnel.target, tunnel.port)
-        {
-            Ok(grant) if grant.dial == tunnel.dial => continue,
-            Ok(grant) => format!(
-                "host '{}' is now at {}, not {}",
-                grant.host_id, grant.dial, tunnel.dial
-            ),
-            Err(refusal) => refusal.to_string(),
-        };
-        tracing::info!(session = %conn.id, user = %login.user, tunnel = id, "tunnel revoked: {verdict}");
-        shared.audit.record(Event::TunnelRevoked {
-            session: &conn.id,
-            tunnel: id,
-            user: &login.user,
-            host: &tunnel.host,
-            reason: &verdict,
-        });
-        tunnel.revoked.cancel();
+        recheck_tunnel(shared, conn, &principal, id, &tunnel, snapshot);
     }
     None
+}
+
+/// Re-checks one tunnel (open, or registered and still dialing) of an authenticated session:
+/// if `snapshot` no longer allows it, audits the revocation and cancels the tunnel. Returns
+/// whether it was revoked.
+pub(crate) fn recheck_tunnel(
+    shared: &Shared,
+    conn: &Conn,
+    principal: &gatehouse_policy::Principal,
+    id: u64,
+    tunnel: &OpenTunnel,
+    snapshot: &Snapshot,
+) -> bool {
+    let verdict = match snapshot
+        .inventory()
+        .authorize(principal, &tunnel.target, tunnel.port)
+    {
+        Ok(grant) if grant.dial == tunnel.dial => return false,
+        Ok(grant) => format!(
+            "host '{}' is now at {}, not {}",
+            grant.host_id, grant.dial, tunnel.dial
+        ),
+        Err(refusal) => refusal.to_string(),
+    };
+    let user = conn.user();
+    tracing::info!(session = %conn.id, user, tunnel = id, "tunnel revoked: {verdict}");
+    shared.audit.record(Event::TunnelRevoked {
+        session: &conn.id,
+        tunnel: id,
+        user,
+        host: &tunnel.host,
+        reason: &verdict,
+    });
+    tunnel.revoked.cancel();
+    true
 }
 
 /// Watches an authenticated session until it ends; returns why it ended.

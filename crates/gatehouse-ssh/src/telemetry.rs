@@ -14,6 +14,7 @@
 //! | `gatehouse_revocations_total` | counter | `kind` (session, tunnel) |
 //! | `gatehouse_penalties_total` | counter | `offence` |
 //! | `gatehouse_penalized_sources` | gauge | |
+//! | `gatehouse_buffered_bytes` | gauge | (client bytes held for slow targets, of the budget) |
 //! | `gatehouse_directory_age_seconds` | gauge | (set by the binary) |
 
 use crate::audit::Event;

@@ -30,8 +30,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::audit::Event;
+use crate::budget::BufferBudget;
 use crate::conn::{Conn, OpenTunnel};
-use crate::server::{Shared, TunnelSlot};
+use crate::handler::prohibited;
+use crate::local::is_own_address;
+use crate::server::{recheck_tunnel, Shared, TunnelSlot};
 use crate::telemetry;
 
 /// Read buffer for the target-to-client direction. 64 KiB: 8 KiB costs four writes per SSH
@@ -45,6 +48,9 @@ pub(crate) const BACKLOG_LIMIT: usize = crate::algorithms::WINDOW_SIZE as usize;
 /// How long a full backlog waits for the target to take any byte before the tunnel is cut.
 /// While it waits, the whole connection is stalled (see the module docs).
 pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(5);
+
+/// How often a tunnel waiting for room in the bastion-wide buffer budget tries again.
+const BUDGET_RETRY: Duration = Duration::from_millis(50);
 
 /// Chunks handed to one vectored write to the target (32 KiB SSH packets: 512 KiB at most).
 const MAX_WRITE_CHUNKS: usize = 16;
@@ -83,16 +89,78 @@ pub(crate) async fn run(
             reason,
         });
     };
+    // Registered before the dial, so that a snapshot published while it is pending
+    // (connect_timeout may be long) is applied to it like to any open tunnel.
+    let tunnel = shared.next_tunnel_id();
+    let revoked = conn.closed.child_token();
+    let open = OpenTunnel {
+        target: request.raw_target.clone(),
+        port: request.port,
+        dial: grant.dial,
+        host: grant.host_id.clone(),
+        revoked: revoked.clone(),
+    };
+    let _registered = conn.open_tunnel(tunnel, open.clone());
+    // The grant was made on the snapshot current when the request arrived; one published
+    // since, before the registration above, would have missed this tunnel: check it now.
+    let snapshot = shared.directory.borrow().clone();
+    match conn.login.get().map(|l| snapshot.recheck(&l.user, &l.key)) {
+        Some(Ok(principal)) => {
+            recheck_tunnel(&shared, &conn, &principal, tunnel, &open, &snapshot);
+        }
+        // The session itself is revoked (its own check closes it) or was never logged in.
+        _ => revoked.cancel(),
+    }
+    match is_own_address(grant.dial.ip()) {
+        Ok(false) => {}
+        Ok(true) => {
+            let reason = format!(
+                "host '{}' is at {}, an address of this bastion itself: the bastion never \
+                 forwards to itself",
+                grant.host_id,
+                grant.dial.ip()
+            );
+            tracing::warn!(session = %conn.id, user = %user, "tunnel refused: {reason}");
+            deny("own_address", &reason);
+            reply.reject(prohibited(reason)).await;
+            return;
+        }
+        Err(e) => {
+            let reason = format!("cannot read this bastion's own addresses: {e}");
+            deny("internal", &reason);
+            reply.reject(connect_failed(reason)).await;
+            return;
+        }
+    }
     let timeout = shared.settings.connect_timeout;
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(grant.dial)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
+    let dialed = tokio::select! {
+        biased;
+        _ = revoked.cancelled() => None,
+        r = tokio::time::timeout(timeout, TcpStream::connect(grant.dial)) => Some(r),
+    };
+    let tcp = match dialed {
+        Some(Ok(Ok(tcp))) if !revoked.is_cancelled() => tcp,
+        None | Some(Ok(Ok(_))) => {
+            if conn.closed.is_cancelled() {
+                // Nobody is left to answer; the dial is abandoned.
+                deny("connection_closed", "the connection ended while dialing");
+                return;
+            }
+            let reason = format!(
+                "access to host '{}' was withdrawn while connecting to it",
+                grant.host_id
+            );
+            deny("revoked", &reason);
+            reply.reject(prohibited(reason)).await;
+            return;
+        }
+        Some(Ok(Err(e))) => {
             let reason = format!("connecting to host '{}' failed: {e}", grant.host_id);
             deny("connect_failed", &reason);
             reply.reject(connect_failed(reason)).await;
             return;
         }
-        Err(_) => {
+        Some(Err(_)) => {
             let reason = format!(
                 "connecting to host '{}' timed out after {}",
                 grant.host_id,
@@ -104,18 +172,6 @@ pub(crate) async fn run(
         }
     };
     let _ = tcp.set_nodelay(true);
-    let tunnel = shared.next_tunnel_id();
-    let revoked = conn.closed.child_token();
-    let _registered = conn.open_tunnel(
-        tunnel,
-        OpenTunnel {
-            target: request.raw_target.clone(),
-            port: request.port,
-            dial: grant.dial,
-            host: grant.host_id.clone(),
-            revoked: revoked.clone(),
-        },
-    );
     reply.accept().await;
     shared.audit.record(Event::TunnelOpen {
         session: &conn.id,
@@ -133,7 +189,7 @@ pub(crate) async fn run(
     let reason = tokio::select! {
         r = async {
             tokio::try_join!(
-                upload(&mut from_client, target_write, &conn, &counters),
+                upload(&mut from_client, target_write, &conn, &counters, &shared.budget),
                 download(target_read, &to_client, &conn, &counters),
             )
         } => match r {
@@ -207,19 +263,36 @@ impl Counters {
 /// Client to target: drains the SSH channel into a bounded backlog as data arrives, and
 /// writes the backlog to the target as fast as it takes it (see the module docs). Ends after
 /// the client's EOF, once everything is written and the target's write side is shut down.
+///
+/// Every backlogged byte is taken from the bastion-wide `budget` first. A chunk that does not
+/// fit is held (one SSH packet at most) and the channel is not drained until it fits, retried
+/// every [`BUDGET_RETRY`]: the client is then held back by TCP. A tunnel whose target is the
+/// slow one is cut at [`STALL_LIMIT`] as with a full backlog, which gives its bytes back.
 async fn upload(
     from_client: &mut ChannelReadHalf,
     mut target: OwnedWriteHalf,
     conn: &Conn,
     counters: &Counters,
+    budget: &BufferBudget,
 ) -> io::Result<()> {
-    let mut backlog = Backlog::default();
+    let mut backlog = Backlog::new(budget);
+    // A chunk received while the budget was spent, waiting for room.
+    let mut held = None;
     let mut client_done = false;
+    // Since when the backlog waits on a target that takes nothing (no write completed).
+    let mut blocked_since: Option<tokio::time::Instant> = None;
     loop {
-        if client_done && backlog.is_empty() {
+        if client_done && backlog.is_empty() && held.is_none() {
             return target.shutdown().await;
         }
         let full = backlog.pending >= BACKLOG_LIMIT;
+        let starved = held.is_some();
+        if (full || starved) && !backlog.is_empty() {
+            blocked_since.get_or_insert_with(tokio::time::Instant::now);
+        } else {
+            blocked_since = None;
+        }
+        let stall_deadline = blocked_since.map(|since| since + STALL_LIMIT);
         tokio::select! {
             // Writing first: a backlog that the target takes never grows.
             biased;
@@ -230,18 +303,32 @@ async fn upload(
                 }
                 counters.up(conn, n);
                 backlog.consume(n);
+                blocked_since = None;
             }
-            msg = from_client.wait(), if !client_done && !full => match msg {
-                Some(ChannelMsg::Data { data }) => backlog.push(data),
+            _ = tokio::time::sleep(BUDGET_RETRY), if starved => {
+                if let Some(chunk) = held.take() {
+                    held = backlog.try_push(chunk).err();
+                }
+            }
+            msg = from_client.wait(), if !client_done && !full && !starved => match msg {
+                Some(ChannelMsg::Data { data }) => held = backlog.try_push(data).err(),
                 Some(ChannelMsg::Eof | ChannelMsg::Close) | None => client_done = true,
                 Some(_) => {}
             },
-            // Only while full: any byte the target takes restarts the wait.
-            _ = tokio::time::sleep(STALL_LIMIT), if full => {
+            // Only while blocked: any byte the target takes restarts the wait.
+            _ = sleep_until_opt(stall_deadline), if stall_deadline.is_some() => {
+                let why = if starved {
+                    format!(
+                        " (the bastion's buffer budget of {} MiB is spent: limits.max_buffered_mib)",
+                        budget.limit() >> 20
+                    )
+                } else {
+                    String::new()
+                };
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
-                        "target stopped reading: {} KiB pending for {}",
+                        "target stopped reading: {} KiB pending for {}{why}",
                         backlog.pending / 1024,
                         humantime::format_duration(STALL_LIMIT)
                     ),
@@ -251,37 +338,57 @@ async fn upload(
     }
 }
 
+/// Sleeps until `deadline`; never completes without one.
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Client data not yet taken by the target: chunks as they came, and how far into the first
-/// one the target has got.
-struct Backlog<B> {
+/// one the target has got. Its bytes are taken from the bastion-wide budget while held.
+struct Backlog<'a, B> {
     chunks: VecDeque<B>,
     /// Bytes of the first chunk already written.
     offset: usize,
     /// Bytes not yet written, in all.
     pending: usize,
+    budget: &'a BufferBudget,
 }
 
-impl<B> Default for Backlog<B> {
-    fn default() -> Self {
+impl<B> Drop for Backlog<'_, B> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.pending);
+    }
+}
+
+impl<'a, B: AsRef<[u8]>> Backlog<'a, B> {
+    fn new(budget: &'a BufferBudget) -> Self {
         Backlog {
             chunks: VecDeque::new(),
             offset: 0,
             pending: 0,
+            budget,
         }
     }
-}
 
-impl<B: AsRef<[u8]>> Backlog<B> {
     fn is_empty(&self) -> bool {
         self.chunks.is_empty()
     }
 
-    fn push(&mut self, chunk: B) {
+    /// Appends `chunk` if the budget has room for it; gives it back otherwise.
+    fn try_push(&mut self, chunk: B) -> Result<(), B> {
         let len = chunk.as_ref().len();
-        if len > 0 {
-            self.pending += len;
-            self.chunks.push_back(chunk);
+        if len == 0 {
+            return Ok(());
         }
+        if !self.budget.try_take(len) {
+            return Err(chunk);
+        }
+        self.pending += len;
+        self.chunks.push_back(chunk);
+        Ok(())
     }
 
     /// The first chunks, for one vectored write.
@@ -297,9 +404,10 @@ impl<B: AsRef<[u8]>> Backlog<B> {
             .collect()
     }
 
-    /// Drops the first `n` pending bytes (written).
+    /// Drops the first `n` pending bytes (written) and gives them back to the budget.
     fn consume(&mut self, mut n: usize) {
         self.pending -= n;
+        self.budget.give_back(n);
         while n > 0 {
             let Some(front) = self.chunks.front() else {
                 break;
@@ -342,10 +450,11 @@ mod tests {
 
     #[test]
     fn backlog_consumes_across_chunks() {
-        let mut b = Backlog::default();
-        b.push(vec![1u8, 2, 3]);
-        b.push(Vec::new());
-        b.push(vec![4u8, 5]);
+        let budget = BufferBudget::new(1 << 20);
+        let mut b = Backlog::new(&budget);
+        b.try_push(vec![1u8, 2, 3]).unwrap();
+        b.try_push(Vec::new()).unwrap();
+        b.try_push(vec![4u8, 5]).unwrap();
         assert_eq!(b.pending, 5);
         b.consume(2);
         let flat: Vec<u8> = b.slices().iter().flat_map(|s| s.to_vec()).collect();
@@ -356,5 +465,22 @@ mod tests {
         b.consume(1);
         assert!(b.is_empty());
         assert_eq!(b.pending, 0);
+    }
+
+    #[test]
+    fn backlogs_share_the_budget_and_give_it_back() {
+        let budget = BufferBudget::new(10);
+        let mut a = Backlog::new(&budget);
+        let mut b = Backlog::new(&budget);
+        a.try_push(vec![0u8; 6]).unwrap();
+        assert_eq!(b.try_push(vec![0u8; 5]), Err(vec![0u8; 5]));
+        b.try_push(vec![0u8; 4]).unwrap();
+        assert_eq!(budget.used(), 10);
+        a.consume(3);
+        assert_eq!(budget.used(), 7);
+        drop(a);
+        assert_eq!(budget.used(), 4);
+        drop(b);
+        assert_eq!(budget.used(), 0);
     }
 }
