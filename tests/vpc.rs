@@ -144,8 +144,7 @@ impl Rig {
     }
 
     fn run(&self, spec: &Path, args: &[&str]) -> Output {
-        self.command(spec, args)
-            .checked_output("run gatehouse-vpc")
+        self.command(spec, args).checked_output("run gatehouse-vpc")
     }
 
     /// Run and require success; returns stdout.

@@ -482,8 +482,16 @@ impl Daemon {
     /// rule; also checked when the guard is dropped).
     #[track_caller]
     pub fn assert_no_panic(&self) {
-        assert_no_panic(&format!("{} (stdout)", self.name), &self.stdout(), &self.logs());
-        assert_no_panic(&format!("{} (stderr)", self.name), &self.stderr(), &self.logs());
+        assert_no_panic(
+            &format!("{} (stdout)", self.name),
+            &self.stdout(),
+            &self.logs(),
+        );
+        assert_no_panic(
+            &format!("{} (stderr)", self.name),
+            &self.stderr(),
+            &self.logs(),
+        );
     }
 
     /// Both logs, trimmed to their tails, for panic messages.
