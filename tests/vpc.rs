@@ -2,7 +2,9 @@
 //! Every test starts its own moto on a free 127.0.0.1 port; no traffic leaves the machine.
 //!
 //! - apply_from_empty_converges_and_is_idempotent: apply, plan = no changes, 2nd apply = no changes, output
-//! - destroy_removes_only_the_stack: untagged VPC and a second stack beside it survive
+//! - destroy_removes_only_the_stack: untagged VPC and a second stack beside it survive; the
+//!   host key the daemon creates (its own code, the config gatehouse-vpc writes) is deleted,
+//!   and a re-created stack gets a new one
 //! - interrupted_apply_converges: apply killed after N steps, for several N, then apply
 //! - drift_is_planned_and_repaired: a removed route, a removed and an added SG rule
 //! - nat_mode_changes_converge: per_az -> single -> none
@@ -473,7 +475,7 @@ fn apply_from_empty_converges_and_is_idempotent() {
         let doc = gatehouse_vpc::aws::observe::parse_policy(pol.policy_document());
         assert_eq!(
             doc["Statement"][2]["Resource"],
-            "arn:aws:ssm:us-east-1:*:parameter/gatehouse/lab/*"
+            "arn:aws:ssm:us-east-1:*:parameter/gatehouse/lab/host_ed25519"
         );
 
         // output: address and ssh config.
@@ -493,6 +495,9 @@ fn apply_from_empty_converges_and_is_idempotent() {
             out.contains("ssh -N -L 8888:jupyter:8888 lab-bastion"),
             "{out}"
         );
+        // The IAM user's login name on the bastion (the daemon's mapping), not the IAM name.
+        let out = rig.ok(&spec, &["output", "--user", "jane@example.org"]);
+        assert!(out.contains("    User jane~40example.org\n"), "{out}");
     });
 }
 
@@ -540,24 +545,10 @@ fn destroy_removes_only_the_stack() {
     rig.ok(&lab, &["apply"]);
     rig.ok(&other, &["apply"]);
 
-    // The host key parameter, as the daemon creates it (tagged with its stack).
+    // The host key parameter, created by the daemon's own code from the config gatehouse-vpc
+    // writes into the bastion's user data.
     let ssm = rig.ssm();
-    rt.block_on(async {
-        ssm.put_parameter()
-            .name("/gatehouse/lab/host_ed25519")
-            .value("key")
-            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-            .tags(
-                aws_sdk_ssm::types::Tag::builder()
-                    .key("gatehouse:stack")
-                    .value("lab")
-                    .build()
-                    .expect("tag"),
-            )
-            .send()
-            .await
-            .expect("put parameter");
-    });
+    let first = rt.block_on(daemon_host_key(&ssm, "lab"));
     let out = rig.ok(&lab, &["destroy"]);
     assert!(out.contains("stack lab: destroyed"), "{out}");
     rt.block_on(async {
@@ -566,7 +557,10 @@ fn destroy_removes_only_the_stack() {
             .name("/gatehouse/lab/host_ed25519")
             .send()
             .await;
-        assert!(gone.is_err(), "tagged host key parameter must be deleted");
+        assert!(
+            gone.is_err(),
+            "the daemon's host key parameter must be deleted with its stack"
+        );
     });
     rt.block_on(async {
         let left: Vec<_> = tagged_counts(&ec2, "lab")
@@ -617,6 +611,41 @@ fn destroy_removes_only_the_stack() {
     rig.assert_no_changes(&other, "other");
     let again = rig.ok(&lab, &["destroy"]);
     assert!(again.contains("destroyed (0 step(s))"), "{again}");
+    // A new stack of the same name gets a new host key, not the old stack's.
+    rig.ok(&lab, &["apply"]);
+    let second = rt.block_on(daemon_host_key(&ssm, "lab"));
+    assert_ne!(
+        first.public_key(),
+        second.public_key(),
+        "a re-created stack must not reuse the destroyed stack's host key"
+    );
+}
+
+/// Loads or creates the host key of stack `stack` as its bastion does at start: the `[aws]`
+/// settings of the daemon config gatehouse-vpc renders, read by the daemon's config parser,
+/// passed to the daemon's `hostkey::load_or_create`.
+async fn daemon_host_key(
+    ssm: &aws_sdk_ssm::Client,
+    stack: &str,
+) -> gatehouse_config::ssh_key::PrivateKey {
+    let spec =
+        gatehouse_vpc::spec::parse("t.toml", &spec_text(stack, 50, "per_az"), None).expect("spec");
+    let text = gatehouse_vpc::userdata::daemon_config(&spec, "vpc-0123456789abcdef0");
+    let config = gatehouse_config::parse(&text, Path::new("gatehouse.toml"))
+        .unwrap_or_else(|e| panic!("the rendered daemon config is invalid: {e}\n{text}"));
+    let aws = config.aws.expect("[aws]");
+    let parameter = aws
+        .host_key_ssm_parameter
+        .as_deref()
+        .expect("host_key_ssm_parameter");
+    gatehouse_aws::hostkey::load_or_create(
+        ssm,
+        parameter,
+        &aws.host_key_tags,
+        &gatehouse_aws::Calls::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("host key: {e}"))
 }
 
 #[test]
@@ -872,6 +901,11 @@ fn bad_specs_are_rejected_before_any_aws_call() {
                     "az = \"us-east-1a\"\n\n[[subnets]]\nname = \"analysis-a\"",
                 ),
             "needs a public subnet in us-east-1b",
+        ),
+        (
+            "dotted group",
+            good.replace("groups = [\"research\"]", "groups = [\"research.gpu\"]"),
+            "group `research.gpu` contains '.'",
         ),
     ];
     for (what, text, needle) in cases {

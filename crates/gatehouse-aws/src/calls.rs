@@ -4,15 +4,18 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use crate::actions::Action;
+
 /// A shared count of AWS API calls by action (`iam:ListUsers`, ...).
 #[derive(Debug, Clone, Default)]
 pub struct Calls(Arc<Mutex<BTreeMap<&'static str, u64>>>);
 
 impl Calls {
-    /// Counts one call of `action`.
-    pub fn count(&self, action: &'static str) {
+    /// Counts one call of `action` (one of the constants of [`crate::actions`], so every
+    /// call made is a declared action).
+    pub fn count(&self, action: Action) {
         if let Ok(mut map) = self.0.lock() {
-            *map.entry(action).or_default() += 1;
+            *map.entry(action.name()).or_default() += 1;
         }
     }
 

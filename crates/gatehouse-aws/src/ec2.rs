@@ -11,6 +11,7 @@
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_ec2::Client;
 
+use crate::actions;
 use crate::build::InstanceRecord;
 use crate::calls::Calls;
 use crate::error::AwsError;
@@ -67,7 +68,7 @@ impl Ec2Fetcher {
         }
         let mut token: Option<String> = None;
         for _ in 0..MAX_PAGES {
-            calls.count("ec2:DescribeInstances");
+            calls.count(actions::DESCRIBE_INSTANCES);
             let page = self
                 .client
                 .describe_instances()

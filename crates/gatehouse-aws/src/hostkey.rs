@@ -4,18 +4,26 @@
 //! parameter with `Overwrite=false`. If another replica created it in between
 //! (`ParameterAlreadyExists`), read theirs. So replicas started at the same moment still end up
 //! with one key: exactly one `PutParameter` can win.
+//!
+//! The parameter is created with the tags of `aws.host_key_tags` (in the same request, so it
+//! never exists untagged): gatehouse-vpc tags it with its stack, and its `destroy` deletes it
+//! with the stack. IAM then checks `ssm:AddTagsToResource` as well as `ssm:PutParameter`.
 
-use aws_sdk_ssm::types::ParameterType;
+use std::collections::BTreeMap;
+
+use aws_sdk_ssm::types::{ParameterType, Tag};
 use aws_sdk_ssm::Client;
 use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
+use crate::actions;
 use crate::calls::Calls;
 use crate::error::AwsError;
 
 /// How many read / create rounds before giving up (a parameter that keeps vanishing).
 const ROUNDS: usize = 3;
 
-/// Loads the host key from `parameter`, creating it if absent.
+/// Loads the host key from `parameter`, creating it with `tags` if absent (an existing
+/// parameter is used as it is).
 ///
 /// # Errors
 /// An SSM call failed, or the parameter holds something that is not an unencrypted ed25519
@@ -23,8 +31,17 @@ const ROUNDS: usize = 3;
 pub async fn load_or_create(
     client: &Client,
     parameter: &str,
+    tags: &BTreeMap<String, String>,
     calls: &Calls,
 ) -> Result<PrivateKey, AwsError> {
+    let tags = tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| AwsError::HostKey {
+            parameter: parameter.to_owned(),
+            reason: format!("invalid tag: {e}"),
+        })?;
     for _ in 0..ROUNDS {
         if let Some(text) = get(client, parameter, calls).await? {
             return parse(parameter, &text);
@@ -41,7 +58,7 @@ pub async fn load_or_create(
                 parameter: parameter.to_owned(),
                 reason: format!("encoding the new key failed: {e}"),
             })?;
-        calls.count("ssm:PutParameter");
+        calls.count(actions::PUT_PARAMETER);
         let put = client
             .put_parameter()
             .name(parameter)
@@ -49,6 +66,7 @@ pub async fn load_or_create(
             .value(text.as_str())
             .r#type(ParameterType::SecureString)
             .overwrite(false)
+            .set_tags((!tags.is_empty()).then(|| tags.clone()))
             .send()
             .await;
         match put {
@@ -77,7 +95,7 @@ pub async fn load_or_create(
 
 /// The parameter's decrypted value, `None` if it does not exist.
 async fn get(client: &Client, parameter: &str, calls: &Calls) -> Result<Option<String>, AwsError> {
-    calls.count("ssm:GetParameter");
+    calls.count(actions::GET_PARAMETER);
     match client
         .get_parameter()
         .name(parameter)

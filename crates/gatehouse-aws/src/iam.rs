@@ -23,6 +23,7 @@ use ssh_key::PublicKey;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::actions;
 use crate::build::UserRecord;
 use crate::calls::Calls;
 use crate::error::AwsError;
@@ -125,7 +126,7 @@ impl IamFetcher {
         let mut names = Vec::new();
         let mut marker: Option<String> = None;
         for _ in 0..MAX_PAGES {
-            calls.count("iam:ListUsers");
+            calls.count(actions::LIST_USERS);
             let page = self
                 .client
                 .list_users()
@@ -188,7 +189,7 @@ impl IamFetcher {
         let mut marker: Option<String> = None;
         let mut done = false;
         for _ in 0..MAX_PAGES {
-            calls.count("iam:ListGroups");
+            calls.count(actions::LIST_GROUPS);
             let page = self
                 .client
                 .list_groups()
@@ -219,7 +220,7 @@ impl IamFetcher {
             let mut marker: Option<String> = None;
             let mut done = false;
             for _ in 0..MAX_PAGES {
-                calls.count("iam:GetGroup");
+                calls.count(actions::GET_GROUP);
                 let answer = self
                     .client
                     .get_group()
@@ -266,7 +267,7 @@ impl IamFetcher {
         id: &str,
         calls: &Calls,
     ) -> Result<Option<Result<PublicKey, String>>, AwsError> {
-        calls.count("iam:GetSSHPublicKey");
+        calls.count(actions::GET_SSH_PUBLIC_KEY);
         let answer = self
             .client
             .get_ssh_public_key()
@@ -314,7 +315,7 @@ async fn one_user(
     let mut marker: Option<String> = None;
     let mut done = false;
     for _ in 0..MAX_PAGES {
-        calls.count("iam:ListSSHPublicKeys");
+        calls.count(actions::LIST_SSH_PUBLIC_KEYS);
         let answer = client
             .list_ssh_public_keys()
             .user_name(&name)
@@ -357,7 +358,7 @@ async fn one_user(
     let mut tags = Vec::new();
     let mut marker: Option<String> = None;
     for _ in 0..MAX_PAGES {
-        calls.count("iam:ListUserTags");
+        calls.count(actions::LIST_USER_TAGS);
         let answer = client
             .list_user_tags()
             .user_name(&name)

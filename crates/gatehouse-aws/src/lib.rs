@@ -7,7 +7,9 @@
 //! - [`build`] turns records into identities and hosts (pure, unit-tested);
 //! - [`refresh`] runs one refresh or the background loop, and publishes a
 //!   [`gatehouse_directory::Snapshot`] only after a complete, successful listing;
-//! - [`hostkey`] reads or creates the SSM host key; [`names`] maps IAM names to login names.
+//! - [`hostkey`] reads or creates the SSM host key; [`names`] maps IAM names to login names;
+//! - [`actions`] declares every AWS action the daemon needs, per mode: the fetchers count
+//!   their calls with it, and gatehouse-vpc builds the bastion role from it.
 //!
 //! Nothing an AWS answer contains can make this crate panic: failures are [`AwsError`]s, and
 //! unusable items are skipped with a warning naming the user, key or instance.
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod actions;
 pub mod build;
 mod calls;
 pub mod ec2;

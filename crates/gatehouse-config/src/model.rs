@@ -4,6 +4,7 @@
 //! run with. The doc comments on the fields are the reference for the TOML keys of the same
 //! name; `config/gatehouse.toml` repeats them as comments.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -90,6 +91,8 @@ pub const MAX_STALENESS_RANGE: (Duration, Duration) = (
     Duration::from_secs(1),
     Duration::from_secs(7 * 24 * 60 * 60),
 );
+/// Most tags `aws.host_key_tags` may list (SSM's limit per resource).
+pub const MAX_HOST_KEY_TAGS: usize = 50;
 /// Smallest RSA modulus accepted in a user key, in bits.
 pub const MIN_RSA_BITS: u32 = 2048;
 
@@ -155,6 +158,14 @@ pub struct AwsConfig {
     /// (without overwrite) on first start, so every replica presents the same key. When set,
     /// `server.host_key` is not used. `None`: the host key file.
     pub host_key_ssm_parameter: Option<String>,
+    /// `host_key_tags`: tags (key = value) the SSM host key parameter is created with, e.g.
+    /// `{ "gatehouse:stack" = "lab" }`, so that whoever owns the stack can find and delete it
+    /// (gatehouse-vpc's `destroy` deletes parameters tagged with its stack). Needs
+    /// `host_key_ssm_parameter`; at most 50 tags; keys 1 to 128 and values up to 256 of
+    /// letters, digits, space and `_.:/=+-@`, keys not starting with `aws:`. Creating a tagged
+    /// parameter needs `ssm:AddTagsToResource` besides `ssm:PutParameter`. An existing
+    /// parameter is used as it is (never re-tagged). Empty: created untagged.
+    pub host_key_tags: BTreeMap<String, String>,
 }
 
 impl AwsConfig {

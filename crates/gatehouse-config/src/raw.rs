@@ -7,6 +7,7 @@
 //! the first one. Integers are read as `i64` so that `port = 70000` gets our range message,
 //! not serde's "expected u16".
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -53,6 +54,7 @@ pub(crate) struct RawAws {
     pub(crate) iam_group_prefix: Option<Spanned<String>>,
     pub(crate) tag_prefix: Option<Spanned<String>>,
     pub(crate) host_key_ssm_parameter: Option<Spanned<String>>,
+    pub(crate) host_key_tags: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
 }
 
 /// `[limits]`.

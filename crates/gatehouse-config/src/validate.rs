@@ -4,7 +4,7 @@
 //! bad it substitutes the default and carries on, and the half-built `Config` is thrown away
 //! at the end if anything was reported.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -995,6 +995,7 @@ impl Validator<'_> {
                 None
             }
         });
+        let host_key_tags = self.host_key_tags(a);
         AwsConfig {
             region,
             endpoint_url,
@@ -1005,7 +1006,66 @@ impl Validator<'_> {
             iam_group_prefix,
             tag_prefix,
             host_key_ssm_parameter,
+            host_key_tags,
         }
+    }
+
+    /// `aws.host_key_tags`: SSM's tag rules (restricted to ASCII), only with
+    /// `host_key_ssm_parameter`.
+    fn host_key_tags(&mut self, a: &RawAws) -> BTreeMap<String, String> {
+        let Some(table) = &a.host_key_tags else {
+            return BTreeMap::new();
+        };
+        if a.host_key_ssm_parameter.is_none() {
+            self.error(
+                &table.span(),
+                "aws.host_key_tags: set without aws.host_key_ssm_parameter: the tags are those \
+                 of the SSM host key parameter; set both or neither"
+                    .to_owned(),
+            );
+        }
+        if table.get_ref().len() > MAX_HOST_KEY_TAGS {
+            self.error(
+                &table.span(),
+                format!(
+                    "aws.host_key_tags: {} tags; SSM allows at most {MAX_HOST_KEY_TAGS}",
+                    table.get_ref().len()
+                ),
+            );
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || " _.:/=+-@".contains(c);
+        let mut tags = BTreeMap::new();
+        for (key, value) in table.get_ref() {
+            let key_ok = !key.is_empty()
+                && key.len() <= 128
+                && !key.to_ascii_lowercase().starts_with("aws:")
+                && key.chars().all(allowed);
+            if !key_ok {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "aws.host_key_tags: `{key}` is not a tag key: 1 to 128 of letters, \
+                         digits, space and `_.:/=+-@`, not starting with `aws:`, e.g. \
+                         \"gatehouse:stack\""
+                    ),
+                );
+            }
+            let text = value.get_ref();
+            let value_ok = text.len() <= 256 && text.chars().all(allowed);
+            if !value_ok {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "aws.host_key_tags.{key}: `{text}` is not a tag value: up to 256 of \
+                         letters, digits, space and `_.:/=+-@`"
+                    ),
+                );
+            }
+            if key_ok && value_ok {
+                tags.insert(key.clone(), text.clone());
+            }
+        }
+        tags
     }
 }
 

@@ -1398,6 +1398,55 @@ fn aws_values_are_checked() {
 }
 
 #[test]
+fn aws_host_key_tags_are_read_and_checked() {
+    // Absent: the parameter is created untagged.
+    let c = ok(&format!(
+        "{SERVER}[aws]\nvpc_ids = [\"vpc-1\"]\nhost_key_ssm_parameter = \"/gatehouse/lab/host_ed25519\"\n"
+    ));
+    assert!(c.aws.expect("aws").host_key_tags.is_empty());
+    let c = ok(&format!(
+        "{SERVER}[aws]\nvpc_ids = [\"vpc-1\"]\nhost_key_ssm_parameter = \"/gatehouse/lab/host_ed25519\"\n\
+         host_key_tags = {{ \"gatehouse:stack\" = \"lab\", owner = \"ops team\" }}\n"
+    ));
+    let tags = c.aws.expect("aws").host_key_tags;
+    assert_eq!(
+        tags.iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        [("gatehouse:stack", "lab"), ("owner", "ops team")]
+    );
+    // Without the parameter they would tag nothing.
+    let list = errors(&format!(
+        "{SERVER}[aws]\nvpc_ids = [\"vpc-1\"]\nhost_key_tags = {{ \"gatehouse:stack\" = \"lab\" }}\n"
+    ));
+    assert_eq!(list.len(), 1, "{}", render(&list));
+    has_error(
+        &list,
+        "aws.host_key_tags: set without aws.host_key_ssm_parameter",
+    );
+    // SSM's tag rules.
+    let list = errors(&format!(
+        "{SERVER}[aws]\nvpc_ids = [\"vpc-1\"]\nhost_key_ssm_parameter = \"/p/k\"\n\
+         host_key_tags = {{ \"aws:stack\" = \"a\", \"\" = \"b\", ok = \"bad\\nvalue\", \"k*\" = \"c\" }}\n"
+    ));
+    assert_eq!(list.len(), 4, "{}", render(&list));
+    has_error(&list, "aws.host_key_tags: `aws:stack` is not a tag key");
+    has_error(&list, "aws.host_key_tags: `` is not a tag key");
+    has_error(&list, "aws.host_key_tags: `k*` is not a tag key");
+    has_error(
+        &list,
+        "aws.host_key_tags.ok: `bad\nvalue` is not a tag value",
+    );
+    let many: Vec<String> = (0..51).map(|i| format!("k{i} = \"v\"")).collect();
+    let list = errors(&format!(
+        "{SERVER}[aws]\nvpc_ids = [\"vpc-1\"]\nhost_key_ssm_parameter = \"/p/k\"\n\
+         host_key_tags = {{ {} }}\n",
+        many.join(", ")
+    ));
+    has_error(&list, "aws.host_key_tags: 51 tags; SSM allows at most 50");
+}
+
+#[test]
 fn aws_vpc_ids_are_required_and_not_empty() {
     // Empty used to mean every VPC of the region: instances the bastion cannot route to, and
     // VPCs whose CIDRs overlap, where one private address names two hosts.

@@ -1,8 +1,13 @@
 //! The IAM documents of the bastion role: who may assume it (EC2) and what it may do (exactly
 //! what the daemon reads and writes, nothing else).
 
+use std::path::Path;
+
+use gatehouse_aws::actions::{self, Mode, Resource};
+use gatehouse_config::AwsConfig;
 use serde_json::{json, Value};
 
+use crate::plan::host_key_parameter;
 use crate::spec::Spec;
 
 /// The ARN partition of a region (`aws`, `aws-cn`, `aws-us-gov`).
@@ -28,46 +33,282 @@ pub fn trust_policy() -> Value {
     })
 }
 
-/// The inline policy of the bastion role.
+/// The `[aws]` table of the daemon config gatehouse-vpc writes for `spec`, as the daemon's own
+/// parser reads it. If `extra_daemon_config` makes the config invalid (the daemon would not
+/// start), the config without it (which gatehouse-vpc always writes valid).
+pub fn daemon_settings(spec: &Spec) -> Option<AwsConfig> {
+    // The VPC id does not change what the daemon calls; any valid id will do.
+    let parse = |spec: &Spec| {
+        gatehouse_config::parse(
+            &crate::userdata::daemon_config(spec, "vpc-00000000"),
+            Path::new("gatehouse.toml"),
+        )
+        .ok()
+        .and_then(|c| c.aws)
+    };
+    parse(spec).or_else(|| {
+        let mut bare = spec.clone();
+        bare.bastion.extra_daemon_config = None;
+        parse(&bare)
+    })
+}
+
+/// The inline policy of the bastion role: exactly the actions
+/// [`gatehouse_aws::actions::needed`] lists for the daemon config gatehouse-vpc writes
+/// ([`daemon_settings`]), one statement per kind of resource.
 ///
-/// - EC2 describe calls have no resource-level permissions, hence `*`.
-/// - IAM: list users, their tags, groups and SSH public keys (read only).
-/// - SSM: get/put only below the stack's own parameter path. SecureString parameters encrypted
-///   with the AWS managed key `aws/ssm` need no extra KMS statement.
+/// - Describe and list calls have no resource-level permissions, hence `*`.
+/// - IAM users: `user/*` of any account (the role's own, in practice).
+/// - IAM groups: only those named with `aws.iam_group_prefix`.
+/// - SSM: the host key parameter only. A SecureString encrypted with the AWS managed key
+///   `aws/ssm` needs no extra KMS statement.
 pub fn bastion_policy(spec: &Spec) -> Value {
     let part = partition(&spec.region);
-    let params = format!(
-        "arn:{part}:ssm:{}:*:parameter/gatehouse/{}/*",
-        spec.region, spec.stack
-    );
+    let settings = daemon_settings(spec);
+    let mode = match &settings {
+        Some(aws) => Mode::of(aws),
+        // Unreachable while the bare config parses (a unit test checks it): what
+        // gatehouse-vpc itself writes.
+        None => Mode {
+            iam_group_prefix: false,
+            ssm_host_key: true,
+            host_key_tags: true,
+        },
+    };
+    let parameter = settings
+        .as_ref()
+        .and_then(|a| a.host_key_ssm_parameter.clone())
+        .unwrap_or_else(|| host_key_parameter(&spec.stack));
+    let group_prefix = settings
+        .as_ref()
+        .and_then(|a| a.iam_group_prefix.clone())
+        .unwrap_or_default();
+    let mut statements = Vec::new();
+    for (sid, resource, arn) in [
+        ("ListAndDescribe", Resource::Any, "*".to_owned()),
+        (
+            "ReadUserKeysAndTags",
+            Resource::IamUsers,
+            format!("arn:{part}:iam::*:user/*"),
+        ),
+        (
+            "ReadGatehouseGroups",
+            Resource::IamGroupsWithPrefix,
+            format!("arn:{part}:iam::*:group/{group_prefix}*"),
+        ),
+        (
+            "HostKey",
+            Resource::HostKeyParameter,
+            // The name starts with `/`, which the ARN does not repeat.
+            format!(
+                "arn:{part}:ssm:{}:*:parameter/{}",
+                spec.region,
+                parameter.trim_start_matches('/')
+            ),
+        ),
+    ] {
+        let actions: Vec<&str> = actions::needed(mode)
+            .iter()
+            .filter(|a| a.resource() == resource)
+            .map(|a| a.name())
+            .collect();
+        if !actions.is_empty() {
+            statements.push(json!({
+                "Sid": sid,
+                "Effect": "Allow",
+                "Action": actions,
+                "Resource": arn,
+            }));
+        }
+    }
     json!({
         "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "DiscoverHosts",
-                "Effect": "Allow",
-                "Action": ["ec2:DescribeInstances", "ec2:DescribeTags"],
-                "Resource": "*"
-            },
-            {
-                "Sid": "ReadUsersAndSshKeys",
-                "Effect": "Allow",
-                "Action": [
-                    "iam:GetSSHPublicKey",
-                    "iam:GetUser",
-                    "iam:ListGroupsForUser",
-                    "iam:ListSSHPublicKeys",
-                    "iam:ListUserTags",
-                    "iam:ListUsers"
-                ],
-                "Resource": "*"
-            },
-            {
-                "Sid": "HostKey",
-                "Effect": "Allow",
-                "Action": ["ssm:GetParameter", "ssm:PutParameter", "ssm:AddTagsToResource"],
-                "Resource": params
-            }
-        ]
+        "Statement": statements,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> Spec {
+        let text = format!(
+            "[stack]\nname = \"lab\"\nregion = \"eu-central-1\"\n\n\
+             [vpc]\ncidr = \"10.0.0.0/16\"\nazs = [\"eu-central-1a\"]\nnat = \"single\"\n\n\
+             [[subnets]]\nname = \"dmz-a\"\ntier = \"public\"\ncidr = \"10.0.0.0/24\"\naz = \"eu-central-1a\"\n\n\
+             [bastion]\nsubnet = \"dmz-a\"\nami = \"ami-0123456789abcdef0\"\n\
+             allowed_cidrs = [\"198.51.100.0/24\"]\n\
+             gatehouse_download_url = \"https://example.org/gatehouse\"\n{extra}"
+        );
+        crate::spec::parse("t.toml", &text, None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn granted(policy: &Value) -> Vec<String> {
+        policy["Statement"]
+            .as_array()
+            .expect("statements")
+            .iter()
+            .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn the_role_grants_exactly_what_the_written_config_needs() {
+        let spec = spec("");
+        let settings = daemon_settings(&spec).expect("the written config is valid");
+        let policy = bastion_policy(&spec);
+        let mut got = granted(&policy);
+        got.sort();
+        let mut want: Vec<String> = actions::needed(Mode::of(&settings))
+            .iter()
+            .map(|a| a.name().to_owned())
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+        // The config writes the SSM host key with the stack tag: its three SSM actions, on
+        // that one parameter; no IAM groups (no prefix).
+        assert_eq!(
+            want,
+            [
+                "ec2:DescribeInstances",
+                "iam:GetSSHPublicKey",
+                "iam:ListSSHPublicKeys",
+                "iam:ListUserTags",
+                "iam:ListUsers",
+                "ssm:AddTagsToResource",
+                "ssm:GetParameter",
+                "ssm:PutParameter",
+            ]
+        );
+        let by_sid = |sid: &str| {
+            policy["Statement"]
+                .as_array()
+                .and_then(|l| l.iter().find(|s| s["Sid"] == sid).cloned())
+                .unwrap_or_else(|| panic!("no statement {sid}: {policy:#}"))
+        };
+        assert_eq!(
+            by_sid("HostKey")["Resource"],
+            "arn:aws:ssm:eu-central-1:*:parameter/gatehouse/lab/host_ed25519"
+        );
+        assert_eq!(
+            by_sid("ReadUserKeysAndTags")["Resource"],
+            "arn:aws:iam::*:user/*"
+        );
+        assert_eq!(by_sid("ListAndDescribe")["Resource"], "*");
+        assert!(policy["Statement"]
+            .as_array()
+            .is_some_and(|l| l.iter().all(|s| s["Sid"] != "ReadGatehouseGroups")));
+    }
+
+    #[test]
+    fn a_config_the_daemon_refuses_still_gets_the_role_of_the_written_config() {
+        let broken = spec("extra_daemon_config = \"[limits]\\nmax_tunnels = -1\\n\"\n");
+        assert!(gatehouse_config::parse(
+            &crate::userdata::daemon_config(&broken, "vpc-00000000"),
+            Path::new("t.toml")
+        )
+        .is_err());
+        assert_eq!(bastion_policy(&broken), bastion_policy(&spec("")));
+    }
+
+    /// The text between `heading` and the next heading of the same level or above.
+    fn section<'a>(text: &'a str, heading: &str) -> &'a str {
+        let start = text
+            .find(heading)
+            .unwrap_or_else(|| panic!("no {heading:?}"));
+        let body = &text[start + heading.len()..];
+        let end = body
+            .find("\n## ")
+            .into_iter()
+            .chain(body.find("\n### "))
+            .min();
+        &body[..end.unwrap_or(body.len())]
+    }
+
+    fn json_block(section: &str) -> Value {
+        let start = section.find("```json\n").expect("a json block") + "```json\n".len();
+        let end = section[start..].find("```").expect("its end") + start;
+        serde_json::from_str(&section[start..end]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// How the README's table writes each kind of resource.
+    fn readme_resource(resource: Resource) -> &'static str {
+        match resource {
+            Resource::Any => "`*`",
+            Resource::IamUsers => "`arn:aws:iam::ACCOUNT:user/*`",
+            Resource::IamGroupsWithPrefix => "`arn:aws:iam::ACCOUNT:group/gatehouse-*`",
+            Resource::HostKeyParameter => "the parameter's ARN",
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_exactly_the_declared_actions() {
+        let readme = include_str!("../../../README.md");
+        let part = section(readme, "### The IAM policy the bastion needs");
+        let rows: Vec<&str> = part.lines().filter(|l| l.starts_with("| `")).collect();
+        let want: Vec<String> = actions::ALL
+            .iter()
+            .map(|a| {
+                format!(
+                    "| `{}` | {} | {} |",
+                    a.name(),
+                    a.why(),
+                    readme_resource(a.resource())
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows, want,
+            "README.md's table vs gatehouse_aws::actions::ALL"
+        );
+        // The example policy: every declared action once, on its kind of resource.
+        let doc = json_block(part);
+        let mut listed = Vec::new();
+        for statement in doc["Statement"].as_array().expect("statements") {
+            let names: Vec<&str> = match &statement["Action"] {
+                Value::String(one) => vec![one.as_str()],
+                many => many
+                    .as_array()
+                    .expect("actions")
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect(),
+            };
+            let arn = statement["Resource"].as_str().expect("resource");
+            for name in names {
+                let action = actions::ALL
+                    .iter()
+                    .find(|a| a.name() == name)
+                    .unwrap_or_else(|| panic!("README.md's policy grants undeclared {name}"));
+                let fits = match action.resource() {
+                    Resource::Any => arn == "*",
+                    Resource::IamUsers => arn.ends_with(":user/*"),
+                    Resource::IamGroupsWithPrefix => arn.ends_with(":group/gatehouse-*"),
+                    Resource::HostKeyParameter => arn.contains(":parameter/"),
+                };
+                assert!(fits, "README.md's policy: {name} on {arn}");
+                listed.push(name);
+            }
+        }
+        listed.sort_unstable();
+        let mut all: Vec<&str> = actions::ALL.iter().map(|a| a.name()).collect();
+        all.sort_unstable();
+        assert_eq!(
+            listed, all,
+            "README.md's policy vs gatehouse_aws::actions::ALL"
+        );
+    }
+
+    #[test]
+    fn the_vpc_readme_shows_the_policy_gatehouse_vpc_creates() {
+        let readme = include_str!("../README.md");
+        let doc = json_block(section(readme, "### The bastion's IAM policy"));
+        let text = doc
+            .to_string()
+            .replace("<region>", "eu-central-1")
+            .replace("<stack>", "lab");
+        let doc: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(doc, bastion_policy(&spec("")));
+    }
 }

@@ -2,6 +2,7 @@
 //! the hardened systemd unit, downloads the gatehouse binary (checking its SHA-256 when the spec
 //! gives one), hands port 22 from the image's sshd to gatehouse and starts it.
 
+use crate::model::TAG_STACK;
 use crate::plan::host_key_parameter;
 use crate::spec::Spec;
 
@@ -20,7 +21,8 @@ IPAddressAllow=\n";
 /// Where the daemon keeps its host key (inside its StateDirectory).
 pub const HOST_KEY_PATH: &str = "/var/lib/gatehouse/ssh_host_ed25519_key";
 
-/// The gatehouse daemon config for the bastion of `spec` in VPC `vpc_id`.
+/// The gatehouse daemon config for the bastion of `spec` in VPC `vpc_id`. The host key
+/// parameter is created tagged with the stack (`host_key_tags`), so `destroy` deletes it.
 pub fn daemon_config(spec: &Spec, vpc_id: &str) -> String {
     // Values below are validated (stack, region) or come from AWS (vpc id); keep only the
     // characters an id can have so nothing can break out of the TOML string.
@@ -37,7 +39,8 @@ pub fn daemon_config(spec: &Spec, vpc_id: &str) -> String {
          [aws]\n\
          region = \"{region}\"\n\
          vpc_ids = [\"{vpc}\"]\n\
-         host_key_ssm_parameter = \"{param}\"\n",
+         host_key_ssm_parameter = \"{param}\"\n\
+         host_key_tags = {{ \"{TAG_STACK}\" = \"{stack}\" }}\n",
         stack = spec.stack,
         region = spec.region,
         param = host_key_parameter(&spec.stack),

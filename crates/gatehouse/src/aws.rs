@@ -27,9 +27,14 @@ impl Started {
         let clients = Clients::new(settings).await;
         let host_key = match &settings.host_key_ssm_parameter {
             Some(parameter) => Some(
-                gatehouse_aws::hostkey::load_or_create(&clients.ssm, parameter, &Calls::default())
-                    .await
-                    .with_context(|| format!("cannot load the host key from SSM {parameter}"))?,
+                gatehouse_aws::hostkey::load_or_create(
+                    &clients.ssm,
+                    parameter,
+                    &settings.host_key_tags,
+                    &Calls::default(),
+                )
+                .await
+                .with_context(|| format!("cannot load the host key from SSM {parameter}"))?,
             ),
             None => None,
         };

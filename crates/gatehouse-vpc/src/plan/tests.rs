@@ -916,14 +916,15 @@ fn the_policy_is_least_privilege() {
         .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
         .filter_map(|a| a.as_str().map(str::to_string))
         .collect();
-    assert_eq!(actions.len(), 11, "{actions:?}");
+    assert_eq!(actions.len(), 8, "{actions:?}");
     assert!(actions.iter().all(|a| !a.contains('*')), "{actions:?}");
     assert!(!actions.iter().any(|a| a.starts_with("iam:Upload")
         || a.starts_with("iam:Create")
         || a.starts_with("ec2:Run")));
+    assert_eq!(policy["Statement"][2]["Sid"], "HostKey", "{policy:#}");
     assert_eq!(
         policy["Statement"][2]["Resource"],
-        "arn:aws:ssm:eu-central-1:*:parameter/gatehouse/lab/*"
+        "arn:aws:ssm:eu-central-1:*:parameter/gatehouse/lab/host_ed25519"
     );
 }
 
@@ -932,7 +933,7 @@ fn output_prints_the_address_and_an_ssh_config() {
     let spec = spec("single");
     let mut fake = Fake::new();
     fake.converge(&spec);
-    let out = crate::output::stack_output(&spec, &fake.obs, "alice");
+    let out = crate::output::stack_output(&spec, &fake.obs, "alice").expect("output");
     let ip = out.bastion_address.clone().expect("address");
     assert!(
         out.ssh_config.contains(&format!(
@@ -947,11 +948,36 @@ fn output_prints_the_address_and_an_ssh_config() {
 }
 
 #[test]
+fn output_uses_the_bastions_login_name_for_the_iam_user() {
+    // The bastion knows IAM user `jane@example.org` as `jane~40example.org` (the daemon's
+    // mapping, gatehouse_aws::names): `User jane@example.org` would be an unknown login.
+    let spec = spec("single");
+    let mut fake = Fake::new();
+    fake.converge(&spec);
+    let out = crate::output::stack_output(&spec, &fake.obs, "jane@example.org").expect("output");
+    assert!(
+        out.ssh_config.contains("    User jane~40example.org\n"),
+        "{}",
+        out.ssh_config
+    );
+    assert!(!out.ssh_config.contains("jane@"), "{}", out.ssh_config);
+    // A name no IAM user can have is refused, saying why.
+    for bad in ["jane doe", "", "j%ne"] {
+        let err = crate::output::stack_output(&spec, &fake.obs, bad).expect_err(bad);
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("--user {bad:?}: IAM user name")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn output_json_lists_subnets_and_nat_ips() {
     let spec = spec("per_az");
     let mut fake = Fake::new();
     fake.converge(&spec);
-    let out = crate::output::stack_output(&spec, &fake.obs, "alice");
+    let out = crate::output::stack_output(&spec, &fake.obs, "alice").expect("output");
     assert_eq!(out.subnet_ids.len(), 4);
     assert_eq!(out.nat_public_ips.len(), 2);
     assert!(out.vpc_id.is_some() && out.bastion_instance_id.is_some());

@@ -1,0 +1,286 @@
+//! The AWS actions the daemon needs, declared once: what each is for, what it applies to and
+//! in which mode it is needed. The fetchers count every call they make with these constants
+//! ([`crate::Calls::count`] takes an [`Action`], and only this module can make one), and
+//! gatehouse-vpc builds the bastion role from [`needed`], so the role, the calls and the
+//! documentation (tested against [`ALL`]) cannot drift apart.
+
+use gatehouse_config::AwsConfig;
+
+/// What an action is allowed on, in an IAM policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    /// `*`: the action has no resource-level permissions (list and describe calls).
+    Any,
+    /// IAM users: `arn:PARTITION:iam::ACCOUNT:user/*`.
+    IamUsers,
+    /// IAM groups whose name starts with `aws.iam_group_prefix`:
+    /// `arn:PARTITION:iam::ACCOUNT:group/PREFIX*`.
+    IamGroupsWithPrefix,
+    /// The host key parameter `aws.host_key_ssm_parameter`:
+    /// `arn:PARTITION:ssm:REGION:ACCOUNT:parameter/NAME`.
+    HostKeyParameter,
+}
+
+/// When the daemon needs an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Always, in AWS mode.
+    Always,
+    /// With `aws.iam_group_prefix`.
+    IamGroupPrefix,
+    /// With `aws.host_key_ssm_parameter`.
+    SsmHostKey,
+    /// With `aws.host_key_ssm_parameter` and `aws.host_key_tags`.
+    SsmHostKeyTags,
+}
+
+/// One IAM action of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Action {
+    name: &'static str,
+    why: &'static str,
+    resource: Resource,
+    need: Need,
+    called: bool,
+}
+
+impl Action {
+    /// The IAM action name, e.g. `iam:ListUsers`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+    /// What the daemon uses it for.
+    pub fn why(&self) -> &'static str {
+        self.why
+    }
+    /// What it must be allowed on.
+    pub fn resource(&self) -> Resource {
+        self.resource
+    }
+    /// In which mode it is needed.
+    pub fn need(&self) -> Need {
+        self.need
+    }
+    /// True when it is an API call the daemon makes; false for a permission IAM checks as
+    /// part of another call (`ssm:AddTagsToResource` for a `PutParameter` with tags).
+    pub fn is_call(&self) -> bool {
+        self.called
+    }
+}
+
+/// Declares the actions, [`ALL`], and (for tests) their constant names.
+macro_rules! actions {
+    ($($(#[$doc:meta])* $ident:ident = $name:literal, $resource:ident, $need:ident, $called:literal, $why:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub const $ident: Action = Action {
+                name: $name,
+                why: $why,
+                resource: Resource::$resource,
+                need: Need::$need,
+                called: $called,
+            };
+        )*
+        /// Every action the daemon may need, in the order the docs list them.
+        pub const ALL: &[Action] = &[$($ident),*];
+        /// (constant name, action), for the test that reads the fetchers' sources.
+        #[cfg(test)]
+        const BY_IDENT: &[(&str, Action)] = &[$((stringify!($ident), $ident)),*];
+    };
+}
+
+actions! {
+    /// Lists the candidate users.
+    LIST_USERS = "iam:ListUsers", Any, Always, true,
+        "list the candidate users (under `iam_path_prefix`)";
+    /// Lists a user's key ids.
+    LIST_SSH_PUBLIC_KEYS = "iam:ListSSHPublicKeys", IamUsers, Always, true,
+        "each user's key ids and Active/Inactive status";
+    /// Reads a key body.
+    GET_SSH_PUBLIC_KEY = "iam:GetSSHPublicKey", IamUsers, Always, true,
+        "a key body, once per new key id";
+    /// Reads a user's tags.
+    LIST_USER_TAGS = "iam:ListUserTags", IamUsers, Always, true,
+        "the `gatehouse:groups` tag of users with an Active key";
+    /// Lists IAM groups, to find the prefixed ones.
+    LIST_GROUPS = "iam:ListGroups", Any, IamGroupPrefix, true,
+        "only with `iam_group_prefix`: find the prefixed groups";
+    /// Reads a prefixed group's members.
+    GET_GROUP = "iam:GetGroup", IamGroupsWithPrefix, IamGroupPrefix, true,
+        "only with `iam_group_prefix`: their members";
+    /// Lists the candidate instances.
+    DESCRIBE_INSTANCES = "ec2:DescribeInstances", Any, Always, true,
+        "the tagged, running instances (no resource-level permissions exist)";
+    /// Reads the host key.
+    GET_PARAMETER = "ssm:GetParameter", HostKeyParameter, SsmHostKey, true,
+        "read the host key";
+    /// Creates the host key.
+    PUT_PARAMETER = "ssm:PutParameter", HostKeyParameter, SsmHostKey, true,
+        "create the host key on first start (never overwrites)";
+    /// Tags the host key as it is created.
+    ADD_TAGS_TO_RESOURCE = "ssm:AddTagsToResource", HostKeyParameter, SsmHostKeyTags, false,
+        "only with `host_key_tags`: tag the host key as it is created (checked by PutParameter)";
+}
+
+/// What the daemon is configured to do, as far as its AWS permissions are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mode {
+    /// `aws.iam_group_prefix` is set.
+    pub iam_group_prefix: bool,
+    /// `aws.host_key_ssm_parameter` is set.
+    pub ssm_host_key: bool,
+    /// `aws.host_key_tags` is not empty (with `ssm_host_key`).
+    pub host_key_tags: bool,
+}
+
+impl Mode {
+    /// The mode of a validated `[aws]` table.
+    pub fn of(settings: &AwsConfig) -> Mode {
+        let ssm_host_key = settings.host_key_ssm_parameter.is_some();
+        Mode {
+            iam_group_prefix: settings.iam_group_prefix.is_some(),
+            ssm_host_key,
+            host_key_tags: ssm_host_key && !settings.host_key_tags.is_empty(),
+        }
+    }
+
+    fn wants(self, need: Need) -> bool {
+        match need {
+            Need::Always => true,
+            Need::IamGroupPrefix => self.iam_group_prefix,
+            Need::SsmHostKey => self.ssm_host_key,
+            Need::SsmHostKeyTags => self.ssm_host_key && self.host_key_tags,
+        }
+    }
+}
+
+/// The actions a daemon in `mode` needs, no more, in [`ALL`]'s order.
+pub fn needed(mode: Mode) -> Vec<Action> {
+    ALL.iter().copied().filter(|a| mode.wants(a.need)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The fetchers, as compiled.
+    const SOURCES: &[(&str, &str)] = &[
+        ("iam.rs", include_str!("iam.rs")),
+        ("ec2.rs", include_str!("ec2.rs")),
+        ("hostkey.rs", include_str!("hostkey.rs")),
+        ("refresh.rs", include_str!("refresh.rs")),
+        ("build.rs", include_str!("build.rs")),
+    ];
+
+    /// The argument of every `.count(` in the fetchers' sources.
+    fn counted() -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for (file, text) in SOURCES {
+            for (i, _) in text.match_indices("calls.count(") {
+                let rest = &text[i + "calls.count(".len()..];
+                let arg = rest.split(')').next().unwrap_or_default().trim();
+                out.push((*file, arg.to_owned()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_counted_call_is_a_declared_action_and_every_declared_call_is_made() {
+        let counted = counted();
+        assert!(counted.len() >= 9, "{counted:?}");
+        let mut made = BTreeSet::new();
+        for (file, arg) in &counted {
+            let ident = arg.strip_prefix("actions::").unwrap_or_else(|| {
+                panic!("{file}: calls.count({arg}) does not name an actions:: constant")
+            });
+            let action = BY_IDENT
+                .iter()
+                .find(|(name, _)| *name == ident)
+                .map(|(_, a)| *a)
+                .unwrap_or_else(|| panic!("{file}: {ident} is not declared"));
+            assert!(action.is_call(), "{file}: {ident} is not a call");
+            made.insert(action.name());
+        }
+        let declared: BTreeSet<_> = ALL
+            .iter()
+            .filter(|a| a.is_call())
+            .map(|a| a.name())
+            .collect();
+        assert_eq!(made, declared, "declared calls that no fetcher makes");
+    }
+
+    #[test]
+    fn names_are_unique_and_well_formed() {
+        let names: BTreeSet<_> = ALL.iter().map(|a| a.name()).collect();
+        assert_eq!(names.len(), ALL.len());
+        for a in ALL {
+            let (service, call) = a.name().split_once(':').expect("service:Action");
+            assert!(["iam", "ec2", "ssm"].contains(&service), "{}", a.name());
+            assert!(
+                call.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{}",
+                a.name()
+            );
+        }
+    }
+
+    #[test]
+    fn needed_follows_the_mode() {
+        let names = |mode| -> Vec<&str> { needed(mode).iter().map(|a| a.name()).collect() };
+        let base = [
+            "iam:ListUsers",
+            "iam:ListSSHPublicKeys",
+            "iam:GetSSHPublicKey",
+            "iam:ListUserTags",
+            "ec2:DescribeInstances",
+        ];
+        assert_eq!(names(Mode::default()), base);
+        let groups = names(Mode {
+            iam_group_prefix: true,
+            ..Mode::default()
+        });
+        assert!(groups.contains(&"iam:ListGroups") && groups.contains(&"iam:GetGroup"));
+        assert_eq!(groups.len(), base.len() + 2);
+        let key = names(Mode {
+            ssm_host_key: true,
+            ..Mode::default()
+        });
+        assert_eq!(&key[base.len()..], ["ssm:GetParameter", "ssm:PutParameter"]);
+        // Tags without the parameter tag nothing.
+        assert_eq!(
+            names(Mode {
+                host_key_tags: true,
+                ..Mode::default()
+            }),
+            base
+        );
+        let everything = names(Mode {
+            iam_group_prefix: true,
+            ssm_host_key: true,
+            host_key_tags: true,
+        });
+        assert_eq!(everything.len(), ALL.len());
+    }
+
+    #[test]
+    fn mode_of_a_config() {
+        let config = gatehouse_config::parse(
+            "[server]\nlisten = [\"0.0.0.0:22\"]\n[aws]\nvpc_ids = [\"vpc-1\"]\n\
+             iam_group_prefix = \"gatehouse-\"\nhost_key_ssm_parameter = \"/g/k\"\n\
+             host_key_tags = { \"gatehouse:stack\" = \"lab\" }\n",
+            std::path::Path::new("t.toml"),
+        )
+        .expect("config");
+        let aws = config.aws.expect("aws");
+        assert_eq!(
+            Mode::of(&aws),
+            Mode {
+                iam_group_prefix: true,
+                ssm_host_key: true,
+                host_key_tags: true
+            }
+        );
+    }
+}
