@@ -13,6 +13,9 @@ request to moto on 127.0.0.1:UPSTREAM_PORT, counting AWS actions. Control reques
     /__proxy/gone?user=U&action=A answer IAM action A for user U (the UserName parameter) with
                                   NoSuchEntity from now on, as IAM does for a user deleted
                                   after ListUsers listed it (counted as "_gone")
+    /__proxy/deny?action=S:A      answer action A of service S (e.g. iam:ListUsers) with AWS's
+                                  access-denied error from now on, as for a role that lacks it
+                                  (counted as "_denied")
 
 When the upstream is down, the client's connection is closed without an answer: to the SDK
 that is an unreachable endpoint. Only loopback is ever contacted.
@@ -27,7 +30,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.Lock()
-STATE = {"upstream": 0, "throttle_until": 0.0, "counts": {}, "gone": set()}
+STATE = {"upstream": 0, "throttle_until": 0.0, "counts": {}, "gone": set(), "deny": set()}
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
        "proxy-authorization", "proxy-authenticate", "content-length"}
@@ -68,6 +71,30 @@ def no_such_entity_answer(user):
     return 404, "text/xml", body.encode()
 
 
+def denied_answer(service, action):
+    who = "arn:aws:sts::123456789012:assumed-role/gatehouse-bastion/i-0123456789abcdef0"
+    if service == "ssm":
+        body = json.dumps({"__type": "AccessDeniedException",
+                           "Message": f"User: {who} is not authorized to perform: "
+                                      f"ssm:{action} because no identity-based policy allows "
+                                      f"the ssm:{action} action"})
+        return 400, "application/x-amz-json-1.1", body.encode()
+    if service == "ec2":
+        body = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error>"
+                "<Code>UnauthorizedOperation</Code>"
+                "<Message>You are not authorized to perform this operation.</Message>"
+                "</Error></Errors><RequestID>denied</RequestID></Response>")
+        return 403, "text/xml", body.encode()
+    body = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
+            "<ErrorResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><Error>"
+            "<Type>Sender</Type><Code>AccessDenied</Code>"
+            f"<Message>User: {who} is not authorized to perform: iam:{action} on resource: "
+            "arn:aws:iam::123456789012:user/ because no identity-based policy allows the "
+            f"iam:{action} action</Message>"
+            "</Error><RequestId>denied</RequestId></ErrorResponse>")
+    return 403, "text/xml", body.encode()
+
+
 def throttle_answer(service):
     if service == "ssm":
         body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"})
@@ -104,6 +131,9 @@ class Handler(BaseHTTPRequestHandler):
             elif url.path == "/__proxy/gone":
                 STATE["gone"].add((query["user"][0], query["action"][0]))
                 answer = {"ok": True}
+            elif url.path == "/__proxy/deny":
+                STATE["deny"].add(query["action"][0])
+                answer = {"ok": True}
             elif url.path == "/__proxy/reset":
                 STATE["counts"] = {}
                 answer = {"ok": True}
@@ -125,11 +155,18 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             throttled = time.time() < STATE["throttle_until"]
             gone = not throttled and (user, action) in STATE["gone"]
+            denied = not throttled and not gone and f"{service}:{action}" in STATE["deny"]
             upstream = STATE["upstream"]
-            key = "_throttled" if throttled else "_gone" if gone else f"{service}:{action}"
+            key = ("_throttled" if throttled else "_gone" if gone
+                   else "_denied" if denied else f"{service}:{action}")
             STATE["counts"][key] = STATE["counts"].get(key, 0) + 1
-        if throttled or gone:
-            status, ctype, answer = throttle_answer(service) if throttled else no_such_entity_answer(user)
+        if throttled or gone or denied:
+            if throttled:
+                status, ctype, answer = throttle_answer(service)
+            elif gone:
+                status, ctype, answer = no_such_entity_answer(user)
+            else:
+                status, ctype, answer = denied_answer(service, action)
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(answer)))

@@ -159,10 +159,15 @@ async fn run(cli: Cli, spec: spec::Spec) -> anyhow::Result<ExitCode> {
             println!("stack {stack}: destroyed ({n} step(s))");
         }
         Command::Output { json, user } => {
+            // Before any AWS call: a user name the bastion cannot map is a usage error.
+            if let Err(e) = output::login_name(&user) {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(EXIT_BAD_SPEC));
+            }
             let obs = aws::observe(&clients, &stack)
                 .await
                 .context("reading the stack from AWS")?;
-            let out = output::stack_output(&spec, &obs, &user);
+            let out = output::stack_output(&spec, &obs, &user)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {

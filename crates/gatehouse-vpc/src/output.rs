@@ -23,8 +23,33 @@ pub struct StackOutput {
     pub ssh_config: String,
 }
 
-/// Build the output; `user` is the IAM user name people log in with.
-pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> StackOutput {
+/// An `--user` that no IAM user can have, so the bastion has no login name for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--user {user:?}: {reason}; give the IAM user name you log in with")]
+pub struct BadUser {
+    pub user: String,
+    pub reason: gatehouse_aws::names::NameError,
+}
+
+/// The SSH login name the bastion knows the IAM user `user` by: the daemon's own mapping
+/// ([`gatehouse_aws::names::login_name`], e.g. `jane@example.org` -> `jane~40example.org`).
+///
+/// # Errors
+/// `user` is not a valid IAM user name.
+pub fn login_name(user: &str) -> Result<String, BadUser> {
+    gatehouse_aws::names::login_name(user).map_err(|reason| BadUser {
+        user: user.to_owned(),
+        reason,
+    })
+}
+
+/// Build the output; `user` is the IAM user name people log in with (the ssh config gets its
+/// login name, see [`login_name`]).
+///
+/// # Errors
+/// `user` is not a valid IAM user name.
+pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> Result<StackOutput, BadUser> {
+    let login = login_name(user)?;
     let obs = crate::plan::only_ours(&spec.stack, obs);
     let vpc_id = obs
         .vpcs
@@ -49,7 +74,7 @@ pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> StackOutput {
         "    HostName {}\n",
         address.as_deref().unwrap_or("<not yet assigned>")
     ));
-    cfg.push_str(&format!("    User {user}\n"));
+    cfg.push_str(&format!("    User {login}\n"));
     cfg.push_str("    IdentityFile ~/.ssh/id_ed25519\n");
     cfg.push_str("    IdentitiesOnly yes\n");
     cfg.push_str("    # gatehouse is a jump host only: no shell, no agent or X11 forwarding.\n");
@@ -69,7 +94,7 @@ pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> StackOutput {
             ));
         }
     }
-    StackOutput {
+    Ok(StackOutput {
         stack: spec.stack.clone(),
         region: spec.region.clone(),
         vpc_id,
@@ -88,5 +113,5 @@ pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> StackOutput {
             .map(|e| e.public_ip.clone())
             .collect(),
         ssh_config: cfg,
-    }
+    })
 }

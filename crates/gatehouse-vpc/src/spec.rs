@@ -572,14 +572,13 @@ impl Validator<'_> {
                     format!("host {name}: groups is empty, nobody could reach it"),
                 );
             }
+            // The daemon's own rule (it skips an instance whose `gatehouse:groups` tag holds a
+            // group it refuses), so a provisioned host is always one somebody can reach.
             for g in h.groups.get_ref() {
-                if !is_group(g.get_ref()) {
+                if let Err(why) = gatehouse_config::check_group_name(g.get_ref()) {
                     self.at(
                         g,
-                        format!(
-                            "group {:?} must be 1-64 of A-Z, a-z, 0-9, '-', '_', '.'",
-                            g.get_ref()
-                        ),
+                        format!("host {name}: {why} (the bastion would skip this host)"),
                     );
                 }
             }
@@ -766,13 +765,6 @@ fn is_name(s: &str, max: usize) -> bool {
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.ends_with('-')
-}
-
-fn is_group(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// `eu-central-1`, `us-gov-west-1`, `ap-southeast-2`.

@@ -790,11 +790,8 @@ impl<'a> Executor<'a> {
                 Some(s) if states.contains(&s) => return Ok(()),
                 None if states.contains(&"deleted") => return Ok(()),
                 Some("failed") => {
-                    return Err(Error::Aws {
+                    return Err(Error::NatFailed {
                         resource: what.to_string(),
-                        op: "CreateNatGateway",
-                        code: Some("failed".into()),
-                        message: "the NAT gateway went to state failed".into(),
                     })
                 }
                 _ => {}
@@ -849,10 +846,13 @@ fn missing(resource: &str, op: &'static str, field: &'static str) -> Error {
 
 /// The result of a delete-like call: done, or already gone (not found), else the error for
 /// `what`.
-fn deleted<T, E, R>(what: &str, op: &'static str, r: Result<T, SdkError<E, R>>) -> Result<(), Error>
+fn deleted<T, E>(
+    what: &str,
+    op: &'static str,
+    r: Result<T, SdkError<E, aws_sdk_ec2::config::http::HttpResponse>>,
+) -> Result<(), Error>
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
     match r {
         Ok(_) => Ok(()),

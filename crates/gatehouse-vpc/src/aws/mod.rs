@@ -4,7 +4,9 @@
 pub mod execute;
 pub mod observe;
 
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use gatehouse_aws::AwsError;
 
 pub use execute::Executor;
 pub use observe::observe;
@@ -12,14 +14,13 @@ pub use observe::observe;
 /// Errors from talking to AWS, each naming the resource it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An AWS API call failed.
-    #[error("{resource}: {op} failed: {message}")]
-    Aws {
-        resource: String,
-        op: &'static str,
-        code: Option<String>,
-        message: String,
-    },
+    /// An AWS API call failed; the daemon's formatter ([`AwsError`]) says which action, AWS's
+    /// code and message, and what to do.
+    #[error("{resource}: {error}")]
+    Aws { resource: String, error: AwsError },
+    /// A NAT gateway AWS could not create.
+    #[error("{resource}: the NAT gateway went to state failed (its FailureMessage in `aws ec2 describe-nat-gateways` says why); run apply again to replace it")]
+    NatFailed { resource: String },
     /// AWS answered without a field that must be there.
     #[error("{resource}: {op} answered without {field}")]
     Missing {
@@ -54,7 +55,7 @@ impl Error {
     /// The AWS error code, when there is one (`DependencyViolation`, `NoSuchEntity`, ...).
     pub fn code(&self) -> Option<&str> {
         match self {
-            Error::Aws { code, .. } => code.as_deref(),
+            Error::Aws { error, .. } => error.code(),
             _ => None,
         }
     }
@@ -71,24 +72,29 @@ impl Error {
     }
 }
 
-/// Turn an SDK error into [`Error::Aws`] for `resource`.
-pub(crate) fn fail<E, R>(resource: impl Into<String>, op: &'static str, e: SdkError<E, R>) -> Error
+/// Turn an SDK error into [`Error::Aws`] for `resource`, formatted by gatehouse-aws (one
+/// formatter of AWS errors for the whole product).
+pub(crate) fn fail<E>(
+    resource: impl Into<String>,
+    op: &'static str,
+    e: SdkError<E, HttpResponse>,
+) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
-    let code = e.code().map(str::to_string);
-    let message = match (e.code(), e.message()) {
-        (Some(c), Some(m)) => format!("{c}: {m}"),
-        (Some(c), None) => c.to_string(),
-        _ => DisplayErrorContext(&e).to_string(),
-    };
     Error::Aws {
         resource: resource.into(),
-        op,
-        code,
-        message,
+        error: AwsError::call(service_of::<E>(), op, &e),
     }
+}
+
+/// The IAM action prefix of an SDK operation error type (`aws_sdk_iam::...` is `iam`).
+fn service_of<E>() -> &'static str {
+    let name = std::any::type_name::<E>();
+    ["ec2", "iam", "ssm"]
+        .into_iter()
+        .find(|s| name.starts_with(&format!("aws_sdk_{s}::")))
+        .unwrap_or("aws")
 }
 
 /// The three SDK clients, built from one shared config.
@@ -182,5 +188,62 @@ pub async fn destroy(
             rounds: APPLY_ROUNDS,
             plan: plan.render(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::error::ErrorMetadata;
+    use aws_sdk_ec2::operation::create_vpc::CreateVpcError;
+    use aws_sdk_iam::operation::create_role::CreateRoleError;
+
+    fn response(status: u16, body: &str) -> HttpResponse {
+        HttpResponse::new(status.try_into().expect("status"), body.to_owned().into())
+    }
+
+    #[test]
+    fn aws_errors_use_the_daemons_formatter_with_the_service() {
+        let meta = ErrorMetadata::builder()
+            .code("UnauthorizedOperation")
+            .message("You are not authorized to perform this operation.")
+            .build();
+        let body = "<?xml version=\"1.0\"?><Response><Errors><Error>\
+            <Code>UnauthorizedOperation</Code></Error></Errors></Response>";
+        let e = fail(
+            "vpc",
+            "CreateVpc",
+            SdkError::service_error(CreateVpcError::generic(meta), response(403, body)),
+        );
+        assert_eq!(e.code(), Some("UnauthorizedOperation"));
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "vpc: AWS call ec2:CreateVpc failed: UnauthorizedOperation: You are not \
+                 authorized to perform this operation. (the IAM identity this runs as lacks the \
+                 action ec2:CreateVpc"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("SdkBody") && !text.contains("<?xml"),
+            "{text}"
+        );
+
+        let e = fail(
+            "role",
+            "CreateRole",
+            SdkError::service_error(
+                CreateRoleError::generic(ErrorMetadata::builder().build()),
+                response(500, "<html>Internal Server Error</html>"),
+            ),
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "role: AWS call iam:CreateRole failed: the endpoint answered HTTP 500"
+            ),
+            "{text}"
+        );
     }
 }

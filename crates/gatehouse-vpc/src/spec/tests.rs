@@ -302,6 +302,26 @@ fn bad_names_and_amis_are_rejected() {
 }
 
 #[test]
+fn groups_follow_the_daemons_rule() {
+    // The daemon skips an instance whose `gatehouse:groups` tag holds a group its config rule
+    // refuses: the spec must refuse the same groups, with the daemon's reason, at plan time.
+    for bad in ["research.gpu", "Research", "a b", ""] {
+        let text = with("groups = [\"research\"]", &format!("groups = [\"{bad}\"]"));
+        let errs = errors(&text);
+        let why = gatehouse_config::check_group_name(bad).expect_err("the daemon refuses it");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("host jupyter:") && e.contains(&why)),
+            "{bad:?}: {errs:#?}"
+        );
+    }
+    for good in ["research", "gpu_users", "team-2"] {
+        let text = with("groups = [\"research\"]", &format!("groups = [\"{good}\"]"));
+        assert!(errors(&text).is_empty(), "{good:?}: {:?}", errors(&text));
+    }
+}
+
+#[test]
 fn reserved_tags_are_rejected() {
     let text = with(
         "[bastion]",
