@@ -6,6 +6,12 @@
 
 #![forbid(unsafe_code)]
 
+// AWS as the source of truth, behind the default `aws` feature; without it, the same
+// interface refusing `[aws]` configs, so the demo builds without the AWS SDK.
+#[cfg(feature = "aws")]
+mod aws;
+#[cfg(not(feature = "aws"))]
+#[path = "no_aws.rs"]
 mod aws;
 mod demo;
 mod hosts;
