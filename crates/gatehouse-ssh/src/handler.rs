@@ -164,6 +164,14 @@ impl Handler {
     }
 }
 
+/// A refusal for a limit reached: "resource shortage" with `reason`.
+fn resource_shortage(reason: String) -> ChannelOpenFailure {
+    ChannelOpenFailure::Other {
+        code: ChannelOpenFailure::ResourceShortage.code(),
+        reason,
+    }
+}
+
 /// A refusal the OpenSSH client prints as "administratively prohibited: <reason>".
 pub(crate) fn prohibited(reason: impl Into<String>) -> ChannelOpenFailure {
     ChannelOpenFailure::Other {
@@ -275,12 +283,7 @@ impl russh::server::Handler for Handler {
             Ok(slot) => slot,
             Err(reason) => {
                 self.deny_request("session channel", &reason);
-                reply
-                    .reject(ChannelOpenFailure::Other {
-                        code: ChannelOpenFailure::ResourceShortage.code(),
-                        reason,
-                    })
-                    .await;
+                reply.reject(resource_shortage(reason)).await;
                 return Ok(());
             }
         };
@@ -352,12 +355,7 @@ impl russh::server::Handler for Handler {
                     Ok(slot) => slot,
                     Err(reason) => {
                         deny("limit", reason.clone());
-                        reply
-                            .reject(ChannelOpenFailure::Other {
-                                code: ChannelOpenFailure::ResourceShortage.code(),
-                                reason,
-                            })
-                            .await;
+                        reply.reject(resource_shortage(reason)).await;
                         return Ok(());
                     }
                 };
