@@ -42,6 +42,9 @@ pub struct Host {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     hosts: Vec<Host>,
+    /// Addresses that more than one host has, with those hosts' ids: derived once here, not
+    /// on every decision (each tunnel open and each re-check asks).
+    shared: BTreeMap<IpAddr, Vec<String>>,
 }
 
 /// Why a forwarding request is refused. The `Display` text is shown to the user (in the SSH
@@ -113,7 +116,18 @@ impl Inventory {
     /// Builds an inventory. Host names are matched case-insensitively; callers pass them
     /// lowercase.
     pub fn new(hosts: Vec<Host>) -> Self {
-        Inventory { hosts }
+        let mut by_address: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        for host in &hosts {
+            by_address
+                .entry(host.address)
+                .or_default()
+                .push(host.id.clone());
+        }
+        by_address.retain(|_, ids| ids.len() > 1);
+        Inventory {
+            hosts,
+            shared: by_address,
+        }
     }
 
     /// All hosts, in the order given.
@@ -124,28 +138,15 @@ impl Inventory {
     /// The ids of the hosts at `address`, when there is more than one: such an address
     /// names no host (see [`Refusal::SharedAddress`]).
     pub fn sharing(&self, address: IpAddr) -> Option<Vec<String>> {
-        let ids: Vec<String> = self
-            .hosts
-            .iter()
-            .filter(|h| h.address == address)
-            .map(|h| h.id.clone())
-            .collect();
-        (ids.len() > 1).then_some(ids)
+        self.shared.get(&address).cloned()
     }
 
     /// Every address that more than one host has, with those hosts' ids, in address order.
     /// Never dialed; callers warn about them (the AWS builder does).
     pub fn shared_addresses(&self) -> Vec<(IpAddr, Vec<String>)> {
-        let mut by_address: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-        for host in &self.hosts {
-            by_address
-                .entry(host.address)
-                .or_default()
-                .push(host.id.clone());
-        }
-        by_address
-            .into_iter()
-            .filter(|(_, ids)| ids.len() > 1)
+        self.shared
+            .iter()
+            .map(|(address, ids)| (*address, ids.clone()))
             .collect()
     }
 
@@ -231,7 +232,7 @@ impl Inventory {
     pub fn reachable(&self, principal: &Principal) -> Vec<&Host> {
         self.hosts
             .iter()
-            .filter(|h| shares_group(principal, h) && self.sharing(h.address).is_none())
+            .filter(|h| shares_group(principal, h) && !self.shared.contains_key(&h.address))
             .collect()
     }
 }
