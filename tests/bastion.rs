@@ -152,6 +152,18 @@ pub(crate) fn rig_with(opts: ServerOptions) -> Rig {
     let alice_key = KeyPair::ed25519(&scratch, "alice_key");
     let bob_key = KeyPair::generate(&scratch, "bob_key", KeyType::Rsa);
     let config = write_config(&scratch, &alice_key, &bob_key, &opts);
+    start_rig(topology, scratch, alice_key, bob_key, config)
+}
+
+/// The rest of a [`Rig`] once its namespaces, keys and config exist: gatehouse on `config`,
+/// the private sshd (alice's key authorized) and alice's client.
+pub(crate) fn start_rig(
+    topology: Topology,
+    scratch: Scratch,
+    alice_key: KeyPair,
+    bob_key: KeyPair,
+    config: PathBuf,
+) -> Rig {
     let gatehouse = start_gatehouse(&topology, &scratch, &config, "gatehouse");
     let private_sshd = SshdConfig::private_host(addr(PRIVATE_ADDR, SSH_PORT))
         .authorize(&alice_key.public_line)

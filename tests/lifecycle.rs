@@ -36,12 +36,12 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::bastion::{
-    addr, is, read_audit, start_gatehouse, write_config, Rig, ServerOptions, CMD_TIMEOUT, SSH_PORT,
+    addr, is, read_audit, start_rig, write_config, Rig, ServerOptions, CMD_TIMEOUT, SSH_PORT,
 };
 use crate::harness::jupyter::py_script;
 use crate::harness::{
     run_with_timeout, venv_python, CmdOutput, Daemon, KeyPair, KeyType, Scratch, SshClient,
-    SshdConfig, Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, TEST_USER,
+    Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, TEST_USER,
 };
 
 /// The PROXY protocol listener (its peer, the "load balancer", is the cutter in the client
@@ -207,36 +207,10 @@ listen = "127.0.0.1:{METRICS_PORT}"
         ]);
     run_with_timeout(neigh, CMD_TIMEOUT).expect_success("black-hole the blackhole host");
 
-    let gatehouse = start_gatehouse(&topology, &scratch, &config, "gatehouse");
-    let private_sshd = SshdConfig::private_host(addr(PRIVATE_ADDR, SSH_PORT))
-        .authorize(&alice_key.public_line)
-        .start(&topology.private, &scratch, "private_sshd");
-    let bastion = addr(BASTION_CLIENT_ADDR, SSH_PORT);
-    let alice = SshClient::new(
-        &topology.client,
-        &scratch,
-        bastion,
-        "alice",
-        &alice_key.private,
-    );
-    let stranger = SshClient::new(
-        &topology.client,
-        &scratch,
-        bastion,
-        "alice",
-        &stranger_key.private,
-    );
+    let rig = start_rig(topology, scratch, alice_key, bob_key, config);
+    let stranger = rig.client("alice", &stranger_key.private);
     Lab {
-        rig: Rig {
-            alice,
-            gatehouse,
-            private_sshd,
-            alice_key,
-            bob_key,
-            config,
-            scratch,
-            topology,
-        },
+        rig,
         stranger,
         next_direct: Mutex::new(10),
         next_proxy: Mutex::new(1),
