@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,9 +34,25 @@ pub fn moto_server_path() -> PathBuf {
         .join("moto_server")
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+/// Reads moto's stderr until werkzeug names the port it bound (`-p 0`), then keeps draining it
+/// so moto never blocks on a full pipe. Asking the kernel for the port inside moto (instead of
+/// probing a free port first and passing it) means two tests started at once can never get the
+/// same port and talk to each other's server.
+fn port_from_log(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<u16> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                if let (Some(tx), Ok(port)) = (tx.take(), digits.parse()) {
+                    let _ = tx.send(port);
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// One HTTP/1.0 request to moto; returns (status, body).
@@ -70,17 +86,26 @@ impl Moto {
             "{} missing: python3 -m venv tests/.venv && tests/.venv/bin/pip install -r tests/py/requirements.txt",
             bin.display()
         );
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut moto = Moto { child, addr };
+        let ports = port_from_log(child.stderr.take().expect("piped stderr"));
+        // Own the child before any assertion, so a failed start still kills it.
+        let mut moto = Moto {
+            child,
+            addr: ([127, 0, 0, 1], 0).into(),
+        };
         let start = Instant::now();
+        let port = match ports.recv_timeout(START_TIMEOUT) {
+            Ok(port) => port,
+            Err(_) => panic!("moto_server did not report its port within {START_TIMEOUT:?}"),
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        moto.addr = addr;
         loop {
             if let Ok((200, _)) = http(addr, "GET", "/moto-api/data.json") {
                 break;
