@@ -879,12 +879,12 @@ fn bad_specs_are_rejected_before_any_aws_call() {
         ),
         (
             "user data",
-            good.replace(
-                "gatehouse_download_url",
-                &format!(
-                    "extra_daemon_config = '''\n{}'''\ngatehouse_download_url",
-                    "# pad\n".repeat(3000)
-                ),
+            format!(
+                "{good}\n[bastion.daemon.penalties]\nexempt = [{}]\n",
+                (0..1000)
+                    .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             "bastion user data is",
         ),

@@ -1,8 +1,6 @@
 //! The IAM documents of the bastion role: who may assume it (EC2) and what it may do (exactly
 //! what the daemon reads and writes, nothing else).
 
-use std::path::Path;
-
 use gatehouse_aws::actions::{self, Mode, Resource};
 use gatehouse_config::AwsConfig;
 use serde_json::{json, Value};
@@ -34,23 +32,13 @@ pub fn trust_policy() -> Value {
 }
 
 /// The `[aws]` table of the daemon config gatehouse-vpc writes for `spec`, as the daemon's own
-/// parser reads it. If `extra_daemon_config` makes the config invalid (the daemon would not
-/// start), the config without it (which gatehouse-vpc always writes valid).
+/// parser reads it. `None` only for a spec the daemon would refuse, which `spec::parse` never
+/// returns (it runs the same check).
 pub fn daemon_settings(spec: &Spec) -> Option<AwsConfig> {
     // The VPC id does not change what the daemon calls; any valid id will do.
-    let parse = |spec: &Spec| {
-        gatehouse_config::parse(
-            &crate::userdata::daemon_config(spec, "vpc-00000000"),
-            Path::new("gatehouse.toml"),
-        )
+    crate::userdata::check_daemon_config(spec, "vpc-00000000")
         .ok()
         .and_then(|c| c.aws)
-    };
-    parse(spec).or_else(|| {
-        let mut bare = spec.clone();
-        bare.bastion.extra_daemon_config = None;
-        parse(&bare)
-    })
 }
 
 /// The inline policy of the bastion role: exactly the actions
@@ -67,8 +55,8 @@ pub fn bastion_policy(spec: &Spec) -> Value {
     let settings = daemon_settings(spec);
     let mode = match &settings {
         Some(aws) => Mode::of(aws),
-        // Unreachable while the bare config parses (a unit test checks it): what
-        // gatehouse-vpc itself writes.
+        // Unreachable for a parsed spec (see `daemon_settings`): what gatehouse-vpc itself
+        // writes without `[bastion.daemon]`.
         None => Mode {
             iam_group_prefix: false,
             ssm_host_key: true,
@@ -202,14 +190,21 @@ mod tests {
     }
 
     #[test]
-    fn a_config_the_daemon_refuses_still_gets_the_role_of_the_written_config() {
-        let broken = spec("extra_daemon_config = \"[limits]\\nmax_tunnels = -1\\n\"\n");
-        assert!(gatehouse_config::parse(
-            &crate::userdata::daemon_config(&broken, "vpc-00000000"),
-            Path::new("t.toml")
-        )
-        .is_err());
-        assert_eq!(bastion_policy(&broken), bastion_policy(&spec("")));
+    fn an_iam_group_prefix_in_the_daemon_table_adds_the_group_reads_on_those_groups_only() {
+        let spec = spec("\n[bastion.daemon.aws]\niam_group_prefix = \"gatehouse-\"\n");
+        let policy = bastion_policy(&spec);
+        let groups = policy["Statement"]
+            .as_array()
+            .and_then(|l| {
+                l.iter()
+                    .find(|s| s["Sid"] == "ReadGatehouseGroups")
+                    .cloned()
+            })
+            .unwrap_or_else(|| panic!("no group statement: {policy:#}"));
+        assert_eq!(groups["Resource"], "arn:aws:iam::*:group/gatehouse-*");
+        let got = granted(&policy);
+        assert!(got.iter().any(|a| a == "iam:ListGroups"), "{got:?}");
+        assert!(got.iter().any(|a| a == "iam:GetGroup"), "{got:?}");
     }
 
     /// The text between `heading` and the next heading of the same level or above.

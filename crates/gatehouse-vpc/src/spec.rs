@@ -136,8 +136,9 @@ pub struct RawBastion {
     pub allow_world: bool,
     pub gatehouse_download_url: Spanned<String>,
     pub gatehouse_sha256: Option<Spanned<String>>,
-    /// TOML appended verbatim to the daemon config (e.g. static `[[users]]` for break-glass).
-    pub extra_daemon_config: Option<Spanned<String>>,
+    /// `[bastion.daemon]`: daemon settings (`[limits]`, `[penalties]`, `[audit]`, `[metrics]`,
+    /// `[aws]` refresh and IAM filters ...) merged into the config gatehouse-vpc writes.
+    pub daemon: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,7 +190,8 @@ pub struct Bastion {
     pub allowed_cidrs: Vec<Ipv4Net>,
     pub download_url: String,
     pub sha256: Option<String>,
-    pub extra_daemon_config: Option<String>,
+    /// The spec's `[bastion.daemon]` table (empty if none); see `userdata::daemon_config`.
+    pub daemon: toml::Table,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -503,23 +505,6 @@ impl Validator<'_> {
             }
         }
 
-        if let Some(extra) = &b.extra_daemon_config {
-            match toml::from_str::<toml::Table>(extra.get_ref()) {
-                Err(e) => self.at(
-                    extra,
-                    format!(
-                        "extra_daemon_config is not valid TOML: {}",
-                        e.message().trim()
-                    ),
-                ),
-                Ok(t) if t.contains_key("server") || t.contains_key("aws") => self.at(
-                    extra,
-                    "extra_daemon_config must not set [server] or [aws]: gatehouse-vpc writes them",
-                ),
-                Ok(_) => {}
-            }
-        }
-
         // Private ports
         let private_ports = match &raw.private {
             None => DEFAULT_PRIVATE_PORTS.to_vec(),
@@ -661,19 +646,26 @@ impl Validator<'_> {
                     .gatehouse_sha256
                     .as_ref()
                     .map(|s| s.get_ref().to_ascii_lowercase()),
-                extra_daemon_config: b.extra_daemon_config.as_ref().map(|s| s.get_ref().clone()),
+                daemon: b
+                    .daemon
+                    .as_ref()
+                    .map(|d| d.get_ref().clone())
+                    .unwrap_or_default(),
             },
             private_ports,
             hosts,
         };
         if self.issues.is_empty() {
             // Checked here, before any AWS call, with the longest VPC id AWS hands out.
-            let size = crate::userdata::render(&spec, "vpc-0123456789abcdef0").len();
+            let vpc = "vpc-0123456789abcdef0";
+            let at = b.daemon.as_ref().map_or(b.subnet.span(), |d| d.span());
+            if let Err(problems) = crate::userdata::check_daemon_config(&spec, vpc) {
+                for problem in problems {
+                    self.push(at.start, problem);
+                }
+            }
+            let size = crate::userdata::render(&spec, vpc).len();
             if size >= MAX_USER_DATA_BYTES {
-                let at = b
-                    .extra_daemon_config
-                    .as_ref()
-                    .map_or(b.gatehouse_download_url.span(), |e| e.span());
                 self.push(
                     at.start,
                     format!(

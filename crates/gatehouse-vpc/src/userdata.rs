@@ -5,6 +5,7 @@
 use crate::model::TAG_STACK;
 use crate::plan::host_key_parameter;
 use crate::spec::Spec;
+use gatehouse_config::Config;
 
 /// The hardened unit shipped in the repository's `systemd/` folder.
 pub const SYSTEMD_UNIT: &str = include_str!("../../../systemd/gatehouse.service");
@@ -21,38 +22,82 @@ IPAddressAllow=\n";
 /// Where the daemon keeps its host key (inside its StateDirectory).
 pub const HOST_KEY_PATH: &str = "/var/lib/gatehouse/ssh_host_ed25519_key";
 
-/// The gatehouse daemon config for the bastion of `spec` in VPC `vpc_id`. The host key
+/// The daemon settings gatehouse-vpc writes itself, as (table, key): `[bastion.daemon]` in the
+/// spec may set anything else the daemon reads, but not these.
+pub const WRITTEN_KEYS: [(&str, &str); 6] = [
+    ("server", "listen"),
+    ("server", "host_key"),
+    ("aws", "region"),
+    ("aws", "vpc_ids"),
+    ("aws", "host_key_ssm_parameter"),
+    ("aws", "host_key_tags"),
+];
+
+/// The gatehouse daemon config for the bastion of `spec` in VPC `vpc_id`: the spec's
+/// `[bastion.daemon]` table with the settings gatehouse-vpc owns ([`WRITTEN_KEYS`]) put in,
+/// serialized by the TOML library (so no value can break out of its string). The host key
 /// parameter is created tagged with the stack (`host_key_tags`), so `destroy` deletes it.
+/// [`check_daemon_config`] is what the daemon's own parser says about it.
 pub fn daemon_config(spec: &Spec, vpc_id: &str) -> String {
-    // Values below are validated (stack, region) or come from AWS (vpc id); keep only the
-    // characters an id can have so nothing can break out of the TOML string.
-    let vpc: String = vpc_id
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
-    let mut config = format!(
-        "# Written by gatehouse-vpc for stack {stack}.\n\
-         [server]\n\
-         listen = [\"0.0.0.0:22\"]\n\
-         host_key = \"{HOST_KEY_PATH}\"\n\
-         \n\
-         [aws]\n\
-         region = \"{region}\"\n\
-         vpc_ids = [\"{vpc}\"]\n\
-         host_key_ssm_parameter = \"{param}\"\n\
-         host_key_tags = {{ \"{TAG_STACK}\" = \"{stack}\" }}\n",
-        stack = spec.stack,
-        region = spec.region,
-        param = host_key_parameter(&spec.stack),
-    );
-    if let Some(extra) = &spec.bastion.extra_daemon_config {
-        config.push_str("\n# extra_daemon_config from the spec\n");
-        config.push_str(extra);
-        if !extra.ends_with('\n') {
-            config.push('\n');
+    let mut doc = spec.bastion.daemon.clone();
+    let mut set = |table: &str, key: &str, value: toml::Value| {
+        if let toml::Value::Table(t) = doc
+            .entry(table)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            t.insert(key.to_owned(), value);
         }
+    };
+    set("server", "listen", toml::Value::from(vec!["0.0.0.0:22"]));
+    set("server", "host_key", HOST_KEY_PATH.into());
+    set("aws", "region", spec.region.as_str().into());
+    set("aws", "vpc_ids", toml::Value::from(vec![vpc_id]));
+    set(
+        "aws",
+        "host_key_ssm_parameter",
+        host_key_parameter(&spec.stack).into(),
+    );
+    let tags = toml::Table::from_iter([(TAG_STACK.to_owned(), spec.stack.as_str().into())]);
+    set("aws", "host_key_tags", toml::Value::Table(tags));
+    let body = toml::to_string(&doc).unwrap_or_else(|e| format!("# not serializable: {e}\n"));
+    format!(
+        "# Written by gatehouse-vpc for stack {}.\n{body}",
+        spec.stack
+    )
+}
+
+/// The daemon's verdict on the config written for `spec` in `vpc_id`: its own parser and
+/// validator (`gatehouse_config::parse`), so a config the daemon would refuse at boot (exit
+/// 64, a bastion that never serves) is refused at `plan` instead. Errors: one line each,
+/// naming the daemon key.
+pub fn check_daemon_config(spec: &Spec, vpc_id: &str) -> Result<Config, Vec<String>> {
+    let mut problems: Vec<String> = WRITTEN_KEYS
+        .iter()
+        .filter(|(table, key)| {
+            spec.bastion
+                .daemon
+                .get(*table)
+                .and_then(|t| t.get(*key))
+                .is_some()
+        })
+        .map(|(table, key)| {
+            format!("bastion.daemon: {table}.{key} is written by gatehouse-vpc; remove it")
+        })
+        .collect();
+    match gatehouse_config::parse(
+        &daemon_config(spec, vpc_id),
+        std::path::Path::new("gatehouse.toml"),
+    ) {
+        Ok(config) if problems.is_empty() => return Ok(config),
+        Ok(_) => {}
+        Err(e) => problems.extend(e.diagnostics().iter().map(|d| {
+            format!(
+                "bastion.daemon: the daemon would refuse its config: {}",
+                d.message
+            )
+        })),
     }
-    config
+    Err(problems)
 }
 
 /// The install script run once by cloud-init.

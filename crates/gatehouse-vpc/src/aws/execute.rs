@@ -660,7 +660,16 @@ impl<'a> Executor<'a> {
             let spec = self
                 .spec
                 .ok_or_else(|| Error::Unresolved("spec for the bastion user data".into()))?;
-            let text = crate::userdata::render(spec, &self.id("vpc")?);
+            let vpc = self.id("vpc")?;
+            // Checked at plan with a placeholder VPC id; again with the real one, so a bastion
+            // is never launched with a config its daemon refuses.
+            crate::userdata::check_daemon_config(spec, &vpc).map_err(|problems| {
+                Error::DaemonConfig {
+                    resource: what.to_owned(),
+                    problems: problems.join("; "),
+                }
+            })?;
+            let text = crate::userdata::render(spec, &vpc);
             tags.insert(TAG_USER_DATA.into(), sha256_hex(&text));
             user_data = Some(base64::engine::general_purpose::STANDARD.encode(text));
         }

@@ -18,6 +18,9 @@ pub enum Error {
     /// code and message, and what to do.
     #[error("{resource}: {error}")]
     Aws { resource: String, error: AwsError },
+    /// The daemon would refuse the config written for the bastion (checked before launch).
+    #[error("{resource}: not launched: {problems}")]
+    DaemonConfig { resource: String, problems: String },
     /// A NAT gateway AWS could not create.
     #[error("{resource}: the NAT gateway went to state failed (its FailureMessage in `aws ec2 describe-nat-gateways` says why); run apply again to replace it")]
     NatFailed { resource: String },

@@ -330,28 +330,59 @@ fn reserved_tags_are_rejected() {
     assert_rejected(&text, "is reserved");
 }
 
+/// A valid `[bastion.daemon]` table of about `n` x 20 bytes (penalty-exempt addresses).
+fn big_daemon_table(n: usize) -> String {
+    let exempt: Vec<String> = (0..n)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    format!(
+        "[bastion.daemon.penalties]\nexempt = [{}]\n",
+        exempt.join(", ")
+    )
+}
+
 #[test]
 fn user_data_over_16_kib_is_rejected_before_any_call() {
-    let big = "# padding\n".repeat(1700);
-    let text = with(
-        "gatehouse_download_url",
-        &format!("extra_daemon_config = '''\n{big}'''\ngatehouse_download_url"),
-    );
+    let text = format!("{MINIMAL}\n{}", big_daemon_table(1000));
     assert_rejected(&text, "EC2 accepts at most 16383");
 }
 
 #[test]
-fn extra_daemon_config_must_be_toml_without_server_or_aws() {
+fn the_daemon_table_is_checked_by_the_daemons_own_validator() {
+    // Keys gatehouse-vpc writes itself.
     let text = with(
         "gatehouse_download_url",
-        "extra_daemon_config = \"[server]\\nlisten = []\"\ngatehouse_download_url",
+        "daemon = { server = { listen = [\"0.0.0.0:2222\"] } }\ngatehouse_download_url",
     );
-    assert_rejected(&text, "must not set [server] or [aws]");
-    let text = with(
-        "gatehouse_download_url",
-        "extra_daemon_config = \"not toml [\"\ngatehouse_download_url",
+    assert_rejected(&text, "server.listen is written by gatehouse-vpc");
+    // A value the daemon refuses, in the daemon's words.
+    let text = format!("{}\n[bastion.daemon.limits]\nmax_tunnels = -1\n", MINIMAL);
+    assert_rejected(
+        &text,
+        "the daemon would refuse its config: limits.max_tunnels",
     );
-    assert_rejected(&text, "is not valid TOML");
+    // Static users next to [aws]: the daemon refuses them (a second door no IAM change
+    // closes), so the spec does too, before any AWS call.
+    let text = format!(
+        "{}\n[[bastion.daemon.users]]\nname = \"root\"\nkeys = []\ngroups = [\"all\"]\n",
+        MINIMAL
+    );
+    assert_rejected(&text, "cannot be combined with [aws]");
+    // A key the daemon does not know.
+    let text = format!("{}\n[bastion.daemon.aws]\nrefresh = \"5s\"\n", MINIMAL);
+    assert_rejected(&text, "the daemon would refuse its config");
+    // Accepted settings land in the written config.
+    let text = format!(
+        "{}\n[bastion.daemon.aws]\nrefresh_interval = \"5s\"\niam_group_prefix = \"gh-\"\n",
+        MINIMAL
+    );
+    let spec = crate::spec::parse("t.toml", &text, None).unwrap_or_else(|e| panic!("{e}"));
+    let config = crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0")
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let aws = config.aws.expect("[aws]");
+    assert_eq!(aws.refresh_interval, std::time::Duration::from_secs(5));
+    assert_eq!(aws.iam_group_prefix.as_deref(), Some("gh-"));
+    assert_eq!(aws.vpc_ids, ["vpc-0123456789abcdef0"]);
 }
 
 #[test]
