@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::harness::moto_ns::NsMoto as Moto;
+use crate::harness::moto_ns::{AdminKey, NsMoto as Moto};
 use crate::harness::{
     gatehouse_bin, run_with_timeout, venv_python, CmdOutput, Daemon, KeyPair, Scratch, SshClient,
     Sshd, SshdConfig, TcpServer, Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, PRIVATE_ADDR_2,
@@ -115,10 +115,23 @@ impl Proxy {
 /// Runs `tests/py/aws_fixture.py` against moto (directly, not through the proxy) in the
 /// bastion namespace and returns one result per operation.
 fn fixture(topology: &Topology, moto: &Moto, ops: Value) -> Vec<Value> {
+    fixture_as(topology, moto, None, ops)
+}
+
+/// [`fixture`] signed with `key` (moto with IAM enforced) instead of moto's "test" key.
+pub(super) fn fixture_as(
+    topology: &Topology,
+    moto: &Moto,
+    key: Option<&AdminKey>,
+    ops: Value,
+) -> Vec<Value> {
     let mut cmd = topology.bastion.command(venv_python());
     cmd.arg(py_script("aws_fixture.py"))
         .arg(moto.url())
         .arg(ops.to_string());
+    for (var, value) in key.map(AdminKey::env).into_iter().flatten() {
+        cmd.env(var, value);
+    }
     let out = run_with_timeout(cmd, CMD_TIMEOUT);
     out.expect_success("aws_fixture.py");
     let value: Value = serde_json::from_str(out.stdout_str().trim())
@@ -165,7 +178,7 @@ host_key_ssm_parameter = "{HOST_KEY_PARAMETER}"
 
 /// A gatehouse command in the bastion namespace with AWS credentials for moto (and nothing
 /// that could reach a real AWS endpoint or the metadata service).
-fn gatehouse_cmd(topology: &Topology) -> Command {
+pub(super) fn gatehouse_cmd(topology: &Topology) -> Command {
     let mut cmd = topology.bastion.command(gatehouse_bin());
     for var in [
         "AWS_PROFILE",

@@ -9,11 +9,15 @@
 //! - `lifecycle`: connections ending at every phase (handshake cuts, failed and successful
 //!   logins, channel opens, dials, shutdown), straight and behind PROXY: no panic, charges
 //!   exactly as documented, every pre-auth slot released
+//! - `journey`: gatehouse-vpc and gatehouse together under moto with IAM enforced: apply, the
+//!   bastion on its user data's config with exactly the role's actions, ssh -J and Jupyter,
+//!   revocation, destroy
 //! - `openssh_baseline`: the harness itself, with OpenSSH sshd as the bastion
 
 mod aws; // gatehouse with AWS as the source of truth, against moto
 mod bastion;
 mod hardening;
 mod harness;
+mod journey; // gatehouse-vpc and the daemon together, under enforced IAM: apply to destroy
 mod lifecycle; // connections ending at every phase: panics, penalty charges, pre-auth slots
 mod openssh_baseline;

@@ -67,6 +67,53 @@ impl NsMoto {
         moto
     }
 
+    /// Starts `tests/py/moto_enforced.py` in `ns`: moto with IAM policies enforced (every
+    /// request signed by a key moto issued and checked against its owner's policies), on a
+    /// port the kernel picks. Returns the server and the admin key the script bootstrapped.
+    pub fn start_enforced_in(ns: &Netns) -> (NsMoto, AdminKey) {
+        let script = super::jupyter::py_script("moto_enforced.py");
+        let mut child = ns
+            .command(super::jupyter::venv_python())
+            .arg(&script)
+            .args(["127.0.0.1", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let mut moto = NsMoto {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ns: ns.clone(),
+        };
+        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+        let hello: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!("moto_enforced.py did not say where it listens within {START_TIMEOUT:?} ({e}): {line:?}")
+        });
+        let field = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        let url = field(&hello["url"]);
+        moto.addr = url
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap_or_else(|e| panic!("moto_enforced.py url {url:?}: {e}"));
+        let admin = AdminKey {
+            access_key_id: field(&hello["admin"]["access_key_id"]),
+            secret_access_key: field(&hello["admin"]["secret_access_key"]),
+        };
+        assert!(
+            !admin.access_key_id.is_empty() && !admin.secret_access_key.is_empty(),
+            "no admin key in {line:?}"
+        );
+        (moto, admin)
+    }
+
     /// `http://127.0.0.1:PORT` (valid inside the namespace only).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -97,6 +144,23 @@ impl NsMoto {
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0))
         })?
+    }
+}
+
+/// An access key moto issued (for [`NsMoto::start_enforced_in`]'s admin, or any IAM user).
+#[derive(Clone, Debug)]
+pub struct AdminKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl AdminKey {
+    /// The key as environment for an AWS SDK (Rust or boto3) process.
+    pub fn env(&self) -> [(&'static str, String); 2] {
+        [
+            ("AWS_ACCESS_KEY_ID", self.access_key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
+        ]
     }
 }
 

@@ -18,9 +18,24 @@ Prints one JSON list with a result per operation. Operations:
     {"op": "seed", "value": N}                       -> {} (moto's ids are deterministic from here:
                                                         two motos seeded alike, then given the
                                                         same operations, hand out the same ids)
+    {"op": "user_data_file", "tag": V, "path": P}    -> {"content": C} (the file cloud-init would
+                                                        write from the user data of the running
+                                                        instance tagged gatehouse:resource=V)
+    {"op": "role_policies", "role": R}               -> {"policies": {NAME: DOCUMENT}}
+    {"op": "principal", "name": N, "policy": DOC}    -> {"access_key_id": K, "secret_access_key": S}
+                                                        (an IAM user whose only permission is DOC)
+    {"op": "set_user_policy", "name": N, "policy": DOC} -> {} (replaces its inline policy)
+    {"op": "delete_parameter", "name": P}            -> {"deleted": bool}
+    {"op": "stack_leftovers", "stack": S, "role": R, "parameter": P}
+                                                     -> {"leftovers": ["kind id", ...]}
+
+Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the environment when set (moto with
+IAM enforced: tests/py/moto_enforced.py's admin), else moto's accept-anything "test".
 """
 
+import base64
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -38,10 +53,66 @@ def new_public_key():
                                serialization.PublicFormat.OpenSSH).decode()
 
 
+def running_tagged(ec2, key, value):
+    """Instances not terminated (or terminating) that carry tag key=value."""
+    answer = ec2.describe_instances(Filters=[{"Name": f"tag:{key}", "Values": [value]}])
+    return [i for r in answer["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] not in ("terminated", "shutting-down")]
+
+
+def cloud_config_file(user_data, path):
+    """The content cloud-init's write_files would give `path` (plain `content:` only)."""
+    import yaml
+    assert user_data.startswith("#cloud-config\n"), user_data[:40]
+    for entry in yaml.safe_load(user_data).get("write_files", []):
+        if entry["path"] == path:
+            assert entry.get("encoding") in (None, "text/plain"), entry
+            return entry["content"]
+    return None
+
+
+def stack_leftovers(ec2, iam, ssm, op):
+    """Everything of stack op["stack"] still in AWS: tagged EC2 resources, the role and its
+    instance profile (fixed names), the host-key parameter."""
+    tag = [{"Name": "tag:gatehouse:stack", "Values": [op["stack"]]}]
+    found = [f"instance {i['InstanceId']}" for i in running_tagged(ec2, "gatehouse:stack", op["stack"])]
+    for kind, call, key, field in [
+        ("vpc", ec2.describe_vpcs, "Vpcs", "VpcId"),
+        ("subnet", ec2.describe_subnets, "Subnets", "SubnetId"),
+        ("security-group", ec2.describe_security_groups, "SecurityGroups", "GroupId"),
+        ("route-table", ec2.describe_route_tables, "RouteTables", "RouteTableId"),
+        ("internet-gateway", ec2.describe_internet_gateways, "InternetGateways",
+         "InternetGatewayId"),
+        ("address", ec2.describe_addresses, "Addresses", "AllocationId"),
+    ]:
+        found += [f"{kind} {r[field]}" for r in call(Filters=tag)[key]]
+    found += [f"nat-gateway {n['NatGatewayId']}"
+              for n in ec2.describe_nat_gateways()["NatGateways"]
+              if n["State"] not in ("deleted", "deleting")
+              and {"Key": "gatehouse:stack", "Value": op["stack"]} in n.get("Tags", [])]
+    try:
+        iam.get_role(RoleName=op["role"])
+        found.append(f"role {op['role']}")
+    except iam.exceptions.NoSuchEntityException:
+        pass
+    try:
+        iam.get_instance_profile(InstanceProfileName=op["role"])
+        found.append(f"instance-profile {op['role']}")
+    except iam.exceptions.NoSuchEntityException:
+        pass
+    try:
+        ssm.get_parameter(Name=op["parameter"])
+        found.append(f"parameter {op['parameter']}")
+    except ssm.exceptions.ParameterNotFound:
+        pass
+    return found
+
+
 def main():
     endpoint, ops = sys.argv[1], json.loads(sys.argv[2])
     kw = dict(endpoint_url=endpoint, region_name="us-east-1",
-              aws_access_key_id="test", aws_secret_access_key="test")
+              aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+              aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "test"))
     iam = boto3.client("iam", **kw)
     ec2 = boto3.client("ec2", **kw)
     ssm = boto3.client("ssm", **kw)
@@ -118,6 +189,38 @@ def main():
             except ssm.exceptions.ParameterNotFound:
                 value = None
             out.append({"value": value})
+        elif kind == "user_data_file":
+            content = None
+            for inst in running_tagged(ec2, "gatehouse:resource", op["tag"]):
+                data = ec2.describe_instance_attribute(InstanceId=inst["InstanceId"],
+                                                       Attribute="userData")
+                text = base64.b64decode(data["UserData"]["Value"]).decode()
+                content = cloud_config_file(text, op["path"])
+            out.append({"content": content})
+        elif kind == "role_policies":
+            names = iam.list_role_policies(RoleName=op["role"])["PolicyNames"]
+            out.append({"policies": {
+                name: iam.get_role_policy(RoleName=op["role"], PolicyName=name)["PolicyDocument"]
+                for name in names}})
+        elif kind == "principal":
+            iam.create_user(UserName=op["name"])
+            iam.put_user_policy(UserName=op["name"], PolicyName="only",
+                                PolicyDocument=json.dumps(op["policy"]))
+            key = iam.create_access_key(UserName=op["name"])["AccessKey"]
+            out.append({"access_key_id": key["AccessKeyId"],
+                        "secret_access_key": key["SecretAccessKey"]})
+        elif kind == "set_user_policy":
+            iam.put_user_policy(UserName=op["name"], PolicyName="only",
+                                PolicyDocument=json.dumps(op["policy"]))
+            out.append({})
+        elif kind == "delete_parameter":
+            try:
+                ssm.delete_parameter(Name=op["name"])
+                out.append({"deleted": True})
+            except ssm.exceptions.ParameterNotFound:
+                out.append({"deleted": False})
+        elif kind == "stack_leftovers":
+            out.append({"leftovers": stack_leftovers(ec2, iam, ssm, op)})
         else:
             raise SystemExit(f"unknown op {kind}")
     print(json.dumps(out))
