@@ -400,3 +400,66 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     ]));
     assert_eq!(r[0]["leftovers"], json!([]), "left after destroy");
 }
+
+/// The oldest C library of the images the README supports for the bastion: Amazon Linux 2023
+/// (glibc 2.34); Debian 12 (2.36), Ubuntu 22.04 (2.35) and 24.04 (2.39) are newer.
+const OLDEST_SUPPORTED_GLIBC: (u32, u32) = (2, 34);
+
+/// The binary `cargo build -p gatehouse` makes (the README's build command, in release) needs
+/// only the C runtime every supported image has, at a version the oldest one provides: no
+/// OpenSSL or other library to install on the bastion.
+#[test]
+fn the_gatehouse_binary_needs_only_what_the_supported_images_have() {
+    let readelf = |args: &[&str]| {
+        let mut cmd = Command::new("readelf");
+        cmd.args(args).arg(gatehouse_bin());
+        let out = run_with_timeout(cmd, Duration::from_secs(60));
+        out.expect_success("readelf");
+        out.stdout_str()
+    };
+    let needed: Vec<String> = readelf(&["-d", "-W"])
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| {
+            l.split('[')
+                .nth(1)
+                .map(|s| s.trim_end_matches(']').to_owned())
+        })
+        .collect();
+    assert!(!needed.is_empty(), "a dynamically linked binary");
+    for library in &needed {
+        assert!(
+            [
+                "libc.so.6",
+                "libm.so.6",
+                "libgcc_s.so.1",
+                "ld-linux-x86-64.so.2",
+                "ld-linux-aarch64.so.1",
+            ]
+            .contains(&library.as_str()),
+            "the bastion would need {library} installed: {needed:?}"
+        );
+    }
+    let symbols = readelf(&["--dyn-syms", "-W"]);
+    let newest = symbols
+        .split("GLIBC_")
+        .skip(1)
+        .filter_map(|rest| {
+            let version: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+            Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
+        })
+        .max()
+        .expect("versioned glibc symbols");
+    assert!(
+        newest <= OLDEST_SUPPORTED_GLIBC,
+        "the binary needs glibc {}.{}; the oldest supported image has {}.{}",
+        newest.0,
+        newest.1,
+        OLDEST_SUPPORTED_GLIBC.0,
+        OLDEST_SUPPORTED_GLIBC.1
+    );
+}
