@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::harness::moto_ns::{AdminKey, NsMoto as Moto};
+use crate::harness::moto_ns::{AccessKey, NsMoto as Moto};
 use crate::harness::{
     gatehouse_bin, run_with_timeout, venv_python, CmdOutput, Daemon, KeyPair, Scratch, SshClient,
     Sshd, SshdConfig, TcpServer, Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, PRIVATE_ADDR_2,
@@ -122,14 +122,14 @@ fn fixture(topology: &Topology, moto: &Moto, ops: Value) -> Vec<Value> {
 pub(super) fn fixture_as(
     topology: &Topology,
     moto: &Moto,
-    key: Option<&AdminKey>,
+    key: Option<&AccessKey>,
     ops: Value,
 ) -> Vec<Value> {
     let mut cmd = topology.bastion.command(venv_python());
     cmd.arg(py_script("aws_fixture.py"))
         .arg(moto.url())
         .arg(ops.to_string());
-    for (var, value) in key.map(AdminKey::env).into_iter().flatten() {
+    for (var, value) in key.map(AccessKey::env).into_iter().flatten() {
         cmd.env(var, value);
     }
     let out = run_with_timeout(cmd, CMD_TIMEOUT);
@@ -180,23 +180,8 @@ host_key_ssm_parameter = "{HOST_KEY_PARAMETER}"
 /// that could reach a real AWS endpoint or the metadata service).
 pub(super) fn gatehouse_cmd(topology: &Topology) -> Command {
     let mut cmd = topology.bastion.command(gatehouse_bin());
-    for var in [
-        "AWS_PROFILE",
-        "AWS_ENDPOINT_URL",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/aws-credentials",
-        )
-        .env("RUST_LOG", "info,russh=warn");
+    AccessKey::moto_test().apply(&mut cmd);
+    cmd.env("RUST_LOG", "info,russh=warn");
     cmd
 }
 

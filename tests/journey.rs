@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::aws::{fixture_as, gatehouse_cmd};
-use crate::harness::moto_ns::{AdminKey, NsMoto};
+use crate::harness::moto_ns::{AccessKey, NsMoto};
 use crate::harness::{
     gatehouse_bin, jupyter_check, run_with_timeout, Daemon, Jupyter, KeyPair, Scratch, SshClient,
     SshdConfig, Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, TEST_USER,
@@ -107,9 +107,9 @@ fn vpc_bin() -> PathBuf {
 }
 
 /// `gatehouse-vpc ARGS` in the bastion namespace as `key`, against moto only.
-fn vpc(topology: &Topology, moto: &NsMoto, key: &AdminKey, spec: &Path, args: &[&str]) -> String {
+fn vpc(topology: &Topology, moto: &NsMoto, key: &AccessKey, spec: &Path, args: &[&str]) -> String {
     let mut cmd = topology.bastion.command(vpc_bin());
-    clean_aws_env(&mut cmd, key);
+    key.apply(&mut cmd);
     cmd.arg("--spec")
         .arg(spec)
         .args(["--endpoint-url", &moto.url()])
@@ -119,23 +119,6 @@ fn vpc(topology: &Topology, moto: &NsMoto, key: &AdminKey, spec: &Path, args: &[
     out.expect_success(&format!("gatehouse-vpc {args:?}"));
     assert!(!out.stderr_str().contains("panicked at"), "{out}");
     out.stdout_str()
-}
-
-/// Credentials `key` and nothing that could reach a real AWS endpoint or metadata service.
-fn clean_aws_env(cmd: &mut Command, key: &AdminKey) {
-    for var in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"] {
-        cmd.env_remove(var);
-    }
-    for (var, value) in key.env() {
-        cmd.env(var, value);
-    }
-    cmd.env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/aws-credentials",
-        );
 }
 
 /// Replaces `from` (which must occur exactly once) by `to`.
@@ -198,9 +181,9 @@ fn without(policy: &Value, action: &str) -> Value {
     policy
 }
 
-fn start_daemon(topology: &Topology, scratch: &Scratch, key: &AdminKey, config: &Path) -> Daemon {
+fn start_daemon(topology: &Topology, scratch: &Scratch, key: &AccessKey, config: &Path) -> Daemon {
     let mut cmd = gatehouse_cmd(topology);
-    clean_aws_env(&mut cmd, key);
+    key.apply(&mut cmd);
     cmd.arg("serve").arg("--config").arg(config);
     Daemon::spawn("gatehouse", cmd, scratch)
 }
@@ -264,7 +247,7 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
         {"op": "principal", "name": "bastion-role", "policy": role_policy},
     ]));
     let bob_key_id = r[1]["key_ids"][0].as_str().expect("key id").to_owned();
-    let bastion = AdminKey {
+    let bastion = AccessKey {
         access_key_id: r[2]["access_key_id"].as_str().expect("key").to_owned(),
         secret_access_key: r[2]["secret_access_key"]
             .as_str()

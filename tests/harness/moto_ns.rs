@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::moto::moto_server_path;
@@ -70,7 +70,7 @@ impl NsMoto {
     /// Starts `tests/py/moto_enforced.py` in `ns`: moto with IAM policies enforced (every
     /// request signed by a key moto issued and checked against its owner's policies), on a
     /// port the kernel picks. Returns the server and the admin key the script bootstrapped.
-    pub fn start_enforced_in(ns: &Netns) -> (NsMoto, AdminKey) {
+    pub fn start_enforced_in(ns: &Netns) -> (NsMoto, AccessKey) {
         let script = super::jupyter::py_script("moto_enforced.py");
         let mut child = ns
             .command(super::jupyter::venv_python())
@@ -103,7 +103,7 @@ impl NsMoto {
             .trim_start_matches("http://")
             .parse()
             .unwrap_or_else(|e| panic!("moto_enforced.py url {url:?}: {e}"));
-        let admin = AdminKey {
+        let admin = AccessKey {
             access_key_id: field(&hello["admin"]["access_key_id"]),
             secret_access_key: field(&hello["admin"]["secret_access_key"]),
         };
@@ -149,18 +149,49 @@ impl NsMoto {
 
 /// An access key moto issued (for [`NsMoto::start_enforced_in`]'s admin, or any IAM user).
 #[derive(Clone, Debug)]
-pub struct AdminKey {
+pub struct AccessKey {
     pub access_key_id: String,
     pub secret_access_key: String,
 }
 
-impl AdminKey {
+impl AccessKey {
+    /// The key moto accepts from anyone while IAM is not enforced.
+    pub fn moto_test() -> AccessKey {
+        AccessKey {
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+        }
+    }
+
     /// The key as environment for an AWS SDK (Rust or boto3) process.
     pub fn env(&self) -> [(&'static str, String); 2] {
         [
             ("AWS_ACCESS_KEY_ID", self.access_key_id.clone()),
             ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
         ]
+    }
+
+    /// Gives `cmd` this key and nothing that could reach a real AWS endpoint, profile or the
+    /// metadata service (the endpoint and region come from the command's own config).
+    pub fn apply(&self, cmd: &mut Command) {
+        for var in [
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_ENDPOINT_URL",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (var, value) in self.env() {
+            cmd.env(var, value);
+        }
+        cmd.env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/aws-credentials",
+            );
     }
 }
 
