@@ -179,7 +179,12 @@ host_key_ssm_parameter = "{HOST_KEY_PARAMETER}"
 /// A gatehouse command in the bastion namespace with AWS credentials for moto (and nothing
 /// that could reach a real AWS endpoint or the metadata service).
 pub(super) fn gatehouse_cmd(topology: &Topology) -> Command {
-    let mut cmd = topology.bastion.command(gatehouse_bin());
+    gatehouse_cmd_from(topology, gatehouse_bin())
+}
+
+/// [`gatehouse_cmd`] for the gatehouse binary at `binary`.
+pub(super) fn gatehouse_cmd_from(topology: &Topology, binary: &Path) -> Command {
+    let mut cmd = topology.bastion.command(binary);
     AccessKey::moto_test().apply(&mut cmd);
     cmd.env("RUST_LOG", "info,russh=warn");
     cmd

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::aws::{fixture_as, gatehouse_cmd};
+use crate::aws::{fixture_as, gatehouse_cmd_from};
 use crate::harness::moto_ns::{AccessKey, NsMoto};
 use crate::harness::{
     gatehouse_bin, jupyter_check, run_with_timeout, Daemon, Jupyter, KeyPair, Scratch, SshClient,
@@ -73,8 +73,8 @@ az = "us-east-1a"
 subnet = "dmz-a"
 ami = "ami-12c6146b"
 allowed_cidrs = ["203.0.113.0/24"]
-# Never fetched: the test runs the binary it built.
-gatehouse_download_url = "https://example.org/releases/gatehouse"
+# The binary this test run built: apply stores it in the stack's bucket, the bastion fetches it.
+gatehouse_binary = "{binary}"
 
 [bastion.daemon.aws]
 refresh_interval = "{refresh}s"
@@ -91,7 +91,8 @@ groups = ["research"]
 ports = [22, {JUPYTER_PORT}]
 private_ip = "{PRIVATE_ADDR}"
 "#,
-        refresh = REFRESH.as_secs()
+        refresh = REFRESH.as_secs(),
+        binary = gatehouse_bin().display(),
     )
 }
 
@@ -133,18 +134,68 @@ fn checkable(role_policy: &Value) -> Value {
     let mut policy = role_policy.clone();
     let mut widened = Vec::new();
     for statement in policy["Statement"].as_array_mut().into_iter().flatten() {
-        if statement["Resource"] != "*" {
+        if statement["Resource"] != "*" && statement["Sid"] != FETCH_SID {
             widened.push(statement["Sid"].as_str().unwrap_or_default().to_owned());
             statement["Resource"] = json!("*");
         }
     }
-    // The statements scoped to users, prefixed groups and the host-key parameter.
+    // The statements scoped to users, prefixed groups and the host-key parameter; moto checks
+    // S3 resources, so the binary's statement keeps its scope (the bucket's gatehouse/*).
     assert_eq!(
         widened,
         ["ReadUserKeysAndTags", "ReadGatehouseGroups", "HostKey"],
         "{role_policy:#}"
     );
     policy
+}
+
+/// The statement that lets the bastion fetch its binary (gatehouse-vpc's policy.rs).
+const FETCH_SID: &str = "FetchGatehouseBinary";
+const FETCH_ACTION: &str = "s3:GetObject";
+
+/// The bastion's boot-time fetch, as its user data runs it: `gatehouse-fetch` with the install
+/// script's arguments, credentials from the metadata service at `imds`. Only the bucket's
+/// address changes: AWS's `https://BUCKET.s3.REGION.amazonaws.com/` becomes moto's
+/// path-style `URL/BUCKET/`. `sha256`: replaces the install script's digest when given.
+fn boot_fetch(
+    topology: &Topology,
+    moto: &NsMoto,
+    scripts: &(String, String),
+    imds: &str,
+    dest: &Path,
+    sha256: Option<&str>,
+) -> crate::harness::CmdOutput {
+    let (fetcher, install) = scripts;
+    let line = install
+        .lines()
+        .find(|l| l.starts_with("/usr/local/sbin/gatehouse-fetch "))
+        .unwrap_or_else(|| panic!("no gatehouse-fetch in the install script:\n{install}"));
+    let args: Vec<&str> = line.split('\'').skip(1).step_by(2).collect();
+    let [url, region, sha] = args[..] else {
+        panic!("gatehouse-fetch 'URL' 'REGION' 'SHA256' \"$tmp\" expected: {line}");
+    };
+    let bucket_host = url
+        .strip_prefix("https://")
+        .and_then(|u| u.split_once(".s3.us-east-1.amazonaws.com/"))
+        .unwrap_or_else(|| panic!("not a virtual-hosted S3 URL: {url}"));
+    let url = format!("{}/{}/{}", moto.url(), bucket_host.0, bucket_host.1);
+    let script = dest.with_extension("fetch.py");
+    std::fs::write(&script, fetcher).expect("write gatehouse-fetch");
+    let mut cmd = topology.bastion.command("python3");
+    // The credentials come from the metadata service, as on the instance.
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.arg(&script)
+        .args([url.as_str(), region, sha256.unwrap_or(sha)])
+        .arg(dest)
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
+        .env("GATEHOUSE_FETCH_ATTEMPTS", "1");
+    run_with_timeout(cmd, CMD_TIMEOUT)
 }
 
 /// The actions of `policy`, sorted.
@@ -181,8 +232,9 @@ fn without(policy: &Value, action: &str) -> Value {
     policy
 }
 
+/// The daemon from the binary the boot fetched (`scratch/fetched-gatehouse`).
 fn start_daemon(topology: &Topology, scratch: &Scratch, key: &AccessKey, config: &Path) -> Daemon {
-    let mut cmd = gatehouse_cmd(topology);
+    let mut cmd = gatehouse_cmd_from(topology, &scratch.path().join("fetched-gatehouse"));
     key.apply(&mut cmd);
     cmd.arg("serve").arg("--config").arg(config);
     Daemon::spawn("gatehouse", cmd, scratch)
@@ -233,8 +285,21 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
         .expect("[aws]");
     let needed = gatehouse_aws::actions::needed(gatehouse_aws::actions::Mode::of(&settings));
     let mut names: Vec<String> = needed.iter().map(|a| a.name().to_owned()).collect();
+    // And the boot-time fetch of the binary from the stack's bucket.
+    names.push(FETCH_ACTION.to_owned());
     names.sort();
     assert_eq!(actions_of(&role_policy), names);
+    let fetch_statement = role_policy["Statement"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["Sid"] == FETCH_SID))
+        .unwrap_or_else(|| panic!("no {FETCH_SID} statement: {role_policy:#}"));
+    assert_eq!(fetch_statement["Action"], json!([FETCH_ACTION]));
+    assert!(
+        fetch_statement["Resource"].as_str().is_some_and(|r| r
+            .starts_with("arn:aws:s3:::gatehouse-journey-")
+            && r.ends_with("/gatehouse/*")),
+        "{fetch_statement:#}"
+    );
 
     // 3. Researchers: alice by tag, bob through the prefixed IAM group. The daemon's
     //    principal: an IAM user with the role's policy and nothing else.
@@ -254,6 +319,66 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
             .expect("secret")
             .to_owned(),
     };
+
+    // The boot: the bastion fetches its binary from the stack's bucket with the role's
+    // credentials (IMDSv2) and checks its digest; the daemon below runs that copy.
+    let r = admin_fixture(json!([
+        {"op": "user_data_file", "tag": "instance/bastion", "path": "/usr/local/sbin/gatehouse-fetch"},
+        {"op": "user_data_file", "tag": "instance/bastion", "path": "/usr/local/sbin/gatehouse-install"},
+    ]));
+    let text = |i: usize| {
+        r[i]["content"]
+            .as_str()
+            .unwrap_or_else(|| panic!("user data file {i} missing: {r:?}"))
+            .to_owned()
+    };
+    let scripts = (text(0), text(1));
+    let mut imds_cmd = topology.bastion.command("python3");
+    imds_cmd
+        .arg(crate::harness::jupyter::py_script("fake_imds.py"))
+        .args([ROLE, &bastion.access_key_id, &bastion.secret_access_key]);
+    let mut imds = Daemon::spawn("imds", imds_cmd, &scratch);
+    let line = imds.wait_for_stdout("imds listening on ", Duration::from_secs(20));
+    let imds_url = format!(
+        "http://{}",
+        line.lines()
+            .find_map(|l| l.strip_prefix("imds listening on "))
+            .expect("imds address")
+            .trim()
+    );
+    let fetched = scratch.path().join("fetched-gatehouse");
+    // Without s3:GetObject the boot cannot fetch the binary: the action is needed.
+    admin_fixture(json!([
+        {"op": "set_user_policy", "name": "bastion-role", "policy": without(&role_policy, FETCH_ACTION)},
+    ]));
+    let out = boot_fetch(&topology, &moto, &scripts, &imds_url, &fetched, None);
+    out.expect_failure("gatehouse-fetch without s3:GetObject");
+    assert!(out.stderr_str().contains("HTTP 403"), "{out}");
+    assert!(!fetched.exists());
+    admin_fixture(json!([
+        {"op": "set_user_policy", "name": "bastion-role", "policy": role_policy},
+    ]));
+    // A digest other than the object's (a binary swapped in the bucket) is refused.
+    let other = "0".repeat(64);
+    let out = boot_fetch(
+        &topology,
+        &moto,
+        &scripts,
+        &imds_url,
+        &fetched,
+        Some(&other),
+    );
+    out.expect_failure("gatehouse-fetch with another digest");
+    assert!(out.stderr_str().contains("SHA-256 mismatch"), "{out}");
+    assert!(!fetched.exists() && !fetched.with_extension("part").exists());
+    let out = boot_fetch(&topology, &moto, &scripts, &imds_url, &fetched, None);
+    out.expect_success("gatehouse-fetch with the role's policy");
+    assert_eq!(
+        std::fs::read(&fetched).expect("fetched binary"),
+        std::fs::read(gatehouse_bin()).expect("built binary"),
+        "the fetched binary is the one apply stored"
+    );
+    imds.terminate(Duration::from_secs(5));
 
     // 4. Minimal, not just sufficient: without any one action the bastion does not serve,
     //    and says which action it lacks. The host key is deleted before each run, so the

@@ -200,6 +200,32 @@ impl Rig {
         aws_sdk_ssm::Client::from_conf(conf)
     }
 
+    fn s3(&self) -> aws_sdk_s3::Client {
+        let creds = aws_sdk_s3::config::Credentials::new("test", "test", None, None, "test");
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(self.moto.url())
+            .force_path_style(true)
+            .credentials_provider(creds)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// A stand-in gatehouse binary in the spec's folder: an ELF header and `fill`.
+    fn write_binary(&self, name: &str, fill: u8) -> (PathBuf, String) {
+        let mut bytes = b"\x7fELF\x02\x01\x01".to_vec();
+        bytes.resize(256 * 1024, fill);
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, &bytes).expect("write binary");
+        use sha2::Digest;
+        let sha: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        (path, sha)
+    }
+
     fn iam(&self) -> aws_sdk_iam::Client {
         let creds = aws_sdk_iam::config::Credentials::new("test", "test", None, None, "test");
         let conf = aws_sdk_iam::Config::builder()
@@ -210,6 +236,15 @@ impl Rig {
             .build();
         aws_sdk_iam::Client::from_conf(conf)
     }
+}
+
+/// `spec_text` with the binary stored by apply (`gatehouse_binary`) instead of a download URL.
+fn spec_with_binary(stack: &str, cidr_second_octet: u8, binary: &str) -> String {
+    spec_text(stack, cidr_second_octet, "single").replace(
+        "gatehouse_download_url = \"https://example.org/releases/gatehouse\"\n\
+         gatehouse_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n",
+        &format!("gatehouse_binary = \"{binary}\"\n"),
+    )
 }
 
 fn tag(stack: &str) -> Filter {
@@ -792,6 +827,300 @@ fn nat_mode_changes_converge() {
     }
 }
 
+/// moto's account.
+const ACCOUNT: &str = "123456789012";
+
+#[test]
+fn a_local_binary_is_stored_in_the_stacks_private_bucket_and_named_by_the_user_data() {
+    let rig = Rig::new();
+    let (rt, ec2) = rig.ec2();
+    let s3 = rig.s3();
+    let (_, sha_a) = rig.write_binary("gatehouse", 0xa5);
+    let spec = rig.write_spec("bin.toml", &spec_with_binary("bin", 70, "gatehouse"));
+    let bucket = format!("gatehouse-bin-{ACCOUNT}");
+
+    let plan = rig.ok(&spec, &["plan"]);
+    assert!(
+        plan.contains(&format!("+ bucket {bucket}")),
+        "no bucket in the plan:\n{plan}"
+    );
+    assert!(
+        plan.contains(&format!("+ bucket {bucket}/gatehouse/{sha_a}")),
+        "no upload in the plan:\n{plan}"
+    );
+    rig.ok(&spec, &["apply"]);
+    rig.assert_no_changes(&spec, "bin");
+
+    let user_data = |ec2: aws_sdk_ec2::Client| async move {
+        let res = ec2
+            .describe_instances()
+            .filters(tag("bin"))
+            .filters(
+                Filter::builder()
+                    .name("tag:gatehouse:resource")
+                    .values("instance/bastion")
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("running")
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("describe bastion");
+        let id = res.reservations()[0].instances()[0]
+            .instance_id()
+            .expect("id")
+            .to_string();
+        let attr = ec2
+            .describe_instance_attribute()
+            .instance_id(&id)
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .send()
+            .await
+            .expect("user data");
+        let b64 = attr
+            .user_data()
+            .and_then(|v| v.value())
+            .expect("user data value");
+        use base64::Engine;
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .expect("base64"),
+        )
+        .expect("utf-8")
+    };
+    rt.block_on(async {
+        // The bucket: the stack's tag, private, encrypted, TLS only, holding the binary.
+        let tags = s3
+            .get_bucket_tagging()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("bucket tags");
+        assert!(
+            tags.tag_set()
+                .iter()
+                .any(|t| t.key() == "gatehouse:stack" && t.value() == "bin"),
+            "{tags:?}"
+        );
+        let block = s3
+            .get_public_access_block()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("public access block");
+        let block = block
+            .public_access_block_configuration()
+            .expect("configuration");
+        assert_eq!(
+            (
+                block.block_public_acls(),
+                block.ignore_public_acls(),
+                block.block_public_policy(),
+                block.restrict_public_buckets()
+            ),
+            (Some(true), Some(true), Some(true), Some(true))
+        );
+        let enc = s3
+            .get_bucket_encryption()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("encryption");
+        let algo = enc
+            .server_side_encryption_configuration()
+            .and_then(|c| c.rules().first())
+            .and_then(|r| r.apply_server_side_encryption_by_default())
+            .map(|d| d.sse_algorithm().as_str().to_string());
+        assert_eq!(algo.as_deref(), Some("AES256"));
+        let policy = s3
+            .get_bucket_policy()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("bucket policy");
+        let policy: serde_json::Value =
+            serde_json::from_str(policy.policy().expect("policy")).expect("json");
+        assert_eq!(policy["Statement"][0]["Effect"], "Deny", "{policy:#}");
+        assert_eq!(
+            policy["Statement"][0]["Condition"]["Bool"]["aws:SecureTransport"],
+            "false",
+            "{policy:#}"
+        );
+        let object = s3
+            .get_object()
+            .bucket(&bucket)
+            .key(format!("gatehouse/{sha_a}"))
+            .send()
+            .await
+            .expect("the binary is stored");
+        let body = object.body.collect().await.expect("body").into_bytes();
+        assert_eq!(body.len(), 256 * 1024);
+        assert_eq!(&body[..4], b"\x7fELF");
+        // The same request not over TLS is denied by the bucket policy (moto serves http for
+        // AWS's https and reads the transport from X-Forwarded-Proto: tests/py/moto_fixes.py).
+        let plain = s3
+            .get_object()
+            .bucket(&bucket)
+            .key(format!("gatehouse/{sha_a}"))
+            .customize()
+            .mutate_request(|req| {
+                req.headers_mut().insert("x-forwarded-proto", "http");
+            })
+            .send()
+            .await;
+        let status = plain
+            .as_ref()
+            .err()
+            .and_then(|e| e.raw_response())
+            .map(|r| r.status().as_u16());
+        assert_eq!(status, Some(403), "a plain-http GetObject: {plain:?}");
+
+        // The role may read the bucket's binaries and nothing else of S3.
+        let pol = rig
+            .iam()
+            .get_role_policy()
+            .role_name("gatehouse-bin-bastion")
+            .policy_name("gatehouse-bastion")
+            .send()
+            .await
+            .expect("role policy");
+        let doc = gatehouse_vpc::aws::observe::parse_policy(pol.policy_document());
+        let s3_statements: Vec<&serde_json::Value> = doc["Statement"]
+            .as_array()
+            .expect("statements")
+            .iter()
+            .filter(|s| s.to_string().contains("s3:"))
+            .collect();
+        assert_eq!(s3_statements.len(), 1, "{doc:#}");
+        assert_eq!(s3_statements[0]["Action"], serde_json::json!(["s3:GetObject"]));
+        assert_eq!(
+            s3_statements[0]["Resource"],
+            format!("arn:aws:s3:::{bucket}/gatehouse/*")
+        );
+
+        // The user data fetches exactly that object and checks its digest.
+        let text = user_data(ec2.clone()).await;
+        assert!(
+            text.contains(&format!(
+                "/usr/local/sbin/gatehouse-fetch 'https://{bucket}.s3.us-east-1.amazonaws.com/gatehouse/{sha_a}' 'us-east-1' '{sha_a}'"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("- path: /usr/local/sbin/gatehouse-fetch"), "{text}");
+    });
+
+    // A new build: uploaded, the bastion replaced, the old binary deleted after it.
+    let (_, sha_b) = rig.write_binary("gatehouse", 0x5a);
+    let plan = rig.ok(&spec, &["plan"]);
+    let upload = plan
+        .find(&format!("+ bucket {bucket}/gatehouse/{sha_b}"))
+        .unwrap_or_else(|| panic!("no upload of the new binary:\n{plan}"));
+    let launch = plan
+        .find("+ instance/bastion")
+        .unwrap_or_else(|| panic!("the bastion is not replaced:\n{plan}"));
+    let delete = plan
+        .find(&format!("- bucket {bucket}/gatehouse/{sha_a}"))
+        .unwrap_or_else(|| panic!("the old binary is kept:\n{plan}"));
+    assert!(upload < launch && launch < delete, "{plan}");
+    assert!(!plan.contains("instance/jupyter"), "{plan}");
+    rig.ok(&spec, &["apply"]);
+    rig.assert_no_changes(&spec, "bin");
+    rt.block_on(async {
+        let list = s3
+            .list_objects_v2()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("list");
+        let keys: Vec<&str> = list.contents().iter().filter_map(|o| o.key()).collect();
+        assert_eq!(keys, vec![format!("gatehouse/{sha_b}")]);
+        assert!(user_data(ec2.clone()).await.contains(&sha_b));
+    });
+
+    // Someone changes the bucket: apply puts it back.
+    rt.block_on(async {
+        s3.delete_public_access_block()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("delete block");
+        s3.delete_bucket_policy()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("delete policy");
+    });
+    let plan = rig.ok(&spec, &["plan"]);
+    assert!(
+        plan.contains(&format!("~ bucket {bucket}")) && plan.contains("block public access"),
+        "{plan}"
+    );
+    rig.ok(&spec, &["apply"]);
+    rig.assert_no_changes(&spec, "bin");
+
+    // destroy empties and deletes the bucket.
+    rig.ok(&spec, &["destroy"]);
+    rt.block_on(async {
+        let head = s3.head_bucket().bucket(&bucket).send().await;
+        assert!(head.is_err(), "the bucket outlived destroy");
+        assert_eq!(
+            tagged_counts(&ec2, "bin")
+                .await
+                .iter()
+                .map(|(_, n)| n)
+                .sum::<usize>(),
+            0
+        );
+    });
+}
+
+#[test]
+fn a_bucket_of_the_stacks_name_that_is_not_ours_is_refused_and_kept() {
+    let rig = Rig::new();
+    let (rt, _) = rig.ec2();
+    let s3 = rig.s3();
+    let bucket = format!("gatehouse-lab-{ACCOUNT}");
+    rt.block_on(async {
+        s3.create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("create bucket");
+        s3.put_object()
+            .bucket(&bucket)
+            .key("theirs")
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .expect("put object");
+    });
+    rig.write_binary("gatehouse", 1);
+    let spec = rig.write_spec("lab.toml", &spec_with_binary("lab", 50, "gatehouse"));
+    let out = rig.run(&spec, &["plan"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "S3 bucket \"{bucket}\" exists but does not carry gatehouse:stack = lab"
+        )),
+        "{err}"
+    );
+    rig.ok(&spec, &["destroy"]);
+    rt.block_on(async {
+        s3.head_object()
+            .bucket(&bucket)
+            .key("theirs")
+            .send()
+            .await
+            .expect("the foreign bucket and its object are kept");
+    });
+}
+
 #[test]
 fn foreign_iam_role_is_refused() {
     let rig = Rig::new();
@@ -934,13 +1263,96 @@ fn bad_specs_are_rejected_before_any_aws_call() {
             );
         }
     }
+
+    // The binary apply stores: plan and apply read it; destroy and output do not need it.
+    let not_elf = dir.path().join("not-elf");
+    std::fs::write(&not_elf, "#!/bin/sh\n").expect("write");
+    let stored = good.replace(
+        "gatehouse_download_url = \"https://example.org/releases/gatehouse\"\n\
+         gatehouse_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n",
+        "gatehouse_binary = \"BINARY\"\n",
+    );
+    assert_ne!(stored, good);
+    let cases: Vec<(&str, String, &str, &[&str])> = vec![
+        (
+            "missing binary",
+            stored.replace("BINARY", "no-such-file"),
+            "gatehouse_binary",
+            &["plan", "apply"],
+        ),
+        (
+            "not an ELF",
+            stored.replace("BINARY", "not-elf"),
+            "not an ELF executable",
+            &["plan", "apply"],
+        ),
+        (
+            "both",
+            stored.replace(
+                "gatehouse_binary",
+                "gatehouse_download_url = \"https://example.org/g\"\ngatehouse_binary",
+            ),
+            "set gatehouse_download_url or gatehouse_binary, not both",
+            &["plan", "apply", "destroy", "output"],
+        ),
+        (
+            "neither",
+            stored.replace("gatehouse_binary = \"BINARY\"\n", ""),
+            "needs gatehouse_binary",
+            &["plan", "apply", "destroy", "output"],
+        ),
+    ];
+    for (what, text, needle, cmds) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).expect("write");
+        for cmd in ["plan", "apply", "destroy", "output"] {
+            let out = Command::new(BIN)
+                .env_remove("AWS_PROFILE")
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))
+                .env("AWS_MAX_ATTEMPTS", "1")
+                .arg("--spec")
+                .arg(&path)
+                .args(["--endpoint-url", &format!("http://127.0.0.1:{closed}"), cmd])
+                .checked_output("run");
+            let err = String::from_utf8_lossy(&out.stderr);
+            if cmds.contains(&cmd) {
+                assert_eq!(out.status.code(), Some(64), "{what}/{cmd}: {err}");
+                assert!(
+                    err.contains(needle),
+                    "{what}/{cmd}: expected {needle:?} in:\n{err}"
+                );
+            } else {
+                // Past the spec: the AWS call to the closed port fails, not the spec.
+                assert_eq!(out.status.code(), Some(1), "{what}/{cmd}: {err}");
+                assert!(!err.contains(needle), "{what}/{cmd}: {err}");
+            }
+        }
+    }
 }
 
 #[test]
 fn user_data_is_cloud_config_under_16k() {
     let spec =
         gatehouse_vpc::spec::parse("t.toml", &spec_text("lab", 50, "single"), None).expect("spec");
-    let text = gatehouse_vpc::userdata::render(&spec, "vpc-0123456789abcdef0");
+    check_user_data(&spec, None);
+    // With a stored binary: the fetcher is written too, and is valid Python.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = dir.path().join("gatehouse");
+    std::fs::write(&binary, b"\x7fELF and the rest").expect("write");
+    let spec = gatehouse_vpc::spec::parse(
+        "t.toml",
+        &spec_with_binary("lab", 50, &binary.display().to_string()),
+        None,
+    )
+    .expect("spec");
+    check_user_data(&spec, Some("gatehouse-lab-123456789012"));
+}
+
+fn check_user_data(spec: &gatehouse_vpc::spec::Spec, bucket: Option<&str>) {
+    let text = gatehouse_vpc::userdata::render(spec, "vpc-0123456789abcdef0", bucket);
     assert!(text.len() < 16384, "user data is {} bytes", text.len());
     assert!(text.starts_with("#cloud-config\n"));
     let python = moto::moto_server_path().with_file_name("python3");
@@ -948,7 +1360,15 @@ fn user_data_is_cloud_config_under_16k() {
 import sys, yaml, tomllib
 doc = yaml.safe_load(sys.stdin.read())
 files = {f["path"]: f for f in doc["write_files"]}
-assert set(files) == {"/etc/gatehouse/gatehouse.toml", "/etc/systemd/system/gatehouse.service", "/etc/systemd/system/gatehouse.socket", "/etc/systemd/system/gatehouse.service.d/aws.conf", "/usr/local/sbin/gatehouse-install"}, files.keys()
+stored = len(sys.argv) > 1
+expected = {"/etc/gatehouse/gatehouse.toml", "/etc/systemd/system/gatehouse.service", "/etc/systemd/system/gatehouse.socket", "/etc/systemd/system/gatehouse.service.d/aws.conf", "/usr/local/sbin/gatehouse-install"}
+if stored:
+    expected.add("/usr/local/sbin/gatehouse-fetch")
+    fetcher = files["/usr/local/sbin/gatehouse-fetch"]
+    assert fetcher["permissions"] == "0755", fetcher
+    compile(fetcher["content"], "gatehouse-fetch", "exec")
+    assert fetcher["content"].startswith('#!/usr/bin/python3')
+assert set(files) == expected, files.keys()
 cfg = tomllib.loads(files["/etc/gatehouse/gatehouse.toml"]["content"])
 assert cfg["server"]["listen"] == ["0.0.0.0:22"], cfg
 assert cfg["aws"]["vpc_ids"] == ["vpc-0123456789abcdef0"], cfg
@@ -958,7 +1378,10 @@ assert "ExecStart=/usr/local/bin/gatehouse serve --config /etc/gatehouse/gatehou
 assert "ListenStream=22" in files["/etc/systemd/system/gatehouse.socket"]["content"]
 assert "IPAddressDeny=\n" in files["/etc/systemd/system/gatehouse.service.d/aws.conf"]["content"]
 script = files["/usr/local/sbin/gatehouse-install"]["content"]
-assert "sha256sum -c" in script and "https://example.org/releases/gatehouse" in script
+if stored:
+    assert "/usr/local/sbin/gatehouse-fetch 'https://" + sys.argv[1] + ".s3.us-east-1.amazonaws.com/gatehouse/" in script, script
+else:
+    assert "sha256sum -c" in script and "https://example.org/releases/gatehouse" in script
 import subprocess
 assert subprocess.run(["sh", "-n"], input=script.encode()).returncode == 0, "install script: sh syntax error"
 assert doc["runcmd"] == [["/usr/local/sbin/gatehouse-install"]], doc["runcmd"]
@@ -966,6 +1389,7 @@ print("ok")
 "#;
     let mut child = Command::new(&python)
         .args(["-c", check])
+        .args(bucket)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -86,7 +86,15 @@ impl Moto {
             "{} missing: python3 -m venv tests/.venv && tests/.venv/bin/pip install -r tests/py/requirements.txt",
             bin.display()
         );
-        let mut child = Command::new(&bin)
+        // moto_server with the fixes in tests/py/moto_fixes.py (the bucket policy).
+        let python = bin.with_file_name("python3");
+        let script = bin
+            .ancestors()
+            .nth(3)
+            .map(|root| root.join("py").join("moto_server.py"))
+            .expect("tests/.venv/bin/moto_server has a tests/ folder");
+        let mut child = Command::new(&python)
+            .arg(&script)
             .args(["-H", "127.0.0.1", "-p", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -28,6 +28,7 @@ Prints one JSON list with a result per operation. Operations:
     {"op": "delete_parameter", "name": P}            -> {"deleted": bool}
     {"op": "stack_leftovers", "stack": S, "role": R, "parameter": P}
                                                      -> {"leftovers": ["kind id", ...]}
+                                                        (buckets: any named gatehouse-S-*)
 
 Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the environment when set (moto with
 IAM enforced: tests/py/moto_enforced.py's admin), else moto's accept-anything "test".
@@ -41,6 +42,7 @@ import time
 import urllib.request
 
 import boto3
+import botocore.config
 
 
 def new_public_key():
@@ -71,9 +73,9 @@ def cloud_config_file(user_data, path):
     return None
 
 
-def stack_leftovers(ec2, iam, ssm, op):
+def stack_leftovers(ec2, iam, ssm, s3, op):
     """Everything of stack op["stack"] still in AWS: tagged EC2 resources, the role and its
-    instance profile (fixed names), the host-key parameter."""
+    instance profile (fixed names), the host-key parameter, the binary bucket."""
     tag = [{"Name": "tag:gatehouse:stack", "Values": [op["stack"]]}]
     found = [f"instance {i['InstanceId']}" for i in running_tagged(ec2, "gatehouse:stack", op["stack"])]
     for kind, call, key, field in [
@@ -105,6 +107,8 @@ def stack_leftovers(ec2, iam, ssm, op):
         found.append(f"parameter {op['parameter']}")
     except ssm.exceptions.ParameterNotFound:
         pass
+    found += [f"bucket {b['Name']}" for b in s3.list_buckets().get("Buckets", [])
+              if b["Name"].startswith(f"gatehouse-{op['stack']}-")]
     return found
 
 
@@ -116,6 +120,7 @@ def main():
     iam = boto3.client("iam", **kw)
     ec2 = boto3.client("ec2", **kw)
     ssm = boto3.client("ssm", **kw)
+    s3 = boto3.client("s3", config=botocore.config.Config(s3={"addressing_style": "path"}), **kw)
     out = []
     for op in ops:
         kind = op["op"]
@@ -220,7 +225,7 @@ def main():
             except ssm.exceptions.ParameterNotFound:
                 out.append({"deleted": False})
         elif kind == "stack_leftovers":
-            out.append({"leftovers": stack_leftovers(ec2, iam, ssm, op)})
+            out.append({"leftovers": stack_leftovers(ec2, iam, ssm, s3, op)})
         else:
             raise SystemExit(f"unknown op {kind}")
     print(json.dumps(out))

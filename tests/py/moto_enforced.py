@@ -39,6 +39,11 @@ from moto.moto_server.werkzeug_app import MotoRequestHandler  # noqa: E402
 from werkzeug.exceptions import HTTPException  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import moto_fixes  # noqa: E402
+
+moto_fixes.apply()
+
 ADMIN_POLICY = {"Version": "2012-10-17",
                 "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
 

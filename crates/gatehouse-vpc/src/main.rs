@@ -75,7 +75,12 @@ fn main() -> ExitCode {
         .ok()
         .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
         .filter(|r| !r.is_empty());
-    let spec = match spec::load(&cli.spec, env_region.as_deref()) {
+    // plan and apply store the binary by its digest; destroy and output never need it.
+    let binary = match cli.command {
+        Command::Plan { .. } | Command::Apply => spec::ReadBinary::Yes,
+        Command::Destroy | Command::Output { .. } => spec::ReadBinary::No,
+    };
+    let spec = match spec::load(&cli.spec, env_region.as_deref(), binary) {
         Ok(spec) => spec,
         Err(e) => {
             eprintln!("{e}");

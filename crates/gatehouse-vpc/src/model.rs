@@ -170,6 +170,24 @@ pub struct ObsParameter {
     pub tags: Tags,
 }
 
+/// The stack's bucket for the gatehouse binary, found by its name ([`crate::plan::binary_bucket`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsBucket {
+    pub name: String,
+    /// False when the name is taken by a bucket of another account (HeadBucket with our
+    /// account as the expected owner answered 403): never ours, whatever its tags.
+    pub in_our_account: bool,
+    pub tags: Tags,
+    /// All four public access blocks are on.
+    pub public_access_blocked: bool,
+    /// Default encryption is configured.
+    pub encrypted: bool,
+    /// The bucket policy, parsed; None when there is none.
+    pub policy: Option<serde_json::Value>,
+    /// Every object key in the bucket.
+    pub objects: Vec<String>,
+}
+
 /// Everything AWS reports for one stack tag. Only resources whose `gatehouse:stack` tag equals
 /// the stack name are in here, with two exceptions that only ever matter for refusing: an IAM
 /// role or instance profile found by its (deterministic) name whose tags say it is not ours.
@@ -188,6 +206,10 @@ pub struct Observed {
     pub role: Option<ObsRole>,
     pub profile: Option<ObsProfile>,
     pub parameters: Vec<ObsParameter>,
+    /// The binary bucket, when a bucket of its name exists.
+    pub bucket: Option<ObsBucket>,
+    /// The AWS account the credentials belong to (STS GetCallerIdentity).
+    pub account: String,
 }
 
 impl Observed {
@@ -204,6 +226,7 @@ impl Observed {
             && self.role.is_none()
             && self.profile.is_none()
             && self.parameters.is_empty()
+            && self.bucket.is_none()
     }
 }
 
@@ -272,6 +295,14 @@ pub enum Action {
     },
     DeleteParameter {
         name: String,
+    },
+    /// Delete every object in the bucket, then the bucket.
+    DeleteBucket {
+        name: String,
+    },
+    DeleteObject {
+        bucket: String,
+        object: String,
     },
     // ---- creation and repair (keys) ----
     CreateVpc {
@@ -373,6 +404,29 @@ pub enum Action {
     AddRoleToProfile {
         profile: String,
         role: String,
+    },
+    /// Create the binary bucket (in the stack's region, owned by the account) with its tags.
+    CreateBucket {
+        key: String,
+        name: String,
+        tags: Tags,
+    },
+    /// Block all public access, turn on default encryption (SSE-S3) and set the bucket
+    /// policy (TLS only).
+    SecureBucket {
+        bucket: String,
+        policy: serde_json::Value,
+    },
+    TagBucket {
+        bucket: String,
+        tags: Tags,
+    },
+    /// Upload the local binary as `object`, with its SHA-256 for S3 to check.
+    PutBinary {
+        bucket: String,
+        object: String,
+        path: std::path::PathBuf,
+        sha256: String,
     },
     RunInstance {
         key: String,

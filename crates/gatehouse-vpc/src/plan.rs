@@ -39,6 +39,23 @@ pub fn host_key_parameter(stack: &str) -> String {
     format!("/gatehouse/{stack}/host_ed25519")
 }
 
+/// The stack's bucket for a stored gatehouse binary (`gatehouse_binary`): one per stack and
+/// account, like the role (at most 10 + 28 + 1 + 12 = 51 characters of the 63 S3 allows).
+pub fn binary_bucket(stack: &str, account: &str) -> String {
+    format!("gatehouse-{stack}-{account}")
+}
+
+/// The object key of a stored binary: named by its content, so a bastion launched months
+/// later still fetches exactly the binary its user data names.
+pub fn binary_object(sha256: &str) -> String {
+    format!("gatehouse/{sha256}")
+}
+
+/// The objects of the bucket a bastion may read, as an S3 ARN's resource part.
+pub fn binary_object_arn_path(bucket: &str) -> String {
+    format!("{bucket}/{}", binary_object("*"))
+}
+
 /// Key of the NAT gateway (and its route table) serving an AZ.
 fn nat_key(az: &str) -> String {
     format!("nat/{az}")
@@ -307,7 +324,10 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
 
     // Everything below is decided with `known` holding the kept resources; steps that create
     // go to `create`, removals are derived from `doomed` at the end.
-    let mut c = Creates { steps: &mut create };
+    let mut c = Creates {
+        steps: &mut create,
+        later: Vec::new(),
+    };
     match vpc {
         None => {
             c.push(
@@ -776,9 +796,12 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
         }
     }
 
+    // ---- the binary's bucket ----
+    let bucket = plan_bucket(spec, obs, &mut c, &mut p)?;
+
     // ---- IAM ----
     let role = role_name(&spec.stack);
-    let policy = crate::policy::bastion_policy(spec);
+    let policy = crate::policy::bastion_policy(spec, bucket.as_deref());
     match &obs.role {
         None => {
             c.push(
@@ -855,7 +878,7 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
     let user_data_hash = p
         .known
         .get("vpc")
-        .map(|vpc| sha256_hex(&crate::userdata::render(spec, vpc)));
+        .map(|vpc| sha256_hex(&crate::userdata::render(spec, vpc, bucket.as_deref())));
     let mut replaced: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, inst) in &insts {
         let Some((_, launch, _)) = desired.iter().find(|(dk, _, _)| dk == k) else {
@@ -918,8 +941,10 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
     }
 
     // ---- assemble: removals first ----
+    let later = std::mem::take(&mut c.later);
     let mut steps = removal_steps(&p.doomed, &p.doomed_associations);
     steps.extend(create);
+    steps.extend(later);
     Ok(Plan {
         stack: spec.stack.clone(),
         steps,
@@ -927,9 +952,137 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
     })
 }
 
+/// The bucket steps: a stored binary needs the stack's bucket, secured, holding
+/// `gatehouse/<sha256>` and nothing else (older binaries are deleted after the bastion that
+/// used them is replaced); a spec without one needs no bucket. Returns the bucket name when the
+/// spec needs one.
+fn plan_bucket(
+    spec: &Spec,
+    obs: &Observed,
+    c: &mut Creates,
+    p: &mut Planner,
+) -> Result<Option<String>, PlanError> {
+    let crate::spec::Binary::Stored { path, sha256, size } = &spec.bastion.binary else {
+        if let Some(b) = &obs.bucket {
+            p.doomed.bucket = Some(b.clone());
+        }
+        return Ok(None);
+    };
+    if sha256 == crate::spec::UNREAD_SHA256 {
+        return Err(PlanError::Immutable {
+            resource: "bucket".into(),
+            message: "the spec was loaded without reading gatehouse_binary".into(),
+        });
+    }
+    if obs.account.is_empty() {
+        return Err(PlanError::Immutable {
+            resource: "bucket".into(),
+            message:
+                "the AWS account is not known (STS GetCallerIdentity), so the bucket has no name"
+                    .into(),
+        });
+    }
+    let name = binary_bucket(&spec.stack, &obs.account);
+    let object = binary_object(sha256);
+    let policy = crate::policy::bucket_policy(&spec.region, &name);
+    let tags = base_tags(spec, "bucket");
+    let resource = format!("bucket {name}");
+    let objects = match &obs.bucket {
+        None => {
+            c.push(
+                Sign::Create,
+                &resource,
+                "private bucket for the gatehouse binary",
+                Action::CreateBucket {
+                    key: "bucket".into(),
+                    name: name.clone(),
+                    tags,
+                },
+            );
+            c.push(
+                Sign::Change,
+                &resource,
+                "block public access, encrypt (SSE-S3), TLS-only policy",
+                Action::SecureBucket {
+                    bucket: "bucket".into(),
+                    policy,
+                },
+            );
+            Vec::new()
+        }
+        Some(b) => {
+            p.known.insert("bucket".into(), b.name.clone());
+            let drift = tag_drift(&tags, &b.tags);
+            if !drift.is_empty() {
+                let names: Vec<&str> = drift.keys().map(String::as_str).collect();
+                let mut all = b.tags.clone();
+                all.extend(drift.clone());
+                c.push(
+                    Sign::Change,
+                    &resource,
+                    format!("tags {}", names.join(", ")),
+                    Action::TagBucket {
+                        bucket: "bucket".into(),
+                        tags: all,
+                    },
+                );
+            }
+            if !b.public_access_blocked || !b.encrypted || b.policy.as_ref() != Some(&policy) {
+                let mut what = Vec::new();
+                if !b.public_access_blocked {
+                    what.push("block public access");
+                }
+                if !b.encrypted {
+                    what.push("encrypt (SSE-S3)");
+                }
+                if b.policy.as_ref() != Some(&policy) {
+                    what.push("TLS-only policy");
+                }
+                c.push(
+                    Sign::Change,
+                    &resource,
+                    what.join(", "),
+                    Action::SecureBucket {
+                        bucket: "bucket".into(),
+                        policy,
+                    },
+                );
+            }
+            b.objects.clone()
+        }
+    };
+    if !objects.contains(&object) {
+        c.push(
+            Sign::Create,
+            format!("{resource}/{object}"),
+            format!("upload {} ({size} bytes)", path.display()),
+            Action::PutBinary {
+                bucket: "bucket".into(),
+                object: object.clone(),
+                path: path.clone(),
+                sha256: sha256.clone(),
+            },
+        );
+    }
+    for stale in objects.iter().filter(|o| **o != object) {
+        c.later.push(Step {
+            sign: Sign::Delete,
+            resource: format!("{resource}/{stale}"),
+            detail: "no longer named by the bastion's user data".into(),
+            action: Action::DeleteObject {
+                bucket: "bucket".into(),
+                object: stale.clone(),
+            },
+        });
+    }
+    Ok(Some(name))
+}
+
 /// The collector for creation and repair steps.
 struct Creates<'s> {
     steps: &'s mut Vec<Step>,
+    /// Steps that go after every creation (deleting what the replaced bastion used).
+    later: Vec<Step>,
 }
 
 impl Creates<'_> {
@@ -981,6 +1134,19 @@ fn check_iam_ownership(spec: &Spec, obs: &Observed) -> Result<(), PlanError> {
             return Err(PlanError::NotOurs {
                 what: "IAM instance profile",
                 name: p.name.clone(),
+                stack: spec.stack.clone(),
+            });
+        }
+    }
+    if let (crate::spec::Binary::Stored { .. }, Some(b)) = (&spec.bastion.binary, &obs.bucket) {
+        if !b.in_our_account || !ours(&b.tags) {
+            return Err(PlanError::NotOurs {
+                what: if b.in_our_account {
+                    "S3 bucket"
+                } else {
+                    "S3 bucket (of another AWS account)"
+                },
+                name: b.name.clone(),
                 stack: spec.stack.clone(),
             });
         }
@@ -1122,6 +1288,7 @@ pub fn only_ours(stack: &str, obs: &Observed) -> Observed {
     o.parameters.retain(|x| ours(&x.tags));
     o.role = o.role.filter(|x| ours(&x.tags));
     o.profile = o.profile.filter(|x| ours(&x.tags));
+    o.bucket = o.bucket.filter(|x| x.in_our_account && ours(&x.tags));
     // The default group belongs to the VPC: only consider it when the VPC is ours.
     if o.vpcs.is_empty() {
         o.default_sg = None;
@@ -1259,6 +1426,15 @@ fn removal_steps(doomed: &Observed, extra_associations: &[String]) -> Vec<Step> 
             Action::DeleteRole {
                 name: r.name.clone(),
                 has_policy: r.policy.is_some(),
+            },
+        );
+    }
+    if let Some(b) = &doomed.bucket {
+        push(
+            format!("bucket {}", b.name),
+            &format!("and its {} object(s)", b.objects.len()),
+            Action::DeleteBucket {
+                name: b.name.clone(),
             },
         );
     }

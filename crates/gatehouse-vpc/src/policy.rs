@@ -50,7 +50,9 @@ pub fn daemon_settings(spec: &Spec) -> Option<AwsConfig> {
 /// - IAM groups: only those named with `aws.iam_group_prefix`.
 /// - SSM: the host key parameter only. A SecureString encrypted with the AWS managed key
 ///   `aws/ssm` needs no extra KMS statement.
-pub fn bastion_policy(spec: &Spec) -> Value {
+/// - With a stored binary (`bucket`): `s3:GetObject` on the bucket's `gatehouse/` objects, for
+///   the boot-time fetch (not the daemon).
+pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
     let part = partition(&spec.region);
     let settings = daemon_settings(spec);
     let mode = match &settings {
@@ -109,9 +111,41 @@ pub fn bastion_policy(spec: &Spec) -> Value {
             }));
         }
     }
+    if let Some(bucket) = bucket {
+        statements.push(json!({
+            "Sid": FETCH_BINARY_SID,
+            "Effect": "Allow",
+            "Action": [FETCH_BINARY_ACTION],
+            "Resource": format!("arn:{part}:s3:::{}", crate::plan::binary_object_arn_path(bucket)),
+        }));
+    }
     json!({
         "Version": "2012-10-17",
         "Statement": statements,
+    })
+}
+
+/// The statement of the bastion role that lets the instance fetch its binary at boot.
+pub const FETCH_BINARY_SID: &str = "FetchGatehouseBinary";
+/// Its one action.
+pub const FETCH_BINARY_ACTION: &str = "s3:GetObject";
+
+/// The binary bucket's policy: any request that is not over TLS is denied, whoever makes it.
+pub fn bucket_policy(region: &str, bucket: &str) -> Value {
+    let part = partition(region);
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "TlsOnly",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [
+                format!("arn:{part}:s3:::{bucket}"),
+                format!("arn:{part}:s3:::{bucket}/*"),
+            ],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }]
     })
 }
 
@@ -145,7 +179,7 @@ mod tests {
     fn the_role_grants_exactly_what_the_written_config_needs() {
         let spec = spec("");
         let settings = daemon_settings(&spec).expect("the written config is valid");
-        let policy = bastion_policy(&spec);
+        let policy = bastion_policy(&spec, None);
         let mut got = granted(&policy);
         got.sort();
         let mut want: Vec<String> = actions::needed(Mode::of(&settings))
@@ -192,7 +226,7 @@ mod tests {
     #[test]
     fn an_iam_group_prefix_in_the_daemon_table_adds_the_group_reads_on_those_groups_only() {
         let spec = spec("\n[bastion.daemon.aws]\niam_group_prefix = \"gatehouse-\"\n");
-        let policy = bastion_policy(&spec);
+        let policy = bastion_policy(&spec, None);
         let groups = policy["Statement"]
             .as_array()
             .and_then(|l| {
@@ -304,6 +338,23 @@ mod tests {
             .replace("<region>", "eu-central-1")
             .replace("<stack>", "lab");
         let doc: Value = serde_json::from_str(&text).expect("json");
-        assert_eq!(doc, bastion_policy(&spec("")));
+        assert_eq!(doc, bastion_policy(&spec(""), None));
+        // The statement a stored binary adds.
+        let part = section(readme, "### The bastion's IAM policy");
+        let second = &part[part.find("```json\n").expect("first block") + 8..];
+        let second = &second[second.find("```").expect("its end") + 3..];
+        let statement = json_block(second)
+            .to_string()
+            .replace("<stack>", "lab")
+            .replace("<account>", "123456789012");
+        let statement: Value = serde_json::from_str(&statement).expect("json");
+        let bucket = crate::plan::binary_bucket("lab", "123456789012");
+        let with_bucket = bastion_policy(&spec(""), Some(&bucket));
+        let statements = with_bucket["Statement"].as_array().expect("statements");
+        assert_eq!(statements.last(), Some(&statement));
+        assert_eq!(
+            statements.len(),
+            doc["Statement"].as_array().map_or(0, Vec::len) + 1
+        );
     }
 }

@@ -134,8 +134,11 @@ pub struct RawBastion {
     pub allowed_cidrs: Spanned<Vec<Spanned<Ipv4Net>>>,
     #[serde(default)]
     pub allow_world: bool,
-    pub gatehouse_download_url: Spanned<String>,
+    /// Where instances download the binary from (the user publishes it) ...
+    pub gatehouse_download_url: Option<Spanned<String>>,
     pub gatehouse_sha256: Option<Spanned<String>>,
+    /// ... or a local file that `apply` stores in the stack's own bucket (one of the two).
+    pub gatehouse_binary: Option<Spanned<String>>,
     /// `[bastion.daemon]`: daemon settings (`[limits]`, `[penalties]`, `[audit]`, `[metrics]`,
     /// `[aws]` refresh and IAM filters ...) merged into the config gatehouse-vpc writes.
     pub daemon: Option<Spanned<toml::Table>>,
@@ -188,10 +191,36 @@ pub struct Bastion {
     pub ami: String,
     pub instance_type: String,
     pub allowed_cidrs: Vec<Ipv4Net>,
-    pub download_url: String,
-    pub sha256: Option<String>,
+    pub binary: Binary,
     /// The spec's `[bastion.daemon]` table (empty if none); see `userdata::daemon_config`.
     pub daemon: toml::Table,
+}
+
+/// Where the bastion gets its gatehouse binary at boot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum Binary {
+    /// `gatehouse_download_url`: an https URL the user publishes, checked against
+    /// `gatehouse_sha256` when given.
+    Url { url: String, sha256: Option<String> },
+    /// `gatehouse_binary`: a local file. `apply` stores it in the stack's bucket as
+    /// `gatehouse/<sha256>`; the bastion fetches it with its role and checks the SHA-256,
+    /// which is read from the file when the spec is loaded (so `plan` knows it).
+    Stored {
+        path: std::path::PathBuf,
+        sha256: String,
+        size: u64,
+    },
+}
+
+impl Binary {
+    /// The SHA-256 the bastion checks the downloaded binary against, when there is one.
+    pub fn sha256(&self) -> Option<&str> {
+        match self {
+            Binary::Url { sha256, .. } => sha256.as_deref(),
+            Binary::Stored { sha256, .. } => Some(sha256),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -222,20 +251,84 @@ impl Spec {
     }
 }
 
+/// SHA-256 (hex) and size of a gatehouse binary, which must be an ELF executable.
+pub fn file_digest(path: &std::path::Path) -> Result<(String, u64), String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    let mut head: Vec<u8> = Vec::with_capacity(4);
+    loop {
+        let n = file.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        if head.len() < 4 {
+            head.extend(buf[..n].iter().take(4 - head.len()));
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    if head != b"\x7fELF" {
+        return Err(
+            "not an ELF executable (build it with `cargo build --release --locked -p gatehouse`)"
+                .into(),
+        );
+    }
+    Ok((
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        size,
+    ))
+}
+
+/// Whether loading a spec reads its `gatehouse_binary` (plan and apply need its digest;
+/// destroy and output must work after the build is gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBinary {
+    Yes,
+    No,
+}
+
+/// The digest a stored binary carries when the spec was loaded with [`ReadBinary::No`]; the
+/// planner refuses it.
+pub const UNREAD_SHA256: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
 /// Read and validate a spec file. `env_region` is used when the spec names no region.
-pub fn load(path: &std::path::Path, env_region: Option<&str>) -> Result<Spec, SpecError> {
+pub fn load(
+    path: &std::path::Path,
+    env_region: Option<&str>,
+    binary: ReadBinary,
+) -> Result<Spec, SpecError> {
     let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&path.display().to_string(), &text, env_region)
+    parse_with(&path.display().to_string(), &text, env_region, binary)
 }
 
-/// Parse and validate spec text. `origin` names it in error messages.
+/// Parse and validate spec text, reading its binary. `origin` names it in error messages and
+/// is the folder a relative `gatehouse_binary` is found in.
 pub fn parse(origin: &str, text: &str, env_region: Option<&str>) -> Result<Spec, SpecError> {
+    parse_with(origin, text, env_region, ReadBinary::Yes)
+}
+
+/// [`parse`], reading the binary or not.
+pub fn parse_with(
+    origin: &str,
+    text: &str,
+    env_region: Option<&str>,
+    binary: ReadBinary,
+) -> Result<Spec, SpecError> {
     let mut v = Validator {
         text,
         issues: Vec::new(),
+        binary,
     };
     let raw: RawSpec = match toml::from_str(text) {
         Ok(raw) => raw,
@@ -245,7 +338,7 @@ pub fn parse(origin: &str, text: &str, env_region: Option<&str>) -> Result<Spec,
             return Err(v.into_error(origin));
         }
     };
-    let spec = v.validate(raw, env_region);
+    let spec = v.validate(raw, env_region, origin);
     match spec {
         Some(spec) if v.issues.is_empty() => Ok(spec),
         _ => Err(v.into_error(origin)),
@@ -255,6 +348,7 @@ pub fn parse(origin: &str, text: &str, env_region: Option<&str>) -> Result<Spec,
 struct Validator<'a> {
     text: &'a str,
     issues: Vec<SpecIssue>,
+    binary: ReadBinary,
 }
 
 impl Validator<'_> {
@@ -278,7 +372,7 @@ impl Validator<'_> {
         }
     }
 
-    fn validate(&mut self, raw: RawSpec, env_region: Option<&str>) -> Option<Spec> {
+    fn validate(&mut self, raw: RawSpec, env_region: Option<&str>, origin: &str) -> Option<Spec> {
         let stack = raw.stack.name.get_ref().clone();
         if !is_name(&stack, 28) {
             self.at(
@@ -486,24 +580,7 @@ impl Validator<'_> {
             }
             allowed.push(cidr);
         }
-        let url = b.gatehouse_download_url.get_ref();
-        if !url.starts_with("https://")
-            || url.len() > 1024
-            || url
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || "'\"`$\\<>{}|^".contains(c))
-        {
-            self.at(
-                &b.gatehouse_download_url,
-                "gatehouse_download_url must be an https:// URL without spaces, quotes, $ or backslashes",
-            );
-        }
-        if let Some(sha) = &b.gatehouse_sha256 {
-            let s = sha.get_ref();
-            if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
-                self.at(sha, "gatehouse_sha256 must be 64 hexadecimal characters");
-            }
-        }
+        let binary = self.check_binary(b, origin);
 
         // Private ports
         let private_ports = match &raw.private {
@@ -641,11 +718,7 @@ impl Validator<'_> {
                 ami: b.ami.get_ref().clone(),
                 instance_type,
                 allowed_cidrs: allowed,
-                download_url: url.clone(),
-                sha256: b
-                    .gatehouse_sha256
-                    .as_ref()
-                    .map(|s| s.get_ref().to_ascii_lowercase()),
+                binary: binary?,
                 daemon: b
                     .daemon
                     .as_ref()
@@ -664,7 +737,9 @@ impl Validator<'_> {
                     self.push(at.start, problem);
                 }
             }
-            let size = crate::userdata::render(&spec, vpc).len();
+            // The longest bucket name: a 28-character stack and a 12-digit account.
+            let bucket = crate::plan::binary_bucket(&"s".repeat(28), "123456789012");
+            let size = crate::userdata::render(&spec, vpc, Some(&bucket)).len();
             if size >= MAX_USER_DATA_BYTES {
                 self.push(
                     at.start,
@@ -676,6 +751,83 @@ impl Validator<'_> {
             }
         }
         Some(spec)
+    }
+
+    /// `gatehouse_download_url` (+ optional `gatehouse_sha256`) or `gatehouse_binary`, exactly
+    /// one. A stored binary is read here (relative paths from the spec's folder) for its
+    /// SHA-256, and must be an ELF executable.
+    fn check_binary(&mut self, b: &RawBastion, origin: &str) -> Option<Binary> {
+        let sha256 = b.gatehouse_sha256.as_ref().and_then(|sha| {
+            let s = sha.get_ref();
+            if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+                self.at(sha, "gatehouse_sha256 must be 64 hexadecimal characters");
+                return None;
+            }
+            Some(s.to_ascii_lowercase())
+        });
+        match (&b.gatehouse_download_url, &b.gatehouse_binary) {
+            (Some(url), None) => {
+                let u = url.get_ref();
+                if !u.starts_with("https://")
+                    || u.len() > 1024
+                    || u.chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || "'\"`$\\<>{}|^".contains(c))
+                {
+                    self.at(
+                        url,
+                        "gatehouse_download_url must be an https:// URL without spaces, quotes, $ or backslashes",
+                    );
+                }
+                Some(Binary::Url {
+                    url: u.clone(),
+                    sha256,
+                })
+            }
+            (None, Some(path)) => {
+                if let Some(sha) = &b.gatehouse_sha256 {
+                    self.at(
+                        sha,
+                        "gatehouse_sha256 goes with gatehouse_download_url; for gatehouse_binary it is computed from the file",
+                    );
+                }
+                let base = std::path::Path::new(origin)
+                    .parent()
+                    .unwrap_or(std::path::Path::new(""));
+                let full = base.join(path.get_ref());
+                if self.binary == ReadBinary::No {
+                    return Some(Binary::Stored {
+                        path: full,
+                        sha256: UNREAD_SHA256.into(),
+                        size: 0,
+                    });
+                }
+                match file_digest(&full) {
+                    Ok((sha256, size)) => Some(Binary::Stored {
+                        path: full,
+                        sha256,
+                        size,
+                    }),
+                    Err(e) => {
+                        self.at(path, format!("gatehouse_binary {}: {e}", full.display()));
+                        None
+                    }
+                }
+            }
+            (Some(url), Some(_)) => {
+                self.at(
+                    url,
+                    "set gatehouse_download_url or gatehouse_binary, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.at(
+                    &b.subnet,
+                    "[bastion] needs gatehouse_binary (a local file apply stores in the stack's bucket) or gatehouse_download_url",
+                );
+                None
+            }
+        }
     }
 
     fn check_cidr(&mut self, c: &Spanned<Ipv4Net>, what: &str) {

@@ -1,10 +1,10 @@
 //! The bastion's user data: a `#cloud-config` document that writes the gatehouse config and
-//! the hardened systemd unit, downloads the gatehouse binary (checking its SHA-256 when the spec
-//! gives one), hands port 22 from the image's sshd to gatehouse and starts it.
+//! the hardened systemd unit, downloads the gatehouse binary (from the stack's bucket with the
+//! instance role, or from the spec's URL; checking its SHA-256 when known), hands port 22 from the image's sshd to gatehouse and starts it.
 
 use crate::model::TAG_STACK;
 use crate::plan::host_key_parameter;
-use crate::spec::Spec;
+use crate::spec::{Binary, Spec};
 use gatehouse_config::Config;
 
 /// The hardened unit shipped in the repository's `systemd/` folder.
@@ -100,20 +100,49 @@ pub fn check_daemon_config(spec: &Spec, vpc_id: &str) -> Result<Config, Vec<Stri
     Err(problems)
 }
 
-/// The install script run once by cloud-init.
-fn install_script(spec: &Spec) -> String {
-    // The URL is validated: https, no quotes, spaces, `$` or backslashes, so single quotes hold.
-    let check = match &spec.bastion.sha256 {
-        Some(sha) => format!("echo '{sha}  '\"$tmp\" | sha256sum -c -\n"),
-        None => String::new(),
+/// The fetcher the install script runs for a stored binary (`gatehouse_binary`).
+pub const FETCH_SCRIPT: &str = include_str!("gatehouse-fetch.py");
+/// Where the user data writes [`FETCH_SCRIPT`].
+pub const FETCH_PATH: &str = "/usr/local/sbin/gatehouse-fetch";
+
+/// The https URL of a stored binary: `gatehouse/<sha256>` in the stack's bucket, virtual-hosted
+/// style on the region's S3 endpoint.
+pub fn binary_url(region: &str, bucket: &str, sha256: &str) -> String {
+    format!(
+        "https://{bucket}.s3.{region}.amazonaws.com/{}",
+        crate::plan::binary_object(sha256)
+    )
+}
+
+/// The install script run once by cloud-init. `bucket`: the stack's bucket, for a stored
+/// binary.
+fn install_script(spec: &Spec, bucket: Option<&str>) -> String {
+    // Every interpolated value is validated (https URL without quotes, spaces, `$` or
+    // backslashes; hex digests; bucket and region names), so single quotes hold.
+    let fetch = match (&spec.bastion.binary, bucket) {
+        (Binary::Url { url, sha256 }, _) => {
+            let check = match sha256 {
+                Some(sha) => format!("echo '{sha}  '\"$tmp\" | sha256sum -c -\n"),
+                None => String::new(),
+            };
+            format!(
+                "curl -fsSL --proto '=https' --tlsv1.2 --retry 5 --retry-all-errors -o \"$tmp\" '{url}'\n{check}"
+            )
+        }
+        (Binary::Stored { sha256, .. }, Some(bucket)) => format!(
+            "{FETCH_PATH} '{url}' '{region}' '{sha256}' \"$tmp\"\n",
+            url = binary_url(&spec.region, bucket, sha256),
+            region = spec.region,
+        ),
+        (Binary::Stored { .. }, None) => {
+            "echo 'gatehouse-install: no bucket for the binary' >&2\nexit 1\n".to_string()
+        }
     };
     format!(
         "#!/bin/sh\n\
          set -eu\n\
-         url='{url}'\n\
          tmp=$(mktemp)\n\
-         curl -fsSL --proto '=https' --tlsv1.2 --retry 5 --retry-all-errors -o \"$tmp\" \"$url\"\n\
-         {check}\
+         {fetch}\
          install -m 0755 \"$tmp\" /usr/local/bin/gatehouse\n\
          rm -f \"$tmp\"\n\
          # gatehouse serves port 22; the image's sshd must not hold it. Administer the bastion\n\
@@ -123,7 +152,6 @@ fn install_script(spec: &Spec) -> String {
          done\n\
          systemctl daemon-reload\n\
          systemctl enable --now gatehouse.socket gatehouse.service\n",
-        url = spec.bastion.download_url,
     )
 }
 
@@ -143,7 +171,18 @@ fn indent(text: &str, n: usize) -> String {
 }
 
 /// The complete user data (plain text; the executor base64-encodes it for EC2).
-pub fn render(spec: &Spec, vpc_id: &str) -> String {
+pub fn render(spec: &Spec, vpc_id: &str, bucket: Option<&str>) -> String {
+    let fetcher = match spec.bastion.binary {
+        Binary::Stored { .. } => format!(
+            "\x20 - path: {FETCH_PATH}\n\
+             \x20   owner: root:root\n\
+             \x20   permissions: '0755'\n\
+             \x20   content: |\n\
+             {}\n",
+            indent(FETCH_SCRIPT, 6)
+        ),
+        Binary::Url { .. } => String::new(),
+    };
     format!(
         "#cloud-config\n\
          # gatehouse bastion of stack {stack}, written by gatehouse-vpc\n\
@@ -173,6 +212,7 @@ pub fn render(spec: &Spec, vpc_id: &str) -> String {
          \x20   permissions: '0755'\n\
          \x20   content: |\n\
          {script}\n\
+         {fetcher}\
          runcmd:\n\
          \x20 - [/usr/local/sbin/gatehouse-install]\n",
         stack = spec.stack,
@@ -180,6 +220,6 @@ pub fn render(spec: &Spec, vpc_id: &str) -> String {
         unit = indent(SYSTEMD_UNIT, 6),
         socket = indent(SYSTEMD_SOCKET, 6),
         drop_in = indent(SYSTEMD_AWS_DROP_IN, 6),
-        script = indent(&install_script(spec), 6),
+        script = indent(&install_script(spec, bucket), 6),
     )
 }

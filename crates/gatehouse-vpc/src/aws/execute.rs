@@ -269,6 +269,58 @@ impl<'a> Executor<'a> {
             }
 
             // ---------------- creation and repair ----------------
+            Action::DeleteBucket { name } => self.delete_bucket(&what, name).await?,
+            Action::DeleteObject { bucket, object } => {
+                let bucket = self.id(bucket)?;
+                deleted(
+                    &what,
+                    "DeleteObject",
+                    self.clients
+                        .s3
+                        .delete_object()
+                        .bucket(&bucket)
+                        .key(object)
+                        .send()
+                        .await,
+                )?;
+            }
+            Action::CreateBucket { key, name, tags } => {
+                let s3 = &self.clients.s3;
+                let mut req = s3.create_bucket().bucket(name);
+                // us-east-1 is the one region that takes no location constraint.
+                if self.clients.region != "us-east-1" {
+                    req = req.create_bucket_configuration(
+                        aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                            .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                                self.clients.region.as_str(),
+                            ))
+                            .build(),
+                    );
+                }
+                req.send()
+                    .await
+                    .map_err(|e| fail(&what, "CreateBucket", e))?;
+                self.ids.insert(key.clone(), name.clone());
+                self.tag_bucket(&what, name, tags).await?;
+            }
+            Action::TagBucket { bucket, tags } => {
+                let bucket = self.id(bucket)?;
+                self.tag_bucket(&what, &bucket, tags).await?;
+            }
+            Action::SecureBucket { bucket, policy } => {
+                let bucket = self.id(bucket)?;
+                self.secure_bucket(&what, &bucket, policy).await?;
+            }
+            Action::PutBinary {
+                bucket,
+                object,
+                path,
+                sha256,
+            } => {
+                let bucket = self.id(bucket)?;
+                self.put_binary(&what, &bucket, object, path, sha256)
+                    .await?;
+            }
             Action::CreateVpc { key, cidr, tags } => {
                 let out = ec2
                     .create_vpc()
@@ -648,6 +700,166 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
+    async fn tag_bucket(&self, what: &str, bucket: &str, tags: &Tags) -> Result<(), Error> {
+        let set: Vec<aws_sdk_s3::types::Tag> = tags
+            .iter()
+            .filter_map(|(k, v)| {
+                aws_sdk_s3::types::Tag::builder()
+                    .key(k)
+                    .value(v)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        let tagging = aws_sdk_s3::types::Tagging::builder()
+            .set_tag_set(Some(set))
+            .build()
+            .map_err(|_| missing(what, "PutBucketTagging", "tag set"))?;
+        self.clients
+            .s3
+            .put_bucket_tagging()
+            .bucket(bucket)
+            .tagging(tagging)
+            .send()
+            .await
+            .map_err(|e| fail(what, "PutBucketTagging", e))?;
+        Ok(())
+    }
+
+    /// Public access blocked (all four switches), default encryption SSE-S3, and `policy`.
+    async fn secure_bucket(
+        &self,
+        what: &str,
+        bucket: &str,
+        policy: &serde_json::Value,
+    ) -> Result<(), Error> {
+        use aws_sdk_s3::types::{
+            PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
+            ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
+        };
+        let s3 = &self.clients.s3;
+        s3.put_public_access_block()
+            .bucket(bucket)
+            .public_access_block_configuration(
+                PublicAccessBlockConfiguration::builder()
+                    .block_public_acls(true)
+                    .ignore_public_acls(true)
+                    .block_public_policy(true)
+                    .restrict_public_buckets(true)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| fail(what, "PutPublicAccessBlock", e))?;
+        let by_default = ServerSideEncryptionByDefault::builder()
+            .sse_algorithm(ServerSideEncryption::Aes256)
+            .build()
+            .map_err(|_| missing(what, "PutBucketEncryption", "algorithm"))?;
+        let config = ServerSideEncryptionConfiguration::builder()
+            .rules(
+                ServerSideEncryptionRule::builder()
+                    .apply_server_side_encryption_by_default(by_default)
+                    .build(),
+            )
+            .build()
+            .map_err(|_| missing(what, "PutBucketEncryption", "rules"))?;
+        s3.put_bucket_encryption()
+            .bucket(bucket)
+            .server_side_encryption_configuration(config)
+            .send()
+            .await
+            .map_err(|e| fail(what, "PutBucketEncryption", e))?;
+        s3.put_bucket_policy()
+            .bucket(bucket)
+            .policy(policy.to_string())
+            .send()
+            .await
+            .map_err(|e| fail(what, "PutBucketPolicy", e))?;
+        Ok(())
+    }
+
+    /// Upload the binary with its SHA-256, which S3 checks against the bytes it receives; the
+    /// file is read again here, so a binary changed since `plan` is refused, not uploaded.
+    async fn put_binary(
+        &self,
+        what: &str,
+        bucket: &str,
+        object: &str,
+        path: &std::path::Path,
+        sha256: &str,
+    ) -> Result<(), Error> {
+        let (now, _) = crate::spec::file_digest(path).map_err(|e| Error::Binary {
+            resource: what.to_owned(),
+            problem: format!("{}: {e}", path.display()),
+        })?;
+        if now != sha256 {
+            return Err(Error::Binary {
+                resource: what.to_owned(),
+                problem: format!(
+                    "{} changed since the plan (sha256 {now}, planned {sha256}); run apply again",
+                    path.display()
+                ),
+            });
+        }
+        let body = aws_sdk_s3::primitives::ByteStream::from_path(path)
+            .await
+            .map_err(|e| Error::Binary {
+                resource: what.to_owned(),
+                problem: format!("{}: {e}", path.display()),
+            })?;
+        let raw: Vec<u8> = (0..sha256.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&sha256[2 * i..2 * i + 2], 16).ok())
+            .collect();
+        self.clients
+            .s3
+            .put_object()
+            .bucket(bucket)
+            .key(object)
+            .body(body)
+            .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(raw))
+            .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+            .send()
+            .await
+            .map_err(|e| fail(what, "PutObject", e))?;
+        Ok(())
+    }
+
+    /// Delete every object of the bucket, then the bucket (S3 refuses to delete a bucket that
+    /// holds objects).
+    async fn delete_bucket(&self, what: &str, bucket: &str) -> Result<(), Error> {
+        let s3 = &self.clients.s3;
+        let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(page) => keys.extend(
+                    page.contents()
+                        .iter()
+                        .filter_map(|o| o.key().map(str::to_string)),
+                ),
+                Err(e) => {
+                    let err = fail(what, "ListObjectsV2", e);
+                    if err.is_not_found() {
+                        return Ok(());
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        for key in keys {
+            deleted(
+                what,
+                "DeleteObject",
+                s3.delete_object().bucket(bucket).key(&key).send().await,
+            )?;
+        }
+        deleted(
+            what,
+            "DeleteBucket",
+            s3.delete_bucket().bucket(bucket).send().await,
+        )
+    }
+
     async fn run_instance(
         &self,
         what: &str,
@@ -669,7 +881,11 @@ impl<'a> Executor<'a> {
                     problems: problems.join("; "),
                 }
             })?;
-            let text = crate::userdata::render(spec, &vpc);
+            let bucket = match spec.bastion.binary {
+                crate::spec::Binary::Stored { .. } => Some(self.id("bucket")?),
+                crate::spec::Binary::Url { .. } => None,
+            };
+            let text = crate::userdata::render(spec, &vpc, bucket.as_deref());
             tags.insert(TAG_USER_DATA.into(), sha256_hex(&text));
             user_data = Some(base64::engine::general_purpose::STANDARD.encode(text));
         }

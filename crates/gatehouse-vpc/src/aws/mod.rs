@@ -21,6 +21,9 @@ pub enum Error {
     /// The daemon would refuse the config written for the bastion (checked before launch).
     #[error("{resource}: not launched: {problems}")]
     DaemonConfig { resource: String, problems: String },
+    /// The local gatehouse binary could not be read, or changed since the plan.
+    #[error("{resource}: {problem}")]
+    Binary { resource: String, problem: String },
     /// A NAT gateway AWS could not create.
     #[error("{resource}: the NAT gateway went to state failed (its FailureMessage in `aws ec2 describe-nat-gateways` says why); run apply again to replace it")]
     NatFailed { resource: String },
@@ -71,6 +74,8 @@ impl Error {
                 || c == "NoSuchEntity"
                 || c == "ParameterNotFound"
                 || c == "InvalidAllocationID.NotFound"
+                || c == "NoSuchBucket"
+                || c == "NoSuchKey"
         })
     }
 }
@@ -94,18 +99,21 @@ where
 /// The IAM action prefix of an SDK operation error type (`aws_sdk_iam::...` is `iam`).
 fn service_of<E>() -> &'static str {
     let name = std::any::type_name::<E>();
-    ["ec2", "iam", "ssm"]
+    ["ec2", "iam", "ssm", "s3", "sts"]
         .into_iter()
         .find(|s| name.starts_with(&format!("aws_sdk_{s}::")))
         .unwrap_or("aws")
 }
 
-/// The three SDK clients, built from one shared config.
+/// The SDK clients, built from one shared config.
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub ec2: aws_sdk_ec2::Client,
     pub iam: aws_sdk_iam::Client,
     pub ssm: aws_sdk_ssm::Client,
+    pub s3: aws_sdk_s3::Client,
+    pub sts: aws_sdk_sts::Client,
+    pub region: String,
 }
 
 impl Clients {
@@ -118,10 +126,17 @@ impl Clients {
             loader = loader.endpoint_url(url);
         }
         let config = loader.load().await;
+        // An endpoint override (moto, a local S3) serves buckets by path, not by host name.
+        let s3 = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(endpoint_url.is_some())
+            .build();
         Clients {
             ec2: aws_sdk_ec2::Client::new(&config),
             iam: aws_sdk_iam::Client::new(&config),
             ssm: aws_sdk_ssm::Client::new(&config),
+            s3: aws_sdk_s3::Client::from_conf(s3),
+            sts: aws_sdk_sts::Client::new(&config),
+            region: region.to_string(),
         }
     }
 }

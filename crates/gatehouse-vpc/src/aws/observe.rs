@@ -5,7 +5,7 @@ use aws_sdk_ec2::types::{Filter, IpPermission, VpcAttributeName};
 
 use super::{fail, Clients, Error};
 use crate::model::*;
-use crate::plan::{host_key_parameter, role_name, POLICY_NAME};
+use crate::plan::{binary_bucket, host_key_parameter, role_name, POLICY_NAME};
 
 fn tag_filter(stack: &str) -> Filter {
     Filter::builder()
@@ -388,6 +388,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
 
     observe_iam(c, stack, &mut obs).await?;
     observe_ssm(c, stack, &mut obs).await?;
+    observe_s3(c, stack, &mut obs).await?;
     Ok(obs)
 }
 
@@ -507,6 +508,152 @@ async fn observe_ssm(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(),
             }
         }
     }
+    Ok(())
+}
+
+/// The account of the credentials, and the binary bucket if its name exists: found by name
+/// (S3 has no tag filter), owned by this account (HeadBucket's expected owner), then read.
+async fn observe_s3(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
+    let who = c
+        .sts
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| fail("the AWS account", "GetCallerIdentity", e))?;
+    let account = who
+        .account()
+        .ok_or_else(|| Error::Missing {
+            resource: "the AWS account".into(),
+            op: "GetCallerIdentity",
+            field: "Account",
+        })?
+        .to_string();
+    obs.account = account.clone();
+    let name = binary_bucket(stack, &account);
+    let what = format!("bucket {name}");
+    let s3 = &c.s3;
+    if let Err(e) = s3
+        .head_bucket()
+        .bucket(&name)
+        .expected_bucket_owner(&account)
+        .send()
+        .await
+    {
+        match e.raw_response().map(|r| r.status().as_u16()) {
+            Some(404) => return Ok(()),
+            // Another account's bucket (or no s3:ListBucket here): never ours to touch.
+            Some(403) => {
+                obs.bucket = Some(ObsBucket {
+                    name,
+                    in_our_account: false,
+                    ..ObsBucket::default()
+                });
+                return Ok(());
+            }
+            _ => return Err(fail(&what, "HeadBucket", e)),
+        }
+    }
+    // Each "not configured" answer has its own error code.
+    let absent = |err: &Error, code: &str| err.code() == Some(code);
+    let tags = match s3
+        .get_bucket_tagging()
+        .bucket(&name)
+        .expected_bucket_owner(&account)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect(),
+        Err(e) => {
+            let err = fail(&what, "GetBucketTagging", e);
+            if !absent(&err, "NoSuchTagSet") {
+                return Err(err);
+            }
+            Tags::new()
+        }
+    };
+    let public_access_blocked = match s3
+        .get_public_access_block()
+        .bucket(&name)
+        .expected_bucket_owner(&account)
+        .send()
+        .await
+    {
+        Ok(out) => out.public_access_block_configuration().is_some_and(|b| {
+            b.block_public_acls() == Some(true)
+                && b.ignore_public_acls() == Some(true)
+                && b.block_public_policy() == Some(true)
+                && b.restrict_public_buckets() == Some(true)
+        }),
+        Err(e) => {
+            let err = fail(&what, "GetPublicAccessBlock", e);
+            if !absent(&err, "NoSuchPublicAccessBlockConfiguration") {
+                return Err(err);
+            }
+            false
+        }
+    };
+    let encrypted = match s3
+        .get_bucket_encryption()
+        .bucket(&name)
+        .expected_bucket_owner(&account)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .server_side_encryption_configuration()
+            .is_some_and(|c| !c.rules().is_empty()),
+        Err(e) => {
+            let err = fail(&what, "GetBucketEncryption", e);
+            if !absent(&err, "ServerSideEncryptionConfigurationNotFoundError") {
+                return Err(err);
+            }
+            false
+        }
+    };
+    let policy = match s3
+        .get_bucket_policy()
+        .bucket(&name)
+        .expected_bucket_owner(&account)
+        .send()
+        .await
+    {
+        Ok(out) => out.policy().map(parse_policy),
+        Err(e) => {
+            let err = fail(&what, "GetBucketPolicy", e);
+            if !absent(&err, "NoSuchBucketPolicy") {
+                return Err(err);
+            }
+            None
+        }
+    };
+    let mut objects = Vec::new();
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(&name)
+        .expected_bucket_owner(&account)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| fail(&what, "ListObjectsV2", e))?;
+        objects.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+    }
+    obs.bucket = Some(ObsBucket {
+        name,
+        in_our_account: true,
+        tags,
+        public_access_blocked,
+        encrypted,
+        policy,
+        objects,
+    });
     Ok(())
 }
 

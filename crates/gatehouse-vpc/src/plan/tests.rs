@@ -99,6 +99,10 @@ impl Fake {
         panic!("did not converge:\n{}", plan.render());
     }
 
+    fn bucket(&mut self) -> &mut ObsBucket {
+        self.obs.bucket.as_mut().expect("the bucket exists")
+    }
+
     fn all_tags_mut(&mut self, id: &str) -> Option<&mut Tags> {
         let o = &mut self.obs;
         o.vpcs
@@ -496,7 +500,8 @@ impl Fake {
                 let id = self.id("i");
                 let mut tags = tags.clone();
                 if launch.bastion {
-                    let text = crate::userdata::render(spec, &get(ids, "vpc"));
+                    let bucket = ids.get("bucket").cloned();
+                    let text = crate::userdata::render(spec, &get(ids, "vpc"), bucket.as_deref());
                     tags.insert(TAG_USER_DATA.into(), sha256_hex(&text));
                 }
                 self.obs.instances.push(ObsInstance {
@@ -530,6 +535,35 @@ impl Fake {
                     .expect("eip");
                 a.instance_id = Some(i);
                 a.association_id = Some(assoc);
+            }
+            Action::DeleteBucket { name } => {
+                assert_eq!(self.obs.bucket.as_ref().map(|b| &b.name), Some(name));
+                self.obs.bucket = None;
+            }
+            Action::DeleteObject { bucket, object } => {
+                assert_eq!(ids.get(bucket.as_str()), Some(&self.bucket().name));
+                self.bucket().objects.retain(|o| o != object);
+            }
+            Action::CreateBucket { key, name, tags } => {
+                assert!(self.obs.bucket.is_none(), "bucket created twice");
+                self.obs.bucket = Some(ObsBucket {
+                    name: name.clone(),
+                    in_our_account: true,
+                    tags: tags.clone(),
+                    ..ObsBucket::default()
+                });
+                ids.insert(key.clone(), name.clone());
+            }
+            Action::TagBucket { tags, .. } => self.bucket().tags = tags.clone(),
+            Action::SecureBucket { policy, .. } => {
+                let b = self.bucket();
+                b.public_access_blocked = true;
+                b.encrypted = true;
+                b.policy = Some(policy.clone());
+            }
+            Action::PutBinary { bucket, object, .. } => {
+                assert_eq!(ids.get(bucket.as_str()), Some(&self.bucket().name));
+                self.bucket().objects.push(object.clone());
             }
             Action::SetTags { resource, tags } => {
                 let id = get(ids, resource);
@@ -908,7 +942,7 @@ fn the_vpc_cidr_cannot_change_in_place() {
 #[test]
 fn the_policy_is_least_privilege() {
     let spec = spec("single");
-    let policy = crate::policy::bastion_policy(&spec);
+    let policy = crate::policy::bastion_policy(&spec, None);
     let actions: Vec<String> = policy["Statement"]
         .as_array()
         .expect("statements")
@@ -1003,5 +1037,153 @@ fn a_host_removed_from_the_spec_is_terminated() {
         ),
         "{}",
         plan.render()
+    );
+}
+
+/// The spec with `gatehouse_binary` (a stand-in ELF file of `fill` bytes in `dir`) and the
+/// fake AWS's account.
+fn stored_spec(dir: &std::path::Path, fill: u8) -> Spec {
+    let path = dir.join("gatehouse");
+    let mut bytes = b"\x7fELF".to_vec();
+    bytes.resize(4096, fill);
+    std::fs::write(&path, bytes).expect("write binary");
+    let text = SPEC.replace("NAT", "single").replace(
+        "gatehouse_download_url = \"https://example.org/gatehouse\"",
+        &format!("gatehouse_binary = {:?}", path.display().to_string()),
+    );
+    parse("t.toml", &text, None).expect("spec")
+}
+
+fn fake_in_account() -> Fake {
+    let mut fake = Fake::new();
+    fake.obs.account = "123456789012".into();
+    fake
+}
+
+#[test]
+fn a_stored_binary_gets_a_secured_bucket_before_the_bastion_and_the_role_may_read_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url_spec = spec("single");
+    let spec = stored_spec(dir.path(), 1);
+    let crate::spec::Binary::Stored { sha256, .. } = &spec.bastion.binary else {
+        panic!("a stored binary: {:?}", spec.bastion.binary);
+    };
+    let mut fake = fake_in_account();
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    let create = position(
+        &plan,
+        |a| matches!(a, Action::CreateBucket { name, .. } if name == "gatehouse-lab-123456789012"),
+    );
+    let secure = position(&plan, |a| matches!(a, Action::SecureBucket { .. }));
+    let upload = position(
+        &plan,
+        |a| matches!(a, Action::PutBinary { object, .. } if *object == format!("gatehouse/{sha256}")),
+    );
+    let bastion = position(
+        &plan,
+        |a| matches!(a, Action::RunInstance { launch, .. } if launch.bastion),
+    );
+    assert!(
+        create < secure && secure < upload && upload < bastion,
+        "{}",
+        plan.render()
+    );
+    assert_eq!(fake.converge(&spec), 1);
+    let bucket = fake.obs.bucket.clone().expect("bucket");
+    assert_eq!(bucket.objects, vec![format!("gatehouse/{sha256}")]);
+    assert!(bucket.public_access_blocked && bucket.encrypted);
+    assert_eq!(bucket.tags.get(TAG_STACK).map(String::as_str), Some("lab"));
+    let statement = fake
+        .obs
+        .role
+        .as_ref()
+        .and_then(|r| r.policy.clone())
+        .expect("policy")["Statement"]
+        .as_array()
+        .and_then(|s| {
+            s.iter()
+                .find(|s| s["Sid"] == "FetchGatehouseBinary")
+                .cloned()
+        })
+        .expect("the fetch statement");
+    assert_eq!(statement["Action"], serde_json::json!(["s3:GetObject"]));
+    assert_eq!(
+        statement["Resource"],
+        "arn:aws:s3:::gatehouse-lab-123456789012/gatehouse/*"
+    );
+
+    // A new build: uploaded, the bastion replaced, then the old object deleted.
+    let next = stored_spec(dir.path(), 2);
+    let plan = plan_apply(&next, &fake.obs).expect("plan");
+    let upload = position(&plan, |a| matches!(a, Action::PutBinary { .. }));
+    let bastion = position(
+        &plan,
+        |a| matches!(a, Action::RunInstance { launch, .. } if launch.bastion),
+    );
+    let delete = position(
+        &plan,
+        |a| matches!(a, Action::DeleteObject { object, .. } if *object == format!("gatehouse/{sha256}")),
+    );
+    assert!(upload < bastion && bastion < delete, "{}", plan.render());
+    assert!(
+        !plan.render().contains("instance/jupyter"),
+        "{}",
+        plan.render()
+    );
+    assert_eq!(fake.converge(&next), 1);
+
+    // Back to a download URL: the bucket goes; destroy removes it too.
+    let plan = plan_apply(&url_spec, &fake.obs).expect("plan");
+    position(&plan, |a| matches!(a, Action::DeleteBucket { .. }));
+    fake.converge(&next);
+    let plan = plan_destroy("lab", &fake.obs);
+    position(
+        &plan,
+        |a| matches!(a, Action::DeleteBucket { name } if name == "gatehouse-lab-123456789012"),
+    );
+}
+
+#[test]
+fn a_bucket_of_the_stacks_name_not_ours_is_refused_and_never_destroyed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url_spec = spec("single");
+    let spec = stored_spec(dir.path(), 1);
+    for (in_our_account, what) in [(true, "S3 bucket"), (false, "another AWS account")] {
+        let mut obs = fake_in_account().obs;
+        obs.bucket = Some(ObsBucket {
+            name: "gatehouse-lab-123456789012".into(),
+            in_our_account,
+            tags: Tags::from([(TAG_STACK.to_string(), "lab".to_string())]),
+            ..ObsBucket::default()
+        });
+        if in_our_account {
+            obs.bucket.as_mut().expect("bucket").tags.clear();
+        }
+        let err = plan_apply(&spec, &obs).expect_err("not ours");
+        assert!(err.to_string().contains(what), "{err}");
+        assert!(plan_destroy("lab", &obs).is_empty());
+        // A spec with a download URL leaves it alone as well.
+        let plan = plan_apply(&url_spec, &obs).expect("plan");
+        assert!(!plan.render().contains("bucket"), "{}", plan.render());
+    }
+}
+
+#[test]
+fn a_spec_loaded_without_its_binary_cannot_be_planned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = SPEC.replace("NAT", "single").replace(
+        "gatehouse_download_url = \"https://example.org/gatehouse\"",
+        "gatehouse_binary = \"gone\"",
+    );
+    let origin = dir.path().join("t.toml");
+    let origin = origin.to_str().expect("utf-8 path");
+    let err = parse(origin, &text, None).expect_err("the binary is missing");
+    assert!(err.to_string().contains("gatehouse_binary"), "{err}");
+    let spec = crate::spec::parse_with(origin, &text, None, crate::spec::ReadBinary::No)
+        .expect("destroy and output load it");
+    let err = plan_apply(&spec, &fake_in_account().obs).expect_err("no digest");
+    assert!(
+        err.to_string().contains("without reading gatehouse_binary"),
+        "{err}"
     );
 }
