@@ -26,6 +26,8 @@ Prints one JSON list with a result per operation. Operations:
                                                         (an IAM user whose only permission is DOC)
     {"op": "set_user_policy", "name": N, "policy": DOC} -> {} (replaces its inline policy)
     {"op": "delete_parameter", "name": P}            -> {"deleted": bool}
+    {"op": "call", "service": "ec2" | "ssm" | ..., "method": M, "args": {...}}
+                                                     -> the answer (boto3's, as JSON)
     {"op": "stack_leftovers", "stack": S, "role": R, "parameter": P}
                                                      -> {"leftovers": ["kind id", ...]}
                                                         (buckets: any named gatehouse-S-*)
@@ -224,6 +226,11 @@ def main():
                 out.append({"deleted": True})
             except ssm.exceptions.ParameterNotFound:
                 out.append({"deleted": False})
+        elif kind == "call":
+            client = {"ec2": ec2, "iam": iam, "ssm": ssm, "s3": s3}[op["service"]]
+            answer = getattr(client, op["method"])(**op.get("args", {}))
+            answer.pop("ResponseMetadata", None)
+            out.append(json.loads(json.dumps(answer, default=str)))
         elif kind == "stack_leftovers":
             out.append({"leftovers": stack_leftovers(ec2, iam, ssm, s3, op)})
         else:

@@ -8,10 +8,19 @@ moto evaluates a bucket policy on every object request, but:
 - a statement whose condition does not hold counts as a Deny, even an Allow; in AWS such a
   statement does not apply.
 
+- its ARN matcher turns a policy's `*` into a regex and leaves `?` (IAM: any one character) to
+  the regex engine, so `gatehouse-lab-????????????` is a broken pattern to it.
+
+- it checks some S3 calls against the wrong IAM action: HeadBucket as s3:HeadBucket (AWS:
+  s3:ListBucket); its map looks for `public_access_block` where the request says
+  `publicAccessBlock`, and has no `encryption`, so Get/PutPublicAccessBlock and
+  Get/PutBucketEncryption were checked as s3:ListBucket / s3:CreateBucket.
+
 moto serves plain http where AWS serves https, so a request counts as arriving over TLS unless
 it says otherwise with `X-Forwarded-Proto: http` (what a test sends to show the Deny).
 """
 
+import re
 import threading
 
 from moto.iam import policy_conditions
@@ -46,7 +55,25 @@ def _permitted(self, action, resource="*", principal=None, incoming_condition_va
     return _moto_permitted(self, action, resource, principal, values)
 
 
+def _match(pattern, string):
+    """IAM's wildcard match: `*` any run of characters, `?` any one, the rest literal."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.match(f"^{regex}$", string, re.DOTALL)
+
+
+def _s3_actions():
+    """The IAM actions AWS checks for these S3 calls (the S3 API reference's permissions)."""
+    from moto.s3 import responses
+    bucket = responses.ACTION_MAP["BUCKET"]
+    bucket["HEAD"]["DEFAULT"] = "ListBucket"
+    for method, get_or_put in [("GET", "Get"), ("PUT", "Put"), ("DELETE", "Put")]:
+        bucket[method]["publicAccessBlock"] = f"{get_or_put}BucketPublicAccessBlock"
+        bucket[method]["encryption"] = f"{get_or_put}EncryptionConfiguration"
+
+
 def apply():
+    _s3_actions()
     policy_conditions.CONDITION_OPERATIONS.setdefault("Bool", _bool)
     DomainDispatcherApplication.__call__ = _call
     IAMPolicyStatement.is_action_permitted = _permitted
+    IAMPolicyStatement._match = staticmethod(_match)

@@ -45,12 +45,15 @@ const MAX_MESSAGE: usize = 1000;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AwsError {
     /// An AWS call failed: unreachable, refused, throttled, an error answer, a timeout.
-    #[error("{}", CallText { service, operation, code: code.as_deref(), message })]
+    #[error("{}", CallText { service, operation, action: *action, code: code.as_deref(), message })]
     Call {
         /// `iam`, `ec2`, `ssm`: the prefix of the IAM action.
         service: &'static str,
         /// The API action, e.g. `ListUsers`.
         operation: &'static str,
+        /// The IAM action the call needs, when it is not `service:operation` (S3's
+        /// `HeadBucket` needs `s3:ListBucket`).
+        action: Option<&'static str>,
         /// AWS's error code, when the answer had one.
         code: Option<String>,
         /// With a code: AWS's message. Without: what went wrong, in one line.
@@ -147,8 +150,31 @@ impl AwsError {
         AwsError::Call {
             service,
             operation,
+            action: None,
             code,
             message: one_line(&message),
+        }
+    }
+
+    /// [`AwsError::call`] for a call whose IAM action is `action`, not `service:operation`.
+    pub fn call_needing<E>(
+        service: &'static str,
+        operation: &'static str,
+        action: &'static str,
+        error: &SdkError<E, HttpResponse>,
+    ) -> AwsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match AwsError::call(service, operation, error) {
+            AwsError::Call { code, message, .. } => AwsError::Call {
+                service,
+                operation,
+                action: Some(action),
+                code,
+                message,
+            },
+            other => other,
         }
     }
 }
@@ -200,17 +226,19 @@ fn one_line(text: &str) -> String {
 struct CallText<'a> {
     service: &'a str,
     operation: &'a str,
+    action: Option<&'a str>,
     code: Option<&'a str>,
     message: &'a str,
 }
 
 impl fmt::Display for CallText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let action = format!("{}:{}", self.service, self.operation);
+        let call = format!("{}:{}", self.service, self.operation);
+        let action = self.action.map_or(call.clone(), str::to_owned);
         let Some(code) = self.code else {
-            return write!(f, "AWS call {action} failed: {}", self.message);
+            return write!(f, "AWS call {call} failed: {}", self.message);
         };
-        write!(f, "AWS call {action} failed: {code}")?;
+        write!(f, "AWS call {call} failed: {code}")?;
         if !self.message.is_empty() {
             write!(f, ": {}", self.message)?;
         }
@@ -243,6 +271,7 @@ mod tests {
         let e = |code: Option<&str>| AwsError::Call {
             service: "iam",
             operation: "ListUsers",
+            action: None,
             code: code.map(str::to_owned),
             message: String::new(),
         };

@@ -398,6 +398,7 @@ mod tests {
         Err(AwsError::Call {
             service: "iam",
             operation: "ListUsers",
+            action: None,
             code: None,
             message: "dispatch failure".to_owned(),
         })

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aws;
+pub mod deploy;
 pub mod model;
 pub mod output;
 pub mod plan;

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse_vpc::aws::{self, execute::Waits, Clients};
 use gatehouse_vpc::model::Step;
-use gatehouse_vpc::{output, plan, spec};
+use gatehouse_vpc::{deploy, output, plan, spec};
 
 /// Exit status for a bad spec (EX_DATAERR-like `EX_USAGE`, as the daemon uses for bad config).
 const EXIT_BAD_SPEC: u8 = 64;
@@ -60,6 +60,13 @@ enum Command {
         #[arg(long, env = "USER", default_value = "YOUR_IAM_USER")]
         user: String,
     },
+    /// Print the IAM policy that plan, apply, output and destroy need for this stack (for the
+    /// identity that deploys it), and nothing more. Makes no AWS call.
+    Policy {
+        /// Print the policy document and the action table as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,8 +85,9 @@ fn main() -> ExitCode {
     // plan and apply store the binary by its digest; destroy and output never need it.
     let binary = match cli.command {
         Command::Plan { .. } | Command::Apply => spec::ReadBinary::Yes,
-        Command::Destroy | Command::Output { .. } => spec::ReadBinary::No,
+        Command::Destroy | Command::Output { .. } | Command::Policy { .. } => spec::ReadBinary::No,
     };
+
     let spec = match spec::load(&cli.spec, env_region.as_deref(), binary) {
         Ok(spec) => spec,
         Err(e) => {
@@ -101,6 +109,57 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `gatehouse-vpc policy`: the deployer's policy, and which command needs which action.
+fn print_policy(spec: &spec::Spec, json: bool) -> ExitCode {
+    let policy = deploy::deployer_policy(&spec.stack, &spec.region);
+    let actions = deploy::actions();
+    let text = if json {
+        let actions: Vec<serde_json::Value> = actions
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "action": u.action,
+                    "calls": u.calls,
+                    "commands": deploy::command_names(u.commands),
+                    "checked_inside_another_call": !u.called,
+                })
+            })
+            .collect();
+        serde_json::to_string_pretty(&serde_json::json!({"policy": policy, "actions": actions}))
+    } else {
+        serde_json::to_string_pretty(&policy).map(|doc| {
+            let mut out = format!(
+                "# The IAM policy of the identity that runs gatehouse-vpc for stack {} ({}).\n\
+                 # action                                  needed by\n",
+                spec.stack, spec.region
+            );
+            for u in &actions {
+                let note = if u.called {
+                    ""
+                } else {
+                    " (checked inside another call)"
+                };
+                out.push_str(&format!(
+                    "#   {:<40} {}{note}\n",
+                    u.action,
+                    deploy::command_names(u.commands).join(", ")
+                ));
+            }
+            out + &doc
+        })
+    };
+    match text {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -163,6 +222,8 @@ async fn run(cli: Cli, spec: spec::Spec) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("destroy of stack {stack}"))?;
             println!("stack {stack}: destroyed ({n} step(s))");
         }
+        // No AWS call: the policy follows from the spec alone.
+        Command::Policy { json } => return Ok(print_policy(&spec, json)),
         Command::Output { json, user } => {
             // Before any AWS call: a user name the bastion cannot map is a usage error.
             if let Err(e) = output::login_name(&user) {

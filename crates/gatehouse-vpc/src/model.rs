@@ -174,9 +174,6 @@ pub struct ObsParameter {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ObsBucket {
     pub name: String,
-    /// False when the name is taken by a bucket of another account (HeadBucket with our
-    /// account as the expected owner answered 403): never ours, whatever its tags.
-    pub in_our_account: bool,
     pub tags: Tags,
     /// All four public access blocks are on.
     pub public_access_blocked: bool,
@@ -186,6 +183,17 @@ pub struct ObsBucket {
     pub policy: Option<serde_json::Value>,
     /// Every object key in the bucket.
     pub objects: Vec<String>,
+}
+
+impl ObsBucket {
+    /// The stack's: tagged with `stack`, or untagged and empty under the stack's exact name
+    /// in this account, which is what an apply interrupted between CreateBucket and
+    /// PutBucketTagging leaves; the next apply tags it, destroy deletes it. (Observed buckets
+    /// are always in this account: every call names it as the expected owner.)
+    pub fn is_ours(&self, stack: &str) -> bool {
+        self.tags.get(TAG_STACK).map(String::as_str) == Some(stack)
+            || (self.tags.is_empty() && self.objects.is_empty())
+    }
 }
 
 /// Everything AWS reports for one stack tag. Only resources whose `gatehouse:stack` tag equals

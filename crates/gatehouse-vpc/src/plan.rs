@@ -1139,13 +1139,9 @@ fn check_iam_ownership(spec: &Spec, obs: &Observed) -> Result<(), PlanError> {
         }
     }
     if let (crate::spec::Binary::Stored { .. }, Some(b)) = (&spec.bastion.binary, &obs.bucket) {
-        if !b.in_our_account || !ours(&b.tags) {
+        if !b.is_ours(&spec.stack) {
             return Err(PlanError::NotOurs {
-                what: if b.in_our_account {
-                    "S3 bucket"
-                } else {
-                    "S3 bucket (of another AWS account)"
-                },
+                what: "S3 bucket",
                 name: b.name.clone(),
                 stack: spec.stack.clone(),
             });
@@ -1288,7 +1284,7 @@ pub fn only_ours(stack: &str, obs: &Observed) -> Observed {
     o.parameters.retain(|x| ours(&x.tags));
     o.role = o.role.filter(|x| ours(&x.tags));
     o.profile = o.profile.filter(|x| ours(&x.tags));
-    o.bucket = o.bucket.filter(|x| x.in_our_account && ours(&x.tags));
+    o.bucket = o.bucket.filter(|x| x.is_ours(stack));
     // The default group belongs to the VPC: only consider it when the VPC is ours.
     if o.vpcs.is_empty() {
         o.default_sg = None;

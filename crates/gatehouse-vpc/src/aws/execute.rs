@@ -15,6 +15,7 @@ use base64::Engine;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
 use super::{fail, Clients, Error};
+use crate::deploy;
 use crate::model::*;
 use crate::plan::{sha256_hex, POLICY_NAME};
 use crate::policy::trust_policy;
@@ -130,12 +131,12 @@ impl<'a> Executor<'a> {
             // ---------------- removal ----------------
             Action::TerminateInstance { id } => {
                 let r = ec2.terminate_instances().instance_ids(id).send().await;
-                deleted(&what, "TerminateInstances", r)?;
+                deleted(&what, &deploy::TERMINATE_INSTANCES, r)?;
                 self.wait_instance(id, &["terminated"], &what).await?;
             }
             Action::DeleteNatGateway { id } => {
                 let r = ec2.delete_nat_gateway().nat_gateway_id(id).send().await;
-                deleted(&what, "DeleteNatGateway", r)?;
+                deleted(&what, &deploy::DELETE_NAT_GATEWAY, r)?;
                 self.wait_nat(id, &["deleted"], &what).await?;
             }
             Action::ReleaseAddress {
@@ -148,14 +149,14 @@ impl<'a> Executor<'a> {
                         .association_id(assoc)
                         .send()
                         .await;
-                    deleted(&what, "DisassociateAddress", r)?;
+                    deleted(&what, &deploy::DISASSOCIATE_ADDRESS, r)?;
                 }
                 let r = ec2
                     .release_address()
                     .allocation_id(allocation_id)
                     .send()
                     .await;
-                deleted(&what, "ReleaseAddress", r)?;
+                deleted(&what, &deploy::RELEASE_ADDRESS, r)?;
             }
             Action::Disassociate { association_id } => {
                 let r = ec2
@@ -163,7 +164,7 @@ impl<'a> Executor<'a> {
                     .association_id(association_id)
                     .send()
                     .await;
-                deleted(&what, "DisassociateRouteTable", r)?;
+                deleted(&what, &deploy::DISASSOCIATE_ROUTE_TABLE, r)?;
             }
             Action::DeleteRouteTable {
                 id,
@@ -175,16 +176,16 @@ impl<'a> Executor<'a> {
                         .association_id(assoc)
                         .send()
                         .await;
-                    deleted(&what, "DisassociateRouteTable", r)?;
+                    deleted(&what, &deploy::DISASSOCIATE_ROUTE_TABLE, r)?;
                 }
                 let r = ec2.delete_route_table().route_table_id(id).send().await;
-                deleted(&what, "DeleteRouteTable", r)?;
+                deleted(&what, &deploy::DELETE_ROUTE_TABLE, r)?;
             }
             Action::DeleteSubnet { id } => {
                 let id = id.clone();
                 self.retry_dependency(&what, || async {
                     let r = ec2.delete_subnet().subnet_id(&id).send().await;
-                    deleted(&what, "DeleteSubnet", r)
+                    deleted(&what, &deploy::DELETE_SUBNET, r)
                 })
                 .await?;
             }
@@ -197,14 +198,14 @@ impl<'a> Executor<'a> {
                         .ip_permissions(perm)
                         .send()
                         .await;
-                    deleted(&what, "RevokeSecurityGroupIngress", r)?;
+                    deleted(&what, &deploy::REVOKE_SECURITY_GROUP_INGRESS, r)?;
                 }
             }
             Action::DeleteSecurityGroup { id } => {
                 let id = id.clone();
                 self.retry_dependency(&what, || async {
                     let r = ec2.delete_security_group().group_id(&id).send().await;
-                    deleted(&what, "DeleteSecurityGroup", r)
+                    deleted(&what, &deploy::DELETE_SECURITY_GROUP, r)
                 })
                 .await?;
             }
@@ -216,20 +217,20 @@ impl<'a> Executor<'a> {
                         .vpc_id(vpc)
                         .send()
                         .await;
-                    deleted(&what, "DetachInternetGateway", r)?;
+                    deleted(&what, &deploy::DETACH_INTERNET_GATEWAY, r)?;
                 }
                 let r = ec2
                     .delete_internet_gateway()
                     .internet_gateway_id(id)
                     .send()
                     .await;
-                deleted(&what, "DeleteInternetGateway", r)?;
+                deleted(&what, &deploy::DELETE_INTERNET_GATEWAY, r)?;
             }
             Action::DeleteVpc { id } => {
                 let id = id.clone();
                 self.retry_dependency(&what, || async {
                     let r = ec2.delete_vpc().vpc_id(&id).send().await;
-                    deleted(&what, "DeleteVpc", r)
+                    deleted(&what, &deploy::DELETE_VPC, r)
                 })
                 .await?;
             }
@@ -241,14 +242,14 @@ impl<'a> Executor<'a> {
                         .role_name(role)
                         .send()
                         .await;
-                    deleted(&what, "RemoveRoleFromInstanceProfile", r)?;
+                    deleted(&what, &deploy::REMOVE_ROLE_FROM_INSTANCE_PROFILE, r)?;
                 }
                 let r = iam
                     .delete_instance_profile()
                     .instance_profile_name(name)
                     .send()
                     .await;
-                deleted(&what, "DeleteInstanceProfile", r)?;
+                deleted(&what, &deploy::DELETE_INSTANCE_PROFILE, r)?;
             }
             Action::DeleteRole { name, has_policy } => {
                 if *has_policy {
@@ -258,14 +259,14 @@ impl<'a> Executor<'a> {
                         .policy_name(POLICY_NAME)
                         .send()
                         .await;
-                    deleted(&what, "DeleteRolePolicy", r)?;
+                    deleted(&what, &deploy::DELETE_ROLE_POLICY, r)?;
                 }
                 let r = iam.delete_role().role_name(name).send().await;
-                deleted(&what, "DeleteRole", r)?;
+                deleted(&what, &deploy::DELETE_ROLE, r)?;
             }
             Action::DeleteParameter { name } => {
                 let r = self.clients.ssm.delete_parameter().name(name).send().await;
-                deleted(&what, "DeleteParameter", r)?;
+                deleted(&what, &deploy::DELETE_PARAMETER, r)?;
             }
 
             // ---------------- creation and repair ----------------
@@ -274,7 +275,7 @@ impl<'a> Executor<'a> {
                 let bucket = self.id(bucket)?;
                 deleted(
                     &what,
-                    "DeleteObject",
+                    &deploy::DELETE_OBJECT,
                     self.clients
                         .s3
                         .delete_object()
@@ -299,7 +300,7 @@ impl<'a> Executor<'a> {
                 }
                 req.send()
                     .await
-                    .map_err(|e| fail(&what, "CreateBucket", e))?;
+                    .map_err(|e| fail(&what, &deploy::CREATE_BUCKET, e))?;
                 self.ids.insert(key.clone(), name.clone());
                 self.tag_bucket(&what, name, tags).await?;
             }
@@ -328,7 +329,7 @@ impl<'a> Executor<'a> {
                     .tag_specifications(tag_spec(ResourceType::Vpc, tags))
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "CreateVpc", e))?;
+                    .map_err(|e| fail(&what, &deploy::CREATE_VPC, e))?;
                 let id = out
                     .vpc()
                     .and_then(|v| v.vpc_id())
@@ -347,7 +348,7 @@ impl<'a> Executor<'a> {
                     .enable_dns_support(AttributeBooleanValue::builder().value(*support).build())
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "ModifyVpcAttribute", e))?;
+                    .map_err(|e| fail(&what, &deploy::MODIFY_VPC_ATTRIBUTE, e))?;
                 ec2.modify_vpc_attribute()
                     .vpc_id(&id)
                     .enable_dns_hostnames(
@@ -355,7 +356,7 @@ impl<'a> Executor<'a> {
                     )
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "ModifyVpcAttribute", e))?;
+                    .map_err(|e| fail(&what, &deploy::MODIFY_VPC_ATTRIBUTE, e))?;
             }
             Action::LockDownDefaultSecurityGroup { vpc, tags } => {
                 let vpc = self.id(vpc)?;
@@ -370,7 +371,7 @@ impl<'a> Executor<'a> {
                     )
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "DescribeSecurityGroups", e))?;
+                    .map_err(|e| fail(&what, &deploy::DESCRIBE_SECURITY_GROUPS, e))?;
                 let group = out
                     .security_groups()
                     .iter()
@@ -384,14 +385,14 @@ impl<'a> Executor<'a> {
                     .set_tags(Some(ec2_tags(tags)))
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "CreateTags", e))?;
+                    .map_err(|e| fail(&what, &deploy::CREATE_TAGS, e))?;
                 if !group.ip_permissions().is_empty() {
                     ec2.revoke_security_group_ingress()
                         .group_id(gid)
                         .set_ip_permissions(Some(group.ip_permissions().to_vec()))
                         .send()
                         .await
-                        .map_err(|e| fail(&what, "RevokeSecurityGroupIngress", e))?;
+                        .map_err(|e| fail(&what, &deploy::REVOKE_SECURITY_GROUP_INGRESS, e))?;
                 }
                 if !group.ip_permissions_egress().is_empty() {
                     ec2.revoke_security_group_egress()
@@ -399,7 +400,7 @@ impl<'a> Executor<'a> {
                         .set_ip_permissions(Some(group.ip_permissions_egress().to_vec()))
                         .send()
                         .await
-                        .map_err(|e| fail(&what, "RevokeSecurityGroupEgress", e))?;
+                        .map_err(|e| fail(&what, &deploy::REVOKE_SECURITY_GROUP_EGRESS, e))?;
                 }
             }
             Action::CreateSubnet {
@@ -417,7 +418,7 @@ impl<'a> Executor<'a> {
                     .tag_specifications(tag_spec(ResourceType::Subnet, tags))
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "CreateSubnet", e))?;
+                    .map_err(|e| fail(&what, &deploy::CREATE_SUBNET, e))?;
                 let id = out
                     .subnet()
                     .and_then(|s| s.subnet_id())
@@ -430,7 +431,7 @@ impl<'a> Executor<'a> {
                     .tag_specifications(tag_spec(ResourceType::InternetGateway, tags))
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "CreateInternetGateway", e))?;
+                    .map_err(|e| fail(&what, &deploy::CREATE_INTERNET_GATEWAY, e))?;
                 let id = out
                     .internet_gateway()
                     .and_then(|g| g.internet_gateway_id())
@@ -443,7 +444,7 @@ impl<'a> Executor<'a> {
                     .vpc_id(self.id(vpc)?)
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "AttachInternetGateway", e))?;
+                    .map_err(|e| fail(&what, &deploy::ATTACH_INTERNET_GATEWAY, e))?;
             }
             Action::AllocateAddress { key, tags } => {
                 let out = ec2
@@ -452,7 +453,7 @@ impl<'a> Executor<'a> {
                     .tag_specifications(tag_spec(ResourceType::ElasticIp, tags))
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "AllocateAddress", e))?;
+                    .map_err(|e| fail(&what, &deploy::ALLOCATE_ADDRESS, e))?;
                 let id = out
                     .allocation_id()
                     .ok_or_else(|| missing(&what, "AllocateAddress", "allocation id"))?;
@@ -471,7 +472,7 @@ impl<'a> Executor<'a> {
                     .tag_specifications(tag_spec(ResourceType::Natgateway, tags))
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "CreateNatGateway", e))?;
+                    .map_err(|e| fail(&what, &deploy::CREATE_NAT_GATEWAY, e))?;
                 let id = out
                     .nat_gateway()
                     .and_then(|n| n.nat_gateway_id())
@@ -487,7 +488,7 @@ impl<'a> Executor<'a> {
                     .tag_specifications(tag_spec(ResourceType::RouteTable, tags))
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "CreateRouteTable", e))?;
+                    .map_err(|e| fail(&what, &deploy::CREATE_ROUTE_TABLE, e))?;
                 let id = out
                     .route_table()
                     .and_then(|r| r.route_table_id())
@@ -511,7 +512,7 @@ impl<'a> Executor<'a> {
                 };
                 req.send()
                     .await
-                    .map_err(|e| fail(&what, "CreateRoute", e))?;
+                    .map_err(|e| fail(&what, &deploy::CREATE_ROUTE, e))?;
             }
             Action::ReplaceRoute {
                 table,
@@ -530,7 +531,7 @@ impl<'a> Executor<'a> {
                 };
                 req.send()
                     .await
-                    .map_err(|e| fail(&what, "ReplaceRoute", e))?;
+                    .map_err(|e| fail(&what, &deploy::REPLACE_ROUTE, e))?;
             }
             Action::DeleteRoute { table, dest } => {
                 let r = ec2
@@ -539,7 +540,7 @@ impl<'a> Executor<'a> {
                     .destination_cidr_block(dest)
                     .send()
                     .await;
-                deleted(&what, "DeleteRoute", r)?;
+                deleted(&what, &deploy::DELETE_ROUTE, r)?;
             }
             Action::Associate { table, subnet } => {
                 ec2.associate_route_table()
@@ -547,7 +548,7 @@ impl<'a> Executor<'a> {
                     .subnet_id(self.id(subnet)?)
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "AssociateRouteTable", e))?;
+                    .map_err(|e| fail(&what, &deploy::ASSOCIATE_ROUTE_TABLE, e))?;
             }
             Action::ReplaceAssociation {
                 association_id,
@@ -558,7 +559,7 @@ impl<'a> Executor<'a> {
                     .route_table_id(self.id(table)?)
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "ReplaceRouteTableAssociation", e))?;
+                    .map_err(|e| fail(&what, &deploy::REPLACE_ROUTE_TABLE_ASSOCIATION, e))?;
             }
             Action::CreateSecurityGroup {
                 key,
@@ -575,7 +576,7 @@ impl<'a> Executor<'a> {
                     .tag_specifications(tag_spec(ResourceType::SecurityGroup, tags))
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "CreateSecurityGroup", e))?;
+                    .map_err(|e| fail(&what, &deploy::CREATE_SECURITY_GROUP, e))?;
                 let id = out
                     .group_id()
                     .ok_or_else(|| missing(&what, "CreateSecurityGroup", "group id"))?;
@@ -595,7 +596,7 @@ impl<'a> Executor<'a> {
                         .send()
                         .await
                         .map(|_| ())
-                        .map_err(|e| fail(&what, "AuthorizeSecurityGroupIngress", e))
+                        .map_err(|e| fail(&what, &deploy::AUTHORIZE_SECURITY_GROUP_INGRESS, e))
                 } else {
                     ec2.authorize_security_group_egress()
                         .group_id(&gid)
@@ -603,7 +604,7 @@ impl<'a> Executor<'a> {
                         .send()
                         .await
                         .map(|_| ())
-                        .map_err(|e| fail(&what, "AuthorizeSecurityGroupEgress", e))
+                        .map_err(|e| fail(&what, &deploy::AUTHORIZE_SECURITY_GROUP_EGRESS, e))
                 };
                 match r {
                     Err(e) if e.code() == Some("InvalidPermission.Duplicate") => {}
@@ -624,7 +625,7 @@ impl<'a> Executor<'a> {
                         .ip_permissions(perm)
                         .send()
                         .await;
-                    deleted(&what, "RevokeSecurityGroupIngress", r)?;
+                    deleted(&what, &deploy::REVOKE_SECURITY_GROUP_INGRESS, r)?;
                 } else {
                     let r = ec2
                         .revoke_security_group_egress()
@@ -632,7 +633,7 @@ impl<'a> Executor<'a> {
                         .ip_permissions(perm)
                         .send()
                         .await;
-                    deleted(&what, "RevokeSecurityGroupEgress", r)?;
+                    deleted(&what, &deploy::REVOKE_SECURITY_GROUP_EGRESS, r)?;
                 }
             }
             Action::CreateRole { name, tags } => {
@@ -645,7 +646,7 @@ impl<'a> Executor<'a> {
                     .set_tags(Some(iam_tags(tags)))
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "CreateRole", e))?;
+                    .map_err(|e| fail(&what, &deploy::CREATE_ROLE, e))?;
             }
             Action::PutRolePolicy { role, policy } => {
                 iam.put_role_policy()
@@ -654,7 +655,7 @@ impl<'a> Executor<'a> {
                     .policy_document(policy.to_string())
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "PutRolePolicy", e))?;
+                    .map_err(|e| fail(&what, &deploy::PUT_ROLE_POLICY, e))?;
             }
             Action::CreateInstanceProfile { name, tags } => {
                 iam.create_instance_profile()
@@ -662,7 +663,7 @@ impl<'a> Executor<'a> {
                     .set_tags(Some(iam_tags(tags)))
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "CreateInstanceProfile", e))?;
+                    .map_err(|e| fail(&what, &deploy::CREATE_INSTANCE_PROFILE, e))?;
             }
             Action::AddRoleToProfile { profile, role } => {
                 iam.add_role_to_instance_profile()
@@ -670,7 +671,7 @@ impl<'a> Executor<'a> {
                     .role_name(role)
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "AddRoleToInstanceProfile", e))?;
+                    .map_err(|e| fail(&what, &deploy::ADD_ROLE_TO_INSTANCE_PROFILE, e))?;
             }
             Action::RunInstance { key, launch, tags } => {
                 let id = self.run_instance(&what, launch, tags).await?;
@@ -686,7 +687,7 @@ impl<'a> Executor<'a> {
                     .allow_reassociation(true)
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "AssociateAddress", e))?;
+                    .map_err(|e| fail(&what, &deploy::ASSOCIATE_ADDRESS, e))?;
             }
             Action::SetTags { resource, tags } => {
                 ec2.create_tags()
@@ -694,7 +695,7 @@ impl<'a> Executor<'a> {
                     .set_tags(Some(ec2_tags(tags)))
                     .send()
                     .await
-                    .map_err(|e| fail(&what, "CreateTags", e))?;
+                    .map_err(|e| fail(&what, &deploy::CREATE_TAGS, e))?;
             }
         }
         Ok(())
@@ -722,7 +723,7 @@ impl<'a> Executor<'a> {
             .tagging(tagging)
             .send()
             .await
-            .map_err(|e| fail(what, "PutBucketTagging", e))?;
+            .map_err(|e| fail(what, &deploy::PUT_BUCKET_TAGGING, e))?;
         Ok(())
     }
 
@@ -750,7 +751,7 @@ impl<'a> Executor<'a> {
             )
             .send()
             .await
-            .map_err(|e| fail(what, "PutPublicAccessBlock", e))?;
+            .map_err(|e| fail(what, &deploy::PUT_PUBLIC_ACCESS_BLOCK, e))?;
         let by_default = ServerSideEncryptionByDefault::builder()
             .sse_algorithm(ServerSideEncryption::Aes256)
             .build()
@@ -768,13 +769,13 @@ impl<'a> Executor<'a> {
             .server_side_encryption_configuration(config)
             .send()
             .await
-            .map_err(|e| fail(what, "PutBucketEncryption", e))?;
+            .map_err(|e| fail(what, &deploy::PUT_BUCKET_ENCRYPTION, e))?;
         s3.put_bucket_policy()
             .bucket(bucket)
             .policy(policy.to_string())
             .send()
             .await
-            .map_err(|e| fail(what, "PutBucketPolicy", e))?;
+            .map_err(|e| fail(what, &deploy::PUT_BUCKET_POLICY, e))?;
         Ok(())
     }
 
@@ -820,7 +821,7 @@ impl<'a> Executor<'a> {
             .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
             .send()
             .await
-            .map_err(|e| fail(what, "PutObject", e))?;
+            .map_err(|e| fail(what, &deploy::PUT_OBJECT, e))?;
         Ok(())
     }
 
@@ -838,7 +839,7 @@ impl<'a> Executor<'a> {
                         .filter_map(|o| o.key().map(str::to_string)),
                 ),
                 Err(e) => {
-                    let err = fail(what, "ListObjectsV2", e);
+                    let err = fail(what, &deploy::LIST_OBJECTS_V2, e);
                     if err.is_not_found() {
                         return Ok(());
                     }
@@ -849,13 +850,13 @@ impl<'a> Executor<'a> {
         for key in keys {
             deleted(
                 what,
-                "DeleteObject",
+                &deploy::DELETE_OBJECT,
                 s3.delete_object().bucket(bucket).key(&key).send().await,
             )?;
         }
         deleted(
             what,
-            "DeleteBucket",
+            &deploy::DELETE_BUCKET,
             s3.delete_bucket().bucket(bucket).send().await,
         )
     }
@@ -931,7 +932,7 @@ impl<'a> Executor<'a> {
                     return Ok(id.to_string());
                 }
                 Err(e) => {
-                    let err = fail(what, "RunInstances", e);
+                    let err = fail(what, &deploy::RUN_INSTANCES, e);
                     // IAM is eventually consistent: a new instance profile can take seconds to
                     // become visible to EC2.
                     let profile_not_ready = err.code() == Some("InvalidParameterValue")
@@ -967,7 +968,7 @@ impl<'a> Executor<'a> {
                 .instance_ids(id)
                 .send()
                 .await
-                .map_err(|e| fail(what, "DescribeInstances", e))?;
+                .map_err(|e| fail(what, &deploy::DESCRIBE_INSTANCES, e))?;
             let state = out
                 .reservations()
                 .iter()
@@ -1004,7 +1005,7 @@ impl<'a> Executor<'a> {
                     .and_then(|n| n.state())
                     .map(|s| s.as_str().to_string()),
                 Err(e) => {
-                    let err = fail(what, "DescribeNatGateways", e);
+                    let err = fail(what, &deploy::DESCRIBE_NAT_GATEWAYS, e);
                     if !err.is_not_found() {
                         return Err(err);
                     }
@@ -1073,7 +1074,7 @@ fn missing(resource: &str, op: &'static str, field: &'static str) -> Error {
 /// `what`.
 fn deleted<T, E>(
     what: &str,
-    op: &'static str,
+    op: &'static deploy::Call,
     r: Result<T, SdkError<E, aws_sdk_ec2::config::http::HttpResponse>>,
 ) -> Result<(), Error>
 where

@@ -21,6 +21,17 @@ pub enum Error {
     /// The daemon would refuse the config written for the bastion (checked before launch).
     #[error("{resource}: not launched: {problems}")]
     DaemonConfig { resource: String, problems: String },
+    /// HeadBucket on the stack's bucket name, with this account as the expected owner,
+    /// answered 403.
+    #[error(
+        "{resource}: HeadBucket answered 403 Forbidden: either the IAM identity this runs as \
+         lacks the action {action} on it, or the name belongs to a bucket of another AWS \
+         account (bucket names are global: choose another stack name)"
+    )]
+    BucketForbidden {
+        resource: String,
+        action: &'static str,
+    },
     /// The local gatehouse binary could not be read, or changed since the plan.
     #[error("{resource}: {problem}")]
     Binary { resource: String, problem: String },
@@ -84,7 +95,7 @@ impl Error {
 /// formatter of AWS errors for the whole product).
 pub(crate) fn fail<E>(
     resource: impl Into<String>,
-    op: &'static str,
+    call: &'static crate::deploy::Call,
     e: SdkError<E, HttpResponse>,
 ) -> Error
 where
@@ -92,17 +103,8 @@ where
 {
     Error::Aws {
         resource: resource.into(),
-        error: AwsError::call(service_of::<E>(), op, &e),
+        error: AwsError::call_needing(call.service, call.operation, call.action, &e),
     }
-}
-
-/// The IAM action prefix of an SDK operation error type (`aws_sdk_iam::...` is `iam`).
-fn service_of<E>() -> &'static str {
-    let name = std::any::type_name::<E>();
-    ["ec2", "iam", "ssm", "s3", "sts"]
-        .into_iter()
-        .find(|s| name.starts_with(&format!("aws_sdk_{s}::")))
-        .unwrap_or("aws")
 }
 
 /// The SDK clients, built from one shared config.
@@ -230,7 +232,7 @@ mod tests {
             <Code>UnauthorizedOperation</Code></Error></Errors></Response>";
         let e = fail(
             "vpc",
-            "CreateVpc",
+            &crate::deploy::CREATE_VPC,
             SdkError::service_error(CreateVpcError::generic(meta), response(403, body)),
         );
         assert_eq!(e.code(), Some("UnauthorizedOperation"));
@@ -248,9 +250,29 @@ mod tests {
             "{text}"
         );
 
+        // S3's HeadBucket is checked as s3:ListBucket: the message names the action to grant.
+        let e = fail(
+            "bucket gatehouse-lab-123456789012",
+            &crate::deploy::HEAD_BUCKET,
+            SdkError::service_error(
+                aws_sdk_s3::operation::head_bucket::HeadBucketError::generic(
+                    ErrorMetadata::builder()
+                        .code("AccessDenied")
+                        .message("Access Denied")
+                        .build(),
+                ),
+                response(403, ""),
+            ),
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("AWS call s3:HeadBucket failed: AccessDenied: Access Denied (the IAM identity this runs as lacks the action s3:ListBucket"),
+            "{text}"
+        );
+
         let e = fail(
             "role",
-            "CreateRole",
+            &crate::deploy::CREATE_ROLE,
             SdkError::service_error(
                 CreateRoleError::generic(ErrorMetadata::builder().build()),
                 response(500, "<html>Internal Server Error</html>"),

@@ -4,6 +4,7 @@
 use aws_sdk_ec2::types::{Filter, IpPermission, VpcAttributeName};
 
 use super::{fail, Clients, Error};
+use crate::deploy;
 use crate::model::*;
 use crate::plan::{binary_bucket, host_key_parameter, role_name, POLICY_NAME};
 
@@ -101,7 +102,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("vpcs"), "DescribeVpcs", e))?;
+        .map_err(|e| fail(res("vpcs"), &deploy::DESCRIBE_VPCS, e))?;
     for v in pages.iter().flat_map(|p| p.vpcs()) {
         let tags = ec2_tags(v.tags());
         let id = v.vpc_id().unwrap_or_default().to_string();
@@ -113,7 +114,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
                     .attribute(name)
                     .send()
                     .await
-                    .map_err(|e| fail(format!("vpc {id}"), "DescribeVpcAttribute", e))
+                    .map_err(|e| fail(format!("vpc {id}"), &deploy::DESCRIBE_VPC_ATTRIBUTE, e))
             }
         };
         let hostnames = attr(VpcAttributeName::EnableDnsHostnames)
@@ -157,7 +158,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
             .map_err(|e| {
                 fail(
                     format!("default security group of {vpc}"),
-                    "DescribeSecurityGroups",
+                    &deploy::DESCRIBE_SECURITY_GROUPS,
                     e,
                 )
             })?;
@@ -175,7 +176,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("subnets"), "DescribeSubnets", e))?;
+        .map_err(|e| fail(res("subnets"), &deploy::DESCRIBE_SUBNETS, e))?;
     for s in pages.iter().flat_map(|p| p.subnets()) {
         let tags = ec2_tags(s.tags());
         obs.subnets.push(ObsSubnet {
@@ -195,7 +196,13 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("internet gateways"), "DescribeInternetGateways", e))?;
+        .map_err(|e| {
+            fail(
+                res("internet gateways"),
+                &deploy::DESCRIBE_INTERNET_GATEWAYS,
+                e,
+            )
+        })?;
     for g in pages.iter().flat_map(|p| p.internet_gateways()) {
         let tags = ec2_tags(g.tags());
         obs.igws.push(ObsIgw {
@@ -215,7 +222,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
         .filters(tag_filter(stack))
         .send()
         .await
-        .map_err(|e| fail(res("elastic IPs"), "DescribeAddresses", e))?;
+        .map_err(|e| fail(res("elastic IPs"), &deploy::DESCRIBE_ADDRESSES, e))?;
     for a in out.addresses() {
         let tags = ec2_tags(a.tags());
         obs.eips.push(ObsEip {
@@ -235,7 +242,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("NAT gateways"), "DescribeNatGateways", e))?;
+        .map_err(|e| fail(res("NAT gateways"), &deploy::DESCRIBE_NAT_GATEWAYS, e))?;
     for n in pages.iter().flat_map(|p| p.nat_gateways()) {
         let state = n
             .state()
@@ -265,7 +272,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("route tables"), "DescribeRouteTables", e))?;
+        .map_err(|e| fail(res("route tables"), &deploy::DESCRIBE_ROUTE_TABLES, e))?;
     for r in pages.iter().flat_map(|p| p.route_tables()) {
         let tags = ec2_tags(r.tags());
         let routes = r
@@ -317,7 +324,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("security groups"), "DescribeSecurityGroups", e))?;
+        .map_err(|e| fail(res("security groups"), &deploy::DESCRIBE_SECURITY_GROUPS, e))?;
     for g in pages.iter().flat_map(|p| p.security_groups()) {
         if g.group_name() == Some("default") {
             continue; // the VPC's default group is tracked separately
@@ -341,7 +348,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("instances"), "DescribeInstances", e))?;
+        .map_err(|e| fail(res("instances"), &deploy::DESCRIBE_INSTANCES, e))?;
     for i in pages
         .iter()
         .flat_map(|p| p.reservations())
@@ -410,7 +417,7 @@ async fn observe_iam(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(),
                 .role_name(&name)
                 .send()
                 .await
-                .map_err(|e| fail(&what, "ListRoleTags", e))?;
+                .map_err(|e| fail(&what, &deploy::LIST_ROLE_TAGS, e))?;
             let policy = match c
                 .iam
                 .get_role_policy()
@@ -421,7 +428,7 @@ async fn observe_iam(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(),
             {
                 Ok(out) => Some(parse_policy(out.policy_document())),
                 Err(e) => {
-                    let err = fail(&what, "GetRolePolicy", e);
+                    let err = fail(&what, &deploy::GET_ROLE_POLICY, e);
                     if !err.is_not_found() {
                         return Err(err);
                     }
@@ -435,7 +442,7 @@ async fn observe_iam(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(),
             });
         }
         Err(e) => {
-            let err = fail(&what, "GetRole", e);
+            let err = fail(&what, &deploy::GET_ROLE, e);
             if !err.is_not_found() {
                 return Err(err);
             }
@@ -471,7 +478,7 @@ async fn observe_iam(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(),
             });
         }
         Err(e) => {
-            let err = fail(&what, "GetInstanceProfile", e);
+            let err = fail(&what, &deploy::GET_INSTANCE_PROFILE, e);
             if !err.is_not_found() {
                 return Err(err);
             }
@@ -501,7 +508,7 @@ async fn observe_ssm(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(),
             obs.parameters.push(ObsParameter { name, tags });
         }
         Err(e) => {
-            let err = fail(&what, "ListTagsForResource", e);
+            let err = fail(&what, &deploy::LIST_TAGS_FOR_RESOURCE, e);
             let missing = err.is_not_found() || err.code() == Some("InvalidResourceId");
             if !missing {
                 return Err(err);
@@ -519,7 +526,7 @@ async fn observe_s3(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), 
         .get_caller_identity()
         .send()
         .await
-        .map_err(|e| fail("the AWS account", "GetCallerIdentity", e))?;
+        .map_err(|e| fail("the AWS account", &deploy::GET_CALLER_IDENTITY, e))?;
     let account = who
         .account()
         .ok_or_else(|| Error::Missing {
@@ -541,16 +548,14 @@ async fn observe_s3(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), 
     {
         match e.raw_response().map(|r| r.status().as_u16()) {
             Some(404) => return Ok(()),
-            // Another account's bucket (or no s3:ListBucket here): never ours to touch.
+            // HEAD has no body, so S3 cannot say which of the two it is.
             Some(403) => {
-                obs.bucket = Some(ObsBucket {
-                    name,
-                    in_our_account: false,
-                    ..ObsBucket::default()
-                });
-                return Ok(());
+                return Err(Error::BucketForbidden {
+                    resource: what,
+                    action: deploy::HEAD_BUCKET.action,
+                })
             }
-            _ => return Err(fail(&what, "HeadBucket", e)),
+            _ => return Err(fail(&what, &deploy::HEAD_BUCKET, e)),
         }
     }
     // Each "not configured" answer has its own error code.
@@ -568,7 +573,7 @@ async fn observe_s3(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), 
             .map(|t| (t.key().to_string(), t.value().to_string()))
             .collect(),
         Err(e) => {
-            let err = fail(&what, "GetBucketTagging", e);
+            let err = fail(&what, &deploy::GET_BUCKET_TAGGING, e);
             if !absent(&err, "NoSuchTagSet") {
                 return Err(err);
             }
@@ -589,7 +594,7 @@ async fn observe_s3(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), 
                 && b.restrict_public_buckets() == Some(true)
         }),
         Err(e) => {
-            let err = fail(&what, "GetPublicAccessBlock", e);
+            let err = fail(&what, &deploy::GET_PUBLIC_ACCESS_BLOCK, e);
             if !absent(&err, "NoSuchPublicAccessBlockConfiguration") {
                 return Err(err);
             }
@@ -607,7 +612,7 @@ async fn observe_s3(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), 
             .server_side_encryption_configuration()
             .is_some_and(|c| !c.rules().is_empty()),
         Err(e) => {
-            let err = fail(&what, "GetBucketEncryption", e);
+            let err = fail(&what, &deploy::GET_BUCKET_ENCRYPTION, e);
             if !absent(&err, "ServerSideEncryptionConfigurationNotFoundError") {
                 return Err(err);
             }
@@ -623,7 +628,7 @@ async fn observe_s3(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), 
     {
         Ok(out) => out.policy().map(parse_policy),
         Err(e) => {
-            let err = fail(&what, "GetBucketPolicy", e);
+            let err = fail(&what, &deploy::GET_BUCKET_POLICY, e);
             if !absent(&err, "NoSuchBucketPolicy") {
                 return Err(err);
             }
@@ -638,7 +643,7 @@ async fn observe_s3(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), 
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| fail(&what, "ListObjectsV2", e))?;
+        let page = page.map_err(|e| fail(&what, &deploy::LIST_OBJECTS_V2, e))?;
         objects.extend(
             page.contents()
                 .iter()
@@ -647,7 +652,6 @@ async fn observe_s3(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), 
     }
     obs.bucket = Some(ObsBucket {
         name,
-        in_our_account: true,
         tags,
         public_access_blocked,
         encrypted,

@@ -548,7 +548,6 @@ impl Fake {
                 assert!(self.obs.bucket.is_none(), "bucket created twice");
                 self.obs.bucket = Some(ObsBucket {
                     name: name.clone(),
-                    in_our_account: true,
                     tags: tags.clone(),
                     ..ObsBucket::default()
                 });
@@ -1148,24 +1147,19 @@ fn a_bucket_of_the_stacks_name_not_ours_is_refused_and_never_destroyed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url_spec = spec("single");
     let spec = stored_spec(dir.path(), 1);
-    for (in_our_account, what) in [(true, "S3 bucket"), (false, "another AWS account")] {
-        let mut obs = fake_in_account().obs;
-        obs.bucket = Some(ObsBucket {
-            name: "gatehouse-lab-123456789012".into(),
-            in_our_account,
-            tags: Tags::from([(TAG_STACK.to_string(), "lab".to_string())]),
-            ..ObsBucket::default()
-        });
-        if in_our_account {
-            obs.bucket.as_mut().expect("bucket").tags.clear();
-        }
-        let err = plan_apply(&spec, &obs).expect_err("not ours");
-        assert!(err.to_string().contains(what), "{err}");
-        assert!(plan_destroy("lab", &obs).is_empty());
-        // A spec with a download URL leaves it alone as well.
-        let plan = plan_apply(&url_spec, &obs).expect("plan");
-        assert!(!plan.render().contains("bucket"), "{}", plan.render());
-    }
+    let mut obs = fake_in_account().obs;
+    // Untagged and holding something: not an interrupted apply's empty bucket.
+    obs.bucket = Some(ObsBucket {
+        name: "gatehouse-lab-123456789012".into(),
+        objects: vec!["theirs".into()],
+        ..ObsBucket::default()
+    });
+    let err = plan_apply(&spec, &obs).expect_err("not ours");
+    assert!(err.to_string().contains("S3 bucket"), "{err}");
+    assert!(plan_destroy("lab", &obs).is_empty());
+    // A spec with a download URL leaves it alone as well.
+    let plan = plan_apply(&url_spec, &obs).expect("plan");
+    assert!(!plan.render().contains("bucket"), "{}", plan.render());
 }
 
 #[test]
@@ -1186,4 +1180,25 @@ fn a_spec_loaded_without_its_binary_cannot_be_planned() {
         err.to_string().contains("without reading gatehouse_binary"),
         "{err}"
     );
+}
+
+#[test]
+fn an_untagged_empty_bucket_of_the_stacks_name_is_adopted_after_an_interrupted_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = stored_spec(dir.path(), 1);
+    let mut fake = fake_in_account();
+    fake.converge(&spec);
+    let bucket = fake.obs.bucket.as_mut().expect("bucket");
+    bucket.tags.clear();
+    bucket.objects.clear();
+    let plan = plan_apply(&spec, &fake.obs).expect("adopted, not refused");
+    position(
+        &plan,
+        |a| matches!(a, Action::TagBucket { tags, .. } if tags.get(TAG_STACK).map(String::as_str) == Some("lab")),
+    );
+    position(&plan, |a| matches!(a, Action::PutBinary { .. }));
+    position(&plan_destroy("lab", &fake.obs), |a| {
+        matches!(a, Action::DeleteBucket { .. })
+    });
+    assert_eq!(fake.converge(&spec), 1);
 }

@@ -1,0 +1,451 @@
+//! The AWS calls gatehouse-vpc makes, declared once: the IAM action each needs, which
+//! commands make it and what it can be narrowed to. Every call site names its constant (the
+//! error path, [`crate::aws::fail`], takes a [`Call`], and a test reads the sources for calls
+//! not declared and declarations never called), and `gatehouse-vpc policy` prints the
+//! deployer's policy from [`ALL`], so the code, the policy and the docs cannot drift apart.
+
+use serde_json::{json, Value};
+
+use crate::model::TAG_STACK;
+use crate::plan::{binary_bucket, host_key_parameter, role_name};
+use crate::policy::partition;
+
+/// The four commands, as a bit set.
+pub const PLAN: u8 = 1;
+pub const APPLY: u8 = 2;
+pub const DESTROY: u8 = 4;
+pub const OUTPUT: u8 = 8;
+/// Every command reads the stack first.
+pub const READ: u8 = PLAN | APPLY | DESTROY | OUTPUT;
+/// Removals: `destroy`, and `apply` when it replaces or removes something.
+pub const REMOVE: u8 = APPLY | DESTROY;
+
+/// What an action can be narrowed to in the deployer's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// `*`: no resource-level permissions (describe calls), or a create whose new resource has
+    /// no name yet.
+    Any,
+    /// `*`, only on resources that carry `gatehouse:stack = <stack>` (`ec2:ResourceTag`):
+    /// deletions of single EC2 resources.
+    StackTagged,
+    /// The stack's bastion role, `role/gatehouse-<stack>-bastion`.
+    StackRole,
+    /// The stack's instance profile of the same name.
+    StackProfile,
+    /// `iam:PassRole` of the stack's role, and only to EC2.
+    PassStackRoleToEc2,
+    /// The host key parameter `/gatehouse/<stack>/host_ed25519`.
+    HostKeyParameter,
+    /// The binary bucket, `gatehouse-<stack>-<account>`.
+    StackBucket,
+    /// The objects in it.
+    StackBucketObjects,
+    /// Needs no permission (`sts:GetCallerIdentity`): not in the policy.
+    NoPermission,
+}
+
+/// One AWS call of gatehouse-vpc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    /// The SDK's service, as the IAM action prefix: `ec2`, `iam`, `ssm`, `s3`, `sts`.
+    pub service: &'static str,
+    /// The API operation, e.g. `HeadBucket`.
+    pub operation: &'static str,
+    /// The IAM action it needs, e.g. `s3:ListBucket`.
+    pub action: &'static str,
+    /// Which commands make it ([`PLAN`] | [`APPLY`] ...).
+    pub commands: u8,
+    pub scope: Scope,
+    /// False for a permission AWS checks inside another call (`iam:PassRole` in RunInstances).
+    pub called: bool,
+}
+
+macro_rules! calls {
+    ($($ident:ident = $service:literal $operation:literal $action:literal, $commands:expr, $scope:ident, $called:literal;)*) => {
+        $(
+            pub const $ident: Call = Call {
+                service: $service,
+                operation: $operation,
+                action: $action,
+                commands: $commands,
+                scope: Scope::$scope,
+                called: $called,
+            };
+        )*
+        /// Every call, in the order the policy lists them.
+        pub const ALL: &[Call] = &[$($ident),*];
+        /// (constant name, call), for the test that reads the call sites.
+        #[cfg(test)]
+        const BY_IDENT: &[(&str, Call)] = &[$((stringify!($ident), $ident)),*];
+    };
+}
+
+calls! {
+    // ---- reading the stack (every command) ----
+    GET_CALLER_IDENTITY = "sts" "GetCallerIdentity" "sts:GetCallerIdentity", READ, NoPermission, true;
+    DESCRIBE_VPCS = "ec2" "DescribeVpcs" "ec2:DescribeVpcs", READ, Any, true;
+    DESCRIBE_VPC_ATTRIBUTE = "ec2" "DescribeVpcAttribute" "ec2:DescribeVpcAttribute", READ, Any, true;
+    DESCRIBE_SUBNETS = "ec2" "DescribeSubnets" "ec2:DescribeSubnets", READ, Any, true;
+    DESCRIBE_INTERNET_GATEWAYS = "ec2" "DescribeInternetGateways" "ec2:DescribeInternetGateways", READ, Any, true;
+    DESCRIBE_ADDRESSES = "ec2" "DescribeAddresses" "ec2:DescribeAddresses", READ, Any, true;
+    DESCRIBE_NAT_GATEWAYS = "ec2" "DescribeNatGateways" "ec2:DescribeNatGateways", READ, Any, true;
+    DESCRIBE_ROUTE_TABLES = "ec2" "DescribeRouteTables" "ec2:DescribeRouteTables", READ, Any, true;
+    DESCRIBE_SECURITY_GROUPS = "ec2" "DescribeSecurityGroups" "ec2:DescribeSecurityGroups", READ, Any, true;
+    DESCRIBE_INSTANCES = "ec2" "DescribeInstances" "ec2:DescribeInstances", READ, Any, true;
+    GET_ROLE = "iam" "GetRole" "iam:GetRole", READ, StackRole, true;
+    LIST_ROLE_TAGS = "iam" "ListRoleTags" "iam:ListRoleTags", READ, StackRole, true;
+    GET_ROLE_POLICY = "iam" "GetRolePolicy" "iam:GetRolePolicy", READ, StackRole, true;
+    GET_INSTANCE_PROFILE = "iam" "GetInstanceProfile" "iam:GetInstanceProfile", READ, StackProfile, true;
+    LIST_TAGS_FOR_RESOURCE = "ssm" "ListTagsForResource" "ssm:ListTagsForResource", READ, HostKeyParameter, true;
+    HEAD_BUCKET = "s3" "HeadBucket" "s3:ListBucket", READ, StackBucket, true;
+    GET_BUCKET_TAGGING = "s3" "GetBucketTagging" "s3:GetBucketTagging", READ, StackBucket, true;
+    GET_PUBLIC_ACCESS_BLOCK = "s3" "GetPublicAccessBlock" "s3:GetBucketPublicAccessBlock", READ, StackBucket, true;
+    GET_BUCKET_ENCRYPTION = "s3" "GetBucketEncryption" "s3:GetEncryptionConfiguration", READ, StackBucket, true;
+    GET_BUCKET_POLICY = "s3" "GetBucketPolicy" "s3:GetBucketPolicy", READ, StackBucket, true;
+    LIST_OBJECTS_V2 = "s3" "ListObjectsV2" "s3:ListBucket", READ, StackBucket, true;
+    // ---- creating and repairing (apply) ----
+    CREATE_VPC = "ec2" "CreateVpc" "ec2:CreateVpc", APPLY, Any, true;
+    MODIFY_VPC_ATTRIBUTE = "ec2" "ModifyVpcAttribute" "ec2:ModifyVpcAttribute", APPLY, StackTagged, true;
+    CREATE_SUBNET = "ec2" "CreateSubnet" "ec2:CreateSubnet", APPLY, Any, true;
+    CREATE_INTERNET_GATEWAY = "ec2" "CreateInternetGateway" "ec2:CreateInternetGateway", APPLY, Any, true;
+    ATTACH_INTERNET_GATEWAY = "ec2" "AttachInternetGateway" "ec2:AttachInternetGateway", APPLY, Any, true;
+    ALLOCATE_ADDRESS = "ec2" "AllocateAddress" "ec2:AllocateAddress", APPLY, Any, true;
+    CREATE_NAT_GATEWAY = "ec2" "CreateNatGateway" "ec2:CreateNatGateway", APPLY, Any, true;
+    CREATE_ROUTE_TABLE = "ec2" "CreateRouteTable" "ec2:CreateRouteTable", APPLY, Any, true;
+    CREATE_ROUTE = "ec2" "CreateRoute" "ec2:CreateRoute", APPLY, StackTagged, true;
+    REPLACE_ROUTE = "ec2" "ReplaceRoute" "ec2:ReplaceRoute", APPLY, StackTagged, true;
+    DELETE_ROUTE = "ec2" "DeleteRoute" "ec2:DeleteRoute", APPLY, StackTagged, true;
+    ASSOCIATE_ROUTE_TABLE = "ec2" "AssociateRouteTable" "ec2:AssociateRouteTable", APPLY, Any, true;
+    REPLACE_ROUTE_TABLE_ASSOCIATION = "ec2" "ReplaceRouteTableAssociation" "ec2:ReplaceRouteTableAssociation", APPLY, Any, true;
+    CREATE_SECURITY_GROUP = "ec2" "CreateSecurityGroup" "ec2:CreateSecurityGroup", APPLY, Any, true;
+    AUTHORIZE_SECURITY_GROUP_INGRESS = "ec2" "AuthorizeSecurityGroupIngress" "ec2:AuthorizeSecurityGroupIngress", APPLY, StackTagged, true;
+    AUTHORIZE_SECURITY_GROUP_EGRESS = "ec2" "AuthorizeSecurityGroupEgress" "ec2:AuthorizeSecurityGroupEgress", APPLY, StackTagged, true;
+    REVOKE_SECURITY_GROUP_EGRESS = "ec2" "RevokeSecurityGroupEgress" "ec2:RevokeSecurityGroupEgress", APPLY, StackTagged, true;
+    RUN_INSTANCES = "ec2" "RunInstances" "ec2:RunInstances", APPLY, Any, true;
+    PASS_ROLE = "iam" "PassRole" "iam:PassRole", APPLY, PassStackRoleToEc2, false;
+    ASSOCIATE_ADDRESS = "ec2" "AssociateAddress" "ec2:AssociateAddress", APPLY, Any, true;
+    CREATE_TAGS = "ec2" "CreateTags" "ec2:CreateTags", APPLY, Any, true;
+    CREATE_ROLE = "iam" "CreateRole" "iam:CreateRole", APPLY, StackRole, true;
+    TAG_ROLE = "iam" "TagRole" "iam:TagRole", APPLY, StackRole, false;
+    PUT_ROLE_POLICY = "iam" "PutRolePolicy" "iam:PutRolePolicy", APPLY, StackRole, true;
+    CREATE_INSTANCE_PROFILE = "iam" "CreateInstanceProfile" "iam:CreateInstanceProfile", APPLY, StackProfile, true;
+    TAG_INSTANCE_PROFILE = "iam" "TagInstanceProfile" "iam:TagInstanceProfile", APPLY, StackProfile, false;
+    ADD_ROLE_TO_INSTANCE_PROFILE = "iam" "AddRoleToInstanceProfile" "iam:AddRoleToInstanceProfile", APPLY, StackProfile, true;
+    CREATE_BUCKET = "s3" "CreateBucket" "s3:CreateBucket", APPLY, StackBucket, true;
+    PUT_BUCKET_TAGGING = "s3" "PutBucketTagging" "s3:PutBucketTagging", APPLY, StackBucket, true;
+    PUT_PUBLIC_ACCESS_BLOCK = "s3" "PutPublicAccessBlock" "s3:PutBucketPublicAccessBlock", APPLY, StackBucket, true;
+    PUT_BUCKET_ENCRYPTION = "s3" "PutBucketEncryption" "s3:PutEncryptionConfiguration", APPLY, StackBucket, true;
+    PUT_BUCKET_POLICY = "s3" "PutBucketPolicy" "s3:PutBucketPolicy", APPLY, StackBucket, true;
+    PUT_OBJECT = "s3" "PutObject" "s3:PutObject", APPLY, StackBucketObjects, true;
+    // ---- removing (destroy, and apply when it replaces or removes) ----
+    TERMINATE_INSTANCES = "ec2" "TerminateInstances" "ec2:TerminateInstances", REMOVE, StackTagged, true;
+    DELETE_NAT_GATEWAY = "ec2" "DeleteNatGateway" "ec2:DeleteNatGateway", REMOVE, StackTagged, true;
+    DISASSOCIATE_ADDRESS = "ec2" "DisassociateAddress" "ec2:DisassociateAddress", REMOVE, Any, true;
+    RELEASE_ADDRESS = "ec2" "ReleaseAddress" "ec2:ReleaseAddress", REMOVE, StackTagged, true;
+    DISASSOCIATE_ROUTE_TABLE = "ec2" "DisassociateRouteTable" "ec2:DisassociateRouteTable", REMOVE, Any, true;
+    DELETE_ROUTE_TABLE = "ec2" "DeleteRouteTable" "ec2:DeleteRouteTable", REMOVE, StackTagged, true;
+    DELETE_SUBNET = "ec2" "DeleteSubnet" "ec2:DeleteSubnet", REMOVE, StackTagged, true;
+    REVOKE_SECURITY_GROUP_INGRESS = "ec2" "RevokeSecurityGroupIngress" "ec2:RevokeSecurityGroupIngress", REMOVE, StackTagged, true;
+    DELETE_SECURITY_GROUP = "ec2" "DeleteSecurityGroup" "ec2:DeleteSecurityGroup", REMOVE, StackTagged, true;
+    DETACH_INTERNET_GATEWAY = "ec2" "DetachInternetGateway" "ec2:DetachInternetGateway", REMOVE, StackTagged, true;
+    DELETE_INTERNET_GATEWAY = "ec2" "DeleteInternetGateway" "ec2:DeleteInternetGateway", REMOVE, StackTagged, true;
+    DELETE_VPC = "ec2" "DeleteVpc" "ec2:DeleteVpc", REMOVE, StackTagged, true;
+    REMOVE_ROLE_FROM_INSTANCE_PROFILE = "iam" "RemoveRoleFromInstanceProfile" "iam:RemoveRoleFromInstanceProfile", REMOVE, StackProfile, true;
+    DELETE_INSTANCE_PROFILE = "iam" "DeleteInstanceProfile" "iam:DeleteInstanceProfile", REMOVE, StackProfile, true;
+    DELETE_ROLE_POLICY = "iam" "DeleteRolePolicy" "iam:DeleteRolePolicy", REMOVE, StackRole, true;
+    DELETE_ROLE = "iam" "DeleteRole" "iam:DeleteRole", REMOVE, StackRole, true;
+    DELETE_PARAMETER = "ssm" "DeleteParameter" "ssm:DeleteParameter", REMOVE, HostKeyParameter, true;
+    DELETE_OBJECT = "s3" "DeleteObject" "s3:DeleteObject", REMOVE, StackBucketObjects, true;
+    DELETE_BUCKET = "s3" "DeleteBucket" "s3:DeleteBucket", REMOVE, StackBucket, true;
+}
+
+/// One IAM action of the deployer and everything that needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionUse {
+    pub action: &'static str,
+    /// The API calls that need it (`s3:HeadBucket` and `s3:ListObjectsV2` need s3:ListBucket).
+    pub calls: Vec<String>,
+    /// The commands that need it (bit set).
+    pub commands: u8,
+    /// False when AWS checks it only inside another call (iam:PassRole in RunInstances).
+    pub called: bool,
+}
+
+/// The actions of the deployer's policy, each once, in [`ALL`]'s order.
+pub fn actions() -> Vec<ActionUse> {
+    let mut out: Vec<ActionUse> = Vec::new();
+    for c in ALL.iter().filter(|c| c.scope != Scope::NoPermission) {
+        let call = format!("{}:{}", c.service, c.operation);
+        match out.iter_mut().find(|u| u.action == c.action) {
+            Some(u) => {
+                u.calls.push(call);
+                u.commands |= c.commands;
+                u.called |= c.called;
+            }
+            None => out.push(ActionUse {
+                action: c.action,
+                calls: if c.called { vec![call] } else { Vec::new() },
+                commands: c.commands,
+                called: c.called,
+            }),
+        }
+    }
+    out
+}
+
+/// The names of the commands in a bit set.
+pub fn command_names(commands: u8) -> Vec<&'static str> {
+    [
+        (PLAN, "plan"),
+        (APPLY, "apply"),
+        (DESTROY, "destroy"),
+        (OUTPUT, "output"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| commands & bit != 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
+/// The calls a command makes (or whose permission it needs).
+pub fn for_command(command: u8) -> impl Iterator<Item = &'static Call> {
+    ALL.iter().filter(move |c| c.commands & command != 0)
+}
+
+/// The deployer's policy for `stack` in `region`: every action of [`ALL`], grouped by scope,
+/// narrowed as [`Scope`] says. One statement per scope, in [`Scope`]'s order.
+pub fn deployer_policy(stack: &str, region: &str) -> Value {
+    let part = partition(region);
+    let role = role_name(stack);
+    // The bucket is named after the account: twelve digits, matched by twelve `?` (a `*` would
+    // also match the bucket of a stack whose name starts with this one's and a `-`).
+    let bucket = binary_bucket(stack, "????????????");
+    let mut statements = Vec::new();
+    let scopes = [
+        Scope::Any,
+        Scope::StackTagged,
+        Scope::StackRole,
+        Scope::StackProfile,
+        Scope::PassStackRoleToEc2,
+        Scope::HostKeyParameter,
+        Scope::StackBucket,
+        Scope::StackBucketObjects,
+    ];
+    for scope in scopes {
+        let mut actions: Vec<&str> = ALL
+            .iter()
+            .filter(|c| c.scope == scope)
+            .map(|c| c.action)
+            .collect();
+        actions.sort_unstable();
+        actions.dedup();
+        if actions.is_empty() {
+            continue;
+        }
+        let (sid, resource, condition) = match scope {
+            Scope::Any => ("ReadAndCreate", json!("*"), None),
+            Scope::StackTagged => (
+                "ChangeOnlyTheStacksEc2Resources",
+                json!("*"),
+                Some(json!({"StringEquals": {format!("aws:ResourceTag/{TAG_STACK}"): stack}})),
+            ),
+            Scope::StackRole => (
+                "TheBastionRole",
+                json!(format!("arn:{part}:iam::*:role/{role}")),
+                None,
+            ),
+            Scope::StackProfile => (
+                "TheBastionInstanceProfile",
+                json!(format!("arn:{part}:iam::*:instance-profile/{role}")),
+                None,
+            ),
+            Scope::PassStackRoleToEc2 => (
+                "PassTheBastionRoleToEc2Only",
+                json!(format!("arn:{part}:iam::*:role/{role}")),
+                Some(json!({"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}})),
+            ),
+            Scope::HostKeyParameter => (
+                "TheHostKeyParameter",
+                json!(format!(
+                    "arn:{part}:ssm:{region}:*:parameter/{}",
+                    host_key_parameter(stack).trim_start_matches('/')
+                )),
+                None,
+            ),
+            Scope::StackBucket => (
+                "TheBinaryBucket",
+                json!(format!("arn:{part}:s3:::{bucket}")),
+                None,
+            ),
+            Scope::StackBucketObjects => (
+                "TheBinaries",
+                json!(format!("arn:{part}:s3:::{bucket}/*")),
+                None,
+            ),
+            Scope::NoPermission => continue,
+        };
+        let mut statement = json!({
+            "Sid": sid,
+            "Effect": "Allow",
+            "Action": actions,
+            "Resource": resource,
+        });
+        if let Some(condition) = condition {
+            statement["Condition"] = condition;
+        }
+        statements.push(statement);
+    }
+    json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The modules that call AWS, as compiled.
+    const SOURCES: &[(&str, &str)] = &[
+        ("aws/observe.rs", include_str!("aws/observe.rs")),
+        ("aws/execute.rs", include_str!("aws/execute.rs")),
+    ];
+
+    /// Every `deploy::NAME` the call sites name.
+    fn named() -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for (file, text) in SOURCES {
+            for (i, _) in text.match_indices("deploy::") {
+                let rest = &text[i + "deploy::".len()..];
+                let ident: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                // Constants only (not `deploy::Call`, the type).
+                if !ident.is_empty() && !ident.chars().any(|c| c.is_ascii_lowercase()) {
+                    out.push((*file, ident));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_call_site_names_a_declared_call_and_every_declared_call_is_made() {
+        let named = named();
+        assert!(named.len() >= 60, "{named:?}");
+        let mut made = BTreeSet::new();
+        for (file, ident) in &named {
+            assert!(
+                BY_IDENT.iter().any(|(name, _)| name == ident),
+                "{file}: deploy::{ident} is not declared"
+            );
+            made.insert(ident.as_str());
+        }
+        for (ident, call) in BY_IDENT {
+            assert_eq!(
+                made.contains(ident),
+                call.called,
+                "deploy::{ident}: called = {} but the sources {} it",
+                call.called,
+                if made.contains(ident) {
+                    "name"
+                } else {
+                    "never name"
+                }
+            );
+        }
+        // Every SDK operation string in the sources belongs to a declared call.
+        for (file, text) in SOURCES {
+            for line in text.lines().filter(|l| l.contains(".map_err(|e| fail(")) {
+                assert!(line.contains("deploy::"), "{file}: {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_policy_grants_every_action_once_and_narrows_what_can_be_narrowed() {
+        let policy = deployer_policy("lab", "eu-central-1");
+        let mut granted = Vec::new();
+        for s in policy["Statement"].as_array().expect("statements") {
+            for a in s["Action"].as_array().expect("actions") {
+                granted.push(a.as_str().expect("action").to_owned());
+            }
+            assert_ne!(s["Sid"], "", "{s}");
+        }
+        let mut want: Vec<String> = ALL
+            .iter()
+            .filter(|c| c.scope != Scope::NoPermission)
+            .map(|c| c.action.to_owned())
+            .collect();
+        want.sort();
+        want.dedup();
+        let mut sorted = granted.clone();
+        sorted.sort();
+        assert_eq!(sorted, want, "each action exactly once");
+        assert!(!granted.iter().any(|a| a.ends_with(":*") || a == "*"));
+        let text = policy.to_string();
+        assert!(
+            text.contains("arn:aws:iam::*:role/gatehouse-lab-bastion"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"iam:PassedToService\":\"ec2.amazonaws.com\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"aws:ResourceTag/gatehouse:stack\":\"lab\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("arn:aws:s3:::gatehouse-lab-????????????\""),
+            "{text}"
+        );
+        // Nothing that could widen the deployer: no IAM user, policy or other role changes.
+        for a in &granted {
+            assert!(
+                ![
+                    "iam:CreateUser",
+                    "iam:AttachRolePolicy",
+                    "iam:CreatePolicy",
+                    "iam:PutUserPolicy"
+                ]
+                .contains(&a.as_str()),
+                "{a}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_readme_explains_every_statement() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme
+            .find("### The deployer's IAM policy")
+            .expect("section")..];
+        let policy = deployer_policy("lab", "eu-central-1");
+        for s in policy["Statement"].as_array().expect("statements") {
+            let sid = s["Sid"].as_str().expect("sid");
+            assert!(section.contains(&format!("`{sid}`")), "README lacks {sid}");
+        }
+        let walked = actions().iter().filter(|u| u.called).count();
+        assert!(
+            section.contains(&format!("removes each action in turn ({walked} of them)")),
+            "README's count of walked actions is not {walked}"
+        );
+    }
+
+    #[test]
+    fn plan_and_output_only_read() {
+        for command in [PLAN, OUTPUT] {
+            for call in for_command(command) {
+                assert_eq!(call.commands, READ, "{call:?}");
+                let op = call.operation;
+                assert!(
+                    ["Describe", "Get", "List", "Head"]
+                        .iter()
+                        .any(|p| op.starts_with(p)),
+                    "{op}"
+                );
+            }
+        }
+    }
+}
