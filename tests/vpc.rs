@@ -1121,6 +1121,115 @@ fn a_bucket_of_the_stacks_name_that_is_not_ours_is_refused_and_kept() {
     });
 }
 
+/// What parliament (a lint of IAM policies against AWS's Service Authorization Reference:
+/// actions, the resource types each takes, the condition keys each resource type supports)
+/// finds in `docs` (name -> policy document): one line per finding, `name: ISSUE detail`.
+fn lint_policies(docs: &serde_json::Value) -> Vec<String> {
+    let python = moto::moto_server_path().with_file_name("python3");
+    let script = r#"
+import json, sys, parliament
+for name, doc in json.load(sys.stdin).items():
+    for f in parliament.analyze_policy_string(json.dumps(doc)).findings:
+        print(f"{name}: {f.issue} {json.dumps(f.detail, default=str)}")
+"#;
+    let mut child = Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(docs.to_string().as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("parliament");
+    assert!(
+        out.status.success(),
+        "parliament failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_deployers_and_the_bastions_policies_pass_the_iam_reference_lint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = dir.path().join("gatehouse");
+    std::fs::write(&binary, b"\x7fELF").expect("write");
+    let spec_path = dir.path().join("lab.toml");
+    std::fs::write(
+        &spec_path,
+        spec_with_binary("lab", 50, &binary.display().to_string()),
+    )
+    .expect("write spec");
+    let out = Command::new(BIN)
+        .arg("--spec")
+        .arg(&spec_path)
+        .args(["policy", "--json"])
+        .checked_output("gatehouse-vpc policy");
+    assert!(out.status.success(), "{out:?}");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let spec = gatehouse_vpc::spec::load(&spec_path, None, gatehouse_vpc::spec::ReadBinary::Yes)
+        .expect("spec");
+    let bucket = gatehouse_vpc::plan::binary_bucket("lab", ACCOUNT);
+    let docs = serde_json::json!({
+        "deployer": printed["policy"],
+        "bastion": gatehouse_vpc::policy::bastion_policy(&spec, Some(&bucket)),
+    });
+    let findings = lint_policies(&docs);
+    // Accepted, as the README says: the deployer sets the bucket's policy (the TLS-only Deny),
+    // which parliament calls a possible escalation because it could also grant reads; and the
+    // EC2 creates are on `*`.
+    let creates = [
+        "ec2:AllocateAddress",
+        "ec2:CreateInternetGateway",
+        "ec2:CreateNatGateway",
+        "ec2:CreateRouteTable",
+        "ec2:CreateSecurityGroup",
+        "ec2:CreateSubnet",
+        "ec2:CreateVpc",
+        "ec2:RunInstances",
+    ];
+    let accepted = |f: &str| {
+        if let Some(detail) = f.strip_prefix("deployer: RESOURCE_STAR ") {
+            let listed: Vec<String> = serde_json::from_str(detail).unwrap_or_default();
+            return !listed.is_empty() && listed.iter().all(|a| creates.contains(&a.as_str()));
+        }
+        f.starts_with("deployer: RESOURCE_POLICY_PRIVILEGE_ESCALATION")
+            && f.contains("s3:PutBucketPolicy")
+    };
+    let unexpected: Vec<&String> = findings.iter().filter(|f| !accepted(f)).collect();
+    assert!(unexpected.is_empty(), "{unexpected:#?}");
+
+    // The lint sees what it is for: a condition key the action's resource does not support,
+    // a resource type the action does not take.
+    let findings = lint_policies(&serde_json::json!({"wrong": {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "ec2:DeleteVpc", "Resource": "arn:aws:ec2:us-east-1:*:subnet/*"},
+            {"Effect": "Allow", "Action": "ec2:CreateSubnet", "Resource": "arn:aws:ec2:us-east-1:*:vpc/*",
+             "Condition": {"StringEquals": {"ec2:CreateAction": "CreateSubnet"}}}
+        ]
+    }}));
+    assert!(
+        findings.iter().any(|f| f.contains("RESOURCE_MISMATCH")),
+        "{findings:#?}"
+    );
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.contains("UNKNOWN_CONDITION_FOR_ACTION")),
+        "{findings:#?}"
+    );
+}
+
 #[test]
 fn foreign_iam_role_is_refused() {
     let rig = Rig::new();

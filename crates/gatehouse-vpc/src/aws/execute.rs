@@ -913,6 +913,9 @@ impl<'a> Executor<'a> {
                 )
                 .tag_specifications(tag_spec(ResourceType::Instance, &tags))
                 .tag_specifications(tag_spec(ResourceType::Volume, &tags))
+                // The network interface too: the deployer may associate and disassociate
+                // addresses only on resources with the stack's tag.
+                .tag_specifications(tag_spec(ResourceType::NetworkInterface, &tags))
                 .set_user_data(user_data.clone())
                 .set_private_ip_address(launch.private_ip.clone());
             if let Some(profile) = &launch.profile {
