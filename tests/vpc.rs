@@ -1121,19 +1121,12 @@ fn a_bucket_of_the_stacks_name_that_is_not_ours_is_refused_and_kept() {
     });
 }
 
-/// What parliament (a lint of IAM policies against AWS's Service Authorization Reference:
-/// actions, the resource types each takes, the condition keys each resource type supports)
-/// finds in `docs` (name -> policy document): one line per finding, `name: ISSUE detail`.
-fn lint_policies(docs: &serde_json::Value) -> Vec<String> {
+/// The tests' venv Python running `script` with `args`, `input` on its stdin.
+fn python_with_input(script: &str, args: &[&str], input: &[u8]) -> Output {
     let python = moto::moto_server_path().with_file_name("python3");
-    let script = r#"
-import json, sys, parliament
-for name, doc in json.load(sys.stdin).items():
-    for f in parliament.analyze_policy_string(json.dumps(doc)).findings:
-        print(f"{name}: {f.issue} {json.dumps(f.detail, default=str)}")
-"#;
     let mut child = Command::new(&python)
         .args(["-c", script])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1144,9 +1137,22 @@ for name, doc in json.load(sys.stdin).items():
         .stdin
         .take()
         .expect("stdin")
-        .write_all(docs.to_string().as_bytes())
+        .write_all(input)
         .expect("write");
-    let out = child.wait_with_output().expect("parliament");
+    child.wait_with_output().expect("python")
+}
+
+/// What parliament (a lint of IAM policies against AWS's Service Authorization Reference:
+/// actions, the resource types each takes, the condition keys each resource type supports)
+/// finds in `docs` (name -> policy document): one line per finding, `name: ISSUE detail`.
+fn lint_policies(docs: &serde_json::Value) -> Vec<String> {
+    let script = r#"
+import json, sys, parliament
+for name, doc in json.load(sys.stdin).items():
+    for f in parliament.analyze_policy_string(json.dumps(doc)).findings:
+        print(f"{name}: {f.issue} {json.dumps(f.detail, default=str)}")
+"#;
+    let out = python_with_input(script, &[], docs.to_string().as_bytes());
     assert!(
         out.status.success(),
         "parliament failed: {}",
@@ -1464,7 +1470,6 @@ fn check_user_data(spec: &gatehouse_vpc::spec::Spec, bucket: Option<&str>) {
     let text = gatehouse_vpc::userdata::render(spec, "vpc-0123456789abcdef0", bucket);
     assert!(text.len() < 16384, "user data is {} bytes", text.len());
     assert!(text.starts_with("#cloud-config\n"));
-    let python = moto::moto_server_path().with_file_name("python3");
     let check = r#"
 import sys, yaml, tomllib
 doc = yaml.safe_load(sys.stdin.read())
@@ -1496,22 +1501,8 @@ assert subprocess.run(["sh", "-n"], input=script.encode()).returncode == 0, "ins
 assert doc["runcmd"] == [["/usr/local/sbin/gatehouse-install"]], doc["runcmd"]
 print("ok")
 "#;
-    let mut child = Command::new(&python)
-        .args(["-c", check])
-        .args(bucket)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python");
+    let args: Vec<&str> = bucket.into_iter().collect();
+    let out = python_with_input(check, &args, text.as_bytes());
     assert!(
         out.status.success(),
         "cloud-config check failed:\n{}\n{}",

@@ -1,6 +1,7 @@
 //! The bastion's user data: a `#cloud-config` document that writes the gatehouse config and
 //! the hardened systemd unit, downloads the gatehouse binary (from the stack's bucket with the
-//! instance role, or from the spec's URL; checking its SHA-256 when known), hands port 22 from the image's sshd to gatehouse and starts it.
+//! instance role, or from the spec's URL; checking its SHA-256 when known), hands port 22 from
+//! the image's sshd to gatehouse and starts it.
 
 use crate::model::TAG_STACK;
 use crate::plan::host_key_parameter;
@@ -108,8 +109,12 @@ pub const FETCH_PATH: &str = "/usr/local/sbin/gatehouse-fetch";
 /// The https URL of a stored binary: `gatehouse/<sha256>` in the stack's bucket, virtual-hosted
 /// style on the region's S3 endpoint.
 pub fn binary_url(region: &str, bucket: &str, sha256: &str) -> String {
+    let domain = match crate::policy::partition(region) {
+        "aws-cn" => "amazonaws.com.cn",
+        _ => "amazonaws.com",
+    };
     format!(
-        "https://{bucket}.s3.{region}.amazonaws.com/{}",
+        "https://{bucket}.s3.{region}.{domain}/{}",
         crate::plan::binary_object(sha256)
     )
 }

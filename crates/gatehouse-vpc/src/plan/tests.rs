@@ -1202,3 +1202,16 @@ fn an_untagged_empty_bucket_of_the_stacks_name_is_adopted_after_an_interrupted_a
     });
     assert_eq!(fake.converge(&spec), 1);
 }
+
+#[test]
+fn the_binary_url_is_the_regions_s3_endpoint() {
+    use crate::userdata::binary_url;
+    assert_eq!(
+        binary_url("eu-central-1", "gatehouse-lab-123456789012", "ab"),
+        "https://gatehouse-lab-123456789012.s3.eu-central-1.amazonaws.com/gatehouse/ab"
+    );
+    assert_eq!(
+        binary_url("cn-north-1", "gatehouse-lab-123456789012", "ab"),
+        "https://gatehouse-lab-123456789012.s3.cn-north-1.amazonaws.com.cn/gatehouse/ab"
+    );
+}
