@@ -1295,31 +1295,38 @@ fn bad_specs_are_rejected_before_any_aws_call() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let good = spec_text("lab", 50, "single");
-    let cases: Vec<(&str, String, &str)> = vec![
+    let every: &[&str] = &["plan", "apply", "destroy", "output"];
+    let plan_and_apply: &[&str] = &["plan", "apply"];
+    let mut cases: Vec<(&str, String, &str, &[&str])> = vec![
         (
             "overlap",
             good.replace("10.50.11.0/24", "10.50.10.128/25"),
             "overlaps subnet analysis-a",
+            every,
         ),
         (
             "outside",
             good.replace("10.50.11.0/24", "10.51.11.0/24"),
             "is outside the vpc cidr 10.50.0.0/16",
+            every,
         ),
         (
             "unknown az",
             good.replace("\"us-east-1b\"]", "\"eu-west-1b\"]"),
             "unknown availability zone \"eu-west-1b\"",
+            every,
         ),
         (
             "world",
             good.replace("\"198.51.100.0/24\", ", "\"0.0.0.0/0\", "),
             "set allow_world = true",
+            every,
         ),
         (
             "unknown key",
             good.replace("[private]", "[private]\nport = 22"),
             "unknown field `port`",
+            every,
         ),
         (
             "user data",
@@ -1331,11 +1338,13 @@ fn bad_specs_are_rejected_before_any_aws_call() {
                     .join(", ")
             ),
             "bastion user data is",
+            every,
         ),
         (
             "bastion private",
             good.replace("subnet = \"dmz-a\"", "subnet = \"analysis-a\""),
             "must be public",
+            every,
         ),
         (
             "per_az",
@@ -1345,40 +1354,15 @@ fn bad_specs_are_rejected_before_any_aws_call() {
                     "az = \"us-east-1a\"\n\n[[subnets]]\nname = \"analysis-a\"",
                 ),
             "needs a public subnet in us-east-1b",
+            every,
         ),
         (
             "dotted group",
             good.replace("groups = [\"research\"]", "groups = [\"research.gpu\"]"),
             "group `research.gpu` contains '.'",
+            every,
         ),
     ];
-    for (what, text, needle) in cases {
-        let path = dir.path().join("bad.toml");
-        std::fs::write(&path, text).expect("write");
-        for cmd in ["plan", "apply", "destroy", "output"] {
-            let out = Command::new(BIN)
-                .env_remove("AWS_PROFILE")
-                .env("AWS_ACCESS_KEY_ID", "test")
-                .env("AWS_SECRET_ACCESS_KEY", "test")
-                .env("AWS_EC2_METADATA_DISABLED", "true")
-                .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))
-                .arg("--spec")
-                .arg(&path)
-                .args(["--endpoint-url", &format!("http://127.0.0.1:{closed}"), cmd])
-                .checked_output("run");
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(64), "{what}/{cmd}: {err}");
-            assert!(
-                err.contains(needle),
-                "{what}/{cmd}: expected {needle:?} in:\n{err}"
-            );
-            assert!(
-                err.contains(&format!("{}:", path.display())),
-                "{what}: no file:line:col in {err}"
-            );
-        }
-    }
-
     // The binary apply stores: plan and apply read it; destroy and output do not need it.
     let not_elf = dir.path().join("not-elf");
     std::fs::write(&not_elf, "#!/bin/sh\n").expect("write");
@@ -1388,18 +1372,18 @@ fn bad_specs_are_rejected_before_any_aws_call() {
         "gatehouse_binary = \"BINARY\"\n",
     );
     assert_ne!(stored, good);
-    let cases: Vec<(&str, String, &str, &[&str])> = vec![
+    cases.extend([
         (
             "missing binary",
             stored.replace("BINARY", "no-such-file"),
             "gatehouse_binary",
-            &["plan", "apply"],
+            plan_and_apply,
         ),
         (
             "not an ELF",
             stored.replace("BINARY", "not-elf"),
             "not an ELF executable",
-            &["plan", "apply"],
+            plan_and_apply,
         ),
         (
             "both",
@@ -1408,19 +1392,19 @@ fn bad_specs_are_rejected_before_any_aws_call() {
                 "gatehouse_download_url = \"https://example.org/g\"\ngatehouse_binary",
             ),
             "set gatehouse_download_url or gatehouse_binary, not both",
-            &["plan", "apply", "destroy", "output"],
+            every,
         ),
         (
             "neither",
             stored.replace("gatehouse_binary = \"BINARY\"\n", ""),
             "needs gatehouse_binary",
-            &["plan", "apply", "destroy", "output"],
+            every,
         ),
-    ];
+    ]);
     for (what, text, needle, cmds) in cases {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, text).expect("write");
-        for cmd in ["plan", "apply", "destroy", "output"] {
+        for &cmd in every {
             let out = Command::new(BIN)
                 .env_remove("AWS_PROFILE")
                 .env("AWS_ACCESS_KEY_ID", "test")
@@ -1438,6 +1422,10 @@ fn bad_specs_are_rejected_before_any_aws_call() {
                 assert!(
                     err.contains(needle),
                     "{what}/{cmd}: expected {needle:?} in:\n{err}"
+                );
+                assert!(
+                    err.contains(&format!("{}:", path.display())),
+                    "{what}: no file:line:col in {err}"
                 );
             } else {
                 // Past the spec: the AWS call to the closed port fails, not the spec.
