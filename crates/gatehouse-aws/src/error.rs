@@ -166,16 +166,11 @@ impl AwsError {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        match AwsError::call(service, operation, error) {
-            AwsError::Call { code, message, .. } => AwsError::Call {
-                service,
-                operation,
-                action: Some(action),
-                code,
-                message,
-            },
-            other => other,
+        let mut e = AwsError::call(service, operation, error);
+        if let AwsError::Call { action: a, .. } = &mut e {
+            *a = Some(action);
         }
+        e
     }
 }
 

@@ -217,11 +217,6 @@ pub fn command_names(commands: u8) -> Vec<&'static str> {
     .collect()
 }
 
-/// The calls a command makes (or whose permission it needs).
-pub fn for_command(command: u8) -> impl Iterator<Item = &'static Call> {
-    ALL.iter().filter(move |c| c.commands & command != 0)
-}
-
 /// EC2 resource types the stack creates, and so owns (tagged at creation: the network
 /// interface of an instance too).
 const EC2_OWNED: &[&str] = &[
@@ -491,7 +486,7 @@ mod tests {
     #[test]
     fn plan_and_output_only_read() {
         for command in [PLAN, OUTPUT] {
-            for call in for_command(command) {
+            for call in ALL.iter().filter(|c| c.commands & command != 0) {
                 assert_eq!(call.commands, READ, "{call:?}");
                 let op = call.operation;
                 assert!(

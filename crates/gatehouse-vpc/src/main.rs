@@ -188,6 +188,10 @@ fn progress(step: &Step) {
 }
 
 async fn run(cli: Cli, spec: spec::Spec) -> anyhow::Result<ExitCode> {
+    // No AWS call: the policy follows from the spec alone.
+    if let Command::Policy { json } = cli.command {
+        return Ok(print_policy(&spec, json));
+    }
     let clients = Clients::new(&spec.region, cli.endpoint_url.as_deref()).await;
     let waits = Waits {
         poll: cli.poll_interval,
@@ -222,8 +226,8 @@ async fn run(cli: Cli, spec: spec::Spec) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("destroy of stack {stack}"))?;
             println!("stack {stack}: destroyed ({n} step(s))");
         }
-        // No AWS call: the policy follows from the spec alone.
-        Command::Policy { json } => return Ok(print_policy(&spec, json)),
+        // Handled above, before any AWS client exists.
+        Command::Policy { .. } => {}
         Command::Output { json, user } => {
             // Before any AWS call: a user name the bastion cannot map is a usage error.
             if let Err(e) = output::login_name(&user) {

@@ -189,7 +189,7 @@ impl ObsBucket {
     /// The stack's: tagged with `stack`, or untagged and empty under the stack's exact name
     /// in this account, which is what an apply interrupted between CreateBucket and
     /// PutBucketTagging leaves; the next apply tags it, destroy deletes it. (Observed buckets
-    /// are always in this account: every call names it as the expected owner.)
+    /// are always in this account: every read names it as the expected owner.)
     pub fn is_ours(&self, stack: &str) -> bool {
         self.tags.get(TAG_STACK).map(String::as_str) == Some(stack)
             || (self.tags.is_empty() && self.objects.is_empty())

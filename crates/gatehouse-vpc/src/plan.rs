@@ -234,8 +234,12 @@ fn desired_instances(spec: &Spec) -> Vec<(String, LaunchSpec, Tags)> {
 /// SHA-256 (hex) of a text.
 pub fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(text.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Tags in `desired` that `observed` lacks or holds with another value.

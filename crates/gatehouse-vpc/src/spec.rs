@@ -213,16 +213,6 @@ pub enum Binary {
     },
 }
 
-impl Binary {
-    /// The SHA-256 the bastion checks the downloaded binary against, when there is one.
-    pub fn sha256(&self) -> Option<&str> {
-        match self {
-            Binary::Url { sha256, .. } => sha256.as_deref(),
-            Binary::Stored { sha256, .. } => Some(sha256),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Host {
     pub name: String,
@@ -251,8 +241,22 @@ impl Spec {
     }
 }
 
-/// SHA-256 (hex) and size of a gatehouse binary, which must be an ELF executable.
-pub fn file_digest(path: &std::path::Path) -> Result<(String, u64), String> {
+/// A file's SHA-256 and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileDigest {
+    pub sha256: [u8; 32],
+    pub size: u64,
+}
+
+impl FileDigest {
+    /// The SHA-256 in hex, as the spec, the object key and the user data name it.
+    pub fn hex(&self) -> String {
+        crate::plan::hex(&self.sha256)
+    }
+}
+
+/// SHA-256 and size of a gatehouse binary, which must be an ELF executable.
+pub fn file_digest(path: &std::path::Path) -> Result<FileDigest, String> {
     use sha2::Digest;
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
@@ -277,14 +281,10 @@ pub fn file_digest(path: &std::path::Path) -> Result<(String, u64), String> {
                 .into(),
         );
     }
-    Ok((
-        hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+    Ok(FileDigest {
+        sha256: hasher.finalize().into(),
         size,
-    ))
+    })
 }
 
 /// Whether loading a spec reads its `gatehouse_binary` (plan and apply need its digest;
@@ -802,10 +802,10 @@ impl Validator<'_> {
                     });
                 }
                 match file_digest(&full) {
-                    Ok((sha256, size)) => Some(Binary::Stored {
+                    Ok(digest) => Some(Binary::Stored {
                         path: full,
-                        sha256,
-                        size,
+                        sha256: digest.hex(),
+                        size: digest.size,
                     }),
                     Err(e) => {
                         self.at(path, format!("gatehouse_binary {}: {e}", full.display()));

@@ -789,10 +789,11 @@ impl<'a> Executor<'a> {
         path: &std::path::Path,
         sha256: &str,
     ) -> Result<(), Error> {
-        let (now, _) = crate::spec::file_digest(path).map_err(|e| Error::Binary {
+        let digest = crate::spec::file_digest(path).map_err(|e| Error::Binary {
             resource: what.to_owned(),
             problem: format!("{}: {e}", path.display()),
         })?;
+        let now = digest.hex();
         if now != sha256 {
             return Err(Error::Binary {
                 resource: what.to_owned(),
@@ -808,16 +809,13 @@ impl<'a> Executor<'a> {
                 resource: what.to_owned(),
                 problem: format!("{}: {e}", path.display()),
             })?;
-        let raw: Vec<u8> = (0..sha256.len() / 2)
-            .filter_map(|i| u8::from_str_radix(&sha256[2 * i..2 * i + 2], 16).ok())
-            .collect();
         self.clients
             .s3
             .put_object()
             .bucket(bucket)
             .key(object)
             .body(body)
-            .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(raw))
+            .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(digest.sha256))
             .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
             .send()
             .await

@@ -1,6 +1,8 @@
 //! Read what AWS reports for a stack into plain data. Every EC2 describe call filters on the
 //! stack tag, and the planner checks the tag again on each item (see `plan::only_ours`).
 
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, IpPermission, VpcAttributeName};
 
 use super::{fail, Clients, Error};
@@ -558,83 +560,65 @@ async fn observe_s3(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), 
             _ => return Err(fail(&what, &deploy::HEAD_BUCKET, e)),
         }
     }
-    // Each "not configured" answer has its own error code.
-    let absent = |err: &Error, code: &str| err.code() == Some(code);
-    let tags = match s3
-        .get_bucket_tagging()
-        .bucket(&name)
-        .expected_bucket_owner(&account)
-        .send()
-        .await
-    {
-        Ok(out) => out
-            .tag_set()
-            .iter()
-            .map(|t| (t.key().to_string(), t.value().to_string()))
-            .collect(),
-        Err(e) => {
-            let err = fail(&what, &deploy::GET_BUCKET_TAGGING, e);
-            if !absent(&err, "NoSuchTagSet") {
-                return Err(err);
-            }
-            Tags::new()
-        }
-    };
-    let public_access_blocked = match s3
-        .get_public_access_block()
-        .bucket(&name)
-        .expected_bucket_owner(&account)
-        .send()
-        .await
-    {
-        Ok(out) => out.public_access_block_configuration().is_some_and(|b| {
-            b.block_public_acls() == Some(true)
-                && b.ignore_public_acls() == Some(true)
-                && b.block_public_policy() == Some(true)
-                && b.restrict_public_buckets() == Some(true)
-        }),
-        Err(e) => {
-            let err = fail(&what, &deploy::GET_PUBLIC_ACCESS_BLOCK, e);
-            if !absent(&err, "NoSuchPublicAccessBlockConfiguration") {
-                return Err(err);
-            }
-            false
-        }
-    };
-    let encrypted = match s3
-        .get_bucket_encryption()
-        .bucket(&name)
-        .expected_bucket_owner(&account)
-        .send()
-        .await
-    {
-        Ok(out) => out
-            .server_side_encryption_configuration()
-            .is_some_and(|c| !c.rules().is_empty()),
-        Err(e) => {
-            let err = fail(&what, &deploy::GET_BUCKET_ENCRYPTION, e);
-            if !absent(&err, "ServerSideEncryptionConfigurationNotFoundError") {
-                return Err(err);
-            }
-            false
-        }
-    };
-    let policy = match s3
-        .get_bucket_policy()
-        .bucket(&name)
-        .expected_bucket_owner(&account)
-        .send()
-        .await
-    {
-        Ok(out) => out.policy().map(parse_policy),
-        Err(e) => {
-            let err = fail(&what, &deploy::GET_BUCKET_POLICY, e);
-            if !absent(&err, "NoSuchBucketPolicy") {
-                return Err(err);
-            }
-            None
-        }
-    };
+    let tags = configured(
+        s3.get_bucket_tagging()
+            .bucket(&name)
+            .expected_bucket_owner(&account)
+            .send()
+            .await,
+        &what,
+        &deploy::GET_BUCKET_TAGGING,
+        "NoSuchTagSet",
+        |out| {
+            out.tag_set()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect()
+        },
+    )?;
+    let public_access_blocked = configured(
+        s3.get_public_access_block()
+            .bucket(&name)
+            .expected_bucket_owner(&account)
+            .send()
+            .await,
+        &what,
+        &deploy::GET_PUBLIC_ACCESS_BLOCK,
+        "NoSuchPublicAccessBlockConfiguration",
+        |out| {
+            out.public_access_block_configuration().is_some_and(|b| {
+                b.block_public_acls() == Some(true)
+                    && b.ignore_public_acls() == Some(true)
+                    && b.block_public_policy() == Some(true)
+                    && b.restrict_public_buckets() == Some(true)
+            })
+        },
+    )?;
+    let encrypted = configured(
+        s3.get_bucket_encryption()
+            .bucket(&name)
+            .expected_bucket_owner(&account)
+            .send()
+            .await,
+        &what,
+        &deploy::GET_BUCKET_ENCRYPTION,
+        "ServerSideEncryptionConfigurationNotFoundError",
+        |out| {
+            out.server_side_encryption_configuration()
+                .is_some_and(|c| !c.rules().is_empty())
+        },
+    )?;
+    let policy = configured(
+        s3.get_bucket_policy()
+            .bucket(&name)
+            .expected_bucket_owner(&account)
+            .send()
+            .await,
+        &what,
+        &deploy::GET_BUCKET_POLICY,
+        "NoSuchBucketPolicy",
+        |out| out.policy().map(parse_policy),
+    )?;
     let mut objects = Vec::new();
     let mut pages = s3
         .list_objects_v2()
@@ -659,6 +643,31 @@ async fn observe_s3(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), 
         objects,
     });
     Ok(())
+}
+
+/// A bucket setting read: `read` of the answer, or its default when S3 answers `absent_code`
+/// (each "not configured" answer has its own code); any other error fails.
+fn configured<O, E, T: Default>(
+    answer: Result<O, SdkError<E, HttpResponse>>,
+    what: &str,
+    call: &'static deploy::Call,
+    absent_code: &str,
+    read: impl FnOnce(O) -> T,
+) -> Result<T, Error>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match answer {
+        Ok(out) => Ok(read(out)),
+        Err(e) => {
+            let err = fail(what, call, e);
+            if err.code() == Some(absent_code) {
+                Ok(T::default())
+            } else {
+                Err(err)
+            }
+        }
+    }
 }
 
 /// IAM returns policy documents URL-encoded (RFC 3986); accept plain JSON too.
