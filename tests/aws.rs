@@ -54,7 +54,7 @@ fn now_unix() -> f64 {
 }
 
 /// The fault-injecting proxy in front of moto, in the bastion namespace.
-struct Proxy {
+pub(super) struct Proxy {
     /// Kept for its lifetime (killed on drop) and its logs.
     _daemon: Daemon,
     port: u16,
@@ -63,6 +63,17 @@ struct Proxy {
 
 impl Proxy {
     fn start(topology: &Topology, scratch: &Scratch, upstream: u16) -> Proxy {
+        Proxy::start_recording(topology, scratch, upstream, None)
+    }
+
+    /// [`Proxy::start`], appending every EC2 Instance Connect push moto accepted to `pushes`
+    /// (JSON lines; see `tests/py/aws_proxy.py`).
+    pub(super) fn start_recording(
+        topology: &Topology,
+        scratch: &Scratch,
+        upstream: u16,
+        pushes: Option<&Path>,
+    ) -> Proxy {
         let port = topology
             .bastion
             .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -73,6 +84,9 @@ impl Proxy {
         cmd.arg(py_script("aws_proxy.py"))
             .arg(port.to_string())
             .arg(upstream.to_string());
+        if let Some(pushes) = pushes {
+            cmd.arg(pushes);
+        }
         let mut daemon = Daemon::spawn("aws_proxy", cmd, scratch);
         daemon.wait_for_port(
             &topology.bastion,
@@ -86,12 +100,12 @@ impl Proxy {
         }
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// A control request (`/__proxy/...`); returns the JSON answer.
-    fn control(&self, path: &str) -> Value {
+    pub(super) fn control(&self, path: &str) -> Value {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let mut stream = self
             .ns
@@ -114,7 +128,7 @@ impl Proxy {
 
 /// Runs `tests/py/aws_fixture.py` against moto (directly, not through the proxy) in the
 /// bastion namespace and returns one result per operation.
-fn fixture(topology: &Topology, moto: &Moto, ops: Value) -> Vec<Value> {
+pub(super) fn fixture(topology: &Topology, moto: &Moto, ops: Value) -> Vec<Value> {
     fixture_as(topology, moto, None, ops)
 }
 
@@ -140,14 +154,14 @@ pub(super) fn fixture_as(
 }
 
 /// Settings of one test's gatehouse config.
-struct Settings {
-    max_staleness: &'static str,
+pub(super) struct Settings {
+    pub(super) max_staleness: &'static str,
     /// `aws.vpc_ids` (required, at least one).
-    vpc_ids: Vec<String>,
-    listen_port: u16,
+    pub(super) vpc_ids: Vec<String>,
+    pub(super) listen_port: u16,
 }
 
-fn write_config(scratch: &Scratch, name: &str, endpoint: &str, s: &Settings) -> PathBuf {
+pub(super) fn write_config(scratch: &Scratch, name: &str, endpoint: &str, s: &Settings) -> PathBuf {
     let vpcs = serde_json::to_string(&s.vpc_ids).expect("a list of strings");
     let text = format!(
         r#"
@@ -190,7 +204,12 @@ pub(super) fn gatehouse_cmd_from(topology: &Topology, binary: &Path) -> Command 
     cmd
 }
 
-fn start_gatehouse(topology: &Topology, scratch: &Scratch, config: &Path, name: &str) -> Daemon {
+pub(super) fn start_gatehouse(
+    topology: &Topology,
+    scratch: &Scratch,
+    config: &Path,
+    name: &str,
+) -> Daemon {
     let mut cmd = gatehouse_cmd(topology);
     cmd.arg("serve").arg("--config").arg(config);
     let mut daemon = Daemon::spawn(name, cmd, scratch);
@@ -198,7 +217,7 @@ fn start_gatehouse(topology: &Topology, scratch: &Scratch, config: &Path, name: 
     daemon
 }
 
-fn read_audit(path: &Path) -> Vec<Value> {
+pub(super) fn read_audit(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -350,7 +369,7 @@ impl Rig {
 
 /// `ssh -W target bastion` (stdin closed at once): on success stdout begins with the
 /// target's SSH banner; on refusal stderr has the bastion's reason.
-fn dash_w(client: &SshClient, target: &str) -> CmdOutput {
+pub(super) fn dash_w(client: &SshClient, target: &str) -> CmdOutput {
     let mut ssh = client.ssh();
     ssh.args(["-o", "LogLevel=INFO", "-W", target, "bastion"]);
     run_with_timeout(ssh, CMD_TIMEOUT)

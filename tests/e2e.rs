@@ -18,6 +18,7 @@ mod aws; // gatehouse with AWS as the source of truth, against moto
 mod bastion;
 mod hardening;
 mod harness;
+mod instance_connect; // the last hop: the login key pushed to the host with EC2 Instance Connect
 mod journey; // gatehouse-vpc and the daemon together, under enforced IAM: apply to destroy
 mod lifecycle; // connections ending at every phase: panics, penalty charges, pre-auth slots
 mod openssh_baseline;

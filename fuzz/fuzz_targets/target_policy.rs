@@ -16,6 +16,7 @@ fn inventory() -> Inventory {
         address: addr.parse().expect("address"),
         groups: BTreeSet::from(["research".to_string()]),
         ports: ports.iter().copied().collect(),
+        login_users: Vec::new(),
     };
     Inventory::new(vec![
         host("jupyter", "10.0.3.140", &[22, 8888]),

@@ -14,6 +14,8 @@ pub enum KeyType {
     Ed25519,
     /// RSA, 3072 bits.
     Rsa,
+    /// ECDSA on P-256.
+    Ecdsa,
 }
 
 /// A key pair on disk: `<scratch>/keys/<name>` (mode 0600) and `<name>.pub`.
@@ -38,6 +40,7 @@ impl KeyPair {
         match kind {
             KeyType::Ed25519 => cmd.args(["-t", "ed25519"]),
             KeyType::Rsa => cmd.args(["-t", "rsa", "-b", "3072"]),
+            KeyType::Ecdsa => cmd.args(["-t", "ecdsa", "-b", "256"]),
         };
         run_with_timeout(cmd, Duration::from_secs(30))
             .expect_success("ssh-keygen (is openssh-client installed?)");

@@ -1,9 +1,12 @@
 """A fault-injecting HTTP proxy in front of moto, for the gatehouse AWS end-to-end tests.
 
-    aws_proxy.py LISTEN_PORT UPSTREAM_PORT
+    aws_proxy.py LISTEN_PORT UPSTREAM_PORT [PUSHES_FILE]
 
 Listens on 127.0.0.1:LISTEN_PORT (inside the test's bastion namespace) and forwards every
-request to moto on 127.0.0.1:UPSTREAM_PORT, counting AWS actions. Control requests (GET):
+request to moto on 127.0.0.1:UPSTREAM_PORT, counting AWS actions. With PUSHES_FILE, every
+EC2 Instance Connect SendSSHPublicKey that moto accepted is appended to it as one JSON line
+({"instance", "user", "key", "at"}: what AWS would hand the instance's metadata service;
+moto does not keep it), for `eic_host.py imds` to serve. Control requests (GET):
 
     /__proxy/throttle?seconds=S   answer every AWS request with a throttling error for S seconds
     /__proxy/upstream?port=P      forward to another moto from now on (a restarted one)
@@ -16,6 +19,8 @@ request to moto on 127.0.0.1:UPSTREAM_PORT, counting AWS actions. Control reques
     /__proxy/deny?action=S:A      answer action A of service S (e.g. iam:ListUsers) with AWS's
                                   access-denied error from now on, as for a role that lacks it
                                   (counted as "_denied")
+    /__proxy/allow?action=S:A     undo a deny
+    /__proxy/delay?ms=N           add N ms before forwarding each AWS request (AWS's latency)
 
 When the upstream is down, the client's connection is closed without an answer: to the SDK
 that is an unreachable endpoint. Only loopback is ever contacted.
@@ -30,7 +35,9 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.Lock()
-STATE = {"upstream": 0, "throttle_until": 0.0, "counts": {}, "gone": set(), "deny": set()}
+STATE = {"upstream": 0, "throttle_until": 0.0, "counts": {}, "gone": set(), "deny": set(),
+         "delay": 0.0}
+PUSHES = sys.argv[3] if len(sys.argv) > 3 else None
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
        "proxy-authorization", "proxy-authenticate", "content-length"}
@@ -38,7 +45,7 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrad
 
 def service_of(headers, body):
     auth = headers.get("Authorization", "")
-    for svc in ("iam", "ec2", "ssm", "sts"):
+    for svc in ("iam", "ec2", "ssm", "sts", "ec2-instance-connect"):
         if f"/{svc}/aws4_request" in auth:
             return svc
     return "unknown"
@@ -73,7 +80,7 @@ def no_such_entity_answer(user):
 
 def denied_answer(service, action):
     who = "arn:aws:sts::123456789012:assumed-role/gatehouse-bastion/i-0123456789abcdef0"
-    if service == "ssm":
+    if service in ("ssm", "ec2-instance-connect"):
         body = json.dumps({"__type": "AccessDeniedException",
                            "Message": f"User: {who} is not authorized to perform: "
                                       f"ssm:{action} because no identity-based policy allows "
@@ -110,6 +117,15 @@ def throttle_answer(service):
     return 400, "text/xml", body.encode()
 
 
+def record_push(body):
+    """Appends an accepted push to PUSHES, as the instance's metadata service would get it."""
+    request = json.loads(body.decode("utf-8"))
+    line = json.dumps({"instance": request["InstanceId"], "user": request["InstanceOSUser"],
+                       "key": request["SSHPublicKey"], "at": time.time()})
+    with LOCK, open(PUSHES, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -133,6 +149,12 @@ class Handler(BaseHTTPRequestHandler):
                 answer = {"ok": True}
             elif url.path == "/__proxy/deny":
                 STATE["deny"].add(query["action"][0])
+                answer = {"ok": True}
+            elif url.path == "/__proxy/allow":
+                STATE["deny"].discard(query["action"][0])
+                answer = {"ok": True}
+            elif url.path == "/__proxy/delay":
+                STATE["delay"] = float(query["ms"][0]) / 1000.0
                 answer = {"ok": True}
             elif url.path == "/__proxy/reset":
                 STATE["counts"] = {}
@@ -173,6 +195,10 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(answer)
             return
+        with LOCK:
+            delay = STATE["delay"]
+        if delay:
+            time.sleep(delay)
         try:
             conn = http.client.HTTPConnection("127.0.0.1", upstream, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
@@ -186,6 +212,9 @@ class Handler(BaseHTTPRequestHandler):
             # Upstream down: close without an answer, as an unreachable endpoint would.
             self.close_connection = True
             return
+        if PUSHES and service == "ec2-instance-connect" and action == "SendSSHPublicKey" \
+                and status == 200:
+            record_push(body)
         self.send_response(status)
         for k, v in resp_headers:
             if k.lower() not in HOP and k.lower() not in ("server", "date"):

@@ -19,6 +19,9 @@ pub enum Resource {
     /// The host key parameter `aws.host_key_ssm_parameter`:
     /// `arn:PARTITION:ssm:REGION:ACCOUNT:parameter/NAME`.
     HostKeyParameter,
+    /// Instances of the region that carry both the groups tag and the login tag
+    /// (`arn:PARTITION:ec2:REGION:ACCOUNT:instance/*`, conditioned on `aws:ResourceTag`).
+    InstancesWithLoginTag,
 }
 
 /// When the daemon needs an action.
@@ -32,6 +35,8 @@ pub enum Need {
     SsmHostKey,
     /// With `aws.host_key_ssm_parameter` and `aws.host_key_tags`.
     SsmHostKeyTags,
+    /// With `aws.instance_connect`; used on a tunnel, not at start.
+    InstanceConnect,
 }
 
 /// One IAM action of the daemon.
@@ -120,6 +125,10 @@ actions! {
     /// Tags the host key as it is created.
     ADD_TAGS_TO_RESOURCE = "ssm:AddTagsToResource", HostKeyParameter, SsmHostKeyTags, false,
         "only with `host_key_tags`: tag the host key as it is created (checked by PutParameter)";
+    /// Pushes a user's key to an instance for 60 seconds.
+    SEND_SSH_PUBLIC_KEY = "ec2-instance-connect:SendSSHPublicKey", InstancesWithLoginTag,
+        InstanceConnect, true,
+        "only with `instance_connect`: give the user's key to a tagged instance for 60 s";
 }
 
 /// What the daemon is configured to do, as far as its AWS permissions are concerned.
@@ -131,6 +140,8 @@ pub struct Mode {
     pub ssm_host_key: bool,
     /// `aws.host_key_tags` is not empty (with `ssm_host_key`).
     pub host_key_tags: bool,
+    /// `aws.instance_connect` is true.
+    pub instance_connect: bool,
 }
 
 impl Mode {
@@ -141,6 +152,7 @@ impl Mode {
             iam_group_prefix: settings.iam_group_prefix.is_some(),
             ssm_host_key,
             host_key_tags: ssm_host_key && !settings.host_key_tags.is_empty(),
+            instance_connect: settings.instance_connect,
         }
     }
 
@@ -150,6 +162,7 @@ impl Mode {
             Need::IamGroupPrefix => self.iam_group_prefix,
             Need::SsmHostKey => self.ssm_host_key,
             Need::SsmHostKeyTags => self.ssm_host_key && self.host_key_tags,
+            Need::InstanceConnect => self.instance_connect,
         }
     }
 }
@@ -171,6 +184,7 @@ mod tests {
         ("hostkey.rs", include_str!("hostkey.rs")),
         ("refresh.rs", include_str!("refresh.rs")),
         ("build.rs", include_str!("build.rs")),
+        ("instance_connect.rs", include_str!("instance_connect.rs")),
     ];
 
     /// The argument of every `.count(` in the fetchers' sources.
@@ -217,7 +231,11 @@ mod tests {
         assert_eq!(names.len(), ALL.len());
         for a in ALL {
             let (service, call) = a.name().split_once(':').expect("service:Action");
-            assert!(["iam", "ec2", "ssm"].contains(&service), "{}", a.name());
+            assert!(
+                ["iam", "ec2", "ssm", "ec2-instance-connect"].contains(&service),
+                "{}",
+                a.name()
+            );
             assert!(
                 call.chars().all(|c| c.is_ascii_alphanumeric()),
                 "{}",
@@ -256,10 +274,19 @@ mod tests {
             }),
             base
         );
+        let push = names(Mode {
+            instance_connect: true,
+            ..Mode::default()
+        });
+        assert_eq!(
+            &push[base.len()..],
+            ["ec2-instance-connect:SendSSHPublicKey"]
+        );
         let everything = names(Mode {
             iam_group_prefix: true,
             ssm_host_key: true,
             host_key_tags: true,
+            instance_connect: true,
         });
         assert_eq!(everything.len(), ALL.len());
     }
@@ -269,7 +296,7 @@ mod tests {
         let config = gatehouse_config::parse(
             "[server]\nlisten = [\"0.0.0.0:22\"]\n[aws]\nvpc_ids = [\"vpc-1\"]\n\
              iam_group_prefix = \"gatehouse-\"\nhost_key_ssm_parameter = \"/g/k\"\n\
-             host_key_tags = { \"gatehouse:stack\" = \"lab\" }\n",
+             host_key_tags = { \"gatehouse:stack\" = \"lab\" }\ninstance_connect = true\n",
             std::path::Path::new("t.toml"),
         )
         .expect("config");
@@ -279,7 +306,8 @@ mod tests {
             Mode {
                 iam_group_prefix: true,
                 ssm_host_key: true,
-                host_key_tags: true
+                host_key_tags: true,
+                instance_connect: true,
             }
         );
     }

@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
-use gatehouse_config::{check_group_name, check_host_name, forbidden_target_reason, AwsConfig};
+use gatehouse_config::{
+    check_group_name, check_host_name, check_os_user, forbidden_target_reason, AwsConfig,
+};
 use gatehouse_directory::Identity;
 use gatehouse_policy::{Host, Inventory};
 use ssh_key::PublicKey;
@@ -112,6 +114,33 @@ pub fn parse_ports(value: &str) -> Result<BTreeSet<u16>, String> {
     Ok(ports)
 }
 
+/// Most OS users one instance's login tag may list: each is one EC2 Instance Connect call per
+/// tunnel to its SSH port.
+pub const MAX_LOGIN_USERS: usize = 4;
+
+/// Parses a login tag (`ubuntu` or `ec2-user, ubuntu`): OS user names (see
+/// [`gatehouse_config::check_os_user`]), in the order given, duplicates dropped, at most
+/// [`MAX_LOGIN_USERS`].
+///
+/// # Errors
+/// The first item that is not an OS user name, too many names, or none.
+pub fn parse_login_users(value: &str) -> Result<Vec<String>, String> {
+    let mut users: Vec<String> = Vec::new();
+    for item in items(value) {
+        check_os_user(item)?;
+        if !users.iter().any(|u| u == item) {
+            users.push(item.to_owned());
+        }
+    }
+    match users.len() {
+        0 => Err("no OS user listed".to_owned()),
+        n if n > MAX_LOGIN_USERS => Err(format!(
+            "{n} OS users; at most {MAX_LOGIN_USERS} (each is one push per connection)"
+        )),
+        _ => Ok(users),
+    }
+}
+
 /// The identities among `users`: users with a login name, at least one usable Active key, and
 /// at least one group (from the groups tag and from IAM groups named `iam_group_prefix` +
 /// NAME). Bad keys are skipped, never the user's other keys.
@@ -191,6 +220,7 @@ pub fn identities(users: &[UserRecord], settings: &AwsConfig) -> (Vec<Identity>,
 pub fn hosts(instances: &[InstanceRecord], settings: &AwsConfig) -> (Vec<Host>, Vec<Skipped>) {
     let groups_tag = settings.groups_tag();
     let ports_tag = settings.ports_tag();
+    let login_tag = settings.login_tag();
     let mut out = Vec::new();
     let mut notes = Vec::new();
     for instance in instances {
@@ -248,12 +278,28 @@ pub fn hosts(instances: &[InstanceRecord], settings: &AwsConfig) -> (Vec<Host>, 
             names.push(dns.trim_end_matches('.').to_ascii_lowercase());
         }
         names.dedup();
+        // A bad login tag costs the push, not the host: its ports stay reachable (with keys
+        // installed on it by other means).
+        let login_users = match tag(&instance.tags, &login_tag) {
+            // Empty: explicitly none (what gatehouse-vpc leaves when a spec drops `login`).
+            Some(value) if settings.instance_connect && !value.trim().is_empty() => {
+                parse_login_users(value).unwrap_or_else(|why| {
+                    notes.push(skipped(
+                        format!("{who} tag {login_tag}"),
+                        format!("no key will be pushed to it: {why}"),
+                    ));
+                    Vec::new()
+                })
+            }
+            _ => Vec::new(),
+        };
         out.push(Host {
             id: instance.id.clone(),
             names,
             address,
             groups,
             ports,
+            login_users,
         });
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -559,5 +605,68 @@ mod tests {
             &[("gatehouse:groups", "research")],
         )];
         assert!(hosts(&list, &s).0.is_empty());
+    }
+
+    #[test]
+    fn login_tags_are_read_only_with_instance_connect_and_a_bad_one_costs_the_push_only() {
+        assert_eq!(
+            parse_login_users("ec2-user, ubuntu ec2-user").unwrap(),
+            ["ec2-user", "ubuntu"]
+        );
+        for bad in [
+            "",
+            " , ",
+            "root",
+            "Ubuntu",
+            "9lives",
+            "a b c d e",
+            "ubuntu;id",
+            &"u".repeat(33),
+        ] {
+            assert!(parse_login_users(bad).is_err(), "{bad:?}");
+        }
+        let list = vec![
+            instance(
+                "i-1",
+                "10.0.3.140",
+                &[
+                    ("gatehouse:groups", "research"),
+                    ("gatehouse:login", "ubuntu"),
+                ],
+            ),
+            instance(
+                "i-2",
+                "10.0.3.141",
+                &[
+                    ("gatehouse:groups", "research"),
+                    ("gatehouse:login", "root"),
+                ],
+            ),
+            instance(
+                "i-3",
+                "10.0.3.142",
+                &[("gatehouse:groups", "research"), ("gatehouse:login", " ")],
+            ),
+        ];
+        // Off (the default): the tag is not read.
+        let (hosts_off, notes) = hosts(&list, &settings());
+        assert!(notes.is_empty(), "{notes:?}");
+        assert!(hosts_off.iter().all(|h| h.login_users.is_empty()));
+        let mut s = settings();
+        s.instance_connect = true;
+        let (on, notes) = hosts(&list, &s);
+        assert_eq!(on.len(), 3, "a bad login tag keeps the host");
+        // i-3's empty tag means none, without a note.
+        assert_eq!(on[0].login_users, ["ubuntu"]);
+        assert!(on[1].login_users.is_empty() && on[2].login_users.is_empty());
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0]
+                .to_string()
+                .starts_with("instance i-2 tag gatehouse:login: no key")
+                && notes[0].why.contains("never pushed for root"),
+            "{}",
+            notes[0]
+        );
     }
 }

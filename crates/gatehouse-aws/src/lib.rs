@@ -7,6 +7,7 @@
 //! - [`build`] turns records into identities and hosts (pure, unit-tested);
 //! - [`refresh`] runs one refresh or the background loop, and publishes a
 //!   [`gatehouse_directory::Snapshot`] only after a complete, successful listing;
+//! - [`instance_connect`] pushes a user's key to an instance (EC2 Instance Connect);
 //! - [`hostkey`] reads or creates the SSM host key; [`names`] maps IAM names to login names;
 //! - [`actions`] declares every AWS action the daemon needs, per mode: the fetchers count
 //!   their calls with it, and gatehouse-vpc builds the bastion role from it.
@@ -24,6 +25,7 @@ pub mod ec2;
 mod error;
 pub mod hostkey;
 pub mod iam;
+pub mod instance_connect;
 pub mod names;
 pub mod refresh;
 
@@ -57,6 +59,8 @@ pub struct Clients {
     pub ec2: aws_sdk_ec2::Client,
     /// SSM.
     pub ssm: aws_sdk_ssm::Client,
+    /// EC2 Instance Connect, with shorter timeouts: a login waits on it.
+    pub instance_connect: aws_sdk_ec2instanceconnect::Client,
 }
 
 impl Clients {
@@ -84,6 +88,17 @@ impl Clients {
             iam: aws_sdk_iam::Client::new(&sdk),
             ec2: aws_sdk_ec2::Client::new(&sdk),
             ssm: aws_sdk_ssm::Client::new(&sdk),
+            instance_connect: aws_sdk_ec2instanceconnect::Client::from_conf(
+                aws_sdk_ec2instanceconnect::config::Builder::from(&sdk)
+                    .timeout_config(
+                        TimeoutConfig::builder()
+                            .connect_timeout(CONNECT_TIMEOUT)
+                            .operation_attempt_timeout(instance_connect::ATTEMPT_TIMEOUT)
+                            .operation_timeout(instance_connect::CALL_TIMEOUT)
+                            .build(),
+                    )
+                    .build(),
+            ),
         }
     }
 }

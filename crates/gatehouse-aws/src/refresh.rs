@@ -385,6 +385,7 @@ mod tests {
                     address: std::net::IpAddr::from([10, 0, 3, 10 + (i % 200) as u8]),
                     groups: ["research".to_owned()].into(),
                     ports: [22].into(),
+                    login_users: Vec::new(),
                 })
                 .collect(),
             skipped: Vec::new(),

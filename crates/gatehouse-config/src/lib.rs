@@ -50,6 +50,15 @@ pub fn check_group_name(name: &str) -> Result<(), String> {
     validate::check_group_name(name)
 }
 
+/// Checks an OS user name that a key may be pushed for (`aws.instance_connect`): the POSIX
+/// portable subset, at most 32 characters, never `root`.
+///
+/// # Errors
+/// Why the name is not accepted.
+pub fn check_os_user(name: &str) -> Result<(), String> {
+    validate::check_os_user(name)
+}
+
 /// Checks a host name (DNS-style, not an IP look-alike) as for `hosts[].name`, returning it
 /// lowercased.
 ///

@@ -166,6 +166,12 @@ pub struct AwsConfig {
     /// parameter needs `ssm:AddTagsToResource` besides `ssm:PutParameter`. An existing
     /// parameter is used as it is (never re-tagged). Empty: created untagged.
     pub host_key_tags: BTreeMap<String, String>,
+    /// `instance_connect`: before a tunnel to port 22 of an instance tagged
+    /// `<tag_prefix>login` (OS user names, e.g. `"ubuntu"`), push the public key the user
+    /// logged in to the bastion with to that instance for those OS users with EC2 Instance
+    /// Connect (`ec2-instance-connect:SendSSHPublicKey`; the instance's sshd accepts it for
+    /// 60 seconds). Default false: nothing is pushed and the action is not needed.
+    pub instance_connect: bool,
 }
 
 impl AwsConfig {
@@ -177,6 +183,12 @@ impl AwsConfig {
     /// The tag key that lists ports (`<tag_prefix>ports`).
     pub fn ports_tag(&self) -> String {
         format!("{}ports", self.tag_prefix)
+    }
+
+    /// The tag key that lists the OS users EC2 Instance Connect pushes keys for
+    /// (`<tag_prefix>login`); read only with `instance_connect`.
+    pub fn login_tag(&self) -> String {
+        format!("{}login", self.tag_prefix)
     }
 }
 

@@ -1007,6 +1007,7 @@ impl Validator<'_> {
             tag_prefix,
             host_key_ssm_parameter,
             host_key_tags,
+            instance_connect: a.instance_connect.as_ref().is_some_and(|b| *b.get_ref()),
         }
     }
 
@@ -1138,6 +1139,33 @@ pub(crate) fn check_group_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Most characters of an OS user name a key is pushed for (Linux `useradd`'s limit).
+const MAX_OS_USER_LEN: usize = 32;
+
+/// OS user names a key may be pushed for: the portable POSIX subset that `useradd` accepts
+/// (`[a-z_][a-z0-9_-]*`, at most 32), and never `root` (a person logs in as themselves or the
+/// image's user, then uses sudo, so the host's own logs keep who it was).
+pub(crate) fn check_os_user(name: &str) -> Result<(), String> {
+    let first_ok = |c: char| c.is_ascii_lowercase() || c == '_';
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c);
+    match name.chars().next() {
+        None => Err("empty OS user name".to_owned()),
+        Some(_) if name.len() > MAX_OS_USER_LEN => Err(format!(
+            "OS user `{}` is longer than {MAX_OS_USER_LEN} characters",
+            name.escape_debug()
+        )),
+        Some(c) if !first_ok(c) || !name.chars().all(ok_char) => Err(format!(
+            "`{}` is not an OS user name (a-z or `_`, then a-z, 0-9, `_` and `-`)",
+            name.escape_debug()
+        )),
+        Some(_) if name == "root" => Err(
+            "keys are never pushed for root: log in as the image's user (ubuntu, ec2-user) and              use sudo, so that the host's logs keep who it was"
+                .to_owned(),
+        ),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Host names: DNS-style, case-insensitive (returned lowercased), never an IP look-alike.

@@ -1516,3 +1516,23 @@ fn public_helpers_apply_the_config_rules() {
     );
     assert!(gatehouse_config::check_host_name("10.0.0.1").is_err());
 }
+
+#[test]
+fn aws_instance_connect_is_off_unless_asked_for_and_reads_the_login_tag() {
+    let c = ok(&format!("{SERVER}[aws]\nvpc_ids = [\"vpc-1\"]\n"));
+    let aws = c.aws.expect("aws");
+    assert!(!aws.instance_connect);
+    assert_eq!(aws.login_tag(), "gatehouse:login");
+    let c = ok(&format!(
+        "{SERVER}[aws]\nvpc_ids = [\"vpc-1\"]\ninstance_connect = true\ntag_prefix = \"lab/\"\n"
+    ));
+    let aws = c.aws.expect("aws");
+    assert!(aws.instance_connect);
+    assert_eq!(aws.login_tag(), "lab/login");
+    one_error(
+        &format!("{SERVER}[aws]\nvpc_ids = [\"vpc-1\"]\ninstance_connect = \"yes\"\n"),
+        5,
+        20,
+        &["instance_connect"],
+    );
+}

@@ -120,6 +120,7 @@ impl Snapshot {
                 address: h.address,
                 groups: h.groups.iter().cloned().collect(),
                 ports: h.ports.iter().copied().collect(),
+                login_users: Vec::new(),
             })
             .collect();
         Snapshot::new(identities, Inventory::new(hosts))

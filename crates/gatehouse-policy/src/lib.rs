@@ -36,7 +36,14 @@ pub struct Host {
     pub groups: BTreeSet<String>,
     /// Ports that may be forwarded to.
     pub ports: BTreeSet<u16>,
+    /// OS users the bastion gives the client's key to, on this host, before a tunnel to its
+    /// SSH port ([`SSH_PORT`]): EC2 Instance Connect on AWS. Empty: nothing is pushed.
+    pub login_users: Vec<String>,
 }
+
+/// The port a tunnel must be for to carry a key push ([`Host::login_users`]): the one sshd
+/// listens on in the images that ship EC2 Instance Connect.
+pub const SSH_PORT: u16 = 22;
 
 /// The hosts a bastion may forward to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -110,6 +117,9 @@ pub struct Grant {
     pub host_id: String,
     /// The address to dial: always the inventory's, never the client's spelling.
     pub dial: SocketAddr,
+    /// OS users to give the client's key to on the host before the channel opens: the host's
+    /// [`Host::login_users`] for a tunnel to [`SSH_PORT`], else none.
+    pub key_push: Vec<String>,
 }
 
 impl Inventory {
@@ -223,6 +233,11 @@ impl Inventory {
         Ok(Grant {
             host_id: host.id.clone(),
             dial: SocketAddr::new(host.address, port),
+            key_push: if port == SSH_PORT {
+                host.login_users.clone()
+            } else {
+                Vec::new()
+            },
         })
     }
 

@@ -13,6 +13,7 @@ fn host(id: &str, addr: &str, groups: &[&str], ports: &[u16]) -> Host {
         address: addr.parse().unwrap(),
         groups: set(groups),
         ports: ports.iter().copied().collect(),
+        login_users: Vec::new(),
     }
 }
 
@@ -281,4 +282,31 @@ fn an_address_of_two_hosts_of_one_group_is_refused_too() {
         assert_eq!(err.code(), "shared_address", "target {target:?}: {err}");
         assert!(err.to_string().contains("(a, b)"), "{err}");
     }
+}
+
+#[test]
+fn a_key_push_comes_only_with_a_tunnel_to_the_ssh_port_of_a_host_that_wants_one() {
+    let mut jupyter = host("jupyter", "10.0.3.140", &["research"], &[22, 8888]);
+    jupyter.login_users = vec!["ubuntu".into(), "ec2-user".into()];
+    let inv = Inventory::new(vec![
+        jupyter,
+        host("plain", "10.0.3.141", &["research"], &[22]),
+        host("prod-db", "10.0.4.10", &["ops"], &[22]),
+    ]);
+    let g = inv.authorize(&alice(), "jupyter", 22).unwrap();
+    assert_eq!(g.key_push, ["ubuntu", "ec2-user"]);
+    // Another port of the same host: nothing to push.
+    assert!(inv
+        .authorize(&alice(), "jupyter", 8888)
+        .unwrap()
+        .key_push
+        .is_empty());
+    // A host without login users: nothing.
+    assert!(inv
+        .authorize(&alice(), "plain", 22)
+        .unwrap()
+        .key_push
+        .is_empty());
+    // A refusal is a refusal: no grant, so no push either.
+    assert!(inv.authorize(&alice(), "prod-db", 22).is_err());
 }

@@ -46,6 +46,19 @@ pub enum Event<'a> {
         host: &'a str,
         dial: SocketAddr,
     },
+    /// The user's key was given to the target host for its OS users (EC2 Instance Connect),
+    /// before the tunnel to its SSH port opened.
+    #[serde(rename = "target.key_pushed")]
+    KeyPushed {
+        session: &'a str,
+        user: &'a str,
+        host: &'a str,
+        os_users: &'a [String],
+        /// The key's SHA-256 fingerprint.
+        key: &'a str,
+        /// How long the pushes took (they run at once, and with the dial).
+        duration_ms: u64,
+    },
     /// A tunnel request was refused (policy, or the target could not be reached).
     #[serde(rename = "tunnel.deny")]
     TunnelDeny {

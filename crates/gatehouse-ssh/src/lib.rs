@@ -15,6 +15,7 @@ mod handler;
 pub mod hostkey;
 mod local;
 pub mod proxy;
+pub mod push;
 mod server;
 mod socket;
 mod sources;

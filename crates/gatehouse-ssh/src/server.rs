@@ -29,6 +29,7 @@ use crate::budget::BufferBudget;
 use crate::conn::{Conn, OpenTunnel};
 use crate::handler::Handler;
 use crate::proxy;
+use crate::push::KeyPush;
 use crate::socket::{with_cutter, ClientSocket};
 use crate::sources::{Offence, Penalties, Source, Unauthenticated};
 
@@ -46,6 +47,10 @@ pub struct Bastion {
     pub directory: watch::Receiver<Arc<Snapshot>>,
     /// The audit sink.
     pub audit: Audit,
+    /// Gives the user's key to a host before a tunnel to its SSH port, for grants that ask
+    /// for it (`Grant::key_push`). `None`: such tunnels are refused (a static config never
+    /// asks; an AWS one does only with `aws.instance_connect`, which sets this).
+    pub key_push: Option<Arc<dyn KeyPush>>,
 }
 
 /// A bound listening socket.
@@ -77,6 +82,7 @@ pub(crate) struct Shared {
     pub russh: Arc<russh::server::Config>,
     pub directory: watch::Receiver<Arc<Snapshot>>,
     pub audit: Audit,
+    pub key_push: Option<Arc<dyn KeyPush>>,
     /// Connection and tunnel tasks, awaited on shutdown.
     pub tasks: TaskTracker,
     /// Single-threaded runtimes, one per core: each connection lives on one of them with all
@@ -119,6 +125,7 @@ impl Shared {
             russh: b.russh,
             directory: b.directory,
             audit: b.audit,
+            key_push: b.key_push,
             tasks: TaskTracker::new(),
             workers: LocalPoolHandle::new(worker_count()),
             draining: CancellationToken::new(),

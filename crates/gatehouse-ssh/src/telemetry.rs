@@ -12,6 +12,7 @@
 //! | `gatehouse_connection_refusals_total` | counter | `reason` (the `reason_code`) |
 //! | `gatehouse_tunnel_bytes_total` | counter | `direction` (up: to the target, down) |
 //! | `gatehouse_revocations_total` | counter | `kind` (session, tunnel) |
+//! | `gatehouse_key_pushes_total` | counter | (keys given to hosts; failures are `tunnel_refusals` `key_push_failed`) |
 //! | `gatehouse_penalties_total` | counter | `offence` |
 //! | `gatehouse_penalized_sources` | gauge | |
 //! | `gatehouse_buffered_bytes` | gauge | (client bytes held for slow targets, of the budget) |
@@ -61,6 +62,9 @@ pub(crate) fn observe(event: &Event<'_>) {
         }
         Event::TunnelRevoked { .. } => {
             metrics::counter!("gatehouse_revocations_total", "kind" => "tunnel").increment(1);
+        }
+        Event::KeyPushed { os_users, .. } => {
+            metrics::counter!("gatehouse_key_pushes_total").increment(os_users.len() as u64);
         }
         Event::SourcePenalized { .. } | Event::ConfigReload { .. } => {}
     }

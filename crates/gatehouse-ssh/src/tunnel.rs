@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::try_join_all;
 use gatehouse_policy::Grant;
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf};
@@ -34,6 +35,7 @@ use crate::budget::BufferBudget;
 use crate::conn::{Conn, OpenTunnel};
 use crate::handler::prohibited;
 use crate::local::is_own_address;
+use crate::push::PushError;
 use crate::server::{recheck_tunnel, Shared, TunnelSlot};
 use crate::telemetry;
 
@@ -133,10 +135,21 @@ pub(crate) async fn run(
         }
     }
     let timeout = shared.settings.connect_timeout;
-    let dialed = tokio::select! {
+    // The key push (if the grant asks for one) runs with the dial: the channel is accepted
+    // only when both succeeded, so the host accepts the key by the time the client uses it.
+    let pushing = push_keys(&shared, &conn, &grant);
+    let (dialed, pushed) = match tokio::select! {
         biased;
         _ = revoked.cancelled() => None,
-        r = tokio::time::timeout(timeout, TcpStream::connect(grant.dial)) => Some(r),
+        r = async {
+            tokio::join!(
+                tokio::time::timeout(timeout, TcpStream::connect(grant.dial)),
+                pushing
+            )
+        } => Some(r),
+    } {
+        Some((dialed, pushed)) => (Some(dialed), Some(pushed)),
+        None => (None, None),
     };
     let tcp = match dialed {
         Some(Ok(Ok(tcp))) if !revoked.is_cancelled() => tcp,
@@ -171,6 +184,41 @@ pub(crate) async fn run(
             return;
         }
     };
+    match pushed {
+        Some(Ok(None)) | None => {}
+        Some(Ok(Some(pushed))) => shared.audit.record(Event::KeyPushed {
+            session: &conn.id,
+            user: &user,
+            host: &grant.host_id,
+            os_users: &grant.key_push,
+            key: &pushed.fingerprint,
+            duration_ms: pushed.duration_ms,
+        }),
+        Some(Err(e)) => {
+            tracing::warn!(session = %conn.id, user = %user, host = %grant.host_id,
+                "key push failed: {}", e.detail);
+            let reason = format!(
+                "could not give your key to host '{}' for its login ({}): {}",
+                grant.host_id,
+                grant.key_push.join(", "),
+                e.brief
+            );
+            shared.audit.record(Event::TunnelDeny {
+                session: &conn.id,
+                user: &user,
+                target: &request.target,
+                port: request.port,
+                reason_code: "key_push_failed",
+                reason: &if e.detail == e.brief {
+                    reason.clone()
+                } else {
+                    format!("{reason} ({})", e.detail)
+                },
+            });
+            reply.reject(connect_failed(reason)).await;
+            return;
+        }
+    }
     let _ = tcp.set_nodelay(true);
     reply.accept().await;
     shared.audit.record(Event::TunnelOpen {
@@ -215,6 +263,43 @@ pub(crate) async fn run(
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         reason: &reason,
     });
+}
+
+/// A push that was made: for the audit line.
+struct Pushed {
+    fingerprint: String,
+    duration_ms: u64,
+}
+
+/// Gives the session's key to the grant's host for each of `grant.key_push` at once. `None`
+/// when the grant asks for no push.
+async fn push_keys(
+    shared: &Shared,
+    conn: &Conn,
+    grant: &Grant,
+) -> Result<Option<Pushed>, PushError> {
+    if grant.key_push.is_empty() {
+        return Ok(None);
+    }
+    let (Some(pusher), Some(login)) = (shared.key_push.as_ref(), conn.login.get()) else {
+        return Err(PushError {
+            brief: "this bastion is not set up to push keys".to_owned(),
+            detail: "the host asks for a key push (login users) but no key push is configured"
+                .to_owned(),
+        });
+    };
+    let started = Instant::now();
+    try_join_all(
+        grant
+            .key_push
+            .iter()
+            .map(|os_user| pusher.push(&grant.host_id, os_user, &login.key)),
+    )
+    .await?;
+    Ok(Some(Pushed {
+        fingerprint: login.fingerprint.clone(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }))
 }
 
 fn connect_failed(reason: String) -> ChannelOpenFailure {

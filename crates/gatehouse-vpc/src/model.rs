@@ -15,6 +15,9 @@ pub const TAG_USER_DATA: &str = "gatehouse:user-data-sha256";
 pub const TAG_GROUPS: &str = "gatehouse:groups";
 /// Ports of a private host the daemon forwards to (comma separated).
 pub const TAG_PORTS: &str = "gatehouse:ports";
+/// OS users of a private host the daemon pushes keys for (comma separated; EC2 Instance
+/// Connect). Only on hosts with a `login` in the spec.
+pub const TAG_LOGIN: &str = "gatehouse:login";
 
 pub type Tags = BTreeMap<String, String>;
 

@@ -84,6 +84,9 @@ pub fn host_tags(spec: &Spec, host: &crate::spec::Host) -> Tags {
     tags.insert(TAG_GROUPS.into(), host.groups.join(","));
     let ports: Vec<String> = host.ports.iter().map(u16::to_string).collect();
     tags.insert(TAG_PORTS.into(), ports.join(","));
+    if !host.login.is_empty() {
+        tags.insert(TAG_LOGIN.into(), host.login.join(","));
+    }
     tags
 }
 
@@ -243,12 +246,22 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Tags in `desired` that `observed` lacks or holds with another value.
+/// A login tag the spec no longer sets is emptied (the daemon reads an empty one as none): a
+/// host taken out of EC2 Instance Connect in the spec gets no more pushes.
 fn tag_drift(desired: &Tags, observed: &Tags) -> Tags {
-    desired
+    let mut drift: Tags = desired
         .iter()
         .filter(|(k, v)| observed.get(*k) != Some(*v))
         .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+        .collect();
+    if !desired.contains_key(TAG_LOGIN)
+        && observed
+            .get(TAG_LOGIN)
+            .is_some_and(|v| !v.trim().is_empty())
+    {
+        drift.insert(TAG_LOGIN.into(), String::new());
+    }
+    drift
 }
 
 /// Split observed resources by key: the kept one (lowest id) per key and the extras.

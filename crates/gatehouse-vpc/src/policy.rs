@@ -63,6 +63,7 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
             iam_group_prefix: false,
             ssm_host_key: true,
             host_key_tags: true,
+            instance_connect: false,
         },
     };
     let parameter = settings
@@ -73,18 +74,32 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
         .as_ref()
         .and_then(|a| a.iam_group_prefix.clone())
         .unwrap_or_default();
+    // Pushes go only to instances that carry both tags the daemon reads for them.
+    let tagged = settings.as_ref().map_or(Value::Null, |a| {
+        json!({"Null": {
+            format!("aws:ResourceTag/{}", a.groups_tag()): "false",
+            format!("aws:ResourceTag/{}", a.login_tag()): "false",
+        }})
+    });
     let mut statements = Vec::new();
-    for (sid, resource, arn) in [
-        ("ListAndDescribe", Resource::Any, "*".to_owned()),
+    for (sid, resource, arn, condition) in [
+        (
+            "ListAndDescribe",
+            Resource::Any,
+            "*".to_owned(),
+            Value::Null,
+        ),
         (
             "ReadUserKeysAndTags",
             Resource::IamUsers,
             format!("arn:{part}:iam::*:user/*"),
+            Value::Null,
         ),
         (
             "ReadGatehouseGroups",
             Resource::IamGroupsWithPrefix,
             format!("arn:{part}:iam::*:group/{group_prefix}*"),
+            Value::Null,
         ),
         (
             "HostKey",
@@ -95,6 +110,13 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
                 spec.region,
                 parameter.trim_start_matches('/')
             ),
+            Value::Null,
+        ),
+        (
+            PUSH_KEYS_SID,
+            Resource::InstancesWithLoginTag,
+            format!("arn:{part}:ec2:{}:*:instance/*", spec.region),
+            tagged,
         ),
     ] {
         let actions: Vec<&str> = actions::needed(mode)
@@ -103,12 +125,16 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
             .map(|a| a.name())
             .collect();
         if !actions.is_empty() {
-            statements.push(json!({
+            let mut statement = json!({
                 "Sid": sid,
                 "Effect": "Allow",
                 "Action": actions,
                 "Resource": arn,
-            }));
+            });
+            if !condition.is_null() {
+                statement["Condition"] = condition;
+            }
+            statements.push(statement);
         }
     }
     if let Some(bucket) = bucket {
@@ -124,6 +150,9 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
         "Statement": statements,
     })
 }
+
+/// The statement of the bastion role for EC2 Instance Connect (`aws.instance_connect`).
+pub const PUSH_KEYS_SID: &str = "PushKeysToTaggedInstances";
 
 /// The statement of the bastion role that lets the instance fetch its binary at boot.
 pub const FETCH_BINARY_SID: &str = "FetchGatehouseBinary";
@@ -241,6 +270,33 @@ mod tests {
         assert!(got.iter().any(|a| a == "iam:GetGroup"), "{got:?}");
     }
 
+    #[test]
+    fn instance_connect_adds_the_push_on_instances_with_both_tags_only() {
+        let spec = spec("\n[bastion.daemon.aws]\ninstance_connect = true\n");
+        let policy = bastion_policy(&spec, None);
+        let push = policy["Statement"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["Sid"] == PUSH_KEYS_SID).cloned())
+            .unwrap_or_else(|| panic!("no push statement: {policy:#}"));
+        assert_eq!(
+            push,
+            json!({
+                "Sid": PUSH_KEYS_SID,
+                "Effect": "Allow",
+                "Action": ["ec2-instance-connect:SendSSHPublicKey"],
+                "Resource": "arn:aws:ec2:eu-central-1:*:instance/*",
+                "Condition": {"Null": {
+                    "aws:ResourceTag/gatehouse:groups": "false",
+                    "aws:ResourceTag/gatehouse:login": "false",
+                }},
+            })
+        );
+        // Off by default: not granted.
+        assert!(!granted(&bastion_policy(&self::spec(""), None))
+            .iter()
+            .any(|a| a.starts_with("ec2-instance-connect:")));
+    }
+
     /// The text between `heading` and the next heading of the same level or above.
     fn section<'a>(text: &'a str, heading: &str) -> &'a str {
         let start = text
@@ -268,6 +324,9 @@ mod tests {
             Resource::IamUsers => "`arn:aws:iam::ACCOUNT:user/*`",
             Resource::IamGroupsWithPrefix => "`arn:aws:iam::ACCOUNT:group/gatehouse-*`",
             Resource::HostKeyParameter => "the parameter's ARN",
+            Resource::InstancesWithLoginTag => {
+                "`arn:aws:ec2:REGION:ACCOUNT:instance/*` with the groups and login tags"
+            }
         }
     }
 
@@ -315,6 +374,11 @@ mod tests {
                     Resource::IamUsers => arn.ends_with(":user/*"),
                     Resource::IamGroupsWithPrefix => arn.ends_with(":group/gatehouse-*"),
                     Resource::HostKeyParameter => arn.contains(":parameter/"),
+                    Resource::InstancesWithLoginTag => {
+                        arn.ends_with(":instance/*")
+                            && statement["Condition"]["Null"]["aws:ResourceTag/gatehouse:login"]
+                                == "false"
+                    }
                 };
                 assert!(fits, "README.md's policy: {name} on {arn}");
                 listed.push(name);

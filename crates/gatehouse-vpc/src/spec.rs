@@ -160,6 +160,7 @@ pub struct RawHost {
     pub groups: Spanned<Vec<Spanned<String>>>,
     pub ports: Option<Spanned<Vec<Spanned<u16>>>>,
     pub private_ip: Option<Spanned<Ipv4Addr>>,
+    pub login: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A validated spec: every invariant below holds.
@@ -222,6 +223,9 @@ pub struct Host {
     pub groups: Vec<String>,
     pub ports: Vec<u16>,
     pub private_ip: Option<Ipv4Addr>,
+    /// OS users the bastion pushes a user's key for (EC2 Instance Connect), as the daemon
+    /// reads them from the login tag; empty: none.
+    pub login: Vec<String>,
 }
 
 impl Spec {
@@ -689,6 +693,35 @@ impl Validator<'_> {
                     );
                 }
             }
+            // The daemon's own parse of the tag this becomes.
+            let login = match &h.login {
+                None => Vec::new(),
+                Some(list) => {
+                    let joined: Vec<&str> = list
+                        .get_ref()
+                        .iter()
+                        .map(|u| u.get_ref().as_str())
+                        .collect();
+                    gatehouse_aws::build::parse_login_users(&joined.join(",")).unwrap_or_else(
+                        |why| {
+                            self.at(list, format!("host {name}: login: {why}"));
+                            Vec::new()
+                        },
+                    )
+                }
+            };
+            if !login.is_empty() && !ports.contains(&gatehouse_policy::SSH_PORT) {
+                if let Some(list) = &h.login {
+                    self.at(
+                        list,
+                        format!(
+                            "host {name}: login is for tunnels to port {}, which its ports do \
+                             not list",
+                            gatehouse_policy::SSH_PORT
+                        ),
+                    );
+                }
+            }
             hosts.push(Host {
                 name: name.clone(),
                 subnet: h.subnet.get_ref().clone(),
@@ -702,6 +735,7 @@ impl Validator<'_> {
                     .collect(),
                 ports,
                 private_ip: h.private_ip.as_ref().map(|p| *p.get_ref()),
+                login,
             });
         }
 
@@ -732,9 +766,26 @@ impl Validator<'_> {
             // Checked here, before any AWS call, with the longest VPC id AWS hands out.
             let vpc = "vpc-0123456789abcdef0";
             let at = b.daemon.as_ref().map_or(b.subnet.span(), |d| d.span());
-            if let Err(problems) = crate::userdata::check_daemon_config(&spec, vpc) {
-                for problem in problems {
-                    self.push(at.start, problem);
+            match crate::userdata::check_daemon_config(&spec, vpc) {
+                Err(problems) => {
+                    for problem in problems {
+                        self.push(at.start, problem);
+                    }
+                }
+                Ok(config) => {
+                    let pushes = config.aws.is_some_and(|a| a.instance_connect);
+                    for h in raw.hosts.iter().filter(|_| !pushes) {
+                        if let Some(list) = &h.login {
+                            self.at(
+                                list,
+                                format!(
+                                    "host {}: login needs `instance_connect = true` in \
+                                     [bastion.daemon.aws], or no key is ever pushed to it",
+                                    h.name.get_ref()
+                                ),
+                            );
+                        }
+                    }
                 }
             }
             // The longest bucket name: a 28-character stack and a 12-digit account.

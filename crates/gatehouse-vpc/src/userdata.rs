@@ -25,11 +25,13 @@ pub const HOST_KEY_PATH: &str = "/var/lib/gatehouse/ssh_host_ed25519_key";
 
 /// The daemon settings gatehouse-vpc writes itself, as (table, key): `[bastion.daemon]` in the
 /// spec may set anything else the daemon reads, but not these.
-pub const WRITTEN_KEYS: [(&str, &str); 6] = [
+pub const WRITTEN_KEYS: [(&str, &str); 7] = [
     ("server", "listen"),
     ("server", "host_key"),
     ("aws", "region"),
     ("aws", "vpc_ids"),
+    // The daemon reads the tags gatehouse-vpc puts on hosts (`model::TAG_GROUPS`, ...).
+    ("aws", "tag_prefix"),
     ("aws", "host_key_ssm_parameter"),
     ("aws", "host_key_tags"),
 ];
@@ -53,6 +55,11 @@ pub fn daemon_config(spec: &Spec, vpc_id: &str) -> String {
     set("server", "host_key", HOST_KEY_PATH.into());
     set("aws", "region", spec.region.as_str().into());
     set("aws", "vpc_ids", toml::Value::from(vec![vpc_id]));
+    set(
+        "aws",
+        "tag_prefix",
+        gatehouse_config::DEFAULT_TAG_PREFIX.into(),
+    );
     set(
         "aws",
         "host_key_ssm_parameter",

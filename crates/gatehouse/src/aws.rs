@@ -5,11 +5,13 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use gatehouse_aws::instance_connect::InstanceConnect;
 use gatehouse_aws::refresh::{snapshot_once, AwsSource};
 use gatehouse_aws::{AwsDirectory, Calls, Clients};
 use gatehouse_config::{AwsConfig, Config};
 use gatehouse_directory::{Directory, Snapshot};
-use russh::keys::PrivateKey;
+use gatehouse_ssh::push::{KeyPush, PushError, PushFuture};
+use russh::keys::{PrivateKey, PublicKey};
 
 /// A bastion's AWS side, ready to serve: the host key (if it comes from SSM) and a directory
 /// holding a first successful listing.
@@ -17,6 +19,57 @@ pub struct Started {
     /// The SSM host key, `None` when `host_key_ssm_parameter` is not set.
     pub host_key: Option<PrivateKey>,
     refresher: AwsDirectory,
+    /// EC2 Instance Connect, with `instance_connect`.
+    key_push: Option<Arc<dyn KeyPush>>,
+}
+
+/// Whether EC2 Instance Connect takes `key` (RSA and ed25519; not ECDSA or security keys).
+fn supported_by_instance_connect(key: &PublicKey) -> bool {
+    matches!(
+        key.algorithm(),
+        russh::keys::Algorithm::Ed25519 | russh::keys::Algorithm::Rsa { .. }
+    )
+}
+
+/// The SSH layer's key push, done with EC2 Instance Connect.
+struct InstanceConnectPush(InstanceConnect);
+
+impl KeyPush for InstanceConnectPush {
+    fn push(&self, host_id: &str, os_user: &str, key: &PublicKey) -> PushFuture {
+        let pusher = self.0.clone();
+        let (host_id, os_user) = (host_id.to_owned(), os_user.to_owned());
+        // EC2 Instance Connect takes RSA and ed25519 keys; an ECDSA key is refused here with
+        // what to do, rather than by AWS with a validation error.
+        let line = if supported_by_instance_connect(key) {
+            key.to_openssh().map_err(|e| PushError {
+                brief: "the key cannot be written in OpenSSH form".to_owned(),
+                detail: format!("the key cannot be written in OpenSSH form: {e}"),
+            })
+        } else {
+            let brief = format!(
+                "EC2 Instance Connect takes ed25519 and RSA keys, not {}: log in to the bastion \
+                 with one of those",
+                key.algorithm()
+            );
+            Err(PushError {
+                detail: brief.clone(),
+                brief,
+            })
+        };
+        Box::pin(async move {
+            let line = line?;
+            pusher
+                .push(&host_id, &os_user, &line)
+                .await
+                .map_err(|e| PushError {
+                    brief: match e.code() {
+                        Some(code) => format!("EC2 Instance Connect refused it ({code})"),
+                        None => "EC2 Instance Connect did not answer".to_owned(),
+                    },
+                    detail: e.to_string(),
+                })
+        })
+    }
 }
 
 impl Started {
@@ -41,9 +94,16 @@ impl Started {
         let refresher = AwsDirectory::start(AwsSource::new(&clients, settings))
             .await
             .context("cannot list users and hosts from AWS")?;
+        let key_push = settings.instance_connect.then(|| {
+            Arc::new(InstanceConnectPush(InstanceConnect::new(
+                clients.instance_connect.clone(),
+                Calls::default(),
+            ))) as Arc<dyn KeyPush>
+        });
         Ok(Started {
             host_key,
             refresher,
+            key_push,
         })
     }
 
@@ -55,6 +115,11 @@ impl Started {
     /// Wakes the refresh loop for an immediate refresh.
     pub fn wakeup(&self) -> Arc<tokio::sync::Notify> {
         self.refresher.wakeup()
+    }
+
+    /// The key push for tunnels to hosts with login users (`aws.instance_connect`).
+    pub fn key_push(&self) -> Option<Arc<dyn KeyPush>> {
+        self.key_push.clone()
     }
 
     /// Starts the background refresh loop.

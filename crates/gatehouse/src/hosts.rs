@@ -62,6 +62,7 @@ mod tests {
             address: addr.parse().unwrap(),
             groups: [group.to_string()].into(),
             ports: ports.iter().copied().collect(),
+            login_users: Vec::new(),
         };
         let user = |name: &str, group: &str| Identity {
             name: name.into(),

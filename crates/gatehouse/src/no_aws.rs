@@ -39,6 +39,10 @@ impl Started {
     pub fn spawn_refresh(self) {
         match self.never {}
     }
+
+    pub fn key_push(&self) -> Option<Arc<dyn gatehouse_ssh::push::KeyPush>> {
+        match self.never {}
+    }
 }
 
 /// Never called: there is no AWS side to wake.

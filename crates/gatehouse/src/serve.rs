@@ -96,6 +96,7 @@ pub async fn run(
         penalties: config.penalties.clone(),
         directory: directory.subscribe(),
         audit,
+        key_push: aws.as_ref().and_then(|aws| aws.key_push()),
     };
     if let Some(aws) = aws {
         aws.spawn_refresh();

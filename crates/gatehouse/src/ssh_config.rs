@@ -222,6 +222,7 @@ mod tests {
             address: addr.parse().unwrap(),
             groups: ["research".to_string()].into(),
             ports: ports.iter().copied().collect(),
+            login_users: Vec::new(),
         };
         Snapshot::new(
             vec![Identity {

@@ -670,10 +670,22 @@ fn drift_is_repaired_and_only_drift() {
         .find(|i| i.key == "instance/jupyter")
         .expect("jupyter");
     j.tags.insert(TAG_GROUPS.into(), "everyone".into());
+    // A login tag the spec does not set (added by hand, or `login` dropped from the spec):
+    // emptied, so the daemon pushes no key there.
+    j.tags.insert(TAG_LOGIN.into(), "ubuntu".into());
 
     let plan = plan_apply(&spec, &fake.obs).expect("plan");
     let text = plan.render();
     assert_eq!(plan.steps.len(), 4, "{text}");
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| matches!(&s.action, Action::SetTags { resource, tags }
+            if resource == "instance/jupyter"
+                && tags.get(TAG_LOGIN).map(String::as_str) == Some("")
+                && tags.get(TAG_GROUPS).map(String::as_str) == Some("research"))),
+        "{text}"
+    );
     assert!(
         text.contains("~ rt/private                   + route 0.0.0.0/0 -> nat/eu-central-1a"),
         "{text}"
@@ -681,7 +693,7 @@ fn drift_is_repaired_and_only_drift() {
     assert!(text.contains("+ ingress tcp 22 198.51.100.0/24"), "{text}");
     assert!(text.contains("- ingress tcp 22 0.0.0.0/0"), "{text}");
     assert!(
-        text.contains("~ instance/jupyter             tags gatehouse:groups"),
+        text.contains("~ instance/jupyter             tags gatehouse:groups, gatehouse:login"),
         "{text}"
     );
     fake.apply(&spec, &plan);

@@ -399,3 +399,77 @@ fn all_problems_are_reported_at_once() {
     let errs = errors(&text);
     assert_eq!(errs.len(), 2, "{errs:#?}");
 }
+
+#[test]
+fn host_tags_are_read_by_the_daemon_as_the_spec_says() {
+    // gatehouse-vpc tags a host; the daemon, on the config gatehouse-vpc writes, reads it.
+    let text = format!(
+        "{}login = [\"ubuntu\", \"ec2-user\"]\n\n[bastion.daemon.aws]\ninstance_connect = true\n",
+        MINIMAL
+    );
+    let spec = parse("t.toml", &text, None).unwrap_or_else(|e| panic!("{e}"));
+    let config = crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0")
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let aws = config.aws.expect("[aws]");
+    let host = &spec.hosts[0];
+    let record = gatehouse_aws::build::InstanceRecord {
+        id: "i-0123456789abcdef0".into(),
+        state: "running".into(),
+        private_ip: Some("10.0.10.20".into()),
+        private_dns: None,
+        tags: crate::plan::host_tags(&spec, host).into_iter().collect(),
+    };
+    let (read, notes) = gatehouse_aws::build::hosts(&[record], &aws);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(read.len(), 1, "the daemon takes the host");
+    assert_eq!(read[0].names[0], "jupyter");
+    assert_eq!(
+        read[0].groups.iter().collect::<Vec<_>>(),
+        host.groups.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        read[0].ports.iter().copied().collect::<Vec<_>>(),
+        host.ports
+    );
+    assert_eq!(read[0].login_users, ["ubuntu", "ec2-user"]);
+    // The daemon's tag prefix is gatehouse-vpc's to write, so the tags cannot drift apart.
+    let text = format!("{MINIMAL}\n[bastion.daemon.aws]\ntag_prefix = \"lab/\"\n");
+    assert_rejected(&text, "aws.tag_prefix is written by gatehouse-vpc");
+}
+
+#[test]
+fn login_users_follow_the_daemons_rule_and_need_instance_connect() {
+    let on = "\n[bastion.daemon.aws]\ninstance_connect = true\n";
+    for (login, why) in [
+        ("[\"root\"]", "never pushed for root"),
+        ("[\"Ubuntu\"]", "not an OS user name"),
+        ("[]", "no OS user listed"),
+        ("[\"a\", \"b\", \"c\", \"d\", \"e\"]", "at most 4"),
+    ] {
+        let text = format!("{MINIMAL}login = {login}\n{on}");
+        assert_rejected(&text, why);
+    }
+    // Without instance_connect the tag would do nothing.
+    let text = format!("{MINIMAL}login = [\"ubuntu\"]\n");
+    assert_rejected(&text, "login needs `instance_connect = true`");
+    // A push is for the SSH port: a host without it has nothing to push for.
+    let text = format!("{MINIMAL}login = [\"ubuntu\"]\n{on}").replace(
+        "groups = [\"research\"]\nports = [22, 8888]",
+        "groups = [\"research\"]\nports = [8888]",
+    );
+    assert_rejected(&text, "login is for tunnels to port 22");
+    // Good: the tag is written.
+    let spec = parse(
+        "t.toml",
+        &format!("{MINIMAL}login = [\"ubuntu\"]\n{on}"),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tags = crate::plan::host_tags(&spec, &spec.hosts[0]);
+    assert_eq!(
+        tags.get(crate::model::TAG_LOGIN).map(String::as_str),
+        Some("ubuntu")
+    );
+    let spec = parse("t.toml", MINIMAL, None).expect("valid");
+    assert!(!crate::plan::host_tags(&spec, &spec.hosts[0]).contains_key(crate::model::TAG_LOGIN));
+}
