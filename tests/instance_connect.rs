@@ -22,16 +22,16 @@ use crate::aws::{dash_w, fixture, read_audit, start_gatehouse, write_config, Pro
 use crate::harness::jupyter::py_script;
 use crate::harness::moto_ns::NsMoto as Moto;
 use crate::harness::{
-    run_with_timeout, CmdOutput, Daemon, KeyPair, KeyType, Scratch, SshClient, SshdConfig,
+    run_with_timeout, CmdOutput, Daemon, KeyPair, KeyType, Scratch, SshClient, Sshd, SshdConfig,
     Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, TEST_USER,
 };
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 /// The push action, as the proxy counts it and the daemon names it.
-const PUSH: &str = "ec2-instance-connect:SendSSHPublicKey";
+pub(super) const PUSH: &str = "ec2-instance-connect:SendSSHPublicKey";
 
 /// The pushes moto accepted, as the proxy recorded them.
-fn pushes(path: &Path) -> Vec<Value> {
+pub(super) fn pushes(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -58,6 +58,42 @@ fn key_body(public_line: &str) -> String {
         .take(2)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The private host as an EC2 instance with the stock EC2 Instance Connect package sees it:
+/// its metadata service (serving the keys pushed for `instance_id` in the last minute, from
+/// the proxy's `pushes` file) and an OpenSSH sshd on the private address with no
+/// authorized_keys at all, only an `AuthorizedKeysCommand` reading that service.
+pub(super) fn eic_host(
+    topology: &Topology,
+    scratch: &Scratch,
+    pushes: &Path,
+    instance_id: &str,
+) -> (Daemon, Sshd) {
+    let mut imds_cmd = topology.private.command("python3");
+    imds_cmd
+        .arg(py_script("eic_host.py"))
+        .arg("imds")
+        .arg(pushes)
+        .arg(instance_id);
+    let mut imds = Daemon::spawn("eic_imds", imds_cmd, scratch);
+    let line = imds.wait_for_stdout("imds listening on ", Duration::from_secs(20));
+    let imds_url = format!(
+        "http://{}",
+        line.lines()
+            .find_map(|l| l.strip_prefix("imds listening on "))
+            .expect("imds address")
+            .trim()
+    );
+    let sshd = SshdConfig::private_host((PRIVATE_ADDR, 22).into())
+        .config_line("AuthorizedKeysFile none")
+        .config_line(&format!(
+            "AuthorizedKeysCommand /usr/bin/python3 {} keys {imds_url} %u",
+            py_script("eic_host.py").display()
+        ))
+        .config_line("AuthorizedKeysCommandUser nobody")
+        .start(&topology.private, scratch, "private_sshd");
+    (imds, sshd)
 }
 
 /// `ssh -J bastion ghtest@jupyter echo reached`, through the client's config.
@@ -121,30 +157,7 @@ fn aws_instance_connect_pushes_the_login_key_for_a_minute() {
     let gatehouse = start_gatehouse(&topology, &scratch, &config, "gatehouse");
     let audit = scratch.join("gatehouse.audit.jsonl");
 
-    // The host: its metadata service and an sshd that knows no key of its own.
-    let mut imds_cmd = topology.private.command("python3");
-    imds_cmd
-        .arg(py_script("eic_host.py"))
-        .arg("imds")
-        .arg(&pushes_file)
-        .arg(&jupyter_id);
-    let mut imds = Daemon::spawn("eic_imds", imds_cmd, &scratch);
-    let line = imds.wait_for_stdout("imds listening on ", Duration::from_secs(20));
-    let imds_url = format!(
-        "http://{}",
-        line.lines()
-            .find_map(|l| l.strip_prefix("imds listening on "))
-            .expect("imds address")
-            .trim()
-    );
-    let mut sshd = SshdConfig::private_host((PRIVATE_ADDR, 22).into())
-        .config_line("AuthorizedKeysFile none")
-        .config_line(&format!(
-            "AuthorizedKeysCommand /usr/bin/python3 {} keys {imds_url} %u",
-            py_script("eic_host.py").display()
-        ))
-        .config_line("AuthorizedKeysCommandUser nobody")
-        .start(&topology.private, &scratch, "private_sshd");
+    let (mut imds, mut sshd) = eic_host(&topology, &scratch, &pushes_file, &jupyter_id);
 
     let bastion = (BASTION_CLIENT_ADDR, 22).into();
     let client = |user: &str, key: &KeyPair| {

@@ -1,7 +1,8 @@
 //! The product as a user meets it, both halves together: `gatehouse-vpc apply` provisions a
 //! stack, the bastion runs on the daemon config from its user data with exactly the role's
-//! permissions, researchers reach the provisioned Jupyter host, a revoked key ends its session,
-//! and `destroy` leaves nothing.
+//! permissions, researchers reach the provisioned Jupyter host (whose sshd holds no key: the
+//! bastion's role pushes each user's own key with EC2 Instance Connect), a revoked key ends its
+//! session, and `destroy` leaves nothing.
 //!
 //! Real parts: moto in server mode with IAM policies enforced (`tests/py/moto_enforced.py`:
 //! every call is signed by a key moto issued and checked against its owner's policies), the
@@ -27,12 +28,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::aws::{fixture_as, gatehouse_cmd_from};
+use crate::aws::{dash_w, fixture_as, gatehouse_cmd_from, Proxy};
 use crate::harness::moto_ns::{AccessKey, NsMoto};
 use crate::harness::{
     gatehouse_bin, jupyter_check, run_with_timeout, CmdOutput, Daemon, Jupyter, KeyPair, Scratch,
-    SshClient, SshdConfig, Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, TEST_USER,
+    SshClient, Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, TEST_USER,
 };
+use crate::instance_connect::{eic_host, pushes};
 
 const STACK: &str = "journey";
 /// The role and instance profile gatehouse-vpc names after the stack.
@@ -47,8 +49,9 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 const JUPYTER_PORT: u16 = 8888;
 
 /// The spec a user would write: one public and one private subnet, no NAT, a `jupyter` host
-/// for group `research` on the private namespace's address, a daemon that refreshes every 2 s
-/// and reads IAM groups named `gatehouse-*`.
+/// for group `research` on the private namespace's address whose login user gets each user's
+/// key by EC2 Instance Connect, a daemon that refreshes every 2 s and reads IAM groups named
+/// `gatehouse-*`.
 fn spec_text() -> String {
     format!(
         r#"
@@ -83,6 +86,7 @@ gatehouse_binary = "{binary}"
 [bastion.daemon.aws]
 refresh_interval = "{refresh}s"
 iam_group_prefix = "gatehouse-"
+instance_connect = true
 
 [private]
 ports = [22, {JUPYTER_PORT}]
@@ -94,6 +98,7 @@ ami = "ami-12c6146b"
 groups = ["research"]
 ports = [22, {JUPYTER_PORT}]
 private_ip = "{PRIVATE_ADDR}"
+login = ["{TEST_USER}"]
 "#,
         refresh = REFRESH.as_secs(),
         binary = gatehouse_bin().display(),
@@ -153,13 +158,23 @@ fn checkable(role_policy: &Value) -> Value {
         if statement["Resource"] != "*" && statement["Sid"] != FETCH_SID {
             widened.push(statement["Sid"].as_str().unwrap_or_default().to_owned());
             statement["Resource"] = json!("*");
+            // The push's tag condition: moto has no resource tags to evaluate it with (the
+            // gatehouse-vpc unit test and the parliament lint check it).
+            if let Some(map) = statement.as_object_mut() {
+                map.remove("Condition");
+            }
         }
     }
     // The statements scoped to users, prefixed groups and the host-key parameter; moto checks
     // S3 resources, so the binary's statement keeps its scope (the bucket's gatehouse/*).
     assert_eq!(
         widened,
-        ["ReadUserKeysAndTags", "ReadGatehouseGroups", "HostKey"],
+        [
+            "ReadUserKeysAndTags",
+            "ReadGatehouseGroups",
+            "HostKey",
+            PUSH_SID,
+        ],
         "{role_policy:#}"
     );
     policy
@@ -231,6 +246,8 @@ fn deployer(topology: &Topology, moto: &NsMoto, admin: &AccessKey, spec: &Path) 
 
 /// The statement that lets the bastion fetch its binary (gatehouse-vpc's policy.rs).
 const FETCH_SID: &str = "FetchGatehouseBinary";
+/// The role's statement for EC2 Instance Connect (`instance_connect = true` in the spec).
+const PUSH_SID: &str = "PushKeysToTaggedInstances";
 const FETCH_ACTION: &str = "s3:GetObject";
 
 /// The bastion's boot-time fetch, as its user data runs it: `gatehouse-fetch` with the install
@@ -345,7 +362,10 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     assert!(output.contains("ProxyJump journey-bastion"), "{output}");
 
     // 2. The bastion's config, exactly as cloud-init writes it from the user data; only the
-    //    listen address and the endpoint change.
+    //    listen address and the endpoint change. The daemon reaches moto through the proxy
+    //    that records the EC2 Instance Connect pushes moto accepted (for the host's side).
+    let pushes_file = scratch.path().join("pushes.jsonl");
+    let proxy = Proxy::start_recording(&topology, &scratch, moto.addr().port(), Some(&pushes_file));
     let r = admin_fixture(json!([
         {"op": "user_data_file", "tag": "instance/bastion", "path": "/etc/gatehouse/gatehouse.toml"},
         {"op": "role_policies", "role": ROLE},
@@ -361,7 +381,7 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
             &format!("listen = [\"{BASTION_CLIENT_ADDR}:22\"]"),
         ),
         "[aws]\n",
-        &format!("[aws]\nendpoint_url = \"{}\"\n", moto.url()),
+        &format!("[aws]\nendpoint_url = \"{}\"\n", proxy.url()),
     );
     let config = scratch.write("gatehouse.toml", config_text.as_bytes());
     let policies = r[1]["policies"].as_object().expect("role policies");
@@ -470,10 +490,54 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     );
     imds.terminate(Duration::from_secs(5));
 
+    // The provisioned jupyter host: an sshd with no key of its own, taking the keys EC2
+    // Instance Connect pushed for its login user (the spec's `login`, tagged by apply).
+    let r = admin_fixture(
+        json!([{"op": "call", "service": "ec2", "method": "describe_instances",
+        "args": {"Filters": [{"Name": "tag:gatehouse:resource", "Values": ["instance/jupyter"]}]}}]),
+    );
+    let jupyter_id = r[0]["Reservations"][0]["Instances"][0]["InstanceId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no jupyter instance: {r:?}"))
+        .to_owned();
+    let (_imds, mut sshd) = eic_host(&topology, &scratch, &pushes_file, &jupyter_id);
+    let bastion_addr = (BASTION_CLIENT_ADDR, 22).into();
+    let mut alice_client = SshClient::new(
+        &topology.client,
+        &scratch,
+        bastion_addr,
+        "alice",
+        &alice.private,
+    );
+    alice_client.add_target("jupyter-box", "jupyter", 22, TEST_USER, None);
+
     // 4. Minimal, not just sufficient: without any one action the bastion does not serve,
     //    and says which action it lacks. The host key is deleted before each run, so the
-    //    create path (ssm:PutParameter) is taken every time.
+    //    create path (ssm:PutParameter) is taken every time. The push is made on a tunnel to
+    //    the host's SSH port, not at start: without it the bastion serves, and that tunnel is
+    //    refused with the action named.
     for action in &needed {
+        if action.need() == gatehouse_aws::actions::Need::InstanceConnect {
+            admin_fixture(json!([
+                {"op": "set_user_policy", "name": "bastion-role",
+                 "policy": without(&role_policy, action.name())},
+            ]));
+            let mut daemon = start_daemon(&topology, &scratch, &bastion, &config);
+            daemon.wait_for_stderr("gatehouse listening", Duration::from_secs(60));
+            let out = dash_w(&alice_client, "jupyter:22");
+            out.expect_failure("a tunnel to the host without the push");
+            assert!(
+                out.stderr_str().contains("could not give your key to host"),
+                "{out}"
+            );
+            daemon.wait_for_stderr(
+                &format!("lacks the action {}", action.name()),
+                Duration::from_secs(10),
+            );
+            assert!(pushes(&pushes_file).is_empty(), "pushed without the action");
+            daemon.terminate(Duration::from_secs(10));
+            continue;
+        }
         if !action.is_call() {
             // ssm:AddTagsToResource: AWS checks it inside PutParameter-with-tags; moto does not
             // (verified), so no run here can see it missing. The policy unit tests and the
@@ -510,25 +574,14 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     // 5. The bastion with the role's permissions, the private host with sshd and Jupyter.
     let mut daemon = start_daemon(&topology, &scratch, &bastion, &config);
     daemon.wait_for_stderr("gatehouse listening", Duration::from_secs(60));
-    let mut sshd = SshdConfig::private_host((PRIVATE_ADDR, 22).into())
-        .authorize(alice.public_line.trim())
-        .start(&topology.private, &scratch, "private_sshd");
     let jupyter = Jupyter::start(
         &topology.private,
         &scratch,
         (PRIVATE_ADDR, JUPYTER_PORT).into(),
     );
-    let bastion_addr = (BASTION_CLIENT_ADDR, 22).into();
 
-    // alice: ssh -J bastion jupyter, a login on the provisioned host's private address.
-    let mut alice_client = SshClient::new(
-        &topology.client,
-        &scratch,
-        bastion_addr,
-        "alice",
-        &alice.private,
-    );
-    alice_client.add_target("jupyter-box", "jupyter", 22, TEST_USER, None);
+    // alice: ssh -J bastion jupyter, a login on the provisioned host's private address, with
+    // the key she logged in to the bastion with, pushed by the bastion's role.
     let mut ssh = alice_client.ssh();
     ssh.args(["jupyter-box", "echo", "reached"]);
     let out = run_with_timeout(ssh, CMD_TIMEOUT);
@@ -536,6 +589,10 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     assert_eq!(out.stdout_str().trim(), "reached");
     sshd.daemon()
         .wait_for_stderr("Accepted publickey for", Duration::from_secs(5));
+    let recorded = pushes(&pushes_file);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0]["instance"], jupyter_id.as_str());
+    assert_eq!(recorded[0]["user"], TEST_USER);
 
     // bob: the Jupyter recipe, ssh -N -L 8888:jupyter:8888 bastion; the kernel runs code.
     let bob_client = SshClient::new(

@@ -1185,9 +1185,28 @@ fn the_deployers_and_the_bastions_policies_pass_the_iam_reference_lint() {
     let spec = gatehouse_vpc::spec::load(&spec_path, None, gatehouse_vpc::spec::ReadBinary::Yes)
         .expect("spec");
     let bucket = gatehouse_vpc::plan::binary_bucket("lab", ACCOUNT);
+    // And the role with EC2 Instance Connect: its statement's tag condition.
+    let push_path = dir.path().join("push.toml");
+    std::fs::write(
+        &push_path,
+        spec_with_binary("lab", 50, &binary.display().to_string())
+            + "\n[bastion.daemon.aws]\ninstance_connect = true\n",
+    )
+    .expect("write spec");
+    let push_spec =
+        gatehouse_vpc::spec::load(&push_path, None, gatehouse_vpc::spec::ReadBinary::Yes)
+            .expect("spec with instance_connect");
+    let push_role = gatehouse_vpc::policy::bastion_policy(&push_spec, Some(&bucket));
+    assert!(
+        push_role
+            .to_string()
+            .contains("ec2-instance-connect:SendSSHPublicKey"),
+        "{push_role:#}"
+    );
     let docs = serde_json::json!({
         "deployer": printed["policy"],
         "bastion": gatehouse_vpc::policy::bastion_policy(&spec, Some(&bucket)),
+        "bastion with instance_connect": push_role,
     });
     let findings = lint_policies(&docs);
     // Accepted, as the README says: the deployer sets the bucket's policy (the TLS-only Deny),

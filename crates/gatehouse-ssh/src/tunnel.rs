@@ -151,6 +151,11 @@ pub(crate) async fn run(
         Some((dialed, pushed)) => (Some(dialed), Some(pushed)),
         None => (None, None),
     };
+    // Logged whatever became of the dial: a failed push is for the operator to fix.
+    if let Some(Err(e)) = &pushed {
+        tracing::warn!(session = %conn.id, user = %user, host = %grant.host_id,
+            "key push failed: {}", e.detail);
+    }
     let tcp = match dialed {
         Some(Ok(Ok(tcp))) if !revoked.is_cancelled() => tcp,
         None | Some(Ok(Ok(_))) => {
@@ -195,8 +200,6 @@ pub(crate) async fn run(
             duration_ms: pushed.duration_ms,
         }),
         Some(Err(e)) => {
-            tracing::warn!(session = %conn.id, user = %user, host = %grant.host_id,
-                "key push failed: {}", e.detail);
             let reason = format!(
                 "could not give your key to host '{}' for its login ({}): {}",
                 grant.host_id,
