@@ -899,6 +899,7 @@ fn aws_ssh_config_output_reaches_the_host_as_is() {
 fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
     const WITH_KEYS: usize = 30;
     const WITHOUT_KEYS: usize = 10;
+    const OUTSIDERS: usize = 10;
     const INSTANCES: usize = 20;
     let mut rig = rig("1m");
     let mut ops = Vec::new();
@@ -910,19 +911,28 @@ fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
     for i in 0..WITHOUT_KEYS {
         ops.push(json!({"op": "user", "name": format!("nokey{i:02}"), "groups": "research"}));
     }
+    // Users of the account who are no gatehouse users (no tag, no prefixed group), keys or
+    // not: the account listing names them, and that is all they cost.
+    for i in 0..OUTSIDERS {
+        ops.push(
+            json!({"op": "user", "name": format!("outsider{i:02}"), "gen_keys": i % 2,
+                        "iam_groups": ["developers"]}),
+        );
+    }
     for i in 0..INSTANCES {
         ops.push(json!({"op": "instance", "subnet_id": rig.world.subnet_id,
                         "ip": format!("10.0.3.{}", 10 + i),
                         "tags": {"Name": format!("box{i:02}"), "gatehouse:groups": "research"}}));
     }
     rig.fixture(Value::Array(ops));
-    // alice and jupyter come with the rig.
-    let n = WITH_KEYS + WITHOUT_KEYS + 1;
+    // alice and jupyter come with the rig. C: the users who can be gatehouse users (tagged).
+    let n = WITH_KEYS + WITHOUT_KEYS + OUTSIDERS + 1;
+    let c = WITH_KEYS + WITHOUT_KEYS + 1;
     let k = WITH_KEYS + 1;
     let m = INSTANCES + 1;
 
     let count = |v: &Value, action: &str| v[action].as_u64().unwrap_or(0) as usize;
-    // The daemon's steady state: no key bodies, N + K + 4 calls per refresh. It starts once
+    // The daemon's steady state: no key bodies, C + 2 calls per refresh. It starts once
     // the daemon has fetched every key body (K since the proxy started: alice's and the
     // fixture's) and the refresh that fetched them is over. A fixed wait was not enough when
     // other tests loaded the machine and one refresh took longer than the wait.
@@ -943,7 +953,7 @@ fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
     let window = Instant::now();
     let warm = loop {
         let counts = rig.proxy.control("/__proxy/counts");
-        if count(&counts, "iam:ListUsers") >= 4 {
+        if count(&counts, "iam:GetAccountAuthorizationDetails") >= 4 {
             break counts;
         }
         assert!(
@@ -952,16 +962,16 @@ fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
         );
         std::thread::sleep(REFRESH / 10);
     };
-    let refreshes = count(&warm, "iam:ListUsers");
+    let refreshes = count(&warm, "iam:GetAccountAuthorizationDetails");
     assert_eq!(count(&warm, "iam:GetSSHPublicKey"), 0, "{warm}");
     let per_refresh = count(&warm, "iam:ListSSHPublicKeys") as f64 / refreshes as f64;
     assert!(
-        (per_refresh - n as f64).abs() <= n as f64 / refreshes as f64,
+        (per_refresh - c as f64).abs() <= c as f64 / refreshes as f64,
         "{warm}"
     );
     eprintln!(
-        "refresh cost, steady state, N={n} K={k} M={m}: {refreshes} refreshes, per refresh about {} calls: {warm}",
-        n + k + 4
+        "refresh cost, steady state, N={n} C={c} K={k} M={m}: {refreshes} refreshes, per refresh about {} calls: {warm}",
+        c + 2
     );
     // A cold listing (the daemon stopped, so only `gatehouse hosts` counts): every key body
     // is fetched once.
@@ -976,18 +986,112 @@ fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
         "{out}"
     );
     let cold = rig.proxy.control("/__proxy/counts");
-    assert_eq!(count(&cold, "iam:ListUsers"), 1, "{cold}");
-    assert_eq!(count(&cold, "iam:ListSSHPublicKeys"), n, "{cold}");
-    assert_eq!(count(&cold, "iam:ListUserTags"), k, "{cold}");
+    assert_eq!(
+        count(&cold, "iam:GetAccountAuthorizationDetails"),
+        1,
+        "{cold}"
+    );
+    assert_eq!(count(&cold, "iam:ListSSHPublicKeys"), c, "{cold}");
     assert_eq!(count(&cold, "iam:GetSSHPublicKey"), k, "{cold}");
-    assert_eq!(count(&cold, "iam:ListGroups"), 1, "{cold}");
-    assert_eq!(count(&cold, "iam:GetGroup"), 2, "{cold}");
     assert_eq!(count(&cold, "ec2:DescribeInstances"), 1, "{cold}");
+    for gone in [
+        "iam:ListUsers",
+        "iam:ListUserTags",
+        "iam:ListGroups",
+        "iam:GetGroup",
+    ] {
+        assert_eq!(count(&cold, gone), 0, "{gone}: {cold}");
+    }
     let cold_total: usize = cold
         .as_object()
         .map(|o| o.values().filter_map(Value::as_u64).sum::<u64>() as usize)
         .unwrap_or(0);
     eprintln!("refresh cost, cold, N={n} users (K={k} with keys), M={m} instances: {cold_total} calls {cold}");
+}
+
+/// A restart with AWS down: the bastion serves the listing it saved (`aws.snapshot_file`)
+/// at once, instead of waiting for AWS; a saved listing older than `max_staleness` is not
+/// used (the bastion waits for AWS, as without a file); and the first refresh after a
+/// restart with AWS back replaces it.
+#[test]
+fn aws_a_restart_serves_the_saved_listing_while_aws_is_down() {
+    let mut rig = rig("1m");
+    rig.gatehouse.terminate(Duration::from_secs(10));
+    let saved = rig.scratch.join("aws-directory.json");
+    // [aws] is the config's last table.
+    // The host key's copy (the SSM key, for a restart while SSM cannot be read) goes to
+    // server.host_key, here in the scratch directory.
+    let text = std::fs::read_to_string(&rig.config)
+        .expect("config")
+        .replacen(
+            "[server]\n",
+            &format!(
+                "[server]\nhost_key = \"{}\"\n",
+                rig.scratch.join("host_key_copy").display()
+            ),
+            1,
+        )
+        + &format!("snapshot_file = \"{}\"\n", saved.display());
+    std::fs::write(&rig.config, text).expect("config");
+    rig.gatehouse = start_gatehouse(&rig.topology, &rig.scratch, &rig.config, "gatehouse-2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !saved.exists() {
+        assert!(Instant::now() < deadline, "no saved listing after 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_reaches_sshd(&rig.alice(), &format!("jupyter:{SSH_PORT}"));
+    rig.gatehouse.terminate(Duration::from_secs(10));
+
+    // AWS unreachable: the proxy forwards to a port where nothing listens.
+    let dead = rig
+        .topology
+        .bastion
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    rig.proxy.control(&format!("/__proxy/upstream?port={dead}"));
+    rig.gatehouse = start_gatehouse(&rig.topology, &rig.scratch, &rig.config, "gatehouse-3");
+    let log = rig.gatehouse.stderr();
+    assert!(log.contains("serving the saved AWS listing"), "{log}");
+    assert!(log.contains("using the copy kept at"), "{log}");
+    assert_reaches_sshd(&rig.alice(), &format!("jupyter:{SSH_PORT}"));
+    rig.gatehouse.wait_for_stderr(
+        "AWS refresh failed; keeping the last snapshot",
+        Duration::from_secs(30),
+    );
+    rig.gatehouse.terminate(Duration::from_secs(10));
+
+    // Listed longer than max_staleness (1m) ago: not used; the bastion waits for AWS.
+    let mut file: Value =
+        serde_json::from_str(&std::fs::read_to_string(&saved).expect("saved")).expect("json");
+    file["listed_at_ms"] = json!(file["listed_at_ms"].as_u64().expect("time") - 61_000);
+    std::fs::write(&saved, file.to_string()).expect("age the file");
+    let mut cmd = gatehouse_cmd(&rig.topology);
+    cmd.arg("serve").arg("--config").arg(&rig.config);
+    let mut old = Daemon::spawn("gatehouse-4", cmd, &rig.scratch);
+    old.wait_for_stderr("not using the saved AWS listing", SLACK);
+    old.wait_for_stderr(
+        "first AWS listing failed; not serving until one succeeds",
+        Duration::from_secs(30),
+    );
+    assert!(
+        !old.stderr().contains("gatehouse listening"),
+        "{}",
+        old.logs()
+    );
+    old.terminate(Duration::from_secs(10));
+
+    // AWS back: a restart serves (from the file it no longer trusts: from AWS) and saves anew.
+    rig.proxy.control(&format!(
+        "/__proxy/upstream?port={}",
+        rig.moto.addr().port()
+    ));
+    rig.gatehouse = start_gatehouse(&rig.topology, &rig.scratch, &rig.config, "gatehouse-5");
+    assert_reaches_sshd(&rig.alice(), &format!("jupyter:{SSH_PORT}"));
+    for daemon in [&rig.gatehouse, &old] {
+        assert!(!daemon.stderr().contains("panicked"), "{}", daemon.logs());
+    }
 }
 
 #[test]
@@ -1182,9 +1286,9 @@ fn aws_an_address_shared_by_two_vpcs_is_never_dialed() {
     assert!(!rig.gatehouse.stderr().contains("panicked"));
 }
 
-/// IAM users deleted while a refresh lists them: ListUsers still named them, and their
-/// per-user calls answer NoSuchEntity (the proxy plays the deletion: bob's ListSSHPublicKeys,
-/// carol's ListUserTags). That is not a failed refresh: the listing is published without
+/// IAM users deleted while a refresh lists them: the account listing still named them, and
+/// their per-user call answers NoSuchEntity (the proxy plays the deletion: bob's and carol's
+/// ListSSHPublicKeys). That is not a failed refresh: the listing is published without
 /// them, so their session and tunnel end and they cannot log in, while everyone else is
 /// served and no refresh fails.
 #[test]
@@ -1209,7 +1313,7 @@ fn aws_a_user_deleted_during_a_refresh_is_gone_not_a_failed_refresh() {
     rig.proxy
         .control("/__proxy/gone?user=bob&action=ListSSHPublicKeys");
     rig.proxy
-        .control("/__proxy/gone?user=carol&action=ListUserTags");
+        .control("/__proxy/gone?user=carol&action=ListSSHPublicKeys");
     bob_tunnel.wait_closed(REFRESH + SLACK);
     rig.wait_audit("session.revoked for bob", SLACK, |l| {
         l["event"] == "session.revoked" && l["user"] == "bob"
@@ -1226,7 +1330,8 @@ fn aws_a_user_deleted_during_a_refresh_is_gone_not_a_failed_refresh() {
     for who in ["bob", "carol"] {
         assert!(
             log.lines().any(
-                |l| l.contains("IAM user deleted since ListUsers listed it") && l.contains(who)
+                |l| l.contains("IAM user deleted since the account listing named it")
+                    && l.contains(who)
             ),
             "an info line says {who} is gone:\n{log}"
         );
@@ -1240,7 +1345,8 @@ fn aws_a_user_deleted_during_a_refresh_is_gone_not_a_failed_refresh() {
 #[test]
 fn aws_a_denied_call_names_the_missing_action_not_a_debug_dump() {
     let mut rig = rig("1m");
-    rig.proxy.control("/__proxy/deny?action=iam:ListUsers");
+    rig.proxy
+        .control("/__proxy/deny?action=iam:GetAccountAuthorizationDetails");
     let assert_readable = |text: &str| {
         for dump in [
             "SdkBody",
@@ -1254,11 +1360,15 @@ fn aws_a_denied_call_names_the_missing_action_not_a_debug_dump() {
         }
         let line = text
             .lines()
-            .find(|l| l.contains("AWS call iam:ListUsers failed: AccessDenied: User: "))
+            .find(|l| {
+                l.contains(
+                    "AWS call iam:GetAccountAuthorizationDetails failed: AccessDenied: User: ",
+                )
+            })
             .unwrap_or_else(|| panic!("no line names the denied action:\n{text}"));
         assert!(
-            line.contains("is not authorized to perform: iam:ListUsers")
-                && line.contains("lacks the action iam:ListUsers"),
+            line.contains("is not authorized to perform: iam:GetAccountAuthorizationDetails")
+                && line.contains("lacks the action iam:GetAccountAuthorizationDetails"),
             "{line}"
         );
     };
@@ -1266,7 +1376,7 @@ fn aws_a_denied_call_names_the_missing_action_not_a_debug_dump() {
     let mut cmd = gatehouse_cmd(&rig.topology);
     cmd.arg("hosts").arg("--config").arg(&rig.config);
     let out = run_with_timeout(cmd, CMD_TIMEOUT);
-    out.expect_failure("gatehouse hosts with iam:ListUsers denied");
+    out.expect_failure("gatehouse hosts with iam:GetAccountAuthorizationDetails denied");
     assert_eq!(out.code(), Some(1), "{out}");
     assert_readable(&out.stderr_str());
 

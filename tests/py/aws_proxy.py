@@ -15,12 +15,17 @@ moto does not keep it), for `eic_host.py imds` to serve. Control requests (GET):
     /__proxy/reset                zero the counts
     /__proxy/gone?user=U&action=A answer IAM action A for user U (the UserName parameter) with
                                   NoSuchEntity from now on, as IAM does for a user deleted
-                                  after ListUsers listed it (counted as "_gone")
-    /__proxy/deny?action=S:A      answer action A of service S (e.g. iam:ListUsers) with AWS's
+                                  after the account listing named it (counted as "_gone")
+    /__proxy/deny?action=S:A      answer action A of service S (e.g. iam:ListSSHPublicKeys) with AWS's
                                   access-denied error from now on, as for a role that lacks it
                                   (counted as "_denied")
     /__proxy/allow?action=S:A     undo a deny
     /__proxy/delay?ms=N           add N ms before forwarding each AWS request (AWS's latency)
+    /__proxy/iam_rate?per_second=R&burst=B
+                                  a token bucket per IAM API (R requests a second, B at once),
+                                  as IAM throttles: a request finding its API's bucket empty is
+                                  answered with IAM's Throttling error (counted as
+                                  "_iam_throttled"); per_second=0 turns it off
 
 When the upstream is down, the client's connection is closed without an answer: to the SDK
 that is an unreachable endpoint. Only loopback is ever contacted.
@@ -36,7 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.Lock()
 STATE = {"upstream": 0, "throttle_until": 0.0, "counts": {}, "gone": set(), "deny": set(),
-         "delay": 0.0}
+         "delay": 0.0, "iam_rate": 0.0, "iam_burst": 0.0, "buckets": {}}
 PUSHES = sys.argv[3] if len(sys.argv) > 3 else None
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -117,6 +122,18 @@ def throttle_answer(service):
     return 400, "text/xml", body.encode()
 
 
+def take_token(action):
+    """One token from `action`'s bucket (LOCK held); False when it is empty."""
+    now = time.time()
+    tokens, last = STATE["buckets"].get(action, (STATE["iam_burst"], now))
+    tokens = min(STATE["iam_burst"], tokens + (now - last) * STATE["iam_rate"])
+    if tokens < 1:
+        STATE["buckets"][action] = (tokens, now)
+        return False
+    STATE["buckets"][action] = (tokens - 1, now)
+    return True
+
+
 def record_push(body):
     """Appends an accepted push to PUSHES, as the instance's metadata service would get it."""
     request = json.loads(body.decode("utf-8"))
@@ -153,6 +170,11 @@ class Handler(BaseHTTPRequestHandler):
             elif url.path == "/__proxy/allow":
                 STATE["deny"].discard(query["action"][0])
                 answer = {"ok": True}
+            elif url.path == "/__proxy/iam_rate":
+                STATE["iam_rate"] = float(query["per_second"][0])
+                STATE["iam_burst"] = float(query.get("burst", ["1"])[0])
+                STATE["buckets"] = {}
+                answer = {"ok": True}
             elif url.path == "/__proxy/delay":
                 STATE["delay"] = float(query["ms"][0]) / 1000.0
                 answer = {"ok": True}
@@ -176,6 +198,19 @@ class Handler(BaseHTTPRequestHandler):
         user = user_of(body) if service == "iam" else None
         with LOCK:
             throttled = time.time() < STATE["throttle_until"]
+            bucket_empty = (not throttled and service == "iam" and STATE["iam_rate"] > 0
+                            and not take_token(action))
+            if bucket_empty:
+                STATE["counts"]["_iam_throttled"] = STATE["counts"].get("_iam_throttled", 0) + 1
+        if bucket_empty:
+            status, ctype, answer = throttle_answer("iam")
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
+        with LOCK:
             gone = not throttled and (user, action) in STATE["gone"]
             denied = not throttled and not gone and f"{service}:{action}" in STATE["deny"]
             upstream = STATE["upstream"]

@@ -13,9 +13,6 @@ pub enum Resource {
     Any,
     /// IAM users: `arn:PARTITION:iam::ACCOUNT:user/*`.
     IamUsers,
-    /// IAM groups whose name starts with `aws.iam_group_prefix`:
-    /// `arn:PARTITION:iam::ACCOUNT:group/PREFIX*`.
-    IamGroupsWithPrefix,
     /// The host key parameter `aws.host_key_ssm_parameter`:
     /// `arn:PARTITION:ssm:REGION:ACCOUNT:parameter/NAME`.
     HostKeyParameter,
@@ -29,8 +26,6 @@ pub enum Resource {
 pub enum Need {
     /// Always, in AWS mode.
     Always,
-    /// With `aws.iam_group_prefix`.
-    IamGroupPrefix,
     /// With `aws.host_key_ssm_parameter`.
     SsmHostKey,
     /// With `aws.host_key_ssm_parameter` and `aws.host_key_tags`.
@@ -95,24 +90,15 @@ macro_rules! actions {
 }
 
 actions! {
-    /// Lists the candidate users.
-    LIST_USERS = "iam:ListUsers", Any, Always, true,
-        "list the candidate users (under `iam_path_prefix`)";
+    /// Lists every user with their tags and IAM groups.
+    GET_ACCOUNT_AUTHORIZATION_DETAILS = "iam:GetAccountAuthorizationDetails", Any, Always, true,
+        "every user with their tags and IAM groups, 1000 a page (no resource-level permissions exist)";
     /// Lists a user's key ids.
     LIST_SSH_PUBLIC_KEYS = "iam:ListSSHPublicKeys", IamUsers, Always, true,
-        "each user's key ids and Active/Inactive status";
+        "the key ids and Active/Inactive status of users with a gatehouse group";
     /// Reads a key body.
     GET_SSH_PUBLIC_KEY = "iam:GetSSHPublicKey", IamUsers, Always, true,
         "a key body, once per new key id";
-    /// Reads a user's tags.
-    LIST_USER_TAGS = "iam:ListUserTags", IamUsers, Always, true,
-        "the `gatehouse:groups` tag of users with an Active key";
-    /// Lists IAM groups, to find the prefixed ones.
-    LIST_GROUPS = "iam:ListGroups", Any, IamGroupPrefix, true,
-        "only with `iam_group_prefix`: find the prefixed groups";
-    /// Reads a prefixed group's members.
-    GET_GROUP = "iam:GetGroup", IamGroupsWithPrefix, IamGroupPrefix, true,
-        "only with `iam_group_prefix`: their members";
     /// Lists the candidate instances.
     DESCRIBE_INSTANCES = "ec2:DescribeInstances", Any, Always, true,
         "the tagged, running instances (no resource-level permissions exist)";
@@ -134,8 +120,6 @@ actions! {
 /// What the daemon is configured to do, as far as its AWS permissions are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Mode {
-    /// `aws.iam_group_prefix` is set.
-    pub iam_group_prefix: bool,
     /// `aws.host_key_ssm_parameter` is set.
     pub ssm_host_key: bool,
     /// `aws.host_key_tags` is not empty (with `ssm_host_key`).
@@ -149,7 +133,6 @@ impl Mode {
     pub fn of(settings: &AwsConfig) -> Mode {
         let ssm_host_key = settings.host_key_ssm_parameter.is_some();
         Mode {
-            iam_group_prefix: settings.iam_group_prefix.is_some(),
             ssm_host_key,
             host_key_tags: ssm_host_key && !settings.host_key_tags.is_empty(),
             instance_connect: settings.instance_connect,
@@ -159,7 +142,6 @@ impl Mode {
     fn wants(self, need: Need) -> bool {
         match need {
             Need::Always => true,
-            Need::IamGroupPrefix => self.iam_group_prefix,
             Need::SsmHostKey => self.ssm_host_key,
             Need::SsmHostKeyTags => self.ssm_host_key && self.host_key_tags,
             Need::InstanceConnect => self.instance_connect,
@@ -203,7 +185,7 @@ mod tests {
     #[test]
     fn every_counted_call_is_a_declared_action_and_every_declared_call_is_made() {
         let counted = counted();
-        assert!(counted.len() >= 9, "{counted:?}");
+        assert!(counted.len() >= 7, "{counted:?}");
         let mut made = BTreeSet::new();
         for (file, arg) in &counted {
             let ident = arg.strip_prefix("actions::").unwrap_or_else(|| {
@@ -248,19 +230,12 @@ mod tests {
     fn needed_follows_the_mode() {
         let names = |mode| -> Vec<&str> { needed(mode).iter().map(|a| a.name()).collect() };
         let base = [
-            "iam:ListUsers",
+            "iam:GetAccountAuthorizationDetails",
             "iam:ListSSHPublicKeys",
             "iam:GetSSHPublicKey",
-            "iam:ListUserTags",
             "ec2:DescribeInstances",
         ];
         assert_eq!(names(Mode::default()), base);
-        let groups = names(Mode {
-            iam_group_prefix: true,
-            ..Mode::default()
-        });
-        assert!(groups.contains(&"iam:ListGroups") && groups.contains(&"iam:GetGroup"));
-        assert_eq!(groups.len(), base.len() + 2);
         let key = names(Mode {
             ssm_host_key: true,
             ..Mode::default()
@@ -283,7 +258,6 @@ mod tests {
             ["ec2-instance-connect:SendSSHPublicKey"]
         );
         let everything = names(Mode {
-            iam_group_prefix: true,
             ssm_host_key: true,
             host_key_tags: true,
             instance_connect: true,
@@ -304,7 +278,6 @@ mod tests {
         assert_eq!(
             Mode::of(&aws),
             Mode {
-                iam_group_prefix: true,
                 ssm_host_key: true,
                 host_key_tags: true,
                 instance_connect: true,

@@ -1,23 +1,27 @@
-//! IAM fetcher: users (with an optional path prefix), their Active SSH public keys, their
-//! tags, and (optionally) their membership in prefixed IAM groups. Thin: it turns answers into
-//! [`UserRecord`]s and leaves every decision to [`crate::build`].
+//! IAM fetcher: one paginated GetAccountAuthorizationDetails (users only) names every user
+//! with their path, tags and IAM groups; only the users who may be gatehouse users (the groups
+//! tag, or an IAM group with `iam_group_prefix`) have their SSH keys listed; only key bodies
+//! not seen before are fetched. Thin: it turns answers into [`UserRecord`]s and leaves every
+//! decision to [`crate::build`].
 //!
-//! Calls per refresh, for N users under the path prefix of whom K have an Active key, G IAM
-//! groups with the prefix and U keys not seen before: `ceil(N/1000)` ListUsers +
-//! N ListSSHPublicKeys + K ListUserTags + (with `iam_group_prefix`: `ceil(groups/1000)`
-//! ListGroups + G GetGroup) + U GetSSHPublicKey. Key bodies are fetched once per (user, key
-//! id, upload date) and cached; a key that is re-uploaded gets a new id.
+//! Calls per refresh, for N users in the account, C of them tagged or in a prefixed group and
+//! U keys not seen before: `ceil(N/1000)` GetAccountAuthorizationDetails + C
+//! ListSSHPublicKeys + U GetSSHPublicKey, the per-user calls 8 at a time. (ListUsers would
+//! need a ListUserTags per user and a GetGroup per prefixed group besides: about N + K + G
+//! calls.) `iam_path_prefix` is applied to the answer: the account listing has no path filter.
+//! Key bodies are cached by (user, key id, upload date); a re-uploaded key gets a new id.
 //!
-//! IAM changes while it is listed. A user deleted after ListUsers named them answers
-//! `NoSuchEntity` to their per-user calls (ListSSHPublicKeys, ListUserTags): that user is simply
-//! gone from this listing, logged at info, and the rest of the listing stands. Likewise a key
-//! deleted after it was listed (GetSSHPublicKey) is not one of the user's keys, and a group
-//! deleted after ListGroups (GetGroup) has no members. Any other failed call fails the listing.
+//! IAM changes while it is listed. A user deleted after the account listing named them
+//! answers `NoSuchEntity` to ListSSHPublicKeys: that user is simply gone from this listing,
+//! logged at info, and the rest of the listing stands. Likewise a key deleted after it was
+//! listed (GetSSHPublicKey) is not one of the user's keys. Any other failed call fails the
+//! listing.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 
-use aws_sdk_iam::types::{EncodingType, StatusType};
+use aws_sdk_iam::types::{EncodingType, EntityType, StatusType};
 use aws_sdk_iam::Client;
 use ssh_key::PublicKey;
 use tokio::sync::Semaphore;
@@ -43,12 +47,13 @@ struct CachedKey {
     key: Result<PublicKey, String>,
 }
 
-/// What one user's per-user calls found.
-struct UserKeys {
+/// A user as the account listing names them.
+#[derive(Debug, Clone)]
+struct AccountUser {
     name: String,
-    /// Active keys: (id, upload date).
-    active: Vec<(String, String)>,
     tags: Vec<(String, String)>,
+    /// Every IAM group the user is in.
+    groups: Vec<String>,
 }
 
 /// Reads users and keys from IAM, remembering key bodies between refreshes.
@@ -57,63 +62,102 @@ pub struct IamFetcher {
     client: Client,
     path_prefix: Option<String>,
     group_prefix: Option<String>,
+    groups_tag: String,
     cache: HashMap<(String, String), CachedKey>,
 }
 
 impl IamFetcher {
-    /// A fetcher over `client`.
-    pub fn new(client: Client, path_prefix: Option<String>, group_prefix: Option<String>) -> Self {
+    /// A fetcher over `client` for users under `path_prefix` who carry the tag key
+    /// `groups_tag` or are in an IAM group starting with `group_prefix`.
+    pub fn new(
+        client: Client,
+        path_prefix: Option<String>,
+        group_prefix: Option<String>,
+        groups_tag: String,
+    ) -> Self {
         IamFetcher {
             client,
             path_prefix,
             group_prefix,
+            groups_tag,
             cache: HashMap::new(),
         }
     }
 
-    /// Every user with an Active key, with tags, IAM groups and parsed keys. Fails as a whole
-    /// if any call fails: a partial listing is never returned. Newly seen keys that do not
-    /// parse are returned as errors (and logged by the caller), not dropped silently.
+    /// Every candidate user with an Active key, with tags, prefixed IAM groups and parsed keys.
+    /// Fails as a whole if any call fails: a partial listing is never returned. Newly seen
+    /// keys that do not parse are returned as errors (and logged by the caller), not dropped
+    /// silently.
     pub async fn fetch(&mut self, calls: &Calls) -> Result<Vec<UserRecord>, AwsError> {
-        let names = self.list_users(calls).await?;
-        let per_user = self.per_user(names, calls).await?;
-        let groups = match &self.group_prefix {
-            Some(prefix) => self.group_members(prefix, calls).await?,
-            None => HashMap::new(),
-        };
+        let candidates: Vec<AccountUser> = self
+            .account_users(calls)
+            .await?
+            .into_iter()
+            .filter(|u| self.may_be_gatehouse_user(u))
+            .collect();
+        let client = self.client.clone();
+        let listed = concurrently(candidates, |user| {
+            let (client, calls) = (client.clone(), calls.clone());
+            async move {
+                let active = active_keys(&client, &user.name, &calls).await?;
+                Ok(active
+                    .filter(|keys| !keys.is_empty())
+                    .map(|keys| (user, keys)))
+            }
+        })
+        .await?;
+        // Key bodies not cached yet (a cold start: every key), all at once.
+        let wanted: Vec<(String, String, String)> = listed
+            .iter()
+            .flat_map(|(user, keys)| {
+                keys.iter()
+                    .filter(|(id, uploaded)| {
+                        self.cache
+                            .get(&(user.name.clone(), id.clone()))
+                            .is_none_or(|c| &c.uploaded != uploaded)
+                    })
+                    .map(|(id, uploaded)| (user.name.clone(), id.clone(), uploaded.clone()))
+            })
+            .collect();
+        let fetched = concurrently(wanted, |(user, id, uploaded)| {
+            let (client, calls) = (client.clone(), calls.clone());
+            async move {
+                let key = get_key(&client, &user, &id, &calls).await?;
+                if key.is_none() {
+                    tracing::info!(user = %user, key = %id,
+                        "IAM key deleted since it was listed (GetSSHPublicKey: NoSuchEntity); \
+                         not one of the user's keys in this listing");
+                }
+                Ok(key.map(|key| (user, id, uploaded, key)))
+            }
+        })
+        .await?;
+        for (user, id, uploaded, key) in fetched {
+            self.cache.insert((user, id), CachedKey { uploaded, key });
+        }
         let mut seen = HashSet::new();
         let mut users = Vec::new();
-        for user in per_user {
+        for (user, active) in listed {
             let mut keys = Vec::new();
-            for (id, uploaded) in &user.active {
-                let slot = (user.name.clone(), id.clone());
-                let cached = self.cache.get(&slot).filter(|c| &c.uploaded == uploaded);
-                let key = match cached {
-                    Some(c) => c.key.clone(),
-                    None => {
-                        let Some(key) = self.get_key(&user.name, id, calls).await? else {
-                            tracing::info!(user = %user.name, key = %id,
-                                "IAM key deleted since it was listed (GetSSHPublicKey: \
-                                 NoSuchEntity); not one of the user's keys in this listing");
-                            continue;
-                        };
-                        self.cache.insert(
-                            slot.clone(),
-                            CachedKey {
-                                uploaded: uploaded.clone(),
-                                key: key.clone(),
-                            },
-                        );
-                        key
-                    }
-                };
-                seen.insert(slot);
-                keys.push((id.clone(), key));
+            for (id, uploaded) in active {
+                let slot = (user.name.clone(), id);
+                if let Some(cached) = self.cache.get(&slot).filter(|c| c.uploaded == uploaded) {
+                    keys.push((slot.1.clone(), cached.key.clone()));
+                    seen.insert(slot);
+                }
             }
+            let iam_groups = match &self.group_prefix {
+                Some(prefix) => user
+                    .groups
+                    .into_iter()
+                    .filter(|g| g.starts_with(prefix.as_str()))
+                    .collect(),
+                None => Vec::new(),
+            };
             users.push(UserRecord {
-                iam_groups: groups.get(&user.name).cloned().unwrap_or_default(),
                 name: user.name,
                 tags: user.tags,
+                iam_groups,
                 keys,
             });
         }
@@ -122,173 +166,134 @@ impl IamFetcher {
         Ok(users)
     }
 
-    async fn list_users(&self, calls: &Calls) -> Result<Vec<String>, AwsError> {
-        let mut names = Vec::new();
+    /// Whether `user` can have a gatehouse group: the groups tag, or a prefixed IAM group
+    /// ([`crate::build::identities`] decides whether they do).
+    fn may_be_gatehouse_user(&self, user: &AccountUser) -> bool {
+        user.tags.iter().any(|(k, _)| k == &self.groups_tag)
+            || self
+                .group_prefix
+                .as_deref()
+                .is_some_and(|p| user.groups.iter().any(|g| g.starts_with(p)))
+    }
+
+    /// Every user of the account under the path prefix, with tags and IAM groups.
+    async fn account_users(&self, calls: &Calls) -> Result<Vec<AccountUser>, AwsError> {
+        let mut users = Vec::new();
         let mut marker: Option<String> = None;
         for _ in 0..MAX_PAGES {
-            calls.count(actions::LIST_USERS);
+            calls.count(actions::GET_ACCOUNT_AUTHORIZATION_DETAILS);
             let page = self
                 .client
-                .list_users()
-                .set_path_prefix(self.path_prefix.clone())
+                .get_account_authorization_details()
+                .filter(EntityType::User)
                 .set_marker(marker.clone())
                 .max_items(PAGE)
                 .send()
                 .await
-                .map_err(|e| AwsError::call("iam", "ListUsers", &e))?;
-            names.extend(page.users().iter().map(|u| u.user_name().to_owned()));
-            match next_marker(page.is_truncated(), page.marker(), &marker, "ListUsers")? {
-                Some(next) => marker = Some(next),
-                None => return Ok(names),
-            }
-        }
-        Err(too_many_pages("ListUsers"))
-    }
-
-    /// ListSSHPublicKeys for every user, then ListUserTags for those with an Active key.
-    async fn per_user(&self, names: Vec<String>, calls: &Calls) -> Result<Vec<UserKeys>, AwsError> {
-        let limit = Arc::new(Semaphore::new(CONCURRENCY));
-        let mut tasks = JoinSet::new();
-        for (index, name) in names.into_iter().enumerate() {
-            let client = self.client.clone();
-            let calls = calls.clone();
-            let limit = limit.clone();
-            tasks.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                one_user(&client, name, &calls).await.map(|u| (index, u))
-            });
-        }
-        let mut out = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok((index, Some(user)))) => out.push((index, user)),
-                Ok(Ok((_, None))) => {}
-                Ok(Err(e)) => {
-                    tasks.abort_all();
-                    return Err(e);
-                }
-                Err(join) => {
-                    tasks.abort_all();
-                    return Err(AwsError::Suspicious(format!(
-                        "an IAM fetch task failed: {join}"
-                    )));
-                }
-            }
-        }
-        out.sort_by_key(|(index, _)| *index);
-        Ok(out.into_iter().map(|(_, u)| u).collect())
-    }
-
-    /// Members of every IAM group whose name starts with `prefix`: user -> group names.
-    async fn group_members(
-        &self,
-        prefix: &str,
-        calls: &Calls,
-    ) -> Result<HashMap<String, Vec<String>>, AwsError> {
-        let mut groups = Vec::new();
-        let mut marker: Option<String> = None;
-        let mut done = false;
-        for _ in 0..MAX_PAGES {
-            calls.count(actions::LIST_GROUPS);
-            let page = self
-                .client
-                .list_groups()
-                .set_marker(marker.clone())
-                .max_items(PAGE)
-                .send()
-                .await
-                .map_err(|e| AwsError::call("iam", "ListGroups", &e))?;
-            groups.extend(
-                page.groups()
-                    .iter()
-                    .map(|g| g.group_name().to_owned())
-                    .filter(|g| g.starts_with(prefix)),
-            );
-            match next_marker(page.is_truncated(), page.marker(), &marker, "ListGroups")? {
-                Some(next) => marker = Some(next),
-                None => {
-                    done = true;
-                    break;
-                }
-            }
-        }
-        if !done {
-            return Err(too_many_pages("ListGroups"));
-        }
-        let mut members: HashMap<String, Vec<String>> = HashMap::new();
-        for group in groups {
-            let mut marker: Option<String> = None;
-            let mut done = false;
-            for _ in 0..MAX_PAGES {
-                calls.count(actions::GET_GROUP);
-                let answer = self
-                    .client
-                    .get_group()
-                    .group_name(&group)
-                    .set_marker(marker.clone())
-                    .max_items(PAGE)
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::call("iam", "GetGroup", &e));
-                let Some(page) = unless_gone(answer)? else {
-                    tracing::info!(group = %group,
-                        "IAM group deleted since ListGroups listed it (GetGroup: NoSuchEntity); \
-                         no members in this listing");
-                    done = true;
-                    break;
+                .map_err(|e| AwsError::call("iam", "GetAccountAuthorizationDetails", &e))?;
+            for user in page.user_detail_list() {
+                let Some(name) = user.user_name() else {
+                    continue;
                 };
-                for user in page.users() {
-                    members
-                        .entry(user.user_name().to_owned())
-                        .or_default()
-                        .push(group.clone());
+                let path = user.path().unwrap_or("/");
+                if self
+                    .path_prefix
+                    .as_deref()
+                    .is_some_and(|prefix| !path.starts_with(prefix))
+                {
+                    continue;
                 }
-                match next_marker(page.is_truncated(), page.marker(), &marker, "GetGroup")? {
-                    Some(next) => marker = Some(next),
-                    None => {
-                        done = true;
-                        break;
-                    }
-                }
+                users.push(AccountUser {
+                    name: name.to_owned(),
+                    tags: user
+                        .tags()
+                        .iter()
+                        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                        .collect(),
+                    groups: user.group_list().to_vec(),
+                });
             }
-            if !done {
-                return Err(too_many_pages("GetGroup"));
+            match next_marker(
+                page.is_truncated(),
+                page.marker(),
+                &marker,
+                "GetAccountAuthorizationDetails",
+            )? {
+                Some(next) => marker = Some(next),
+                None => return Ok(users),
             }
         }
-        Ok(members)
-    }
-
-    /// One key body, parsed under the config's key rules. A call failure fails the refresh; a
-    /// body that is not an acceptable key is an `Ok(Some(Err(why)))`; a key (or user) deleted
-    /// since it was listed is `Ok(None)`.
-    async fn get_key(
-        &self,
-        user: &str,
-        id: &str,
-        calls: &Calls,
-    ) -> Result<Option<Result<PublicKey, String>>, AwsError> {
-        calls.count(actions::GET_SSH_PUBLIC_KEY);
-        let answer = self
-            .client
-            .get_ssh_public_key()
-            .user_name(user)
-            .ssh_public_key_id(id)
-            .encoding(EncodingType::Ssh)
-            .send()
-            .await
-            .map_err(|e| AwsError::call("iam", "GetSSHPublicKey", &e));
-        let Some(answer) = unless_gone(answer)? else {
-            return Ok(None);
-        };
-        Ok(Some(match answer.ssh_public_key() {
-            None => Err("IAM returned no key body".to_owned()),
-            Some(key) => gatehouse_config::parse_public_key(key.ssh_public_key_body()),
-        }))
+        Err(too_many_pages("GetAccountAuthorizationDetails"))
     }
 }
 
-/// `None` for IAM's `NoSuchEntity` (the user, key or group was deleted after it was listed),
-/// the answer otherwise; any other error stays an error.
+/// Runs `job` on every item, [`CONCURRENCY`] at a time, keeping the items' order and dropping
+/// `None`s. The first error fails the whole (the other jobs are abandoned).
+async fn concurrently<T, R, Fut>(items: Vec<T>, job: impl Fn(T) -> Fut) -> Result<Vec<R>, AwsError>
+where
+    R: Send + 'static,
+    Fut: Future<Output = Result<Option<R>, AwsError>> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut tasks = JoinSet::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let limit = limit.clone();
+        let work = job(item);
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            work.await.map(|r| (index, r))
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok((index, Some(r)))) => out.push((index, r)),
+            Ok(Ok((_, None))) => {}
+            Ok(Err(e)) => {
+                tasks.abort_all();
+                return Err(e);
+            }
+            Err(join) => {
+                tasks.abort_all();
+                return Err(AwsError::Suspicious(format!(
+                    "an IAM fetch task failed: {join}"
+                )));
+            }
+        }
+    }
+    out.sort_by_key(|(index, _)| *index);
+    Ok(out.into_iter().map(|(_, r)| r).collect())
+}
+
+/// One key body, parsed under the config's key rules. A call failure fails the refresh; a
+/// body that is not an acceptable key is an `Ok(Some(Err(why)))`; a key (or user) deleted
+/// since it was listed is `Ok(None)`.
+async fn get_key(
+    client: &Client,
+    user: &str,
+    id: &str,
+    calls: &Calls,
+) -> Result<Option<Result<PublicKey, String>>, AwsError> {
+    calls.count(actions::GET_SSH_PUBLIC_KEY);
+    let answer = client
+        .get_ssh_public_key()
+        .user_name(user)
+        .ssh_public_key_id(id)
+        .encoding(EncodingType::Ssh)
+        .send()
+        .await
+        .map_err(|e| AwsError::call("iam", "GetSSHPublicKey", &e));
+    let Some(answer) = unless_gone(answer)? else {
+        return Ok(None);
+    };
+    Ok(Some(match answer.ssh_public_key() {
+        None => Err("IAM returned no key body".to_owned()),
+        Some(key) => gatehouse_config::parse_public_key(key.ssh_public_key_body()),
+    }))
+}
+
+/// `None` for IAM's `NoSuchEntity` (the user or key was deleted after it was listed), the
+/// answer otherwise; any other error stays an error.
 fn unless_gone<T>(answer: Result<T, AwsError>) -> Result<Option<T>, AwsError> {
     match answer {
         Ok(value) => Ok(Some(value)),
@@ -297,35 +302,29 @@ fn unless_gone<T>(answer: Result<T, AwsError>) -> Result<Option<T>, AwsError> {
     }
 }
 
-/// Logs that `user` was deleted after ListUsers listed them.
-fn gone(user: &str, operation: &str) {
-    tracing::info!(user = %user,
-        "IAM user deleted since ListUsers listed it ({operation}: NoSuchEntity); \
-         left out of this listing");
-}
-
-/// The per-user calls for `name`: `None` when the user has no Active key (then no tags are
-/// read), or was deleted since ListUsers listed them.
-async fn one_user(
+/// `user`'s Active keys as (id, upload date); `None` when the user was deleted since the
+/// account listing named them.
+async fn active_keys(
     client: &Client,
-    name: String,
+    name: &str,
     calls: &Calls,
-) -> Result<Option<UserKeys>, AwsError> {
+) -> Result<Option<Vec<(String, String)>>, AwsError> {
     let mut active = Vec::new();
     let mut marker: Option<String> = None;
-    let mut done = false;
     for _ in 0..MAX_PAGES {
         calls.count(actions::LIST_SSH_PUBLIC_KEYS);
         let answer = client
             .list_ssh_public_keys()
-            .user_name(&name)
+            .user_name(name)
             .set_marker(marker.clone())
             .max_items(PAGE)
             .send()
             .await
             .map_err(|e| AwsError::call("iam", "ListSSHPublicKeys", &e));
         let Some(page) = unless_gone(answer)? else {
-            gone(&name, "ListSSHPublicKeys");
+            tracing::info!(user = %name,
+                "IAM user deleted since the account listing named it (ListSSHPublicKeys: \
+                 NoSuchEntity); left out of this listing");
             return Ok(None);
         };
         for key in page.ssh_public_keys() {
@@ -343,45 +342,10 @@ async fn one_user(
             "ListSSHPublicKeys",
         )? {
             Some(next) => marker = Some(next),
-            None => {
-                done = true;
-                break;
-            }
+            None => return Ok(Some(active)),
         }
     }
-    if !done {
-        return Err(too_many_pages("ListSSHPublicKeys"));
-    }
-    if active.is_empty() {
-        return Ok(None);
-    }
-    let mut tags = Vec::new();
-    let mut marker: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        calls.count(actions::LIST_USER_TAGS);
-        let answer = client
-            .list_user_tags()
-            .user_name(&name)
-            .set_marker(marker.clone())
-            .max_items(PAGE)
-            .send()
-            .await
-            .map_err(|e| AwsError::call("iam", "ListUserTags", &e));
-        let Some(page) = unless_gone(answer)? else {
-            gone(&name, "ListUserTags");
-            return Ok(None);
-        };
-        tags.extend(
-            page.tags()
-                .iter()
-                .map(|t| (t.key().to_owned(), t.value().to_owned())),
-        );
-        match next_marker(page.is_truncated(), page.marker(), &marker, "ListUserTags")? {
-            Some(next) => marker = Some(next),
-            None => return Ok(Some(UserKeys { name, active, tags })),
-        }
-    }
-    Err(too_many_pages("ListUserTags"))
+    Err(too_many_pages("ListSSHPublicKeys"))
 }
 
 /// The marker of the next page, or `None` at the end. A truncated page without a new marker
@@ -551,42 +515,46 @@ mod tests {
         )
     }
 
-    fn users(names: &[&str]) -> String {
-        names
+    /// One user of the account listing: (name, path, IAM groups, groups tag value).
+    fn account_user(name: &str, path: &str, groups: &[&str], tag: Option<&str>) -> String {
+        let groups: String = groups
             .iter()
-            .map(|n| {
-                format!(
-                    "<member><Path>/</Path><UserName>{n}</UserName><UserId>AIDA{n}</UserId>\
-                     <Arn>arn:aws:iam::123456789012:user/{n}</Arn><CreateDate>{DATE}</CreateDate>\
-                     </member>"
-                )
-            })
-            .collect()
-    }
-
-    fn group(name: &str) -> String {
+            .map(|g| format!("<member>{g}</member>"))
+            .collect();
+        let tags = tag
+            .map(|v| format!("<member><Key>gatehouse:groups</Key><Value>{v}</Value></member>"))
+            .unwrap_or_default();
         format!(
-            "<Path>/</Path><GroupName>{name}</GroupName><GroupId>AGPA{name}</GroupId>\
-             <Arn>arn:aws:iam::123456789012:group/{name}</Arn><CreateDate>{DATE}</CreateDate>"
+            "<member><Path>{path}</Path><UserName>{name}</UserName><UserId>AIDA{name}</UserId>\
+             <Arn>arn:aws:iam::123456789012:user{path}{name}</Arn><CreateDate>{DATE}</CreateDate>\
+             <GroupList>{groups}</GroupList><Tags>{tags}</Tags></member>"
         )
     }
 
-    /// IAM during deletions: alice is whole; bob was deleted after ListUsers listed him
-    /// (NoSuchEntity from ListSSHPublicKeys); carol after her keys were listed (from
-    /// ListUserTags); dan lost one of his two keys after they were listed (from
-    /// GetSSHPublicKey); the IAM group gatehouse-gone was deleted after ListGroups listed it
-    /// (from GetGroup).
+    /// IAM during deletions: alice is whole (tagged, and in gatehouse-ops); bob was deleted
+    /// after the account listing named him (NoSuchEntity from ListSSHPublicKeys); dan lost one
+    /// of his two keys after they were listed (from GetSSHPublicKey); carol has no gatehouse
+    /// group (no tag, IAM group other-team) and eve is under /staff/ (both tagged), so their
+    /// keys are listed only when they can be gatehouse users.
     fn iam_during_deletions(call: &Call) -> Answer {
         let user = call.param("UserName");
         match (call.action.as_str(), user) {
-            ("ListUsers", _) => ok(
-                "ListUsers",
-                &format!(
-                    "<Users>{}</Users><IsTruncated>false</IsTruncated>",
-                    users(&["alice", "bob", "carol", "dan"])
-                ),
-            ),
-            ("ListSSHPublicKeys", "bob") | ("ListUserTags", "carol") => no_such_user(call),
+            ("GetAccountAuthorizationDetails", _) => {
+                assert_eq!(call.param("Filter.member.1"), "User", "users only");
+                ok(
+                    "GetAccountAuthorizationDetails",
+                    &format!(
+                        "<UserDetailList>{}{}{}{}{}</UserDetailList>\
+                         <IsTruncated>false</IsTruncated>",
+                        account_user("alice", "/", &["gatehouse-ops"], Some("research")),
+                        account_user("bob", "/", &[], Some("research")),
+                        account_user("carol", "/", &["other-team"], None),
+                        account_user("dan", "/", &["gatehouse-ops"], None),
+                        account_user("eve", "/staff/", &[], Some("research")),
+                    ),
+                )
+            }
+            ("ListSSHPublicKeys", "bob") => no_such_user(call),
             ("ListSSHPublicKeys", _) => {
                 let ids: &[&str] = if user == "dan" {
                     &["APKAdan1", "APKAdan2"]
@@ -610,11 +578,6 @@ mod tests {
                     ),
                 )
             }
-            ("ListUserTags", _) => ok(
-                "ListUserTags",
-                "<Tags><member><Key>gatehouse:groups</Key><Value>research</Value></member>\
-                 </Tags><IsTruncated>false</IsTruncated>",
-            ),
             ("GetSSHPublicKey", "dan") if call.param("SSHPublicKeyId") == "APKAdan2" => error(
                 404,
                 "NoSuchEntity",
@@ -633,59 +596,71 @@ mod tests {
                     ),
                 )
             }
-            ("ListGroups", _) => ok(
-                "ListGroups",
-                &format!(
-                    "<Groups><member>{}</member><member>{}</member></Groups>\
-                     <IsTruncated>false</IsTruncated>",
-                    group("gatehouse-ops"),
-                    group("gatehouse-gone")
-                ),
-            ),
-            ("GetGroup", _) if call.param("GroupName") == "gatehouse-gone" => error(
-                404,
-                "NoSuchEntity",
-                "The group with name gatehouse-gone cannot be found.",
-            ),
-            ("GetGroup", _) => ok(
-                "GetGroup",
-                &format!(
-                    "<Group>{}</Group><Users>{}</Users><IsTruncated>false</IsTruncated>",
-                    group("gatehouse-ops"),
-                    users(&["alice", "dan"])
-                ),
-            ),
             _ => error(400, "InvalidAction", "not faked"),
         }
+    }
+
+    fn fetcher(client: Client, path_prefix: Option<&str>) -> IamFetcher {
+        IamFetcher::new(
+            client,
+            path_prefix.map(str::to_owned),
+            Some("gatehouse-".into()),
+            "gatehouse:groups".into(),
+        )
     }
 
     #[tokio::test]
     async fn a_user_deleted_during_the_listing_is_gone_not_a_failed_refresh() {
         let client = fake_iam(iam_during_deletions).await;
-        let mut fetcher = IamFetcher::new(client, None, Some("gatehouse-".into()));
+        let mut fetcher = fetcher(client, None);
         let calls = Calls::default();
         let users = fetcher
             .fetch(&calls)
             .await
             .expect("a deletion during the listing does not fail it");
         let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(names, ["alice", "dan"], "bob and carol are gone");
+        assert_eq!(
+            names,
+            ["alice", "dan", "eve"],
+            "bob is gone; carol is no candidate"
+        );
         assert_eq!(users[0].keys.len(), 1);
         assert_eq!(users[0].iam_groups, ["gatehouse-ops"]);
+        assert_eq!(
+            users[0].tags,
+            [("gatehouse:groups".to_owned(), "research".to_owned())]
+        );
         // dan keeps the key that still exists; the deleted one is not a key (nor a warning).
         assert_eq!(users[1].keys.len(), 1, "{:?}", users[1].keys);
         assert_eq!(users[1].keys[0].0, "APKAdan1");
         assert!(users[1].keys[0].1.is_ok());
         let counts = calls.snapshot();
-        assert_eq!(counts.get("iam:GetGroup"), Some(&2), "{calls}");
-        // The deleted key is not cached: asked again next time (and gone again).
-        let again = fetcher.fetch(&calls).await.expect("second listing");
-        assert_eq!(again.len(), 2);
         assert_eq!(
-            calls.snapshot().get("iam:GetSSHPublicKey"),
-            Some(&4),
+            counts.get("iam:GetAccountAuthorizationDetails"),
+            Some(&1),
             "{calls}"
         );
+        // Keys listed for the four who can be gatehouse users, not for carol.
+        assert_eq!(counts.get("iam:ListSSHPublicKeys"), Some(&4), "{calls}");
+        // The deleted key is not cached: asked again next time (and gone again).
+        let again = fetcher.fetch(&calls).await.expect("second listing");
+        assert_eq!(again.len(), 3);
+        assert_eq!(
+            calls.snapshot().get("iam:GetSSHPublicKey"),
+            Some(&5),
+            "{calls}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_path_prefix_applies_to_the_account_listing() {
+        let client = fake_iam(iam_during_deletions).await;
+        let users = fetcher(client, Some("/staff/"))
+            .fetch(&Calls::default())
+            .await
+            .expect("listing");
+        let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["eve"]);
     }
 
     fn iam_denying_bob(call: &Call) -> Answer {
@@ -698,8 +673,7 @@ mod tests {
     #[tokio::test]
     async fn any_other_error_for_one_user_still_fails_the_whole_listing() {
         let client = fake_iam(iam_denying_bob).await;
-        let mut fetcher = IamFetcher::new(client, None, None);
-        match fetcher.fetch(&Calls::default()).await {
+        match fetcher(client, None).fetch(&Calls::default()).await {
             Err(AwsError::Call {
                 operation, code, ..
             }) => {

@@ -8,6 +8,7 @@
 //! - [`refresh`] runs one refresh or the background loop, and publishes a
 //!   [`gatehouse_directory::Snapshot`] only after a complete, successful listing;
 //! - [`instance_connect`] pushes a user's key to an instance (EC2 Instance Connect);
+//! - [`persist`] keeps the last good listing on disk, so a restart serves at once;
 //! - [`hostkey`] reads or creates the SSM host key; [`names`] maps IAM names to login names;
 //! - [`actions`] declares every AWS action the daemon needs, per mode: the fetchers count
 //!   their calls with it, and gatehouse-vpc builds the bastion role from it.
@@ -27,6 +28,7 @@ pub mod hostkey;
 pub mod iam;
 pub mod instance_connect;
 pub mod names;
+pub mod persist;
 pub mod refresh;
 
 use std::time::Duration;

@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
@@ -30,6 +30,7 @@ use crate::calls::Calls;
 use crate::ec2::Ec2Fetcher;
 use crate::error::AwsError;
 use crate::iam::IamFetcher;
+use crate::persist;
 use crate::Clients;
 
 /// How many successful listings in a row must agree that everyone (or every host) is gone
@@ -49,6 +50,8 @@ pub struct Listing {
     pub calls: Calls,
     /// When the listing started (the snapshot is as old as this).
     pub started: Instant,
+    /// The same, on the wall clock (for the saved listing).
+    pub started_at: SystemTime,
     /// How long it took.
     pub took: Duration,
 }
@@ -80,6 +83,7 @@ impl AwsSource {
                 clients.iam.clone(),
                 settings.iam_path_prefix.clone(),
                 settings.iam_group_prefix.clone(),
+                settings.groups_tag(),
             ),
             ec2: Ec2Fetcher::new(
                 clients.ec2.clone(),
@@ -101,6 +105,7 @@ impl AwsSource {
     /// Any failed call: nothing partial is returned.
     pub async fn list(&mut self) -> Result<Listing, AwsError> {
         let started = Instant::now();
+        let started_at = SystemTime::now();
         let calls = Calls::default();
         let (users, instances) = tokio::join!(self.iam.fetch(&calls), self.ec2.fetch(&calls));
         let (users, instances) = (users?, instances?);
@@ -121,6 +126,7 @@ impl AwsSource {
             skipped,
             calls,
             started,
+            started_at,
             took: started.elapsed(),
         })
     }
@@ -187,6 +193,8 @@ pub struct AwsDirectory {
     stale: bool,
     /// Wakes the loop for an immediate refresh (SIGHUP).
     wakeup: Arc<Notify>,
+    /// The published snapshot came from the saved listing: refresh at once.
+    restored: bool,
 }
 
 impl AwsDirectory {
@@ -197,12 +205,29 @@ impl AwsDirectory {
     /// The last failure, when no listing succeeded within `max_staleness`.
     pub async fn start(mut source: AwsSource) -> Result<AwsDirectory, AwsError> {
         let settings = source.settings().clone();
+        if let Some(restored) = restore(&settings) {
+            let snapshot = Snapshot::new(
+                restored.identities.clone(),
+                Inventory::new(restored.hosts.clone()),
+            )
+            .fresh_until(restored.started + settings.max_staleness);
+            return Ok(AwsDirectory {
+                guard: EmptyGuard::new((restored.identities.len(), restored.hosts.len())),
+                last_good: restored.started,
+                directory: Arc::new(Directory::new(snapshot)),
+                source,
+                stale: false,
+                wakeup: Arc::new(Notify::new()),
+                restored: true,
+            });
+        }
         let give_up = Instant::now() + settings.max_staleness;
         let mut failures = 0;
         loop {
             match source.list().await {
                 Ok(listing) => {
                     log_listing(&listing, true);
+                    save(&settings, &listing).await;
                     let snapshot = listing.snapshot(settings.max_staleness);
                     return Ok(AwsDirectory {
                         guard: EmptyGuard::new((listing.identities.len(), listing.hosts.len())),
@@ -211,6 +236,7 @@ impl AwsDirectory {
                         source,
                         stale: false,
                         wakeup: Arc::new(Notify::new()),
+                        restored: false,
                     });
                 }
                 Err(e) => {
@@ -248,6 +274,7 @@ impl AwsDirectory {
         log_listing(&listing, self.guard.published != before);
         let max_staleness = self.source.settings().max_staleness;
         self.directory.publish(listing.snapshot(max_staleness));
+        save(self.source.settings(), &listing).await;
         self.last_good = listing.started;
         if self.stale {
             self.stale = false;
@@ -261,7 +288,12 @@ impl AwsDirectory {
     pub async fn run(mut self) {
         let settings = self.source.settings().clone();
         let mut failures: u32 = 0;
-        let mut next = Instant::now() + settings.refresh_interval;
+        // A restored snapshot is refreshed at once: it is as old as the saved listing.
+        let mut next = if self.restored {
+            Instant::now()
+        } else {
+            Instant::now() + settings.refresh_interval
+        };
         let wakeup = self.wakeup.clone();
         loop {
             let stale_at = self.last_good + settings.max_staleness;
@@ -300,6 +332,50 @@ impl AwsDirectory {
                 }
             }
         }
+    }
+}
+
+/// The saved listing of `aws.snapshot_file`, when there is one that may be used (each reason
+/// not to is logged).
+fn restore(settings: &AwsConfig) -> Option<persist::Restored> {
+    let path = settings.snapshot_file.as_ref()?;
+    match persist::load(path, settings) {
+        Ok(Some(restored)) => {
+            tracing::info!(
+                file = %path.display(),
+                users = restored.identities.len(),
+                hosts = restored.hosts.len(),
+                listed_secs_ago = restored.age.as_secs(),
+                "serving the saved AWS listing until a refresh replaces it (it admits logins \
+                 until max_staleness after it was listed)"
+            );
+            Some(restored)
+        }
+        Ok(None) => None,
+        Err(why) => {
+            tracing::warn!(file = %path.display(),
+                "not using the saved AWS listing: {why}; listing AWS before serving");
+            None
+        }
+    }
+}
+
+/// Keeps `listing` in `aws.snapshot_file`, if set; a failure is logged, never fatal.
+async fn save(settings: &AwsConfig, listing: &Listing) {
+    let Some(path) = settings.snapshot_file.clone() else {
+        return;
+    };
+    let (settings, started_at) = (settings.clone(), listing.started_at);
+    let (identities, hosts) = (listing.identities.clone(), listing.hosts.clone());
+    let written = tokio::task::spawn_blocking(move || {
+        persist::save(&path, &settings, started_at, &identities, &hosts)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot save the AWS listing to {e}"),
+        Err(e) => tracing::warn!("cannot save the AWS listing: {e}"),
     }
 }
 
@@ -391,6 +467,7 @@ mod tests {
             skipped: Vec::new(),
             calls: Calls::default(),
             started: Instant::now(),
+            started_at: SystemTime::now(),
             took: Duration::ZERO,
         }
     }

@@ -172,6 +172,10 @@ pub struct AwsConfig {
     /// Connect (`ec2-instance-connect:SendSSHPublicKey`; the instance's sshd accepts it for
     /// 60 seconds). Default false: nothing is pushed and the action is not needed.
     pub instance_connect: bool,
+    /// `snapshot_file`: where the bastion keeps its last good listing (an absolute path, in
+    /// a directory only it may write), so that a restart serves at once while that listing
+    /// is within `max_staleness`. `None`: every start lists AWS before serving.
+    pub snapshot_file: Option<PathBuf>,
 }
 
 impl AwsConfig {

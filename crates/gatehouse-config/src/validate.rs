@@ -1008,6 +1008,22 @@ impl Validator<'_> {
             host_key_ssm_parameter,
             host_key_tags,
             instance_connect: a.instance_connect.as_ref().is_some_and(|b| *b.get_ref()),
+            snapshot_file: a.snapshot_file.as_ref().and_then(|p| {
+                let path = std::path::PathBuf::from(p.get_ref());
+                if path.is_absolute() && path.file_name().is_some() {
+                    Some(path)
+                } else {
+                    self.error(
+                        &p.span(),
+                        format!(
+                            "aws.snapshot_file: `{}` is not an absolute file path, e.g. \
+                             \"/var/lib/gatehouse/aws-directory.json\"",
+                            p.get_ref().escape_debug()
+                        ),
+                    );
+                    None
+                }
+            }),
         }
     }
 

@@ -37,7 +37,8 @@ pub fn load_or_create(path: &Path) -> Result<PrivateKey, HostKeyError> {
     }
 }
 
-fn load(path: &Path) -> Result<PrivateKey, HostKeyError> {
+/// Loads the ed25519 host key at `path` (no creation).
+pub fn load(path: &Path) -> Result<PrivateKey, HostKeyError> {
     let io_err = |source| HostKeyError::Io {
         path: path.to_owned(),
         source,
@@ -68,30 +69,73 @@ fn load(path: &Path) -> Result<PrivateKey, HostKeyError> {
     Ok(key)
 }
 
-fn create(path: &Path) -> Result<(), HostKeyError> {
+/// Keeps `key` at `path` (0600, its directory created 0700), replacing what is there
+/// atomically (a temporary file renamed over it), unless the file already holds that key.
+/// Used for the copy of an SSM host key that a restart falls back on while SSM cannot be read.
+pub fn store(path: &Path, key: &PrivateKey) -> Result<(), HostKeyError> {
+    if load(path).is_ok_and(|held| held.public_key() == key.public_key()) {
+        return Ok(());
+    }
     let io_err = |source| HostKeyError::Io {
         path: path.to_owned(),
         source,
     };
+    make_parent(path)?;
+    let text = encode(path, key)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map_err(io_err)
+}
+
+fn make_parent(path: &Path) -> Result<(), HostKeyError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(io_err)?;
+            .map_err(|source| HostKeyError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
     }
+    Ok(())
+}
+
+fn encode(path: &Path, key: &PrivateKey) -> Result<String, HostKeyError> {
+    key.to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map(|text| text.to_string())
+        .map_err(|e| HostKeyError::Invalid {
+            path: path.to_owned(),
+            reason: format!("encoding the key failed: {e}"),
+        })
+}
+
+fn create(path: &Path) -> Result<(), HostKeyError> {
+    let io_err = |source| HostKeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    make_parent(path)?;
     let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| {
         HostKeyError::Invalid {
             path: path.to_owned(),
             reason: format!("generating a key failed: {e}"),
         }
     })?;
-    let text = key
-        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
-        .map_err(|e| HostKeyError::Invalid {
-            path: path.to_owned(),
-            reason: format!("encoding the new key failed: {e}"),
-        })?;
+    let text = encode(path, &key)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let written = (|| {
         let mut file = fs::OpenOptions::new()
@@ -131,6 +175,22 @@ mod tests {
         assert_eq!(dir_mode, 0o700);
         let second = load_or_create(&path).unwrap();
         assert_eq!(first.public_key(), second.public_key());
+        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_stored_copy_loads_back_and_replaces_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/copy");
+        let a = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let b = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        store(&path, &a).unwrap();
+        assert_eq!(load(&path).unwrap().public_key(), a.public_key());
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        store(&path, &a).unwrap();
+        store(&path, &b).unwrap();
+        assert_eq!(load(&path).unwrap().public_key(), b.public_key());
         assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
 

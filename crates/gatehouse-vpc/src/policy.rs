@@ -60,7 +60,6 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
         // Unreachable for a parsed spec (see `daemon_settings`): what gatehouse-vpc itself
         // writes without `[bastion.daemon]`.
         None => Mode {
-            iam_group_prefix: false,
             ssm_host_key: true,
             host_key_tags: true,
             instance_connect: false,
@@ -70,10 +69,6 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
         .as_ref()
         .and_then(|a| a.host_key_ssm_parameter.clone())
         .unwrap_or_else(|| host_key_parameter(&spec.stack));
-    let group_prefix = settings
-        .as_ref()
-        .and_then(|a| a.iam_group_prefix.clone())
-        .unwrap_or_default();
     // Pushes go only to instances that carry both tags the daemon reads for them.
     let tagged = settings.as_ref().map_or(Value::Null, |a| {
         json!({"Null": {
@@ -90,15 +85,9 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
             Value::Null,
         ),
         (
-            "ReadUserKeysAndTags",
+            "ReadUserKeys",
             Resource::IamUsers,
             format!("arn:{part}:iam::*:user/*"),
-            Value::Null,
-        ),
-        (
-            "ReadGatehouseGroups",
-            Resource::IamGroupsWithPrefix,
-            format!("arn:{part}:iam::*:group/{group_prefix}*"),
             Value::Null,
         ),
         (
@@ -218,15 +207,14 @@ mod tests {
         want.sort();
         assert_eq!(got, want);
         // The config writes the SSM host key with the stack tag: its three SSM actions, on
-        // that one parameter; no IAM groups (no prefix).
+        // that one parameter.
         assert_eq!(
             want,
             [
                 "ec2:DescribeInstances",
+                "iam:GetAccountAuthorizationDetails",
                 "iam:GetSSHPublicKey",
                 "iam:ListSSHPublicKeys",
-                "iam:ListUserTags",
-                "iam:ListUsers",
                 "ssm:AddTagsToResource",
                 "ssm:GetParameter",
                 "ssm:PutParameter",
@@ -242,32 +230,18 @@ mod tests {
             by_sid("HostKey")["Resource"],
             "arn:aws:ssm:eu-central-1:*:parameter/gatehouse/lab/host_ed25519"
         );
-        assert_eq!(
-            by_sid("ReadUserKeysAndTags")["Resource"],
-            "arn:aws:iam::*:user/*"
-        );
+        assert_eq!(by_sid("ReadUserKeys")["Resource"], "arn:aws:iam::*:user/*");
         assert_eq!(by_sid("ListAndDescribe")["Resource"], "*");
-        assert!(policy["Statement"]
-            .as_array()
-            .is_some_and(|l| l.iter().all(|s| s["Sid"] != "ReadGatehouseGroups")));
     }
 
     #[test]
-    fn an_iam_group_prefix_in_the_daemon_table_adds_the_group_reads_on_those_groups_only() {
-        let spec = spec("\n[bastion.daemon.aws]\niam_group_prefix = \"gatehouse-\"\n");
-        let policy = bastion_policy(&spec, None);
-        let groups = policy["Statement"]
-            .as_array()
-            .and_then(|l| {
-                l.iter()
-                    .find(|s| s["Sid"] == "ReadGatehouseGroups")
-                    .cloned()
-            })
-            .unwrap_or_else(|| panic!("no group statement: {policy:#}"));
-        assert_eq!(groups["Resource"], "arn:aws:iam::*:group/gatehouse-*");
-        let got = granted(&policy);
-        assert!(got.iter().any(|a| a == "iam:ListGroups"), "{got:?}");
-        assert!(got.iter().any(|a| a == "iam:GetGroup"), "{got:?}");
+    fn an_iam_group_prefix_needs_no_more_actions() {
+        // The account listing names every user's IAM groups: no group reads.
+        let with_prefix = spec("\n[bastion.daemon.aws]\niam_group_prefix = \"gatehouse-\"\n");
+        assert_eq!(
+            bastion_policy(&with_prefix, None),
+            bastion_policy(&spec(""), None)
+        );
     }
 
     #[test]
@@ -322,7 +296,6 @@ mod tests {
         match resource {
             Resource::Any => "`*`",
             Resource::IamUsers => "`arn:aws:iam::ACCOUNT:user/*`",
-            Resource::IamGroupsWithPrefix => "`arn:aws:iam::ACCOUNT:group/gatehouse-*`",
             Resource::HostKeyParameter => "the parameter's ARN",
             Resource::InstancesWithLoginTag => {
                 "`arn:aws:ec2:REGION:ACCOUNT:instance/*` with the groups and login tags"
@@ -372,7 +345,6 @@ mod tests {
                 let fits = match action.resource() {
                     Resource::Any => arn == "*",
                     Resource::IamUsers => arn.ends_with(":user/*"),
-                    Resource::IamGroupsWithPrefix => arn.ends_with(":group/gatehouse-*"),
                     Resource::HostKeyParameter => arn.contains(":parameter/"),
                     Resource::InstancesWithLoginTag => {
                         arn.ends_with(":instance/*")

@@ -20,18 +20,22 @@ pub const SYSTEMD_AWS_DROP_IN: &str =
 [Service]\n\
 IPAddressDeny=\n\
 IPAddressAllow=\n";
+/// Where the daemon keeps its last good AWS listing (inside its StateDirectory), so that a
+/// restarted daemon serves at once.
+pub const SNAPSHOT_PATH: &str = "/var/lib/gatehouse/aws-directory.json";
 /// Where the daemon keeps its host key (inside its StateDirectory).
 pub const HOST_KEY_PATH: &str = "/var/lib/gatehouse/ssh_host_ed25519_key";
 
 /// The daemon settings gatehouse-vpc writes itself, as (table, key): `[bastion.daemon]` in the
 /// spec may set anything else the daemon reads, but not these.
-pub const WRITTEN_KEYS: [(&str, &str); 7] = [
+pub const WRITTEN_KEYS: [(&str, &str); 8] = [
     ("server", "listen"),
     ("server", "host_key"),
     ("aws", "region"),
     ("aws", "vpc_ids"),
     // The daemon reads the tags gatehouse-vpc puts on hosts (`model::TAG_GROUPS`, ...).
     ("aws", "tag_prefix"),
+    ("aws", "snapshot_file"),
     ("aws", "host_key_ssm_parameter"),
     ("aws", "host_key_tags"),
 ];
@@ -60,6 +64,7 @@ pub fn daemon_config(spec: &Spec, vpc_id: &str) -> String {
         "tag_prefix",
         gatehouse_config::DEFAULT_TAG_PREFIX.into(),
     );
+    set("aws", "snapshot_file", SNAPSHOT_PATH.into());
     set(
         "aws",
         "host_key_ssm_parameter",

@@ -2,6 +2,7 @@
 //! refresh loop; and a one-shot listing for the admin commands. Everything that talks to AWS
 //! is in `gatehouse-aws`; this module only decides what to do when it fails.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -76,19 +77,13 @@ impl Started {
     /// Loads (or creates) the SSM host key and makes the first listing, retrying for up to
     /// `max_staleness` (each failure is logged). A bastion that cannot read AWS at all serves
     /// nobody, so after that it gives up with the last error.
-    pub async fn new(settings: &AwsConfig) -> anyhow::Result<Started> {
+    pub async fn new(settings: &AwsConfig, host_key_copy: &Path) -> anyhow::Result<Started> {
         let clients = Clients::new(settings).await;
+        // With a saved listing, a restart may serve while AWS is down: it then needs the host
+        // key too, so a copy of the SSM key is kept at `server.host_key`.
+        let copy = settings.snapshot_file.is_some().then_some(host_key_copy);
         let host_key = match &settings.host_key_ssm_parameter {
-            Some(parameter) => Some(
-                gatehouse_aws::hostkey::load_or_create(
-                    &clients.ssm,
-                    parameter,
-                    &settings.host_key_tags,
-                    &Calls::default(),
-                )
-                .await
-                .with_context(|| format!("cannot load the host key from SSM {parameter}"))?,
-            ),
+            Some(parameter) => Some(ssm_host_key(&clients, settings, parameter, copy).await?),
             None => None,
         };
         let refresher = AwsDirectory::start(AwsSource::new(&clients, settings))
@@ -125,6 +120,49 @@ impl Started {
     /// Starts the background refresh loop.
     pub fn spawn_refresh(self) {
         tokio::spawn(self.refresher.run());
+    }
+}
+
+/// The SSM host key; kept at `copy` (when given), and read from there when SSM cannot be.
+async fn ssm_host_key(
+    clients: &Clients,
+    settings: &AwsConfig,
+    parameter: &str,
+    copy: Option<&Path>,
+) -> anyhow::Result<PrivateKey> {
+    let from_ssm = gatehouse_aws::hostkey::load_or_create(
+        &clients.ssm,
+        parameter,
+        &settings.host_key_tags,
+        &Calls::default(),
+    )
+    .await;
+    match (from_ssm, copy) {
+        (Ok(key), Some(path)) => {
+            if let Err(e) = gatehouse_ssh::hostkey::store(path, &key) {
+                tracing::warn!("cannot keep a copy of the SSM host key: {e}");
+            }
+            Ok(key)
+        }
+        (Ok(key), None) => Ok(key),
+        (Err(e), Some(path)) => match gatehouse_ssh::hostkey::load(path) {
+            Ok(key) => {
+                tracing::warn!(
+                    "cannot load the host key from SSM {parameter} ({e}); using the copy kept \
+                     at {} (the SSM key as last read)",
+                    path.display()
+                );
+                Ok(key)
+            }
+            Err(copy_error) => Err(anyhow::Error::new(e).context(format!(
+                "cannot load the host key from SSM {parameter}, and there is no usable copy \
+                 ({copy_error})"
+            ))),
+        },
+        (Err(e), None) => {
+            Err(anyhow::Error::new(e)
+                .context(format!("cannot load the host key from SSM {parameter}")))
+        }
     }
 }
 

@@ -24,7 +24,10 @@ pub struct Started {
 
 impl Started {
     /// Always an error: see [`NO_AWS`].
-    pub async fn new(_settings: &AwsConfig) -> anyhow::Result<Started> {
+    pub async fn new(
+        _settings: &AwsConfig,
+        _host_key_copy: &std::path::Path,
+    ) -> anyhow::Result<Started> {
         anyhow::bail!(NO_AWS)
     }
 

@@ -33,7 +33,7 @@ pub async fn run(
     reload_from: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let aws = match &config.aws {
-        Some(settings) => Some(crate::aws::Started::new(settings).await?),
+        Some(settings) => Some(crate::aws::Started::new(settings, &config.server.host_key).await?),
         None => None,
     };
     let host_key = match aws.as_ref().and_then(|a| a.host_key.clone()) {

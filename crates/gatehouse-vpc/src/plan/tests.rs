@@ -961,7 +961,7 @@ fn the_policy_is_least_privilege() {
         .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
         .filter_map(|a| a.as_str().map(str::to_string))
         .collect();
-    assert_eq!(actions.len(), 8, "{actions:?}");
+    assert_eq!(actions.len(), 7, "{actions:?}");
     assert!(actions.iter().all(|a| !a.contains('*')), "{actions:?}");
     assert!(!actions.iter().any(|a| a.starts_with("iam:Upload")
         || a.starts_with("iam:Create")

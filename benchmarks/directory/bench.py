@@ -1,0 +1,245 @@
+"""The AWS directory at organization scale: gatehouse against moto behind tests/py/aws_proxy.py,
+which adds AWS's latency to every call and throttles IAM per API with a token bucket. Two
+gatehouse builds in the same run (the reference, e.g. the previous release, and the one under
+test), at several directory sizes; prints a Markdown table and writes JSON.
+
+    sudo tests/.venv/bin/python benchmarks/directory/bench.py \
+        --gatehouse target/release/gatehouse --reference /path/to/old/gatehouse \
+        [--users 100,1000,5000] [--instances 1000] [--latency-ms 50] \
+        [--iam-rate 10] [--iam-burst 20] [--json benchmarks/directory/latest.json]
+
+Per size N: N IAM users (a tenth of them gatehouse users, tagged, each with one key), the
+others untagged; `--instances` running instances tagged for the bastion. Per build:
+- ready: seconds from the daemon's start to "gatehouse listening" (it serves from then on);
+- steady: IAM calls per second of one daemon over two refresh intervals after the first
+  listing (the fleet's figure is this times the replicas);
+- revocation: seconds from a key's deactivation to the refresh that drops its user (the
+  session closes on that refresh: tests/aws.rs), over a few trials, max and median.
+Only loopback is used: moto, the proxy and the daemon listen on 127.0.0.1.
+"""
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import boto3
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PY = os.path.join(ROOT, "tests", "py")
+REFRESH_S = 30
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"nothing listens on {port} after {timeout}s")
+
+
+def control(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/__proxy/{path}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def client(kind, port):
+    return boto3.client(kind, endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                        aws_access_key_id="test", aws_secret_access_key="test")
+
+
+def new_key():
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{d}/k"],
+                       check=True)
+        return open(f"{d}/k.pub").read().strip()
+
+
+def populate(moto, users, instances):
+    iam, ec2 = client("iam", moto), client("ec2", moto)
+    keys = {}
+    for i in range(users):
+        name = f"user{i:05}"
+        iam.create_user(UserName=name)
+        if i % 10 == 0:
+            iam.tag_user(UserName=name, Tags=[{"Key": "gatehouse:groups", "Value": "research"}])
+            kid = iam.upload_ssh_public_key(UserName=name, SSHPublicKeyBody=new_key())
+            keys[name] = kid["SSHPublicKey"]["SSHPublicKeyId"]
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/20")["Subnet"]["SubnetId"]
+    left = instances
+    while left:
+        n = min(left, 500)
+        ec2.run_instances(ImageId="ami-12c6146b", MinCount=n, MaxCount=n, SubnetId=subnet,
+                          TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                              {"Key": "gatehouse:groups", "Value": "research"}]}])
+        left -= n
+    return vpc, keys
+
+
+def config(tmp, name, listen, proxy, vpc):
+    path = os.path.join(tmp, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(f"""[server]
+listen = ["127.0.0.1:{listen}"]
+host_key = "{tmp}/{name}_host_key"
+
+[audit]
+file = "{tmp}/{name}.audit.jsonl"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "http://127.0.0.1:{proxy}"
+vpc_ids = ["{vpc}"]
+refresh_interval = "{REFRESH_S}s"
+max_staleness = "15m"
+""")
+    return path
+
+
+def refreshed_users(log):
+    """The user counts of the "AWS directory refreshed" lines in `log`."""
+    return [int(m) for m in re.findall(r"AWS directory refreshed.*?users=(\d+)", log)]
+
+
+def measure(binary, name, tmp, proxy, moto, vpc, keys, trials):
+    listen = free_port()
+    cfg = config(tmp, name, listen, proxy, vpc)
+    errpath = os.path.join(tmp, f"{name}.stderr")
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+               AWS_EC2_METADATA_DISABLED="true", RUST_LOG="info,russh=warn",
+               NO_COLOR="1")
+    control(proxy, "reset")
+    started = time.time()
+    with open(errpath, "w") as err:
+        daemon = subprocess.Popen([binary, "serve", "--config", cfg], stderr=err,
+                                  stdout=subprocess.DEVNULL, env=env)
+    try:
+        ready = None
+        while time.time() - started < 600:
+            if "gatehouse listening" in open(errpath).read():
+                ready = time.time() - started
+                break
+            if daemon.poll() is not None:
+                break
+            time.sleep(0.05)
+        cold = control(proxy, "counts")
+        if ready is None:
+            return {"ready_s": None, "log": open(errpath).read()[-2000:]}
+        control(proxy, "reset")
+        window = 2 * REFRESH_S
+        time.sleep(window)
+        counts = control(proxy, "counts")
+        iam_calls = sum(v for k, v in counts.items() if k.startswith("iam:"))
+        throttled = counts.get("_iam_throttled", 0)
+        iam = client("iam", moto)
+        revocations = []
+        for name_ in list(keys)[:trials]:
+            before = len(refreshed_users(open(errpath).read()))
+            t0 = time.time()
+            iam.update_ssh_public_key(UserName=name_, SSHPublicKeyId=keys[name_],
+                                      Status="Inactive")
+            while time.time() - t0 < 3 * REFRESH_S:
+                if len(refreshed_users(open(errpath).read())) > before:
+                    revocations.append(time.time() - t0)
+                    break
+                time.sleep(0.05)
+            else:
+                revocations.append(None)
+            iam.update_ssh_public_key(UserName=name_, SSHPublicKeyId=keys[name_],
+                                      Status="Active")
+            # Let the user come back before the next trial.
+            t1 = time.time()
+            while time.time() - t1 < 3 * REFRESH_S:
+                if len(refreshed_users(open(errpath).read())) > before + 1:
+                    break
+                time.sleep(0.05)
+        log = open(errpath).read()
+        return {
+            "ready_s": round(ready, 2),
+            "cold_calls": {k: v for k, v in cold.items()},
+            "steady_iam_calls_per_s": round(iam_calls / window, 2),
+            "steady_iam_throttled": throttled,
+            "revocation_s": [round(r, 1) if r is not None else None for r in revocations],
+            "panicked": "panicked" in log,
+        }
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gatehouse", required=True)
+    ap.add_argument("--reference", required=True)
+    ap.add_argument("--users", default="100,1000,5000")
+    ap.add_argument("--instances", type=int, default=1000)
+    ap.add_argument("--latency-ms", type=int, default=50)
+    ap.add_argument("--iam-rate", type=float, default=10)
+    ap.add_argument("--iam-burst", type=float, default=20)
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "directory",
+                                                   "latest.json"))
+    args = ap.parse_args()
+    results = []
+    for n in [int(x) for x in args.users.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            moto, proxy = free_port(), free_port()
+            procs = [subprocess.Popen([sys.executable, os.path.join(PY, "moto_server.py"),
+                                       "-H", "127.0.0.1", "-p", str(moto)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+            try:
+                wait_port(moto)
+                procs.append(subprocess.Popen([sys.executable, os.path.join(PY, "aws_proxy.py"),
+                                               str(proxy), str(moto)]))
+                wait_port(proxy)
+                t = time.time()
+                vpc, keys = populate(moto, n, args.instances)
+                print(f"N={n}: populated in {time.time() - t:.0f}s", file=sys.stderr)
+                control(proxy, f"delay?ms={args.latency_ms}")
+                control(proxy, f"iam_rate?per_second={args.iam_rate}&burst={args.iam_burst}")
+                for label, binary in (("reference", args.reference), ("gatehouse", args.gatehouse)):
+                    r = measure(binary, label, tmp, proxy, moto, vpc, keys, args.trials)
+                    r.update(users=n, gatehouse_users=len(keys), instances=args.instances,
+                             build=label)
+                    print(json.dumps(r), file=sys.stderr)
+                    results.append(r)
+            finally:
+                for p in reversed(procs):
+                    p.terminate()
+                    p.wait(10)
+    with open(args.json, "w") as f:
+        json.dump({"latency_ms": args.latency_ms, "iam_rate": args.iam_rate,
+                   "iam_burst": args.iam_burst, "refresh_s": REFRESH_S,
+                   "results": results}, f, indent=1)
+    print("| users (gatehouse users) | build | ready, s | steady IAM calls/s (one replica) "
+          "| throttled in steady state | revocation, s (max of trials) |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for r in results:
+        rev = [x for x in r.get("revocation_s", []) if x is not None]
+        lost = len(r.get("revocation_s", [])) - len(rev)
+        print(f"| {r['users']} ({r['gatehouse_users']}) | {r['build']} | {r['ready_s']} "
+              f"| {r.get('steady_iam_calls_per_s')} | {r.get('steady_iam_throttled')} "
+              f"| {max(rev) if rev else '-'}{f' ({lost} not seen)' if lost else ''} |")
+
+
+if __name__ == "__main__":
+    main()
