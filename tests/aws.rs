@@ -924,6 +924,10 @@ fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
                         "ip": format!("10.0.3.{}", 10 + i),
                         "tags": {"Name": format!("box{i:02}"), "gatehouse:groups": "research"}}));
     }
+    // IAM's throttling as the proxy plays it: 10 calls a second per API, bursts of 20. The
+    // daemon paces its per-user calls at 8 a second (bursts of 16): none is throttled.
+    rig.proxy
+        .control("/__proxy/iam_rate?per_second=10&burst=20");
     rig.fixture(Value::Array(ops));
     // alice and jupyter come with the rig. C: the users who can be gatehouse users (tagged).
     let n = WITH_KEYS + WITHOUT_KEYS + OUTSIDERS + 1;
@@ -986,6 +990,8 @@ fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
         "{out}"
     );
     let cold = rig.proxy.control("/__proxy/counts");
+    assert_eq!(count(&warm, "_iam_throttled"), 0, "{warm}");
+    assert_eq!(count(&cold, "_iam_throttled"), 0, "{cold}");
     assert_eq!(
         count(&cold, "iam:GetAccountAuthorizationDetails"),
         1,

@@ -34,6 +34,8 @@ import boto3
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = os.path.join(ROOT, "tests", "py")
 REFRESH_S = 30
+# A daemon not serving after this long is reported as not ready.
+READY_LIMIT_S = 300
 
 
 def free_port():
@@ -122,8 +124,9 @@ def measure(binary, name, tmp, proxy, moto, vpc, keys, trials):
     cfg = config(tmp, name, listen, proxy, vpc)
     errpath = os.path.join(tmp, f"{name}.stderr")
     env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
-               AWS_EC2_METADATA_DISABLED="true", RUST_LOG="info,russh=warn",
-               NO_COLOR="1")
+               AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent/aws-config",
+               AWS_SHARED_CREDENTIALS_FILE="/nonexistent/aws-credentials",
+               RUST_LOG="info,russh=warn", NO_COLOR="1")
     control(proxy, "reset")
     started = time.time()
     with open(errpath, "w") as err:
@@ -131,7 +134,7 @@ def measure(binary, name, tmp, proxy, moto, vpc, keys, trials):
                                   stdout=subprocess.DEVNULL, env=env)
     try:
         ready = None
-        while time.time() - started < 600:
+        while time.time() - started < READY_LIMIT_S:
             if "gatehouse listening" in open(errpath).read():
                 ready = time.time() - started
                 break

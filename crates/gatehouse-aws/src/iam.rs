@@ -6,7 +6,8 @@
 //!
 //! Calls per refresh, for N users in the account, C of them tagged or in a prefixed group and
 //! U keys not seen before: `ceil(N/1000)` GetAccountAuthorizationDetails + C
-//! ListSSHPublicKeys + U GetSSHPublicKey, the per-user calls 8 at a time. (ListUsers would
+//! ListSSHPublicKeys + U GetSSHPublicKey, the per-user calls 8 at a time and at most
+//! `aws.iam_calls_per_second` (bursts of twice as many). (ListUsers would
 //! need a ListUserTags per user and a GetGroup per prefixed group besides: about N + K + G
 //! calls.) `iam_path_prefix` is applied to the answer: the account listing has no path filter.
 //! Key bodies are cached by (user, key id, upload date); a re-uploaded key gets a new id.
@@ -31,6 +32,7 @@ use crate::actions;
 use crate::build::UserRecord;
 use crate::calls::Calls;
 use crate::error::AwsError;
+use crate::pace::Pace;
 
 /// Per-user calls in flight at once: fast enough for thousands of users per refresh, gentle
 /// enough to stay well under IAM's request rate.
@@ -64,16 +66,20 @@ pub struct IamFetcher {
     group_prefix: Option<String>,
     groups_tag: String,
     cache: HashMap<(String, String), CachedKey>,
+    /// The pace of the per-user calls.
+    pace: Arc<Pace>,
 }
 
 impl IamFetcher {
     /// A fetcher over `client` for users under `path_prefix` who carry the tag key
     /// `groups_tag` or are in an IAM group starting with `group_prefix`.
+    /// Per-user calls go at `calls_per_second` (bursts of twice as many).
     pub fn new(
         client: Client,
         path_prefix: Option<String>,
         group_prefix: Option<String>,
         groups_tag: String,
+        calls_per_second: u32,
     ) -> Self {
         IamFetcher {
             client,
@@ -81,6 +87,7 @@ impl IamFetcher {
             group_prefix,
             groups_tag,
             cache: HashMap::new(),
+            pace: Arc::new(Pace::new(calls_per_second)),
         }
     }
 
@@ -96,10 +103,11 @@ impl IamFetcher {
             .filter(|u| self.may_be_gatehouse_user(u))
             .collect();
         let client = self.client.clone();
+        let pace = self.pace.clone();
         let listed = concurrently(candidates, |user| {
-            let (client, calls) = (client.clone(), calls.clone());
+            let (client, calls, pace) = (client.clone(), calls.clone(), pace.clone());
             async move {
-                let active = active_keys(&client, &user.name, &calls).await?;
+                let active = active_keys(&client, &user.name, &calls, &pace).await?;
                 Ok(active
                     .filter(|keys| !keys.is_empty())
                     .map(|keys| (user, keys)))
@@ -120,8 +128,9 @@ impl IamFetcher {
             })
             .collect();
         let fetched = concurrently(wanted, |(user, id, uploaded)| {
-            let (client, calls) = (client.clone(), calls.clone());
+            let (client, calls, pace) = (client.clone(), calls.clone(), pace.clone());
             async move {
+                pace.ready().await;
                 let key = get_key(&client, &user, &id, &calls).await?;
                 if key.is_none() {
                     tracing::info!(user = %user, key = %id,
@@ -308,10 +317,12 @@ async fn active_keys(
     client: &Client,
     name: &str,
     calls: &Calls,
+    pace: &Pace,
 ) -> Result<Option<Vec<(String, String)>>, AwsError> {
     let mut active = Vec::new();
     let mut marker: Option<String> = None;
     for _ in 0..MAX_PAGES {
+        pace.ready().await;
         calls.count(actions::LIST_SSH_PUBLIC_KEYS);
         let answer = client
             .list_ssh_public_keys()
@@ -606,6 +617,7 @@ mod tests {
             path_prefix.map(str::to_owned),
             Some("gatehouse-".into()),
             "gatehouse:groups".into(),
+            1000,
         )
     }
 

@@ -28,6 +28,7 @@ pub mod hostkey;
 pub mod iam;
 pub mod instance_connect;
 pub mod names;
+mod pace;
 pub mod persist;
 pub mod refresh;
 

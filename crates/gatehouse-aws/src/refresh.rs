@@ -84,6 +84,7 @@ impl AwsSource {
                 settings.iam_path_prefix.clone(),
                 settings.iam_group_prefix.clone(),
                 settings.groups_tag(),
+                settings.iam_calls_per_second,
             ),
             ec2: Ec2Fetcher::new(
                 clients.ec2.clone(),

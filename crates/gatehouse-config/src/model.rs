@@ -81,6 +81,10 @@ pub const SHUTDOWN_GRACE_RANGE: (Duration, Duration) =
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// Default `aws.max_staleness`.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(15 * 60);
+/// Default `aws.iam_calls_per_second`.
+pub const DEFAULT_IAM_CALLS_PER_SECOND: u32 = 8;
+/// Accepted range of `aws.iam_calls_per_second`.
+pub const IAM_CALLS_PER_SECOND_RANGE: (usize, usize) = (1, 1000);
 /// Default `aws.tag_prefix`.
 pub const DEFAULT_TAG_PREFIX: &str = "gatehouse:";
 /// Accepted range of `aws.refresh_interval`.
@@ -176,6 +180,11 @@ pub struct AwsConfig {
     /// a directory only it may write), so that a restart serves at once while that listing
     /// is within `max_staleness`. `None`: every start lists AWS before serving.
     pub snapshot_file: Option<PathBuf>,
+    /// `iam_calls_per_second`: the pace of the per-user IAM calls (ListSSHPublicKeys,
+    /// GetSSHPublicKey) of a listing, with bursts of twice as many: IAM throttles per account
+    /// and API, shared with every other tool of the account. Range 1..1000, default
+    /// [`DEFAULT_IAM_CALLS_PER_SECOND`].
+    pub iam_calls_per_second: u32,
 }
 
 impl AwsConfig {

@@ -1008,6 +1008,13 @@ impl Validator<'_> {
             host_key_ssm_parameter,
             host_key_tags,
             instance_connect: a.instance_connect.as_ref().is_some_and(|b| *b.get_ref()),
+            iam_calls_per_second: u32::try_from(self.count(
+                "aws.iam_calls_per_second",
+                a.iam_calls_per_second.as_ref(),
+                DEFAULT_IAM_CALLS_PER_SECOND as usize,
+                IAM_CALLS_PER_SECOND_RANGE,
+            ))
+            .unwrap_or(DEFAULT_IAM_CALLS_PER_SECOND),
             snapshot_file: a.snapshot_file.as_ref().and_then(|p| {
                 let path = std::path::PathBuf::from(p.get_ref());
                 if path.is_absolute() && path.file_name().is_some() {
