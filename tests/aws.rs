@@ -686,6 +686,20 @@ fn aws_outage_serves_cached_users_until_max_staleness_then_recovers() {
     // VPC id, which the config lists.
     const SEED: u64 = 4242;
     let mut rig = rig_seeded("6s", Some(SEED));
+    // With a health endpoint: it says when this bastion cannot admit new logins.
+    rig.gatehouse.terminate(Duration::from_secs(10));
+    let health_at = addr(BASTION_CLIENT_ADDR, 8080);
+    let text = std::fs::read_to_string(&rig.config)
+        .expect("config")
+        .replacen(
+            "[server]\n",
+            &format!("[server]\nhealth_listen = \"{health_at}\"\n"),
+            1,
+        );
+    std::fs::write(&rig.config, text).expect("config");
+    rig.gatehouse = start_gatehouse(&rig.topology, &rig.scratch, &rig.config, "gatehouse-h");
+    let health = || crate::bastion::health(&rig.topology, health_at);
+    assert!(health().ends_with("\r\n\r\nserving\n"), "{}", health());
     let alice = rig.alice();
     assert_reaches_sshd(&alice, "jupyter:22");
 
@@ -707,6 +721,11 @@ fn aws_outage_serves_cached_users_until_max_staleness_then_recovers() {
     rig.wait_audit("auth.failure directory_stale", SLACK, |l| {
         l["event"] == "auth.failure" && l["reason"] == "directory_stale"
     });
+    let answer = health();
+    assert!(
+        answer.starts_with("HTTP/1.1 503 ") && answer.ends_with("directory stale\n"),
+        "{answer:?}"
+    );
 
     // Restart moto (empty: re-create the world) and point the proxy at it.
     let moto = Moto::start_in(&rig.topology.bastion);
@@ -723,6 +742,7 @@ fn aws_outage_serves_cached_users_until_max_staleness_then_recovers() {
     rig.gatehouse
         .wait_for_stderr("AWS directory is fresh again", Duration::from_secs(20));
     assert_reaches_sshd(&alice, "jupyter:22");
+    assert!(health().ends_with("serving\n"), "{}", health());
     assert!(rig.gatehouse.is_running(), "no restart was needed");
 }
 

@@ -1077,3 +1077,107 @@ fn demo_command_serves_the_embedded_config() {
     demo.terminate(Duration::from_secs(10));
     drop(topology);
 }
+
+/// `GET /health` on the health endpoint at `at`, from the client namespace: the whole answer.
+pub(crate) fn health(topology: &Topology, at: SocketAddr) -> String {
+    let mut stream = topology
+        .client
+        .connect(at, Duration::from_secs(5))
+        .expect("connect to the health endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    stream
+        .write_all(
+            b"GET /health HTTP/1.1\r\nHost: bastion\r\nUser-Agent: ELB-HealthChecker/2.0\r\n\r\n",
+        )
+        .expect("write the probe");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    answer
+}
+
+/// A load balancer's health checks go to `server.health_listen`, never to the SSH port: 80
+/// probes (HTTP and bare TCP) earn the balancer's address no penalty, where 20 bare probes
+/// of the SSH port do (the negative control: that is how a balancer gets every client behind
+/// it locked out). The endpoint keeps answering a penalized source, and says `503 draining`
+/// as soon as shutdown begins, while open tunnels drain.
+#[test]
+fn health_checks_answer_on_their_own_port_and_earn_no_penalties() {
+    let topology = Topology::new();
+    let scratch = Scratch::new();
+    let alice_key = KeyPair::ed25519(&scratch, "alice_key");
+    let bob_key = KeyPair::ed25519(&scratch, "bob_key");
+    let opts = ServerOptions {
+        extra: "[penalties]\nenabled = true\n".into(),
+        shutdown_grace: "3s",
+        ..ServerOptions::default()
+    };
+    let config = write_config(&scratch, &alice_key, &bob_key, &opts);
+    let health_at = addr(BASTION_CLIENT_ADDR, 8080);
+    let text = std::fs::read_to_string(&config).expect("config").replacen(
+        "[server]\n",
+        &format!("[server]\nhealth_listen = \"{health_at}\"\n"),
+        1,
+    );
+    std::fs::write(&config, text).expect("config");
+    let mut rig = start_rig(topology, scratch, alice_key, bob_key, config);
+
+    for _ in 0..40 {
+        let answer = health(&rig.topology, health_at);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("\r\n\r\nserving\n"),
+            "{answer:?}"
+        );
+    }
+    for _ in 0..40 {
+        drop(
+            rig.topology
+                .client
+                .connect(health_at, Duration::from_secs(5))
+                .expect("a TCP health check"),
+        );
+    }
+    assert!(rig
+        .dash_w("jupyter:22")
+        .stdout_str()
+        .starts_with("SSH-2.0-"));
+    let _tunnel = rig.echo_tunnel(19003, b"ping");
+    assert!(
+        !rig.audit().iter().any(|l| is(l, "source.penalized")),
+        "{:?}",
+        rig.audit()
+    );
+
+    // The negative control: the same bare probes against the SSH port.
+    let ssh_at = addr(BASTION_CLIENT_ADDR, SSH_PORT);
+    for _ in 0..20 {
+        if let Ok(stream) = rig.topology.client.connect(ssh_at, Duration::from_secs(5)) {
+            drop(stream);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rig.wait_audit("the SSH-port probes penalize their source", |l| {
+        is(l, "source.penalized")
+    });
+    assert!(health(&rig.topology, health_at).ends_with("serving\n"));
+
+    // Shutdown: new connections are sent elsewhere at once, the open tunnel drains.
+    rig.gatehouse.signal(Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let answer = health(&rig.topology, health_at);
+        if answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n") {
+            assert!(answer.ends_with("draining\n"), "{answer:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {answer:?} after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = rig
+        .gatehouse
+        .wait_exit(Duration::from_secs(10))
+        .expect("gatehouse exited");
+    assert!(status.success(), "{}", rig.gatehouse.logs());
+    assert!(!rig.gatehouse.stderr().contains("panicked"));
+}

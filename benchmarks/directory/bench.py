@@ -115,8 +115,9 @@ max_staleness = "15m"
 
 
 def refreshed_users(log):
-    """The user counts of the "AWS directory refreshed" lines in `log`."""
-    return [int(m) for m in re.findall(r"AWS directory refreshed.*?users=(\d+)", log)]
+    """The user counts of the "AWS directory refreshed" lines in `log` (colours removed)."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    return [int(m) for m in re.findall(r"AWS directory refreshed.*?users=(\d+)", plain)]
 
 
 def measure(binary, name, tmp, proxy, moto, vpc, keys, trials):

@@ -246,6 +246,11 @@ pub struct ServerConfig {
     /// `trusted_proxies`: CIDRs allowed to connect to `proxy_listen` (the load balancer's
     /// addresses). Required when `proxy_listen` is set; anything else is refused.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `health_listen`: a socket address answering load balancers' health checks over plain
+    /// HTTP (`200 serving` while this bastion can take a new login, `503` while it shuts down
+    /// or its directory is stale), on its own listener: probes never reach the SSH port, so
+    /// they are never counted as failed logins. Default none.
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// `[limits]`: caps that turn resource exhaustion into clear refusals.

@@ -174,8 +174,22 @@ impl Validator<'_> {
                 }
             }
         }
+        let health_listen = s
+            .health_listen
+            .as_ref()
+            .and_then(|item| self.socket_addr("server.health_listen", item));
+        if let Some(addr) = health_listen.filter(|a| listen.contains(a) || proxy_listen.contains(a))
+        {
+            if let Some(item) = &s.health_listen {
+                self.error(
+                    &item.span(),
+                    format!("server.health_listen: {addr} is also an SSH listen address"),
+                );
+            }
+        }
         ServerConfig {
             pq_only: s.pq_only.unwrap_or(false),
+            health_listen,
             proxy_listen,
             trusted_proxies,
             listen,
@@ -1106,6 +1120,7 @@ fn empty_server() -> RawServer {
         shutdown_grace: None,
         pq_only: None,
         proxy_listen: None,
+        health_listen: None,
         trusted_proxies: None,
     }
 }

@@ -1536,3 +1536,21 @@ fn aws_instance_connect_is_off_unless_asked_for_and_reads_the_login_tag() {
         &["instance_connect"],
     );
 }
+
+#[test]
+fn server_health_listen_is_an_address_of_its_own() {
+    let c = ok(SERVER);
+    assert_eq!(c.server.health_listen, None);
+    let c = ok("[server]\nlisten = [\"0.0.0.0:22\"]\nhealth_listen = \"0.0.0.0:8080\"\n");
+    assert_eq!(
+        c.server.health_listen,
+        Some("0.0.0.0:8080".parse().expect("addr"))
+    );
+    let list = errors("[server]\nlisten = [\"0.0.0.0:22\"]\nhealth_listen = \"0.0.0.0:22\"\n");
+    has_error(
+        &list,
+        "server.health_listen: 0.0.0.0:22 is also an SSH listen address",
+    );
+    let list = errors("[server]\nlisten = [\"0.0.0.0:22\"]\nhealth_listen = \"8080\"\n");
+    has_error(&list, "server.health_listen");
+}

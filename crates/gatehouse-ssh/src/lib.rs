@@ -12,6 +12,7 @@ pub mod audit;
 mod budget;
 mod conn;
 mod handler;
+mod health;
 pub mod hostkey;
 mod local;
 pub mod proxy;

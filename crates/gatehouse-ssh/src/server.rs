@@ -47,6 +47,8 @@ pub struct Bastion {
     pub directory: watch::Receiver<Arc<Snapshot>>,
     /// The audit sink.
     pub audit: Audit,
+    /// The health endpoint's listener (`server.health_listen`), bound by the binary.
+    pub health: Option<TcpListener>,
     /// Gives the user's key to a host before a tunnel to its SSH port, for grants that ask
     /// for it (`Grant::key_push`). `None`: such tunnels are refused (a static config never
     /// asks; an AWS one does only with `aws.instance_connect`, which sets this).
@@ -255,8 +257,17 @@ impl Drop for TunnelSlot {
 }
 
 /// Serves SSH on `listeners` until `shutdown` completes, then drains (see module docs).
-pub async fn serve(bastion: Bastion, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    mut bastion: Bastion,
+    listeners: Vec<Listener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let health = bastion.health.take();
     let shared = Arc::new(Shared::new(bastion));
+    // Not tracked with the sessions: it answers `503 draining` until the process ends.
+    if let Some(listener) = health {
+        tokio::spawn(crate::health::serve(shared.clone(), listener));
+    }
     tracing::info!(
         "client bytes held for slow targets: at most {} MiB bastion-wide (limits.max_buffered_mib)",
         shared.budget.limit() >> 20

@@ -46,6 +46,14 @@ pub async fn run(
         None => Audit::stdout(),
     };
     let listeners = listeners(&config).await?;
+    let health = match config.server.health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for health checks on {addr}"))?,
+        ),
+        None => None,
+    };
     if let Some(addr) = config.metrics.listen {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
@@ -97,6 +105,7 @@ pub async fn run(
         directory: directory.subscribe(),
         audit,
         key_push: aws.as_ref().and_then(|aws| aws.key_push()),
+        health,
     };
     if let Some(aws) = aws {
         aws.spawn_refresh();
