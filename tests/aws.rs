@@ -1120,6 +1120,45 @@ fn aws_a_restart_serves_the_saved_listing_while_aws_is_down() {
     }
 }
 
+/// Under systemd (Type=notify), the first AWS listing of a large directory may outlast the
+/// start timeout: the daemon asks systemd for more time (EXTEND_TIMEOUT_USEC) while it lists,
+/// before READY=1. Checked on a NOTIFY_SOCKET of the test's own, with AWS 300 ms away.
+#[test]
+fn aws_the_first_listing_extends_systemds_start_timeout() {
+    let mut rig = rig("1m");
+    rig.gatehouse.terminate(Duration::from_secs(10));
+    rig.proxy.control("/__proxy/delay?ms=300");
+    let socket_path = rig.scratch.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut cmd = gatehouse_cmd(&rig.topology);
+    cmd.env("NOTIFY_SOCKET", &socket_path)
+        .arg("serve")
+        .arg("--config")
+        .arg(&rig.config);
+    let daemon = Daemon::spawn("gatehouse-notify", cmd, &rig.scratch);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !seen.iter().any(|m: &String| m.contains("READY=1")) {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no READY=1 ({e}); got {seen:?}\n{}", daemon.logs()));
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let extend = seen
+        .iter()
+        .position(|m| m.contains("EXTEND_TIMEOUT_USEC=60000000"))
+        .unwrap_or_else(|| panic!("no extension before READY: {seen:?}"));
+    let ready = seen
+        .iter()
+        .position(|m| m.contains("READY=1"))
+        .expect("ready");
+    assert!(extend < ready, "{seen:?}");
+    assert!(!daemon.stderr().contains("panicked"), "{}", daemon.logs());
+}
+
 #[test]
 fn aws_iam_path_prefix_admits_only_users_under_it() {
     let rig = rig("1m");

@@ -34,8 +34,6 @@ import boto3
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = os.path.join(ROOT, "tests", "py")
 REFRESH_S = 30
-# A daemon not serving after this long is reported as not ready.
-READY_LIMIT_S = 300
 
 
 def free_port():
@@ -120,7 +118,7 @@ def refreshed_users(log):
     return [int(m) for m in re.findall(r"AWS directory refreshed.*?users=(\d+)", plain)]
 
 
-def measure(binary, name, tmp, proxy, moto, vpc, keys, trials):
+def measure(binary, name, tmp, proxy, moto, vpc, keys, trials, ready_limit):
     listen = free_port()
     cfg = config(tmp, name, listen, proxy, vpc)
     errpath = os.path.join(tmp, f"{name}.stderr")
@@ -135,7 +133,7 @@ def measure(binary, name, tmp, proxy, moto, vpc, keys, trials):
                                   stdout=subprocess.DEVNULL, env=env)
     try:
         ready = None
-        while time.time() - started < READY_LIMIT_S:
+        while time.time() - started < ready_limit:
             if "gatehouse listening" in open(errpath).read():
                 ready = time.time() - started
                 break
@@ -144,9 +142,13 @@ def measure(binary, name, tmp, proxy, moto, vpc, keys, trials):
             time.sleep(0.05)
         cold = control(proxy, "counts")
         if ready is None:
-            return {"ready_s": None, "log": open(errpath).read()[-2000:]}
+            log = re.sub(r"\x1b\[[0-9;]*m", "", open(errpath).read())
+            failures = [l for l in log.splitlines() if "listing failed" in l]
+            return {"ready_s": None, "cold_calls": cold, "ready_limit_s": ready_limit,
+                    "first_listing_failures": len(failures),
+                    "last_failure": failures[-1][-300:] if failures else None}
         control(proxy, "reset")
-        window = 2 * REFRESH_S
+        window = 2 * REFRESH_S + 5
         time.sleep(window)
         counts = control(proxy, "counts")
         iam_calls = sum(v for k, v in counts.items() if k.startswith("iam:"))
@@ -200,6 +202,8 @@ def main():
     ap.add_argument("--iam-rate", type=float, default=10)
     ap.add_argument("--iam-burst", type=float, default=20)
     ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--ready-limit", type=int, default=300,
+                    help="seconds after which a daemon not serving is reported as not ready")
     ap.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "directory",
                                                    "latest.json"))
     args = ap.parse_args()
@@ -221,7 +225,8 @@ def main():
                 control(proxy, f"delay?ms={args.latency_ms}")
                 control(proxy, f"iam_rate?per_second={args.iam_rate}&burst={args.iam_burst}")
                 for label, binary in (("reference", args.reference), ("gatehouse", args.gatehouse)):
-                    r = measure(binary, label, tmp, proxy, moto, vpc, keys, args.trials)
+                    r = measure(binary, label, tmp, proxy, moto, vpc, keys, args.trials,
+                                args.ready_limit)
                     r.update(users=n, gatehouse_users=len(keys), instances=args.instances,
                              build=label)
                     print(json.dumps(r), file=sys.stderr)
@@ -240,7 +245,8 @@ def main():
     for r in results:
         rev = [x for x in r.get("revocation_s", []) if x is not None]
         lost = len(r.get("revocation_s", [])) - len(rev)
-        print(f"| {r['users']} ({r['gatehouse_users']}) | {r['build']} | {r['ready_s']} "
+        ready = r["ready_s"] if r["ready_s"] is not None else f"not in {r['ready_limit_s']}"
+        print(f"| {r['users']} ({r['gatehouse_users']}) | {r['build']} | {ready} "
               f"| {r.get('steady_iam_calls_per_s')} | {r.get('steady_iam_throttled')} "
               f"| {max(rev) if rev else '-'}{f' ({lost} not seen)' if lost else ''} |")
 

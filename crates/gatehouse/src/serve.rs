@@ -23,6 +23,11 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// How much longer systemd should wait for READY, from each extension (60 s).
+const START_EXTENSION_USEC: u32 = 60_000_000;
+/// How often the extension is renewed while the first AWS listing runs.
+const START_EXTENSION_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Runs the daemon until SIGTERM or SIGINT, then drains. `hint` is printed once listening.
 /// With `reload_from`, SIGHUP re-reads that file and applies its users and hosts; with
 /// `[aws]`, SIGHUP asks for an immediate AWS refresh instead (the file's users and hosts are
@@ -33,7 +38,23 @@ pub async fn run(
     reload_from: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let aws = match &config.aws {
-        Some(settings) => Some(crate::aws::Started::new(settings, &config.server.host_key).await?),
+        Some(settings) => {
+            // Under systemd (Type=notify), the first AWS listing may take longer than the
+            // start timeout (90 s by default) in a large directory at a paced rate: extend it
+            // while the listing runs (it gives up by itself after max_staleness), so systemd
+            // does not kill it and start over, in a loop.
+            let extend = tokio::spawn(async {
+                loop {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(
+                        START_EXTENSION_USEC,
+                    )]);
+                    tokio::time::sleep(START_EXTENSION_EVERY).await;
+                }
+            });
+            let started = crate::aws::Started::new(settings, &config.server.host_key).await;
+            extend.abort();
+            Some(started?)
+        }
         None => None,
     };
     let host_key = match aws.as_ref().and_then(|a| a.host_key.clone()) {
