@@ -76,15 +76,7 @@ pub(super) fn eic_host(
         .arg("imds")
         .arg(pushes)
         .arg(instance_id);
-    let mut imds = Daemon::spawn("eic_imds", imds_cmd, scratch);
-    let line = imds.wait_for_stdout("imds listening on ", Duration::from_secs(20));
-    let imds_url = format!(
-        "http://{}",
-        line.lines()
-            .find_map(|l| l.strip_prefix("imds listening on "))
-            .expect("imds address")
-            .trim()
-    );
+    let (imds, imds_url) = start_imds("eic_imds", imds_cmd, scratch);
     let sshd = SshdConfig::private_host((PRIVATE_ADDR, 22).into())
         .config_line("AuthorizedKeysFile none")
         .config_line(&format!(
@@ -94,6 +86,25 @@ pub(super) fn eic_host(
         .config_line("AuthorizedKeysCommandUser nobody")
         .start(&topology.private, scratch, "private_sshd");
     (imds, sshd)
+}
+
+/// Starts a metadata stand-in (`fake_imds.py`, `eic_host.py imds`) and returns it with its
+/// URL, from the line it prints once listening.
+pub(super) fn start_imds(
+    name: &str,
+    cmd: std::process::Command,
+    scratch: &Scratch,
+) -> (Daemon, String) {
+    let mut imds = Daemon::spawn(name, cmd, scratch);
+    let line = imds.wait_for_stdout("imds listening on ", Duration::from_secs(20));
+    let url = format!(
+        "http://{}",
+        line.lines()
+            .find_map(|l| l.strip_prefix("imds listening on "))
+            .expect("imds address")
+            .trim()
+    );
+    (imds, url)
 }
 
 /// `ssh -J bastion ghtest@jupyter echo reached`, through the client's config.

@@ -34,7 +34,7 @@ use crate::harness::{
     gatehouse_bin, jupyter_check, run_with_timeout, CmdOutput, Daemon, Jupyter, KeyPair, Scratch,
     SshClient, Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, TEST_USER,
 };
-use crate::instance_connect::{eic_host, pushes};
+use crate::instance_connect::{eic_host, pushes, start_imds};
 
 const STACK: &str = "journey";
 /// The role and instance profile gatehouse-vpc names after the stack.
@@ -449,15 +449,7 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     imds_cmd
         .arg(crate::harness::jupyter::py_script("fake_imds.py"))
         .args([ROLE, &bastion.access_key_id, &bastion.secret_access_key]);
-    let mut imds = Daemon::spawn("imds", imds_cmd, &scratch);
-    let line = imds.wait_for_stdout("imds listening on ", Duration::from_secs(20));
-    let imds_url = format!(
-        "http://{}",
-        line.lines()
-            .find_map(|l| l.strip_prefix("imds listening on "))
-            .expect("imds address")
-            .trim()
-    );
+    let (mut imds, imds_url) = start_imds("imds", imds_cmd, &scratch);
     let fetched = scratch.path().join("fetched-gatehouse");
     // Without s3:GetObject the boot cannot fetch the binary: the action is needed.
     admin_fixture(json!([

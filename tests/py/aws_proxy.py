@@ -190,6 +190,13 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def reply(self, status, ctype, body):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def forward(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -203,13 +210,7 @@ class Handler(BaseHTTPRequestHandler):
             if bucket_empty:
                 STATE["counts"]["_iam_throttled"] = STATE["counts"].get("_iam_throttled", 0) + 1
         if bucket_empty:
-            status, ctype, answer = throttle_answer("iam")
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-            return
+            return self.reply(*throttle_answer("iam"))
         with LOCK:
             gone = not throttled and (user, action) in STATE["gone"]
             denied = not throttled and not gone and f"{service}:{action}" in STATE["deny"]
@@ -224,12 +225,7 @@ class Handler(BaseHTTPRequestHandler):
                 status, ctype, answer = no_such_entity_answer(user)
             else:
                 status, ctype, answer = denied_answer(service, action)
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-            return
+            return self.reply(status, ctype, answer)
         with LOCK:
             delay = STATE["delay"]
         if delay:

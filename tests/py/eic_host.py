@@ -18,12 +18,12 @@
 """
 
 import json
-import secrets
 import sys
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import fake_imds  # the IMDSv2 token handling (same directory)
 
 PREFIX = "/latest/meta-data/managed-ssh-keys/active-keys/"
 # How long EC2 Instance Connect keeps a pushed key.
@@ -31,8 +31,6 @@ LIFETIME = 60.0
 
 
 def serve(pushes, instance):
-    token = secrets.token_hex(16)
-
     def active(user):
         keys = []
         try:
@@ -48,36 +46,16 @@ def serve(pushes, instance):
                 keys.append(push["key"])
         return keys
 
-    class Handler(BaseHTTPRequestHandler):
-        def answer(self, status, body):
-            data = body.encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_PUT(self):
-            if self.path != "/latest/api/token" or not self.headers.get(
-                    "X-aws-ec2-metadata-token-ttl-seconds"):
-                return self.answer(400, "bad token request")
-            self.answer(200, token)
-
-        def do_GET(self):
-            if self.headers.get("X-aws-ec2-metadata-token") != token:
-                return self.answer(401, "")
-            if not self.path.startswith(PREFIX) or not self.path.endswith("/"):
-                return self.answer(404, "")
-            keys = active(self.path[len(PREFIX):-1])
+    class KeysHandler(fake_imds.Imdsv2Handler):
+        def metadata(self, path):
+            if not path.startswith(PREFIX) or not path.endswith("/"):
+                return 404, ""
+            keys = active(path[len(PREFIX):-1])
             if not keys:
-                return self.answer(404, "")
-            self.answer(200, "\n".join(keys) + "\n")
+                return 404, ""
+            return 200, "\n".join(keys) + "\n"
 
-        def log_message(self, fmt, *args):
-            sys.stderr.write("imds: " + fmt % args + "\n")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    print(f"imds listening on 127.0.0.1:{server.server_address[1]}", flush=True)
-    server.serve_forever()
+    fake_imds.serve(KeysHandler)
 
 
 def keys(url, user):

@@ -8,6 +8,9 @@ serves until killed:
     GET /latest/meta-data/iam/security-credentials/       -> ROLE
     GET /latest/meta-data/iam/security-credentials/ROLE   -> the credentials JSON
 Every GET needs the token (IMDSv2, as gatehouse-vpc launches the bastion); without it, 401.
+
+As a module: `Imdsv2Handler` (the token dance; subclasses answer `metadata(path)`) and
+`serve(handler)`, also used by eic_host.py.
 """
 
 import json
@@ -15,12 +18,13 @@ import secrets
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-ROLE, KEY, SECRET = sys.argv[1:4]
 TOKEN = secrets.token_hex(16)
 PREFIX = "/latest/meta-data/iam/security-credentials/"
 
 
-class Handler(BaseHTTPRequestHandler):
+class Imdsv2Handler(BaseHTTPRequestHandler):
+    """IMDSv2: a token from PUT /latest/api/token, required on every GET."""
+
     def answer(self, status, body):
         data = body.encode()
         self.send_response(status)
@@ -37,18 +41,39 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
             return self.answer(401, "")
-        if self.path == PREFIX:
-            return self.answer(200, ROLE)
-        if self.path == PREFIX + ROLE:
-            return self.answer(200, json.dumps({
-                "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": KEY,
-                "SecretAccessKey": SECRET, "Token": "", "Expiration": "2099-01-01T00:00:00Z"}))
-        self.answer(404, "")
+        status, body = self.metadata(self.path)
+        self.answer(status, body)
+
+    def metadata(self, path):
+        """(status, body) for a GET of `path`, the token checked."""
+        return 404, ""
 
     def log_message(self, fmt, *args):
         sys.stderr.write("imds: " + fmt % args + "\n")
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-print(f"imds listening on 127.0.0.1:{server.server_address[1]}", flush=True)
-server.serve_forever()
+def serve(handler):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    print(f"imds listening on 127.0.0.1:{server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+def main():
+    role, key, secret = sys.argv[1:4]
+
+    class RoleHandler(Imdsv2Handler):
+        def metadata(self, path):
+            if path == PREFIX:
+                return 200, role
+            if path == PREFIX + role:
+                return 200, json.dumps({
+                    "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": key,
+                    "SecretAccessKey": secret, "Token": "",
+                    "Expiration": "2099-01-01T00:00:00Z"})
+            return 404, ""
+
+    serve(RoleHandler)
+
+
+if __name__ == "__main__":
+    main()

@@ -212,15 +212,14 @@ impl AwsDirectory {
                 Inventory::new(restored.hosts.clone()),
             )
             .fresh_until(restored.started + settings.max_staleness);
-            return Ok(AwsDirectory {
-                guard: EmptyGuard::new((restored.identities.len(), restored.hosts.len())),
-                last_good: restored.started,
-                directory: Arc::new(Directory::new(snapshot)),
+            let counts = (restored.identities.len(), restored.hosts.len());
+            return Ok(AwsDirectory::holding(
                 source,
-                stale: false,
-                wakeup: Arc::new(Notify::new()),
-                restored: true,
-            });
+                snapshot,
+                counts,
+                restored.started,
+                true,
+            ));
         }
         let give_up = Instant::now() + settings.max_staleness;
         let mut failures = 0;
@@ -230,15 +229,14 @@ impl AwsDirectory {
                     log_listing(&listing, true);
                     save(&settings, &listing).await;
                     let snapshot = listing.snapshot(settings.max_staleness);
-                    return Ok(AwsDirectory {
-                        guard: EmptyGuard::new((listing.identities.len(), listing.hosts.len())),
-                        last_good: listing.started,
-                        directory: Arc::new(Directory::new(snapshot)),
+                    let counts = (listing.identities.len(), listing.hosts.len());
+                    return Ok(AwsDirectory::holding(
                         source,
-                        stale: false,
-                        wakeup: Arc::new(Notify::new()),
-                        restored: false,
-                    });
+                        snapshot,
+                        counts,
+                        listing.started,
+                        false,
+                    ));
                 }
                 Err(e) => {
                     failures += 1;
@@ -251,6 +249,26 @@ impl AwsDirectory {
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+
+    /// A directory publishing `snapshot` (of `counts` users and hosts, listed at
+    /// `last_good`; `restored` when it came from the saved listing).
+    fn holding(
+        source: AwsSource,
+        snapshot: Snapshot,
+        counts: (usize, usize),
+        last_good: Instant,
+        restored: bool,
+    ) -> AwsDirectory {
+        AwsDirectory {
+            guard: EmptyGuard::new(counts),
+            last_good,
+            directory: Arc::new(Directory::new(snapshot)),
+            source,
+            stale: false,
+            wakeup: Arc::new(Notify::new()),
+            restored,
         }
     }
 
