@@ -59,9 +59,26 @@ pub struct Listing {
 impl Listing {
     /// The snapshot of this listing, admitting logins until `max_staleness` after it started.
     pub fn snapshot(&self, max_staleness: Duration) -> Snapshot {
-        Snapshot::new(self.identities.clone(), Inventory::new(self.hosts.clone()))
-            .fresh_until(self.started + max_staleness)
+        listed_snapshot(
+            self.identities.clone(),
+            self.hosts.clone(),
+            self.started,
+            max_staleness,
+        )
     }
+}
+
+/// A snapshot of AWS data read at `started` (now, or restored from disk): as old as that
+/// read, and admitting logins until `max_staleness` after it.
+fn listed_snapshot(
+    identities: Vec<Identity>,
+    hosts: Vec<Host>,
+    started: Instant,
+    max_staleness: Duration,
+) -> Snapshot {
+    Snapshot::new(identities, Inventory::new(hosts))
+        .listed_at(started)
+        .fresh_until(started + max_staleness)
 }
 
 /// Lists IAM and EC2; remembers key bodies between listings.
@@ -207,12 +224,13 @@ impl AwsDirectory {
     pub async fn start(mut source: AwsSource) -> Result<AwsDirectory, AwsError> {
         let settings = source.settings().clone();
         if let Some(restored) = restore(&settings) {
-            let snapshot = Snapshot::new(
-                restored.identities.clone(),
-                Inventory::new(restored.hosts.clone()),
-            )
-            .fresh_until(restored.started + settings.max_staleness);
             let counts = (restored.identities.len(), restored.hosts.len());
+            let snapshot = listed_snapshot(
+                restored.identities,
+                restored.hosts,
+                restored.started,
+                settings.max_staleness,
+            );
             return Ok(AwsDirectory::holding(
                 source,
                 snapshot,

@@ -95,6 +95,13 @@ impl Snapshot {
         self
     }
 
+    /// The same snapshot, as old as data read at `at` (its [`Snapshot::age`] counts from
+    /// there, not from when it was built): an AWS listing, or one restored from disk.
+    pub fn listed_at(mut self, at: Instant) -> Self {
+        self.created = at;
+        self
+    }
+
     /// Whether the snapshot is too old to admit new logins at `now`.
     pub fn is_stale(&self, now: Instant) -> bool {
         self.fresh_until.is_some_and(|t| now >= t)
@@ -248,6 +255,16 @@ mod tests {
         assert_eq!(s.login("alice", &key(K2)), Err(LoginRefusal::UnknownKey));
         assert_eq!(s.login("mallory", &key(K1)), Err(LoginRefusal::UnknownUser));
         assert_eq!(s.login("Alice", &key(K1)), Err(LoginRefusal::UnknownUser));
+    }
+
+    #[test]
+    fn a_snapshot_is_as_old_as_the_data_it_was_listed_from() {
+        assert!(snapshot().age() < std::time::Duration::from_secs(5));
+        let minute_ago = Instant::now()
+            .checked_sub(std::time::Duration::from_secs(60))
+            .expect("uptime over a minute");
+        let listed = snapshot().listed_at(minute_ago);
+        assert!(listed.age() >= std::time::Duration::from_secs(60));
     }
 
     #[test]
