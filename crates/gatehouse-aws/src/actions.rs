@@ -19,6 +19,9 @@ pub enum Resource {
     /// Instances of the region that carry both the groups tag and the login tag
     /// (`arn:PARTITION:ec2:REGION:ACCOUNT:instance/*`, conditioned on `aws:ResourceTag`).
     InstancesWithLoginTag,
+    /// The IAM change-event queue `aws.events_queue_url`:
+    /// `arn:PARTITION:sqs:REGION:ACCOUNT:NAME` (IAM's events arrive in `us-east-1`).
+    EventQueue,
 }
 
 /// When the daemon needs an action.
@@ -32,6 +35,10 @@ pub enum Need {
     SsmHostKeyTags,
     /// With `aws.instance_connect`; used on a tunnel, not at start.
     InstanceConnect,
+    /// With `aws.events_queue_url`.
+    Events,
+    /// With `aws.events_queue_url` and `aws.iam_group_prefix`.
+    EventsGroupPrefix,
 }
 
 /// One IAM action of the daemon.
@@ -115,6 +122,15 @@ actions! {
     SEND_SSH_PUBLIC_KEY = "ec2-instance-connect:SendSSHPublicKey", InstancesWithLoginTag,
         InstanceConnect, true,
         "only with `instance_connect`: give the user's key to a tagged instance for 60 s";
+    /// Reads the change events of IAM users.
+    RECEIVE_MESSAGE = "sqs:ReceiveMessage", EventQueue, Events, true,
+        "only with `events_queue_url`: read the IAM change events (never deletes: every replica reads them)";
+    /// Re-reads one changed user.
+    GET_USER = "iam:GetUser", IamUsers, Events, true,
+        "only with `events_queue_url`: re-read the path and tags of a user an event names";
+    /// Re-reads one changed user's IAM groups.
+    LIST_GROUPS_FOR_USER = "iam:ListGroupsForUser", IamUsers, EventsGroupPrefix, true,
+        "only with `events_queue_url` and `iam_group_prefix`: re-read the IAM groups of a user an event names";
 }
 
 /// What the daemon is configured to do, as far as its AWS permissions are concerned.
@@ -126,6 +142,10 @@ pub struct Mode {
     pub host_key_tags: bool,
     /// `aws.instance_connect` is true.
     pub instance_connect: bool,
+    /// `aws.events_queue_url` is set.
+    pub events: bool,
+    /// `aws.iam_group_prefix` is set.
+    pub iam_group_prefix: bool,
 }
 
 impl Mode {
@@ -136,6 +156,8 @@ impl Mode {
             ssm_host_key,
             host_key_tags: ssm_host_key && !settings.host_key_tags.is_empty(),
             instance_connect: settings.instance_connect,
+            events: settings.events_queue_url.is_some(),
+            iam_group_prefix: settings.iam_group_prefix.is_some(),
         }
     }
 
@@ -145,6 +167,8 @@ impl Mode {
             Need::SsmHostKey => self.ssm_host_key,
             Need::SsmHostKeyTags => self.ssm_host_key && self.host_key_tags,
             Need::InstanceConnect => self.instance_connect,
+            Need::Events => self.events,
+            Need::EventsGroupPrefix => self.events && self.iam_group_prefix,
         }
     }
 }
@@ -167,6 +191,7 @@ mod tests {
         ("refresh.rs", include_str!("refresh.rs")),
         ("build.rs", include_str!("build.rs")),
         ("instance_connect.rs", include_str!("instance_connect.rs")),
+        ("events.rs", include_str!("events.rs")),
     ];
 
     /// The argument of every `.count(` in the fetchers' sources.
@@ -214,7 +239,7 @@ mod tests {
         for a in ALL {
             let (service, call) = a.name().split_once(':').expect("service:Action");
             assert!(
-                ["iam", "ec2", "ssm", "ec2-instance-connect"].contains(&service),
+                ["iam", "ec2", "ssm", "ec2-instance-connect", "sqs"].contains(&service),
                 "{}",
                 a.name()
             );
@@ -257,10 +282,25 @@ mod tests {
             &push[base.len()..],
             ["ec2-instance-connect:SendSSHPublicKey"]
         );
+        let events = names(Mode {
+            events: true,
+            ..Mode::default()
+        });
+        assert_eq!(&events[base.len()..], ["sqs:ReceiveMessage", "iam:GetUser"]);
+        // The group prefix alone needs nothing more: the account listing names the groups.
+        assert_eq!(
+            names(Mode {
+                iam_group_prefix: true,
+                ..Mode::default()
+            }),
+            base
+        );
         let everything = names(Mode {
             ssm_host_key: true,
             host_key_tags: true,
             instance_connect: true,
+            events: true,
+            iam_group_prefix: true,
         });
         assert_eq!(everything.len(), ALL.len());
     }
@@ -270,7 +310,8 @@ mod tests {
         let config = gatehouse_config::parse(
             "[server]\nlisten = [\"0.0.0.0:22\"]\n[aws]\nvpc_ids = [\"vpc-1\"]\n\
              iam_group_prefix = \"gatehouse-\"\nhost_key_ssm_parameter = \"/g/k\"\n\
-             host_key_tags = { \"gatehouse:stack\" = \"lab\" }\ninstance_connect = true\n",
+             host_key_tags = { \"gatehouse:stack\" = \"lab\" }\ninstance_connect = true\n\
+             events_queue_url = \"https://sqs.us-east-1.amazonaws.com/123456789012/q\"\n",
             std::path::Path::new("t.toml"),
         )
         .expect("config");
@@ -281,6 +322,8 @@ mod tests {
                 ssm_host_key: true,
                 host_key_tags: true,
                 instance_connect: true,
+                events: true,
+                iam_group_prefix: true,
             }
         );
     }

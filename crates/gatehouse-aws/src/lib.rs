@@ -24,6 +24,7 @@ pub mod build;
 mod calls;
 pub mod ec2;
 mod error;
+pub mod events;
 pub mod hostkey;
 pub mod iam;
 pub mod instance_connect;

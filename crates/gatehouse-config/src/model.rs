@@ -79,6 +79,11 @@ pub const SHUTDOWN_GRACE_RANGE: (Duration, Duration) =
     (Duration::ZERO, Duration::from_secs(10 * 60));
 /// Default `aws.refresh_interval`.
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// Default `aws.iam_sweep_interval` with `aws.events_queue_url`: the events carry the
+/// changes, the sweep only catches an event lost on its way.
+pub const DEFAULT_EVENTS_SWEEP_INTERVAL: Duration = Duration::from_secs(30 * 60);
+/// Longest `aws.iam_sweep_interval`.
+pub const MAX_IAM_SWEEP_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Default `aws.max_staleness`.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(15 * 60);
 /// Default `aws.iam_calls_per_second`.
@@ -185,6 +190,18 @@ pub struct AwsConfig {
     /// and API, shared with every other tool of the account. Range 1..1000, default
     /// [`DEFAULT_IAM_CALLS_PER_SECOND`].
     pub iam_calls_per_second: u32,
+    /// `events_queue_url`: the SQS queue (e.g.
+    /// `"https://sqs.us-east-1.amazonaws.com/123456789012/gatehouse-lab-iam-events"`) that
+    /// receives IAM's change events (CloudTrail through EventBridge): the bastion re-reads a
+    /// user an event names within seconds, and the full IAM sweep becomes a slow safety net
+    /// (`iam_sweep_interval`). The bastion only reads the queue, never deletes from it: every
+    /// replica sees every event. `None`: IAM is swept every `refresh_interval`.
+    pub events_queue_url: Option<String>,
+    /// `iam_sweep_interval`: time between two complete IAM listings. Default
+    /// `refresh_interval` without `events_queue_url`, [`DEFAULT_EVENTS_SWEEP_INTERVAL`] with
+    /// it. Range `refresh_interval`..24h; without events it must be shorter than
+    /// `max_staleness`. Instances are listed every `refresh_interval` whatever this is.
+    pub iam_sweep_interval: Duration,
 }
 
 impl AwsConfig {

@@ -58,6 +58,8 @@ pub(crate) struct RawAws {
     pub(crate) instance_connect: Option<Spanned<bool>>,
     pub(crate) snapshot_file: Option<Spanned<String>>,
     pub(crate) iam_calls_per_second: Option<Spanned<Integer>>,
+    pub(crate) events_queue_url: Option<Spanned<String>>,
+    pub(crate) iam_sweep_interval: Option<Spanned<String>>,
 }
 
 /// `[limits]`.

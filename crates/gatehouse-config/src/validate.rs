@@ -1010,6 +1010,22 @@ impl Validator<'_> {
             }
         });
         let host_key_tags = self.host_key_tags(a);
+        let events_queue_url = a.events_queue_url.as_ref().and_then(|u| {
+            let text = u.get_ref();
+            match check_queue_url(text, endpoint_url.is_some()) {
+                Ok(()) => Some(text.clone()),
+                Err(why) => {
+                    self.error(&u.span(), format!("aws.events_queue_url: `{text}` {why}"));
+                    None
+                }
+            }
+        });
+        let iam_sweep_interval = self.iam_sweep_interval(
+            a,
+            refresh_interval,
+            max_staleness,
+            events_queue_url.is_some(),
+        );
         AwsConfig {
             region,
             endpoint_url,
@@ -1029,6 +1045,8 @@ impl Validator<'_> {
                 IAM_CALLS_PER_SECOND_RANGE,
             ))
             .unwrap_or(DEFAULT_IAM_CALLS_PER_SECOND),
+            events_queue_url,
+            iam_sweep_interval,
             snapshot_file: a.snapshot_file.as_ref().and_then(|p| {
                 let path = std::path::PathBuf::from(p.get_ref());
                 if path.is_absolute() && path.file_name().is_some() {
@@ -1046,6 +1064,43 @@ impl Validator<'_> {
                 }
             }),
         }
+    }
+
+    /// `aws.iam_sweep_interval`: at least `refresh_interval`; without events (the sweep is
+    /// then the only way a change is seen) shorter than `max_staleness`.
+    fn iam_sweep_interval(
+        &mut self,
+        a: &RawAws,
+        refresh_interval: Duration,
+        max_staleness: Duration,
+        events: bool,
+    ) -> Duration {
+        let default = if events {
+            DEFAULT_EVENTS_SWEEP_INTERVAL.max(refresh_interval)
+        } else {
+            refresh_interval
+        };
+        let Some(value) = &a.iam_sweep_interval else {
+            return default;
+        };
+        let sweep = self.duration(
+            "aws.iam_sweep_interval",
+            Some(value),
+            default,
+            (refresh_interval, MAX_IAM_SWEEP_INTERVAL),
+        );
+        if !events && sweep >= max_staleness {
+            self.error(
+                &value.span(),
+                format!(
+                    "aws.iam_sweep_interval: {} must be shorter than aws.max_staleness ({}) \
+                     without aws.events_queue_url: the sweep is then the only way IAM is read",
+                    show(sweep),
+                    show(max_staleness)
+                ),
+            );
+        }
+        sweep
     }
 
     /// `aws.host_key_tags`: SSM's tag rules (restricted to ASCII), only with
@@ -1281,5 +1336,52 @@ fn check_address(raw: &str) -> Result<IpAddr, String> {
     match forbidden_target_reason(ip) {
         Some(reason) => Err(format!("{ip} may not be a target: {reason}")),
         None => Ok(ip),
+    }
+}
+
+/// Why `url` is not an SQS queue URL: `https://sqs.REGION.amazonaws.com/ACCOUNT/NAME` (or
+/// `.amazonaws.com.cn`); with an `endpoint_url` override, any `http(s)://HOST/ACCOUNT/NAME`.
+fn check_queue_url(url: &str, endpoint_override: bool) -> Result<(), &'static str> {
+    const WHY: &str = "is not an SQS queue URL such as \
+        \"https://sqs.us-east-1.amazonaws.com/123456789012/gatehouse-lab-iam-events\"";
+    if url.len() > 1024 {
+        return Err(WHY);
+    }
+    let rest = if endpoint_override {
+        url.strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+    } else {
+        url.strip_prefix("https://")
+    }
+    .ok_or(WHY)?;
+    let mut parts = rest.split('/');
+    let (host, account, name) = (parts.next(), parts.next(), parts.next());
+    let (Some(host), Some(account), Some(name), None) = (host, account, name, parts.next()) else {
+        return Err(WHY);
+    };
+    let host_ok = if endpoint_override {
+        !host.is_empty()
+    } else {
+        host.strip_prefix("sqs.")
+            .and_then(|h| {
+                h.strip_suffix(".amazonaws.com")
+                    .or_else(|| h.strip_suffix(".amazonaws.com.cn"))
+            })
+            .is_some_and(|region| {
+                !region.is_empty()
+                    && region
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    };
+    let account_ok = account.len() == 12 && account.chars().all(|c| c.is_ascii_digit());
+    let name_ok = (1..=80).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if host_ok && account_ok && name_ok {
+        Ok(())
+    } else {
+        Err(WHY)
     }
 }
