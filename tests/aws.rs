@@ -280,6 +280,24 @@ fn rig(max_staleness: &'static str) -> Rig {
 
 /// A rig whose moto hands out ids from `seed` (see the fixture's `seed` op), when given.
 fn rig_seeded(max_staleness: &'static str, seed: Option<u64>) -> Rig {
+    rig_with(max_staleness, seed, None)
+}
+
+/// The IAM event channel of a [`rig_with`].
+struct Events {
+    /// `aws.iam_sweep_interval`.
+    sweep: &'static str,
+    /// The proxy refuses `sqs:ReceiveMessage` from the start (the role lacks it).
+    deny_receive: bool,
+}
+
+/// The IAM change-event queue and rule of the events tests, in moto.
+const EVENT_QUEUE: &str = "gatehouse-test-iam-events";
+
+/// A rig as [`rig_seeded`]'s; with `events`, moto also has the IAM event channel (the queue
+/// and the rule gatehouse-vpc would provision, from the daemon's own pattern and retention),
+/// and the daemon reads it and sweeps IAM every `events`.
+fn rig_with(max_staleness: &'static str, seed: Option<u64>, events: Option<Events>) -> Rig {
     let topology = Topology::new();
     let scratch = Scratch::new();
     let moto = Moto::start_in(&topology.bastion);
@@ -299,6 +317,21 @@ fn rig_seeded(max_staleness: &'static str, seed: Option<u64>) -> Rig {
             listen_port: SSH_PORT,
         },
     );
+    if let Some(Events {
+        sweep,
+        deny_receive,
+    }) = events
+    {
+        let url = event_channel(&topology, &moto, &proxy);
+        if deny_receive {
+            proxy.control("/__proxy/deny?action=sqs:ReceiveMessage");
+        }
+        let mut text = std::fs::read_to_string(&config).expect("config");
+        text.push_str(&format!(
+            "events_queue_url = \"{url}\"\niam_sweep_interval = \"{sweep}\"\n"
+        ));
+        std::fs::write(&config, text).expect("config");
+    }
     let gatehouse = start_gatehouse(&topology, &scratch, &config, "gatehouse");
     let sshd = SshdConfig::private_host(addr(PRIVATE_ADDR, SSH_PORT))
         .authorize(&alice_key.public_line)
@@ -314,6 +347,52 @@ fn rig_seeded(max_staleness: &'static str, seed: Option<u64>) -> Rig {
         scratch,
         topology,
     }
+}
+
+/// Creates the IAM event queue and its rule in moto as gatehouse-vpc provisions them (the
+/// pattern and the retention are the daemon's own); returns the queue URL as the daemon,
+/// behind the proxy, reaches it.
+fn event_channel(topology: &Topology, moto: &Moto, proxy: &Proxy) -> String {
+    use gatehouse_aws::events::{iam_event_pattern, QUEUE_RETENTION_SECS};
+    let r = fixture(
+        topology,
+        moto,
+        json!([
+            {"op": "call", "service": "sqs", "method": "create_queue", "args": {
+                "QueueName": EVENT_QUEUE,
+                "Attributes": {"MessageRetentionPeriod": QUEUE_RETENTION_SECS.to_string(),
+                               "VisibilityTimeout": "0"}}},
+            {"op": "call", "service": "events", "method": "put_rule", "args": {
+                "Name": "gatehouse-test-iam-changes",
+                "EventPattern": iam_event_pattern().to_string()}},
+            {"op": "call", "service": "events", "method": "put_targets", "args": {
+                "Rule": "gatehouse-test-iam-changes",
+                "Targets": [{"Id": "queue",
+                             "Arn": format!("arn:aws:sqs:us-east-1:123456789012:{EVENT_QUEUE}")}]}},
+        ]),
+    );
+    let url = r[0]["QueueUrl"].as_str().expect("queue url");
+    assert!(
+        url.ends_with(&format!("/123456789012/{EVENT_QUEUE}")),
+        "{url}"
+    );
+    format!("{}/123456789012/{EVENT_QUEUE}", proxy.url())
+}
+
+/// What CloudTrail puts on EventBridge for a successful IAM call `name` with `params` (a
+/// fixture op).
+pub(super) fn iam_event(name: &str, params: Value) -> Value {
+    json!({"op": "call", "service": "events", "method": "put_events", "args": {"Entries": [{
+        "Source": "aws.iam",
+        "DetailType": "AWS API Call via CloudTrail",
+        "Detail": json!({
+            "eventVersion": "1.08",
+            "eventSource": "iam.amazonaws.com",
+            "eventName": name,
+            "awsRegion": "us-east-1",
+            "requestParameters": params,
+        }).to_string(),
+    }]}})
 }
 
 impl Rig {
@@ -678,6 +757,212 @@ fn aws_revocation_closes_sessions_and_tunnels_within_one_refresh() {
         "sinkbox:9000",
         "is not a host this bastion forwards to",
     );
+}
+
+#[test]
+fn aws_an_iam_change_event_revokes_and_grants_long_before_the_sweep() {
+    // IAM is swept every 10 minutes: only the event can make these changes seen in seconds.
+    let mut rig = rig_with(
+        "1m",
+        None,
+        Some(Events {
+            sweep: "10m",
+            deny_receive: false,
+        }),
+    );
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, ECHO_PORT));
+    let alice = rig.alice();
+    assert_reaches_sshd(&alice, &format!("jupyter:{SSH_PORT}"));
+    let mut tunnel = OpenTunnel::open(&alice, &rig.scratch, "alice_tunnel", 15000, "jupyter");
+
+    // The key is deactivated, and no event says so (yet): the sweep alone would take minutes,
+    // so alice is still admitted and her tunnel stays open. (This is what fails without
+    // events, and proves the revocation below is the event's doing.)
+    let key = &rig.world.alice_key_id;
+    rig.fixture(json!([{"op": "deactivate_key", "user": "alice", "key_id": key}]));
+    std::thread::sleep(REFRESH * 3);
+    assert_reaches_sshd(&alice, &format!("jupyter:{SSH_PORT}"));
+    assert!(tunnel.alive(), "the tunnel was cut before any event");
+
+    // The event CloudTrail would deliver: the tunnel closes and logins are refused, within
+    // seconds.
+    // (Timed from before the fixture starts: an upper bound, Python's start included.)
+    let sent = now_unix();
+    let r = rig.fixture(json!([iam_event(
+        "UpdateSSHPublicKey",
+        json!({"userName": "alice", "sSHPublicKeyId": key, "status": "Inactive"}),
+    )]));
+    assert_eq!(r[0]["FailedEntryCount"], 0, "{r:?}");
+    let closed_at = tunnel.wait_closed(SLACK);
+    let revoked = rig.wait_audit("session.revoked for alice", SLACK, |l| {
+        l["event"] == "session.revoked" && l["user"] == "alice"
+    });
+    let audit_at = rfc3339_to_unix(revoked["ts"].as_str().unwrap_or(""));
+    eprintln!(
+        "event-driven revocation: event sent -> audit line {:.3}s, -> tunnel closed at the \
+         client {:.3}s",
+        audit_at - sent,
+        closed_at - sent
+    );
+    assert_login_refused(&alice);
+    rig.gatehouse
+        .wait_for_stderr("IAM change events applied", SLACK);
+
+    // An event grants as fast: the key active again, and said so.
+    rig.fixture(json!([
+        {"op": "call", "service": "iam", "method": "update_ssh_public_key", "args": {
+            "UserName": "alice", "SSHPublicKeyId": key, "Status": "Active"}},
+        iam_event("UpdateSSHPublicKey",
+                  json!({"userName": "alice", "sSHPublicKeyId": key, "status": "Active"})),
+    ]));
+    let deadline = Instant::now() + SLACK;
+    loop {
+        let out = dash_w(&alice, &format!("jupyter:{SSH_PORT}"));
+        if out.stdout_str().starts_with("SSH-2.0-") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice not admitted again within {SLACK:?} of the event: {out}\n{}",
+            rig.gatehouse.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every event is read by every replica: the daemon never deleted a message.
+    let r = rig.fixture(
+        json!([{"op": "call", "service": "sqs", "method": "get_queue_attributes",
+        "args": {"QueueUrl": format!("http://127.0.0.1/123456789012/{EVENT_QUEUE}"),
+                 "AttributeNames": ["ApproximateNumberOfMessages"]}}]),
+    );
+    assert_eq!(
+        r[0]["Attributes"]["ApproximateNumberOfMessages"], "2",
+        "both events stay on the queue for the other replicas: {r:?}"
+    );
+    let log = rig.gatehouse.logs();
+    assert!(!log.contains("cannot read the IAM event queue"), "{log}");
+    assert!(!log.contains("sweeping IAM"), "{log}");
+}
+
+#[test]
+fn aws_an_unreadable_event_queue_falls_back_to_sweeping_every_refresh() {
+    // The role lacks sqs:ReceiveMessage: no event arrives, so IAM is swept every
+    // refresh_interval as if there were no events, not every 10 minutes.
+    let mut rig = rig_with(
+        "1m",
+        None,
+        Some(Events {
+            sweep: "10m",
+            deny_receive: true,
+        }),
+    );
+    let log = rig
+        .gatehouse
+        .wait_for_stderr("cannot read the IAM event queue", SLACK);
+    assert!(log.contains("sqs:ReceiveMessage"), "{log}");
+    let alice = rig.alice();
+    assert_reaches_sshd(&alice, &format!("jupyter:{SSH_PORT}"));
+    let key = &rig.world.alice_key_id;
+    rig.fixture(json!([{"op": "deactivate_key", "user": "alice", "key_id": key}]));
+    let deadline = Instant::now() + REFRESH * 2 + SLACK;
+    loop {
+        let out = dash_w(&alice, &format!("jupyter:{SSH_PORT}"));
+        if !out.stdout_str().starts_with("SSH-2.0-") {
+            assert!(
+                out.stderr_str().contains("Permission denied"),
+                "refused for another reason: {out}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a key deactivated with the event queue unreadable still works after {:?}:\n{}",
+            REFRESH * 2 + SLACK,
+            rig.gatehouse.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The queue readable again: the reader says so.
+    rig.proxy
+        .control("/__proxy/allow?action=sqs:ReceiveMessage");
+    // (The first receive that succeeds is a long poll of an empty queue: it answers after
+    // its 20 s wait.)
+    rig.gatehouse
+        .wait_for_stderr("the IAM event queue answers again", Duration::from_secs(40));
+}
+
+#[test]
+fn aws_a_new_replica_serves_from_the_fleets_shared_listing_while_iam_is_down() {
+    let rig = rig("1m");
+    rig.fixture(
+        json!([{"op": "call", "service": "s3", "method": "create_bucket",
+                        "args": {"Bucket": "gatehouse-test-shared"}}]),
+    );
+    let replica = |name: &str, port: u16| -> (PathBuf, SshClient) {
+        let config = write_config(
+            &rig.scratch,
+            name,
+            &rig.proxy.url(),
+            &Settings {
+                max_staleness: "1m",
+                vpc_ids: vec![rig.world.vpc_id.clone()],
+                listen_port: port,
+            },
+        );
+        let mut text = std::fs::read_to_string(&config).expect("config");
+        text.push_str("shared_snapshot = \"s3://gatehouse-test-shared/aws-directory.json\"\n");
+        std::fs::write(&config, text).expect("config");
+        let client = SshClient::new(
+            &rig.topology.client,
+            &rig.scratch,
+            addr(BASTION_CLIENT_ADDR, port),
+            "alice",
+            &rig.alice_key.private,
+        );
+        (config, client)
+    };
+    // The first replica lists AWS and shares its listing.
+    let (first_config, _) = replica("first", 2201);
+    let first = start_gatehouse(&rig.topology, &rig.scratch, &first_config, "first");
+    let deadline = Instant::now() + SLACK;
+    let shared = loop {
+        let r = rig.fixture(
+            json!([{"op": "call", "service": "s3", "method": "list_objects_v2",
+                                    "args": {"Bucket": "gatehouse-test-shared"}}]),
+        );
+        if r[0]["KeyCount"] == 1 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no shared listing within {SLACK:?}: {r:?}\n{}",
+            first.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(shared[0]["Contents"][0]["Key"], "aws-directory.json");
+
+    // IAM refuses the account listing from now on: a replica starting without the shared
+    // listing could not serve (tests/aws.rs's outage tests show that). This one serves at once
+    // from the fleet's listing, with the same host key (SSM still answers).
+    rig.proxy
+        .control("/__proxy/deny?action=iam:GetAccountAuthorizationDetails");
+    let (second_config, second_client) = replica("second", 2202);
+    let started = Instant::now();
+    let mut second = start_gatehouse(&rig.topology, &rig.scratch, &second_config, "second");
+    let ready = started.elapsed();
+    let log = second.logs();
+    assert!(
+        log.contains("the fleet's shared listing may be served"),
+        "{log}"
+    );
+    assert!(!log.contains("first AWS listing failed"), "{log}");
+    eprintln!("new replica ready from the shared listing in {ready:?} with IAM refusing");
+    assert_reaches_sshd(&second_client, &format!("jupyter:{SSH_PORT}"));
+    // It sweeps at once and keeps what it has while IAM refuses.
+    second.wait_for_stderr("AWS refresh failed", SLACK);
+    assert_reaches_sshd(&second_client, &format!("jupyter:{SSH_PORT}"));
+    rig.proxy
+        .control("/__proxy/allow?action=iam:GetAccountAuthorizationDetails");
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //!   exactly as documented, every pre-auth slot released
 //! - `journey`: gatehouse-vpc and gatehouse together under moto with IAM enforced: apply, the
 //!   bastion on its user data's config with exactly the role's actions, ssh -J and Jupyter,
-//!   revocation, destroy
+//!   revocation by an IAM change event, destroy
 //! - `openssh_baseline`: the harness itself, with OpenSSH sshd as the bastion
 
 mod aws; // gatehouse with AWS as the source of truth, against moto

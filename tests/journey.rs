@@ -2,29 +2,35 @@
 //! stack, the bastion runs on the daemon config from its user data with exactly the role's
 //! permissions, researchers reach the provisioned Jupyter host (whose sshd holds no key: the
 //! bastion's role pushes each user's own key with EC2 Instance Connect), a revoked key ends its
-//! session, and `destroy` leaves nothing.
+//! session within seconds of the IAM change event CloudTrail would deliver (the stack's
+//! `iam_events` queue and rule; the IAM sweep is 30 minutes away), and `destroy` leaves nothing.
 //!
 //! Real parts: moto in server mode with IAM policies enforced (`tests/py/moto_enforced.py`:
 //! every call is signed by a key moto issued and checked against its owner's policies), the
 //! real `gatehouse-vpc` and `gatehouse` binaries with the real AWS SDK, OpenSSH sshd and a real
 //! Jupyter Server on the private namespace's address (the `private_ip` the spec gives the
-//! host), the stock OpenSSH client in the client namespace.
+//! host), the stock OpenSSH client in the client namespace. moto's EventBridge evaluates the
+//! stack's rule and delivers to its queue; what CloudTrail would put on the bus for an IAM call
+//! is put there with `PutEvents` (moto's CloudTrail records nothing), after a trail that
+//! `plan` accepts is created as the admin.
 //!
 //! gatehouse-vpc runs as a deploy identity holding exactly what `gatehouse-vpc policy` prints
-//! (with the IAM and SSM statements widened to `*`, as below), and
+//! (with the statements moto checks against `*` widened to it, as below), and
 //! `the_deployer_needs_every_action_it_is_granted` removes each of its actions in turn.
 //!
 //! The bastion's permissions: moto cannot hand the role's credentials to a process (its
 //! AssumeRole fails on a trust policy that names only `ec2.amazonaws.com`), so the daemon runs
 //! as an IAM user whose one inline policy is the role's inline policy as apply created it.
-//! One change, forced by moto and checked below: moto 5.2.5 checks the calls the daemon makes
-//! against the resource `*` (an Allow scoped to `user/*` or to a parameter ARN denies them;
-//! verified), so the scoped statements get `"Resource": "*"`. The actions are the role's,
-//! exactly; the resource scoping is covered by the policy unit tests in gatehouse-vpc.
+//! One change, forced by moto and checked below: moto 5.2.5 checks the IAM, SSM and EC2 calls
+//! the daemon makes against the resource `*` (an Allow scoped to `user/*` or to a parameter ARN
+//! denies them; verified), so those scoped statements get `"Resource": "*"`. It checks S3 and
+//! SQS against the real ARN, so the binary's and the event queue's statements keep their scope.
+//! The actions are the role's, exactly; the resource scoping is covered by the policy unit tests
+//! in gatehouse-vpc.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -41,6 +47,11 @@ const STACK: &str = "journey";
 const ROLE: &str = "gatehouse-journey-bastion";
 /// The host key parameter gatehouse-vpc names after the stack.
 const PARAMETER: &str = "/gatehouse/journey/host_ed25519";
+/// The IAM change-event queue and rule gatehouse-vpc names after the stack (`iam_events`).
+const QUEUE: &str = "gatehouse-journey-iam-events";
+const RULE: &str = "gatehouse-journey-iam-changes";
+/// SQS's URL of a queue in `us-east-1`, as the user data names the queue (before the account).
+const SQS_URL: &str = "https://sqs.us-east-1.amazonaws.com/";
 /// `[bastion.daemon.aws] refresh_interval` in the spec.
 const REFRESH: Duration = Duration::from_secs(2);
 /// On top of one refresh: the refresh itself, the revocation, the client seeing it.
@@ -50,8 +61,9 @@ const JUPYTER_PORT: u16 = 8888;
 
 /// The spec a user would write: one public and one private subnet, no NAT, a `jupyter` host
 /// for group `research` on the private namespace's address whose login user gets each user's
-/// key by EC2 Instance Connect, a daemon that refreshes every 2 s and reads IAM groups named
-/// `gatehouse-*`.
+/// key by EC2 Instance Connect, a daemon that refreshes every 2 s, reads IAM groups named
+/// `gatehouse-*` and hears of IAM changes from the stack's event queue (`iam_events`; the
+/// account needs a trail: [`logging_trail`]).
 fn spec_text() -> String {
     format!(
         r#"
@@ -80,6 +92,7 @@ az = "us-east-1a"
 subnet = "dmz-a"
 ami = "ami-12c6146b"
 allowed_cidrs = ["203.0.113.0/24"]
+iam_events = true
 # The binary this test run built: apply stores it in the stack's bucket, the bastion fetches it.
 gatehouse_binary = "{binary}"
 
@@ -149,13 +162,14 @@ fn substitute(text: &str, from: &str, to: &str) -> String {
     text.replacen(from, to, 1)
 }
 
-/// The role's inline policy as moto can check it: every statement on `*` (see the module
-/// doc); the actions and statements stay as they are.
+/// The role's inline policy as moto can check it: every statement on `*` but those moto checks
+/// against their resource (see the module doc); the actions and statements stay as they are.
 fn checkable(role_policy: &Value) -> Value {
     let mut policy = role_policy.clone();
     let mut widened = Vec::new();
     for statement in policy["Statement"].as_array_mut().into_iter().flatten() {
-        if statement["Resource"] != "*" && statement["Sid"] != FETCH_SID {
+        let kept = matches!(statement["Sid"].as_str(), Some(FETCH_SID | EVENTS_SID));
+        if statement["Resource"] != "*" && !kept {
             widened.push(statement["Sid"].as_str().unwrap_or_default().to_owned());
             statement["Resource"] = json!("*");
             // The push's tag condition: moto has no resource tags to evaluate it with (the
@@ -166,7 +180,8 @@ fn checkable(role_policy: &Value) -> Value {
         }
     }
     // The statements scoped to users, the host-key parameter and tagged instances; moto checks
-    // S3 resources, so the binary's statement keeps its scope (the bucket's gatehouse/*).
+    // S3 and SQS resources, so the binary's statement keeps its scope (the bucket's
+    // gatehouse/*), and so does the event queue's (the queue's ARN).
     assert_eq!(
         widened,
         ["ReadUserKeys", "HostKey", PUSH_SID],
@@ -187,11 +202,13 @@ fn printed_policy(topology: &Topology, moto: &NsMoto, spec: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("policy --json: {e}\n{text}"))
 }
 
-/// The deployer's policy as moto can check it: moto checks EC2, SSM and IAM calls against the
-/// resource `*` (see the module doc), so the statements scoped to the stack's EC2 resource
-/// types, role, instance profile and host-key parameter get `*`. The S3 statements keep the bucket's ARN (moto
-/// checks S3 resources), and conditions stay (moto does not evaluate them: reviewed by hand,
-/// see gatehouse-vpc's README).
+/// The deployer's policy as moto can check it: moto checks EC2, SSM, IAM, EventBridge and
+/// CloudTrail calls against the resource `*` (see the module doc), and SQS calls against `*` too
+/// while the queue does not exist (CreateQueue, a GetQueueUrl that finds nothing), so the
+/// statements scoped to the stack's EC2 resource types, role, instance profile, host-key
+/// parameter, event queue and rule, and to the trails get `*`. The S3 statements keep the
+/// bucket's ARN (moto checks S3 resources), and conditions stay (moto does not evaluate them:
+/// reviewed by hand, see gatehouse-vpc's README).
 fn checkable_deployer(policy: &Value) -> Value {
     let mut policy = policy.clone();
     let mut widened = Vec::new();
@@ -212,7 +229,10 @@ fn checkable_deployer(policy: &Value) -> Value {
             "TheBastionRole",
             "TheBastionInstanceProfile",
             "PassTheBastionRoleToEc2Only",
-            "TheHostKeyParameter"
+            "TheHostKeyParameter",
+            "TheIamEventQueue",
+            "TheIamEventRule",
+            "ReadTheTrailsOfIamEvents"
         ],
         "{policy:#}"
     );
@@ -230,11 +250,19 @@ fn deployer(topology: &Topology, moto: &NsMoto, admin: &AccessKey, spec: &Path) 
         Some(admin),
         json!([{"op": "principal", "name": "deployer", "policy": policy}]),
     );
+    key_of(&r[0])
+}
+
+/// The key of a `principal` the fixture made.
+fn key_of(principal: &Value) -> AccessKey {
     AccessKey {
-        access_key_id: r[0]["access_key_id"].as_str().expect("key").to_owned(),
-        secret_access_key: r[0]["secret_access_key"]
+        access_key_id: principal["access_key_id"]
             .as_str()
-            .expect("secret")
+            .unwrap_or_else(|| panic!("no key: {principal}"))
+            .to_owned(),
+        secret_access_key: principal["secret_access_key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no secret: {principal}"))
             .to_owned(),
     }
 }
@@ -243,6 +271,8 @@ fn deployer(topology: &Topology, moto: &NsMoto, admin: &AccessKey, spec: &Path) 
 const FETCH_SID: &str = "FetchGatehouseBinary";
 /// The role's statement for EC2 Instance Connect (`instance_connect = true` in the spec).
 const PUSH_SID: &str = "PushKeysToTaggedInstances";
+/// The role's statement for the IAM change-event queue (`iam_events = true` in the spec).
+const EVENTS_SID: &str = "ReceiveIamChangeEvents";
 const FETCH_ACTION: &str = "s3:GetObject";
 
 /// The bastion's boot-time fetch, as its user data runs it: `gatehouse-fetch` with the install
@@ -288,6 +318,54 @@ fn boot_fetch(
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
         .env("GATEHOUSE_FETCH_ATTEMPTS", "1");
     run_with_timeout(cmd, CMD_TIMEOUT)
+}
+
+/// The admin's operations that make a trail `plan` accepts for `iam_events`: in `us-east-1`
+/// (where moto finds its event selectors), multi-region, with global service events, logging,
+/// recording every management event (no selectors: CloudTrail's default), into its own bucket.
+fn logging_trail() -> Value {
+    let bucket = format!("{STACK}-org-trail-logs");
+    json!([
+        {"op": "call", "service": "s3", "method": "create_bucket", "args": {"Bucket": bucket}},
+        {"op": "call", "service": "cloudtrail", "method": "create_trail", "args": {
+            "Name": "org", "S3BucketName": bucket, "IsMultiRegionTrail": true,
+            "IncludeGlobalServiceEvents": true}},
+        {"op": "call", "service": "cloudtrail", "method": "start_logging",
+         "args": {"Name": "org"}},
+    ])
+}
+
+/// Everything of the stack still in moto, as the admin sees it: `stack_leftovers` (EC2, the
+/// role and profile, the host key, the bucket) and the event queue and rule.
+fn leftovers(admin: impl Fn(Value) -> Vec<Value>) -> Vec<String> {
+    let prefix = format!("gatehouse-{STACK}-");
+    let r = admin(json!([
+        {"op": "stack_leftovers", "stack": STACK, "role": ROLE, "parameter": PARAMETER},
+        {"op": "call", "service": "sqs", "method": "list_queues",
+         "args": {"QueueNamePrefix": prefix}},
+        {"op": "call", "service": "events", "method": "list_rules",
+         "args": {"NamePrefix": prefix}},
+    ]));
+    let mut left: Vec<String> = r[0]["leftovers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("stack_leftovers: {r:?}"))
+        .iter()
+        .map(|x| x.as_str().unwrap_or_default().to_owned())
+        .collect();
+    // (No QueueUrls at all when no queue matches.)
+    for queue in r[1]["QueueUrls"].as_array().into_iter().flatten() {
+        left.push(format!("queue {}", queue.as_str().unwrap_or_default()));
+    }
+    let rules = r[2]["Rules"]
+        .as_array()
+        .unwrap_or_else(|| panic!("list_rules: {r:?}"));
+    for rule in rules {
+        left.push(format!(
+            "rule {}",
+            rule["Name"].as_str().unwrap_or_default()
+        ));
+    }
+    left
 }
 
 /// The actions of `policy`, sorted.
@@ -340,7 +418,9 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     let admin_fixture = |ops: Value| fixture_as(&topology, &moto, Some(&admin), ops);
 
     // 1. A deploy identity holding exactly what `gatehouse-vpc policy` prints applies the
-    //    stack from a laptop (here: the bastion namespace).
+    //    stack from a laptop (here: the bastion namespace). The account has the trail that
+    //    `iam_events` needs.
+    admin_fixture(logging_trail());
     let spec = scratch.write("journey.toml", spec_text().as_bytes());
     let deployer = deployer(&topology, &moto, &admin, &spec);
     let applied = vpc(&topology, &moto, &deployer, &spec, &["apply"]);
@@ -357,33 +437,50 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     assert!(output.contains("ProxyJump journey-bastion"), "{output}");
 
     // 2. The bastion's config, exactly as cloud-init writes it from the user data; only the
-    //    listen address and the endpoint change. The daemon reaches moto through the proxy
-    //    that records the EC2 Instance Connect pushes moto accepted (for the host's side).
+    //    listen address, the endpoint (also in the event queue's URL) and the listing's path
+    //    change. The daemon reaches moto through the proxy that records the EC2 Instance
+    //    Connect pushes moto accepted (for the host's side).
     let pushes_file = scratch.path().join("pushes.jsonl");
     let proxy = Proxy::start_recording(&topology, &scratch, moto.addr().port(), Some(&pushes_file));
     let r = admin_fixture(json!([
         {"op": "user_data_file", "tag": "instance/bastion", "path": "/etc/gatehouse/gatehouse.toml"},
         {"op": "role_policies", "role": ROLE},
+        {"op": "call", "service": "sqs", "method": "get_queue_url", "args": {"QueueName": QUEUE}},
     ]));
     let written = r[0]["content"]
         .as_str()
         .unwrap_or_else(|| panic!("no daemon config in the bastion's user data: {r:?}"))
         .to_owned();
+    // The config names the queue apply made: SQS's URL of it, in this account.
+    let queue_url = r[2]["QueueUrl"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no event queue: {r:?}"));
+    // ACCOUNT/NAME, after moto's address.
+    let queue_path = queue_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, path)| path)
+        .unwrap_or_else(|| panic!("not a queue URL: {queue_url}"));
+    assert!(queue_path.ends_with(&format!("/{QUEUE}")), "{queue_url}");
     let config_text = substitute(
         &substitute(
             &substitute(
-                &written,
-                "listen = [\"0.0.0.0:22\"]",
-                &format!("listen = [\"{BASTION_CLIENT_ADDR}:22\"]"),
+                &substitute(
+                    &written,
+                    "listen = [\"0.0.0.0:22\"]",
+                    &format!("listen = [\"{BASTION_CLIENT_ADDR}:22\"]"),
+                ),
+                "[aws]\n",
+                &format!("[aws]\nendpoint_url = \"{}\"\n", proxy.url()),
             ),
-            "[aws]\n",
-            &format!("[aws]\nendpoint_url = \"{}\"\n", proxy.url()),
+            "snapshot_file = \"/var/lib/gatehouse/aws-directory.json\"",
+            &format!(
+                "snapshot_file = \"{}\"",
+                scratch.path().join("aws-directory.json").display()
+            ),
         ),
-        "snapshot_file = \"/var/lib/gatehouse/aws-directory.json\"",
-        &format!(
-            "snapshot_file = \"{}\"",
-            scratch.path().join("aws-directory.json").display()
-        ),
+        &format!("events_queue_url = \"{SQS_URL}{queue_path}\""),
+        &format!("events_queue_url = \"{}/{queue_path}\"", proxy.url()),
     );
     let config = scratch.write("gatehouse.toml", config_text.as_bytes());
     let policies = r[1]["policies"].as_object().expect("role policies");
@@ -395,6 +492,12 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
         .unwrap_or_else(|e| panic!("the written config is invalid: {e}\n{config_text}"))
         .aws
         .expect("[aws]");
+    // The IAM sweep is the daemon's default with events (the user data sets none): half an
+    // hour, so only an event can make an IAM change seen within this test.
+    assert_eq!(
+        settings.iam_sweep_interval,
+        gatehouse_config::DEFAULT_EVENTS_SWEEP_INTERVAL
+    );
     let needed = gatehouse_aws::actions::needed(gatehouse_aws::actions::Mode::of(&settings));
     let mut names: Vec<String> = needed.iter().map(|a| a.name().to_owned()).collect();
     // And the boot-time fetch of the binary from the stack's bucket.
@@ -412,6 +515,18 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
             && r.ends_with("/gatehouse/*")),
         "{fetch_statement:#}"
     );
+    // The receive, on the stack's queue only (as moto checks it).
+    let events_statement = role_policy["Statement"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["Sid"] == EVENTS_SID))
+        .unwrap_or_else(|| panic!("no {EVENTS_SID} statement: {role_policy:#}"));
+    assert_eq!(events_statement["Action"], json!(["sqs:ReceiveMessage"]));
+    let account = queue_path.split('/').next().unwrap_or_default();
+    assert_eq!(
+        events_statement["Resource"],
+        format!("arn:aws:sqs:us-east-1:{account}:{QUEUE}"),
+        "{events_statement:#}"
+    );
 
     // 3. Researchers: alice by tag, bob through the prefixed IAM group. The daemon's
     //    principal: an IAM user with the role's policy and nothing else.
@@ -424,13 +539,7 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
         {"op": "principal", "name": "bastion-role", "policy": role_policy},
     ]));
     let bob_key_id = r[1]["key_ids"][0].as_str().expect("key id").to_owned();
-    let bastion = AccessKey {
-        access_key_id: r[2]["access_key_id"].as_str().expect("key").to_owned(),
-        secret_access_key: r[2]["secret_access_key"]
-            .as_str()
-            .expect("secret")
-            .to_owned(),
-    };
+    let bastion = key_of(&r[2]);
 
     // The boot: the bastion fetches its binary from the stack's bucket with the role's
     // credentials (IMDSv2) and checks its digest; the daemon below runs that copy.
@@ -509,11 +618,45 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     //    and says which action it lacks. The host key is deleted before each run, so the
     //    create path (ssm:PutParameter) is taken every time. The push is made on a tunnel to
     //    the host's SSH port, not at start: without it the bastion serves, and that tunnel is
-    //    refused with the action named.
+    //    refused with the action named. The event actions are not needed to serve either
+    //    (without them IAM is swept every refresh, as without events): without the receive
+    //    the queue reader says it lacks it, and without a re-read the first event naming a
+    //    user does.
     let saved_listing = scratch.path().join("aws-directory.json");
     for action in &needed {
         // Each run lists AWS itself: none serves from a listing an earlier run saved.
         let _ = std::fs::remove_file(&saved_listing);
+        if matches!(
+            action.need(),
+            gatehouse_aws::actions::Need::Events | gatehouse_aws::actions::Need::EventsGroupPrefix
+        ) {
+            admin_fixture(json!([
+                {"op": "set_user_policy", "name": "bastion-role",
+                 "policy": without(&role_policy, action.name())},
+            ]));
+            let mut daemon = start_daemon(&topology, &scratch, &bastion, &config);
+            daemon.wait_for_stderr("gatehouse listening", Duration::from_secs(60));
+            let symptom = if *action == gatehouse_aws::actions::RECEIVE_MESSAGE {
+                "cannot read the IAM event queue"
+            } else {
+                // What CloudTrail delivers when alice is tagged: the daemon re-reads her.
+                let r = admin_fixture(json!([crate::aws::iam_event(
+                    "TagUser",
+                    json!({"userName": "alice", "tags": [{"key": "team", "value": "x"}]}),
+                )]));
+                assert_eq!(r[0]["FailedEntryCount"], 0, "{r:?}");
+                "cannot re-read a user an IAM change event names"
+            };
+            let lacks = format!("lacks the action {}", action.name());
+            let logs = daemon.wait_for_stderr(&lacks, Duration::from_secs(30));
+            let line = logs
+                .lines()
+                .find(|l| l.contains(&lacks))
+                .unwrap_or_default();
+            assert!(line.contains(symptom), "{symptom:?} not in: {line}");
+            daemon.terminate(Duration::from_secs(10));
+            continue;
+        }
         if action.need() == gatehouse_aws::actions::Need::InstanceConnect {
             admin_fixture(json!([
                 {"op": "set_user_policy", "name": "bastion-role",
@@ -617,20 +760,56 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     out.expect_success("Jupyter through ssh -L as bob");
     assert!(out.stdout_str().contains("\"result\": \"42\""), "{out}");
 
-    // 6. bob's key is deactivated: his session ends within one refresh.
+    // 6. bob's key is deactivated in IAM. The daemon sweeps IAM every half hour (step 2):
+    //    until the event CloudTrail delivers for that call, nothing tells it, and bob's
+    //    session goes on. (This is what fails if IAM were swept every refresh, and proves the
+    //    revocation below is the event's doing.)
     admin_fixture(json!([
         {"op": "deactivate_key", "user": "bob", "key_id": bob_key_id},
     ]));
     assert!(
-        tunnel.wait_exit(REFRESH + SLACK).is_some(),
-        "bob's ssh -N -L still runs {:?} after his key was deactivated\n{}\n{}",
-        REFRESH + SLACK,
+        tunnel.wait_exit(REFRESH * 3).is_none(),
+        "bob's ssh -N -L ended before any event: IAM was swept\n{}\n{}",
         tunnel.logs(),
         daemon.logs()
     );
-    let mut ssh = bob_client.ssh();
-    ssh.args(["bastion", "true"]);
-    run_with_timeout(ssh, CMD_TIMEOUT).expect_failure("bob logs in after deactivation");
+    //    The event, on us-east-1's default bus: the stack's rule puts it on the queue, the
+    //    daemon receives it and re-reads bob with the role's sqs:ReceiveMessage and
+    //    iam:GetUser (and iam:ListGroupsForUser), under enforced IAM, and his session ends
+    //    within seconds.
+    let sent = Instant::now();
+    let r = admin_fixture(json!([crate::aws::iam_event(
+        "UpdateSSHPublicKey",
+        json!({"userName": "bob", "sSHPublicKeyId": bob_key_id, "status": "Inactive"}),
+    )]));
+    assert_eq!(r[0]["FailedEntryCount"], 0, "{r:?}");
+    assert!(
+        tunnel.wait_exit(SLACK).is_some(),
+        "bob's ssh -N -L still runs {SLACK:?} after the event of his key's deactivation\n{}\n{}",
+        tunnel.logs(),
+        daemon.logs()
+    );
+    eprintln!(
+        "event-driven revocation: event sent -> tunnel closed at the client {:.3}s",
+        sent.elapsed().as_secs_f64()
+    );
+    let out = dash_w(&bob_client, &format!("jupyter:{JUPYTER_PORT}"));
+    out.expect_failure("bob logs in after deactivation");
+    assert!(
+        out.stderr_str().contains("Permission denied (publickey)"),
+        "{out}"
+    );
+    // The daemon says it applied the event to bob, and that no event was missed or unread
+    // (either would start a sweep).
+    let logs = daemon.wait_for_stderr("IAM change events applied", Duration::from_secs(5));
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("IAM change events applied") && l.contains("\"bob\"")),
+        "{logs}"
+    );
+    for unwanted in ["sweeping IAM", "cannot read the IAM event queue"] {
+        assert!(!logs.contains(unwanted), "{unwanted:?} in:\n{logs}");
+    }
     // The audit log (stdout: no [audit] file in the written config) says why.
     let revoked = daemon.wait_for_stdout("\"event\":\"session.revoked\"", Duration::from_secs(5));
     let line = revoked
@@ -642,19 +821,28 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     drop(jupyter);
     drop(sshd);
 
-    // 7. destroy leaves nothing of the stack: no tagged resource, no role, no profile, and
-    //    no host key (the daemon created it tagged with the stack).
+    // 7. destroy leaves nothing of the stack: no tagged resource, no role, no profile, no
+    //    event queue or rule, and no host key (the daemon created it tagged with the stack).
     let r = admin_fixture(json!([{"op": "get_parameter", "name": PARAMETER}]));
     assert!(r[0]["value"].is_string(), "the daemon created the host key");
+    let before = leftovers(admin_fixture);
+    for made in [format!("queue {queue_url}"), format!("rule {RULE}")] {
+        assert!(
+            before.contains(&made),
+            "{made} not seen before destroy: {before:?}"
+        );
+    }
     vpc(&topology, &moto, &deployer, &spec, &["destroy"]);
-    let r = admin_fixture(json!([
-        {"op": "stack_leftovers", "stack": STACK, "role": ROLE, "parameter": PARAMETER},
-    ]));
-    assert_eq!(r[0]["leftovers"], json!([]), "left after destroy");
+    assert_eq!(
+        leftovers(admin_fixture),
+        Vec::<String>::new(),
+        "left after destroy"
+    );
 }
 
-/// The walk's stack: the journey's, with a NAT gateway (its calls too) and a small stand-in
-/// binary (the walk uploads it and then a second one).
+/// The walk's stack: the journey's (with `iam_events`: its queue, rule and trail reads), with
+/// a NAT gateway (its calls too) and a small stand-in binary (the walk uploads it and then a
+/// second one).
 fn walk_spec(binary: &Path) -> String {
     let text = spec_text().replace("nat = \"none\"", "nat = \"single\"");
     substitute(
@@ -664,7 +852,8 @@ fn walk_spec(binary: &Path) -> String {
     )
 }
 
-/// The deploy identity's key, the policy it holds, and what the walk has shown needed.
+/// The deploy identity's key and the policy it holds, one deploy identity per action holding
+/// that policy without the action, and what the walk has shown needed.
 struct Walk<'a> {
     topology: &'a Topology,
     moto: &'a NsMoto,
@@ -672,26 +861,73 @@ struct Walk<'a> {
     deployer: AccessKey,
     spec: PathBuf,
     policy: Value,
+    /// By action. All made at the start, in one fixture run: the walk runs gatehouse-vpc about
+    /// a hundred times, and a fixture run (Python and boto3 starting) per run to change one
+    /// identity's policy took longer than gatehouse-vpc itself. IAM decides by the policy, not
+    /// by who holds it, and the stack's resources belong to the account.
+    without: std::collections::BTreeMap<String, AccessKey>,
     shown: Vec<String>,
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    fn new(
+        topology: &'a Topology,
+        moto: &'a NsMoto,
+        admin: &'a AccessKey,
+        deployer: AccessKey,
+        spec: PathBuf,
+        policy: Value,
+    ) -> Walk<'a> {
+        let mut actions = actions_of(&policy);
+        actions.dedup();
+        let ops: Vec<Value> = actions
+            .iter()
+            .enumerate()
+            .map(|(i, action)| {
+                json!({"op": "principal", "name": format!("deployer-without-{i}"),
+                       "policy": without(&policy, action)})
+            })
+            .collect();
+        // In runs whose operations stay well under Linux's 128 KiB for one argument.
+        let mut r = Vec::new();
+        let (mut batch, mut size) = (Vec::new(), 0);
+        for op in ops {
+            let len = op.to_string().len();
+            if size + len > 64 * 1024 && !batch.is_empty() {
+                let ops = Value::Array(std::mem::take(&mut batch));
+                r.extend(fixture_as(topology, moto, Some(admin), ops));
+                size = 0;
+            }
+            size += len;
+            batch.push(op);
+        }
+        r.extend(fixture_as(topology, moto, Some(admin), Value::Array(batch)));
+        assert_eq!(r.len(), actions.len(), "{r:?}");
+        let without = actions.into_iter().zip(r.iter().map(key_of)).collect();
+        Walk {
+            topology,
+            moto,
+            admin,
+            deployer,
+            spec,
+            policy,
+            without,
+            shown: Vec::new(),
+        }
+    }
+
     fn admin(&self, ops: Value) -> Vec<Value> {
         fixture_as(self.topology, self.moto, Some(self.admin), ops)
     }
 
-    /// Runs `command` as the deployer holding the policy without `action`: it must fail,
+    /// Runs `command` as a deployer holding the policy without `action`: it must fail,
     /// naming the action. What it did before that call stays done.
     fn needs(&mut self, action: &str, command: &[&str]) {
-        self.admin(json!([{"op": "set_user_policy", "name": "deployer",
-                           "policy": without(&self.policy, action)}]));
-        let out = vpc_try(
-            self.topology,
-            self.moto,
-            &self.deployer,
-            &self.spec,
-            command,
-        );
+        let key = self
+            .without
+            .get(action)
+            .unwrap_or_else(|| panic!("{action} is not in the policy"));
+        let out = vpc_try(self.topology, self.moto, key, &self.spec, command);
         assert!(
             !out.success(),
             "gatehouse-vpc {command:?} succeeded without {action}: {out}"
@@ -706,7 +942,6 @@ impl Walk<'_> {
 
     /// `command` with the whole policy.
     fn full(&self, command: &[&str]) -> String {
-        self.admin(json!([{"op": "set_user_policy", "name": "deployer", "policy": self.policy}]));
         vpc(
             self.topology,
             self.moto,
@@ -727,6 +962,27 @@ impl Walk<'_> {
             .unwrap_or_else(|| panic!("no {key}: {r:?}"))
             .to_owned()
     }
+
+    /// The stack's event queue: its URL and ARN.
+    fn queue(&self) -> (String, String) {
+        let r = self.admin(
+            json!([{"op": "call", "service": "sqs", "method": "get_queue_url",
+            "args": {"QueueName": QUEUE}}]),
+        );
+        let url = r[0]["QueueUrl"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no queue: {r:?}"))
+            .to_owned();
+        let r = self.admin(
+            json!([{"op": "call", "service": "sqs", "method": "get_queue_attributes",
+            "args": {"QueueUrl": url, "AttributeNames": ["QueueArn"]}}]),
+        );
+        let arn = r[0]["Attributes"]["QueueArn"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no queue ARN: {r:?}"))
+            .to_owned();
+        (url, arn)
+    }
 }
 
 /// A stand-in for the gatehouse binary: an ELF header and `fill`.
@@ -745,21 +1001,14 @@ fn the_deployer_needs_every_action_it_is_granted() {
     let topology = Topology::new();
     let scratch = Scratch::new();
     let (moto, admin) = NsMoto::start_enforced_in(&topology.bastion);
+    fixture_as(&topology, &moto, Some(&admin), logging_trail());
     let binary = scratch.path().join("gatehouse");
     stand_in_binary(&binary, 1);
     let spec = scratch.write("walk.toml", walk_spec(&binary).as_bytes());
     let printed = printed_policy(&topology, &moto, &spec);
     let policy = checkable_deployer(&printed["policy"]);
     let deployer = deployer(&topology, &moto, &admin, &spec);
-    let mut walk = Walk {
-        topology: &topology,
-        moto: &moto,
-        admin: &admin,
-        deployer,
-        spec: spec.clone(),
-        policy,
-        shown: Vec::new(),
-    };
+    let mut walk = Walk::new(&topology, &moto, &admin, deployer, spec.clone(), policy);
 
     // apply from empty, in the order apply makes the calls.
     for action in [
@@ -784,6 +1033,9 @@ fn the_deployer_needs_every_action_it_is_granted() {
         "s3:PutEncryptionConfiguration",
         "s3:PutBucketPolicy",
         "s3:PutObject",
+        "sqs:CreateQueue",
+        "events:PutRule",
+        "events:PutTargets",
         "iam:CreateRole",
         "iam:PutRolePolicy",
         "iam:CreateInstanceProfile",
@@ -888,6 +1140,40 @@ fn the_deployer_needs_every_action_it_is_granted() {
     );
     walk.needs("ec2:ReplaceRouteTableAssociation", &["apply"]);
     walk.full(&["apply"]);
+    let (queue_url, queue_arn) = walk.queue();
+    walk.admin(
+        json!([{"op": "call", "service": "sqs", "method": "set_queue_attributes", "args": {
+        "QueueUrl": queue_url, "Attributes": {"MessageRetentionPeriod": "345600"}}}]),
+    );
+    walk.needs("sqs:SetQueueAttributes", &["apply"]);
+    walk.full(&["apply"]);
+    walk.admin(
+        json!([{"op": "call", "service": "sqs", "method": "tag_queue", "args": {
+        "QueueUrl": queue_url, "Tags": {"Name": "edited"}}}]),
+    );
+    walk.needs("sqs:TagQueue", &["apply"]);
+    walk.full(&["apply"]);
+    let r = walk.admin(
+        json!([{"op": "call", "service": "events", "method": "describe_rule",
+        "args": {"Name": RULE}}]),
+    );
+    let rule_arn = r[0]["Arn"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no rule: {r:?}"))
+        .to_owned();
+    walk.admin(
+        json!([{"op": "call", "service": "events", "method": "tag_resource", "args": {
+        "ResourceARN": rule_arn, "Tags": [{"Key": "Name", "Value": "edited"}]}}]),
+    );
+    walk.needs("events:TagResource", &["apply"]);
+    walk.full(&["apply"]);
+    walk.admin(
+        json!([{"op": "call", "service": "events", "method": "put_targets", "args": {
+        "Rule": RULE, "Targets": [{"Id": "extra", "Arn": queue_arn}]}}]),
+    );
+    walk.needs("events:RemoveTargets", &["apply"]);
+    walk.full(&["apply"]);
+    assert_eq!(walk.full(&["plan"]), format!("stack {STACK}: no changes\n"));
 
     // A new build replaces the bastion: the old one is terminated first.
     stand_in_binary(&binary, 2);
@@ -927,14 +1213,18 @@ fn the_deployer_needs_every_action_it_is_granted() {
         "s3:DeleteObject",
         "s3:DeleteBucket",
         "ssm:DeleteParameter",
+        // (Its targets removed first: events:RemoveTargets, shown above.)
+        "events:DeleteRule",
+        "sqs:DeleteQueue",
     ] {
         walk.needs(action, &["destroy"]);
     }
     walk.full(&["destroy"]);
-    let r = walk.admin(json!([
-        {"op": "stack_leftovers", "stack": STACK, "role": ROLE, "parameter": PARAMETER},
-    ]));
-    assert_eq!(r[0]["leftovers"], json!([]), "left after destroy");
+    assert_eq!(
+        leftovers(|ops| walk.admin(ops)),
+        Vec::<String>::new(),
+        "left after destroy"
+    );
 
     // Every action of the policy was shown needed, except those AWS checks inside another
     // call, which moto does not check (listed by `policy --json`; reviewed by hand).

@@ -12,6 +12,14 @@
 //! - foreign_iam_role_is_refused: same role name without the stack tag
 //! - bad_specs_are_rejected_before_any_aws_call: each bad spec, exit 64, its message
 //! - user_data_is_cloud_config_under_16k: YAML parse (PyYAML from tests/.venv), keys, size
+//! - iam_events_from_empty_carry_the_daemons_events_to_the_queue_the_bastion_reads: the queue
+//!   (attributes, policy, tags), the rule (pattern as JSON, state, one target, tags), the
+//!   daemon's config and role from the user data; PutEvents on us-east-1's bus: a listed,
+//!   successful IAM call arrives and every receive sees it, an unlisted or failed one does not
+//! - iam_events_drift_is_repaired_the_switch_removes_and_recreates_and_destroy_leaves_nothing:
+//!   target removed, pattern and retention changed; off, on (killed after the queue), destroy
+//! - iam_events_are_refused_without_a_logging_trail_and_never_touch_a_queue_not_ours: no trail,
+//!   a trail not logging, one without global events; an untagged queue of the stack's name
 
 #[path = "harness/moto.rs"]
 mod moto;
@@ -174,42 +182,36 @@ impl Rig {
         assert_eq!(json["steps"].as_array().map(Vec::len), Some(0), "{json:#}");
     }
 
+    /// The SDK's settings for moto: us-east-1, moto's accept-anything credentials.
+    fn sdk(&self) -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(self.moto.url())
+            .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
+                aws_sdk_ec2::config::Credentials::new("test", "test", None, None, "test"),
+            ))
+            .build()
+    }
+
     fn ec2(&self) -> (tokio::runtime::Runtime, aws_sdk_ec2::Client) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let creds = aws_sdk_ec2::config::Credentials::new("test", "test", None, None, "test");
-        let conf = aws_sdk_ec2::Config::builder()
-            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
-            .region(aws_sdk_ec2::config::Region::new("us-east-1"))
-            .endpoint_url(self.moto.url())
-            .credentials_provider(creds)
-            .build();
-        (rt, aws_sdk_ec2::Client::from_conf(conf))
+        (rt, aws_sdk_ec2::Client::new(&self.sdk()))
     }
 
     fn ssm(&self) -> aws_sdk_ssm::Client {
-        let creds = aws_sdk_ssm::config::Credentials::new("test", "test", None, None, "test");
-        let conf = aws_sdk_ssm::Config::builder()
-            .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-            .region(aws_sdk_ssm::config::Region::new("us-east-1"))
-            .endpoint_url(self.moto.url())
-            .credentials_provider(creds)
-            .build();
-        aws_sdk_ssm::Client::from_conf(conf)
+        aws_sdk_ssm::Client::new(&self.sdk())
     }
 
     fn s3(&self) -> aws_sdk_s3::Client {
-        let creds = aws_sdk_s3::config::Credentials::new("test", "test", None, None, "test");
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(self.moto.url())
-            .force_path_style(true)
-            .credentials_provider(creds)
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.sdk())
+                .force_path_style(true)
+                .build(),
+        )
     }
 
     /// A stand-in gatehouse binary in the spec's folder: an ELF header and `fill`.
@@ -227,14 +229,7 @@ impl Rig {
     }
 
     fn iam(&self) -> aws_sdk_iam::Client {
-        let creds = aws_sdk_iam::config::Credentials::new("test", "test", None, None, "test");
-        let conf = aws_sdk_iam::Config::builder()
-            .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
-            .region(aws_sdk_iam::config::Region::new("us-east-1"))
-            .endpoint_url(self.moto.url())
-            .credentials_provider(creds)
-            .build();
-        aws_sdk_iam::Client::from_conf(conf)
+        aws_sdk_iam::Client::new(&self.sdk())
     }
 }
 
@@ -665,7 +660,7 @@ async fn daemon_host_key(
 ) -> gatehouse_config::ssh_key::PrivateKey {
     let spec =
         gatehouse_vpc::spec::parse("t.toml", &spec_text(stack, 50, "per_az"), None).expect("spec");
-    let text = gatehouse_vpc::userdata::daemon_config(&spec, "vpc-0123456789abcdef0");
+    let text = gatehouse_vpc::userdata::daemon_config(&spec, "vpc-0123456789abcdef0", ACCOUNT);
     let config = gatehouse_config::parse(&text, Path::new("gatehouse.toml"))
         .unwrap_or_else(|e| panic!("the rendered daemon config is invalid: {e}\n{text}"));
     let aws = config.aws.expect("[aws]");
@@ -851,48 +846,6 @@ fn a_local_binary_is_stored_in_the_stacks_private_bucket_and_named_by_the_user_d
     rig.ok(&spec, &["apply"]);
     rig.assert_no_changes(&spec, "bin");
 
-    let user_data = |ec2: aws_sdk_ec2::Client| async move {
-        let res = ec2
-            .describe_instances()
-            .filters(tag("bin"))
-            .filters(
-                Filter::builder()
-                    .name("tag:gatehouse:resource")
-                    .values("instance/bastion")
-                    .build(),
-            )
-            .filters(
-                Filter::builder()
-                    .name("instance-state-name")
-                    .values("running")
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("describe bastion");
-        let id = res.reservations()[0].instances()[0]
-            .instance_id()
-            .expect("id")
-            .to_string();
-        let attr = ec2
-            .describe_instance_attribute()
-            .instance_id(&id)
-            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
-            .send()
-            .await
-            .expect("user data");
-        let b64 = attr
-            .user_data()
-            .and_then(|v| v.value())
-            .expect("user data value");
-        use base64::Engine;
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .expect("base64"),
-        )
-        .expect("utf-8")
-    };
     rt.block_on(async {
         // The bucket: the stack's tag, private, encrypted, TLS only, holding the binary.
         let tags = s3
@@ -1004,7 +957,7 @@ fn a_local_binary_is_stored_in_the_stacks_private_bucket_and_named_by_the_user_d
         );
 
         // The user data fetches exactly that object and checks its digest.
-        let text = user_data(ec2.clone()).await;
+        let text = bastion_user_data(&ec2, "bin").await;
         assert!(
             text.contains(&format!(
                 "/usr/local/sbin/gatehouse-fetch 'https://{bucket}.s3.us-east-1.amazonaws.com/gatehouse/{sha_a}' 'us-east-1' '{sha_a}'"
@@ -1039,7 +992,7 @@ fn a_local_binary_is_stored_in_the_stacks_private_bucket_and_named_by_the_user_d
             .expect("list");
         let keys: Vec<&str> = list.contents().iter().filter_map(|o| o.key()).collect();
         assert_eq!(keys, vec![format!("gatehouse/{sha_b}")]);
-        assert!(user_data(ec2.clone()).await.contains(&sha_b));
+        assert!(bastion_user_data(&ec2, "bin").await.contains(&sha_b));
     });
 
     // Someone changes the bucket: apply puts it back.
@@ -1196,17 +1149,51 @@ fn the_deployers_and_the_bastions_policies_pass_the_iam_reference_lint() {
     let push_spec =
         gatehouse_vpc::spec::load(&push_path, None, gatehouse_vpc::spec::ReadBinary::Yes)
             .expect("spec with instance_connect");
-    let push_role = gatehouse_vpc::policy::bastion_policy(&push_spec, Some(&bucket));
+    let push_role = gatehouse_vpc::policy::bastion_policy(&push_spec, Some(&bucket), ACCOUNT);
     assert!(
         push_role
             .to_string()
             .contains("ec2-instance-connect:SendSSHPublicKey"),
         "{push_role:#}"
     );
+    // And the role with the IAM change events (and a group prefix): the queue statement.
+    let events_spec = gatehouse_vpc::spec::parse(
+        "t.toml",
+        &(spec_with_events("lab", 50) + "\n[bastion.daemon.aws]\niam_group_prefix = \"gh-\"\n"),
+        None,
+    )
+    .expect("spec with iam_events");
+    let events_role = gatehouse_vpc::policy::bastion_policy(&events_spec, None, ACCOUNT);
+    assert!(
+        events_role.to_string().contains("sqs:ReceiveMessage")
+            && events_role.to_string().contains("iam:ListGroupsForUser"),
+        "{events_role:#}"
+    );
+    // The deployer's statements for them are in the printed policy (every stack reads them).
+    for sid in [
+        "TheIamEventQueue",
+        "TheIamEventRule",
+        "ListTheTrails",
+        "ReadTheTrailsOfIamEvents",
+    ] {
+        assert!(
+            printed["policy"]["Statement"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|s| s["Sid"] == sid)),
+            "no {sid}: {:#}",
+            printed["policy"]
+        );
+    }
     let docs = serde_json::json!({
         "deployer": printed["policy"],
-        "bastion": gatehouse_vpc::policy::bastion_policy(&spec, Some(&bucket)),
+        "bastion": gatehouse_vpc::policy::bastion_policy(&spec, Some(&bucket), ACCOUNT),
         "bastion with instance_connect": push_role,
+        "bastion with iam_events": events_role,
+        // The queue's own policy (a resource policy: parliament checks its actions and keys).
+        "event queue": serde_json::from_str::<serde_json::Value>(
+            &gatehouse_vpc::plan::event_queue_attributes("lab", ACCOUNT)["Policy"],
+        )
+        .expect("queue policy"),
     });
     let findings = lint_policies(&docs);
     // Accepted, as the README says: the deployer sets the bucket's policy (the TLS-only Deny),
@@ -1381,6 +1368,15 @@ fn bad_specs_are_rejected_before_any_aws_call() {
             "group `research.gpu` contains '.'",
             every,
         ),
+        (
+            "own events queue",
+            format!(
+                "{good}\n[bastion.daemon.aws]\nevents_queue_url = \
+                 \"https://sqs.us-east-1.amazonaws.com/123456789012/mine\"\n"
+            ),
+            "aws.events_queue_url is written by gatehouse-vpc; remove it and set iam_events = true",
+            every,
+        ),
     ];
     // The binary apply stores: plan and apply read it; destroy and output do not need it.
     let not_elf = dir.path().join("not-elf");
@@ -1474,7 +1470,7 @@ fn user_data_is_cloud_config_under_16k() {
 }
 
 fn check_user_data(spec: &gatehouse_vpc::spec::Spec, bucket: Option<&str>) {
-    let text = gatehouse_vpc::userdata::render(spec, "vpc-0123456789abcdef0", bucket);
+    let text = gatehouse_vpc::userdata::render(spec, "vpc-0123456789abcdef0", ACCOUNT, bucket);
     assert!(text.len() < 16384, "user data is {} bytes", text.len());
     assert!(text.starts_with("#cloud-config\n"));
     let check = r#"
@@ -1609,4 +1605,637 @@ fn destroy_never_touches_foreign_resources_inside_the_stack_vpc() {
         // The refusal names the resource and AWS's reason.
         assert!(err.contains("DependencyViolation"), "{err}");
     }
+}
+
+// ---- IAM change events ([bastion] iam_events) ----
+
+/// `spec_text` with `[bastion] iam_events = true`.
+fn spec_with_events(stack: &str, cidr_second_octet: u8) -> String {
+    let text = spec_text(stack, cidr_second_octet, "single");
+    let with = text.replace(
+        "gatehouse_download_url = ",
+        "iam_events = true\ngatehouse_download_url = ",
+    );
+    assert_ne!(with, text);
+    with
+}
+
+const QUEUE: &str = "gatehouse-lab-iam-events";
+const RULE: &str = "gatehouse-lab-iam-changes";
+const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:gatehouse-lab-iam-events";
+
+impl Rig {
+    fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk())
+    }
+
+    fn events(&self) -> aws_sdk_eventbridge::Client {
+        aws_sdk_eventbridge::Client::new(&self.sdk())
+    }
+
+    fn cloudtrail(&self) -> aws_sdk_cloudtrail::Client {
+        aws_sdk_cloudtrail::Client::new(&self.sdk())
+    }
+
+    /// A trail `name` in us-east-1 (and its bucket), multi-region or with global service
+    /// events as asked, logging when `logging`.
+    async fn trail(&self, name: &str, multi_region: bool, global: bool, logging: bool) {
+        let bucket = format!("{name}-trail-logs");
+        self.s3()
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("trail bucket");
+        let ct = self.cloudtrail();
+        ct.create_trail()
+            .name(name)
+            .s3_bucket_name(&bucket)
+            .is_multi_region_trail(multi_region)
+            .include_global_service_events(global)
+            .send()
+            .await
+            .expect("create trail");
+        if logging {
+            ct.start_logging()
+                .name(name)
+                .send()
+                .await
+                .expect("start logging");
+        }
+    }
+}
+
+/// The stack's queue URL, or None when there is no queue of its name.
+async fn queue_url(sqs: &aws_sdk_sqs::Client) -> Option<String> {
+    sqs.get_queue_url()
+        .queue_name(QUEUE)
+        .send()
+        .await
+        .ok()
+        .and_then(|o| o.queue_url().map(str::to_owned))
+}
+
+/// The queue's attributes by name.
+async fn queue_attributes(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+) -> std::collections::BTreeMap<String, String> {
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .expect("queue attributes")
+        .attributes()
+        .map(|a| {
+            a.iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rule's targets as (id, arn, rewrites the event).
+async fn rule_targets(events: &aws_sdk_eventbridge::Client) -> Vec<(String, String, bool)> {
+    events
+        .list_targets_by_rule()
+        .rule(RULE)
+        .send()
+        .await
+        .expect("targets")
+        .targets()
+        .iter()
+        .map(|t| {
+            (
+                t.id().to_owned(),
+                t.arn().to_owned(),
+                t.input().is_some() || t.input_transformer().is_some(),
+            )
+        })
+        .collect()
+}
+
+/// The user data of the stack's running bastion.
+async fn bastion_user_data(ec2: &aws_sdk_ec2::Client, stack: &str) -> String {
+    let res = ec2
+        .describe_instances()
+        .filters(tag(stack))
+        .filters(
+            Filter::builder()
+                .name("tag:gatehouse:resource")
+                .values("instance/bastion")
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe bastion");
+    let id = res.reservations()[0].instances()[0]
+        .instance_id()
+        .expect("id")
+        .to_string();
+    let attr = ec2
+        .describe_instance_attribute()
+        .instance_id(&id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .expect("user data");
+    let b64 = attr
+        .user_data()
+        .and_then(|v| v.value())
+        .expect("user data value");
+    use base64::Engine;
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64"),
+    )
+    .expect("utf-8")
+}
+
+/// The daemon config a cloud-config writes to /etc/gatehouse/gatehouse.toml (a YAML block
+/// scalar indented by 6).
+fn written_daemon_config(user_data: &str) -> String {
+    let start = user_data
+        .find("- path: /etc/gatehouse/gatehouse.toml\n")
+        .unwrap_or_else(|| panic!("no daemon config in\n{user_data}"));
+    let body = &user_data[start..];
+    let body = &body[body.find("content: |\n").expect("content") + "content: |\n".len()..];
+    body.lines()
+        .take_while(|l| l.is_empty() || l.starts_with("      "))
+        .map(|l| format!("{}\n", l.get(6..).unwrap_or("")))
+        .collect()
+}
+
+/// Put `detail` on us-east-1's default bus as CloudTrail puts an IAM call there.
+async fn put_iam_call(events: &aws_sdk_eventbridge::Client, detail: serde_json::Value) {
+    let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+        .source("aws.iam")
+        .detail_type("AWS API Call via CloudTrail")
+        .detail(detail.to_string())
+        .build();
+    let out = events
+        .put_events()
+        .entries(entry)
+        .send()
+        .await
+        .expect("put events");
+    assert_eq!(out.failed_entry_count(), 0, "{out:?}");
+}
+
+/// Every message the queue shows in `rounds` receives, by id (the queue is a broadcast:
+/// nothing is deleted, every receive sees them again).
+async fn queue_messages(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    rounds: usize,
+) -> (
+    std::collections::BTreeMap<String, serde_json::Value>,
+    Vec<usize>,
+) {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut per_round = Vec::new();
+    for _ in 0..rounds {
+        let out = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        per_round.push(out.messages().len());
+        for m in out.messages() {
+            let body: serde_json::Value =
+                serde_json::from_str(m.body().unwrap_or_default()).expect("a JSON event");
+            seen.insert(m.message_id().unwrap_or_default().to_owned(), body);
+        }
+    }
+    (seen, per_round)
+}
+
+#[test]
+fn iam_events_from_empty_carry_the_daemons_events_to_the_queue_the_bastion_reads() {
+    let rig = Rig::new();
+    let (rt, ec2) = rig.ec2();
+    rt.block_on(rig.trail("org", true, true, true));
+    let spec = rig.write_spec("lab.toml", &spec_with_events("lab", 50));
+    let plan = rig.ok(&spec, &["plan"]);
+    assert!(plan.contains(&format!("+ sqs queue {QUEUE}")), "{plan}");
+    assert!(plan.contains(&format!("+ events rule {RULE}")), "{plan}");
+    assert!(
+        plan.contains(&format!(
+            "~ events rule {RULE} target queue -> {QUEUE}, events as they are"
+        )),
+        "{plan}"
+    );
+    // The 33 steps of the stack, and the queue, the rule and its target.
+    let out = rig.ok(&spec, &["apply"]);
+    assert_eq!(out, "stack lab: applied 36 step(s); now up to date\n");
+    rig.assert_no_changes(&spec, "lab");
+    assert_eq!(rig.ok(&spec, &["apply"]), "stack lab: no changes\n");
+
+    let sqs = rig.sqs();
+    let events = rig.events();
+    rt.block_on(async {
+        // The queue: a broadcast of 60 s, encrypted, only the rule may send.
+        let url = queue_url(&sqs).await.expect("the queue exists");
+        let attrs = queue_attributes(&sqs, &url).await;
+        let attr = |k: &str| attrs.get(k).cloned().unwrap_or_default();
+        assert_eq!(
+            attr("MessageRetentionPeriod"),
+            gatehouse_aws::events::QUEUE_RETENTION_SECS.to_string()
+        );
+        assert_eq!(attr("VisibilityTimeout"), "0");
+        assert_eq!(attr("ReceiveMessageWaitTimeSeconds"), "20");
+        assert_eq!(attr("SqsManagedSseEnabled"), "true");
+        assert_eq!(attr("QueueArn"), QUEUE_ARN);
+        let policy: serde_json::Value = serde_json::from_str(&attr("Policy")).expect("policy");
+        let statements = policy["Statement"].as_array().expect("statements");
+        assert_eq!(statements.len(), 1, "{policy:#}");
+        assert_eq!(
+            statements[0]["Principal"],
+            serde_json::json!({"Service": "events.amazonaws.com"})
+        );
+        assert_eq!(statements[0]["Action"], "sqs:SendMessage");
+        assert_eq!(statements[0]["Resource"], QUEUE_ARN);
+        assert_eq!(
+            statements[0]["Condition"]["ArnEquals"]["aws:SourceArn"],
+            format!("arn:aws:events:us-east-1:{ACCOUNT}:rule/{RULE}")
+        );
+        let tags = sqs
+            .list_queue_tags()
+            .queue_url(&url)
+            .send()
+            .await
+            .expect("queue tags");
+        let tags = tags.tags().cloned().unwrap_or_default();
+        assert_eq!(tags.get("gatehouse:stack").map(String::as_str), Some("lab"));
+        assert_eq!(
+            tags.get("project").map(String::as_str),
+            Some("gatehouse-test")
+        );
+
+        // The rule: the daemon's pattern (compared as JSON), enabled, one target, tagged.
+        let rule = events
+            .describe_rule()
+            .name(RULE)
+            .send()
+            .await
+            .expect("the rule exists");
+        let pattern: serde_json::Value =
+            serde_json::from_str(rule.event_pattern().expect("pattern")).expect("json");
+        assert_eq!(pattern, gatehouse_aws::events::iam_event_pattern());
+        assert_eq!(rule.state().map(|s| s.as_str()), Some("ENABLED"));
+        assert_eq!(
+            rule_targets(&events).await,
+            [("queue".to_owned(), QUEUE_ARN.to_owned(), false)]
+        );
+        let tags = events
+            .list_tags_for_resource()
+            .resource_arn(rule.arn().expect("arn"))
+            .send()
+            .await
+            .expect("rule tags");
+        assert!(
+            tags.tags()
+                .iter()
+                .any(|t| t.key() == "gatehouse:stack" && t.value() == "lab"),
+            "{tags:?}"
+        );
+
+        // The bastion's config names the queue, as the daemon parses it, and the role grants
+        // what the daemon's own list needs for that config: the receive on this queue.
+        let text = written_daemon_config(&bastion_user_data(&ec2, "lab").await);
+        let config = gatehouse_config::parse(&text, Path::new("gatehouse.toml"))
+            .unwrap_or_else(|e| panic!("the written config is invalid: {e}\n{text}"));
+        let aws = config.aws.expect("[aws]");
+        assert_eq!(
+            aws.events_queue_url.as_deref(),
+            Some(format!("https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/{QUEUE}").as_str()),
+            "{text}"
+        );
+        let mode = gatehouse_aws::actions::Mode::of(&aws);
+        assert!(mode.events);
+        let pol = rig
+            .iam()
+            .get_role_policy()
+            .role_name("gatehouse-lab-bastion")
+            .policy_name("gatehouse-bastion")
+            .send()
+            .await
+            .expect("role policy");
+        let doc = gatehouse_vpc::aws::observe::parse_policy(pol.policy_document());
+        let mut granted: Vec<String> = doc["Statement"]
+            .as_array()
+            .expect("statements")
+            .iter()
+            .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        granted.sort();
+        let mut needed: Vec<String> = gatehouse_aws::actions::needed(mode)
+            .iter()
+            .map(|a| a.name().to_owned())
+            .collect();
+        needed.sort();
+        assert_eq!(granted, needed);
+        let receive = doc["Statement"]
+            .as_array()
+            .and_then(|l| {
+                l.iter()
+                    .find(|s| s["Action"] == serde_json::json!(["sqs:ReceiveMessage"]))
+            })
+            .unwrap_or_else(|| panic!("no receive statement: {doc:#}"));
+        assert_eq!(receive["Resource"], QUEUE_ARN);
+
+        // Events as CloudTrail puts them on us-east-1's default bus: the call the daemon acts
+        // on arrives; a call it does not list, and a listed call that failed, do not.
+        let ignored = "GetUser";
+        assert!(!gatehouse_aws::events::IAM_EVENT_NAMES.contains(&ignored));
+        put_iam_call(
+            &events,
+            serde_json::json!({
+                "eventSource": "iam.amazonaws.com",
+                "eventName": ignored,
+                "requestParameters": {"userName": "mallory"},
+            }),
+        )
+        .await;
+        put_iam_call(
+            &events,
+            serde_json::json!({
+                "eventSource": "iam.amazonaws.com",
+                "eventName": "UploadSSHPublicKey",
+                "errorCode": "AccessDenied",
+                "requestParameters": {"userName": "eve"},
+            }),
+        )
+        .await;
+        put_iam_call(
+            &events,
+            serde_json::json!({
+                "eventSource": "iam.amazonaws.com",
+                "eventName": "UpdateSSHPublicKey",
+                "requestParameters": {"userName": "alice", "status": "Inactive"},
+            }),
+        )
+        .await;
+        let (seen, per_round) = queue_messages(&sqs, &url, 3).await;
+        assert_eq!(seen.len(), 1, "{seen:#?}");
+        let event = seen.values().next().expect("one event");
+        assert_eq!(event["source"], "aws.iam");
+        assert_eq!(event["detail-type"], "AWS API Call via CloudTrail");
+        assert_eq!(event["detail"]["eventName"], "UpdateSSHPublicKey");
+        assert_eq!(event["detail"]["requestParameters"]["userName"], "alice");
+        // Nobody deleted it: every receive (every replica) sees it again.
+        assert_eq!(per_round, [1, 1, 1]);
+    });
+}
+
+#[test]
+fn iam_events_drift_is_repaired_the_switch_removes_and_recreates_and_destroy_leaves_nothing() {
+    let rig = Rig::new();
+    let (rt, ec2) = rig.ec2();
+    rt.block_on(rig.trail("org", true, true, true));
+    let on = rig.write_spec("on.toml", &spec_with_events("lab", 50));
+    let off = rig.write_spec("off.toml", &spec_text("lab", 50, "single"));
+    rig.ok(&on, &["apply"]);
+    let sqs = rig.sqs();
+    let events = rig.events();
+    let url = rt.block_on(queue_url(&sqs)).expect("queue");
+
+    // Drift by hand: the target removed, the pattern widened, the retention raised.
+    rt.block_on(async {
+        events
+            .remove_targets()
+            .rule(RULE)
+            .ids("queue")
+            .send()
+            .await
+            .expect("remove target");
+        events
+            .put_rule()
+            .name(RULE)
+            .event_pattern(r#"{"source": ["aws.iam"]}"#)
+            .send()
+            .await
+            .expect("put rule");
+        sqs.set_queue_attributes()
+            .queue_url(&url)
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::MessageRetentionPeriod,
+                "345600",
+            )
+            .send()
+            .await
+            .expect("set retention");
+    });
+    let plan = rig.ok(&on, &["plan"]);
+    // moto 5.2.5's SetQueueAttributes also drops the queue policy when the call does not name
+    // it (AWS keeps it): the plan sees that drift too, and repairs it.
+    assert!(
+        plan.contains(&format!(
+            "~ sqs queue {QUEUE} attributes MessageRetentionPeriod, Policy\n"
+        )),
+        "{plan}"
+    );
+    for line in [
+        format!("~ events rule {RULE} event pattern\n"),
+        format!("~ events rule {RULE} target queue -> {QUEUE}, events as they are\n"),
+        "stack lab: 0 to create, 3 to change, 0 to delete\n".to_owned(),
+    ] {
+        assert!(plan.contains(&line), "{line:?} not in\n{plan}");
+    }
+    rig.ok(&on, &["apply"]);
+    rig.assert_no_changes(&on, "lab");
+    rt.block_on(async {
+        let attrs = queue_attributes(&sqs, &url).await;
+        assert_eq!(
+            attrs.get("MessageRetentionPeriod").map(String::as_str),
+            Some("60")
+        );
+        let policy: serde_json::Value =
+            serde_json::from_str(attrs.get("Policy").map_or("null", String::as_str))
+                .expect("policy");
+        assert_eq!(
+            policy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"],
+            format!("arn:aws:events:us-east-1:{ACCOUNT}:rule/{RULE}"),
+            "{attrs:#?}"
+        );
+        let rule = events
+            .describe_rule()
+            .name(RULE)
+            .send()
+            .await
+            .expect("rule");
+        let pattern: serde_json::Value =
+            serde_json::from_str(rule.event_pattern().expect("pattern")).expect("json");
+        assert_eq!(pattern, gatehouse_aws::events::iam_event_pattern());
+        assert_eq!(
+            rule_targets(&events).await,
+            [("queue".to_owned(), QUEUE_ARN.to_owned(), false)]
+        );
+    });
+
+    // Off: the rule (targets first) and the queue go; the bastion is replaced.
+    let plan = rig.ok(&off, &["plan"]);
+    let rule_at = plan
+        .find(&format!("- events rule {RULE}"))
+        .unwrap_or_else(|| panic!("the rule is kept:\n{plan}"));
+    let queue_at = plan
+        .find(&format!("- sqs queue {QUEUE}"))
+        .unwrap_or_else(|| panic!("the queue is kept:\n{plan}"));
+    assert!(rule_at < queue_at, "{plan}");
+    assert!(plan.contains("replace: user data changed"), "{plan}");
+    rig.ok(&off, &["apply"]);
+    rig.assert_no_changes(&off, "lab");
+    rt.block_on(async {
+        assert_eq!(queue_url(&sqs).await, None, "the queue outlived the switch");
+        assert!(events.describe_rule().name(RULE).send().await.is_err());
+        let text = written_daemon_config(&bastion_user_data(&ec2, "lab").await);
+        assert!(!text.contains("events_queue_url"), "{text}");
+    });
+
+    // On again, interrupted right after the queue is created: the next apply finds it and
+    // makes the rest.
+    let plan = rig.ok(&on, &["plan"]);
+    let steps: Vec<&str> = plan.lines().filter(|l| !l.starts_with("stack ")).collect();
+    let queue_step = steps
+        .iter()
+        .position(|l| l.starts_with(&format!("+ sqs queue {QUEUE}")))
+        .unwrap_or_else(|| panic!("no queue in\n{plan}"));
+    let out = rig
+        .command(&on, &["apply"])
+        .env(
+            "GATEHOUSE_VPC_TEST_KILL_AFTER_STEPS",
+            (queue_step + 1).to_string(),
+        )
+        .checked_output("run");
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    let killed = String::from_utf8_lossy(&out.stderr);
+    assert!(killed.contains(&format!("+ sqs queue {QUEUE}")), "{killed}");
+    assert!(
+        !killed.contains(&format!("+ events rule {RULE}")),
+        "{killed}"
+    );
+    rt.block_on(async {
+        assert!(queue_url(&sqs).await.is_some(), "the queue was created");
+        assert!(events.describe_rule().name(RULE).send().await.is_err());
+    });
+    let plan = rig.ok(&on, &["plan"]);
+    assert!(!plan.contains(&format!("+ sqs queue {QUEUE}")), "{plan}");
+    assert!(plan.contains(&format!("+ events rule {RULE}")), "{plan}");
+    rig.ok(&on, &["apply"]);
+    rig.assert_no_changes(&on, "lab");
+
+    // destroy: nothing of the stack is left, the queue and the rule included.
+    let out = rig.ok(&on, &["destroy"]);
+    assert!(out.contains("stack lab: destroyed"), "{out}");
+    rt.block_on(async {
+        assert_eq!(queue_url(&sqs).await, None, "the queue outlived destroy");
+        assert!(events.describe_rule().name(RULE).send().await.is_err());
+        let left: Vec<_> = tagged_counts(&ec2, "lab")
+            .await
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert!(left.is_empty(), "tagged resources left: {left:?}");
+    });
+    let again = rig.ok(&on, &["destroy"]);
+    assert!(again.contains("destroyed (0 step(s))"), "{again}");
+}
+
+#[test]
+fn iam_events_are_refused_without_a_logging_trail_and_never_touch_a_queue_not_ours() {
+    let rig = Rig::new();
+    let (rt, ec2) = rig.ec2();
+    let spec = rig.write_spec("lab.toml", &spec_with_events("lab", 50));
+    let refused = |what: &str| -> String {
+        let out = rig.run(&spec, &[what]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(
+            err.contains(
+                "[bastion] iam_events: no CloudTrail trail delivers IAM's API calls to \
+                 EventBridge in us-east-1"
+            ),
+            "{what}: {err}"
+        );
+        assert!(err.contains("or set iam_events = false"), "{err}");
+        err
+    };
+    // No trail at all: plan and apply refuse, and apply created nothing.
+    let err = refused("plan");
+    assert!(
+        err.contains("The account has no trail that us-east-1 sees."),
+        "{err}"
+    );
+    refused("apply");
+    rt.block_on(async {
+        let made: usize = tagged_counts(&ec2, "lab")
+            .await
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(made, 0, "apply changed something before refusing");
+        assert_eq!(queue_url(&rig.sqs()).await, None);
+    });
+    // Trails that cannot deliver: each named with why.
+    rt.block_on(async {
+        rig.trail("audit", true, true, false).await;
+        rig.trail("local", false, false, true).await;
+    });
+    let err = refused("plan");
+    assert!(
+        err.contains("Trails: audit (logging is off); local (without global service events)."),
+        "{err}"
+    );
+    // Logging on: planned.
+    rt.block_on(async {
+        rig.cloudtrail()
+            .start_logging()
+            .name("audit")
+            .send()
+            .await
+            .expect("start logging");
+    });
+    let plan = rig.ok(&spec, &["plan"]);
+    assert!(plan.contains(&format!("+ sqs queue {QUEUE}")), "{plan}");
+
+    // A queue of the stack's name without its tag: refused, and destroy leaves it.
+    let sqs = rig.sqs();
+    rt.block_on(async {
+        sqs.create_queue()
+            .queue_name(QUEUE)
+            .send()
+            .await
+            .expect("someone else's queue");
+    });
+    let out = rig.run(&spec, &["plan"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "SQS queue \"{QUEUE}\" exists but does not carry gatehouse:stack = lab"
+        )),
+        "{err}"
+    );
+    // Without the switch the stack does not need the name: planned without touching it.
+    let off = rig.write_spec("off.toml", &spec_text("lab", 50, "single"));
+    let plan = rig.ok(&off, &["plan"]);
+    assert!(!plan.contains("iam-events"), "{plan}");
+    let out = rig.ok(&spec, &["destroy"]);
+    assert!(out.contains("destroyed (0 step(s))"), "{out}");
+    assert!(
+        rt.block_on(queue_url(&sqs)).is_some(),
+        "the foreign queue was deleted"
+    );
 }

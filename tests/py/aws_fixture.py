@@ -26,7 +26,7 @@ Prints one JSON list with a result per operation. Operations:
                                                         (an IAM user whose only permission is DOC)
     {"op": "set_user_policy", "name": N, "policy": DOC} -> {} (replaces its inline policy)
     {"op": "delete_parameter", "name": P}            -> {"deleted": bool}
-    {"op": "call", "service": "ec2" | "ssm" | ..., "method": M, "args": {...}}
+    {"op": "call", "service": "ec2" | "sqs" | "events" | ..., "method": M, "args": {...}}
                                                      -> the answer (boto3's, as JSON)
     {"op": "stack_leftovers", "stack": S, "role": R, "parameter": P}
                                                      -> {"leftovers": ["kind id", ...]}
@@ -227,7 +227,8 @@ def main():
             except ssm.exceptions.ParameterNotFound:
                 out.append({"deleted": False})
         elif kind == "call":
-            client = {"ec2": ec2, "iam": iam, "ssm": ssm, "s3": s3}[op["service"]]
+            client = ({"ec2": ec2, "iam": iam, "ssm": ssm, "s3": s3}.get(op["service"])
+                      or boto3.client(op["service"], **kw))
             answer = getattr(client, op["method"])(**op.get("args", {}))
             answer.pop("ResponseMetadata", None)
             out.append(json.loads(json.dumps(answer, default=str)))

@@ -50,7 +50,7 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrad
 
 def service_of(headers, body):
     auth = headers.get("Authorization", "")
-    for svc in ("iam", "ec2", "ssm", "sts", "ec2-instance-connect"):
+    for svc in ("iam", "ec2", "ssm", "sts", "ec2-instance-connect", "sqs", "events"):
         if f"/{svc}/aws4_request" in auth:
             return svc
     return "unknown"
@@ -85,6 +85,12 @@ def no_such_entity_answer(user):
 
 def denied_answer(service, action):
     who = "arn:aws:sts::123456789012:assumed-role/gatehouse-bastion/i-0123456789abcdef0"
+    if service == "sqs":
+        body = json.dumps({"__type": "com.amazon.coral.service#AccessDeniedException",
+                           "message": f"User: {who} is not authorized to perform: "
+                                      f"sqs:{action} because no identity-based policy allows "
+                                      f"the sqs:{action} action"})
+        return 400, "application/x-amz-json-1.0", body.encode()
     if service in ("ssm", "ec2-instance-connect"):
         body = json.dumps({"__type": "AccessDeniedException",
                            "Message": f"User: {who} is not authorized to perform: "

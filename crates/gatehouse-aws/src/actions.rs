@@ -22,6 +22,8 @@ pub enum Resource {
     /// The IAM change-event queue `aws.events_queue_url`:
     /// `arn:PARTITION:sqs:REGION:ACCOUNT:NAME` (IAM's events arrive in `us-east-1`).
     EventQueue,
+    /// The object `aws.shared_snapshot`: `arn:PARTITION:s3:::BUCKET/KEY`.
+    SharedSnapshot,
 }
 
 /// When the daemon needs an action.
@@ -39,6 +41,8 @@ pub enum Need {
     Events,
     /// With `aws.events_queue_url` and `aws.iam_group_prefix`.
     EventsGroupPrefix,
+    /// With `aws.shared_snapshot`.
+    SharedSnapshot,
 }
 
 /// One IAM action of the daemon.
@@ -131,6 +135,12 @@ actions! {
     /// Re-reads one changed user's IAM groups.
     LIST_GROUPS_FOR_USER = "iam:ListGroupsForUser", IamUsers, EventsGroupPrefix, true,
         "only with `events_queue_url` and `iam_group_prefix`: re-read the IAM groups of a user an event names";
+    /// Reads the fleet's shared listing.
+    GET_OBJECT = "s3:GetObject", SharedSnapshot, SharedSnapshot, true,
+        "only with `shared_snapshot`: start from the fleet's shared listing";
+    /// Shares this replica's listing.
+    PUT_OBJECT = "s3:PutObject", SharedSnapshot, SharedSnapshot, true,
+        "only with `shared_snapshot`: share the listing after each IAM sweep, at most once a minute otherwise";
 }
 
 /// What the daemon is configured to do, as far as its AWS permissions are concerned.
@@ -146,6 +156,8 @@ pub struct Mode {
     pub events: bool,
     /// `aws.iam_group_prefix` is set.
     pub iam_group_prefix: bool,
+    /// `aws.shared_snapshot` is set.
+    pub shared_snapshot: bool,
 }
 
 impl Mode {
@@ -158,6 +170,7 @@ impl Mode {
             instance_connect: settings.instance_connect,
             events: settings.events_queue_url.is_some(),
             iam_group_prefix: settings.iam_group_prefix.is_some(),
+            shared_snapshot: settings.shared_snapshot.is_some(),
         }
     }
 
@@ -169,6 +182,7 @@ impl Mode {
             Need::InstanceConnect => self.instance_connect,
             Need::Events => self.events,
             Need::EventsGroupPrefix => self.events && self.iam_group_prefix,
+            Need::SharedSnapshot => self.shared_snapshot,
         }
     }
 }
@@ -192,6 +206,7 @@ mod tests {
         ("build.rs", include_str!("build.rs")),
         ("instance_connect.rs", include_str!("instance_connect.rs")),
         ("events.rs", include_str!("events.rs")),
+        ("shared.rs", include_str!("shared.rs")),
     ];
 
     /// The argument of every `.count(` in the fetchers' sources.
@@ -239,7 +254,7 @@ mod tests {
         for a in ALL {
             let (service, call) = a.name().split_once(':').expect("service:Action");
             assert!(
-                ["iam", "ec2", "ssm", "ec2-instance-connect", "sqs"].contains(&service),
+                ["iam", "ec2", "ssm", "ec2-instance-connect", "sqs", "s3"].contains(&service),
                 "{}",
                 a.name()
             );
@@ -287,6 +302,11 @@ mod tests {
             ..Mode::default()
         });
         assert_eq!(&events[base.len()..], ["sqs:ReceiveMessage", "iam:GetUser"]);
+        let shared = names(Mode {
+            shared_snapshot: true,
+            ..Mode::default()
+        });
+        assert_eq!(&shared[base.len()..], ["s3:GetObject", "s3:PutObject"]);
         // The group prefix alone needs nothing more: the account listing names the groups.
         assert_eq!(
             names(Mode {
@@ -301,6 +321,7 @@ mod tests {
             instance_connect: true,
             events: true,
             iam_group_prefix: true,
+            shared_snapshot: true,
         });
         assert_eq!(everything.len(), ALL.len());
     }
@@ -311,7 +332,8 @@ mod tests {
             "[server]\nlisten = [\"0.0.0.0:22\"]\n[aws]\nvpc_ids = [\"vpc-1\"]\n\
              iam_group_prefix = \"gatehouse-\"\nhost_key_ssm_parameter = \"/g/k\"\n\
              host_key_tags = { \"gatehouse:stack\" = \"lab\" }\ninstance_connect = true\n\
-             events_queue_url = \"https://sqs.us-east-1.amazonaws.com/123456789012/q\"\n",
+             events_queue_url = \"https://sqs.us-east-1.amazonaws.com/123456789012/q\"\n\
+             shared_snapshot = \"s3://b-1/k\"\n",
             std::path::Path::new("t.toml"),
         )
         .expect("config");
@@ -324,6 +346,7 @@ mod tests {
                 instance_connect: true,
                 events: true,
                 iam_group_prefix: true,
+                shared_snapshot: true,
             }
         );
     }

@@ -236,6 +236,147 @@ impl IamFetcher {
     }
 }
 
+/// Re-reads single users (those an IAM change event names), with the listing's client,
+/// settings and pace but without its key cache: an event is rare, and a key it concerns has
+/// usually just changed.
+#[derive(Debug, Clone)]
+pub struct UserReader {
+    client: Client,
+    path_prefix: Option<String>,
+    group_prefix: Option<String>,
+    groups_tag: String,
+    pace: Arc<Pace>,
+}
+
+impl IamFetcher {
+    /// A reader of single users that shares this fetcher's client, settings and pace.
+    pub fn user_reader(&self) -> UserReader {
+        UserReader {
+            client: self.client.clone(),
+            path_prefix: self.path_prefix.clone(),
+            group_prefix: self.group_prefix.clone(),
+            groups_tag: self.groups_tag.clone(),
+            pace: self.pace.clone(),
+        }
+    }
+}
+
+impl UserReader {
+    /// A new fetcher with this reader's client, settings and pace, and an empty key cache
+    /// (for when a sweep's fetcher was lost with its task).
+    pub fn fetcher(&self) -> IamFetcher {
+        IamFetcher {
+            client: self.client.clone(),
+            path_prefix: self.path_prefix.clone(),
+            group_prefix: self.group_prefix.clone(),
+            groups_tag: self.groups_tag.clone(),
+            cache: HashMap::new(),
+            pace: self.pace.clone(),
+        }
+    }
+
+    /// `name` as the listing would see it now: `None` when the user is gone, outside the path
+    /// prefix, cannot be a gatehouse user or has no Active key. Calls: GetUser, then
+    /// (with `iam_group_prefix`) ListGroupsForUser, then ListSSHPublicKeys and one
+    /// GetSSHPublicKey per Active key.
+    ///
+    /// # Errors
+    /// Any failed call other than `NoSuchEntity`.
+    pub async fn read(&self, name: &str, calls: &Calls) -> Result<Option<UserRecord>, AwsError> {
+        self.pace.ready().await;
+        calls.count(actions::GET_USER);
+        let answer = self
+            .client
+            .get_user()
+            .user_name(name)
+            .send()
+            .await
+            .map_err(|e| AwsError::call("iam", "GetUser", &e));
+        let Some(user) = unless_gone(answer)?.and_then(|a| a.user) else {
+            return Ok(None);
+        };
+        let path = user.path();
+        if self
+            .path_prefix
+            .as_deref()
+            .is_some_and(|prefix| !path.starts_with(prefix))
+        {
+            return Ok(None);
+        }
+        let tags: Vec<(String, String)> = user
+            .tags()
+            .iter()
+            .map(|t| (t.key().to_owned(), t.value().to_owned()))
+            .collect();
+        let iam_groups = match &self.group_prefix {
+            Some(prefix) => match self.groups(name, calls).await? {
+                Some(groups) => groups
+                    .into_iter()
+                    .filter(|g| g.starts_with(prefix.as_str()))
+                    .collect(),
+                None => return Ok(None),
+            },
+            None => Vec::new(),
+        };
+        let candidate = tags.iter().any(|(k, _)| k == &self.groups_tag) || !iam_groups.is_empty();
+        if !candidate {
+            return Ok(None);
+        }
+        let Some(active) = active_keys(&self.client, name, calls, &self.pace).await? else {
+            return Ok(None);
+        };
+        let mut keys = Vec::new();
+        for (id, _) in active {
+            self.pace.ready().await;
+            if let Some(key) = get_key(&self.client, name, &id, calls).await? {
+                keys.push((id, key));
+            }
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(UserRecord {
+            name: name.to_owned(),
+            tags,
+            iam_groups,
+            keys,
+        }))
+    }
+
+    /// Every IAM group `name` is in; `None` when the user is gone.
+    async fn groups(&self, name: &str, calls: &Calls) -> Result<Option<Vec<String>>, AwsError> {
+        let mut groups = Vec::new();
+        let mut marker: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            self.pace.ready().await;
+            calls.count(actions::LIST_GROUPS_FOR_USER);
+            let answer = self
+                .client
+                .list_groups_for_user()
+                .user_name(name)
+                .set_marker(marker.clone())
+                .max_items(PAGE)
+                .send()
+                .await
+                .map_err(|e| AwsError::call("iam", "ListGroupsForUser", &e));
+            let Some(page) = unless_gone(answer)? else {
+                return Ok(None);
+            };
+            groups.extend(page.groups().iter().map(|g| g.group_name().to_owned()));
+            match next_marker(
+                page.is_truncated(),
+                page.marker(),
+                &marker,
+                "ListGroupsForUser",
+            )? {
+                Some(next) => marker = Some(next),
+                None => return Ok(Some(groups)),
+            }
+        }
+        Err(too_many_pages("ListGroupsForUser"))
+    }
+}
+
 /// Runs `job` on every item, [`CONCURRENCY`] at a time, keeping the items' order and dropping
 /// `None`s. The first error fails the whole (the other jobs are abandoned).
 async fn concurrently<T, R, Fut>(items: Vec<T>, job: impl Fn(T) -> Fut) -> Result<Vec<R>, AwsError>

@@ -32,6 +32,7 @@ pub mod names;
 mod pace;
 pub mod persist;
 pub mod refresh;
+pub mod shared;
 
 use std::time::Duration;
 
@@ -65,6 +66,10 @@ pub struct Clients {
     pub ssm: aws_sdk_ssm::Client,
     /// EC2 Instance Connect, with shorter timeouts: a login waits on it.
     pub instance_connect: aws_sdk_ec2instanceconnect::Client,
+    /// SQS in the event queue's region, when `aws.events_queue_url` is set.
+    pub sqs: Option<aws_sdk_sqs::Client>,
+    /// S3, when `aws.shared_snapshot` is set, with short timeouts: a start may wait on it.
+    pub s3: Option<aws_sdk_s3::Client>,
 }
 
 impl Clients {
@@ -88,7 +93,38 @@ impl Clients {
             loader = loader.endpoint_url(url);
         }
         let sdk = loader.load().await;
+        let sqs = settings.events_queue_url.as_deref().map(|url| {
+            // A receive is a long poll: its attempt lasts the poll's wait and then some.
+            let mut config = aws_sdk_sqs::config::Builder::from(&sdk).timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(events::WAIT + ATTEMPT_TIMEOUT)
+                    .operation_timeout(events::WAIT + CALL_TIMEOUT)
+                    .build(),
+            );
+            if let Some(region) = queue_region(url) {
+                config = config.region(Region::new(region));
+            }
+            aws_sdk_sqs::Client::from_conf(config.build())
+        });
+        let s3 = settings.shared_snapshot.as_ref().map(|_| {
+            aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(&sdk)
+                    // An endpoint override (moto, a local S3) serves buckets by path.
+                    .force_path_style(settings.endpoint_url.is_some())
+                    .timeout_config(
+                        TimeoutConfig::builder()
+                            .connect_timeout(CONNECT_TIMEOUT)
+                            .operation_attempt_timeout(shared::ATTEMPT_TIMEOUT)
+                            .operation_timeout(shared::CALL_TIMEOUT)
+                            .build(),
+                    )
+                    .build(),
+            )
+        });
         Clients {
+            sqs,
+            s3,
             iam: aws_sdk_iam::Client::new(&sdk),
             ec2: aws_sdk_ec2::Client::new(&sdk),
             ssm: aws_sdk_ssm::Client::new(&sdk),
@@ -104,5 +140,37 @@ impl Clients {
                     .build(),
             ),
         }
+    }
+}
+
+/// The region of an SQS queue URL (`https://sqs.REGION.amazonaws.com/...`); `None` for
+/// another form (an endpoint override: the configured region applies).
+fn queue_region(url: &str) -> Option<String> {
+    let host = url.strip_prefix("https://")?.split('/').next()?;
+    let region = host
+        .strip_prefix("sqs.")?
+        .split(".amazonaws.com")
+        .next()
+        .filter(|r| !r.is_empty() && !r.contains('.'))?;
+    Some(region.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_queue_region_comes_from_the_queue_url() {
+        assert_eq!(
+            super::queue_region("https://sqs.us-east-1.amazonaws.com/123456789012/q").as_deref(),
+            Some("us-east-1")
+        );
+        assert_eq!(
+            super::queue_region("https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q")
+                .as_deref(),
+            Some("cn-north-1")
+        );
+        assert_eq!(
+            super::queue_region("http://127.0.0.1:5000/123456789012/q"),
+            None
+        );
     }
 }

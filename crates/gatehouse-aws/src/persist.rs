@@ -98,17 +98,14 @@ fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes the listing that started at `started` (wall clock) to `path`, atomically.
-///
-/// # Errors
-/// The file could not be written (the old one, if any, stays).
-pub fn save(
-    path: &Path,
+/// The listing that started at `started` (wall clock), as the bytes of a saved listing (the
+/// file's and the shared copy's).
+pub fn encode(
     settings: &AwsConfig,
     started: SystemTime,
     identities: &[Identity],
     hosts: &[Host],
-) -> std::io::Result<()> {
+) -> Vec<u8> {
     let saved = Saved {
         format: FORMAT,
         scope: Scope::of(settings),
@@ -133,7 +130,22 @@ pub fn save(
             })
             .collect(),
     };
-    let text = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
+    // Plain data of strings, numbers and addresses: serializing it cannot fail.
+    serde_json::to_vec(&saved).unwrap_or_default()
+}
+
+/// Writes the listing that started at `started` (wall clock) to `path`, atomically.
+///
+/// # Errors
+/// The file could not be written (the old one, if any, stays).
+pub fn save(
+    path: &Path,
+    settings: &AwsConfig,
+    started: SystemTime,
+    identities: &[Identity],
+    hosts: &[Host],
+) -> std::io::Result<()> {
+    let text = encode(settings, started, identities, hosts);
     let temp = temp_path(path);
     {
         use std::io::Write as _;
@@ -170,8 +182,14 @@ pub fn load(path: &Path, settings: &AwsConfig) -> Result<Option<Restored>, Strin
         ));
     }
     let text = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    decode(&text, settings).map(Some)
+}
+
+/// A saved listing's bytes, if it may be used now under `settings` (see the module docs);
+/// `Err` says why not.
+pub fn decode(text: &[u8], settings: &AwsConfig) -> Result<Restored, String> {
     let saved: Saved =
-        serde_json::from_slice(&text).map_err(|e| format!("not a saved listing: {e}"))?;
+        serde_json::from_slice(text).map_err(|e| format!("not a saved listing: {e}"))?;
     if saved.format != FORMAT {
         return Err(format!(
             "format {} (this bastion writes {FORMAT})",
@@ -227,12 +245,12 @@ pub fn load(path: &Path, settings: &AwsConfig) -> Result<Option<Restored>, Strin
             login_users: saved.login_users,
         });
     }
-    Ok(Some(Restored {
+    Ok(Restored {
         identities,
         hosts,
         started,
         age,
-    }))
+    })
 }
 
 #[cfg(test)]

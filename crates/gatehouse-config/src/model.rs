@@ -202,6 +202,27 @@ pub struct AwsConfig {
     /// it. Range `refresh_interval`..24h; without events it must be shorter than
     /// `max_staleness`. Instances are listed every `refresh_interval` whatever this is.
     pub iam_sweep_interval: Duration,
+    /// `shared_snapshot`: an S3 object (`"s3://BUCKET/KEY"`) where every replica shares its
+    /// last good listing (after each IAM sweep, and at most once a minute otherwise), so that
+    /// a new replica (or one whose `snapshot_file` is gone) serves at once from the fleet's
+    /// listing while it is within `max_staleness`, then sweeps. Whoever may write the object
+    /// decides who gets in: only the bastion role may. `None`: nothing is shared.
+    pub shared_snapshot: Option<S3Object>,
+}
+
+/// An S3 object's location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Object {
+    /// The bucket's name.
+    pub bucket: String,
+    /// The object's key.
+    pub key: String,
+}
+
+impl std::fmt::Display for S3Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
 }
 
 impl AwsConfig {

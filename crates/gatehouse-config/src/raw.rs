@@ -60,6 +60,7 @@ pub(crate) struct RawAws {
     pub(crate) iam_calls_per_second: Option<Spanned<Integer>>,
     pub(crate) events_queue_url: Option<Spanned<String>>,
     pub(crate) iam_sweep_interval: Option<Spanned<String>>,
+    pub(crate) shared_snapshot: Option<Spanned<String>>,
 }
 
 /// `[limits]`.

@@ -1047,6 +1047,21 @@ impl Validator<'_> {
             .unwrap_or(DEFAULT_IAM_CALLS_PER_SECOND),
             events_queue_url,
             iam_sweep_interval,
+            shared_snapshot: a.shared_snapshot.as_ref().and_then(|u| {
+                let parsed = parse_s3_object(u.get_ref());
+                if parsed.is_none() {
+                    self.error(
+                        &u.span(),
+                        format!(
+                            "aws.shared_snapshot: `{}` is not an S3 object such as \
+                             \"s3://gatehouse-lab-123456789012/aws-directory.json\" (a bucket \
+                             name of 3 to 63 of `a-z 0-9 . -`, then a key)",
+                            u.get_ref().escape_debug()
+                        ),
+                    );
+                }
+                parsed
+            }),
             snapshot_file: a.snapshot_file.as_ref().and_then(|p| {
                 let path = std::path::PathBuf::from(p.get_ref());
                 if path.is_absolute() && path.file_name().is_some() {
@@ -1384,4 +1399,21 @@ fn check_queue_url(url: &str, endpoint_override: bool) -> Result<(), &'static st
     } else {
         Err(WHY)
     }
+}
+
+/// `s3://BUCKET/KEY`: a bucket name by S3's rules (3 to 63 of `a-z 0-9 . -`, starting and ending
+/// with a letter or digit) and a key of 1 to 1024 printable ASCII characters.
+fn parse_s3_object(url: &str) -> Option<S3Object> {
+    let (bucket, key) = url.strip_prefix("s3://")?.split_once('/')?;
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let key_ok = (1..=1024).contains(&key.len()) && key.chars().all(|c| c.is_ascii_graphic());
+    (bucket_ok && key_ok).then(|| S3Object {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+    })
 }

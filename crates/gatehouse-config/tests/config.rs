@@ -1554,3 +1554,93 @@ fn server_health_listen_is_an_address_of_its_own() {
     let list = errors("[server]\nlisten = [\"0.0.0.0:22\"]\nhealth_listen = \"8080\"\n");
     has_error(&list, "server.health_listen");
 }
+
+#[test]
+fn aws_events_set_the_sweep_slow_and_their_queue_url_is_checked() {
+    const AWS: &str = "[aws]\nvpc_ids = [\"vpc-1\"]\n";
+    // Without events, IAM is swept every refresh.
+    let aws = ok(&format!("{SERVER}{AWS}refresh_interval = \"20s\"\n"))
+        .aws
+        .expect("aws");
+    assert_eq!(aws.events_queue_url, None);
+    assert_eq!(aws.iam_sweep_interval, Duration::from_secs(20));
+    // With them, every half hour, unless said otherwise.
+    let url = "https://sqs.us-east-1.amazonaws.com/123456789012/gatehouse-lab-iam-events";
+    let aws = ok(&format!("{SERVER}{AWS}events_queue_url = \"{url}\"\n"))
+        .aws
+        .expect("aws");
+    assert_eq!(aws.events_queue_url.as_deref(), Some(url));
+    assert_eq!(aws.iam_sweep_interval, Duration::from_secs(30 * 60));
+    let aws = ok(&format!(
+        "{SERVER}{AWS}events_queue_url = \"{url}\"\niam_sweep_interval = \"2h\"\n"
+    ))
+    .aws
+    .expect("aws");
+    assert_eq!(aws.iam_sweep_interval, Duration::from_secs(2 * 3600));
+    // China's partition, and moto behind an endpoint override.
+    ok(&format!(
+        "{SERVER}{AWS}events_queue_url = \"https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q\"\n"
+    ));
+    ok(&format!(
+        "{SERVER}{AWS}endpoint_url = \"http://127.0.0.1:5000\"\n\
+         events_queue_url = \"http://127.0.0.1:5000/123456789012/q\"\n"
+    ));
+    for bad in [
+        "http://sqs.us-east-1.amazonaws.com/123456789012/q",
+        "https://example.com/123456789012/q",
+        "https://sqs.us-east-1.amazonaws.com/1234/q",
+        "https://sqs.us-east-1.amazonaws.com/123456789012/",
+        "https://sqs.us-east-1.amazonaws.com/123456789012/q/x",
+        "https://sqs.us-east-1.amazonaws.com/123456789012/q.fifo",
+        "http://127.0.0.1:5000/123456789012/q",
+    ] {
+        let list = errors(&format!("{SERVER}{AWS}events_queue_url = \"{bad}\"\n"));
+        has_error(&list, "aws.events_queue_url");
+        has_error(&list, "is not an SQS queue URL");
+    }
+    // A sweep shorter than a refresh, or (without events) as long as the staleness bound.
+    let list = errors(&format!(
+        "{SERVER}{AWS}events_queue_url = \"{url}\"\niam_sweep_interval = \"10s\"\n"
+    ));
+    has_error(&list, "aws.iam_sweep_interval");
+    let list = errors(&format!("{SERVER}{AWS}iam_sweep_interval = \"15m\"\n"));
+    has_error(&list, "must be shorter than aws.max_staleness");
+    let aws = ok(&format!("{SERVER}{AWS}iam_sweep_interval = \"5m\"\n"))
+        .aws
+        .expect("aws");
+    assert_eq!(aws.iam_sweep_interval, Duration::from_secs(300));
+}
+
+#[test]
+fn aws_shared_snapshot_is_an_s3_object() {
+    const AWS: &str = "[aws]\nvpc_ids = [\"vpc-1\"]\n";
+    let aws = ok(&format!("{SERVER}{AWS}")).aws.expect("aws");
+    assert_eq!(aws.shared_snapshot, None);
+    let aws = ok(&format!(
+        "{SERVER}{AWS}shared_snapshot = \"s3://gatehouse-lab-123456789012/gatehouse/aws-directory.json\"\n"
+    ))
+    .aws
+    .expect("aws");
+    let shared = aws.shared_snapshot.expect("shared");
+    assert_eq!(shared.bucket, "gatehouse-lab-123456789012");
+    assert_eq!(shared.key, "gatehouse/aws-directory.json");
+    assert_eq!(
+        shared.to_string(),
+        "s3://gatehouse-lab-123456789012/gatehouse/aws-directory.json"
+    );
+    for bad in [
+        "gatehouse-lab/x",
+        "https://gatehouse-lab.s3.amazonaws.com/x",
+        "s3://gatehouse-lab",
+        "s3://gatehouse-lab/",
+        "s3://Gatehouse-Lab/x",
+        "s3://ab/x",
+        "s3://-lab/x",
+        "s3://lab-/x",
+        "s3://gatehouse-lab/a key",
+    ] {
+        let list = errors(&format!("{SERVER}{AWS}shared_snapshot = \"{bad}\"\n"));
+        has_error(&list, "aws.shared_snapshot");
+        has_error(&list, "is not an S3 object");
+    }
+}

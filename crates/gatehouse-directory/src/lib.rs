@@ -18,7 +18,7 @@ use ssh_key::{HashAlg, PublicKey};
 use tokio::sync::watch;
 
 /// One person who may log in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// Login name.
     pub name: String,

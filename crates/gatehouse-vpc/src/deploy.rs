@@ -6,8 +6,12 @@
 
 use serde_json::{json, Value};
 
+use gatehouse_aws::events::IAM_EVENTS_REGION;
+
 use crate::model::TAG_STACK;
-use crate::plan::{binary_bucket, host_key_parameter, role_name};
+use crate::plan::{
+    binary_bucket, event_queue_name, event_rule_name, host_key_parameter, role_name,
+};
 use crate::policy::partition;
 
 /// The four commands, as a bit set.
@@ -19,6 +23,9 @@ pub const OUTPUT: u8 = 8;
 pub const READ: u8 = PLAN | APPLY | DESTROY | OUTPUT;
 /// Removals: `destroy`, and `apply` when it replaces or removes something.
 pub const REMOVE: u8 = APPLY | DESTROY;
+/// What planning a spec reads beyond the stack (`apply` plans too): the CloudTrail trails a
+/// spec with `iam_events` needs.
+pub const PLAN_CHECK: u8 = PLAN | APPLY;
 
 /// What an action can be narrowed to in the deployer's policy (resource types and condition
 /// keys as the AWS Service Authorization Reference gives them for each action; a test lints
@@ -50,6 +57,16 @@ pub enum Scope {
     StackBucket,
     /// The objects in it.
     StackBucketObjects,
+    /// The IAM change-event queue, `gatehouse-<stack>-iam-events` in `us-east-1`.
+    EventQueue,
+    /// The rule that feeds it, `rule/gatehouse-<stack>-iam-changes` on the default bus of
+    /// `us-east-1`.
+    EventRule,
+    /// Listing the CloudTrail trails (`DescribeTrails` has no resource-level permissions).
+    TrailList,
+    /// Reading a trail that may deliver IAM's events: any trail of any region (their names
+    /// and home regions are the account's), read only.
+    Trails,
     /// Needs no permission (`sts:GetCallerIdentity`): not in the policy.
     NoPermission,
 }
@@ -113,6 +130,16 @@ calls! {
     GET_BUCKET_ENCRYPTION = "s3" "GetBucketEncryption" "s3:GetEncryptionConfiguration", READ, StackBucket, true;
     GET_BUCKET_POLICY = "s3" "GetBucketPolicy" "s3:GetBucketPolicy", READ, StackBucket, true;
     LIST_OBJECTS_V2 = "s3" "ListObjectsV2" "s3:ListBucket", READ, StackBucket, true;
+    GET_QUEUE_URL = "sqs" "GetQueueUrl" "sqs:GetQueueUrl", READ, EventQueue, true;
+    LIST_QUEUE_TAGS = "sqs" "ListQueueTags" "sqs:ListQueueTags", READ, EventQueue, true;
+    GET_QUEUE_ATTRIBUTES = "sqs" "GetQueueAttributes" "sqs:GetQueueAttributes", READ, EventQueue, true;
+    DESCRIBE_RULE = "events" "DescribeRule" "events:DescribeRule", READ, EventRule, true;
+    LIST_TAGS_FOR_RULE = "events" "ListTagsForResource" "events:ListTagsForResource", READ, EventRule, true;
+    LIST_TARGETS_BY_RULE = "events" "ListTargetsByRule" "events:ListTargetsByRule", READ, EventRule, true;
+    // ---- the precondition of `iam_events` (plan, and apply, which plans) ----
+    DESCRIBE_TRAILS = "cloudtrail" "DescribeTrails" "cloudtrail:DescribeTrails", PLAN_CHECK, TrailList, true;
+    GET_TRAIL_STATUS = "cloudtrail" "GetTrailStatus" "cloudtrail:GetTrailStatus", PLAN_CHECK, Trails, true;
+    GET_EVENT_SELECTORS = "cloudtrail" "GetEventSelectors" "cloudtrail:GetEventSelectors", PLAN_CHECK, Trails, true;
     // ---- creating and repairing (apply) ----
     CREATE_VPC = "ec2" "CreateVpc" "ec2:CreateVpc", APPLY, Ec2Create, true;
     MODIFY_VPC_ATTRIBUTE = "ec2" "ModifyVpcAttribute" "ec2:ModifyVpcAttribute", APPLY, StackTagged, true;
@@ -147,6 +174,14 @@ calls! {
     PUT_BUCKET_ENCRYPTION = "s3" "PutBucketEncryption" "s3:PutEncryptionConfiguration", APPLY, StackBucket, true;
     PUT_BUCKET_POLICY = "s3" "PutBucketPolicy" "s3:PutBucketPolicy", APPLY, StackBucket, true;
     PUT_OBJECT = "s3" "PutObject" "s3:PutObject", APPLY, StackBucketObjects, true;
+    CREATE_QUEUE = "sqs" "CreateQueue" "sqs:CreateQueue", APPLY, EventQueue, true;
+    // Also checked inside CreateQueue, which tags the new queue.
+    TAG_QUEUE = "sqs" "TagQueue" "sqs:TagQueue", APPLY, EventQueue, true;
+    SET_QUEUE_ATTRIBUTES = "sqs" "SetQueueAttributes" "sqs:SetQueueAttributes", APPLY, EventQueue, true;
+    PUT_RULE = "events" "PutRule" "events:PutRule", APPLY, EventRule, true;
+    // Also checked inside PutRule, which tags the new rule.
+    TAG_RULE = "events" "TagResource" "events:TagResource", APPLY, EventRule, true;
+    PUT_TARGETS = "events" "PutTargets" "events:PutTargets", APPLY, EventRule, true;
     // ---- removing (destroy, and apply when it replaces or removes) ----
     TERMINATE_INSTANCES = "ec2" "TerminateInstances" "ec2:TerminateInstances", REMOVE, StackTagged, true;
     DELETE_NAT_GATEWAY = "ec2" "DeleteNatGateway" "ec2:DeleteNatGateway", REMOVE, StackTagged, true;
@@ -167,6 +202,9 @@ calls! {
     DELETE_PARAMETER = "ssm" "DeleteParameter" "ssm:DeleteParameter", REMOVE, HostKeyParameter, true;
     DELETE_OBJECT = "s3" "DeleteObject" "s3:DeleteObject", REMOVE, StackBucketObjects, true;
     DELETE_BUCKET = "s3" "DeleteBucket" "s3:DeleteBucket", REMOVE, StackBucket, true;
+    REMOVE_TARGETS = "events" "RemoveTargets" "events:RemoveTargets", REMOVE, EventRule, true;
+    DELETE_RULE = "events" "DeleteRule" "events:DeleteRule", REMOVE, EventRule, true;
+    DELETE_QUEUE = "sqs" "DeleteQueue" "sqs:DeleteQueue", REMOVE, EventQueue, true;
 }
 
 /// One IAM action of the deployer and everything that needs it.
@@ -233,9 +271,12 @@ const EC2_OWNED: &[&str] = &[
 ];
 
 /// The deployer's policy for `stack` in `region`: every action of [`ALL`], each narrowed as
-/// its [`Scope`] says.
+/// its [`Scope`] says. The IAM change-event resources live in `us-east-1`: a stack of another
+/// partition (China, GovCloud) has none and its policy names none.
 pub fn deployer_policy(stack: &str, region: &str) -> Value {
     let part = partition(region);
+    let events_part = partition(IAM_EVENTS_REGION);
+    let events = part == events_part;
     let role = role_name(stack);
     // The bucket is named after the account: twelve digits, matched by twelve `?` (a `*` would
     // also match the bucket of a stack whose name starts with this one's and a `-`).
@@ -249,6 +290,14 @@ pub fn deployer_policy(stack: &str, region: &str) -> Value {
         actions.sort_unstable();
         actions.dedup();
         actions
+    };
+    // The IAM change-event statements only where us-east-1 is (see above).
+    let events_actions_of = |scopes: &[Scope]| {
+        if events {
+            actions_of(scopes)
+        } else {
+            Vec::new()
+        }
     };
     let ec2 = |types: &[&str]| -> Vec<String> {
         types
@@ -326,6 +375,36 @@ pub fn deployer_policy(stack: &str, region: &str) -> Value {
             "TheBinaries",
             actions_of(&[Scope::StackBucketObjects]),
             json!(format!("arn:{part}:s3:::{bucket}/*")),
+            None,
+        ),
+        (
+            "TheIamEventQueue",
+            events_actions_of(&[Scope::EventQueue]),
+            json!(format!(
+                "arn:{events_part}:sqs:{IAM_EVENTS_REGION}:*:{}",
+                event_queue_name(stack)
+            )),
+            None,
+        ),
+        (
+            "TheIamEventRule",
+            events_actions_of(&[Scope::EventRule]),
+            json!(format!(
+                "arn:{events_part}:events:{IAM_EVENTS_REGION}:*:rule/{}",
+                event_rule_name(stack)
+            )),
+            None,
+        ),
+        (
+            "ListTheTrails",
+            events_actions_of(&[Scope::TrailList]),
+            json!("*"),
+            None,
+        ),
+        (
+            "ReadTheTrailsOfIamEvents",
+            events_actions_of(&[Scope::Trails]),
+            json!(format!("arn:{events_part}:cloudtrail:*:*:trail/*")),
             None,
         ),
     ];
@@ -487,7 +566,7 @@ mod tests {
     fn plan_and_output_only_read() {
         for command in [PLAN, OUTPUT] {
             for call in ALL.iter().filter(|c| c.commands & command != 0) {
-                assert_eq!(call.commands, READ, "{call:?}");
+                assert!([READ, PLAN_CHECK].contains(&call.commands), "{call:?}");
                 let op = call.operation;
                 assert!(
                     ["Describe", "Get", "List", "Head"]

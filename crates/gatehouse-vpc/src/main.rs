@@ -200,7 +200,7 @@ async fn run(cli: Cli, spec: spec::Spec) -> anyhow::Result<ExitCode> {
     let stack = spec.stack.clone();
     match cli.command {
         Command::Plan { json } => {
-            let obs = aws::observe(&clients, &stack)
+            let obs = aws::observe_for(&clients, &spec)
                 .await
                 .context("reading the stack from AWS")?;
             let plan = plan::plan_apply(&spec, &obs).context("planning")?;

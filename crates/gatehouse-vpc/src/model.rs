@@ -199,9 +199,82 @@ impl ObsBucket {
     }
 }
 
+/// The queue of IAM change events (`[bastion] iam_events`), found by its name
+/// ([`crate::plan::event_queue_name`]) in `us-east-1`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsQueue {
+    pub name: String,
+    pub url: String,
+    pub tags: Tags,
+    /// The attributes gatehouse-vpc sets ([`crate::plan::event_queue_attributes`]) as SQS
+    /// reports them; `Policy` is the JSON text.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// One target of the event rule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsTarget {
+    pub id: String,
+    pub arn: String,
+    /// The target rewrites the event (`Input`, `InputPath` or `InputTransformer`): the queue
+    /// would no longer hold the events the daemon reads.
+    pub rewrites: bool,
+}
+
+/// The EventBridge rule that feeds the queue, found by its name
+/// ([`crate::plan::event_rule_name`]) on the default bus of `us-east-1`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsRule {
+    pub name: String,
+    pub arn: String,
+    pub tags: Tags,
+    /// The event pattern, parsed; None when the rule has none (a schedule).
+    pub pattern: Option<serde_json::Value>,
+    /// `ENABLED`, `DISABLED`, ...
+    pub state: String,
+    pub targets: Vec<ObsTarget>,
+}
+
+/// A CloudTrail trail as `us-east-1` sees it (shadow trails of multi-region trails too):
+/// what decides whether IAM's API calls reach EventBridge there. Read only for a spec with
+/// `iam_events`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsTrail {
+    pub name: String,
+    pub arn: String,
+    pub home_region: String,
+    pub multi_region: bool,
+    pub global_service_events: bool,
+    /// `GetTrailStatus`'s `IsLogging`; None when not asked (the trail cannot carry IAM's
+    /// events to `us-east-1` whatever its status).
+    pub logging: Option<bool>,
+    /// Its event selectors record management write events (IAM's changes); None when not
+    /// asked.
+    pub management_writes: Option<bool>,
+}
+
+impl ObsTrail {
+    /// IAM's events (a global service's, recorded in `us-east-1`) reach EventBridge in
+    /// `us-east-1` through this trail: multi-region, or in `us-east-1` with global service
+    /// events.
+    pub fn reaches_iam_events_region(&self) -> bool {
+        self.multi_region
+            || (self.home_region == gatehouse_aws::events::IAM_EVENTS_REGION
+                && self.global_service_events)
+    }
+
+    /// Delivers IAM's change events to EventBridge in `us-east-1`.
+    pub fn delivers_iam_events(&self) -> bool {
+        self.reaches_iam_events_region()
+            && self.logging == Some(true)
+            && self.management_writes == Some(true)
+    }
+}
+
 /// Everything AWS reports for one stack tag. Only resources whose `gatehouse:stack` tag equals
-/// the stack name are in here, with two exceptions that only ever matter for refusing: an IAM
-/// role or instance profile found by its (deterministic) name whose tags say it is not ours.
+/// the stack name are in here, with exceptions that only ever matter for refusing: an IAM
+/// role, instance profile, bucket, event queue or event rule found by its (deterministic) name
+/// whose tags say it is not ours (`plan::only_ours` drops them before anything is planned).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Observed {
     pub vpcs: Vec<ObsVpc>,
@@ -219,6 +292,13 @@ pub struct Observed {
     pub parameters: Vec<ObsParameter>,
     /// The binary bucket, when a bucket of its name exists.
     pub bucket: Option<ObsBucket>,
+    /// The IAM change-event queue, when a queue of its name exists.
+    pub queue: Option<ObsQueue>,
+    /// The rule that feeds it, when a rule of its name exists.
+    pub rule: Option<ObsRule>,
+    /// The trails `us-east-1` sees; None when not read (a spec without `iam_events`, destroy,
+    /// output).
+    pub trails: Option<Vec<ObsTrail>>,
     /// The AWS account the credentials belong to (STS GetCallerIdentity).
     pub account: String,
 }
@@ -238,6 +318,8 @@ impl Observed {
             && self.profile.is_none()
             && self.parameters.is_empty()
             && self.bucket.is_none()
+            && self.queue.is_none()
+            && self.rule.is_none()
     }
 }
 
@@ -314,6 +396,14 @@ pub enum Action {
     DeleteObject {
         bucket: String,
         object: String,
+    },
+    /// Remove the rule's targets (`ids`), then the rule.
+    DeleteEventRule {
+        name: String,
+        target_ids: Vec<String>,
+    },
+    DeleteEventQueue {
+        url: String,
     },
     // ---- creation and repair (keys) ----
     CreateVpc {
@@ -439,6 +529,45 @@ pub enum Action {
         path: std::path::PathBuf,
         sha256: String,
     },
+    /// Create the IAM change-event queue with its attributes (policy included) and tags.
+    CreateEventQueue {
+        key: String,
+        name: String,
+        attributes: BTreeMap<String, String>,
+        tags: Tags,
+    },
+    /// Set the queue's drifted attributes.
+    SetEventQueueAttributes {
+        queue: String,
+        attributes: BTreeMap<String, String>,
+    },
+    TagEventQueue {
+        queue: String,
+        tags: Tags,
+    },
+    /// Create the rule (with its tags), or put its pattern back and enable it (PutRule does
+    /// both).
+    PutEventRule {
+        key: String,
+        name: String,
+        pattern: serde_json::Value,
+        tags: Tags,
+    },
+    TagEventRule {
+        rule: String,
+        tags: Tags,
+    },
+    /// Point the rule's one target at the queue, as is (no input rewriting).
+    PutEventTarget {
+        rule: String,
+        id: String,
+        arn: String,
+    },
+    /// Remove targets that are not the queue.
+    RemoveEventTargets {
+        rule: String,
+        ids: Vec<String>,
+    },
     RunInstance {
         key: String,
         launch: LaunchSpec,
@@ -491,6 +620,8 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Logical key -> AWS id of each observed resource the plan keeps.
     pub known: BTreeMap<String, String>,
+    /// The AWS account it is for (the bastion's user data names its event queue by it).
+    pub account: String,
 }
 
 impl Plan {

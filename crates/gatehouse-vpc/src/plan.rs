@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use gatehouse_aws::events::{iam_event_pattern, IAM_EVENTS_REGION, QUEUE_RETENTION_SECS};
+
 use crate::model::*;
 use crate::spec::{NatMode, Spec, Tier};
 
@@ -27,6 +29,22 @@ pub enum PlanError {
     /// The spec asks for a change AWS cannot make in place.
     #[error("{resource}: {message}")]
     Immutable { resource: String, message: String },
+    /// `[bastion] iam_events` without a CloudTrail trail that delivers IAM's API calls to
+    /// EventBridge in `us-east-1`: the rule would never match anything.
+    #[error(
+        "[bastion] iam_events: no CloudTrail trail delivers IAM's API calls to EventBridge in \
+         {region}, so the bastion would never hear of an IAM change. That takes a trail with \
+         logging on that records management write events and is multi-region (or in {region} \
+         with global service events). {found} Create one (`aws cloudtrail create-trail --name \
+         NAME --s3-bucket-name BUCKET --is-multi-region-trail`, the bucket with CloudTrail's \
+         bucket policy, then `aws cloudtrail start-logging --name NAME`), or set iam_events = \
+         false.",
+        region = IAM_EVENTS_REGION
+    )]
+    NoIamEventTrail {
+        /// What the account has, and why each trail does not count.
+        found: String,
+    },
 }
 
 /// IAM role and instance profile name of a stack's bastion.
@@ -54,6 +72,82 @@ pub fn binary_object(sha256: &str) -> String {
 /// The objects of the bucket a bastion may read, as an S3 ARN's resource part.
 pub fn binary_object_arn_path(bucket: &str) -> String {
     format!("{bucket}/{}", binary_object("*"))
+}
+
+/// The queue of a stack's IAM change events (`[bastion] iam_events`), in `us-east-1` (at
+/// most 10 + 28 + 11 = 49 characters of the 80 SQS allows).
+pub fn event_queue_name(stack: &str) -> String {
+    format!("gatehouse-{stack}-iam-events")
+}
+
+/// The EventBridge rule that puts IAM's change events on the queue, on the default bus of
+/// `us-east-1` (at most 50 characters of the 64 EventBridge allows).
+pub fn event_rule_name(stack: &str) -> String {
+    format!("gatehouse-{stack}-iam-changes")
+}
+
+/// The queue's ARN in `account`.
+pub fn event_queue_arn(stack: &str, account: &str) -> String {
+    format!(
+        "arn:{}:sqs:{IAM_EVENTS_REGION}:{account}:{}",
+        crate::policy::partition(IAM_EVENTS_REGION),
+        event_queue_name(stack)
+    )
+}
+
+/// The rule's ARN in `account`: the only source the queue accepts messages from.
+pub fn event_rule_arn(stack: &str, account: &str) -> String {
+    format!(
+        "arn:{}:events:{IAM_EVENTS_REGION}:{account}:rule/{}",
+        crate::policy::partition(IAM_EVENTS_REGION),
+        event_rule_name(stack)
+    )
+}
+
+/// The id of the rule's one target, the queue.
+pub const EVENT_TARGET_ID: &str = "queue";
+/// Logical keys of the queue and the rule (their `gatehouse:resource` tag).
+pub const EVENT_QUEUE_KEY: &str = "queue/iam-events";
+pub const EVENT_RULE_KEY: &str = "rule/iam-changes";
+/// How long a receive waits for a message (SQS's longest long poll), so an idle replica makes
+/// 3 calls a minute.
+pub const EVENT_QUEUE_WAIT_SECS: u32 = 20;
+
+/// The queue's attributes. A broadcast, not a work queue (see `gatehouse_aws::events`):
+/// every replica receives every message and nobody deletes one, so a message is visible
+/// again at once (visibility timeout 0) and kept for [`QUEUE_RETENTION_SECS`]. Encrypted
+/// with SQS's own key, and only the rule may send to it.
+pub fn event_queue_attributes(stack: &str, account: &str) -> BTreeMap<String, String> {
+    let policy = crate::policy::event_queue_policy(
+        &event_queue_arn(stack, account),
+        &event_rule_arn(stack, account),
+    );
+    BTreeMap::from([
+        (
+            "MessageRetentionPeriod".to_owned(),
+            QUEUE_RETENTION_SECS.to_string(),
+        ),
+        ("VisibilityTimeout".to_owned(), "0".to_owned()),
+        (
+            "ReceiveMessageWaitTimeSeconds".to_owned(),
+            EVENT_QUEUE_WAIT_SECS.to_string(),
+        ),
+        ("SqsManagedSseEnabled".to_owned(), "true".to_owned()),
+        ("Policy".to_owned(), policy.to_string()),
+    ])
+}
+
+/// Whether an observed queue attribute is the desired one: the policy as JSON (SQS may
+/// reformat it), the others as SQS writes them.
+fn same_attribute(name: &str, desired: &str, observed: Option<&String>) -> bool {
+    match (name, observed) {
+        (_, None) => false,
+        ("Policy", Some(o)) => {
+            serde_json::from_str::<serde_json::Value>(o).ok()
+                == serde_json::from_str::<serde_json::Value>(desired).ok()
+        }
+        (_, Some(o)) => o == desired,
+    }
 }
 
 /// Key of the NAT gateway (and its route table) serving an AZ.
@@ -816,9 +910,12 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
     // ---- the binary's bucket ----
     let bucket = plan_bucket(spec, obs, &mut c, &mut p)?;
 
+    // ---- IAM change events: queue and rule (before the bastion that reads them) ----
+    plan_events(spec, obs, &mut c, &mut p)?;
+
     // ---- IAM ----
     let role = role_name(&spec.stack);
-    let policy = crate::policy::bastion_policy(spec, bucket.as_deref());
+    let policy = crate::policy::bastion_policy(spec, bucket.as_deref(), &obs.account);
     match &obs.role {
         None => {
             c.push(
@@ -892,10 +989,14 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
     let desired = desired_instances(spec);
     let (insts, extra) = primary_by_key(&obs.instances, |i| (i.key.as_str(), i.id.as_str()));
     p.doomed.instances.extend(extra.into_iter().cloned());
-    let user_data_hash = p
-        .known
-        .get("vpc")
-        .map(|vpc| sha256_hex(&crate::userdata::render(spec, vpc, bucket.as_deref())));
+    let user_data_hash = p.known.get("vpc").map(|vpc| {
+        sha256_hex(&crate::userdata::render(
+            spec,
+            vpc,
+            &obs.account,
+            bucket.as_deref(),
+        ))
+    });
     let mut replaced: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, inst) in &insts {
         let Some((_, launch, _)) = desired.iter().find(|(dk, _, _)| dk == k) else {
@@ -966,7 +1067,219 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
         stack: spec.stack.clone(),
         steps,
         known: p.known,
+        account: obs.account.clone(),
     })
+}
+
+/// The IAM change-event steps (`[bastion] iam_events`): the queue with its attributes and
+/// policy, the rule with its pattern, enabled, and exactly one target, the queue; all tagged.
+/// Without the switch, a queue and rule of the stack are removed. With it, a CloudTrail trail
+/// must deliver IAM's events ([`check_iam_event_trails`]).
+fn plan_events(
+    spec: &Spec,
+    obs: &Observed,
+    c: &mut Creates,
+    p: &mut Planner,
+) -> Result<(), PlanError> {
+    if !spec.bastion.iam_events {
+        p.doomed.rule = obs.rule.clone();
+        p.doomed.queue = obs.queue.clone();
+        return Ok(());
+    }
+    check_iam_event_trails(obs)?;
+    if obs.account.is_empty() {
+        return Err(PlanError::Immutable {
+            resource: "iam events".into(),
+            message: "the AWS account is not known (STS GetCallerIdentity), so the queue and \
+                      the rule have no ARN"
+                .into(),
+        });
+    }
+    let stack = &spec.stack;
+    let account = &obs.account;
+    let queue_name = event_queue_name(stack);
+    let rule_name = event_rule_name(stack);
+    let queue_arn = event_queue_arn(stack, account);
+
+    let attributes = event_queue_attributes(stack, account);
+    let tags = base_tags(spec, EVENT_QUEUE_KEY);
+    let resource = format!("sqs queue {queue_name}");
+    match &obs.queue {
+        None => c.push(
+            Sign::Create,
+            &resource,
+            format!(
+                "IAM change events in {IAM_EVENTS_REGION}, kept {QUEUE_RETENTION_SECS} s, \
+                 sent only by rule {rule_name}"
+            ),
+            Action::CreateEventQueue {
+                key: EVENT_QUEUE_KEY.into(),
+                name: queue_name.clone(),
+                attributes,
+                tags,
+            },
+        ),
+        Some(q) => {
+            p.known.insert(EVENT_QUEUE_KEY.into(), q.url.clone());
+            let drifted: Vec<&str> = attributes
+                .iter()
+                .filter(|(k, v)| !same_attribute(k, v, q.attributes.get(*k)))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            if !drifted.is_empty() {
+                // All of them, not only the drifted: one call puts the queue back whole (and
+                // a SetQueueAttributes that leaves the policy out must not be able to lose it).
+                c.push(
+                    Sign::Change,
+                    &resource,
+                    format!("attributes {}", drifted.join(", ")),
+                    Action::SetEventQueueAttributes {
+                        queue: EVENT_QUEUE_KEY.into(),
+                        attributes: attributes.clone(),
+                    },
+                );
+            }
+            let drift = tag_drift(&tags, &q.tags);
+            if !drift.is_empty() {
+                let names: Vec<&str> = drift.keys().map(String::as_str).collect();
+                c.push(
+                    Sign::Change,
+                    &resource,
+                    format!("tags {}", names.join(", ")),
+                    Action::TagEventQueue {
+                        queue: EVENT_QUEUE_KEY.into(),
+                        tags: drift,
+                    },
+                );
+            }
+        }
+    }
+
+    let pattern = iam_event_pattern();
+    let tags = base_tags(spec, EVENT_RULE_KEY);
+    let resource = format!("events rule {rule_name}");
+    let put_rule = |tags: Tags| Action::PutEventRule {
+        key: EVENT_RULE_KEY.into(),
+        name: rule_name.clone(),
+        pattern: pattern.clone(),
+        tags,
+    };
+    let targets: &[ObsTarget] = match &obs.rule {
+        None => {
+            c.push(
+                Sign::Create,
+                &resource,
+                format!(
+                    "the IAM calls that change who may log in, on the default bus of \
+                     {IAM_EVENTS_REGION}"
+                ),
+                put_rule(tags),
+            );
+            &[]
+        }
+        Some(r) => {
+            p.known.insert(EVENT_RULE_KEY.into(), r.arn.clone());
+            let mut what = Vec::new();
+            if r.pattern.as_ref() != Some(&pattern) {
+                what.push("event pattern".to_owned());
+            }
+            if r.state != "ENABLED" {
+                what.push(format!("state {} -> ENABLED", r.state));
+            }
+            if !what.is_empty() {
+                c.push(
+                    Sign::Change,
+                    &resource,
+                    what.join(", "),
+                    put_rule(tags.clone()),
+                );
+            }
+            let drift = tag_drift(&tags, &r.tags);
+            if !drift.is_empty() {
+                let names: Vec<&str> = drift.keys().map(String::as_str).collect();
+                c.push(
+                    Sign::Change,
+                    &resource,
+                    format!("tags {}", names.join(", ")),
+                    Action::TagEventRule {
+                        rule: EVENT_RULE_KEY.into(),
+                        tags: drift,
+                    },
+                );
+            }
+            &r.targets
+        }
+    };
+    let extra: Vec<String> = targets
+        .iter()
+        .filter(|t| t.id != EVENT_TARGET_ID)
+        .map(|t| t.id.clone())
+        .collect();
+    if !extra.is_empty() {
+        c.push(
+            Sign::Change,
+            &resource,
+            format!("- targets {}", extra.join(", ")),
+            Action::RemoveEventTargets {
+                rule: rule_name.clone(),
+                ids: extra,
+            },
+        );
+    }
+    let target_ok = targets
+        .iter()
+        .any(|t| t.id == EVENT_TARGET_ID && t.arn == queue_arn && !t.rewrites);
+    if !target_ok {
+        c.push(
+            Sign::Change,
+            &resource,
+            format!("target {EVENT_TARGET_ID} -> {queue_name}, events as they are"),
+            Action::PutEventTarget {
+                rule: rule_name,
+                id: EVENT_TARGET_ID.into(),
+                arn: queue_arn,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The precondition of `[bastion] iam_events`: EventBridge sees IAM's API calls only through
+/// CloudTrail, in `us-east-1`, from a trail that is logging, records management write events
+/// and reaches `us-east-1` (multi-region, or there with global service events).
+fn check_iam_event_trails(obs: &Observed) -> Result<(), PlanError> {
+    let Some(trails) = &obs.trails else {
+        return Err(PlanError::Immutable {
+            resource: "iam events".into(),
+            message: "the CloudTrail trails were not read".into(),
+        });
+    };
+    if trails.iter().any(ObsTrail::delivers_iam_events) {
+        return Ok(());
+    }
+    let found = if trails.is_empty() {
+        format!("The account has no trail that {IAM_EVENTS_REGION} sees.")
+    } else {
+        let each: Vec<String> = trails
+            .iter()
+            .map(|t| {
+                let why = if !t.reaches_iam_events_region() {
+                    if t.home_region == IAM_EVENTS_REGION {
+                        "without global service events".to_owned()
+                    } else {
+                        format!("single-region, in {}", t.home_region)
+                    }
+                } else if t.logging != Some(true) {
+                    "logging is off".to_owned()
+                } else {
+                    "its event selectors record no management write events".to_owned()
+                };
+                format!("{} ({why})", t.name)
+            })
+            .collect();
+        format!("Trails: {}.", each.join("; "))
+    };
+    Err(PlanError::NoIamEventTrail { found })
 }
 
 /// The bucket steps: a stored binary needs the stack's bucket, secured, holding
@@ -1155,6 +1468,22 @@ fn check_iam_ownership(spec: &Spec, obs: &Observed) -> Result<(), PlanError> {
             });
         }
     }
+    if spec.bastion.iam_events {
+        if let Some(q) = obs.queue.as_ref().filter(|q| !ours(&q.tags)) {
+            return Err(PlanError::NotOurs {
+                what: "SQS queue",
+                name: q.name.clone(),
+                stack: spec.stack.clone(),
+            });
+        }
+        if let Some(r) = obs.rule.as_ref().filter(|r| !ours(&r.tags)) {
+            return Err(PlanError::NotOurs {
+                what: "EventBridge rule",
+                name: r.name.clone(),
+                stack: spec.stack.clone(),
+            });
+        }
+    }
     if let (crate::spec::Binary::Stored { .. }, Some(b)) = (&spec.bastion.binary, &obs.bucket) {
         if !b.is_ours(&spec.stack) {
             return Err(PlanError::NotOurs {
@@ -1302,6 +1631,8 @@ pub fn only_ours(stack: &str, obs: &Observed) -> Observed {
     o.role = o.role.filter(|x| ours(&x.tags));
     o.profile = o.profile.filter(|x| ours(&x.tags));
     o.bucket = o.bucket.filter(|x| x.is_ours(stack));
+    o.queue = o.queue.filter(|x| ours(&x.tags));
+    o.rule = o.rule.filter(|x| ours(&x.tags));
     // The default group belongs to the VPC: only consider it when the VPC is ours.
     if o.vpcs.is_empty() {
         o.default_sg = None;
@@ -1316,6 +1647,7 @@ pub fn plan_destroy(stack: &str, obs: &Observed) -> Plan {
         stack: stack.to_string(),
         steps: removal_steps(&obs, &[]),
         known: BTreeMap::new(),
+        account: obs.account.clone(),
     }
 }
 
@@ -1458,6 +1790,24 @@ fn removal_steps(doomed: &Observed, extra_associations: &[String]) -> Vec<Step> 
             Action::DeleteParameter {
                 name: prm.name.clone(),
             },
+        );
+    }
+    // The rule first: no more messages for a queue about to go.
+    if let Some(r) = &doomed.rule {
+        push(
+            format!("events rule {}", r.name),
+            &format!("and its {} target(s)", r.targets.len()),
+            Action::DeleteEventRule {
+                name: r.name.clone(),
+                target_ids: r.targets.iter().map(|t| t.id.clone()).collect(),
+            },
+        );
+    }
+    if let Some(q) = &doomed.queue {
+        push(
+            format!("sqs queue {}", q.name),
+            "",
+            Action::DeleteEventQueue { url: q.url.clone() },
         );
     }
     steps

@@ -5,7 +5,7 @@ use gatehouse_aws::actions::{self, Mode, Resource};
 use gatehouse_config::AwsConfig;
 use serde_json::{json, Value};
 
-use crate::plan::host_key_parameter;
+use crate::plan::{event_queue_arn, host_key_parameter};
 use crate::spec::Spec;
 
 /// The ARN partition of a region (`aws`, `aws-cn`, `aws-us-gov`).
@@ -35,8 +35,8 @@ pub fn trust_policy() -> Value {
 /// parser reads it. `None` only for a spec the daemon would refuse, which `spec::parse` never
 /// returns (it runs the same check).
 pub fn daemon_settings(spec: &Spec) -> Option<AwsConfig> {
-    // The VPC id does not change what the daemon calls; any valid id will do.
-    crate::userdata::check_daemon_config(spec, "vpc-00000000")
+    // The VPC id and the account do not change what the daemon calls; any valid ones will do.
+    crate::userdata::check_daemon_config(spec, "vpc-00000000", crate::userdata::PLACEHOLDER_ACCOUNT)
         .ok()
         .and_then(|c| c.aws)
 }
@@ -50,9 +50,12 @@ pub fn daemon_settings(spec: &Spec) -> Option<AwsConfig> {
 /// - IAM groups: only those named with `aws.iam_group_prefix`.
 /// - SSM: the host key parameter only. A SecureString encrypted with the AWS managed key
 ///   `aws/ssm` needs no extra KMS statement.
+/// - With `[bastion] iam_events`: the stack's event queue in `account`
+///   (`arn:aws:sqs:us-east-1:ACCOUNT:gatehouse-<stack>-iam-events`), whose messages the
+///   daemon receives (and never deletes).
 /// - With a stored binary (`bucket`): `s3:GetObject` on the bucket's `gatehouse/` objects, for
 ///   the boot-time fetch (not the daemon).
-pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
+pub fn bastion_policy(spec: &Spec, bucket: Option<&str>, account: &str) -> Value {
     let part = partition(&spec.region);
     let settings = daemon_settings(spec);
     let mode = match &settings {
@@ -63,6 +66,9 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
             ssm_host_key: true,
             host_key_tags: true,
             instance_connect: false,
+            events: spec.bastion.iam_events,
+            iam_group_prefix: false,
+            shared_snapshot: false,
         },
     };
     let parameter = settings
@@ -107,6 +113,24 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
             format!("arn:{part}:ec2:{}:*:instance/*", spec.region),
             tagged,
         ),
+        (
+            EVENTS_SID,
+            Resource::EventQueue,
+            event_queue_arn(&spec.stack, account),
+            Value::Null,
+        ),
+        (
+            "SharedListing",
+            Resource::SharedSnapshot,
+            // Only with `[bastion.daemon.aws] shared_snapshot`; no action needs it otherwise.
+            settings
+                .as_ref()
+                .and_then(|a| a.shared_snapshot.as_ref())
+                .map_or_else(String::new, |o| {
+                    format!("arn:{part}:s3:::{}/{}", o.bucket, o.key)
+                }),
+            Value::Null,
+        ),
     ] {
         let actions: Vec<&str> = actions::needed(mode)
             .iter()
@@ -143,6 +167,9 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>) -> Value {
 /// The statement of the bastion role for EC2 Instance Connect (`aws.instance_connect`).
 pub const PUSH_KEYS_SID: &str = "PushKeysToTaggedInstances";
 
+/// The statement of the bastion role for the IAM change-event queue (`[bastion] iam_events`).
+pub const EVENTS_SID: &str = "ReceiveIamChangeEvents";
+
 /// The statement of the bastion role that lets the instance fetch its binary at boot.
 pub const FETCH_BINARY_SID: &str = "FetchGatehouseBinary";
 /// Its one action.
@@ -167,9 +194,28 @@ pub fn bucket_policy(region: &str, bucket: &str) -> Value {
     })
 }
 
+/// The event queue's policy: only EventBridge may send to it, and only for the stack's rule.
+/// (The account's own principals need no queue policy: the role's policy grants the receive.)
+pub fn event_queue_policy(queue_arn: &str, rule_arn: &str) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "OnlyTheStacksRule",
+            "Effect": "Allow",
+            "Principal": {"Service": "events.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": queue_arn,
+            "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}},
+        }]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The account the role's queue statement names.
+    const ACCOUNT: &str = "123456789012";
 
     fn spec(extra: &str) -> Spec {
         let text = format!(
@@ -197,7 +243,7 @@ mod tests {
     fn the_role_grants_exactly_what_the_written_config_needs() {
         let spec = spec("");
         let settings = daemon_settings(&spec).expect("the written config is valid");
-        let policy = bastion_policy(&spec, None);
+        let policy = bastion_policy(&spec, None, ACCOUNT);
         let mut got = granted(&policy);
         got.sort();
         let mut want: Vec<String> = actions::needed(Mode::of(&settings))
@@ -239,15 +285,15 @@ mod tests {
         // The account listing names every user's IAM groups: no group reads.
         let with_prefix = spec("\n[bastion.daemon.aws]\niam_group_prefix = \"gatehouse-\"\n");
         assert_eq!(
-            bastion_policy(&with_prefix, None),
-            bastion_policy(&spec(""), None)
+            bastion_policy(&with_prefix, None, ACCOUNT),
+            bastion_policy(&spec(""), None, ACCOUNT)
         );
     }
 
     #[test]
     fn instance_connect_adds_the_push_on_instances_with_both_tags_only() {
         let spec = spec("\n[bastion.daemon.aws]\ninstance_connect = true\n");
-        let policy = bastion_policy(&spec, None);
+        let policy = bastion_policy(&spec, None, ACCOUNT);
         let push = policy["Statement"]
             .as_array()
             .and_then(|l| l.iter().find(|s| s["Sid"] == PUSH_KEYS_SID).cloned())
@@ -266,7 +312,7 @@ mod tests {
             })
         );
         // Off by default: not granted.
-        assert!(!granted(&bastion_policy(&self::spec(""), None))
+        assert!(!granted(&bastion_policy(&self::spec(""), None, ACCOUNT))
             .iter()
             .any(|a| a.starts_with("ec2-instance-connect:")));
     }
@@ -300,6 +346,8 @@ mod tests {
             Resource::InstancesWithLoginTag => {
                 "`arn:aws:ec2:REGION:ACCOUNT:instance/*` with the groups and login tags"
             }
+            Resource::EventQueue => "the queue's ARN",
+            Resource::SharedSnapshot => "the object's ARN",
         }
     }
 
@@ -351,6 +399,8 @@ mod tests {
                             && statement["Condition"]["Null"]["aws:ResourceTag/gatehouse:login"]
                                 == "false"
                     }
+                    Resource::EventQueue => arn.starts_with("arn:aws:sqs:"),
+                    Resource::SharedSnapshot => arn.starts_with("arn:aws:s3:::"),
                 };
                 assert!(fits, "README.md's policy: {name} on {arn}");
                 listed.push(name);
@@ -374,7 +424,7 @@ mod tests {
             .replace("<region>", "eu-central-1")
             .replace("<stack>", "lab");
         let doc: Value = serde_json::from_str(&text).expect("json");
-        assert_eq!(doc, bastion_policy(&spec(""), None));
+        assert_eq!(doc, bastion_policy(&spec(""), None, ACCOUNT));
         // The statement a stored binary adds.
         let part = section(readme, "### The bastion's IAM policy");
         let second = &part[part.find("```json\n").expect("first block") + 8..];
@@ -385,12 +435,62 @@ mod tests {
             .replace("<account>", "123456789012");
         let statement: Value = serde_json::from_str(&statement).expect("json");
         let bucket = crate::plan::binary_bucket("lab", "123456789012");
-        let with_bucket = bastion_policy(&spec(""), Some(&bucket));
+        let with_bucket = bastion_policy(&spec(""), Some(&bucket), ACCOUNT);
         let statements = with_bucket["Statement"].as_array().expect("statements");
         assert_eq!(statements.last(), Some(&statement));
         assert_eq!(
             statements.len(),
             doc["Statement"].as_array().map_or(0, Vec::len) + 1
         );
+        // The statement `iam_events` adds.
+        let third = &second[second.find("```json\n").expect("second block") + 8..];
+        let third = &third[third.find("```").expect("its end") + 3..];
+        let statement = json_block(third)
+            .to_string()
+            .replace("<stack>", "lab")
+            .replace("<account>", ACCOUNT);
+        let statement: Value = serde_json::from_str(&statement).expect("json");
+        let with_events = bastion_policy(&spec("iam_events = true\n"), None, ACCOUNT);
+        let found = with_events["Statement"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["Sid"] == EVENTS_SID));
+        assert_eq!(found, Some(&statement), "{with_events:#}");
+    }
+
+    #[test]
+    fn iam_events_add_the_receive_on_the_stacks_queue_and_the_user_rereads() {
+        let off = granted(&bastion_policy(&spec(""), None, ACCOUNT));
+        let policy = bastion_policy(&spec("iam_events = true\n"), None, ACCOUNT);
+        let mut added: Vec<String> = granted(&policy)
+            .into_iter()
+            .filter(|a| !off.contains(a))
+            .collect();
+        added.sort();
+        assert_eq!(added, ["iam:GetUser", "sqs:ReceiveMessage"]);
+        let queue = policy["Statement"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["Sid"] == EVENTS_SID).cloned())
+            .unwrap_or_else(|| panic!("no queue statement: {policy:#}"));
+        assert_eq!(
+            queue["Resource"],
+            "arn:aws:sqs:us-east-1:123456789012:gatehouse-lab-iam-events"
+        );
+        // The user re-read goes where the other user reads are: IAM users only.
+        let users = policy["Statement"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["Sid"] == "ReadUserKeys").cloned())
+            .expect("user statement");
+        assert!(users["Action"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("iam:GetUser"))));
+        assert_eq!(users["Resource"], "arn:aws:iam::*:user/*");
+        // With a group prefix, the user's groups are re-read too.
+        let both = bastion_policy(
+            &spec("iam_events = true\n\n[bastion.daemon.aws]\niam_group_prefix = \"gh-\"\n"),
+            None,
+            ACCOUNT,
+        );
+        assert!(granted(&both).contains(&"iam:ListGroupsForUser".to_owned()));
+        assert!(!granted(&policy).contains(&"iam:ListGroupsForUser".to_owned()));
     }
 }

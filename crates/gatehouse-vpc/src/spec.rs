@@ -142,6 +142,17 @@ pub struct RawBastion {
     /// `[bastion.daemon]`: daemon settings (`[limits]`, `[penalties]`, `[audit]`, `[metrics]`,
     /// `[aws]` refresh and IAM filters ...) merged into the config gatehouse-vpc writes.
     pub daemon: Option<Spanned<toml::Table>>,
+    /// `iam_events = true`: the bastion hears of IAM changes within seconds instead of at its
+    /// next IAM sweep. apply creates, in `us-east-1` (where IAM's events arrive), the SQS queue
+    /// `gatehouse-<stack>-iam-events` and the EventBridge rule `gatehouse-<stack>-iam-changes`
+    /// that puts the IAM calls changing who may log in on it, writes
+    /// `aws.events_queue_url` into the daemon config and lets the role receive from the
+    /// queue. Off by default: EventBridge sees IAM's calls only through a CloudTrail trail
+    /// (logging, recording management write events, multi-region or in `us-east-1` with
+    /// global service events), which this stack does not create and `plan` requires. Turned
+    /// off, apply removes the queue and the rule. Either way the bastion is replaced (its
+    /// config changes).
+    pub iam_events: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +206,9 @@ pub struct Bastion {
     pub binary: Binary,
     /// The spec's `[bastion.daemon]` table (empty if none); see `userdata::daemon_config`.
     pub daemon: toml::Table,
+    /// `iam_events`: the stack provisions the IAM change-event queue and rule, and the
+    /// daemon reads the queue.
+    pub iam_events: bool,
 }
 
 /// Where the bastion gets its gatehouse binary at boot.
@@ -585,6 +599,21 @@ impl Validator<'_> {
             allowed.push(cidr);
         }
         let binary = self.check_binary(b, origin);
+        let iam_events = b.iam_events.as_ref().is_some_and(|e| *e.get_ref());
+        if let Some(flag) = b.iam_events.as_ref().filter(|_| iam_events) {
+            let here = crate::policy::partition(&region);
+            let there = crate::policy::partition(gatehouse_aws::events::IAM_EVENTS_REGION);
+            if !region.is_empty() && here != there {
+                self.at(
+                    flag,
+                    format!(
+                        "iam_events: IAM's events arrive in {}, in partition {there}; region \
+                         {region} is in partition {here}",
+                        gatehouse_aws::events::IAM_EVENTS_REGION
+                    ),
+                );
+            }
+        }
 
         // Private ports
         let private_ports = match &raw.private {
@@ -758,6 +787,7 @@ impl Validator<'_> {
                     .as_ref()
                     .map(|d| d.get_ref().clone())
                     .unwrap_or_default(),
+                iam_events,
             },
             private_ports,
             hosts,
@@ -766,7 +796,8 @@ impl Validator<'_> {
             // Checked here, before any AWS call, with the longest VPC id AWS hands out.
             let vpc = "vpc-0123456789abcdef0";
             let at = b.daemon.as_ref().map_or(b.subnet.span(), |d| d.span());
-            match crate::userdata::check_daemon_config(&spec, vpc) {
+            let account = crate::userdata::PLACEHOLDER_ACCOUNT;
+            match crate::userdata::check_daemon_config(&spec, vpc, account) {
                 Err(problems) => {
                     for problem in problems {
                         self.push(at.start, problem);
@@ -790,7 +821,7 @@ impl Validator<'_> {
             }
             // The longest bucket name: a 28-character stack and a 12-digit account.
             let bucket = crate::plan::binary_bucket(&"s".repeat(28), "123456789012");
-            let size = crate::userdata::render(&spec, vpc, Some(&bucket)).len();
+            let size = crate::userdata::render(&spec, vpc, account, Some(&bucket)).len();
             if size >= MAX_USER_DATA_BYTES {
                 self.push(
                     at.start,

@@ -4,7 +4,7 @@
 //! the image's sshd to gatehouse and starts it.
 
 use crate::model::TAG_STACK;
-use crate::plan::host_key_parameter;
+use crate::plan::{event_queue_name, host_key_parameter};
 use crate::spec::{Binary, Spec};
 use gatehouse_config::Config;
 
@@ -28,7 +28,7 @@ pub const HOST_KEY_PATH: &str = "/var/lib/gatehouse/ssh_host_ed25519_key";
 
 /// The daemon settings gatehouse-vpc writes itself, as (table, key): `[bastion.daemon]` in the
 /// spec may set anything else the daemon reads, but not these.
-pub const WRITTEN_KEYS: [(&str, &str); 8] = [
+pub const WRITTEN_KEYS: [(&str, &str); 9] = [
     ("server", "listen"),
     ("server", "host_key"),
     ("aws", "region"),
@@ -38,14 +38,48 @@ pub const WRITTEN_KEYS: [(&str, &str); 8] = [
     ("aws", "snapshot_file"),
     ("aws", "host_key_ssm_parameter"),
     ("aws", "host_key_tags"),
+    // With `[bastion] iam_events`: the stack's queue.
+    ("aws", "events_queue_url"),
 ];
+
+/// The account the config is checked with before the real one is known (spec validation,
+/// the role's actions): the account only shows in the event queue's URL.
+pub const PLACEHOLDER_ACCOUNT: &str = "123456789012";
+
+/// The URL of the stack's IAM change-event queue in `account`, as the daemon's config takes
+/// it: SQS's own form (`https://sqs.us-east-1.amazonaws.com/ACCOUNT/NAME`), or, when the
+/// spec's `[bastion.daemon.aws]` sends the daemon to another endpoint (`endpoint_url`, e.g.
+/// LocalStack or moto), that endpoint's form, `ENDPOINT/ACCOUNT/NAME`. Known before the queue
+/// exists, so the user data (and its digest) is the same at plan and at launch.
+pub fn event_queue_url(spec: &Spec, account: &str) -> String {
+    let region = gatehouse_aws::events::IAM_EVENTS_REGION;
+    let endpoint = spec
+        .bastion
+        .daemon
+        .get("aws")
+        .and_then(|a| a.get("endpoint_url"))
+        .and_then(toml::Value::as_str);
+    let base = match endpoint {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let domain = match crate::policy::partition(region) {
+                "aws-cn" => "amazonaws.com.cn",
+                _ => "amazonaws.com",
+            };
+            format!("https://sqs.{region}.{domain}")
+        }
+    };
+    format!("{base}/{account}/{}", event_queue_name(&spec.stack))
+}
 
 /// The gatehouse daemon config for the bastion of `spec` in VPC `vpc_id`: the spec's
 /// `[bastion.daemon]` table with the settings gatehouse-vpc owns ([`WRITTEN_KEYS`]) put in,
 /// serialized by the TOML library (so no value can break out of its string). The host key
 /// parameter is created tagged with the stack (`host_key_tags`), so `destroy` deletes it.
+/// With `[bastion] iam_events`, it names the stack's event queue in `account`
+/// ([`event_queue_url`]); `aws.iam_sweep_interval` keeps the daemon's default for events.
 /// [`check_daemon_config`] is what the daemon's own parser says about it.
-pub fn daemon_config(spec: &Spec, vpc_id: &str) -> String {
+pub fn daemon_config(spec: &Spec, vpc_id: &str, account: &str) -> String {
     let mut doc = spec.bastion.daemon.clone();
     let mut set = |table: &str, key: &str, value: toml::Value| {
         if let toml::Value::Table(t) = doc
@@ -72,6 +106,13 @@ pub fn daemon_config(spec: &Spec, vpc_id: &str) -> String {
     );
     let tags = toml::Table::from_iter([(TAG_STACK.to_owned(), spec.stack.as_str().into())]);
     set("aws", "host_key_tags", toml::Value::Table(tags));
+    if spec.bastion.iam_events {
+        set(
+            "aws",
+            "events_queue_url",
+            event_queue_url(spec, account).into(),
+        );
+    }
     let body = toml::to_string(&doc).unwrap_or_else(|e| format!("# not serializable: {e}\n"));
     format!(
         "# Written by gatehouse-vpc for stack {}.\n{body}",
@@ -79,11 +120,15 @@ pub fn daemon_config(spec: &Spec, vpc_id: &str) -> String {
     )
 }
 
-/// The daemon's verdict on the config written for `spec` in `vpc_id`: its own parser and
-/// validator (`gatehouse_config::parse`), so a config the daemon would refuse at boot (exit
-/// 64, a bastion that never serves) is refused at `plan` instead. Errors: one line each,
-/// naming the daemon key.
-pub fn check_daemon_config(spec: &Spec, vpc_id: &str) -> Result<Config, Vec<String>> {
+/// The daemon's verdict on the config written for `spec` in `vpc_id` and `account`: its own
+/// parser and validator (`gatehouse_config::parse`), so a config the daemon would refuse at
+/// boot (exit 64, a bastion that never serves) is refused at `plan` instead. Errors: one line
+/// each, naming the daemon key.
+pub fn check_daemon_config(
+    spec: &Spec,
+    vpc_id: &str,
+    account: &str,
+) -> Result<Config, Vec<String>> {
     let mut problems: Vec<String> = WRITTEN_KEYS
         .iter()
         .filter(|(table, key)| {
@@ -93,12 +138,16 @@ pub fn check_daemon_config(spec: &Spec, vpc_id: &str) -> Result<Config, Vec<Stri
                 .and_then(|t| t.get(*key))
                 .is_some()
         })
-        .map(|(table, key)| {
-            format!("bastion.daemon: {table}.{key} is written by gatehouse-vpc; remove it")
+        .map(|(table, key)| match (*table, *key) {
+            ("aws", "events_queue_url") => format!(
+                "bastion.daemon: {table}.{key} is written by gatehouse-vpc; remove it and set \
+                 iam_events = true in [bastion] (the stack's own queue and rule)"
+            ),
+            _ => format!("bastion.daemon: {table}.{key} is written by gatehouse-vpc; remove it"),
         })
         .collect();
     match gatehouse_config::parse(
-        &daemon_config(spec, vpc_id),
+        &daemon_config(spec, vpc_id, account),
         std::path::Path::new("gatehouse.toml"),
     ) {
         Ok(config) if problems.is_empty() => return Ok(config),
@@ -187,8 +236,9 @@ fn indent(text: &str, n: usize) -> String {
         .join("\n")
 }
 
-/// The complete user data (plain text; the executor base64-encodes it for EC2).
-pub fn render(spec: &Spec, vpc_id: &str, bucket: Option<&str>) -> String {
+/// The complete user data (plain text; the executor base64-encodes it for EC2), for the
+/// bastion of `spec` in VPC `vpc_id` of `account`.
+pub fn render(spec: &Spec, vpc_id: &str, account: &str, bucket: Option<&str>) -> String {
     let fetcher = match spec.bastion.binary {
         Binary::Stored { .. } => format!(
             "\x20 - path: {FETCH_PATH}\n\
@@ -233,7 +283,7 @@ pub fn render(spec: &Spec, vpc_id: &str, bucket: Option<&str>) -> String {
          runcmd:\n\
          \x20 - [/usr/local/sbin/gatehouse-install]\n",
         stack = spec.stack,
-        config = indent(&daemon_config(spec, vpc_id), 6),
+        config = indent(&daemon_config(spec, vpc_id, account), 6),
         unit = indent(SYSTEMD_UNIT, 6),
         socket = indent(SYSTEMD_SOCKET, 6),
         drop_in = indent(SYSTEMD_AWS_DROP_IN, 6),

@@ -85,6 +85,10 @@ enum Command {
         #[arg(long)]
         target_user: Option<String>,
     },
+    /// Print the EventBridge event pattern of the rule that feeds `aws.events_queue_url`: the
+    /// IAM calls whose events the bastion reads (for setting the rule up without
+    /// gatehouse-vpc, which provisions it).
+    EventPattern,
     /// Run the bastion on the embedded demo config (static users and hosts, no AWS), with a
     /// demo key pair and an ssh_config generated in the state directory.
     Demo {
@@ -131,6 +135,10 @@ fn main() -> ExitCode {
                 },
             ))
         }),
+        Command::EventPattern => {
+            println!("{:#}", gatehouse_aws::events::iam_event_pattern());
+            Ok(())
+        }
         Command::Demo { state_dir, listen } => demo::prepare(&state_dir, listen)
             .map_err(Failure::Runtime)
             .and_then(|(config, hint)| run(serve::run(config, Some(hint), None))),

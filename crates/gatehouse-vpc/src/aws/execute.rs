@@ -45,6 +45,8 @@ pub struct Executor<'a> {
     waits: Waits,
     /// Logical key -> AWS id: the plan's kept resources plus what this run created.
     ids: BTreeMap<String, String>,
+    /// The account of the plan being run (the bastion's user data names its queue by it).
+    account: String,
 }
 
 fn ec2_tags(tags: &Tags) -> Vec<Tag> {
@@ -64,6 +66,33 @@ fn iam_tags(tags: &Tags) -> Vec<aws_sdk_iam::types::Tag> {
     tags.iter()
         .filter_map(|(k, v)| {
             aws_sdk_iam::types::Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+                .ok()
+        })
+        .collect()
+}
+
+/// SQS attributes by name.
+fn queue_attributes(
+    attributes: &BTreeMap<String, String>,
+) -> std::collections::HashMap<aws_sdk_sqs::types::QueueAttributeName, String> {
+    attributes
+        .iter()
+        .map(|(k, v)| {
+            (
+                aws_sdk_sqs::types::QueueAttributeName::from(k.as_str()),
+                v.clone(),
+            )
+        })
+        .collect()
+}
+
+fn event_tags(tags: &Tags) -> Vec<aws_sdk_eventbridge::types::Tag> {
+    tags.iter()
+        .filter_map(|(k, v)| {
+            aws_sdk_eventbridge::types::Tag::builder()
                 .key(k)
                 .value(v)
                 .build()
@@ -103,6 +132,7 @@ impl<'a> Executor<'a> {
             spec,
             waits,
             ids: BTreeMap::new(),
+            account: String::new(),
         }
     }
 
@@ -116,6 +146,7 @@ impl<'a> Executor<'a> {
     /// Run the steps in order; `progress` is told about each step before it runs.
     pub async fn run(&mut self, plan: &Plan, progress: &mut dyn FnMut(&Step)) -> Result<(), Error> {
         self.ids.extend(plan.known.clone());
+        self.account.clone_from(&plan.account);
         for step in &plan.steps {
             progress(step);
             self.step(step).await?;
@@ -269,7 +300,113 @@ impl<'a> Executor<'a> {
                 deleted(&what, &deploy::DELETE_PARAMETER, r)?;
             }
 
+            Action::DeleteEventRule { name, target_ids } => {
+                self.remove_targets(&what, name, target_ids).await?;
+                let r = self.clients.events.delete_rule().name(name).send().await;
+                deleted(&what, &deploy::DELETE_RULE, r)?;
+            }
+            Action::DeleteEventQueue { url } => {
+                let r = self.clients.sqs.delete_queue().queue_url(url).send().await;
+                deleted(&what, &deploy::DELETE_QUEUE, r)?;
+            }
+
             // ---------------- creation and repair ----------------
+            Action::CreateEventQueue {
+                key,
+                name,
+                attributes,
+                tags,
+            } => {
+                let url = self.create_queue(&what, name, attributes, tags).await?;
+                self.ids.insert(key.clone(), url);
+            }
+            Action::SetEventQueueAttributes { queue, attributes } => {
+                self.clients
+                    .sqs
+                    .set_queue_attributes()
+                    .queue_url(self.id(queue)?)
+                    .set_attributes(Some(queue_attributes(attributes)))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, &deploy::SET_QUEUE_ATTRIBUTES, e))?;
+            }
+            Action::TagEventQueue { queue, tags } => {
+                self.clients
+                    .sqs
+                    .tag_queue()
+                    .queue_url(self.id(queue)?)
+                    .set_tags(Some(tags.clone().into_iter().collect()))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, &deploy::TAG_QUEUE, e))?;
+            }
+            Action::PutEventRule {
+                key,
+                name,
+                pattern,
+                tags,
+            } => {
+                let out = self
+                    .clients
+                    .events
+                    .put_rule()
+                    .name(name)
+                    .event_pattern(pattern.to_string())
+                    .state(aws_sdk_eventbridge::types::RuleState::Enabled)
+                    .description(
+                        "gatehouse: the IAM calls that change who may log in, for the bastion",
+                    )
+                    .set_tags(Some(event_tags(tags)))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, &deploy::PUT_RULE, e))?;
+                let arn = out
+                    .rule_arn()
+                    .ok_or_else(|| missing(&what, "PutRule", "rule ARN"))?;
+                self.ids.insert(key.clone(), arn.to_owned());
+            }
+            Action::TagEventRule { rule, tags } => {
+                self.clients
+                    .events
+                    .tag_resource()
+                    .resource_arn(self.id(rule)?)
+                    .set_tags(Some(event_tags(tags)))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, &deploy::TAG_RULE, e))?;
+            }
+            Action::PutEventTarget { rule, id, arn } => {
+                let target = aws_sdk_eventbridge::types::Target::builder()
+                    .id(id)
+                    .arn(arn)
+                    .build()
+                    .map_err(|_| missing(&what, "PutTargets", "target"))?;
+                let out = self
+                    .clients
+                    .events
+                    .put_targets()
+                    .rule(rule)
+                    .targets(target)
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, &deploy::PUT_TARGETS, e))?;
+                // PutTargets answers 200 and reports each target it could not put.
+                let failed = target_failures(
+                    out.failed_entries()
+                        .iter()
+                        .map(|f| (f.target_id(), f.error_code(), f.error_message())),
+                );
+                if out.failed_entry_count() > 0 || !failed.is_empty() {
+                    return Err(Error::Entries {
+                        resource: what,
+                        op: "PutTargets",
+                        detail: failed.join("; "),
+                    });
+                }
+            }
+            Action::RemoveEventTargets { rule, ids } => {
+                self.remove_targets(&what, rule, ids).await?;
+            }
             Action::DeleteBucket { name } => self.delete_bucket(&what, name).await?,
             Action::DeleteObject { bucket, object } => {
                 let bucket = self.id(bucket)?;
@@ -701,6 +838,84 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
+    /// Create the event queue. SQS refuses a queue's name for 60 s after that queue was
+    /// deleted (the switch turned off and on again): wait it out, bounded.
+    async fn create_queue(
+        &self,
+        what: &str,
+        name: &str,
+        attributes: &BTreeMap<String, String>,
+        tags: &Tags,
+    ) -> Result<String, Error> {
+        let start = Instant::now();
+        loop {
+            let r = self
+                .clients
+                .sqs
+                .create_queue()
+                .queue_name(name)
+                .set_attributes(Some(queue_attributes(attributes)))
+                .set_tags(Some(tags.clone().into_iter().collect()))
+                .send()
+                .await;
+            match r {
+                Ok(out) => {
+                    let url = out
+                        .queue_url()
+                        .ok_or_else(|| missing(what, "CreateQueue", "queue URL"))?;
+                    return Ok(url.to_owned());
+                }
+                Err(e) => {
+                    let err = fail(what, &deploy::CREATE_QUEUE, e);
+                    let recently = err
+                        .code()
+                        .is_some_and(|c| c.ends_with("QueueDeletedRecently"));
+                    if !recently || start.elapsed() > self.waits.timeout {
+                        return Err(err);
+                    }
+                    tracing::info!(resource = what, "queue name deleted recently; retrying");
+                    tokio::time::sleep(self.waits.poll).await;
+                }
+            }
+        }
+    }
+
+    /// Remove targets from a rule (gone already counts as removed); EventBridge answers per
+    /// target.
+    async fn remove_targets(&self, what: &str, rule: &str, ids: &[String]) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let out = match self
+            .clients
+            .events
+            .remove_targets()
+            .rule(rule)
+            .set_ids(Some(ids.to_vec()))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let err = fail(what, &deploy::REMOVE_TARGETS, e);
+                return if err.is_not_found() { Ok(()) } else { Err(err) };
+            }
+        };
+        let failed = target_failures(
+            out.failed_entries()
+                .iter()
+                .map(|f| (f.target_id(), f.error_code(), f.error_message())),
+        );
+        if out.failed_entry_count() > 0 || !failed.is_empty() {
+            return Err(Error::Entries {
+                resource: what.to_owned(),
+                op: "RemoveTargets",
+                detail: failed.join("; "),
+            });
+        }
+        Ok(())
+    }
+
     async fn tag_bucket(&self, what: &str, bucket: &str, tags: &Tags) -> Result<(), Error> {
         let set: Vec<aws_sdk_s3::types::Tag> = tags
             .iter()
@@ -874,17 +1089,17 @@ impl<'a> Executor<'a> {
             let vpc = self.id("vpc")?;
             // Checked at plan with a placeholder VPC id; again with the real one, so a bastion
             // is never launched with a config its daemon refuses.
-            crate::userdata::check_daemon_config(spec, &vpc).map_err(|problems| {
-                Error::DaemonConfig {
+            crate::userdata::check_daemon_config(spec, &vpc, &self.account).map_err(
+                |problems| Error::DaemonConfig {
                     resource: what.to_owned(),
                     problems: problems.join("; "),
-                }
-            })?;
+                },
+            )?;
             let bucket = match spec.bastion.binary {
                 crate::spec::Binary::Stored { .. } => Some(self.id("bucket")?),
                 crate::spec::Binary::Url { .. } => None,
             };
-            let text = crate::userdata::render(spec, &vpc, bucket.as_deref());
+            let text = crate::userdata::render(spec, &vpc, &self.account, bucket.as_deref());
             tags.insert(TAG_USER_DATA.into(), sha256_hex(&text));
             user_data = Some(base64::engine::general_purpose::STANDARD.encode(text));
         }
@@ -1088,4 +1303,21 @@ where
             e => Err(e),
         },
     }
+}
+
+/// EventBridge's per-target failures (PutTargets and RemoveTargets answer 200 and list them),
+/// as (target id, error code, message), one line each.
+fn target_failures<'a>(
+    entries: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, Option<&'a str>)>,
+) -> Vec<String> {
+    entries
+        .map(|(id, code, message)| {
+            format!(
+                "target {}: {}: {}",
+                id.unwrap_or("?"),
+                code.unwrap_or("?"),
+                message.unwrap_or("")
+            )
+        })
+        .collect()
 }

@@ -6,10 +6,11 @@ pub mod observe;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use gatehouse_aws::events::IAM_EVENTS_REGION;
 use gatehouse_aws::AwsError;
 
 pub use execute::Executor;
-pub use observe::observe;
+pub use observe::{observe, observe_for};
 
 /// Errors from talking to AWS, each naming the resource it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,13 @@ pub enum Error {
     /// The local gatehouse binary could not be read, or changed since the plan.
     #[error("{resource}: {problem}")]
     Binary { resource: String, problem: String },
+    /// A call that answers per entry (EventBridge's PutTargets, RemoveTargets) failed for some.
+    #[error("{resource}: {op} failed for {detail}")]
+    Entries {
+        resource: String,
+        op: &'static str,
+        detail: String,
+    },
     /// A NAT gateway AWS could not create.
     #[error("{resource}: the NAT gateway went to state failed (its FailureMessage in `aws ec2 describe-nat-gateways` says why); run apply again to replace it")]
     NatFailed { resource: String },
@@ -87,6 +95,10 @@ impl Error {
                 || c == "InvalidAllocationID.NotFound"
                 || c == "NoSuchBucket"
                 || c == "NoSuchKey"
+                // EventBridge, and SQS in its JSON and its query-compatible spelling.
+                || c == "ResourceNotFoundException"
+                || c == "QueueDoesNotExist"
+                || c == "AWS.SimpleQueueService.NonExistentQueue"
         })
     }
 }
@@ -115,6 +127,11 @@ pub struct Clients {
     pub ssm: aws_sdk_ssm::Client,
     pub s3: aws_sdk_s3::Client,
     pub sts: aws_sdk_sts::Client,
+    /// SQS, EventBridge and CloudTrail in `us-east-1`, where IAM's change events arrive
+    /// (`gatehouse_aws::events::IAM_EVENTS_REGION`), whatever the stack's region.
+    pub sqs: aws_sdk_sqs::Client,
+    pub events: aws_sdk_eventbridge::Client,
+    pub cloudtrail: aws_sdk_cloudtrail::Client,
     pub region: String,
 }
 
@@ -132,12 +149,26 @@ impl Clients {
         let s3 = aws_sdk_s3::config::Builder::from(&config)
             .force_path_style(endpoint_url.is_some())
             .build();
+        // The same credentials and endpoint override, in IAM's events region.
+        let events_region = aws_config::Region::new(IAM_EVENTS_REGION);
+        let sqs = aws_sdk_sqs::config::Builder::from(&config)
+            .region(events_region.clone())
+            .build();
+        let events = aws_sdk_eventbridge::config::Builder::from(&config)
+            .region(events_region.clone())
+            .build();
+        let cloudtrail = aws_sdk_cloudtrail::config::Builder::from(&config)
+            .region(events_region)
+            .build();
         Clients {
             ec2: aws_sdk_ec2::Client::new(&config),
             iam: aws_sdk_iam::Client::new(&config),
             ssm: aws_sdk_ssm::Client::new(&config),
             s3: aws_sdk_s3::Client::from_conf(s3),
             sts: aws_sdk_sts::Client::new(&config),
+            sqs: aws_sdk_sqs::Client::from_conf(sqs),
+            events: aws_sdk_eventbridge::Client::from_conf(events),
+            cloudtrail: aws_sdk_cloudtrail::Client::from_conf(cloudtrail),
             region: region.to_string(),
         }
     }
@@ -156,7 +187,7 @@ pub async fn apply(
 ) -> Result<usize, Error> {
     let mut total = 0;
     for _ in 0..APPLY_ROUNDS {
-        let obs = observe(c, &spec.stack).await?;
+        let obs = observe_for(c, spec).await?;
         let plan = crate::plan::plan_apply(spec, &obs)?;
         if plan.is_empty() {
             return Ok(total);
@@ -166,7 +197,7 @@ pub async fn apply(
             .run(&plan, progress)
             .await?;
     }
-    let obs = observe(c, &spec.stack).await?;
+    let obs = observe_for(c, spec).await?;
     let plan = crate::plan::plan_apply(spec, &obs)?;
     if plan.is_empty() {
         Ok(total)

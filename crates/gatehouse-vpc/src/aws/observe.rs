@@ -8,7 +8,10 @@ use aws_sdk_ec2::types::{Filter, IpPermission, VpcAttributeName};
 use super::{fail, Clients, Error};
 use crate::deploy;
 use crate::model::*;
-use crate::plan::{binary_bucket, host_key_parameter, role_name, POLICY_NAME};
+use crate::plan::{
+    binary_bucket, event_queue_name, event_rule_name, host_key_parameter, role_name, POLICY_NAME,
+};
+use gatehouse_aws::events::IAM_EVENTS_REGION;
 
 fn tag_filter(stack: &str) -> Filter {
     Filter::builder()
@@ -398,7 +401,217 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
     observe_iam(c, stack, &mut obs).await?;
     observe_ssm(c, stack, &mut obs).await?;
     observe_s3(c, stack, &mut obs).await?;
+    // The event queue and rule live in us-east-1; a stack of another partition (China,
+    // GovCloud) cannot have them (the spec refuses `iam_events` there) and cannot reach it.
+    if crate::policy::partition(&c.region) == crate::policy::partition(IAM_EVENTS_REGION) {
+        observe_queue(c, stack, &mut obs).await?;
+        observe_rule(c, stack, &mut obs).await?;
+    }
     Ok(obs)
+}
+
+/// [`observe`], and what planning `spec` needs beyond the stack: with `[bastion] iam_events`,
+/// the CloudTrail trails that could deliver IAM's events (`plan` and `apply`).
+pub async fn observe_for(c: &Clients, spec: &crate::spec::Spec) -> Result<Observed, Error> {
+    let mut obs = observe(c, &spec.stack).await?;
+    if spec.bastion.iam_events {
+        obs.trails = Some(observe_trails(c).await?);
+    }
+    Ok(obs)
+}
+
+/// The IAM change-event queue, if a queue of its name exists (SQS has no tag filter): its
+/// URL, tags and attributes.
+async fn observe_queue(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
+    let name = event_queue_name(stack);
+    let what = format!("sqs queue {name}");
+    // A queue deleted between two of these calls is simply not there.
+    let absent = |err: Error| if err.is_not_found() { Ok(()) } else { Err(err) };
+    let url = match c.sqs.get_queue_url().queue_name(&name).send().await {
+        Ok(out) => out.queue_url().unwrap_or_default().to_owned(),
+        Err(e) => return absent(fail(&what, &deploy::GET_QUEUE_URL, e)),
+    };
+    let tags = match c.sqs.list_queue_tags().queue_url(&url).send().await {
+        Ok(out) => out
+            .tags()
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+        Err(e) => return absent(fail(&what, &deploy::LIST_QUEUE_TAGS, e)),
+    };
+    let attributes = match c
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .attributes()
+            .map(|a| {
+                a.iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Err(e) => return absent(fail(&what, &deploy::GET_QUEUE_ATTRIBUTES, e)),
+    };
+    obs.queue = Some(ObsQueue {
+        name,
+        url,
+        tags,
+        attributes,
+    });
+    Ok(())
+}
+
+/// The rule that feeds the queue, if a rule of its name exists on the default bus: its
+/// pattern, state, tags and targets.
+async fn observe_rule(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
+    let name = event_rule_name(stack);
+    let what = format!("events rule {name}");
+    let absent = |err: Error| if err.is_not_found() { Ok(()) } else { Err(err) };
+    let rule = match c.events.describe_rule().name(&name).send().await {
+        Ok(out) => out,
+        Err(e) => return absent(fail(&what, &deploy::DESCRIBE_RULE, e)),
+    };
+    let arn = rule.arn().unwrap_or_default().to_owned();
+    let tags = match c
+        .events
+        .list_tags_for_resource()
+        .resource_arn(&arn)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .tags()
+            .iter()
+            .map(|t| (t.key().to_owned(), t.value().to_owned()))
+            .collect(),
+        Err(e) => return absent(fail(&what, &deploy::LIST_TAGS_FOR_RULE, e)),
+    };
+    let mut targets = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let page = match c
+            .events
+            .list_targets_by_rule()
+            .rule(&name)
+            .set_next_token(next.take())
+            .send()
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => return absent(fail(&what, &deploy::LIST_TARGETS_BY_RULE, e)),
+        };
+        targets.extend(page.targets().iter().map(|t| ObsTarget {
+            id: t.id().to_owned(),
+            arn: t.arn().to_owned(),
+            rewrites: t.input().is_some()
+                || t.input_path().is_some()
+                || t.input_transformer().is_some(),
+        }));
+        match page.next_token() {
+            Some(token) if !token.is_empty() => next = Some(token.to_owned()),
+            _ => break,
+        }
+    }
+    obs.rule = Some(ObsRule {
+        name,
+        arn,
+        tags,
+        // An unreadable pattern is kept as text: it differs from the wanted one.
+        pattern: rule.event_pattern().map(parse_policy),
+        state: rule
+            .state()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
+        targets,
+    });
+    Ok(())
+}
+
+/// The trails `us-east-1` sees (its own and the shadows of multi-region trails), and for
+/// those that can deliver IAM's events there, whether they log and record management write
+/// events.
+async fn observe_trails(c: &Clients) -> Result<Vec<ObsTrail>, Error> {
+    let what = format!("cloudtrail trails in {IAM_EVENTS_REGION}");
+    let list = c
+        .cloudtrail
+        .describe_trails()
+        .include_shadow_trails(true)
+        .send()
+        .await
+        .map_err(|e| fail(&what, &deploy::DESCRIBE_TRAILS, e))?;
+    let mut trails = Vec::new();
+    for t in list.trail_list() {
+        let mut trail = ObsTrail {
+            name: t.name().unwrap_or_default().to_owned(),
+            arn: t.trail_arn().unwrap_or_default().to_owned(),
+            home_region: t.home_region().unwrap_or_default().to_owned(),
+            multi_region: t.is_multi_region_trail() == Some(true),
+            global_service_events: t.include_global_service_events() == Some(true),
+            logging: None,
+            management_writes: None,
+        };
+        if trail.reaches_iam_events_region() {
+            // By ARN: the only way to name a shadow trail.
+            let what = format!("cloudtrail trail {}", trail.arn);
+            let status = c
+                .cloudtrail
+                .get_trail_status()
+                .name(&trail.arn)
+                .send()
+                .await
+                .map_err(|e| fail(&what, &deploy::GET_TRAIL_STATUS, e))?;
+            trail.logging = Some(status.is_logging() == Some(true));
+            if trail.logging == Some(true) {
+                let selectors = c
+                    .cloudtrail
+                    .get_event_selectors()
+                    .trail_name(&trail.arn)
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, &deploy::GET_EVENT_SELECTORS, e))?;
+                trail.management_writes = Some(records_management_writes(
+                    selectors.event_selectors(),
+                    selectors.advanced_event_selectors(),
+                ));
+            }
+        }
+        trails.push(trail);
+    }
+    Ok(trails)
+}
+
+/// Whether a trail's event selectors record IAM's management write events. None at all is
+/// CloudTrail's default: every management event.
+pub fn records_management_writes(
+    basic: &[aws_sdk_cloudtrail::types::EventSelector],
+    advanced: &[aws_sdk_cloudtrail::types::AdvancedEventSelector],
+) -> bool {
+    use aws_sdk_cloudtrail::types::ReadWriteType;
+    if basic.is_empty() && advanced.is_empty() {
+        return true;
+    }
+    let by_basic = basic.iter().any(|s| {
+        s.include_management_events() != Some(false)
+            && !matches!(s.read_write_type(), Some(ReadWriteType::ReadOnly))
+    });
+    let by_advanced = advanced.iter().any(|s| {
+        let fields = s.field_selectors();
+        let field = |name: &str| fields.iter().find(|f| f.field() == name);
+        let has = |list: &[String], value: &str| list.iter().any(|v| v == value);
+        let management = field("eventCategory").is_some_and(|f| has(f.equals(), "Management"));
+        let writes = field("readOnly")
+            .is_none_or(|f| !has(f.equals(), "true") && !has(f.not_equals(), "false"));
+        let iam = field("eventSource").is_none_or(|f| {
+            (f.equals().is_empty() || has(f.equals(), "iam.amazonaws.com"))
+                && !has(f.not_equals(), "iam.amazonaws.com")
+        });
+        management && writes && iam
+    });
+    by_basic || by_advanced
 }
 
 fn iam_tags(tags: &[aws_sdk_iam::types::Tag]) -> Tags {
@@ -704,4 +917,86 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::records_management_writes;
+    use aws_sdk_cloudtrail::types::{
+        AdvancedEventSelector, AdvancedFieldSelector, EventSelector, ReadWriteType,
+    };
+
+    fn basic(management: Option<bool>, rw: Option<ReadWriteType>) -> EventSelector {
+        EventSelector::builder()
+            .set_include_management_events(management)
+            .set_read_write_type(rw)
+            .build()
+    }
+
+    fn advanced(fields: &[(&str, &[&str], &[&str])]) -> AdvancedEventSelector {
+        let mut s = AdvancedEventSelector::builder().name("s");
+        for (field, equals, not_equals) in fields {
+            let mut f = AdvancedFieldSelector::builder().field(*field);
+            for v in *equals {
+                f = f.equals(*v);
+            }
+            for v in *not_equals {
+                f = f.not_equals(*v);
+            }
+            s = s.field_selectors(f.build().expect("field selector"));
+        }
+        s.build().expect("selector")
+    }
+
+    #[test]
+    fn iam_changes_are_recorded_by_management_write_selectors_only() {
+        // CloudTrail's default: every management event.
+        assert!(records_management_writes(&[], &[]));
+        assert!(records_management_writes(
+            &[basic(Some(true), Some(ReadWriteType::All))],
+            &[]
+        ));
+        assert!(records_management_writes(
+            &[basic(None, Some(ReadWriteType::WriteOnly))],
+            &[]
+        ));
+        assert!(!records_management_writes(
+            &[basic(Some(true), Some(ReadWriteType::ReadOnly))],
+            &[]
+        ));
+        assert!(!records_management_writes(
+            &[basic(Some(false), Some(ReadWriteType::All))],
+            &[]
+        ));
+        // Advanced: management events, not read-only, not excluding IAM.
+        let management = ("eventCategory", &["Management"][..], &[][..]);
+        assert!(records_management_writes(&[], &[advanced(&[management])]));
+        assert!(records_management_writes(
+            &[],
+            &[advanced(&[management, ("readOnly", &["false"], &[])])]
+        ));
+        assert!(!records_management_writes(
+            &[],
+            &[advanced(&[management, ("readOnly", &["true"], &[])])]
+        ));
+        assert!(!records_management_writes(
+            &[],
+            &[advanced(&[
+                management,
+                ("eventSource", &[], &["iam.amazonaws.com"])
+            ])]
+        ));
+        assert!(records_management_writes(
+            &[],
+            &[advanced(&[
+                management,
+                ("eventSource", &[], &["kms.amazonaws.com"])
+            ])]
+        ));
+        // Data events only.
+        assert!(!records_management_writes(
+            &[],
+            &[advanced(&[("eventCategory", &["Data"], &[])])]
+        ));
+    }
 }

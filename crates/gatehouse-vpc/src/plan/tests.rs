@@ -501,7 +501,12 @@ impl Fake {
                 let mut tags = tags.clone();
                 if launch.bastion {
                     let bucket = ids.get("bucket").cloned();
-                    let text = crate::userdata::render(spec, &get(ids, "vpc"), bucket.as_deref());
+                    let text = crate::userdata::render(
+                        spec,
+                        &get(ids, "vpc"),
+                        &self.obs.account,
+                        bucket.as_deref(),
+                    );
                     tags.insert(TAG_USER_DATA.into(), sha256_hex(&text));
                 }
                 self.obs.instances.push(ObsInstance {
@@ -563,6 +568,85 @@ impl Fake {
             Action::PutBinary { bucket, object, .. } => {
                 assert_eq!(ids.get(bucket.as_str()), Some(&self.bucket().name));
                 self.bucket().objects.push(object.clone());
+            }
+            Action::DeleteEventRule { name, target_ids } => {
+                let rule = self.obs.rule.as_ref().expect("the rule exists");
+                assert_eq!(&rule.name, name);
+                let ids: Vec<&String> = rule.targets.iter().map(|t| &t.id).collect();
+                assert_eq!(ids, target_ids.iter().collect::<Vec<_>>(), "targets first");
+                self.obs.rule = None;
+            }
+            Action::DeleteEventQueue { url } => {
+                assert!(self.obs.rule.is_none(), "the rule goes before its queue");
+                assert_eq!(self.obs.queue.as_ref().map(|q| &q.url), Some(url));
+                self.obs.queue = None;
+            }
+            Action::CreateEventQueue {
+                key,
+                name,
+                attributes,
+                tags,
+            } => {
+                assert!(self.obs.queue.is_none(), "queue created twice");
+                let url = format!(
+                    "https://sqs.us-east-1.amazonaws.com/{}/{name}",
+                    self.obs.account
+                );
+                self.obs.queue = Some(ObsQueue {
+                    name: name.clone(),
+                    url: url.clone(),
+                    tags: tags.clone(),
+                    attributes: attributes.clone(),
+                });
+                ids.insert(key.clone(), url);
+            }
+            Action::SetEventQueueAttributes { queue, attributes } => {
+                let q = self.obs.queue.as_mut().expect("queue");
+                assert_eq!(ids.get(queue.as_str()), Some(&q.url));
+                q.attributes.extend(attributes.clone());
+            }
+            Action::TagEventQueue { queue, tags } => {
+                let q = self.obs.queue.as_mut().expect("queue");
+                assert_eq!(ids.get(queue.as_str()), Some(&q.url));
+                q.tags.extend(tags.clone());
+            }
+            Action::PutEventRule {
+                key,
+                name,
+                pattern,
+                tags,
+            } => {
+                let arn = format!("arn:aws:events:us-east-1:{}:rule/{name}", self.obs.account);
+                let rule = self.obs.rule.get_or_insert_with(|| ObsRule {
+                    name: name.clone(),
+                    arn: arn.clone(),
+                    // Tags only on create, as EventBridge does.
+                    tags: tags.clone(),
+                    ..ObsRule::default()
+                });
+                rule.pattern = Some(pattern.clone());
+                rule.state = "ENABLED".into();
+                ids.insert(key.clone(), arn);
+            }
+            Action::TagEventRule { rule, tags } => {
+                let r = self.obs.rule.as_mut().expect("rule");
+                assert_eq!(ids.get(rule.as_str()), Some(&r.arn));
+                r.tags.extend(tags.clone());
+            }
+            Action::PutEventTarget { rule, id, arn } => {
+                let r = self.obs.rule.as_mut().expect("the rule before its target");
+                assert_eq!(&r.name, rule);
+                r.targets.retain(|t| &t.id != id);
+                r.targets.push(ObsTarget {
+                    id: id.clone(),
+                    arn: arn.clone(),
+                    rewrites: false,
+                });
+            }
+            Action::RemoveEventTargets { rule, ids } => {
+                let r = self.obs.rule.as_mut().expect("rule");
+                assert_eq!(&r.name, rule);
+                r.targets.retain(|t| !ids.contains(&t.id));
             }
             Action::SetTags { resource, tags } => {
                 let id = get(ids, resource);
@@ -953,7 +1037,7 @@ fn the_vpc_cidr_cannot_change_in_place() {
 #[test]
 fn the_policy_is_least_privilege() {
     let spec = spec("single");
-    let policy = crate::policy::bastion_policy(&spec, None);
+    let policy = crate::policy::bastion_policy(&spec, None, "123456789012");
     let actions: Vec<String> = policy["Statement"]
         .as_array()
         .expect("statements")
@@ -1226,4 +1310,339 @@ fn the_binary_url_is_the_regions_s3_endpoint() {
         binary_url("cn-north-1", "gatehouse-lab-123456789012", "ab"),
         "https://gatehouse-lab-123456789012.s3.cn-north-1.amazonaws.com.cn/gatehouse/ab"
     );
+}
+
+// ---- IAM change events ([bastion] iam_events) ----
+
+const ACCOUNT: &str = "123456789012";
+
+fn events_spec() -> Spec {
+    let text = SPEC.replace("NAT", "single").replace(
+        "gatehouse_download_url",
+        "iam_events = true\ngatehouse_download_url",
+    );
+    parse("t.toml", &text, None).expect("spec")
+}
+
+/// A multi-region trail that logs every management event: what iam_events needs.
+fn delivering_trail() -> ObsTrail {
+    ObsTrail {
+        name: "org".into(),
+        arn: format!("arn:aws:cloudtrail:eu-west-1:{ACCOUNT}:trail/org"),
+        home_region: "eu-west-1".into(),
+        multi_region: true,
+        global_service_events: true,
+        logging: Some(true),
+        management_writes: Some(true),
+    }
+}
+
+/// The fake AWS of an account with a trail that delivers IAM's events.
+fn fake_with_trail() -> Fake {
+    let mut fake = fake_in_account();
+    fake.obs.trails = Some(vec![delivering_trail()]);
+    fake
+}
+
+#[test]
+fn iam_events_converge_to_a_tagged_queue_and_rule_the_bastion_reads() {
+    let spec = events_spec();
+    let mut fake = fake_with_trail();
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    let queue = position(&plan, |a| matches!(a, Action::CreateEventQueue { .. }));
+    let rule = position(&plan, |a| matches!(a, Action::PutEventRule { .. }));
+    let target = position(&plan, |a| matches!(a, Action::PutEventTarget { .. }));
+    let bastion = position(
+        &plan,
+        |a| matches!(a, Action::RunInstance { launch, .. } if launch.bastion),
+    );
+    assert!(
+        queue < rule && rule < target && target < bastion,
+        "{}",
+        plan.render()
+    );
+    let text = plan.render();
+    assert!(
+        text.contains("+ sqs queue gatehouse-lab-iam-events"),
+        "{text}"
+    );
+    assert!(
+        text.contains("+ events rule gatehouse-lab-iam-changes"),
+        "{text}"
+    );
+    assert_eq!(fake.converge(&spec), 1);
+
+    let q = fake.obs.queue.clone().expect("the queue");
+    assert_eq!(q.name, "gatehouse-lab-iam-events");
+    let attr = |k: &str| q.attributes.get(k).cloned().unwrap_or_default();
+    assert_eq!(attr("MessageRetentionPeriod"), "60");
+    assert_eq!(attr("VisibilityTimeout"), "0");
+    assert_eq!(attr("ReceiveMessageWaitTimeSeconds"), "20");
+    assert_eq!(attr("SqsManagedSseEnabled"), "true");
+    let policy: serde_json::Value = serde_json::from_str(&attr("Policy")).expect("policy");
+    assert_eq!(
+        policy["Statement"],
+        serde_json::json!([{
+            "Sid": "OnlyTheStacksRule",
+            "Effect": "Allow",
+            "Principal": {"Service": "events.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": "arn:aws:sqs:us-east-1:123456789012:gatehouse-lab-iam-events",
+            "Condition": {"ArnEquals": {
+                "aws:SourceArn": "arn:aws:events:us-east-1:123456789012:rule/gatehouse-lab-iam-changes"
+            }},
+        }])
+    );
+    assert_eq!(q.tags.get(TAG_STACK).map(String::as_str), Some("lab"));
+    assert_eq!(
+        q.tags.get(TAG_RESOURCE).map(String::as_str),
+        Some("queue/iam-events")
+    );
+
+    let r = fake.obs.rule.clone().expect("the rule");
+    assert_eq!(r.name, "gatehouse-lab-iam-changes");
+    assert_eq!(r.pattern, Some(gatehouse_aws::events::iam_event_pattern()));
+    assert_eq!(r.state, "ENABLED");
+    assert_eq!(
+        r.targets,
+        [ObsTarget {
+            id: "queue".into(),
+            arn: "arn:aws:sqs:us-east-1:123456789012:gatehouse-lab-iam-events".into(),
+            rewrites: false,
+        }]
+    );
+    assert_eq!(r.tags.get(TAG_STACK).map(String::as_str), Some("lab"));
+
+    // The role receives from that queue and re-reads the users events name.
+    let role = fake
+        .obs
+        .role
+        .as_ref()
+        .and_then(|r| r.policy.clone())
+        .expect("policy");
+    let statement = role["Statement"]
+        .as_array()
+        .and_then(|s| {
+            s.iter()
+                .find(|s| s["Sid"] == "ReceiveIamChangeEvents")
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("no queue statement: {role:#}"));
+    assert_eq!(
+        statement["Action"],
+        serde_json::json!(["sqs:ReceiveMessage"])
+    );
+    assert_eq!(
+        statement["Resource"],
+        "arn:aws:sqs:us-east-1:123456789012:gatehouse-lab-iam-events"
+    );
+    assert!(role.to_string().contains("iam:GetUser"), "{role:#}");
+    // And the bastion launched with the config naming it, in this account.
+    let vpc = fake.obs.vpcs[0].id.clone();
+    let config = crate::userdata::daemon_config(&spec, &vpc, ACCOUNT);
+    assert!(
+        config.contains(
+            "events_queue_url = \"https://sqs.us-east-1.amazonaws.com/123456789012/gatehouse-lab-iam-events\""
+        ),
+        "{config}"
+    );
+    let bastion = fake
+        .obs
+        .instances
+        .iter()
+        .find(|i| i.key == "instance/bastion")
+        .expect("bastion");
+    assert_eq!(
+        bastion.tags.get(TAG_USER_DATA),
+        Some(&sha256_hex(&crate::userdata::render(
+            &spec, &vpc, ACCOUNT, None
+        )))
+    );
+}
+
+#[test]
+fn iam_events_drift_is_repaired_and_only_drift() {
+    let spec = events_spec();
+    let mut fake = fake_with_trail();
+    fake.converge(&spec);
+    let q = fake.obs.queue.as_mut().expect("queue");
+    q.attributes
+        .insert("MessageRetentionPeriod".into(), "345600".into());
+    q.attributes.remove("Policy");
+    // The same policy reformatted is no drift.
+    let policy = crate::policy::event_queue_policy(
+        &event_queue_arn("lab", ACCOUNT),
+        &event_rule_arn("lab", ACCOUNT),
+    );
+    q.attributes.insert(
+        "Policy".into(),
+        serde_json::to_string_pretty(&policy).expect("json"),
+    );
+    q.tags.insert(TAG_RESOURCE.into(), "edited".into());
+    let r = fake.obs.rule.as_mut().expect("rule");
+    r.pattern = Some(serde_json::json!({"source": ["aws.iam"]}));
+    r.state = "DISABLED".into();
+    r.targets[0].rewrites = true;
+    r.targets.push(ObsTarget {
+        id: "mine".into(),
+        arn: "arn:aws:sqs:us-east-1:123456789012:elsewhere".into(),
+        rewrites: false,
+    });
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    let text = plan.render();
+    assert_eq!(plan.steps.len(), 5, "{text}");
+    for line in [
+        "~ sqs queue gatehouse-lab-iam-events attributes MessageRetentionPeriod\n",
+        "~ sqs queue gatehouse-lab-iam-events tags gatehouse:resource\n",
+        "~ events rule gatehouse-lab-iam-changes event pattern, state DISABLED -> ENABLED\n",
+        "~ events rule gatehouse-lab-iam-changes - targets mine\n",
+        "~ events rule gatehouse-lab-iam-changes target queue -> gatehouse-lab-iam-events, events as they are\n",
+    ] {
+        assert!(text.contains(line), "{line:?} not in\n{text}");
+    }
+    fake.apply(&spec, &plan);
+    assert!(plan_apply(&spec, &fake.obs).expect("plan").is_empty());
+
+    // The target gone entirely, the policy gone: put back.
+    fake.obs.rule.as_mut().expect("rule").targets.clear();
+    fake.obs
+        .queue
+        .as_mut()
+        .expect("queue")
+        .attributes
+        .remove("Policy");
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    assert_eq!(plan.steps.len(), 2, "{}", plan.render());
+    assert_eq!(fake.converge(&spec), 1);
+}
+
+#[test]
+fn iam_events_off_removes_queue_and_rule_and_destroy_removes_them_too() {
+    let on = events_spec();
+    let off = spec("single");
+    let mut fake = fake_with_trail();
+    fake.converge(&on);
+    let plan = plan_apply(&off, &fake.obs).expect("plan");
+    let text = plan.render();
+    let rule = position(&plan, |a| {
+        matches!(a, Action::DeleteEventRule { name, target_ids }
+            if name == "gatehouse-lab-iam-changes" && target_ids == &["queue".to_owned()])
+    });
+    let queue = position(&plan, |a| matches!(a, Action::DeleteEventQueue { .. }));
+    assert!(rule < queue, "{text}");
+    // The config changes: the bastion is replaced, its role loses the queue.
+    assert!(text.contains("replace: user data changed"), "{text}");
+    assert!(text.contains("update inline policy"), "{text}");
+    assert_eq!(fake.converge(&off), 1);
+    assert!(fake.obs.queue.is_none() && fake.obs.rule.is_none());
+    // On again: created again (an account without the trail need not be asked: off reads none).
+    assert_eq!(fake.converge(&on), 1);
+    assert!(fake.obs.queue.is_some() && fake.obs.rule.is_some());
+    let plan = plan_destroy("lab", &fake.obs);
+    let rule = position(&plan, |a| matches!(a, Action::DeleteEventRule { .. }));
+    let queue = position(&plan, |a| matches!(a, Action::DeleteEventQueue { .. }));
+    assert!(rule < queue, "{}", plan.render());
+    fake.apply(&on, &plan);
+    assert!(fake.obs.is_empty(), "{:#?}", fake.obs);
+}
+
+#[test]
+fn iam_events_need_a_trail_that_delivers_iam_events_to_us_east_1() {
+    let events = events_spec();
+    let mut obs = fake_in_account().obs;
+    // Not read: a bug, said so.
+    let err = plan_apply(&events, &obs).expect_err("trails not read");
+    assert!(err.to_string().contains("trails were not read"), "{err}");
+    // None at all.
+    obs.trails = Some(vec![]);
+    let err = plan_apply(&events, &obs).expect_err("no trail").to_string();
+    assert!(
+        err.starts_with(
+            "[bastion] iam_events: no CloudTrail trail delivers IAM's API calls to EventBridge \
+             in us-east-1"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("The account has no trail that us-east-1 sees."),
+        "{err}"
+    );
+    assert!(err.contains("or set iam_events = false"), "{err}");
+    // Each way a trail can fall short, named.
+    let off = ObsTrail {
+        name: "stopped".into(),
+        logging: Some(false),
+        management_writes: None,
+        ..delivering_trail()
+    };
+    let local = ObsTrail {
+        name: "local".into(),
+        home_region: "us-east-1".into(),
+        multi_region: false,
+        global_service_events: false,
+        logging: None,
+        management_writes: None,
+        ..delivering_trail()
+    };
+    let reads = ObsTrail {
+        name: "reads".into(),
+        management_writes: Some(false),
+        ..delivering_trail()
+    };
+    obs.trails = Some(vec![off, local.clone(), reads]);
+    let err = plan_apply(&events, &obs)
+        .expect_err("no delivering trail")
+        .to_string();
+    assert!(
+        err.contains(
+            "Trails: stopped (logging is off); local (without global service events); reads (its \
+             event selectors record no management write events)."
+        ),
+        "{err}"
+    );
+    // Nothing planned either: the refusal comes before any step.
+    // A single-region trail in us-east-1 with global service events does deliver.
+    let local = ObsTrail {
+        global_service_events: true,
+        logging: Some(true),
+        management_writes: Some(true),
+        ..local
+    };
+    obs.trails = Some(vec![local]);
+    assert!(plan_apply(&events, &obs).is_ok());
+    // Without the switch, trails are neither needed nor read.
+    let mut obs = fake_in_account().obs;
+    obs.trails = None;
+    assert!(plan_apply(&spec("single"), &obs).is_ok());
+}
+
+#[test]
+fn a_queue_or_rule_of_the_stacks_name_not_ours_is_refused_and_never_destroyed() {
+    let events = events_spec();
+    let mut fake = fake_with_trail();
+    fake.converge(&events);
+    let mut foreign = fake.obs.clone();
+    foreign.queue.as_mut().expect("queue").tags.clear();
+    let err = plan_apply(&events, &foreign).expect_err("not ours");
+    assert!(
+        err.to_string().starts_with(
+            "SQS queue \"gatehouse-lab-iam-events\" exists but does not carry gatehouse:stack = lab"
+        ),
+        "{err}"
+    );
+    let mut foreign = fake.obs.clone();
+    foreign
+        .rule
+        .as_mut()
+        .expect("rule")
+        .tags
+        .insert(TAG_STACK.into(), "other".into());
+    let err = plan_apply(&events, &foreign).expect_err("not ours");
+    assert!(err.to_string().contains("EventBridge rule"), "{err}");
+    // Without the switch, and in destroy, someone else's are left alone.
+    foreign.queue.as_mut().expect("queue").tags.clear();
+    let plan = plan_apply(&spec("single"), &foreign).expect("plan");
+    assert!(!plan.render().contains("iam-"), "{}", plan.render());
+    let plan = plan_destroy("lab", &foreign);
+    assert!(!plan.render().contains("iam-"), "{}", plan.render());
 }

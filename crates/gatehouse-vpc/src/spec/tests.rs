@@ -385,8 +385,9 @@ fn the_daemon_table_is_checked_by_the_daemons_own_validator() {
         MINIMAL
     );
     let spec = crate::spec::parse("t.toml", &text, None).unwrap_or_else(|e| panic!("{e}"));
-    let config = crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0")
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    let config =
+        crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0", "123456789012")
+            .unwrap_or_else(|e| panic!("{e:?}"));
     let aws = config.aws.expect("[aws]");
     assert_eq!(aws.refresh_interval, std::time::Duration::from_secs(5));
     assert_eq!(aws.iam_group_prefix.as_deref(), Some("gh-"));
@@ -408,8 +409,9 @@ fn host_tags_are_read_by_the_daemon_as_the_spec_says() {
         MINIMAL
     );
     let spec = parse("t.toml", &text, None).unwrap_or_else(|e| panic!("{e}"));
-    let config = crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0")
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    let config =
+        crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0", "123456789012")
+            .unwrap_or_else(|e| panic!("{e:?}"));
     let aws = config.aws.expect("[aws]");
     let host = &spec.hosts[0];
     let record = gatehouse_aws::build::InstanceRecord {
@@ -472,4 +474,71 @@ fn login_users_follow_the_daemons_rule_and_need_instance_connect() {
     );
     let spec = parse("t.toml", MINIMAL, None).expect("valid");
     assert!(!crate::plan::host_tags(&spec, &spec.hosts[0]).contains_key(crate::model::TAG_LOGIN));
+}
+
+#[test]
+fn iam_events_is_off_by_default_and_writes_the_stacks_queue_into_the_daemon_config() {
+    let spec = parse("t.toml", MINIMAL, None).expect("valid");
+    assert!(!spec.bastion.iam_events);
+    let config =
+        crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0", "210987654321")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    let aws = config.aws.expect("[aws]");
+    assert_eq!(aws.events_queue_url, None);
+
+    let text = with(
+        "gatehouse_download_url",
+        "iam_events = true\ngatehouse_download_url",
+    );
+    let spec = parse("t.toml", &text, None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(spec.bastion.iam_events);
+    let config =
+        crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0", "210987654321")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    let aws = config.aws.expect("[aws]");
+    // SQS's own URL form, in IAM's events region whatever the stack's region; the sweep keeps
+    // the daemon's default for events.
+    assert_eq!(
+        aws.events_queue_url.as_deref(),
+        Some("https://sqs.us-east-1.amazonaws.com/210987654321/gatehouse-lab-iam-events")
+    );
+    assert_eq!(
+        aws.iam_sweep_interval,
+        gatehouse_config::DEFAULT_EVENTS_SWEEP_INTERVAL
+    );
+    // With the daemon sent to another endpoint (LocalStack, moto), the URL is that endpoint's.
+    let text = format!("{text}\n[bastion.daemon.aws]\nendpoint_url = \"http://127.0.0.1:5000/\"\n");
+    let spec = parse("t.toml", &text, None).unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0", "210987654321")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        config.aws.expect("[aws]").events_queue_url.as_deref(),
+        Some("http://127.0.0.1:5000/210987654321/gatehouse-lab-iam-events")
+    );
+}
+
+#[test]
+fn iam_events_are_refused_where_they_cannot_be() {
+    // The queue URL is the stack's, written by gatehouse-vpc: the switch, not the key.
+    let text = format!(
+        "{MINIMAL}\n[bastion.daemon.aws]\nevents_queue_url = \
+         \"https://sqs.us-east-1.amazonaws.com/123456789012/mine\"\n"
+    );
+    assert_rejected(
+        &text,
+        "aws.events_queue_url is written by gatehouse-vpc; remove it and set iam_events = true in [bastion]",
+    );
+    // Another partition cannot reach us-east-1, where IAM's events arrive.
+    let text = MINIMAL.replace("eu-central-1", "cn-north-1").replace(
+        "gatehouse_download_url",
+        "iam_events = true\ngatehouse_download_url",
+    );
+    assert_eq!(
+        errors(&text),
+        ["27:14: iam_events: IAM's events arrive in us-east-1, in partition aws; region cn-north-1 is in partition aws-cn"]
+    );
+    // Off there, nothing to refuse.
+    let text = MINIMAL.replace("eu-central-1", "cn-north-1");
+    assert_eq!(errors(&text), Vec::<String>::new());
 }
