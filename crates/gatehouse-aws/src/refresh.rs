@@ -140,25 +140,67 @@ impl AwsSource {
     /// # Errors
     /// Any failed call: nothing partial is returned.
     pub async fn list(&mut self) -> Result<Listing, AwsError> {
-        let started = Stamp::now();
-        let calls = Calls::default();
+        let mut parts = Parts::default();
+        self.list_parts(&mut parts).await?;
+        parts.listing().ok_or(AwsError::Suspicious(
+            "a listing came back without users or hosts".to_owned(),
+        ))
+    }
+
+    /// Lists the parts `parts` lacks (IAM, EC2, or both, at once) into it; a part that
+    /// succeeds is kept even when the other fails, so a retry redoes only the failed one (at
+    /// 5,000 users an IAM listing is minutes of paced calls).
+    ///
+    /// # Errors
+    /// A part failed (the first failure when both did).
+    async fn list_parts(&mut self, parts: &mut Parts) -> Result<(), AwsError> {
+        let calls = parts.calls.clone();
+        let settings = self.settings.clone();
         let mut iam = self.iam.take().ok_or(AwsError::Suspicious(
             "an IAM sweep is already running".to_owned(),
         ))?;
-        let (users, hosts) = tokio::join!(iam.fetch(&calls), self.hosts(&calls));
+        let want_users = parts.users.is_none();
+        let want_hosts = parts.hosts.is_none();
+        let users = async {
+            let started = Stamp::now();
+            if want_users {
+                Some(iam.fetch(&calls).await.map(|u| (u, started)))
+            } else {
+                None
+            }
+        };
+        let ec2 = &self.ec2;
+        let instances = async {
+            let started = Stamp::now();
+            if want_hosts {
+                Some(ec2.fetch(&calls).await.map(|i| (i, started)))
+            } else {
+                None
+            }
+        };
+        let (users, instances) = tokio::join!(users, instances);
         self.iam = Some(iam);
-        let (identities, mut skipped) = self.identities(&users?);
-        let (hosts, host_skips) = hosts?;
-        skipped.extend(host_skips);
-        Ok(Listing {
-            identities,
-            hosts,
-            skipped,
-            calls,
-            started: started.mono,
-            started_at: started.wall,
-            took: started.mono.elapsed(),
-        })
+        let mut failure = None;
+        match users {
+            Some(Ok((users, started))) => {
+                let (identities, skipped) = self.identities(&users);
+                parts.skipped.extend(skipped);
+                parts.users = Some((identities, started));
+            }
+            Some(Err(e)) => failure = Some(e),
+            None => {}
+        }
+        match instances {
+            Some(Ok((instances, started))) => {
+                let (hosts, skipped) = build::hosts(&instances, &settings);
+                warn_new(&mut self.warned[1], &skipped);
+                parts.skipped.extend(skipped);
+                parts.hosts = Some((hosts, started));
+            }
+            Some(Err(e)) => failure = failure.or(Some(e)),
+            None => {}
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     /// The running instances, as hosts, with what was skipped (newly skipped ones logged).
@@ -174,6 +216,32 @@ impl AwsSource {
         let (identities, skipped) = build::identities(users, &self.settings);
         warn_new(&mut self.warned[0], &skipped);
         (identities, skipped)
+    }
+}
+
+/// The parts of a first listing got so far, and the calls of every try.
+#[derive(Debug, Default)]
+struct Parts {
+    users: Option<(Vec<Identity>, Stamp)>,
+    hosts: Option<(Vec<Host>, Stamp)>,
+    skipped: Vec<Skipped>,
+    calls: Calls,
+}
+
+impl Parts {
+    /// The listing, once both parts are in: as old as its older part.
+    fn listing(self) -> Option<Listing> {
+        let ((identities, a), (hosts, b)) = (self.users?, self.hosts?);
+        let started = Stamp::earliest(a, b);
+        Some(Listing {
+            identities,
+            hosts,
+            skipped: self.skipped,
+            calls: self.calls,
+            started: started.mono,
+            started_at: started.wall,
+            took: started.mono.elapsed(),
+        })
     }
 }
 
@@ -375,8 +443,17 @@ impl AwsDirectory {
         }
         let give_up = Instant::now() + settings.max_staleness;
         let mut failures = 0;
+        let mut parts = Parts::default();
         loop {
-            match source.list().await {
+            let outcome = match source.list_parts(&mut parts).await {
+                Ok(()) => std::mem::take(&mut parts)
+                    .listing()
+                    .ok_or(AwsError::Suspicious(
+                        "a listing came back without users or hosts".to_owned(),
+                    )),
+                Err(e) => Err(e),
+            };
+            match outcome {
                 Ok(listing) => {
                     log_listing(&listing, true);
                     let at = Stamp {
@@ -401,6 +478,7 @@ impl AwsDirectory {
                         return Err(e);
                     }
                     tracing::warn!(error = %e, attempt = failures, retry_in = ?delay,
+                        users_listed = parts.users.is_some(), hosts_listed = parts.hosts.is_some(),
                         "first AWS listing failed; not serving until one succeeds");
                     tokio::time::sleep(delay).await;
                 }
@@ -1066,6 +1144,26 @@ mod tests {
         assert!(guard.admit(listed(0)).is_err());
         assert!(guard.admit(listed(0)).is_ok());
         assert_eq!(guard.published, 0);
+    }
+
+    #[test]
+    fn a_first_listing_keeps_the_part_that_succeeded_and_is_as_old_as_the_older_part() {
+        let early = Stamp::now();
+        std::thread::sleep(Duration::from_millis(5));
+        let late = Stamp::now();
+        let parts = Parts {
+            hosts: Some((Vec::new(), early)),
+            ..Parts::default()
+        };
+        assert!(parts.listing().is_none(), "no listing without users");
+        let parts = Parts {
+            users: Some((Vec::new(), late)),
+            hosts: Some((Vec::new(), early)),
+            ..Parts::default()
+        };
+        let listing = parts.listing().expect("both parts");
+        assert_eq!(listing.started, early.mono);
+        assert_eq!(listing.started_at, early.wall);
     }
 
     #[test]

@@ -209,3 +209,11 @@ pub fn login_for(snapshot: &Snapshot, name: &str) -> Option<String> {
         .ok()
         .filter(|login| snapshot.identity(login).is_some())
 }
+
+/// The EventBridge pattern of the rule that feeds `aws.events_queue_url`, as pretty JSON.
+///
+/// # Errors
+/// Never here (the build without AWS support has no pattern).
+pub fn event_pattern() -> anyhow::Result<String> {
+    Ok(format!("{:#}", gatehouse_aws::events::iam_event_pattern()))
+}

@@ -1,8 +1,10 @@
 //! `gatehouse`: the bastion daemon and its admin commands.
 //!
 //! `serve` runs the daemon; `check` validates a config; `hosts` shows who may reach what;
-//! `ssh-config` writes a user's `~/.ssh/config` block; `demo` runs the daemon on the embedded demo config with generated keys. Config errors exit
-//! with 64 and `file:line:column: message` lines, before any socket is bound.
+//! `ssh-config` writes a user's `~/.ssh/config` block; `demo` runs the daemon on the embedded
+//! demo config with generated keys; `event-pattern` prints the EventBridge pattern of the IAM
+//! change events it reads. Config errors exit with 64 and `file:line:column: message` lines,
+//! before any socket is bound.
 
 #![forbid(unsafe_code)]
 
@@ -135,10 +137,9 @@ fn main() -> ExitCode {
                 },
             ))
         }),
-        Command::EventPattern => {
-            println!("{:#}", gatehouse_aws::events::iam_event_pattern());
-            Ok(())
-        }
+        Command::EventPattern => aws::event_pattern()
+            .map(|pattern| println!("{pattern}"))
+            .map_err(Failure::Runtime),
         Command::Demo { state_dir, listen } => demo::prepare(&state_dir, listen)
             .map_err(Failure::Runtime)
             .and_then(|(config, hint)| run(serve::run(config, Some(hint), None))),
