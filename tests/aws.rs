@@ -965,6 +965,145 @@ fn aws_a_new_replica_serves_from_the_fleets_shared_listing_while_iam_is_down() {
         .control("/__proxy/allow?action=iam:GetAccountAuthorizationDetails");
 }
 
+/// Every message of the audit stream `stream` of the test's log group in moto.
+fn shipped_audit(rig: &Rig, stream: &str) -> Vec<String> {
+    let r = rig.fixture(
+        json!([{"op": "call", "service": "logs", "method": "get_log_events",
+        "args": {"logGroupName": "/gatehouse/test/audit", "logStreamName": stream,
+                 "startFromHead": true, "limit": 10000}}]),
+    );
+    r[0]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e["message"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn aws_audit_lines_reach_cloudwatch_logs_and_none_is_lost_across_kill_9() {
+    let rig = rig("1m");
+    rig.fixture(
+        json!([{"op": "call", "service": "logs", "method": "create_log_group",
+                        "args": {"logGroupName": "/gatehouse/test/audit"}}]),
+    );
+    let port = 2204;
+    let config = write_config(
+        &rig.scratch,
+        "shipping",
+        &rig.proxy.url(),
+        &Settings {
+            max_staleness: "1m",
+            vpc_ids: vec![rig.world.vpc_id.clone()],
+            listen_port: port,
+        },
+    );
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(
+        "audit_log_group = \"/gatehouse/test/audit\"\naudit_log_stream = \"replica-1\"\n",
+    );
+    std::fs::write(&config, text).expect("config");
+    let audit_file = rig.scratch.join("shipping.audit.jsonl");
+    let written = || -> Vec<String> {
+        std::fs::read_to_string(&audit_file)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let client = SshClient::new(
+        &rig.topology.client,
+        &rig.scratch,
+        addr(BASTION_CLIENT_ADDR, port),
+        "alice",
+        &rig.alice_key.private,
+    );
+    let login_twice = || {
+        for _ in 0..2 {
+            assert_reaches_sshd(&client, &format!("jupyter:{SSH_PORT}"));
+        }
+    };
+    // Waits until the stream holds every line of the audit file; returns how long after the
+    // last line was written that was.
+    let wait_shipped = |what: &str| -> Duration {
+        let lines = written();
+        let started = Instant::now();
+        let deadline = started + SLACK * 2;
+        loop {
+            let shipped = shipped_audit(&rig, "replica-1");
+            if lines.iter().all(|l| shipped.contains(l)) {
+                return started.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} of {} audit lines shipped within {:?}",
+                lines.iter().filter(|l| shipped.contains(l)).count(),
+                lines.len(),
+                SLACK * 2
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let mut daemon = start_gatehouse(&rig.topology, &rig.scratch, &config, "shipping");
+    login_twice();
+    let delay = wait_shipped("while CloudWatch answers");
+    eprintln!(
+        "audit shipping: {} lines in the stream {delay:?} after the test saw them written",
+        written().len()
+    );
+
+    // CloudWatch refuses: lines wait in the file; the daemon dies by kill -9 with lines
+    // unshipped; the restart ships them.
+    rig.proxy.control("/__proxy/deny?action=logs:PutLogEvents");
+    login_twice();
+    daemon.wait_for_stderr("cannot ship audit lines to CloudWatch Logs", SLACK);
+    let before_kill = written().len();
+    daemon.kill();
+    rig.proxy.control("/__proxy/allow?action=logs:PutLogEvents");
+    let shipped = shipped_audit(&rig, "replica-1");
+    let unshipped = written().iter().filter(|l| !shipped.contains(l)).count();
+    assert!(
+        unshipped >= 4,
+        "lines left unshipped at the kill: {unshipped}"
+    );
+    let mut daemon = start_gatehouse(&rig.topology, &rig.scratch, &config, "shipping");
+    let delay = wait_shipped("after kill -9 and a restart");
+    eprintln!(
+        "after kill -9: {unshipped} unshipped lines of {before_kill} in the stream {delay:?} \
+         after the restart's listing"
+    );
+    // And once more with nothing pending: a kill -9 after the position was saved ships no
+    // line twice.
+    login_twice();
+    wait_shipped("after the restart");
+    std::thread::sleep(ship_poll());
+    daemon.kill();
+    let _daemon = start_gatehouse(&rig.topology, &rig.scratch, &config, "shipping");
+    login_twice();
+    wait_shipped("after the second restart");
+    let lines = written();
+    let shipped = shipped_audit(&rig, "replica-1");
+    let twice: Vec<&String> = lines
+        .iter()
+        .filter(|l| shipped.iter().filter(|s| s == l).count() > 1)
+        .collect();
+    assert!(twice.is_empty(), "lines shipped twice: {twice:?}");
+    assert_eq!(
+        shipped.len(),
+        lines.len(),
+        "the stream holds exactly the file's lines"
+    );
+}
+
+/// How often the shipper looks at the file.
+fn ship_poll() -> Duration {
+    gatehouse_aws::ship::POLL * 2
+}
+
 #[test]
 fn aws_outage_serves_cached_users_until_max_staleness_then_recovers() {
     // moto seeded, so that a restarted (empty) moto given the same world hands out the same

@@ -50,7 +50,7 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrad
 
 def service_of(headers, body):
     auth = headers.get("Authorization", "")
-    for svc in ("iam", "ec2", "ssm", "sts", "ec2-instance-connect", "sqs", "events"):
+    for svc in ("iam", "ec2", "ssm", "sts", "ec2-instance-connect", "sqs", "events", "logs"):
         if f"/{svc}/aws4_request" in auth:
             return svc
     return "unknown"
@@ -91,6 +91,12 @@ def denied_answer(service, action):
                                       f"sqs:{action} because no identity-based policy allows "
                                       f"the sqs:{action} action"})
         return 400, "application/x-amz-json-1.0", body.encode()
+    if service == "logs":
+        body = json.dumps({"__type": "AccessDeniedException",
+                           "message": f"User: {who} is not authorized to perform: "
+                                      f"logs:{action} because no identity-based policy allows "
+                                      f"the logs:{action} action"})
+        return 400, "application/x-amz-json-1.1", body.encode()
     if service in ("ssm", "ec2-instance-connect"):
         body = json.dumps({"__type": "AccessDeniedException",
                            "Message": f"User: {who} is not authorized to perform: "

@@ -24,6 +24,9 @@ pub enum Resource {
     EventQueue,
     /// The object `aws.shared_snapshot`: `arn:PARTITION:s3:::BUCKET/KEY`.
     SharedSnapshot,
+    /// The log group `aws.audit_log_group` and its streams:
+    /// `arn:PARTITION:logs:REGION:ACCOUNT:log-group:NAME:*`.
+    AuditLogGroup,
 }
 
 /// When the daemon needs an action.
@@ -43,6 +46,8 @@ pub enum Need {
     EventsGroupPrefix,
     /// With `aws.shared_snapshot`.
     SharedSnapshot,
+    /// With `aws.audit_log_group`.
+    AuditShipping,
 }
 
 /// One IAM action of the daemon.
@@ -141,6 +146,12 @@ actions! {
     /// Shares this replica's listing.
     PUT_OBJECT = "s3:PutObject", SharedSnapshot, SharedSnapshot, true,
         "only with `shared_snapshot`: share the listing after each IAM sweep, at most once a minute otherwise";
+    /// Creates this bastion's stream in the audit log group.
+    CREATE_LOG_STREAM = "logs:CreateLogStream", AuditLogGroup, AuditShipping, true,
+        "only with `audit_log_group`: create this bastion's stream (at start; an existing one is used)";
+    /// Ships audit lines.
+    PUT_LOG_EVENTS = "logs:PutLogEvents", AuditLogGroup, AuditShipping, true,
+        "only with `audit_log_group`: ship the audit lines";
 }
 
 /// What the daemon is configured to do, as far as its AWS permissions are concerned.
@@ -158,6 +169,8 @@ pub struct Mode {
     pub iam_group_prefix: bool,
     /// `aws.shared_snapshot` is set.
     pub shared_snapshot: bool,
+    /// `aws.audit_log_group` is set.
+    pub audit_shipping: bool,
 }
 
 impl Mode {
@@ -171,6 +184,7 @@ impl Mode {
             events: settings.events_queue_url.is_some(),
             iam_group_prefix: settings.iam_group_prefix.is_some(),
             shared_snapshot: settings.shared_snapshot.is_some(),
+            audit_shipping: settings.audit_log_group.is_some(),
         }
     }
 
@@ -183,6 +197,7 @@ impl Mode {
             Need::Events => self.events,
             Need::EventsGroupPrefix => self.events && self.iam_group_prefix,
             Need::SharedSnapshot => self.shared_snapshot,
+            Need::AuditShipping => self.audit_shipping,
         }
     }
 }
@@ -207,6 +222,7 @@ mod tests {
         ("instance_connect.rs", include_str!("instance_connect.rs")),
         ("events.rs", include_str!("events.rs")),
         ("shared.rs", include_str!("shared.rs")),
+        ("ship.rs", include_str!("ship.rs")),
     ];
 
     /// The argument of every `.count(` in the fetchers' sources.
@@ -254,7 +270,16 @@ mod tests {
         for a in ALL {
             let (service, call) = a.name().split_once(':').expect("service:Action");
             assert!(
-                ["iam", "ec2", "ssm", "ec2-instance-connect", "sqs", "s3"].contains(&service),
+                [
+                    "iam",
+                    "ec2",
+                    "ssm",
+                    "ec2-instance-connect",
+                    "sqs",
+                    "s3",
+                    "logs"
+                ]
+                .contains(&service),
                 "{}",
                 a.name()
             );
@@ -307,6 +332,14 @@ mod tests {
             ..Mode::default()
         });
         assert_eq!(&shared[base.len()..], ["s3:GetObject", "s3:PutObject"]);
+        let shipping = names(Mode {
+            audit_shipping: true,
+            ..Mode::default()
+        });
+        assert_eq!(
+            &shipping[base.len()..],
+            ["logs:CreateLogStream", "logs:PutLogEvents"]
+        );
         // The group prefix alone needs nothing more: the account listing names the groups.
         assert_eq!(
             names(Mode {
@@ -322,6 +355,7 @@ mod tests {
             events: true,
             iam_group_prefix: true,
             shared_snapshot: true,
+            audit_shipping: true,
         });
         assert_eq!(everything.len(), ALL.len());
     }
@@ -333,7 +367,8 @@ mod tests {
              iam_group_prefix = \"gatehouse-\"\nhost_key_ssm_parameter = \"/g/k\"\n\
              host_key_tags = { \"gatehouse:stack\" = \"lab\" }\ninstance_connect = true\n\
              events_queue_url = \"https://sqs.us-east-1.amazonaws.com/123456789012/q\"\n\
-             shared_snapshot = \"s3://b-1/k\"\n",
+             shared_snapshot = \"s3://b-1/k\"\naudit_log_group = \"/g/a\"\n\
+             [audit]\nfile = \"/a.jsonl\"\n",
             std::path::Path::new("t.toml"),
         )
         .expect("config");
@@ -347,6 +382,7 @@ mod tests {
                 events: true,
                 iam_group_prefix: true,
                 shared_snapshot: true,
+                audit_shipping: true,
             }
         );
     }

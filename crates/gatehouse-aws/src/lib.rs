@@ -8,7 +8,9 @@
 //! - [`refresh`] runs one refresh or the background loop, and publishes a
 //!   [`gatehouse_directory::Snapshot`] only after a complete, successful listing;
 //! - [`instance_connect`] pushes a user's key to an instance (EC2 Instance Connect);
-//! - [`persist`] keeps the last good listing on disk, so a restart serves at once;
+//! - [`persist`] keeps the last good listing on disk, so a restart serves at once, and
+//!   [`shared`] in S3 for the fleet, so a new replica does;
+//! - [`events`] reads IAM's change events; [`ship`] ships the audit file to CloudWatch Logs;
 //! - [`hostkey`] reads or creates the SSM host key; [`names`] maps IAM names to login names;
 //! - [`actions`] declares every AWS action the daemon needs, per mode: the fetchers count
 //!   their calls with it, and gatehouse-vpc builds the bastion role from it.
@@ -33,6 +35,7 @@ mod pace;
 pub mod persist;
 pub mod refresh;
 pub mod shared;
+pub mod ship;
 
 use std::time::Duration;
 
@@ -70,6 +73,8 @@ pub struct Clients {
     pub sqs: Option<aws_sdk_sqs::Client>,
     /// S3, when `aws.shared_snapshot` is set, with short timeouts: a start may wait on it.
     pub s3: Option<aws_sdk_s3::Client>,
+    /// CloudWatch Logs, when `aws.audit_log_group` is set.
+    pub logs: Option<aws_sdk_cloudwatchlogs::Client>,
 }
 
 impl Clients {
@@ -122,9 +127,14 @@ impl Clients {
                     .build(),
             )
         });
+        let logs = settings
+            .audit_log_group
+            .as_ref()
+            .map(|_| aws_sdk_cloudwatchlogs::Client::new(&sdk));
         Clients {
             sqs,
             s3,
+            logs,
             iam: aws_sdk_iam::Client::new(&sdk),
             ec2: aws_sdk_ec2::Client::new(&sdk),
             ssm: aws_sdk_ssm::Client::new(&sdk),

@@ -208,6 +208,15 @@ pub struct AwsConfig {
     /// listing while it is within `max_staleness`, then sweeps. Whoever may write the object
     /// decides who gets in: only the bastion role may. `None`: nothing is shared.
     pub shared_snapshot: Option<S3Object>,
+    /// `audit_log_group`: ship every line of the audit file (`audit.file`, required) to this
+    /// CloudWatch Logs log group, e.g. `"/gatehouse/lab/audit"`, so the audit trail outlives
+    /// the instance. The file is the spool: the position shipped is kept beside it
+    /// (`<audit.file>.shipped`) and a restart, kill -9 included, resumes there. `None`:
+    /// nothing is shipped.
+    pub audit_log_group: Option<String>,
+    /// `audit_log_stream`: the log stream of this bastion in that group. Default: the
+    /// machine's host name (unique per instance on EC2).
+    pub audit_log_stream: Option<String>,
 }
 
 /// An S3 object's location.

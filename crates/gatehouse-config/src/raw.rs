@@ -61,6 +61,8 @@ pub(crate) struct RawAws {
     pub(crate) events_queue_url: Option<Spanned<String>>,
     pub(crate) iam_sweep_interval: Option<Spanned<String>>,
     pub(crate) shared_snapshot: Option<Spanned<String>>,
+    pub(crate) audit_log_group: Option<Spanned<String>>,
+    pub(crate) audit_log_stream: Option<Spanned<String>>,
 }
 
 /// `[limits]`.

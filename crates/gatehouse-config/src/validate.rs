@@ -54,6 +54,19 @@ pub(crate) fn validate(
         .aws
         .as_ref()
         .map(|aws| v.aws(aws.get_ref(), &aws.span()));
+    if let (Some(group), None) = (
+        raw.aws
+            .as_ref()
+            .and_then(|a| a.get_ref().audit_log_group.as_ref()),
+        &audit.file,
+    ) {
+        v.error(
+            &group.span(),
+            "aws.audit_log_group: needs audit.file: the audit file is the spool the lines are \
+             shipped from (a restart resumes where it stopped); set [audit] file"
+                .to_owned(),
+        );
+    }
     if aws.is_some() {
         // One source of truth at a time: a static entry next to AWS would be a second door
         // that no IAM change can close.
@@ -1047,6 +1060,40 @@ impl Validator<'_> {
             .unwrap_or(DEFAULT_IAM_CALLS_PER_SECOND),
             events_queue_url,
             iam_sweep_interval,
+            audit_log_group: a.audit_log_group.as_ref().and_then(|g| {
+                let text = g.get_ref();
+                let ok = (1..=512).contains(&text.len())
+                    && text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-/.#".contains(c));
+                if !ok {
+                    self.error(
+                        &g.span(),
+                        format!(
+                            "aws.audit_log_group: `{}` is not a CloudWatch Logs log group name \
+                             (1 to 512 of letters, digits and `_-/.#`), e.g. \"/gatehouse/lab/audit\"",
+                            text.escape_debug()
+                        ),
+                    );
+                }
+                ok.then(|| text.clone())
+            }),
+            audit_log_stream: a.audit_log_stream.as_ref().and_then(|g| {
+                let text = g.get_ref();
+                let ok = (1..=512).contains(&text.len())
+                    && text.chars().all(|c| c.is_ascii_graphic() && c != ':' && c != '*');
+                if !ok {
+                    self.error(
+                        &g.span(),
+                        format!(
+                            "aws.audit_log_stream: `{}` is not a CloudWatch Logs stream name \
+                             (1 to 512 printable characters, no `:` or `*`)",
+                            text.escape_debug()
+                        ),
+                    );
+                }
+                ok.then(|| text.clone())
+            }),
             shared_snapshot: a.shared_snapshot.as_ref().and_then(|u| {
                 let parsed = parse_s3_object(u.get_ref());
                 if parsed.is_none() {

@@ -1644,3 +1644,28 @@ fn aws_shared_snapshot_is_an_s3_object() {
         has_error(&list, "is not an S3 object");
     }
 }
+
+#[test]
+fn aws_audit_log_group_needs_the_audit_file_and_a_valid_name() {
+    const AWS: &str = "[aws]\nvpc_ids = [\"vpc-1\"]\n";
+    let aws = ok(&format!("{SERVER}{AWS}")).aws.expect("aws");
+    assert_eq!(aws.audit_log_group, None);
+    assert_eq!(aws.audit_log_stream, None);
+    let c = ok(&format!(
+        "{SERVER}[audit]\nfile = \"/var/lib/gatehouse/audit.jsonl\"\n{AWS}\
+         audit_log_group = \"/gatehouse/lab/audit\"\naudit_log_stream = \"i-0abc\"\n"
+    ));
+    let aws = c.aws.expect("aws");
+    assert_eq!(aws.audit_log_group.as_deref(), Some("/gatehouse/lab/audit"));
+    assert_eq!(aws.audit_log_stream.as_deref(), Some("i-0abc"));
+    let list = errors(&format!(
+        "{SERVER}{AWS}audit_log_group = \"/gatehouse/lab/audit\"\n"
+    ));
+    has_error(&list, "aws.audit_log_group: needs audit.file");
+    let list = errors(&format!(
+        "{SERVER}[audit]\nfile = \"/a.jsonl\"\n{AWS}audit_log_group = \"a b\"\n\
+         audit_log_stream = \"x:y\"\n"
+    ));
+    has_error(&list, "is not a CloudWatch Logs log group name");
+    has_error(&list, "is not a CloudWatch Logs stream name");
+}

@@ -10,7 +10,8 @@ use gatehouse_aws::events::IAM_EVENTS_REGION;
 
 use crate::model::TAG_STACK;
 use crate::plan::{
-    binary_bucket, event_queue_name, event_rule_name, host_key_parameter, role_name,
+    audit_log_group, binary_bucket, event_queue_name, event_rule_name, host_key_parameter,
+    role_name,
 };
 use crate::policy::partition;
 
@@ -67,6 +68,14 @@ pub enum Scope {
     /// Reading a trail that may deliver IAM's events: any trail of any region (their names
     /// and home regions are the account's), read only.
     Trails,
+    /// Listing log groups (`DescribeLogGroups` has no resource-level permissions).
+    LogGroupList,
+    /// The audit log group `/gatehouse/<stack>/audit` in the stack's region, in the ARN form
+    /// with `:*` that CloudWatch Logs checks most of its actions against.
+    AuditLogGroup,
+    /// The same group in the ARN form without `:*`, which its tagging actions are checked
+    /// against (`TagResource`, `ListTagsForResource`).
+    AuditLogGroupTags,
     /// Needs no permission (`sts:GetCallerIdentity`): not in the policy.
     NoPermission,
 }
@@ -74,7 +83,7 @@ pub enum Scope {
 /// One AWS call of gatehouse-vpc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Call {
-    /// The SDK's service, as the IAM action prefix: `ec2`, `iam`, `ssm`, `s3`, `sts`.
+    /// The SDK's service, as the IAM action prefix: `ec2`, `iam`, `ssm`, `s3`, `sts`, `logs`, ...
     pub service: &'static str,
     /// The API operation, e.g. `HeadBucket`.
     pub operation: &'static str,
@@ -136,6 +145,8 @@ calls! {
     DESCRIBE_RULE = "events" "DescribeRule" "events:DescribeRule", READ, EventRule, true;
     LIST_TAGS_FOR_RULE = "events" "ListTagsForResource" "events:ListTagsForResource", READ, EventRule, true;
     LIST_TARGETS_BY_RULE = "events" "ListTargetsByRule" "events:ListTargetsByRule", READ, EventRule, true;
+    DESCRIBE_LOG_GROUPS = "logs" "DescribeLogGroups" "logs:DescribeLogGroups", READ, LogGroupList, true;
+    LIST_LOG_GROUP_TAGS = "logs" "ListTagsForResource" "logs:ListTagsForResource", READ, AuditLogGroupTags, true;
     // ---- the precondition of `iam_events` (plan, and apply, which plans) ----
     DESCRIBE_TRAILS = "cloudtrail" "DescribeTrails" "cloudtrail:DescribeTrails", PLAN_CHECK, TrailList, true;
     GET_TRAIL_STATUS = "cloudtrail" "GetTrailStatus" "cloudtrail:GetTrailStatus", PLAN_CHECK, Trails, true;
@@ -182,6 +193,10 @@ calls! {
     // Also checked inside PutRule, which tags the new rule.
     TAG_RULE = "events" "TagResource" "events:TagResource", APPLY, EventRule, true;
     PUT_TARGETS = "events" "PutTargets" "events:PutTargets", APPLY, EventRule, true;
+    CREATE_LOG_GROUP = "logs" "CreateLogGroup" "logs:CreateLogGroup", APPLY, AuditLogGroup, true;
+    // Also checked inside CreateLogGroup, which tags the new group.
+    TAG_LOG_GROUP = "logs" "TagResource" "logs:TagResource", APPLY, AuditLogGroupTags, true;
+    PUT_RETENTION_POLICY = "logs" "PutRetentionPolicy" "logs:PutRetentionPolicy", APPLY, AuditLogGroup, true;
     // ---- removing (destroy, and apply when it replaces or removes) ----
     TERMINATE_INSTANCES = "ec2" "TerminateInstances" "ec2:TerminateInstances", REMOVE, StackTagged, true;
     DELETE_NAT_GATEWAY = "ec2" "DeleteNatGateway" "ec2:DeleteNatGateway", REMOVE, StackTagged, true;
@@ -205,6 +220,8 @@ calls! {
     REMOVE_TARGETS = "events" "RemoveTargets" "events:RemoveTargets", REMOVE, EventRule, true;
     DELETE_RULE = "events" "DeleteRule" "events:DeleteRule", REMOVE, EventRule, true;
     DELETE_QUEUE = "sqs" "DeleteQueue" "sqs:DeleteQueue", REMOVE, EventQueue, true;
+    // Only `destroy --delete-audit-log`: apply never removes the audit trail.
+    DELETE_LOG_GROUP = "logs" "DeleteLogGroup" "logs:DeleteLogGroup", DESTROY, AuditLogGroup, true;
 }
 
 /// One IAM action of the deployer and everything that needs it.
@@ -272,7 +289,8 @@ const EC2_OWNED: &[&str] = &[
 
 /// The deployer's policy for `stack` in `region`: every action of [`ALL`], each narrowed as
 /// its [`Scope`] says. The IAM change-event resources live in `us-east-1`: a stack of another
-/// partition (China, GovCloud) has none and its policy names none.
+/// partition (China, GovCloud) has none and its policy names none. The audit log group is in
+/// the stack's region.
 pub fn deployer_policy(stack: &str, region: &str) -> Value {
     let part = partition(region);
     let events_part = partition(IAM_EVENTS_REGION);
@@ -306,6 +324,10 @@ pub fn deployer_policy(stack: &str, region: &str) -> Value {
             .collect()
     };
     let tagged = |key: &str| json!({"StringEquals": {format!("{key}/{TAG_STACK}"): stack}});
+    let log_group = format!(
+        "arn:{part}:logs:{region}:*:log-group:{}",
+        audit_log_group(stack)
+    );
     let create_operations: Vec<&str> = ALL
         .iter()
         .filter(|c| c.scope == Scope::Ec2Create)
@@ -375,6 +397,24 @@ pub fn deployer_policy(stack: &str, region: &str) -> Value {
             "TheBinaries",
             actions_of(&[Scope::StackBucketObjects]),
             json!(format!("arn:{part}:s3:::{bucket}/*")),
+            None,
+        ),
+        (
+            "ListTheLogGroups",
+            actions_of(&[Scope::LogGroupList]),
+            json!("*"),
+            None,
+        ),
+        (
+            "TheAuditLogGroup",
+            actions_of(&[Scope::AuditLogGroup]),
+            json!(format!("{log_group}:*")),
+            None,
+        ),
+        (
+            "TagTheAuditLogGroup",
+            actions_of(&[Scope::AuditLogGroupTags]),
+            json!(log_group),
             None,
         ),
         (

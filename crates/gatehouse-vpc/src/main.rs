@@ -49,8 +49,13 @@ enum Command {
     },
     /// Make AWS match the spec (idempotent).
     Apply,
-    /// Delete every resource tagged with the stack, in dependency order (nothing else).
-    Destroy,
+    /// Delete every resource tagged with the stack, in dependency order (nothing else). The
+    /// audit log group stays, with its lines: the audit trail outlives the stack.
+    Destroy {
+        /// Delete the stack's audit log group too, and every audit line in it.
+        #[arg(long)]
+        delete_audit_log: bool,
+    },
     /// Print the bastion's address and a ready ~/.ssh/config block.
     Output {
         /// Print as JSON.
@@ -85,7 +90,9 @@ fn main() -> ExitCode {
     // plan and apply store the binary by its digest; destroy and output never need it.
     let binary = match cli.command {
         Command::Plan { .. } | Command::Apply => spec::ReadBinary::Yes,
-        Command::Destroy | Command::Output { .. } | Command::Policy { .. } => spec::ReadBinary::No,
+        Command::Destroy { .. } | Command::Output { .. } | Command::Policy { .. } => {
+            spec::ReadBinary::No
+        }
     };
 
     let spec = match spec::load(&cli.spec, env_region.as_deref(), binary) {
@@ -220,11 +227,19 @@ async fn run(cli: Cli, spec: spec::Spec) -> anyhow::Result<ExitCode> {
                 println!("stack {stack}: applied {n} step(s); now up to date");
             }
         }
-        Command::Destroy => {
-            let n = aws::destroy(&clients, &stack, waits, &mut progress)
+        Command::Destroy { delete_audit_log } => {
+            let audit = if delete_audit_log {
+                plan::AuditLog::Delete
+            } else {
+                plan::AuditLog::Keep
+            };
+            let done = aws::destroy(&clients, &stack, audit, waits, &mut progress)
                 .await
                 .with_context(|| format!("destroy of stack {stack}"))?;
-            println!("stack {stack}: destroyed ({n} step(s))");
+            println!("stack {stack}: destroyed ({} step(s))", done.steps);
+            for kept in &done.kept {
+                println!("kept: {}: {}", kept.resource, kept.detail);
+            }
         }
         // Handled above, before any AWS client exists.
         Command::Policy { .. } => {}

@@ -235,6 +235,18 @@ pub struct ObsRule {
     pub targets: Vec<ObsTarget>,
 }
 
+/// The stack's audit log group (`/gatehouse/<stack>/audit`, [`crate::plan::audit_log_group`]),
+/// found by its name in the stack's region (CloudWatch Logs has no tag filter).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsLogGroup {
+    pub name: String,
+    /// Its ARN without the trailing `:*` (`logGroupArn`): what the tagging calls take.
+    pub arn: String,
+    pub tags: Tags,
+    /// `retentionInDays`; None: the events never expire.
+    pub retention_days: Option<i32>,
+}
+
 /// A CloudTrail trail as `us-east-1` sees it (shadow trails of multi-region trails too):
 /// what decides whether IAM's API calls reach EventBridge there. Read only for a spec with
 /// `iam_events`.
@@ -273,7 +285,8 @@ impl ObsTrail {
 
 /// Everything AWS reports for one stack tag. Only resources whose `gatehouse:stack` tag equals
 /// the stack name are in here, with exceptions that only ever matter for refusing: an IAM
-/// role, instance profile, bucket, event queue or event rule found by its (deterministic) name
+/// role, instance profile, bucket, event queue, event rule or log group found by its
+/// (deterministic) name
 /// whose tags say it is not ours (`plan::only_ours` drops them before anything is planned).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Observed {
@@ -296,6 +309,8 @@ pub struct Observed {
     pub queue: Option<ObsQueue>,
     /// The rule that feeds it, when a rule of its name exists.
     pub rule: Option<ObsRule>,
+    /// The audit log group, when a log group of its name exists.
+    pub log_group: Option<ObsLogGroup>,
     /// The trails `us-east-1` sees; None when not read (a spec without `iam_events`, destroy,
     /// output).
     pub trails: Option<Vec<ObsTrail>>,
@@ -320,6 +335,7 @@ impl Observed {
             && self.bucket.is_none()
             && self.queue.is_none()
             && self.rule.is_none()
+            && self.log_group.is_none()
     }
 }
 
@@ -404,6 +420,10 @@ pub enum Action {
     },
     DeleteEventQueue {
         url: String,
+    },
+    /// Delete the audit log group and its lines (`destroy --delete-audit-log` only).
+    DeleteAuditLogGroup {
+        name: String,
     },
     // ---- creation and repair (keys) ----
     CreateVpc {
@@ -568,6 +588,21 @@ pub enum Action {
         rule: String,
         ids: Vec<String>,
     },
+    /// Create the audit log group with its tags (in the same call), then set its retention.
+    CreateAuditLogGroup {
+        name: String,
+        tags: Tags,
+        retention_days: i32,
+    },
+    SetAuditLogRetention {
+        name: String,
+        retention_days: i32,
+    },
+    /// Put back drifted tags of the audit log group (by its ARN).
+    TagAuditLogGroup {
+        arn: String,
+        tags: Tags,
+    },
     RunInstance {
         key: String,
         launch: LaunchSpec,
@@ -613,6 +648,16 @@ pub struct Step {
     pub action: Action,
 }
 
+/// A resource of the stack that a plan leaves on purpose, and why (`destroy` keeps the audit
+/// log group).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Kept {
+    /// What it is, e.g. `log group /gatehouse/lab/audit`.
+    pub resource: String,
+    /// Why it stays, in words.
+    pub detail: String,
+}
+
 /// An ordered list of steps plus the ids of the resources that exist and are kept.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Plan {
@@ -622,6 +667,9 @@ pub struct Plan {
     pub known: BTreeMap<String, String>,
     /// The AWS account it is for (the bastion's user data names its event queue by it).
     pub account: String,
+    /// What `destroy` leaves on purpose (the audit log group); empty for `apply`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<Kept>,
 }
 
 impl Plan {
@@ -629,10 +677,15 @@ impl Plan {
         self.steps.is_empty()
     }
 
-    /// The human-readable diff.
+    /// The human-readable diff; what is kept on purpose is marked `=`.
     pub fn render(&self) -> String {
+        let kept: String = self
+            .kept
+            .iter()
+            .map(|k| format!("= {:<28} {}\n", k.resource, k.detail))
+            .collect();
         if self.steps.is_empty() {
-            return format!("stack {}: no changes\n", self.stack);
+            return format!("{kept}stack {}: no changes\n", self.stack);
         }
         let mut out = String::new();
         for s in &self.steps {
@@ -643,6 +696,7 @@ impl Plan {
                 s.detail
             ));
         }
+        out.push_str(&kept);
         let count = |sign| self.steps.iter().filter(|s| s.sign == sign).count();
         out.push_str(&format!(
             "stack {}: {} to create, {} to change, {} to delete\n",

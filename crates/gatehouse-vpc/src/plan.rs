@@ -104,6 +104,36 @@ pub fn event_rule_arn(stack: &str, account: &str) -> String {
     )
 }
 
+/// The stack's audit log group, in the stack's region: every bastion of the stack ships its
+/// audit lines there (`aws.audit_log_group`), one stream per instance. At most
+/// 10 + 28 + 6 = 44 characters of the 512 CloudWatch Logs allows.
+pub fn audit_log_group(stack: &str) -> String {
+    format!("/gatehouse/{stack}/audit")
+}
+
+/// The log group's ARN in `account`, as `logGroupArn` reports it and the tagging calls take
+/// it (without the `:*` that IAM's other CloudWatch Logs actions are checked against).
+pub fn audit_log_group_arn(region: &str, account: &str, stack: &str) -> String {
+    format!(
+        "arn:{}:logs:{region}:{account}:log-group:{}",
+        crate::policy::partition(region),
+        audit_log_group(stack)
+    )
+}
+
+/// Logical key of the audit log group (its `gatehouse:resource` tag).
+pub const AUDIT_LOG_GROUP_KEY: &str = "log-group/audit";
+
+/// What `destroy` does with the stack's audit log group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditLog {
+    /// Leave it, with its lines: the audit trail outlives the stack (the default).
+    #[default]
+    Keep,
+    /// Delete it too (`destroy --delete-audit-log`).
+    Delete,
+}
+
 /// The id of the rule's one target, the queue.
 pub const EVENT_TARGET_ID: &str = "queue";
 /// Logical keys of the queue and the rule (their `gatehouse:resource` tag).
@@ -913,6 +943,9 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
     // ---- IAM change events: queue and rule (before the bastion that reads them) ----
     plan_events(spec, obs, &mut c, &mut p)?;
 
+    // ---- the audit log group (before the bastion that ships to it) ----
+    plan_audit_log(spec, obs, &mut c);
+
     // ---- IAM ----
     let role = role_name(&spec.stack);
     let policy = crate::policy::bastion_policy(spec, bucket.as_deref(), &obs.account);
@@ -1068,6 +1101,7 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
         steps,
         known: p.known,
         account: obs.account.clone(),
+        kept: Vec::new(),
     })
 }
 
@@ -1484,6 +1518,14 @@ fn check_iam_ownership(spec: &Spec, obs: &Observed) -> Result<(), PlanError> {
             });
         }
     }
+    // The stack always has its audit log group: one of the name without the tag is refused.
+    if let Some(g) = obs.log_group.as_ref().filter(|g| !ours(&g.tags)) {
+        return Err(PlanError::NotOurs {
+            what: "CloudWatch Logs log group",
+            name: g.name.clone(),
+            stack: spec.stack.clone(),
+        });
+    }
     if let (crate::spec::Binary::Stored { .. }, Some(b)) = (&spec.bastion.binary, &obs.bucket) {
         if !b.is_ours(&spec.stack) {
             return Err(PlanError::NotOurs {
@@ -1633,6 +1675,7 @@ pub fn only_ours(stack: &str, obs: &Observed) -> Observed {
     o.bucket = o.bucket.filter(|x| x.is_ours(stack));
     o.queue = o.queue.filter(|x| ours(&x.tags));
     o.rule = o.rule.filter(|x| ours(&x.tags));
+    o.log_group = o.log_group.filter(|x| ours(&x.tags));
     // The default group belongs to the VPC: only consider it when the VPC is ours.
     if o.vpcs.is_empty() {
         o.default_sg = None;
@@ -1640,14 +1683,101 @@ pub fn only_ours(stack: &str, obs: &Observed) -> Observed {
     o
 }
 
-/// Plan the removal of everything observed for a stack (and nothing else).
-pub fn plan_destroy(stack: &str, obs: &Observed) -> Plan {
-    let obs = only_ours(stack, obs);
+/// Plan the removal of everything observed for a stack (and nothing else). The audit log
+/// group goes only with [`AuditLog::Delete`]; kept, it is named in [`Plan::kept`] with its
+/// retention, and so is a log group of its name that is not the stack's (never touched).
+pub fn plan_destroy(stack: &str, obs: &Observed, audit: AuditLog) -> Plan {
+    let mut kept = Vec::new();
+    if let Some(g) = obs
+        .log_group
+        .as_ref()
+        .filter(|g| g.tags.get(TAG_STACK).map(String::as_str) != Some(stack))
+    {
+        kept.push(Kept {
+            resource: format!("log group {}", g.name),
+            detail: format!("does not carry {TAG_STACK} = {stack}: not the stack's, left alone"),
+        });
+    }
+    let mut obs = only_ours(stack, obs);
+    if audit == AuditLog::Keep {
+        if let Some(g) = obs.log_group.take() {
+            kept.push(Kept {
+                resource: format!("log group {}", g.name),
+                detail: format!(
+                    "the audit trail outlives the stack ({}); `destroy --delete-audit-log` \
+                     deletes it",
+                    describe_retention(g.retention_days)
+                ),
+            });
+        }
+    }
     Plan {
         stack: stack.to_string(),
         steps: removal_steps(&obs, &[]),
         known: BTreeMap::new(),
         account: obs.account.clone(),
+        kept,
+    }
+}
+
+/// A log group's retention in words.
+pub fn describe_retention(days: Option<i32>) -> String {
+    match days {
+        Some(days) => format!("retention {days} days"),
+        None => "retention: never expires".to_owned(),
+    }
+}
+
+/// The audit log group: `/gatehouse/<stack>/audit`, with the spec's retention and the stack's
+/// tags. Never removed by apply (only `destroy --delete-audit-log` deletes it).
+fn plan_audit_log(spec: &Spec, obs: &Observed, c: &mut Creates) {
+    let name = audit_log_group(&spec.stack);
+    let days = spec.bastion.audit_retention_days;
+    let tags = base_tags(spec, AUDIT_LOG_GROUP_KEY);
+    let resource = format!("log group {name}");
+    match &obs.log_group {
+        None => c.push(
+            Sign::Create,
+            &resource,
+            format!(
+                "the bastions' audit lines, retention {days} days; destroy keeps it \
+                 (--delete-audit-log deletes it)"
+            ),
+            Action::CreateAuditLogGroup {
+                name,
+                tags,
+                retention_days: days,
+            },
+        ),
+        Some(g) => {
+            if g.retention_days != Some(days) {
+                c.push(
+                    Sign::Change,
+                    &resource,
+                    format!(
+                        "{} -> retention {days} days",
+                        describe_retention(g.retention_days)
+                    ),
+                    Action::SetAuditLogRetention {
+                        name: g.name.clone(),
+                        retention_days: days,
+                    },
+                );
+            }
+            let drift = tag_drift(&tags, &g.tags);
+            if !drift.is_empty() {
+                let names: Vec<&str> = drift.keys().map(String::as_str).collect();
+                c.push(
+                    Sign::Change,
+                    &resource,
+                    format!("tags {}", names.join(", ")),
+                    Action::TagAuditLogGroup {
+                        arn: g.arn.clone(),
+                        tags: drift,
+                    },
+                );
+            }
+        }
     }
 }
 
@@ -1808,6 +1938,16 @@ fn removal_steps(doomed: &Observed, extra_associations: &[String]) -> Vec<Step> 
             format!("sqs queue {}", q.name),
             "",
             Action::DeleteEventQueue { url: q.url.clone() },
+        );
+    }
+    // Last, and only when asked (`destroy --delete-audit-log`): the audit trail.
+    if let Some(g) = &doomed.log_group {
+        push(
+            format!("log group {}", g.name),
+            "the audit trail, with every line in it",
+            Action::DeleteAuditLogGroup {
+                name: g.name.clone(),
+            },
         );
     }
     steps

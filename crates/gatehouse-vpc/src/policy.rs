@@ -5,7 +5,7 @@ use gatehouse_aws::actions::{self, Mode, Resource};
 use gatehouse_config::AwsConfig;
 use serde_json::{json, Value};
 
-use crate::plan::{event_queue_arn, host_key_parameter};
+use crate::plan::{audit_log_group, event_queue_arn, host_key_parameter};
 use crate::spec::Spec;
 
 /// The ARN partition of a region (`aws`, `aws-cn`, `aws-us-gov`).
@@ -69,12 +69,17 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>, account: &str) -> Value
             events: spec.bastion.iam_events,
             iam_group_prefix: false,
             shared_snapshot: false,
+            audit_shipping: true,
         },
     };
     let parameter = settings
         .as_ref()
         .and_then(|a| a.host_key_ssm_parameter.clone())
         .unwrap_or_else(|| host_key_parameter(&spec.stack));
+    let audit_group = settings
+        .as_ref()
+        .and_then(|a| a.audit_log_group.clone())
+        .unwrap_or_else(|| audit_log_group(&spec.stack));
     // Pushes go only to instances that carry both tags the daemon reads for them.
     let tagged = settings.as_ref().map_or(Value::Null, |a| {
         json!({"Null": {
@@ -131,6 +136,15 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>, account: &str) -> Value
                 }),
             Value::Null,
         ),
+        (
+            AUDIT_SID,
+            Resource::AuditLogGroup,
+            format!(
+                "arn:{part}:logs:{}:{account}:log-group:{audit_group}:*",
+                spec.region
+            ),
+            Value::Null,
+        ),
     ] {
         let actions: Vec<&str> = actions::needed(mode)
             .iter()
@@ -169,6 +183,9 @@ pub const PUSH_KEYS_SID: &str = "PushKeysToTaggedInstances";
 
 /// The statement of the bastion role for the IAM change-event queue (`[bastion] iam_events`).
 pub const EVENTS_SID: &str = "ReceiveIamChangeEvents";
+
+/// The statement of the bastion role for shipping the audit log to the stack's log group.
+pub const AUDIT_SID: &str = "ShipAuditLog";
 
 /// The statement of the bastion role that lets the instance fetch its binary at boot.
 pub const FETCH_BINARY_SID: &str = "FetchGatehouseBinary";
@@ -253,7 +270,7 @@ mod tests {
         want.sort();
         assert_eq!(got, want);
         // The config writes the SSM host key with the stack tag: its three SSM actions, on
-        // that one parameter.
+        // that one parameter; and it ships the audit log to the stack's log group.
         assert_eq!(
             want,
             [
@@ -261,11 +278,14 @@ mod tests {
                 "iam:GetAccountAuthorizationDetails",
                 "iam:GetSSHPublicKey",
                 "iam:ListSSHPublicKeys",
+                "logs:CreateLogStream",
+                "logs:PutLogEvents",
                 "ssm:AddTagsToResource",
                 "ssm:GetParameter",
                 "ssm:PutParameter",
             ]
         );
+        assert!(Mode::of(&settings).audit_shipping);
         let by_sid = |sid: &str| {
             policy["Statement"]
                 .as_array()
@@ -278,6 +298,20 @@ mod tests {
         );
         assert_eq!(by_sid("ReadUserKeys")["Resource"], "arn:aws:iam::*:user/*");
         assert_eq!(by_sid("ListAndDescribe")["Resource"], "*");
+        // The stack's log group in this account and region; `:*` covers its streams.
+        assert_eq!(
+            by_sid(AUDIT_SID),
+            json!({
+                "Sid": AUDIT_SID,
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": "arn:aws:logs:eu-central-1:123456789012:log-group:/gatehouse/lab/audit:*",
+            })
+        );
+        assert_eq!(
+            settings.audit_log_group.as_deref(),
+            Some("/gatehouse/lab/audit")
+        );
     }
 
     #[test]
@@ -348,6 +382,7 @@ mod tests {
             }
             Resource::EventQueue => "the queue's ARN",
             Resource::SharedSnapshot => "the object's ARN",
+            Resource::AuditLogGroup => "`arn:aws:logs:REGION:ACCOUNT:log-group:NAME:*`",
         }
     }
 
@@ -401,6 +436,9 @@ mod tests {
                     }
                     Resource::EventQueue => arn.starts_with("arn:aws:sqs:"),
                     Resource::SharedSnapshot => arn.starts_with("arn:aws:s3:::"),
+                    Resource::AuditLogGroup => {
+                        arn.starts_with("arn:aws:logs:") && arn.contains(":log-group:")
+                    }
                 };
                 assert!(fits, "README.md's policy: {name} on {arn}");
                 listed.push(name);
@@ -422,7 +460,8 @@ mod tests {
         let text = doc
             .to_string()
             .replace("<region>", "eu-central-1")
-            .replace("<stack>", "lab");
+            .replace("<stack>", "lab")
+            .replace("<account>", ACCOUNT);
         let doc: Value = serde_json::from_str(&text).expect("json");
         assert_eq!(doc, bastion_policy(&spec(""), None, ACCOUNT));
         // The statement a stored binary adds.

@@ -16,6 +16,14 @@ pub const DEFAULT_BASTION_INSTANCE_TYPE: &str = "t3.micro";
 pub const DEFAULT_HOST_INSTANCE_TYPE: &str = "t3.medium";
 /// Ports opened from the bastion to private hosts when the spec names none.
 pub const DEFAULT_PRIVATE_PORTS: &[u16] = &[22];
+/// How long the audit log group keeps the bastions' audit lines when the spec says nothing
+/// (`[bastion] audit_retention_days`): a year.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: i32 = 365;
+/// The retentions CloudWatch Logs accepts (PutRetentionPolicy's `retentionInDays`), in days.
+pub const AUDIT_RETENTION_DAYS: &[i32] = &[
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
 
 /// One problem found in a spec, located in its source text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +161,12 @@ pub struct RawBastion {
     /// off, apply removes the queue and the rule. Either way the bastion is replaced (its
     /// config changes).
     pub iam_events: Option<Spanned<bool>>,
+    /// `audit_retention_days`: how long the stack's audit log group
+    /// (`/gatehouse/<stack>/audit`, where the bastion ships every audit line) keeps them: one of
+    /// the values CloudWatch Logs accepts ([`AUDIT_RETENTION_DAYS`]); default
+    /// [`DEFAULT_AUDIT_RETENTION_DAYS`]. The group outlives the stack: `destroy` leaves it
+    /// (`destroy --delete-audit-log` deletes it).
+    pub audit_retention_days: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,6 +223,9 @@ pub struct Bastion {
     /// `iam_events`: the stack provisions the IAM change-event queue and rule, and the
     /// daemon reads the queue.
     pub iam_events: bool,
+    /// `audit_retention_days`: the audit log group's retention, one of
+    /// [`AUDIT_RETENTION_DAYS`].
+    pub audit_retention_days: i32,
 }
 
 /// Where the bastion gets its gatehouse binary at boot.
@@ -615,6 +632,29 @@ impl Validator<'_> {
             }
         }
 
+        let audit_retention_days = match &b.audit_retention_days {
+            None => DEFAULT_AUDIT_RETENTION_DAYS,
+            Some(days) => {
+                let accepted = i32::try_from(*days.get_ref())
+                    .ok()
+                    .filter(|d| AUDIT_RETENTION_DAYS.contains(d));
+                accepted.unwrap_or_else(|| {
+                    let listed: Vec<String> =
+                        AUDIT_RETENTION_DAYS.iter().map(i32::to_string).collect();
+                    self.at(
+                        days,
+                        format!(
+                            "audit_retention_days = {}: CloudWatch Logs keeps log events for \
+                             one of {} days",
+                            days.get_ref(),
+                            listed.join(", ")
+                        ),
+                    );
+                    DEFAULT_AUDIT_RETENTION_DAYS
+                })
+            }
+        };
+
         // Private ports
         let private_ports = match &raw.private {
             None => DEFAULT_PRIVATE_PORTS.to_vec(),
@@ -788,6 +828,7 @@ impl Validator<'_> {
                     .map(|d| d.get_ref().clone())
                     .unwrap_or_default(),
                 iam_events,
+                audit_retention_days,
             },
             private_ports,
             hosts,

@@ -4,7 +4,7 @@
 //! the image's sshd to gatehouse and starts it.
 
 use crate::model::TAG_STACK;
-use crate::plan::{event_queue_name, host_key_parameter};
+use crate::plan::{audit_log_group, event_queue_name, host_key_parameter};
 use crate::spec::{Binary, Spec};
 use gatehouse_config::Config;
 
@@ -25,12 +25,18 @@ IPAddressAllow=\n";
 pub const SNAPSHOT_PATH: &str = "/var/lib/gatehouse/aws-directory.json";
 /// Where the daemon keeps its host key (inside its StateDirectory).
 pub const HOST_KEY_PATH: &str = "/var/lib/gatehouse/ssh_host_ed25519_key";
+/// The daemon's audit file (inside its StateDirectory): the spool its audit lines are shipped
+/// from, with the position shipped kept beside it (`audit.jsonl.shipped`). State that must
+/// survive a restart as it is, so not in the LogsDirectory, where log rotation could move it.
+pub const AUDIT_FILE_PATH: &str = "/var/lib/gatehouse/audit.jsonl";
 
 /// The daemon settings gatehouse-vpc writes itself, as (table, key): `[bastion.daemon]` in the
 /// spec may set anything else the daemon reads, but not these.
-pub const WRITTEN_KEYS: [(&str, &str); 9] = [
+pub const WRITTEN_KEYS: [(&str, &str); 11] = [
     ("server", "listen"),
     ("server", "host_key"),
+    // The spool of the audit shipping, in the daemon's StateDirectory.
+    ("audit", "file"),
     ("aws", "region"),
     ("aws", "vpc_ids"),
     // The daemon reads the tags gatehouse-vpc puts on hosts (`model::TAG_GROUPS`, ...).
@@ -40,6 +46,8 @@ pub const WRITTEN_KEYS: [(&str, &str); 9] = [
     ("aws", "host_key_tags"),
     // With `[bastion] iam_events`: the stack's queue.
     ("aws", "events_queue_url"),
+    // The stack's audit log group, which outlives the bastion.
+    ("aws", "audit_log_group"),
 ];
 
 /// The account the config is checked with before the real one is known (spec validation,
@@ -78,6 +86,9 @@ pub fn event_queue_url(spec: &Spec, account: &str) -> String {
 /// parameter is created tagged with the stack (`host_key_tags`), so `destroy` deletes it.
 /// With `[bastion] iam_events`, it names the stack's event queue in `account`
 /// ([`event_queue_url`]); `aws.iam_sweep_interval` keeps the daemon's default for events.
+/// The audit lines go to [`AUDIT_FILE_PATH`] and from there to the stack's log group
+/// (`aws.audit_log_group`), in a stream named after the instance's host name (the daemon's
+/// default; `aws.audit_log_stream` in `[bastion.daemon]` may name another).
 /// [`check_daemon_config`] is what the daemon's own parser says about it.
 pub fn daemon_config(spec: &Spec, vpc_id: &str, account: &str) -> String {
     let mut doc = spec.bastion.daemon.clone();
@@ -91,6 +102,7 @@ pub fn daemon_config(spec: &Spec, vpc_id: &str, account: &str) -> String {
     };
     set("server", "listen", toml::Value::from(vec!["0.0.0.0:22"]));
     set("server", "host_key", HOST_KEY_PATH.into());
+    set("audit", "file", AUDIT_FILE_PATH.into());
     set("aws", "region", spec.region.as_str().into());
     set("aws", "vpc_ids", toml::Value::from(vec![vpc_id]));
     set(
@@ -106,6 +118,11 @@ pub fn daemon_config(spec: &Spec, vpc_id: &str, account: &str) -> String {
     );
     let tags = toml::Table::from_iter([(TAG_STACK.to_owned(), spec.stack.as_str().into())]);
     set("aws", "host_key_tags", toml::Value::Table(tags));
+    set(
+        "aws",
+        "audit_log_group",
+        audit_log_group(&spec.stack).into(),
+    );
     if spec.bastion.iam_events {
         set(
             "aws",
@@ -142,6 +159,12 @@ pub fn check_daemon_config(
             ("aws", "events_queue_url") => format!(
                 "bastion.daemon: {table}.{key} is written by gatehouse-vpc; remove it and set \
                  iam_events = true in [bastion] (the stack's own queue and rule)"
+            ),
+            ("aws", "audit_log_group") | ("audit", "file") => format!(
+                "bastion.daemon: {table}.{key} is written by gatehouse-vpc; remove it (the audit \
+                 lines go to {AUDIT_FILE_PATH} and from there to the stack's log group {}, kept \
+                 for [bastion] audit_retention_days)",
+                audit_log_group(&spec.stack)
             ),
             _ => format!("bastion.daemon: {table}.{key} is written by gatehouse-vpc; remove it"),
         })

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use gatehouse_aws::instance_connect::InstanceConnect;
 use gatehouse_aws::refresh::{snapshot_once, AwsSource};
+use gatehouse_aws::ship::Shipper;
 use gatehouse_aws::{AwsDirectory, Calls, Clients};
 use gatehouse_config::{AwsConfig, Config};
 use gatehouse_directory::{Directory, Snapshot};
@@ -77,8 +78,26 @@ impl Started {
     /// Loads (or creates) the SSM host key and makes the first listing, retrying for up to
     /// `max_staleness` (each failure is logged). A bastion that cannot read AWS at all serves
     /// nobody, so after that it gives up with the last error.
-    pub async fn new(settings: &AwsConfig, host_key_copy: &Path) -> anyhow::Result<Started> {
+    ///
+    /// With `audit_log_group`, shipping the audit file (`audit_file`) starts first, so the
+    /// lines a previous run left unshipped go out while the listing runs.
+    pub async fn new(
+        settings: &AwsConfig,
+        host_key_copy: &Path,
+        audit_file: Option<&Path>,
+    ) -> anyhow::Result<Started> {
         let clients = Clients::new(settings).await;
+        if let (Some(client), Some(group), Some(file)) =
+            (&clients.logs, &settings.audit_log_group, audit_file)
+        {
+            let stream = match &settings.audit_log_stream {
+                Some(stream) => stream.clone(),
+                None => host_name()?,
+            };
+            tokio::spawn(
+                Shipper::new(client.clone(), group.clone(), stream, file.to_path_buf()).run(),
+            );
+        }
         // With a saved listing, a restart may serve while AWS is down: it then needs the host
         // key too, so a copy of the SSM key is kept at `server.host_key`.
         let copy = settings.snapshot_file.is_some().then_some(host_key_copy);
@@ -216,4 +235,16 @@ pub fn login_for(snapshot: &Snapshot, name: &str) -> Option<String> {
 /// Never here (the build without AWS support has no pattern).
 pub fn event_pattern() -> anyhow::Result<String> {
     Ok(format!("{:#}", gatehouse_aws::events::iam_event_pattern()))
+}
+
+/// This machine's host name (the default audit log stream: unique per instance on EC2).
+fn host_name() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("cannot read the host name for the audit log stream (set aws.audit_log_stream)")?;
+    let name = name.trim();
+    anyhow::ensure!(
+        !name.is_empty() && !name.contains([':', '*']),
+        "the host name {name:?} cannot name an audit log stream: set aws.audit_log_stream"
+    );
+    Ok(name.to_owned())
 }

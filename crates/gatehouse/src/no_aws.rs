@@ -27,6 +27,7 @@ impl Started {
     pub async fn new(
         _settings: &AwsConfig,
         _host_key_copy: &std::path::Path,
+        _audit_file: Option<&std::path::Path>,
     ) -> anyhow::Result<Started> {
         anyhow::bail!(NO_AWS)
     }

@@ -51,7 +51,12 @@ pub async fn run(
                     tokio::time::sleep(START_EXTENSION_EVERY).await;
                 }
             });
-            let started = crate::aws::Started::new(settings, &config.server.host_key).await;
+            let started = crate::aws::Started::new(
+                settings,
+                &config.server.host_key,
+                config.audit.file.as_deref(),
+            )
+            .await;
             extend.abort();
             Some(started?)
         }

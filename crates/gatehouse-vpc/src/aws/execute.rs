@@ -309,8 +309,49 @@ impl<'a> Executor<'a> {
                 let r = self.clients.sqs.delete_queue().queue_url(url).send().await;
                 deleted(&what, &deploy::DELETE_QUEUE, r)?;
             }
+            Action::DeleteAuditLogGroup { name } => {
+                let r = self
+                    .clients
+                    .logs
+                    .delete_log_group()
+                    .log_group_name(name)
+                    .send()
+                    .await;
+                deleted(&what, &deploy::DELETE_LOG_GROUP, r)?;
+            }
 
             // ---------------- creation and repair ----------------
+            Action::CreateAuditLogGroup {
+                name,
+                tags,
+                retention_days,
+            } => {
+                // Tagged in the same call, so an interrupted apply leaves no untagged group;
+                // one interrupted before the retention gets it from the next apply.
+                self.clients
+                    .logs
+                    .create_log_group()
+                    .log_group_name(name)
+                    .set_tags(Some(tags.clone().into_iter().collect()))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, &deploy::CREATE_LOG_GROUP, e))?;
+                self.put_retention(&what, name, *retention_days).await?;
+            }
+            Action::SetAuditLogRetention {
+                name,
+                retention_days,
+            } => self.put_retention(&what, name, *retention_days).await?,
+            Action::TagAuditLogGroup { arn, tags } => {
+                self.clients
+                    .logs
+                    .tag_resource()
+                    .resource_arn(arn)
+                    .set_tags(Some(tags.clone().into_iter().collect()))
+                    .send()
+                    .await
+                    .map_err(|e| fail(&what, &deploy::TAG_LOG_GROUP, e))?;
+            }
             Action::CreateEventQueue {
                 key,
                 name,
@@ -939,6 +980,19 @@ impl<'a> Executor<'a> {
             .send()
             .await
             .map_err(|e| fail(what, &deploy::PUT_BUCKET_TAGGING, e))?;
+        Ok(())
+    }
+
+    /// The audit log group keeps its events `days` days.
+    async fn put_retention(&self, what: &str, group: &str, days: i32) -> Result<(), Error> {
+        self.clients
+            .logs
+            .put_retention_policy()
+            .log_group_name(group)
+            .retention_in_days(days)
+            .send()
+            .await
+            .map_err(|e| fail(what, &deploy::PUT_RETENTION_POLICY, e))?;
         Ok(())
     }
 

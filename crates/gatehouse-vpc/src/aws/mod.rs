@@ -132,6 +132,8 @@ pub struct Clients {
     pub sqs: aws_sdk_sqs::Client,
     pub events: aws_sdk_eventbridge::Client,
     pub cloudtrail: aws_sdk_cloudtrail::Client,
+    /// CloudWatch Logs in the stack's region: the audit log group.
+    pub logs: aws_sdk_cloudwatchlogs::Client,
     pub region: String,
 }
 
@@ -169,6 +171,7 @@ impl Clients {
             sqs: aws_sdk_sqs::Client::from_conf(sqs),
             events: aws_sdk_eventbridge::Client::from_conf(events),
             cloudtrail: aws_sdk_cloudtrail::Client::from_conf(cloudtrail),
+            logs: aws_sdk_cloudwatchlogs::Client::new(&config),
             region: region.to_string(),
         }
     }
@@ -211,27 +214,43 @@ pub async fn apply(
     }
 }
 
-/// Remove every resource tagged with the stack (and nothing else). Returns the steps run.
+/// What `destroy` did: the steps it ran, and what it left on purpose (the audit log group,
+/// unless asked to delete it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Destroyed {
+    pub steps: usize,
+    pub kept: Vec<crate::model::Kept>,
+}
+
+/// Remove every resource tagged with the stack (and nothing else); the audit log group only
+/// with [`AuditLog::Delete`](crate::plan::AuditLog::Delete).
 pub async fn destroy(
     c: &Clients,
     stack: &str,
+    audit: crate::plan::AuditLog,
     waits: execute::Waits,
     progress: &mut dyn FnMut(&crate::model::Step),
-) -> Result<usize, Error> {
+) -> Result<Destroyed, Error> {
     let mut total = 0;
     for _ in 0..APPLY_ROUNDS {
         let obs = observe(c, stack).await?;
-        let plan = crate::plan::plan_destroy(stack, &obs);
+        let plan = crate::plan::plan_destroy(stack, &obs, audit);
         if plan.is_empty() {
-            return Ok(total);
+            return Ok(Destroyed {
+                steps: total,
+                kept: plan.kept,
+            });
         }
         total += plan.steps.len();
         Executor::new(c, None, waits).run(&plan, progress).await?;
     }
     let obs = observe(c, stack).await?;
-    let plan = crate::plan::plan_destroy(stack, &obs);
+    let plan = crate::plan::plan_destroy(stack, &obs, audit);
     if plan.is_empty() {
-        Ok(total)
+        Ok(Destroyed {
+            steps: total,
+            kept: plan.kept,
+        })
     } else {
         Err(Error::NotConverged {
             stack: stack.to_string(),

@@ -9,7 +9,8 @@ use super::{fail, Clients, Error};
 use crate::deploy;
 use crate::model::*;
 use crate::plan::{
-    binary_bucket, event_queue_name, event_rule_name, host_key_parameter, role_name, POLICY_NAME,
+    audit_log_group, audit_log_group_arn, binary_bucket, event_queue_name, event_rule_name,
+    host_key_parameter, role_name, POLICY_NAME,
 };
 use gatehouse_aws::events::IAM_EVENTS_REGION;
 
@@ -401,6 +402,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
     observe_iam(c, stack, &mut obs).await?;
     observe_ssm(c, stack, &mut obs).await?;
     observe_s3(c, stack, &mut obs).await?;
+    observe_log_group(c, stack, &mut obs).await?;
     // The event queue and rule live in us-east-1; a stack of another partition (China,
     // GovCloud) cannot have them (the spec refuses `iam_events` there) and cannot reach it.
     if crate::policy::partition(&c.region) == crate::policy::partition(IAM_EVENTS_REGION) {
@@ -418,6 +420,64 @@ pub async fn observe_for(c: &Clients, spec: &crate::spec::Spec) -> Result<Observ
         obs.trails = Some(observe_trails(c).await?);
     }
     Ok(obs)
+}
+
+/// The audit log group, if a log group of its name exists in the stack's region (CloudWatch
+/// Logs has no tag filter): its ARN, tags and retention. Needs the account (read first).
+async fn observe_log_group(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
+    let name = audit_log_group(stack);
+    let what = format!("log group {name}");
+    // A prefix, not the name: the answer may hold others that start with it.
+    let mut pages = c
+        .logs
+        .describe_log_groups()
+        .log_group_name_prefix(&name)
+        .into_paginator()
+        .send();
+    let mut found = None;
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| fail(&what, &deploy::DESCRIBE_LOG_GROUPS, e))?;
+        found = page
+            .log_groups()
+            .iter()
+            .find(|g| g.log_group_name() == Some(name.as_str()))
+            .cloned();
+        if found.is_some() {
+            break;
+        }
+    }
+    let Some(group) = found else {
+        return Ok(());
+    };
+    let arn = group
+        .log_group_arn()
+        .map(str::to_owned)
+        .or_else(|| group.arn().map(|a| a.trim_end_matches(":*").to_owned()))
+        .unwrap_or_else(|| audit_log_group_arn(&c.region, &obs.account, stack));
+    // A group deleted between the two calls is simply not there.
+    let tags = match c
+        .logs
+        .list_tags_for_resource()
+        .resource_arn(&arn)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .tags()
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+        Err(e) => {
+            let err = fail(&what, &deploy::LIST_LOG_GROUP_TAGS, e);
+            return if err.is_not_found() { Ok(()) } else { Err(err) };
+        }
+    };
+    obs.log_group = Some(ObsLogGroup {
+        name,
+        arn,
+        tags,
+        retention_days: group.retention_in_days(),
+    });
+    Ok(())
 }
 
 /// The IAM change-event queue, if a queue of its name exists (SQS has no tag filter): its

@@ -648,6 +648,36 @@ impl Fake {
                 assert_eq!(&r.name, rule);
                 r.targets.retain(|t| !ids.contains(&t.id));
             }
+            Action::CreateAuditLogGroup {
+                name,
+                tags,
+                retention_days,
+            } => {
+                assert!(self.obs.log_group.is_none(), "log group created twice");
+                self.obs.log_group = Some(ObsLogGroup {
+                    name: name.clone(),
+                    arn: audit_log_group_arn(&spec.region, &self.obs.account, &spec.stack),
+                    tags: tags.clone(),
+                    retention_days: Some(*retention_days),
+                });
+            }
+            Action::SetAuditLogRetention {
+                name,
+                retention_days,
+            } => {
+                let g = self.obs.log_group.as_mut().expect("log group");
+                assert_eq!(&g.name, name);
+                g.retention_days = Some(*retention_days);
+            }
+            Action::TagAuditLogGroup { arn, tags } => {
+                let g = self.obs.log_group.as_mut().expect("log group");
+                assert_eq!(&g.arn, arn);
+                g.tags.extend(tags.clone());
+            }
+            Action::DeleteAuditLogGroup { name } => {
+                assert_eq!(self.obs.log_group.as_ref().map(|g| &g.name), Some(name));
+                self.obs.log_group = None;
+            }
             Action::SetTags { resource, tags } => {
                 let id = get(ids, resource);
                 self.all_tags_mut(&id)
@@ -716,7 +746,7 @@ fn creation_order_respects_dependencies() {
     let text = plan.render();
     assert!(text.starts_with("+ vpc"), "{text}");
     assert!(
-        text.ends_with("stack lab: 18 to create, 14 to change, 0 to delete\n"),
+        text.ends_with("stack lab: 19 to create, 14 to change, 0 to delete\n"),
         "{text}"
     );
 }
@@ -933,7 +963,7 @@ fn resources_without_the_stack_tag_are_never_touched() {
     mixed.instances.extend(foreign.instances);
 
     assert!(plan_apply(&spec, &mixed).expect("plan").is_empty());
-    let destroy = plan_destroy("lab", &mixed);
+    let destroy = plan_destroy("lab", &mixed, AuditLog::Delete);
     let json = serde_json::to_string(&destroy).expect("json");
     assert!(!json.contains("foreign"), "{}", destroy.render());
     // And destroying the stack alone removes everything of it.
@@ -951,7 +981,7 @@ fn destroy_order_is_reverse_dependency_order() {
         name: host_key_parameter("lab"),
         tags: Tags::from([(TAG_STACK.to_string(), "lab".to_string())]),
     });
-    let plan = plan_destroy("lab", &fake.obs);
+    let plan = plan_destroy("lab", &fake.obs, AuditLog::Delete);
     let first = |pred: fn(&Action) -> bool| position(&plan, pred);
     let last = |pred: fn(&Action) -> bool| {
         plan.steps
@@ -1012,7 +1042,7 @@ fn a_role_of_the_same_name_without_our_tag_is_refused() {
         ),
         "{err}"
     );
-    assert!(plan_destroy("lab", &obs).is_empty());
+    assert!(plan_destroy("lab", &obs, AuditLog::Keep).is_empty());
 }
 
 #[test]
@@ -1045,7 +1075,7 @@ fn the_policy_is_least_privilege() {
         .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
         .filter_map(|a| a.as_str().map(str::to_string))
         .collect();
-    assert_eq!(actions.len(), 7, "{actions:?}");
+    assert_eq!(actions.len(), 9, "{actions:?}");
     assert!(actions.iter().all(|a| !a.contains('*')), "{actions:?}");
     assert!(!actions.iter().any(|a| a.starts_with("iam:Upload")
         || a.starts_with("iam:Create")
@@ -1231,7 +1261,7 @@ fn a_stored_binary_gets_a_secured_bucket_before_the_bastion_and_the_role_may_rea
     let plan = plan_apply(&url_spec, &fake.obs).expect("plan");
     position(&plan, |a| matches!(a, Action::DeleteBucket { .. }));
     fake.converge(&next);
-    let plan = plan_destroy("lab", &fake.obs);
+    let plan = plan_destroy("lab", &fake.obs, AuditLog::Keep);
     position(
         &plan,
         |a| matches!(a, Action::DeleteBucket { name } if name == "gatehouse-lab-123456789012"),
@@ -1252,7 +1282,7 @@ fn a_bucket_of_the_stacks_name_not_ours_is_refused_and_never_destroyed() {
     });
     let err = plan_apply(&spec, &obs).expect_err("not ours");
     assert!(err.to_string().contains("S3 bucket"), "{err}");
-    assert!(plan_destroy("lab", &obs).is_empty());
+    assert!(plan_destroy("lab", &obs, AuditLog::Keep).is_empty());
     // A spec with a download URL leaves it alone as well.
     let plan = plan_apply(&url_spec, &obs).expect("plan");
     assert!(!plan.render().contains("bucket"), "{}", plan.render());
@@ -1293,7 +1323,7 @@ fn an_untagged_empty_bucket_of_the_stacks_name_is_adopted_after_an_interrupted_a
         |a| matches!(a, Action::TagBucket { tags, .. } if tags.get(TAG_STACK).map(String::as_str) == Some("lab")),
     );
     position(&plan, |a| matches!(a, Action::PutBinary { .. }));
-    position(&plan_destroy("lab", &fake.obs), |a| {
+    position(&plan_destroy("lab", &fake.obs, AuditLog::Keep), |a| {
         matches!(a, Action::DeleteBucket { .. })
     });
     assert_eq!(fake.converge(&spec), 1);
@@ -1538,7 +1568,7 @@ fn iam_events_off_removes_queue_and_rule_and_destroy_removes_them_too() {
     // On again: created again (an account without the trail need not be asked: off reads none).
     assert_eq!(fake.converge(&on), 1);
     assert!(fake.obs.queue.is_some() && fake.obs.rule.is_some());
-    let plan = plan_destroy("lab", &fake.obs);
+    let plan = plan_destroy("lab", &fake.obs, AuditLog::Delete);
     let rule = position(&plan, |a| matches!(a, Action::DeleteEventRule { .. }));
     let queue = position(&plan, |a| matches!(a, Action::DeleteEventQueue { .. }));
     assert!(rule < queue, "{}", plan.render());
@@ -1643,6 +1673,210 @@ fn a_queue_or_rule_of_the_stacks_name_not_ours_is_refused_and_never_destroyed() 
     foreign.queue.as_mut().expect("queue").tags.clear();
     let plan = plan_apply(&spec("single"), &foreign).expect("plan");
     assert!(!plan.render().contains("iam-"), "{}", plan.render());
-    let plan = plan_destroy("lab", &foreign);
+    let plan = plan_destroy("lab", &foreign, AuditLog::Keep);
     assert!(!plan.render().contains("iam-"), "{}", plan.render());
+}
+
+// ---- the audit log group ----
+
+/// The spec with `[bastion] audit_retention_days = days`.
+fn retention_spec(days: i32) -> Spec {
+    let text = SPEC.replace("NAT", "single").replace(
+        "gatehouse_download_url",
+        &format!("audit_retention_days = {days}\ngatehouse_download_url"),
+    );
+    parse("t.toml", &text, None).expect("spec")
+}
+
+#[test]
+fn the_audit_log_group_is_created_tagged_with_its_retention_before_the_bastion() {
+    let spec = spec("single");
+    let mut fake = fake_in_account();
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    let group = position(&plan, |a| {
+        matches!(a, Action::CreateAuditLogGroup { name, retention_days, .. }
+            if name == "/gatehouse/lab/audit" && *retention_days == 365)
+    });
+    let bastion = position(
+        &plan,
+        |a| matches!(a, Action::RunInstance { launch, .. } if launch.bastion),
+    );
+    assert!(group < bastion, "{}", plan.render());
+    assert!(
+        plan.render().contains(
+            "+ log group /gatehouse/lab/audit the bastions' audit lines, retention 365 days; \
+             destroy keeps it (--delete-audit-log deletes it)\n"
+        ),
+        "{}",
+        plan.render()
+    );
+    assert_eq!(fake.converge(&spec), 1);
+    let g = fake.obs.log_group.clone().expect("the log group");
+    assert_eq!(g.retention_days, Some(365));
+    assert_eq!(g.tags, base_tags(&spec, AUDIT_LOG_GROUP_KEY));
+    assert_eq!(g.tags.get(TAG_STACK).map(String::as_str), Some("lab"));
+    assert_eq!(
+        g.tags.get(TAG_RESOURCE).map(String::as_str),
+        Some("log-group/audit")
+    );
+    assert_eq!(
+        g.arn,
+        "arn:aws:logs:eu-central-1:123456789012:log-group:/gatehouse/lab/audit"
+    );
+
+    // Another retention in the spec: one change, the group is kept (and so are its lines),
+    // and the bastion is not replaced (its config does not name the retention).
+    let monthly = retention_spec(30);
+    let plan = plan_apply(&monthly, &fake.obs).expect("plan");
+    assert_eq!(
+        plan.render(),
+        "~ log group /gatehouse/lab/audit retention 365 days -> retention 30 days\n\
+         stack lab: 0 to create, 1 to change, 0 to delete\n"
+    );
+    assert_eq!(fake.converge(&monthly), 1);
+    assert_eq!(
+        fake.obs.log_group.as_ref().and_then(|g| g.retention_days),
+        Some(30)
+    );
+}
+
+#[test]
+fn audit_log_group_drift_is_repaired_and_only_drift() {
+    let spec = spec("single");
+    let mut fake = fake_in_account();
+    fake.converge(&spec);
+    // An apply killed between CreateLogGroup and PutRetentionPolicy: no retention; and a tag
+    // removed, another edited, by hand.
+    let g = fake.obs.log_group.as_mut().expect("log group");
+    g.retention_days = None;
+    g.tags.remove("Name");
+    g.tags.insert(TAG_RESOURCE.into(), "edited".into());
+    g.tags.insert("extra".into(), "kept".into());
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    let text = plan.render();
+    assert_eq!(plan.steps.len(), 2, "{text}");
+    assert!(
+        text.contains(
+            "~ log group /gatehouse/lab/audit retention: never expires -> retention 365 days\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("~ log group /gatehouse/lab/audit tags Name, gatehouse:resource\n"),
+        "{text}"
+    );
+    fake.apply(&spec, &plan);
+    assert!(plan_apply(&spec, &fake.obs).expect("plan").is_empty());
+}
+
+#[test]
+fn destroy_keeps_the_audit_log_group_unless_asked_and_a_new_stack_adopts_it() {
+    let spec = spec("single");
+    let mut fake = fake_in_account();
+    fake.converge(&spec);
+    let plan = plan_destroy("lab", &fake.obs, AuditLog::Keep);
+    assert!(
+        !plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.action, Action::DeleteAuditLogGroup { .. })),
+        "{}",
+        plan.render()
+    );
+    assert_eq!(
+        plan.kept,
+        [Kept {
+            resource: "log group /gatehouse/lab/audit".into(),
+            detail: "the audit trail outlives the stack (retention 365 days); \
+                     `destroy --delete-audit-log` deletes it"
+                .into(),
+        }]
+    );
+    let text = plan.render();
+    assert!(
+        text.contains(
+            "\n= log group /gatehouse/lab/audit the audit trail outlives the stack (retention 365 \
+             days); `destroy --delete-audit-log` deletes it\nstack lab: 0 to create, 0 to \
+             change, "
+        ),
+        "{text}"
+    );
+    fake.apply(&spec, &plan);
+    let left = only_ours("lab", &fake.obs);
+    assert!(left.log_group.is_some(), "{left:#?}");
+    let mut without_group = left.clone();
+    without_group.log_group = None;
+    assert!(without_group.is_empty(), "{without_group:#?}");
+    // Nothing more to destroy; the group is still named as kept.
+    let again = plan_destroy("lab", &fake.obs, AuditLog::Keep);
+    assert!(again.is_empty());
+    assert_eq!(again.kept.len(), 1);
+    assert!(again
+        .render()
+        .starts_with("= log group /gatehouse/lab/audit"));
+
+    // The stack made again continues the same trail: the group is adopted, not re-created.
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    assert!(
+        !plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.action, Action::CreateAuditLogGroup { .. })),
+        "{}",
+        plan.render()
+    );
+    assert_eq!(fake.converge(&spec), 1);
+
+    // Asked: it goes, last.
+    let plan = plan_destroy("lab", &fake.obs, AuditLog::Delete);
+    assert!(plan.kept.is_empty());
+    assert!(
+        matches!(
+            plan.steps.last().map(|s| &s.action),
+            Some(Action::DeleteAuditLogGroup { name }) if name == "/gatehouse/lab/audit"
+        ),
+        "{}",
+        plan.render()
+    );
+    fake.apply(&spec, &plan);
+    assert!(fake.obs.is_empty(), "{:#?}", fake.obs);
+}
+
+#[test]
+fn a_log_group_of_the_stacks_name_not_ours_is_refused_and_never_destroyed() {
+    let spec = spec("single");
+    let mut fake = fake_in_account();
+    fake.converge(&spec);
+    for tags in [
+        Tags::new(),
+        Tags::from([(TAG_STACK.to_owned(), "other".to_owned())]),
+    ] {
+        let mut foreign = fake.obs.clone();
+        foreign.log_group.as_mut().expect("log group").tags = tags;
+        let err = plan_apply(&spec, &foreign).expect_err("not ours");
+        assert_eq!(
+            err.to_string(),
+            "CloudWatch Logs log group \"/gatehouse/lab/audit\" exists but does not carry \
+             gatehouse:stack = lab; refusing to touch it"
+        );
+        for audit in [AuditLog::Keep, AuditLog::Delete] {
+            let plan = plan_destroy("lab", &foreign, audit);
+            assert!(
+                !plan
+                    .steps
+                    .iter()
+                    .any(|s| matches!(s.action, Action::DeleteAuditLogGroup { .. })),
+                "{}",
+                plan.render()
+            );
+            assert_eq!(
+                plan.kept,
+                [Kept {
+                    resource: "log group /gatehouse/lab/audit".into(),
+                    detail: "does not carry gatehouse:stack = lab: not the stack's, left alone"
+                        .into(),
+                }]
+            );
+        }
+    }
 }

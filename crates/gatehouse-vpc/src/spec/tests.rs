@@ -542,3 +542,73 @@ fn iam_events_are_refused_where_they_cannot_be() {
     let text = MINIMAL.replace("eu-central-1", "cn-north-1");
     assert_eq!(errors(&text), Vec::<String>::new());
 }
+
+#[test]
+fn the_audit_retention_is_a_year_by_default_and_one_cloudwatch_accepts() {
+    let spec = parse("t.toml", MINIMAL, None).expect("valid");
+    assert_eq!(spec.bastion.audit_retention_days, 365);
+    for days in [1, 30, 3653] {
+        let text = with(
+            "gatehouse_download_url",
+            &format!("audit_retention_days = {days}\ngatehouse_download_url"),
+        );
+        let spec = parse("t.toml", &text, None).unwrap_or_else(|e| panic!("{days}: {e}"));
+        assert_eq!(spec.bastion.audit_retention_days, days);
+    }
+    for days in ["0", "42", "-1", "3654", "99999999999"] {
+        let text = with(
+            "gatehouse_download_url",
+            &format!("audit_retention_days = {days}\ngatehouse_download_url"),
+        );
+        assert_eq!(
+            errors(&text),
+            [format!(
+                "27:24: audit_retention_days = {days}: CloudWatch Logs keeps log events for one \
+                 of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, \
+                 2192, 2557, 2922, 3288, 3653 days"
+            )]
+        );
+    }
+}
+
+#[test]
+fn the_audit_file_and_log_group_are_written_by_gatehouse_vpc() {
+    let spec = parse("t.toml", MINIMAL, None).expect("valid");
+    let config =
+        crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0", "123456789012")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    // The daemon's StateDirectory, as the systemd unit declares it.
+    assert!(crate::userdata::SYSTEMD_UNIT.contains("\nStateDirectory=gatehouse\n"));
+    assert_eq!(
+        config.audit.file.as_deref(),
+        Some(std::path::Path::new("/var/lib/gatehouse/audit.jsonl"))
+    );
+    let aws = config.aws.expect("[aws]");
+    assert_eq!(aws.audit_log_group.as_deref(), Some("/gatehouse/lab/audit"));
+    // The stream is the daemon's default (the host name) unless the spec names one.
+    assert_eq!(aws.audit_log_stream, None);
+    let text = format!("{MINIMAL}\n[bastion.daemon.aws]\naudit_log_stream = \"bastion\"\n");
+    let spec = parse("t.toml", &text, None).unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0", "123456789012")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        config.aws.and_then(|a| a.audit_log_stream).as_deref(),
+        Some("bastion")
+    );
+    // Neither may be set in [bastion.daemon].
+    for (table, key, value) in [
+        ("audit", "file", "\"/tmp/audit.jsonl\""),
+        ("aws", "audit_log_group", "\"/mine\""),
+    ] {
+        let text = format!("{MINIMAL}\n[bastion.daemon.{table}]\n{key} = {value}\n");
+        assert_rejected(
+            &text,
+            &format!(
+                "bastion.daemon: {table}.{key} is written by gatehouse-vpc; remove it (the audit \
+                 lines go to /var/lib/gatehouse/audit.jsonl and from there to the stack's log \
+                 group /gatehouse/lab/audit, kept for [bastion] audit_retention_days)"
+            ),
+        );
+    }
+}
