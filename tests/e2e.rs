@@ -12,6 +12,10 @@
 //! - `journey`: gatehouse-vpc and gatehouse together under moto with IAM enforced: apply, the
 //!   bastion on its user data's config with exactly the role's actions, ssh -J and Jupyter,
 //!   revocation by an IAM change event, destroy
+//! - `scaleout`: three replicas behind HAProxy in `mode tcp` with PROXY v2 and health checks
+//!   (the stand-in for AWS's NLB): one host key, the real client address, no penalties from
+//!   probes, no failed login after a kill -9 is noticed, a rolling replacement that drops no
+//!   login and drains an open tunnel
 //! - `openssh_baseline`: the harness itself, with OpenSSH sshd as the bastion
 
 mod aws; // gatehouse with AWS as the source of truth, against moto
@@ -22,3 +26,4 @@ mod instance_connect; // the last hop: the login key pushed to the host with EC2
 mod journey; // gatehouse-vpc and the daemon together, under enforced IAM: apply to destroy
 mod lifecycle; // connections ending at every phase: panics, penalty charges, pre-auth slots
 mod openssh_baseline;
+mod scaleout; // replicas behind HAProxy (the NLB stand-in): kill -9, rolling replacement

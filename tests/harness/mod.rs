@@ -10,6 +10,8 @@
 //! - [`Sshd`] (sshd): throwaway OpenSSH servers, as a private host or as the comparison jump host.
 //! - [`SshClient`] (ssh_client): the OpenSSH client in the client namespace, driven by an `-F`
 //!   file (the only way options reach the `-J` hop).
+//! - [`haproxy::Haproxy`] (haproxy): HAProxy as a TCP load balancer (PROXY v2, HTTP health
+//!   checks, a runtime API), the stand-in for AWS's Network Load Balancer.
 //! - [`Jupyter`] (jupyter): a real Jupyter Server and the `tests/py/jupyter_check.py` probe.
 //! - [`TcpServer`], [`Pattern`], [`Digest`] (bytes): byte sinks, echo servers and checksums.
 //! - [`moto::Moto`] (moto), [`moto_ns::NsMoto`] (moto_ns): the AWS API in memory, in the
@@ -25,6 +27,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bytes;
+pub mod haproxy;
 pub mod jupyter;
 pub mod keys;
 pub mod moto;
