@@ -396,6 +396,32 @@ pub(super) fn iam_event(name: &str, params: Value) -> Value {
 }
 
 impl Rig {
+    /// Another replica's config (`name`, listening on `port`), its `[aws]` table ending with
+    /// `aws_lines`, and alice's client for it.
+    fn replica(&self, name: &str, port: u16, aws_lines: &str) -> (PathBuf, SshClient) {
+        let config = write_config(
+            &self.scratch,
+            name,
+            &self.proxy.url(),
+            &Settings {
+                max_staleness: "1m",
+                vpc_ids: vec![self.world.vpc_id.clone()],
+                listen_port: port,
+            },
+        );
+        let mut text = std::fs::read_to_string(&config).expect("config");
+        text.push_str(aws_lines);
+        std::fs::write(&config, text).expect("config");
+        let client = SshClient::new(
+            &self.topology.client,
+            &self.scratch,
+            addr(BASTION_CLIENT_ADDR, port),
+            "alice",
+            &self.alice_key.private,
+        );
+        (config, client)
+    }
+
     fn client(&self, user: &str, key: &Path) -> SshClient {
         SshClient::new(
             &self.topology.client,
@@ -897,29 +923,8 @@ fn aws_a_new_replica_serves_from_the_fleets_shared_listing_while_iam_is_down() {
         json!([{"op": "call", "service": "s3", "method": "create_bucket",
                         "args": {"Bucket": "gatehouse-test-shared"}}]),
     );
-    let replica = |name: &str, port: u16| -> (PathBuf, SshClient) {
-        let config = write_config(
-            &rig.scratch,
-            name,
-            &rig.proxy.url(),
-            &Settings {
-                max_staleness: "1m",
-                vpc_ids: vec![rig.world.vpc_id.clone()],
-                listen_port: port,
-            },
-        );
-        let mut text = std::fs::read_to_string(&config).expect("config");
-        text.push_str("shared_snapshot = \"s3://gatehouse-test-shared/aws-directory.json\"\n");
-        std::fs::write(&config, text).expect("config");
-        let client = SshClient::new(
-            &rig.topology.client,
-            &rig.scratch,
-            addr(BASTION_CLIENT_ADDR, port),
-            "alice",
-            &rig.alice_key.private,
-        );
-        (config, client)
-    };
+    let shared = "shared_snapshot = \"s3://gatehouse-test-shared/aws-directory.json\"\n";
+    let replica = |name: &str, port: u16| rig.replica(name, port, shared);
     // The first replica lists AWS and shares its listing.
     let (first_config, _) = replica("first", 2201);
     let first = start_gatehouse(&rig.topology, &rig.scratch, &first_config, "first");
@@ -990,22 +995,11 @@ fn aws_audit_lines_reach_cloudwatch_logs_and_none_is_lost_across_kill_9() {
         json!([{"op": "call", "service": "logs", "method": "create_log_group",
                         "args": {"logGroupName": "/gatehouse/test/audit"}}]),
     );
-    let port = 2204;
-    let config = write_config(
-        &rig.scratch,
+    let (config, client) = rig.replica(
         "shipping",
-        &rig.proxy.url(),
-        &Settings {
-            max_staleness: "1m",
-            vpc_ids: vec![rig.world.vpc_id.clone()],
-            listen_port: port,
-        },
-    );
-    let mut text = std::fs::read_to_string(&config).expect("config");
-    text.push_str(
+        2204,
         "audit_log_group = \"/gatehouse/test/audit\"\naudit_log_stream = \"replica-1\"\n",
     );
-    std::fs::write(&config, text).expect("config");
     let audit_file = rig.scratch.join("shipping.audit.jsonl");
     let written = || -> Vec<String> {
         std::fs::read_to_string(&audit_file)
@@ -1014,13 +1008,6 @@ fn aws_audit_lines_reach_cloudwatch_logs_and_none_is_lost_across_kill_9() {
             .map(str::to_owned)
             .collect()
     };
-    let client = SshClient::new(
-        &rig.topology.client,
-        &rig.scratch,
-        addr(BASTION_CLIENT_ADDR, port),
-        "alice",
-        &rig.alice_key.private,
-    );
     let login_twice = || {
         for _ in 0..2 {
             assert_reaches_sshd(&client, &format!("jupyter:{SSH_PORT}"));

@@ -1979,29 +1979,7 @@ fn iam_events_from_empty_carry_the_daemons_events_to_the_queue_the_bastion_reads
         );
         let mode = gatehouse_aws::actions::Mode::of(&aws);
         assert!(mode.events);
-        let pol = rig
-            .iam()
-            .get_role_policy()
-            .role_name("gatehouse-lab-bastion")
-            .policy_name("gatehouse-bastion")
-            .send()
-            .await
-            .expect("role policy");
-        let doc = gatehouse_vpc::aws::observe::parse_policy(pol.policy_document());
-        let mut granted: Vec<String> = doc["Statement"]
-            .as_array()
-            .expect("statements")
-            .iter()
-            .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
-            .filter_map(|a| a.as_str().map(str::to_owned))
-            .collect();
-        granted.sort();
-        let mut needed: Vec<String> = gatehouse_aws::actions::needed(mode)
-            .iter()
-            .map(|a| a.name().to_owned())
-            .collect();
-        needed.sort();
-        assert_eq!(granted, needed);
+        let doc = lab_role_grants_exactly(&rig, mode).await;
         let receive = doc["Statement"]
             .as_array()
             .and_then(|l| {
@@ -2394,29 +2372,7 @@ fn the_audit_log_group_is_the_stacks_with_its_retention_and_the_bastion_ships_to
 
         // The role: what the daemon's list needs for that config, the shipping on this group's
         // streams in this account.
-        let pol = rig
-            .iam()
-            .get_role_policy()
-            .role_name("gatehouse-lab-bastion")
-            .policy_name("gatehouse-bastion")
-            .send()
-            .await
-            .expect("role policy");
-        let doc = gatehouse_vpc::aws::observe::parse_policy(pol.policy_document());
-        let mut granted: Vec<String> = doc["Statement"]
-            .as_array()
-            .expect("statements")
-            .iter()
-            .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
-            .filter_map(|a| a.as_str().map(str::to_owned))
-            .collect();
-        granted.sort();
-        let mut needed: Vec<String> = gatehouse_aws::actions::needed(mode)
-            .iter()
-            .map(|a| a.name().to_owned())
-            .collect();
-        needed.sort();
-        assert_eq!(granted, needed);
+        let doc = lab_role_grants_exactly(&rig, mode).await;
         let ship = doc["Statement"]
             .as_array()
             .and_then(|l| {
@@ -2636,4 +2592,36 @@ fn a_log_group_of_the_stacks_name_not_ours_is_refused_and_never_touched() {
         let (retention, tags) = log_group(&logs, "lab").await.expect("left alone");
         assert_eq!((retention, tags.len()), (None, 0));
     });
+}
+
+/// The lab stack's bastion role policy, checked to grant exactly the actions the daemon
+/// needs in `mode` (gatehouse-aws's list), no more and no fewer.
+async fn lab_role_grants_exactly(
+    rig: &Rig,
+    mode: gatehouse_aws::actions::Mode,
+) -> serde_json::Value {
+    let pol = rig
+        .iam()
+        .get_role_policy()
+        .role_name("gatehouse-lab-bastion")
+        .policy_name("gatehouse-bastion")
+        .send()
+        .await
+        .expect("role policy");
+    let doc = gatehouse_vpc::aws::observe::parse_policy(pol.policy_document());
+    let mut granted: Vec<String> = doc["Statement"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    granted.sort();
+    let mut needed: Vec<String> = gatehouse_aws::actions::needed(mode)
+        .iter()
+        .map(|a| a.name().to_owned())
+        .collect();
+    needed.sort();
+    assert_eq!(granted, needed);
+    doc
 }
