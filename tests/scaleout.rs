@@ -85,6 +85,7 @@ fn replica_config(
     slot: u8,
     alice: &KeyPair,
     shutdown_grace: Duration,
+    drain_delay: Duration,
 ) -> PathBuf {
     let ip = replica_ip(slot);
     let text = format!(
@@ -97,6 +98,7 @@ health_listen = "{health}"
 host_key = "{dir}/state/ssh_host_ed25519_key"
 connect_timeout = "3s"
 shutdown_grace = "{grace}s"
+drain_delay = "{delay}ms"
 
 [metrics]
 listen = "{metrics}"
@@ -118,6 +120,7 @@ ports = [22, {SINK_PORT}]
         metrics = addr(ip, METRICS_PORT),
         dir = scratch.path().display(),
         grace = shutdown_grace.as_secs(),
+        delay = drain_delay.as_millis(),
         alice = alice.public_line.trim(),
     );
     scratch.write(format!("{}.toml", replica_name(slot)), text.as_bytes())
@@ -233,12 +236,13 @@ impl Fleet {
     /// `serving` replicas started at once (they share one host key file: the first to
     /// create it wins, the others read it), `spare` more slots declared in HAProxy in
     /// maintenance, HAProxy started and every serving replica seen up by its checks.
-    fn start(serving: u8, spare: u8, shutdown_grace: Duration) -> Fleet {
+    /// Every replica has `shutdown_grace` and `drain_delay`.
+    fn start(serving: u8, spare: u8, shutdown_grace: Duration, drain_delay: Duration) -> Fleet {
         let topology = Topology::new();
         let scratch = Scratch::new();
         let alice_key = KeyPair::ed25519(&scratch, "alice_key");
         for slot in 1..=serving + spare {
-            replica_config(&scratch, slot, &alice_key, shutdown_grace);
+            replica_config(&scratch, slot, &alice_key, shutdown_grace, drain_delay);
         }
         let mut replicas: Vec<Replica> = (1..=serving)
             .map(|slot| Replica::spawn(&topology, &scratch, slot))
@@ -540,7 +544,7 @@ impl HeldTunnel {
 /// balancer's; and a few seconds of health checks penalize nothing.
 #[test]
 fn three_replicas_behind_haproxy_present_one_host_key_and_see_the_real_client() {
-    let fleet = Fleet::start(3, 0, Duration::from_secs(10));
+    let fleet = Fleet::start(3, 0, Duration::from_secs(10), Duration::ZERO);
 
     // One host key: six scans through the balancer, two per replica by round robin.
     let before: Vec<ServerStat> = fleet.haproxy.servers();
@@ -690,7 +694,7 @@ fn three_replicas_behind_haproxy_present_one_host_key_and_see_the_real_client() 
 /// down (within `CHECK_INTERVAL x FALL` and slack) no login fails.
 #[test]
 fn a_killed_replica_costs_no_login_after_the_balancer_notices() {
-    let mut fleet = Fleet::start(3, 0, Duration::from_secs(5));
+    let mut fleet = Fleet::start(3, 0, Duration::from_secs(5), Duration::ZERO);
     let victim: u8 = 2;
     let bound = CHECK_INTERVAL * FALL + DETECTION_SLACK;
     let survivors = [1u8, 3];
@@ -817,7 +821,7 @@ fn a_killed_replica_costs_no_login_after_the_balancer_notices() {
 #[test]
 fn a_rolling_replacement_drops_no_login_and_drains_open_tunnels() {
     let grace = Duration::from_secs(3);
-    let mut fleet = Fleet::start(3, 3, grace);
+    let mut fleet = Fleet::start(3, 3, grace, Duration::ZERO);
     let mut tunnel = HeldTunnel::open(&fleet, 19300);
     // Before the login loop, the tunnel's is the only login: its replica is the holder.
     let holder = fleet
@@ -1045,4 +1049,90 @@ fn a_rolling_replacement_drops_no_login_and_drains_open_tunnels() {
         session_close["reason"], "the bastion is shutting down (grace period over)",
         "{session_close}"
     );
+}
+
+/// Stopping a replica without deregistering it first (SIGTERM while the balancer still sends
+/// to it): with `server.drain_delay` longer than the balancer's detection (check interval ×
+/// fall, plus a login), the health port answers 503 at once while the replica still serves,
+/// the balancer takes it out on that 503, and only then does the drain refuse anything. Two
+/// replicas stopped one after the other while a client logs in: no login fails. (Without the
+/// delay, the login in flight on the stopped replica failed in 6 of 11 runs.)
+#[test]
+fn a_stop_with_a_drain_delay_drops_no_login() {
+    let delay = CHECK_INTERVAL * FALL + Duration::from_millis(600);
+    let mut fleet = Fleet::start(3, 0, Duration::from_secs(2), delay);
+    let Fleet {
+        haproxy,
+        replicas,
+        alice,
+        ..
+    } = &mut fleet;
+    let started = Instant::now();
+    let (downs, logins) = with_login_loop(alice, |logins| {
+        logins.wait_for(6, started, Duration::from_secs(20));
+        let mut downs = Vec::new();
+        for slot in [1u8, 2] {
+            let term_at = Instant::now();
+            replicas[usize::from(slot - 1)]
+                .daemon
+                .signal(Signal::SIGTERM);
+            let down = haproxy.wait_server(
+                &replica_name(slot),
+                "marked down",
+                Duration::from_secs(10),
+                ServerStat::is_down,
+            );
+            let stat = haproxy.server(&replica_name(slot));
+            let replica = &mut replicas[usize::from(slot - 1)];
+            let status = replica
+                .daemon
+                .wait_exit(Duration::from_secs(10))
+                .unwrap_or_else(|| panic!("r{slot} still running\n{}", replica.daemon.logs()));
+            assert!(status.success(), "{status:?}\n{}", replica.daemon.logs());
+            downs.push((
+                slot,
+                down,
+                stat.check_status,
+                stat.check_code,
+                term_at.elapsed(),
+            ));
+            logins.wait_for(4, Instant::now(), Duration::from_secs(20));
+        }
+        downs
+    });
+    let failed = logins.iter().filter(|l| !l.ok).count();
+    for (slot, down, check, code, exited) in &downs {
+        eprintln!(
+            "scaleout: r{slot} stopped with drain_delay {delay:?}: marked down {down:.3?} after \
+             SIGTERM by its check ({check} {code}), exited {exited:.3?} after SIGTERM"
+        );
+    }
+    eprintln!(
+        "scaleout: two stops without deregistration: logins attempted {}, failed {failed}; \
+         logins per replica: {}",
+        logins.len(),
+        per_replica(&fleet)
+    );
+    for (slot, down, check, code, _) in &downs {
+        // Taken out by its 503 while it still served, not by a refused connection.
+        assert!(
+            check == "L7STS" && code == "503",
+            "r{slot} was marked down by {check} {code}, not by its 503\n{}",
+            fleet.haproxy.log()
+        );
+        assert!(
+            *down < delay,
+            "r{slot} marked down {down:?} after SIGTERM, delay {delay:?}"
+        );
+    }
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} logins failed:\n{}\n{}",
+        logins.len(),
+        describe_failures(&logins, started),
+        fleet.audits()
+    );
+    let log = fleet.replica(1).daemon.logs();
+    assert!(log.contains("health checks answer 503 from now"), "{log}");
 }

@@ -74,6 +74,8 @@ pub const KEEPALIVE_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(60 * 60));
 /// Accepted range of `server.max_auth_attempts`.
 pub const MAX_AUTH_ATTEMPTS_RANGE: (usize, usize) = (1, 20);
+/// Accepted range of `server.drain_delay`.
+pub const DRAIN_DELAY_RANGE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(60));
 /// Accepted range of `server.shutdown_grace`.
 pub const SHUTDOWN_GRACE_RANGE: (Duration, Duration) =
     (Duration::ZERO, Duration::from_secs(10 * 60));
@@ -284,6 +286,12 @@ pub struct ServerConfig {
     /// `shutdown_grace`: on SIGTERM, how long open tunnels may drain before they are cut.
     /// Range 0..10m, default 30s.
     pub shutdown_grace: Duration,
+    /// `drain_delay`: on SIGTERM, how long the bastion keeps serving as before (accepting,
+    /// opening tunnels) while `health_listen` already answers `503 draining`, so that a load
+    /// balancer takes it out before the drain starts: at least its check interval times its
+    /// unhealthy threshold, plus a login. Behind a balancer that deregisters first (an Auto
+    /// Scaling group) it may stay 0. Range 0..1m, default 0.
+    pub drain_delay: Duration,
     /// `pq_only`: offer only the post-quantum hybrid key exchange (mlkem768x25519-sha256).
     /// Only OpenSSH 9.9+ clients can connect. Default false (curve25519 offered too).
     pub pq_only: bool,

@@ -113,6 +113,7 @@ pub(crate) struct RawServer {
     pub(crate) keepalive_interval: Option<Spanned<String>>,
     pub(crate) max_auth_attempts: Option<Spanned<Integer>>,
     pub(crate) shutdown_grace: Option<Spanned<String>>,
+    pub(crate) drain_delay: Option<Spanned<String>>,
     pub(crate) pq_only: Option<bool>,
     pub(crate) proxy_listen: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) health_listen: Option<Spanned<String>>,

@@ -244,6 +244,12 @@ impl Validator<'_> {
                 DEFAULT_SHUTDOWN_GRACE,
                 SHUTDOWN_GRACE_RANGE,
             ),
+            drain_delay: self.duration(
+                "server.drain_delay",
+                s.drain_delay.as_ref(),
+                Duration::ZERO,
+                DRAIN_DELAY_RANGE,
+            ),
         }
     }
 
@@ -1235,6 +1241,7 @@ fn empty_server() -> RawServer {
         keepalive_interval: None,
         max_auth_attempts: None,
         shutdown_grace: None,
+        drain_delay: None,
         pq_only: None,
         proxy_listen: None,
         health_listen: None,

@@ -1669,3 +1669,12 @@ fn aws_audit_log_group_needs_the_audit_file_and_a_valid_name() {
     has_error(&list, "is not a CloudWatch Logs log group name");
     has_error(&list, "is not a CloudWatch Logs stream name");
 }
+
+#[test]
+fn drain_delay_defaults_to_none_and_is_at_most_a_minute() {
+    assert_eq!(ok(SERVER).server.drain_delay, Duration::ZERO);
+    let c = ok(&format!("{SERVER}drain_delay = \"800ms\"\n"));
+    assert_eq!(c.server.drain_delay, Duration::from_millis(800));
+    let list = errors(&format!("{SERVER}drain_delay = \"2m\"\n"));
+    has_error(&list, "server.drain_delay");
+}

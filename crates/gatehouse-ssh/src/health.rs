@@ -52,7 +52,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 
 /// The state a probe is told: (HTTP status, body).
 pub(crate) fn state(shared: &Shared) -> (&'static str, &'static str) {
-    if shared.draining.is_cancelled() {
+    if shared.draining.is_cancelled() || shared.leaving.is_cancelled() {
         ("503 Service Unavailable", "draining\n")
     } else if shared
         .directory

@@ -4,8 +4,10 @@
 //! authenticated yet (checked right after accept; over the cap the connection is closed at
 //! once), a per-source cap and per-source penalties (see `sources`), and a login-grace
 //! deadline covering the PROXY header, version exchange, key exchange and authentication. After authentication the connection is watched for idleness and for
-//! shutdown. Shutdown stops accepting, closes sessions without tunnels at once, lets tunnels
-//! drain for the grace period, then closes everything.
+//! shutdown. Shutdown first waits `drain_delay` with the health endpoint answering 503 and
+//! everything else serving (so a load balancer takes this bastion out), then stops accepting,
+//! closes sessions without tunnels at once, lets tunnels drain for the grace period, then
+//! closes everything.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -93,6 +95,9 @@ pub(crate) struct Shared {
     workers: LocalPoolHandle,
     /// Cancelled when shutdown starts: stop accepting, refuse new tunnels.
     pub draining: CancellationToken,
+    /// Cancelled at SIGTERM, `server.drain_delay` before `draining`: the health endpoint
+    /// answers `503 draining` while everything else still serves.
+    pub leaving: CancellationToken,
     /// Cancelled when the grace period is over: close everything.
     pub stop: CancellationToken,
     preauth: Arc<Semaphore>,
@@ -131,6 +136,7 @@ impl Shared {
             tasks: TaskTracker::new(),
             workers: LocalPoolHandle::new(worker_count()),
             draining: CancellationToken::new(),
+            leaving: CancellationToken::new(),
             stop: CancellationToken::new(),
             id_prefix: format!("{epoch:x}"),
             next_session: AtomicU64::new(1),
@@ -278,6 +284,16 @@ pub async fn serve(
     let gauges = tokio::spawn(update_gauges(shared.clone()));
     shutdown.await;
     gauges.abort();
+    let delay = shared.settings.drain_delay;
+    if !delay.is_zero() {
+        tracing::info!(
+            "shutting down: health checks answer 503 from now; still serving for {} \
+             (server.drain_delay) so the load balancer takes this bastion out first",
+            humantime::format_duration(delay)
+        );
+        shared.leaving.cancel();
+        tokio::time::sleep(delay).await;
+    }
     let grace = shared.settings.shutdown_grace;
     tracing::info!(
         "shutting down: no new connections; open tunnels may drain for {}",
