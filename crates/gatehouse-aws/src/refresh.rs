@@ -1,9 +1,11 @@
-//! The refresh: one complete listing of IAM and EC2, turned into a snapshot and published,
-//! and the background loop that repeats it.
+//! The refresh: complete listings of IAM (a sweep) and of EC2, and IAM change events, turned
+//! into a snapshot and published, and the background loop that keeps doing it: instances
+//! every `refresh_interval`, IAM every `iam_sweep_interval` in a task of its own, events as
+//! they come (see [`crate::events`]).
 //!
 //! Rules, in the order they apply:
-//! - A listing is complete or it is an error: any failed call fails the whole refresh, and a
-//!   failed refresh publishes nothing. The last snapshot stays, and its `fresh_until` (time of
+//! - A listing of a part is complete or it is an error: any failed call fails that part, and
+//!   a failed part publishes nothing. The last snapshot stays, and its `fresh_until` (time of
 //!   the listing + `max_staleness`) makes new logins fail closed once it is too old.
 //! - An empty answer is not trusted on its word: a successful listing with no users (or no
 //!   hosts) where the published snapshot had some is held back until
