@@ -1412,6 +1412,11 @@ fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
     // is fetched once.
     rig.gatehouse.terminate(Duration::from_secs(10));
     rig.proxy.control("/__proxy/reset");
+    // IAM's buckets full again, as they are a few seconds after the daemon's last call: the
+    // daemon's last refresh may have drained them to below the listing's first burst (one
+    // CI run saw one throttled call there, which the listing's retry absorbed).
+    rig.proxy
+        .control("/__proxy/iam_rate?per_second=10&burst=20");
     let mut cmd = gatehouse_cmd(&rig.topology);
     cmd.arg("hosts").arg("--config").arg(&rig.config);
     let out = run_with_timeout(cmd, CMD_TIMEOUT);
