@@ -1238,6 +1238,7 @@ fn the_deployers_and_the_bastions_policies_pass_the_iam_reference_lint() {
     let creates = [
         "ec2:AllocateAddress",
         "ec2:CreateInternetGateway",
+        "ec2:CreateLaunchTemplate",
         "ec2:CreateNatGateway",
         "ec2:CreateRouteTable",
         "ec2:CreateSecurityGroup",
@@ -2624,4 +2625,572 @@ async fn lab_role_grants_exactly(
     needed.sort();
     assert_eq!(granted, needed);
     doc
+}
+
+// ---- replicas behind a Network Load Balancer ----
+
+/// `spec_text` with `replicas` bastions behind the balancer.
+fn spec_with_replicas(stack: &str, cidr_second_octet: u8, replicas: u32) -> String {
+    spec_text(stack, cidr_second_octet, "single").replace(
+        "allowed_cidrs = [",
+        &format!("replicas = {replicas}\nallowed_cidrs = ["),
+    )
+}
+
+/// The stack's replicas as the balancer, its target group, the group and the template hold
+/// them, read with the SDK.
+#[derive(Debug)]
+struct Replicas {
+    balancer: Option<aws_sdk_elasticloadbalancingv2::types::LoadBalancer>,
+    target_group: Option<aws_sdk_elasticloadbalancingv2::types::TargetGroup>,
+    tg_attributes: std::collections::BTreeMap<String, String>,
+    listeners: Vec<aws_sdk_elasticloadbalancingv2::types::Listener>,
+    group: Option<aws_sdk_autoscaling::types::AutoScalingGroup>,
+    /// The template's latest version data.
+    template: Option<aws_sdk_ec2::types::ResponseLaunchTemplateData>,
+    templates: usize,
+}
+
+impl Rig {
+    fn elb(&self) -> aws_sdk_elasticloadbalancingv2::Client {
+        aws_sdk_elasticloadbalancingv2::Client::new(&self.sdk())
+    }
+
+    fn autoscaling(&self) -> aws_sdk_autoscaling::Client {
+        aws_sdk_autoscaling::Client::new(&self.sdk())
+    }
+
+    async fn replicas(&self, stack: &str) -> Replicas {
+        let elb = self.elb();
+        let balancer = elb
+            .describe_load_balancers()
+            .names(gatehouse_vpc::plan::replicas::balancer_name(stack))
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.load_balancers().first().cloned());
+        let listeners = match &balancer {
+            Some(b) => elb
+                .describe_listeners()
+                .load_balancer_arn(b.load_balancer_arn().expect("arn"))
+                .send()
+                .await
+                .expect("listeners")
+                .listeners()
+                .to_vec(),
+            None => Vec::new(),
+        };
+        let target_group = elb
+            .describe_target_groups()
+            .names(gatehouse_vpc::plan::replicas::target_group_name(stack))
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.target_groups().first().cloned());
+        let tg_attributes = match &target_group {
+            Some(t) => elb
+                .describe_target_group_attributes()
+                .target_group_arn(t.target_group_arn().expect("arn"))
+                .send()
+                .await
+                .expect("attributes")
+                .attributes()
+                .iter()
+                .filter_map(|a| Some((a.key()?.to_owned(), a.value()?.to_owned())))
+                .collect(),
+            None => Default::default(),
+        };
+        let group = self
+            .autoscaling()
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(gatehouse_vpc::plan::replicas::group_name(stack))
+            .send()
+            .await
+            .expect("groups")
+            .auto_scaling_groups()
+            .first()
+            .cloned();
+        let (_rt, ec2) = (0, aws_sdk_ec2::Client::new(&self.sdk()));
+        let listed = ec2
+            .describe_launch_templates()
+            .filters(tag(stack))
+            .send()
+            .await
+            .expect("templates");
+        let templates = listed.launch_templates().len();
+        let template = match listed.launch_templates().first() {
+            Some(t) => ec2
+                .describe_launch_template_versions()
+                .launch_template_id(t.launch_template_id().expect("id"))
+                .versions("$Latest")
+                .send()
+                .await
+                .expect("versions")
+                .launch_template_versions()
+                .first()
+                .and_then(|v| v.launch_template_data().cloned()),
+            None => None,
+        };
+        Replicas {
+            balancer,
+            target_group,
+            tg_attributes,
+            listeners,
+            group,
+            template,
+            templates,
+        }
+    }
+}
+
+/// The daemon config in a launch template's user data.
+fn template_daemon_config(data: &aws_sdk_ec2::types::ResponseLaunchTemplateData) -> String {
+    use base64::Engine;
+    let text = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(data.user_data().expect("user data"))
+            .expect("base64"),
+    )
+    .expect("utf-8");
+    assert!(
+        text.contains("- path: /etc/systemd/system/gatehouse.socket.d/proxy.conf")
+            && text.contains("FileDescriptorName=proxy"),
+        "{text}"
+    );
+    written_daemon_config(&text)
+}
+
+#[test]
+fn replicas_from_empty_stand_behind_a_balancer_and_plan_then_says_no_changes() {
+    let rig = Rig::new();
+    let spec = rig.write_spec("lab.toml", &spec_with_replicas("lab", 50, 3));
+    let plan = rig.ok(&spec, &["plan"]);
+    for want in [
+        "+ lt/bastion                   launch template gatehouse-lab-bastion: t3.micro ami-12c6146b, IMDSv2",
+        "+ tg/ssh                       target group gh-lab: TCP 22, health check HTTP 8022/health",
+        "+ nlb                          network load balancer gh-lab: internet-facing, TCP 22, in subnet/dmz-a, subnet/dmz-b",
+        "+ asg/bastion                  auto scaling group gatehouse-lab-bastion: 3 replicas over subnet/dmz-a, subnet/dmz-b, behind tg/ssh",
+    ] {
+        assert!(plan.contains(want), "{want}:\n{plan}");
+    }
+    rig.ok(&spec, &["apply"]);
+    rig.assert_no_changes(&spec, "lab");
+    let (rt, ec2) = rig.ec2();
+    let r = rt.block_on(rig.replicas("lab"));
+
+    // The balancer: network, internet-facing, one subnet in each of the two zones, behind
+    // its own security group, cross-zone on.
+    let b = r.balancer.as_ref().expect("balancer");
+    assert_eq!(b.r#type().map(|t| t.as_str()), Some("network"));
+    assert_eq!(b.scheme().map(|s| s.as_str()), Some("internet-facing"));
+    assert_eq!(b.availability_zones().len(), 2, "{b:?}");
+    let attributes = rt
+        .block_on(
+            rig.elb()
+                .describe_load_balancer_attributes()
+                .load_balancer_arn(b.load_balancer_arn().expect("arn"))
+                .send(),
+        )
+        .expect("attributes");
+    assert!(
+        attributes
+            .attributes()
+            .iter()
+            .any(|a| a.key() == Some("load_balancing.cross_zone.enabled")
+                && a.value() == Some("true")),
+        "{attributes:?}"
+    );
+    let groups = rt
+        .block_on(ec2.describe_security_groups().filters(tag("lab")).send())
+        .expect("groups");
+    let sg = |key: &str| {
+        groups
+            .security_groups()
+            .iter()
+            .find(|g| {
+                g.tags()
+                    .iter()
+                    .any(|t| t.key() == Some("gatehouse:resource") && t.value() == Some(key))
+            })
+            .unwrap_or_else(|| panic!("no {key}"))
+            .clone()
+    };
+    let nlb_sg = sg("sg/nlb");
+    assert_eq!(
+        b.security_groups(),
+        [nlb_sg.group_id().expect("id").to_owned()]
+    );
+    // Only allowed_cidrs reach the balancer; only the balancer reaches the replicas, on SSH
+    // and the health port.
+    let cidrs: Vec<&str> = nlb_sg
+        .ip_permissions()
+        .iter()
+        .inspect(|p| assert_eq!((p.from_port(), p.to_port()), (Some(22), Some(22)), "{p:?}"))
+        .flat_map(|p| p.ip_ranges())
+        .filter_map(|r| r.cidr_ip())
+        .collect();
+    assert_eq!(cidrs, ["198.51.100.0/24", "203.0.113.7/32"]);
+    let replica_sg = sg("sg/bastion");
+    let mut ports: Vec<i32> = replica_sg
+        .ip_permissions()
+        .iter()
+        .inspect(|p| {
+            assert!(p.ip_ranges().is_empty(), "{p:?}");
+            assert_eq!(
+                p.user_id_group_pairs()
+                    .iter()
+                    .filter_map(|g| g.group_id())
+                    .collect::<Vec<_>>(),
+                [nlb_sg.group_id().expect("id")],
+                "{p:?}"
+            );
+        })
+        .filter_map(|p| p.from_port())
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [22, 8022]);
+
+    // The target group: TCP 22, HTTP health checks of the daemon's health endpoint, PROXY v2
+    // on, preservation off, deregistration delay = the daemon's shutdown_grace (its default).
+    let t = r.target_group.as_ref().expect("target group");
+    assert_eq!(t.port(), Some(22));
+    assert_eq!(t.health_check_protocol().map(|p| p.as_str()), Some("HTTP"));
+    assert_eq!(t.health_check_port(), Some("8022"));
+    assert_eq!(t.health_check_path(), Some("/health"));
+    assert_eq!(r.tg_attributes["proxy_protocol_v2.enabled"], "true");
+    assert_eq!(r.tg_attributes["preserve_client_ip.enabled"], "false");
+    assert_eq!(
+        r.tg_attributes["deregistration_delay.timeout_seconds"],
+        "30"
+    );
+    assert_eq!(r.listeners.len(), 1);
+    let l = &r.listeners[0];
+    assert_eq!(
+        (l.port(), l.protocol().map(|p| p.as_str())),
+        (Some(22), Some("TCP"))
+    );
+    assert_eq!(
+        l.default_actions()[0].target_group_arn(),
+        t.target_group_arn()
+    );
+
+    // The group: 3 replicas (6 at most, during a roll) over both public subnets, in the
+    // target group, replaced on the balancer's verdict.
+    let g = r.group.as_ref().expect("group");
+    assert_eq!(
+        (g.min_size(), g.desired_capacity(), g.max_size()),
+        (Some(3), Some(3), Some(6))
+    );
+    assert_eq!(
+        g.vpc_zone_identifier().map(|z| z.split(',').count()),
+        Some(2)
+    );
+    assert_eq!(
+        g.target_group_arns(),
+        [t.target_group_arn().expect("arn").to_owned()]
+    );
+    assert_eq!(g.health_check_type(), Some("ELB"));
+    assert_eq!(g.instances().len(), 3);
+
+    // The template: IMDSv2, the role, and the daemon config its user data writes, read by
+    // the daemon's own parser: PROXY v2 on 22 from the public subnets, the health endpoint,
+    // the shared listing in the stack's bucket.
+    let data = r.template.as_ref().expect("template");
+    let meta = data.metadata_options().expect("metadata options");
+    assert_eq!(meta.http_tokens().map(|t| t.as_str()), Some("required"));
+    assert_eq!(meta.http_put_response_hop_limit(), Some(1));
+    assert!(
+        data.iam_instance_profile()
+            .and_then(|p| p.name())
+            .is_some_and(|n| n == "gatehouse-lab-bastion"),
+        "{data:?}"
+    );
+    let text = template_daemon_config(data);
+    let config = gatehouse_config::parse(&text, Path::new("gatehouse.toml"))
+        .unwrap_or_else(|e| panic!("the daemon refuses the written config: {e:?}\n{text}"));
+    assert!(config.server.listen.is_empty(), "{text}");
+    assert_eq!(
+        config.server.proxy_listen,
+        ["0.0.0.0:22".parse::<std::net::SocketAddr>().expect("addr")]
+    );
+    let trusted: Vec<String> = config
+        .server
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(trusted, ["10.50.0.0/24", "10.50.1.0/24"]);
+    assert_eq!(
+        config.server.health_listen,
+        Some("0.0.0.0:8022".parse().expect("addr"))
+    );
+    let shared = config
+        .aws
+        .as_ref()
+        .and_then(|a| a.shared_snapshot.clone())
+        .expect("shared_snapshot");
+    assert_eq!(
+        (shared.bucket.as_str(), shared.key.as_str()),
+        ("gatehouse-lab-123456789012", "directory/aws-directory.json")
+    );
+    // The bucket exists (the URL binary alone would need none).
+    rt.block_on(
+        rig.s3()
+            .head_bucket()
+            .bucket("gatehouse-lab-123456789012")
+            .send(),
+    )
+    .expect("the shared listing's bucket");
+
+    // No single bastion and no Elastic IP of its own; the replicas carry the stack's tags.
+    let instances = rt
+        .block_on(
+            ec2.describe_instances()
+                .filters(tag("lab"))
+                .filters(
+                    Filter::builder()
+                        .name("instance-state-name")
+                        .values("running")
+                        .build(),
+                )
+                .send(),
+        )
+        .expect("instances");
+    let keys: Vec<String> = instances
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| {
+            i.tags()
+                .iter()
+                .find(|t| t.key() == Some("gatehouse:resource"))
+                .and_then(|t| t.value().map(str::to_owned))
+        })
+        .collect();
+    assert_eq!(
+        keys.iter().filter(|k| *k == "replica/bastion").count(),
+        3,
+        "{keys:?}"
+    );
+    assert!(!keys.iter().any(|k| k == "instance/bastion"), "{keys:?}");
+    let eips = rt
+        .block_on(ec2.describe_addresses().filters(tag("lab")).send())
+        .expect("eips");
+    assert!(
+        !eips
+            .addresses()
+            .iter()
+            .any(|a| a.tags().iter().any(|t| t.value() == Some("eip/bastion"))),
+        "{eips:?}"
+    );
+
+    // output names the balancer.
+    let out = rig.ok(&spec, &["output"]);
+    let dns = b.dns_name().expect("dns name");
+    assert!(
+        out.contains(&format!("bastion: {dns} (the load balancer of 3 replicas)"))
+            && out.contains(&format!("HostName {dns}")),
+        "{out}"
+    );
+}
+
+#[test]
+fn replicas_drift_is_repaired_a_new_build_rolls_them_and_one_to_n_to_one_converges() {
+    let rig = Rig::new();
+    let one = rig.write_spec("one.toml", &spec_text("lab", 50, "single"));
+    let three = rig.write_spec("three.toml", &spec_with_replicas("lab", 50, 3));
+    let (rt, ec2) = rig.ec2();
+    rig.ok(&one, &["apply"]);
+    rig.ok(&three, &["apply"]);
+    rig.assert_no_changes(&three, "lab");
+    let r = rt.block_on(rig.replicas("lab"));
+    let tg = r
+        .target_group
+        .as_ref()
+        .and_then(|t| t.target_group_arn())
+        .expect("tg")
+        .to_owned();
+    let lb = r
+        .balancer
+        .as_ref()
+        .and_then(|b| b.load_balancer_arn())
+        .expect("lb")
+        .to_owned();
+
+    // Drift by hand: PROXY v2 off, the health check on port 22, cross-zone off, the group's
+    // maximum raised, the listener deleted.
+    let elb = rig.elb();
+    rt.block_on(async {
+        elb.modify_target_group_attributes()
+            .target_group_arn(&tg)
+            .attributes(
+                aws_sdk_elasticloadbalancingv2::types::TargetGroupAttribute::builder()
+                    .key("proxy_protocol_v2.enabled")
+                    .value("false")
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("attributes");
+        elb.modify_target_group()
+            .target_group_arn(&tg)
+            .health_check_port("22")
+            .send()
+            .await
+            .expect("health check");
+        elb.modify_load_balancer_attributes()
+            .load_balancer_arn(&lb)
+            .attributes(
+                aws_sdk_elasticloadbalancingv2::types::LoadBalancerAttribute::builder()
+                    .key("load_balancing.cross_zone.enabled")
+                    .value("false")
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("cross zone");
+        elb.delete_listener()
+            .listener_arn(r.listeners[0].listener_arn().expect("arn"))
+            .send()
+            .await
+            .expect("delete listener");
+        rig.autoscaling()
+            .update_auto_scaling_group()
+            .auto_scaling_group_name("gatehouse-lab-bastion")
+            .max_size(9)
+            .send()
+            .await
+            .expect("max");
+    });
+    let plan = rig.ok(&three, &["plan"]);
+    for want in [
+        "~ tg/ssh                       health check HTTP 22/health -> HTTP 8022/health",
+        "~ tg/ssh                       proxy_protocol_v2.enabled = true",
+        "~ nlb                          load_balancing.cross_zone.enabled = true",
+        "+ listener/ssh                 TCP 22 -> tg/ssh",
+        "~ asg/bastion                  size 3/3/9 -> 3/3/6 (min/desired/max)",
+        "stack lab: 1 to create, 4 to change, 0 to delete",
+    ] {
+        assert!(plan.contains(want), "{want}:\n{plan}");
+    }
+    rig.ok(&three, &["apply"]);
+    rig.assert_no_changes(&three, "lab");
+
+    // A new build: a new template version, the group on it, every replica replaced, new ones
+    // first.
+    let before: Vec<String> = rt
+        .block_on(rig.replicas("lab"))
+        .group
+        .expect("group")
+        .instances()
+        .iter()
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect();
+    let newer = rig.write_spec(
+        "newer.toml",
+        &spec_with_replicas("lab", 50, 3).replace(
+            "https://example.org/releases/gatehouse\"",
+            "https://example.org/releases/gatehouse-2\"",
+        ),
+    );
+    let plan = rig.ok(&newer, &["plan"]);
+    assert!(
+        plan.contains("~ lt/bastion                   version 2: user data changed"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("~ asg/bastion                  replace 3 of 3 replica(s), new ones first"),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains("\n- "),
+        "nothing is deleted outright: {plan}"
+    );
+    rig.ok(&newer, &["apply"]);
+    rig.assert_no_changes(&newer, "lab");
+    let after = rt.block_on(rig.replicas("lab")).group.expect("group");
+    let ids: Vec<&str> = after
+        .instances()
+        .iter()
+        .filter_map(|i| i.instance_id())
+        .collect();
+    assert_eq!(ids.len(), 3, "{after:?}");
+    assert!(
+        ids.iter().all(|i| !before.iter().any(|b| b == i)),
+        "{before:?} -> {ids:?}"
+    );
+
+    // Back to one bastion: the replicas' resources go, the bastion and its address come back.
+    rig.ok(&one, &["apply"]);
+    rig.assert_no_changes(&one, "lab");
+    let r = rt.block_on(rig.replicas("lab"));
+    assert!(
+        r.balancer.is_none() && r.target_group.is_none() && r.group.is_none(),
+        "{r:?}"
+    );
+    assert_eq!(r.templates, 0, "{r:?}");
+    let out = rig.ok(&one, &["output"]);
+    assert!(!out.contains("load balancer"), "{out}");
+    rt.block_on(async {
+        assert_eq!(tagged_counts(&ec2, "lab").await, expected_counts(1, 1));
+    });
+    // And to three again, then destroy: nothing of the stack is left.
+    rig.ok(&three, &["apply"]);
+    rig.assert_no_changes(&three, "lab");
+    rig.ok(&three, &["destroy", "--delete-audit-log"]);
+    let r = rt.block_on(rig.replicas("lab"));
+    assert!(
+        r.balancer.is_none() && r.target_group.is_none() && r.group.is_none() && r.templates == 0,
+        "{r:?}"
+    );
+    rt.block_on(async {
+        let counts = tagged_counts(&ec2, "lab").await;
+        assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
+    });
+}
+
+#[test]
+fn an_interrupted_scaled_out_apply_converges() {
+    let rig = Rig::new();
+    let spec = rig.write_spec("lab.toml", &spec_with_replicas("lab", 50, 2));
+    let plan = rig.ok(&spec, &["plan"]);
+    let lines: Vec<&str> = plan.lines().collect();
+    let at = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{plan}"))
+            + 1
+    };
+    // Kill right after the template, the target group, the balancer and the listener.
+    for kill_after in [
+        at("+ lt/bastion"),
+        at("+ tg/ssh"),
+        at("+ nlb"),
+        at("+ listener/ssh"),
+    ] {
+        let out = rig
+            .command(&spec, &["apply"])
+            .env(
+                "GATEHOUSE_VPC_TEST_KILL_AFTER_STEPS",
+                kill_after.to_string(),
+            )
+            .checked_output("run");
+        assert_eq!(
+            out.status.code(),
+            Some(137),
+            "kill_after {kill_after}: {out:?}"
+        );
+        rig.ok(&spec, &["apply"]);
+        rig.assert_no_changes(&spec, "lab");
+        let (rt, _) = rig.ec2();
+        let r = rt.block_on(rig.replicas("lab"));
+        assert_eq!(r.templates, 1, "after kill at {kill_after}: {r:?}");
+        assert_eq!(
+            r.group.as_ref().map(|g| g.instances().len()),
+            Some(2),
+            "after kill at {kill_after}"
+        );
+        rig.ok(&spec, &["destroy", "--delete-audit-log"]);
+    }
 }

@@ -16,6 +16,10 @@ moto evaluates a bucket policy on every object request, but:
   `publicAccessBlock`, and has no `encryption`, so Get/PutPublicAccessBlock and
   Get/PutBucketEncryption were checked as s3:ListBucket / s3:CreateBucket.
 
+- CreateLaunchTemplateVersion stores the version's user data as the plain string it was sent,
+  where CreateLaunchTemplate stores moto's base64 type, so an Auto Scaling group launching from
+  a second version failed on moto's own type assertion (HTTP 500).
+
 moto serves plain http where AWS serves https, so a request counts as arriving over TLS unless
 it says otherwise with `X-Forwarded-Proto: http` (what a test sends to show the Deny).
 """
@@ -71,8 +75,24 @@ def _s3_actions():
         bucket[method]["encryption"] = f"{get_or_put}EncryptionConfiguration"
 
 
+def _launch_template_versions():
+    """A new version's user data as CreateLaunchTemplate keeps it (moto's base64 type)."""
+    from moto.ec2.models.launch_templates import LaunchTemplate
+    from moto.ec2.utils import parse_user_data
+
+    create_version = LaunchTemplate.create_version
+
+    def _create_version(self, data, description):
+        if isinstance(data, dict) and isinstance(data.get("UserData"), str):
+            data = dict(data, UserData=parse_user_data(data["UserData"]))
+        return create_version(self, data, description)
+
+    LaunchTemplate.create_version = _create_version
+
+
 def apply():
     _s3_actions()
+    _launch_template_versions()
     policy_conditions.CONDITION_OPERATIONS.setdefault("Bool", _bool)
     DomainDispatcherApplication.__call__ = _call
     IAMPolicyStatement.is_action_permitted = _permitted

@@ -253,9 +253,15 @@ impl Validator<'_> {
         }
     }
 
+    /// `server.listen`: at least one address, unless `proxy_listen` has one (a bastion
+    /// reached only through a load balancer).
     fn listen(&mut self, s: &RawServer, table: Option<&Range<usize>>) -> Vec<SocketAddr> {
+        let proxied = s
+            .proxy_listen
+            .as_ref()
+            .is_some_and(|l| !l.get_ref().is_empty());
         let Some(list) = &s.listen else {
-            let Some(table) = table else {
+            let Some(table) = table.filter(|_| !proxied) else {
                 return Vec::new();
             };
             self.error(
@@ -264,7 +270,7 @@ impl Validator<'_> {
             );
             return Vec::new();
         };
-        if list.get_ref().is_empty() {
+        if list.get_ref().is_empty() && !proxied {
             self.error(
                 &list.span(),
                 "server.listen: empty; give at least one address, e.g. [\"0.0.0.0:22\"]",

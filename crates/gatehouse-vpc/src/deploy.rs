@@ -76,6 +76,17 @@ pub enum Scope {
     /// The same group in the ARN form without `:*`, which its tagging actions are checked
     /// against (`TagResource`, `ListTagsForResource`).
     AuditLogGroupTags,
+    /// The balancer `loadbalancer/net/gh-<stack>/*` (its creation, attributes, listeners).
+    StackBalancer,
+    /// The target group `targetgroup/gh-<stack>/*`.
+    StackTargetGroup,
+    /// The balancer, its target group and its listeners (tagging, deleting a listener).
+    StackElb,
+    /// The Auto Scaling group `gatehouse-<stack>-bastion`.
+    StackGroup,
+    /// Auto Scaling's and ELB's service-linked roles, which AWS creates on an account's
+    /// first use of them.
+    ServiceLinkedRoles,
     /// Needs no permission (`sts:GetCallerIdentity`): not in the policy.
     NoPermission,
 }
@@ -147,6 +158,15 @@ calls! {
     LIST_TARGETS_BY_RULE = "events" "ListTargetsByRule" "events:ListTargetsByRule", READ, EventRule, true;
     DESCRIBE_LOG_GROUPS = "logs" "DescribeLogGroups" "logs:DescribeLogGroups", READ, LogGroupList, true;
     LIST_LOG_GROUP_TAGS = "logs" "ListTagsForResource" "logs:ListTagsForResource", READ, AuditLogGroupTags, true;
+    DESCRIBE_LAUNCH_TEMPLATES = "ec2" "DescribeLaunchTemplates" "ec2:DescribeLaunchTemplates", READ, Any, true;
+    DESCRIBE_LAUNCH_TEMPLATE_VERSIONS = "ec2" "DescribeLaunchTemplateVersions" "ec2:DescribeLaunchTemplateVersions", READ, Any, true;
+    DESCRIBE_LOAD_BALANCERS = "elasticloadbalancing" "DescribeLoadBalancers" "elasticloadbalancing:DescribeLoadBalancers", READ, Any, true;
+    DESCRIBE_ELB_TAGS = "elasticloadbalancing" "DescribeTags" "elasticloadbalancing:DescribeTags", READ, Any, true;
+    DESCRIBE_LOAD_BALANCER_ATTRIBUTES = "elasticloadbalancing" "DescribeLoadBalancerAttributes" "elasticloadbalancing:DescribeLoadBalancerAttributes", READ, Any, true;
+    DESCRIBE_LISTENERS = "elasticloadbalancing" "DescribeListeners" "elasticloadbalancing:DescribeListeners", READ, Any, true;
+    DESCRIBE_TARGET_GROUPS = "elasticloadbalancing" "DescribeTargetGroups" "elasticloadbalancing:DescribeTargetGroups", READ, Any, true;
+    DESCRIBE_TARGET_GROUP_ATTRIBUTES = "elasticloadbalancing" "DescribeTargetGroupAttributes" "elasticloadbalancing:DescribeTargetGroupAttributes", READ, Any, true;
+    DESCRIBE_AUTO_SCALING_GROUPS = "autoscaling" "DescribeAutoScalingGroups" "autoscaling:DescribeAutoScalingGroups", READ, Any, true;
     // ---- the precondition of `iam_events` (plan, and apply, which plans) ----
     DESCRIBE_TRAILS = "cloudtrail" "DescribeTrails" "cloudtrail:DescribeTrails", PLAN_CHECK, TrailList, true;
     GET_TRAIL_STATUS = "cloudtrail" "GetTrailStatus" "cloudtrail:GetTrailStatus", PLAN_CHECK, Trails, true;
@@ -172,6 +192,27 @@ calls! {
     RUN_INSTANCES = "ec2" "RunInstances" "ec2:RunInstances", APPLY, Ec2Create, true;
     PASS_ROLE = "iam" "PassRole" "iam:PassRole", APPLY, PassStackRoleToEc2, false;
     ASSOCIATE_ADDRESS = "ec2" "AssociateAddress" "ec2:AssociateAddress", APPLY, StackTagged, true;
+    // ---- the replicas of a scaled-out stack (apply) ----
+    CREATE_LAUNCH_TEMPLATE = "ec2" "CreateLaunchTemplate" "ec2:CreateLaunchTemplate", APPLY, Ec2Create, true;
+    CREATE_LAUNCH_TEMPLATE_VERSION = "ec2" "CreateLaunchTemplateVersion" "ec2:CreateLaunchTemplateVersion", APPLY, StackTagged, true;
+    MODIFY_LAUNCH_TEMPLATE = "ec2" "ModifyLaunchTemplate" "ec2:ModifyLaunchTemplate", APPLY, StackTagged, true;
+    CREATE_TARGET_GROUP = "elasticloadbalancing" "CreateTargetGroup" "elasticloadbalancing:CreateTargetGroup", APPLY, StackTargetGroup, true;
+    MODIFY_TARGET_GROUP = "elasticloadbalancing" "ModifyTargetGroup" "elasticloadbalancing:ModifyTargetGroup", APPLY, StackTargetGroup, true;
+    MODIFY_TARGET_GROUP_ATTRIBUTES = "elasticloadbalancing" "ModifyTargetGroupAttributes" "elasticloadbalancing:ModifyTargetGroupAttributes", APPLY, StackTargetGroup, true;
+    CREATE_LOAD_BALANCER = "elasticloadbalancing" "CreateLoadBalancer" "elasticloadbalancing:CreateLoadBalancer", APPLY, StackBalancer, true;
+    MODIFY_LOAD_BALANCER_ATTRIBUTES = "elasticloadbalancing" "ModifyLoadBalancerAttributes" "elasticloadbalancing:ModifyLoadBalancerAttributes", APPLY, StackBalancer, true;
+    CREATE_LISTENER = "elasticloadbalancing" "CreateListener" "elasticloadbalancing:CreateListener", APPLY, StackBalancer, true;
+    // Also checked inside the creates above, which tag what they create.
+    ADD_ELB_TAGS = "elasticloadbalancing" "AddTags" "elasticloadbalancing:AddTags", APPLY, StackElb, true;
+    DESCRIBE_TARGET_HEALTH = "elasticloadbalancing" "DescribeTargetHealth" "elasticloadbalancing:DescribeTargetHealth", APPLY, Any, true;
+    // AWS creates Auto Scaling's and ELB's service-linked roles on an account's first use.
+    CREATE_SERVICE_LINKED_ROLE = "iam" "CreateServiceLinkedRole" "iam:CreateServiceLinkedRole", APPLY, ServiceLinkedRoles, false;
+    CREATE_AUTO_SCALING_GROUP = "autoscaling" "CreateAutoScalingGroup" "autoscaling:CreateAutoScalingGroup", APPLY, StackGroup, true;
+    UPDATE_AUTO_SCALING_GROUP = "autoscaling" "UpdateAutoScalingGroup" "autoscaling:UpdateAutoScalingGroup", APPLY, StackGroup, true;
+    ATTACH_LOAD_BALANCER_TARGET_GROUPS = "autoscaling" "AttachLoadBalancerTargetGroups" "autoscaling:AttachLoadBalancerTargetGroups", APPLY, StackGroup, true;
+    DETACH_LOAD_BALANCER_TARGET_GROUPS = "autoscaling" "DetachLoadBalancerTargetGroups" "autoscaling:DetachLoadBalancerTargetGroups", APPLY, StackGroup, true;
+    CREATE_OR_UPDATE_ASG_TAGS = "autoscaling" "CreateOrUpdateTags" "autoscaling:CreateOrUpdateTags", APPLY, StackGroup, true;
+    TERMINATE_INSTANCE_IN_AUTO_SCALING_GROUP = "autoscaling" "TerminateInstanceInAutoScalingGroup" "autoscaling:TerminateInstanceInAutoScalingGroup", APPLY, StackGroup, true;
     CREATE_TAGS = "ec2" "CreateTags" "ec2:CreateTags", APPLY, Ec2Tags, true;
     CREATE_ROLE = "iam" "CreateRole" "iam:CreateRole", APPLY, StackRole, true;
     TAG_ROLE = "iam" "TagRole" "iam:TagRole", APPLY, StackRole, false;
@@ -198,6 +239,11 @@ calls! {
     TAG_LOG_GROUP = "logs" "TagResource" "logs:TagResource", APPLY, AuditLogGroupTags, true;
     PUT_RETENTION_POLICY = "logs" "PutRetentionPolicy" "logs:PutRetentionPolicy", APPLY, AuditLogGroup, true;
     // ---- removing (destroy, and apply when it replaces or removes) ----
+    DELETE_AUTO_SCALING_GROUP = "autoscaling" "DeleteAutoScalingGroup" "autoscaling:DeleteAutoScalingGroup", REMOVE, StackGroup, true;
+    DELETE_LISTENER = "elasticloadbalancing" "DeleteListener" "elasticloadbalancing:DeleteListener", REMOVE, StackElb, true;
+    DELETE_LOAD_BALANCER = "elasticloadbalancing" "DeleteLoadBalancer" "elasticloadbalancing:DeleteLoadBalancer", REMOVE, StackBalancer, true;
+    DELETE_TARGET_GROUP = "elasticloadbalancing" "DeleteTargetGroup" "elasticloadbalancing:DeleteTargetGroup", REMOVE, StackTargetGroup, true;
+    DELETE_LAUNCH_TEMPLATE = "ec2" "DeleteLaunchTemplate" "ec2:DeleteLaunchTemplate", REMOVE, StackTagged, true;
     TERMINATE_INSTANCES = "ec2" "TerminateInstances" "ec2:TerminateInstances", REMOVE, StackTagged, true;
     DELETE_NAT_GATEWAY = "ec2" "DeleteNatGateway" "ec2:DeleteNatGateway", REMOVE, StackTagged, true;
     DISASSOCIATE_ADDRESS = "ec2" "DisassociateAddress" "ec2:DisassociateAddress", REMOVE, StackTagged, true;
@@ -285,6 +331,7 @@ const EC2_OWNED: &[&str] = &[
     "instance",
     "volume",
     "network-interface",
+    "launch-template",
 ];
 
 /// The deployer's policy for `stack` in `region`: every action of [`ALL`], each narrowed as
@@ -333,6 +380,24 @@ pub fn deployer_policy(stack: &str, region: &str) -> Value {
         .filter(|c| c.scope == Scope::Ec2Create)
         .map(|c| c.operation)
         .collect();
+    let balancer = format!(
+        "arn:{part}:elasticloadbalancing:{region}:*:loadbalancer/net/{}/*",
+        crate::plan::replicas::balancer_name(stack)
+    );
+    let target_group = format!(
+        "arn:{part}:elasticloadbalancing:{region}:*:targetgroup/{}/*",
+        crate::plan::replicas::target_group_name(stack)
+    );
+    // `listener/*/`: the Service Authorization Reference requires DeleteListener's resource
+    // to be of both listener types (app and net); the name is the stack's either way.
+    let listeners = format!(
+        "arn:{part}:elasticloadbalancing:{region}:*:listener/*/{}/*/*",
+        crate::plan::replicas::balancer_name(stack)
+    );
+    let group = format!(
+        "arn:{part}:autoscaling:{region}:*:autoScalingGroup:*:autoScalingGroupName/{}",
+        crate::plan::replicas::group_name(stack)
+    );
     let statements = vec![
         ("Describe", actions_of(&[Scope::Any]), json!("*"), None),
         ("Create", actions_of(&[Scope::Ec2Create]), json!("*"), None),
@@ -398,6 +463,42 @@ pub fn deployer_policy(stack: &str, region: &str) -> Value {
             actions_of(&[Scope::StackBucketObjects]),
             json!(format!("arn:{part}:s3:::{bucket}/*")),
             None,
+        ),
+        (
+            "TheLoadBalancer",
+            actions_of(&[Scope::StackBalancer]),
+            json!(balancer),
+            None,
+        ),
+        (
+            "TheTargetGroup",
+            actions_of(&[Scope::StackTargetGroup]),
+            json!(target_group),
+            None,
+        ),
+        (
+            "TagTheBalancerAndItsParts",
+            actions_of(&[Scope::StackElb]),
+            json!([balancer, target_group, listeners]),
+            None,
+        ),
+        (
+            "TheAutoScalingGroup",
+            actions_of(&[Scope::StackGroup]),
+            json!(group),
+            None,
+        ),
+        (
+            "ServiceLinkedRolesOfAutoScalingAndElb",
+            actions_of(&[Scope::ServiceLinkedRoles]),
+            json!([
+                format!("arn:{part}:iam::*:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"),
+                format!("arn:{part}:iam::*:role/aws-service-role/elasticloadbalancing.amazonaws.com/AWSServiceRoleForElasticLoadBalancing"),
+            ]),
+            Some(json!({"StringEquals": {"iam:AWSServiceName": [
+                "autoscaling.amazonaws.com",
+                "elasticloadbalancing.amazonaws.com"
+            ]}})),
         ),
         (
             "ListTheLogGroups",
@@ -476,6 +577,7 @@ mod tests {
     const SOURCES: &[(&str, &str)] = &[
         ("aws/observe.rs", include_str!("aws/observe.rs")),
         ("aws/execute.rs", include_str!("aws/execute.rs")),
+        ("aws/replicas.rs", include_str!("aws/replicas.rs")),
     ];
 
     /// Every `deploy::NAME` the call sites name.

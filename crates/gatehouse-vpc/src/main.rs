@@ -257,8 +257,15 @@ async fn run(cli: Cli, spec: spec::Spec) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 match &out.bastion_address {
+                    Some(a) if spec.bastion.scaled_out() => println!(
+                        "bastion: {a} (the load balancer of {} replicas)",
+                        spec.bastion.replicas
+                    ),
                     Some(a) => println!("bastion: {a}"),
                     None => println!("bastion: no address yet (run apply)"),
+                }
+                if !out.balancer_ips.is_empty() {
+                    println!("balancer addresses: {}", out.balancer_ips.join(", "));
                 }
                 println!("host key parameter: {}", out.host_key_parameter);
                 println!();

@@ -283,6 +283,113 @@ impl ObsTrail {
     }
 }
 
+/// The launch template of the replicas (`lt/bastion`, `[bastion] replicas` >= 2), found by
+/// the stack tag, with what its latest version launches.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsLaunchTemplate {
+    pub id: String,
+    pub name: String,
+    pub key: String,
+    pub tags: Tags,
+    /// The latest version's number: the one the group launches.
+    pub latest_version: i64,
+    /// The default version's number (kept equal to the latest).
+    pub default_version: i64,
+    pub ami: String,
+    pub instance_type: String,
+    /// The instance profile, by name or ARN as it was given.
+    pub profile: Option<String>,
+    pub security_groups: Vec<String>,
+    pub http_tokens: Option<String>,
+    pub hop_limit: Option<i32>,
+    /// SHA-256 of the latest version's user data (decoded); None when it has none.
+    pub user_data_sha256: Option<String>,
+}
+
+/// The stack's Network Load Balancer (`nlb`), found by its name ([`crate::plan::balancer_name`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsLoadBalancer {
+    pub arn: String,
+    pub name: String,
+    pub key: String,
+    pub tags: Tags,
+    pub dns_name: String,
+    /// `internet-facing` or `internal`.
+    pub scheme: String,
+    /// `network`, `application`, ...
+    pub kind: String,
+    /// `provisioning`, `active`, `failed`, ...
+    pub state: String,
+    pub vpc_id: String,
+    /// (subnet id, Elastic IP allocation id) of each availability zone it serves.
+    pub subnets: Vec<(String, Option<String>)>,
+    pub security_groups: Vec<String>,
+    /// `load_balancing.cross_zone.enabled`.
+    pub cross_zone: bool,
+}
+
+/// The target group of the replicas' port 22 (`tg/ssh`), found by its name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsTargetGroup {
+    pub arn: String,
+    pub name: String,
+    pub key: String,
+    pub tags: Tags,
+    pub protocol: String,
+    pub port: i32,
+    pub vpc_id: String,
+    pub health_protocol: String,
+    pub health_port: String,
+    pub health_path: Option<String>,
+    pub health_interval: Option<i32>,
+    pub healthy_threshold: Option<i32>,
+    pub unhealthy_threshold: Option<i32>,
+    /// The attributes gatehouse-vpc sets ([`crate::plan::target_group_attributes`]) as
+    /// ELB reports them.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A listener of the balancer (`listener/ssh`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsListener {
+    pub arn: String,
+    pub protocol: String,
+    pub port: i32,
+    /// The target groups its default action forwards to.
+    pub forwards_to: Vec<String>,
+}
+
+/// One instance of the group, as the group sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsMember {
+    pub id: String,
+    /// The launch template version it was launched from, when the group says.
+    pub version: Option<String>,
+    /// `InService`, `Pending`, `Terminating`, ...
+    pub lifecycle: String,
+}
+
+/// The replicas' Auto Scaling group (`asg/bastion`), found by its name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObsAutoScalingGroup {
+    pub name: String,
+    pub key: String,
+    pub tags: Tags,
+    pub min: i32,
+    pub max: i32,
+    pub desired: i32,
+    pub subnets: Vec<String>,
+    pub launch_template_id: Option<String>,
+    pub launch_template_version: Option<String>,
+    pub target_groups: Vec<String>,
+    pub health_check_type: String,
+    pub health_check_grace: Option<i32>,
+    pub members: Vec<ObsMember>,
+    pub termination_policies: Vec<String>,
+    /// `Delete in progress`: the group is going away.
+    pub deleting: bool,
+}
+
 /// Everything AWS reports for one stack tag. Only resources whose `gatehouse:stack` tag equals
 /// the stack name are in here, with exceptions that only ever matter for refusing: an IAM
 /// role, instance profile, bucket, event queue, event rule or log group found by its
@@ -311,6 +418,16 @@ pub struct Observed {
     pub rule: Option<ObsRule>,
     /// The audit log group, when a log group of its name exists.
     pub log_group: Option<ObsLogGroup>,
+    /// The replicas' launch templates (stack tag).
+    pub launch_templates: Vec<ObsLaunchTemplate>,
+    /// The balancer, when one of its name exists.
+    pub balancer: Option<ObsLoadBalancer>,
+    /// Its listeners (read only with the balancer).
+    pub listeners: Vec<ObsListener>,
+    /// The target group, when one of its name exists.
+    pub target_group: Option<ObsTargetGroup>,
+    /// The Auto Scaling group, when one of its name exists.
+    pub group: Option<ObsAutoScalingGroup>,
     /// The trails `us-east-1` sees; None when not read (a spec without `iam_events`, destroy,
     /// output).
     pub trails: Option<Vec<ObsTrail>>,
@@ -336,6 +453,10 @@ impl Observed {
             && self.queue.is_none()
             && self.rule.is_none()
             && self.log_group.is_none()
+            && self.launch_templates.is_empty()
+            && self.balancer.is_none()
+            && self.target_group.is_none()
+            && self.group.is_none()
     }
 }
 
@@ -360,6 +481,23 @@ pub struct LaunchSpec {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     // ---- removal (ids) ----
+    /// Delete the replicas' group with its instances (ForceDelete), and wait until it is gone.
+    DeleteAutoScalingGroup {
+        name: String,
+    },
+    DeleteListener {
+        arn: String,
+    },
+    /// Delete the balancer and wait until it is gone (its addresses are then free).
+    DeleteLoadBalancer {
+        arn: String,
+    },
+    DeleteTargetGroup {
+        arn: String,
+    },
+    DeleteLaunchTemplate {
+        id: String,
+    },
     TerminateInstance {
         id: String,
     },
@@ -607,6 +745,110 @@ pub enum Action {
         key: String,
         launch: LaunchSpec,
         tags: Tags,
+    },
+    /// Create the replicas' launch template (version 1: `launch`, IMDSv2, the bastion's user
+    /// data; its instances, volumes and network interfaces tagged `instance_tags`).
+    CreateLaunchTemplate {
+        key: String,
+        name: String,
+        launch: LaunchSpec,
+        tags: Tags,
+        instance_tags: Tags,
+    },
+    /// A new version of the template, made its default too (it becomes the one the group
+    /// launches).
+    CreateLaunchTemplateVersion {
+        template: String,
+        launch: LaunchSpec,
+        instance_tags: Tags,
+    },
+    /// Make the template's latest version its default.
+    SetDefaultTemplateVersion {
+        template: String,
+    },
+    /// Create the target group (TCP 22, instances, the health check on the health port).
+    CreateTargetGroup {
+        key: String,
+        name: String,
+        vpc: String,
+        tags: Tags,
+    },
+    /// Put the health check back.
+    SetTargetGroupHealthCheck {
+        group: String,
+    },
+    SetTargetGroupAttributes {
+        group: String,
+        attributes: BTreeMap<String, String>,
+    },
+    /// Create the balancer: internet-facing, network, one subnet per availability zone (each
+    /// with its Elastic IP when `eip` is given), behind its security group.
+    CreateLoadBalancer {
+        key: String,
+        name: String,
+        /// (subnet key, Elastic IP key).
+        subnets: Vec<(String, Option<String>)>,
+        security_group: String,
+        tags: Tags,
+    },
+    SetLoadBalancerAttributes {
+        balancer: String,
+        attributes: BTreeMap<String, String>,
+    },
+    CreateListener {
+        key: String,
+        balancer: String,
+        target_group: String,
+        tags: Tags,
+    },
+    /// Put back drifted tags of a balancer, target group or listener (by its key).
+    TagElb {
+        resource: String,
+        tags: Tags,
+    },
+    /// Create the group: `size` replicas (up to twice as many during a refresh) over
+    /// `subnets`, launched from `template`'s version in this plan, registered in
+    /// `target_group`, replaced when the balancer finds them unhealthy.
+    CreateAutoScalingGroup {
+        key: String,
+        name: String,
+        template: String,
+        subnets: Vec<String>,
+        target_group: String,
+        size: i32,
+        tags: Tags,
+    },
+    /// Put the group's template version, subnets, sizes and health check back.
+    UpdateAutoScalingGroup {
+        group: String,
+        template: String,
+        subnets: Vec<String>,
+        size: i32,
+        /// Leave the desired count alone (a roll under way holds more; it puts it back).
+        keep_desired: bool,
+    },
+    AttachTargetGroup {
+        group: String,
+        target_group: String,
+    },
+    DetachTargetGroups {
+        group: String,
+        arns: Vec<String>,
+    },
+    TagAutoScalingGroup {
+        group: String,
+        tags: Tags,
+    },
+    /// Replace the replicas not on the template's current version, new ones first: raise
+    /// the group's desired count by the outdated ones, wait until `size` replicas of the
+    /// current version are in service and healthy behind the balancer, then terminate the
+    /// outdated ones through the group (each deregistered first and drained for the target
+    /// group's deregistration delay).
+    RollReplicas {
+        group: String,
+        size: i32,
+        /// The replicas to replace (instance ids).
+        outdated: Vec<String>,
     },
     AssociateAddress {
         eip: String,

@@ -13,8 +13,12 @@ pub struct StackOutput {
     pub region: String,
     pub vpc_id: Option<String>,
     pub bastion_instance_id: Option<String>,
-    /// The Elastic IP of the bastion (falls back to the instance's public IP).
+    /// The Elastic IP of the bastion (falls back to the instance's public IP); with
+    /// replicas, the balancer's DNS name.
     pub bastion_address: Option<String>,
+    /// With replicas and `fixed_addresses`: the balancer's Elastic IPs, for allow-lists.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub balancer_ips: Vec<String>,
     pub host_key_parameter: String,
     /// Subnet name -> subnet id (like the Terraform module's `public_subnets`/`private_subnets`).
     pub subnet_ids: std::collections::BTreeMap<String, String>,
@@ -57,12 +61,15 @@ pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> Result<StackOutp
         .find(|v| v.key == "vpc")
         .map(|v| v.id.clone());
     let bastion = obs.instances.iter().find(|i| i.key == "instance/bastion");
-    let address = obs
-        .eips
-        .iter()
-        .find(|e| e.key == "eip/bastion" && e.instance_id.is_some())
-        .map(|e| e.public_ip.clone())
-        .or_else(|| bastion.and_then(|b| b.public_ip.clone()));
+    let address = if spec.bastion.scaled_out() {
+        obs.balancer.as_ref().map(|b| b.dns_name.clone())
+    } else {
+        obs.eips
+            .iter()
+            .find(|e| e.key == "eip/bastion" && e.instance_id.is_some())
+            .map(|e| e.public_ip.clone())
+            .or_else(|| bastion.and_then(|b| b.public_ip.clone()))
+    };
     let alias = format!("{}-bastion", spec.stack);
     let mut cfg = String::new();
     cfg.push_str(&format!(
@@ -100,6 +107,12 @@ pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> Result<StackOutp
         vpc_id,
         bastion_instance_id: bastion.map(|b| b.id.clone()),
         bastion_address: address,
+        balancer_ips: obs
+            .eips
+            .iter()
+            .filter(|e| e.key.starts_with("eip/nlb/"))
+            .map(|e| e.public_ip.clone())
+            .collect(),
         host_key_parameter: crate::plan::host_key_parameter(&spec.stack),
         subnet_ids: obs
             .subnets

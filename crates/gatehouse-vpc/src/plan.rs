@@ -2,6 +2,7 @@
 //! steps. Removals come first, in reverse dependency order; then creations and repairs in
 //! dependency order. The same removal code is the whole of `destroy`.
 
+pub mod replicas;
 use std::collections::{BTreeMap, BTreeSet};
 
 use gatehouse_aws::events::{iam_event_pattern, IAM_EVENTS_REGION, QUEUE_RETENTION_SECS};
@@ -68,6 +69,10 @@ pub fn binary_bucket(stack: &str, account: &str) -> String {
 pub fn binary_object(sha256: &str) -> String {
     format!("gatehouse/{sha256}")
 }
+
+/// The object in the stack's bucket that the replicas of a scaled-out stack share their
+/// listing through (`aws.shared_snapshot`).
+pub const SHARED_SNAPSHOT_OBJECT: &str = "directory/aws-directory.json";
 
 /// The objects of the bucket a bastion may read, as an S3 ARN's resource part.
 pub fn binary_object_arn_path(bucket: &str) -> String {
@@ -300,7 +305,18 @@ fn desired_rules(spec: &Spec, key: &str) -> (Vec<Rule>, Vec<Rule>) {
         to: -1,
         peer: Peer::Cidr(DEFAULT_ROUTE.into()),
     }];
-    let ingress = if key == "sg/bastion" {
+    let from_balancer = |port: u16| Rule {
+        proto: "tcp".into(),
+        from: i32::from(port),
+        to: i32::from(port),
+        peer: Peer::GroupKey(replicas::BALANCER_SG_KEY.into()),
+    };
+    let ingress = if key == "sg/bastion" && spec.bastion.scaled_out() {
+        vec![
+            from_balancer(gatehouse_policy::SSH_PORT),
+            from_balancer(crate::userdata::HEALTH_PORT),
+        ]
+    } else if key == "sg/bastion" || key == replicas::BALANCER_SG_KEY {
         spec.bastion
             .allowed_cidrs
             .iter()
@@ -327,19 +343,23 @@ fn desired_rules(spec: &Spec, key: &str) -> (Vec<Rule>, Vec<Rule>) {
 
 /// The instances the spec asks for: (key, launch spec, tags).
 fn desired_instances(spec: &Spec) -> Vec<(String, LaunchSpec, Tags)> {
-    let mut out = vec![(
-        "instance/bastion".to_string(),
-        LaunchSpec {
-            ami: spec.bastion.ami.clone(),
-            instance_type: spec.bastion.instance_type.clone(),
-            subnet: format!("subnet/{}", spec.bastion.subnet),
-            security_group: "sg/bastion".into(),
-            profile: Some(role_name(&spec.stack)),
-            bastion: true,
-            private_ip: None,
-        },
-        base_tags(spec, "instance/bastion"),
-    )];
+    let mut out = Vec::new();
+    // Replicas are launched by their group (`replicas`), one bastion by the plan.
+    out.extend((!spec.bastion.scaled_out()).then(|| {
+        (
+            "instance/bastion".to_string(),
+            LaunchSpec {
+                ami: spec.bastion.ami.clone(),
+                instance_type: spec.bastion.instance_type.clone(),
+                subnet: format!("subnet/{}", spec.bastion.subnet),
+                security_group: "sg/bastion".into(),
+                profile: Some(role_name(&spec.stack)),
+                bastion: true,
+                private_ip: None,
+            },
+            base_tags(spec, "instance/bastion"),
+        )
+    }));
     for h in &spec.hosts {
         out.push((
             format!("instance/{}", h.name),
@@ -648,7 +668,11 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
     // ---- elastic IPs (NAT and bastion) ----
     let nats_wanted = desired_nats(spec);
     let mut eip_keys: Vec<String> = nats_wanted.iter().map(|(az, _)| nat_eip_key(az)).collect();
-    eip_keys.push("eip/bastion".into());
+    if spec.bastion.scaled_out() {
+        eip_keys.extend(replicas::balancer_eip_keys(spec));
+    } else {
+        eip_keys.push("eip/bastion".into());
+    }
     let (eips, extra) = primary_by_key(&obs.eips, |e| (e.key.as_str(), e.allocation_id.as_str()));
     p.doomed.eips.extend(extra.into_iter().cloned());
     for (k, e) in &eips {
@@ -861,7 +885,11 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
     }
 
     // ---- security groups ----
-    let sg_keys = ["sg/bastion", "sg/private"];
+    let sg_keys: &[&str] = if spec.bastion.scaled_out() {
+        &[replicas::BALANCER_SG_KEY, "sg/bastion", "sg/private"]
+    } else {
+        &["sg/bastion", "sg/private"]
+    };
     let (sgs, extra) = primary_by_key(&obs.security_groups, |g| (g.key.as_str(), g.id.as_str()));
     p.doomed.security_groups.extend(extra.into_iter().cloned());
     for (k, g) in &sgs {
@@ -871,13 +899,26 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
             p.doomed.security_groups.push((*g).clone());
         }
     }
-    for key in sg_keys {
+    // Every group before any rule: rules name other groups (the replicas admit the
+    // balancer's group).
+    let mut rule_steps = Vec::new();
+    for &key in sg_keys {
         let (ingress, egress) = desired_rules(spec, key);
         let name = format!("{}-{}", spec.stack, key.trim_start_matches("sg/"));
         let observed = sgs.get(key).filter(|_| p.known.contains_key(key));
         match observed {
             None => {
-                let description = if key == "sg/bastion" {
+                let description = if key == replicas::BALANCER_SG_KEY {
+                    format!(
+                        "gatehouse {}: SSH to the load balancer from allowed_cidrs only",
+                        spec.stack
+                    )
+                } else if key == "sg/bastion" && spec.bastion.scaled_out() {
+                    format!(
+                        "gatehouse {}: SSH and health checks to the replicas from the load balancer only",
+                        spec.stack
+                    )
+                } else if key == "sg/bastion" {
                     format!(
                         "gatehouse {}: SSH to the bastion from allowed_cidrs only",
                         spec.stack
@@ -904,41 +945,50 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
                 let mut default_egress = egress.clone();
                 default_egress.retain(|r| r.proto != "-1");
                 for rule in ingress {
-                    c.push(
-                        Sign::Change,
-                        key,
-                        format!("+ ingress {}", describe_rule(&rule)),
-                        Action::Authorize {
+                    rule_steps.push(Step {
+                        sign: Sign::Change,
+                        resource: key.into(),
+                        detail: format!("+ ingress {}", describe_rule(&rule)),
+                        action: Action::Authorize {
                             group: key.into(),
                             ingress: true,
                             rule,
                         },
-                    );
+                    });
                 }
                 for rule in default_egress {
-                    c.push(
-                        Sign::Change,
-                        key,
-                        format!("+ egress {}", describe_rule(&rule)),
-                        Action::Authorize {
+                    rule_steps.push(Step {
+                        sign: Sign::Change,
+                        resource: key.into(),
+                        detail: format!("+ egress {}", describe_rule(&rule)),
+                        action: Action::Authorize {
                             group: key.into(),
                             ingress: false,
                             rule,
                         },
-                    );
+                    });
                 }
             }
             Some(g) => {
                 c.retag(key, &base_tags(spec, key), &g.tags);
                 let known = p.known.clone();
-                diff_rules(&mut c, key, true, &ingress, &g.ingress, &known);
-                diff_rules(&mut c, key, false, &egress, &g.egress, &known);
+                let mut rules = Creates {
+                    steps: &mut rule_steps,
+                    later: Vec::new(),
+                };
+                diff_rules(&mut rules, key, true, &ingress, &g.ingress, &known);
+                diff_rules(&mut rules, key, false, &egress, &g.egress, &known);
             }
         }
     }
+    c.steps.extend(rule_steps);
 
     // ---- the binary's bucket ----
     let bucket = plan_bucket(spec, obs, &mut c, &mut p)?;
+    // The bucket the binary comes from (a scaled-out stack has one for its shared listing
+    // whatever the binary's source).
+    let bucket =
+        bucket.filter(|_| matches!(spec.bastion.binary, crate::spec::Binary::Stored { .. }));
 
     // ---- IAM change events: queue and rule (before the bastion that reads them) ----
     plan_events(spec, obs, &mut c, &mut p)?;
@@ -1020,7 +1070,15 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
 
     // ---- instances ----
     let desired = desired_instances(spec);
-    let (insts, extra) = primary_by_key(&obs.instances, |i| (i.key.as_str(), i.id.as_str()));
+    // The replicas are the group's: it launches and replaces them (without the group, they
+    // are removed like any instance the spec does not ask for).
+    let instances: Vec<ObsInstance> = obs
+        .instances
+        .iter()
+        .filter(|i| !(spec.bastion.scaled_out() && i.key == replicas::REPLICA_KEY))
+        .cloned()
+        .collect();
+    let (insts, extra) = primary_by_key(&instances, |i| (i.key.as_str(), i.id.as_str()));
     p.doomed.instances.extend(extra.into_iter().cloned());
     let user_data_hash = p.known.get("vpc").map(|vpc| {
         sha256_hex(&crate::userdata::render(
@@ -1073,13 +1131,16 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
         }
     }
 
+    // ---- the replicas behind the balancer ----
+    replicas::plan_replicas(spec, obs, &mut c, &mut p, user_data_hash.as_deref());
+
     // ---- bastion address ----
     let bastion_known = p.known.get("instance/bastion").cloned();
     let eip_attached = eips
         .get("eip/bastion")
         .and_then(|e| e.instance_id.as_ref())
         .is_some_and(|i| Some(i) == bastion_known.as_ref());
-    if !eip_attached {
+    if !eip_attached && !spec.bastion.scaled_out() {
         c.push(
             Sign::Change,
             "eip/bastion",
@@ -1093,7 +1154,13 @@ pub fn plan_apply(spec: &Spec, obs: &Observed) -> Result<Plan, PlanError> {
 
     // ---- assemble: removals first ----
     let later = std::mem::take(&mut c.later);
-    let mut steps = removal_steps(&p.doomed, &p.doomed_associations);
+    let kept_groups: Vec<ObsSecurityGroup> = obs
+        .security_groups
+        .iter()
+        .filter(|g| !p.doomed.security_groups.iter().any(|d| d.id == g.id))
+        .cloned()
+        .collect();
+    let mut steps = removal_steps(&p.doomed, &p.doomed_associations, &kept_groups);
     steps.extend(create);
     steps.extend(later);
     Ok(Plan {
@@ -1326,13 +1393,18 @@ fn plan_bucket(
     c: &mut Creates,
     p: &mut Planner,
 ) -> Result<Option<String>, PlanError> {
-    let crate::spec::Binary::Stored { path, sha256, size } = &spec.bastion.binary else {
+    let stored = match &spec.bastion.binary {
+        crate::spec::Binary::Stored { path, sha256, size } => Some((path, sha256, size)),
+        crate::spec::Binary::Url { .. } => None,
+    };
+    let shared = spec.bastion.scaled_out();
+    if stored.is_none() && !shared {
         if let Some(b) = &obs.bucket {
             p.doomed.bucket = Some(b.clone());
         }
         return Ok(None);
-    };
-    if sha256 == crate::spec::UNREAD_SHA256 {
+    }
+    if stored.is_some_and(|(_, sha256, _)| sha256 == crate::spec::UNREAD_SHA256) {
         return Err(PlanError::Immutable {
             resource: "bucket".into(),
             message: "the spec was loaded without reading gatehouse_binary".into(),
@@ -1347,7 +1419,6 @@ fn plan_bucket(
         });
     }
     let name = binary_bucket(&spec.stack, &obs.account);
-    let object = binary_object(sha256);
     let policy = crate::policy::bucket_policy(&spec.region, &name);
     let tags = base_tags(spec, "bucket");
     let resource = format!("bucket {name}");
@@ -1356,7 +1427,13 @@ fn plan_bucket(
             c.push(
                 Sign::Create,
                 &resource,
-                "private bucket for the gatehouse binary",
+                match (stored.is_some(), shared) {
+                    (true, true) => {
+                        "private bucket for the gatehouse binary and the replicas' listing"
+                    }
+                    (true, false) => "private bucket for the gatehouse binary",
+                    _ => "private bucket for the replicas' listing",
+                },
                 Action::CreateBucket {
                     key: "bucket".into(),
                     name: name.clone(),
@@ -1415,20 +1492,30 @@ fn plan_bucket(
             b.objects.clone()
         }
     };
-    if !objects.contains(&object) {
-        c.push(
-            Sign::Create,
-            format!("{resource}/{object}"),
-            format!("upload {} ({size} bytes)", path.display()),
-            Action::PutBinary {
-                bucket: "bucket".into(),
-                object: object.clone(),
-                path: path.clone(),
-                sha256: sha256.clone(),
-            },
-        );
+    // What the bucket holds: the binary the user data names, and the listing the replicas
+    // share (written by the daemons, never by apply).
+    let mut wanted = Vec::new();
+    if let Some((path, sha256, size)) = stored {
+        let object = binary_object(sha256);
+        if !objects.contains(&object) {
+            c.push(
+                Sign::Create,
+                format!("{resource}/{object}"),
+                format!("upload {} ({size} bytes)", path.display()),
+                Action::PutBinary {
+                    bucket: "bucket".into(),
+                    object: object.clone(),
+                    path: path.clone(),
+                    sha256: sha256.clone(),
+                },
+            );
+        }
+        wanted.push(object);
     }
-    for stale in objects.iter().filter(|o| **o != object) {
+    if shared {
+        wanted.push(SHARED_SNAPSHOT_OBJECT.to_owned());
+    }
+    for stale in objects.iter().filter(|o| !wanted.contains(o)) {
         c.later.push(Step {
             sign: Sign::Delete,
             resource: format!("{resource}/{stale}"),
@@ -1518,6 +1605,32 @@ fn check_iam_ownership(spec: &Spec, obs: &Observed) -> Result<(), PlanError> {
             });
         }
     }
+    // A scaled-out stack's balancer, target group and group have fixed names.
+    if spec.bastion.scaled_out() {
+        let named = [
+            (
+                "Network Load Balancer",
+                obs.balancer.as_ref().map(|b| (&b.name, &b.tags)),
+            ),
+            (
+                "target group",
+                obs.target_group.as_ref().map(|t| (&t.name, &t.tags)),
+            ),
+            (
+                "Auto Scaling group",
+                obs.group.as_ref().map(|g| (&g.name, &g.tags)),
+            ),
+        ];
+        for (what, found) in named {
+            if let Some((name, _)) = found.filter(|(_, tags)| !ours(tags)) {
+                return Err(PlanError::NotOurs {
+                    what,
+                    name: name.clone(),
+                    stack: spec.stack.clone(),
+                });
+            }
+        }
+    }
     // The stack always has its audit log group: one of the name without the tag is refused.
     if let Some(g) = obs.log_group.as_ref().filter(|g| !ours(&g.tags)) {
         return Err(PlanError::NotOurs {
@@ -1526,7 +1639,9 @@ fn check_iam_ownership(spec: &Spec, obs: &Observed) -> Result<(), PlanError> {
             stack: spec.stack.clone(),
         });
     }
-    if let (crate::spec::Binary::Stored { .. }, Some(b)) = (&spec.bastion.binary, &obs.bucket) {
+    let bucket_needed = matches!(spec.bastion.binary, crate::spec::Binary::Stored { .. })
+        || spec.bastion.scaled_out();
+    if let (true, Some(b)) = (bucket_needed, &obs.bucket) {
         if !b.is_ours(&spec.stack) {
             return Err(PlanError::NotOurs {
                 what: "S3 bucket",
@@ -1676,6 +1791,14 @@ pub fn only_ours(stack: &str, obs: &Observed) -> Observed {
     o.queue = o.queue.filter(|x| ours(&x.tags));
     o.rule = o.rule.filter(|x| ours(&x.tags));
     o.log_group = o.log_group.filter(|x| ours(&x.tags));
+    o.launch_templates.retain(|x| ours(&x.tags));
+    o.balancer = o.balancer.filter(|x| ours(&x.tags));
+    o.target_group = o.target_group.filter(|x| ours(&x.tags));
+    o.group = o.group.filter(|x| ours(&x.tags));
+    // Listeners are read from the balancer: only the stack's balancer's count.
+    if o.balancer.is_none() {
+        o.listeners.clear();
+    }
     // The default group belongs to the VPC: only consider it when the VPC is ours.
     if o.vpcs.is_empty() {
         o.default_sg = None;
@@ -1713,7 +1836,7 @@ pub fn plan_destroy(stack: &str, obs: &Observed, audit: AuditLog) -> Plan {
     }
     Plan {
         stack: stack.to_string(),
-        steps: removal_steps(&obs, &[]),
+        steps: removal_steps(&obs, &[], &[]),
         known: BTreeMap::new(),
         account: obs.account.clone(),
         kept,
@@ -1782,7 +1905,12 @@ fn plan_audit_log(spec: &Spec, obs: &Observed, c: &mut Creates) {
 }
 
 /// Removal steps for the given resources, in reverse dependency order.
-fn removal_steps(doomed: &Observed, extra_associations: &[String]) -> Vec<Step> {
+/// `kept_groups`: security groups that stay, whose rules naming a doomed group go first.
+fn removal_steps(
+    doomed: &Observed,
+    extra_associations: &[String],
+    kept_groups: &[ObsSecurityGroup],
+) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut push = |resource: String, detail: &str, action: Action| {
         steps.push(Step {
@@ -1792,6 +1920,45 @@ fn removal_steps(doomed: &Observed, extra_associations: &[String]) -> Vec<Step> 
             action,
         })
     };
+    // The replicas first (the group takes its instances along), then what sends them
+    // traffic: the listeners, the balancer (its addresses free after it), its target group.
+    if let Some(g) = &doomed.group {
+        push(
+            format!("{} ({})", g.key, g.name),
+            &format!("auto scaling group and its {} replica(s)", g.members.len()),
+            Action::DeleteAutoScalingGroup {
+                name: g.name.clone(),
+            },
+        );
+    }
+    for l in &doomed.listeners {
+        push(
+            format!("listener {}:{}", l.protocol, l.port),
+            "",
+            Action::DeleteListener { arn: l.arn.clone() },
+        );
+    }
+    if let Some(b) = &doomed.balancer {
+        push(
+            format!("{} ({})", b.key, b.name),
+            "network load balancer",
+            Action::DeleteLoadBalancer { arn: b.arn.clone() },
+        );
+    }
+    if let Some(t) = &doomed.target_group {
+        push(
+            format!("{} ({})", t.key, t.name),
+            "target group",
+            Action::DeleteTargetGroup { arn: t.arn.clone() },
+        );
+    }
+    for t in &doomed.launch_templates {
+        push(
+            format!("{} ({})", t.key, t.id),
+            "launch template",
+            Action::DeleteLaunchTemplate { id: t.id.clone() },
+        );
+    }
     for i in &doomed.instances {
         push(
             format!("{} ({})", i.key, i.id),
@@ -1841,6 +2008,29 @@ fn removal_steps(doomed: &Observed, extra_associations: &[String]) -> Vec<Step> 
             &format!("subnet {}", s.cidr),
             Action::DeleteSubnet { id: s.id.clone() },
         );
+    }
+    let doomed_ids: BTreeSet<&str> = doomed
+        .security_groups
+        .iter()
+        .map(|g| g.id.as_str())
+        .collect();
+    for g in kept_groups {
+        let refs: Vec<Rule> = g
+            .ingress
+            .iter()
+            .filter(|r| matches!(&r.peer, Peer::Group(id) if doomed_ids.contains(id.as_str())))
+            .cloned()
+            .collect();
+        if !refs.is_empty() {
+            push(
+                format!("{} ({})", g.key, g.id),
+                "revoke rules naming a group being deleted",
+                Action::RevokeIngressById {
+                    group_id: g.id.clone(),
+                    rules: refs,
+                },
+            );
+        }
     }
     for g in &doomed.security_groups {
         let refs: Vec<Rule> = g

@@ -34,9 +34,15 @@ pub fn trust_policy() -> Value {
 /// The `[aws]` table of the daemon config gatehouse-vpc writes for `spec`, as the daemon's own
 /// parser reads it. `None` only for a spec the daemon would refuse, which `spec::parse` never
 /// returns (it runs the same check).
-pub fn daemon_settings(spec: &Spec) -> Option<AwsConfig> {
-    // The VPC id and the account do not change what the daemon calls; any valid ones will do.
-    crate::userdata::check_daemon_config(spec, "vpc-00000000", crate::userdata::PLACEHOLDER_ACCOUNT)
+pub fn daemon_settings(spec: &Spec, account: &str) -> Option<AwsConfig> {
+    // The VPC id does not change what the daemon calls; any valid one will do. The account
+    // names the shared listing's bucket.
+    let account = if account.is_empty() {
+        crate::userdata::PLACEHOLDER_ACCOUNT
+    } else {
+        account
+    };
+    crate::userdata::check_daemon_config(spec, "vpc-00000000", account)
         .ok()
         .and_then(|c| c.aws)
 }
@@ -57,7 +63,7 @@ pub fn daemon_settings(spec: &Spec) -> Option<AwsConfig> {
 ///   the boot-time fetch (not the daemon).
 pub fn bastion_policy(spec: &Spec, bucket: Option<&str>, account: &str) -> Value {
     let part = partition(&spec.region);
-    let settings = daemon_settings(spec);
+    let settings = daemon_settings(spec, account);
     let mode = match &settings {
         Some(aws) => Mode::of(aws),
         // Unreachable for a parsed spec (see `daemon_settings`): what gatehouse-vpc itself
@@ -259,7 +265,7 @@ mod tests {
     #[test]
     fn the_role_grants_exactly_what_the_written_config_needs() {
         let spec = spec("");
-        let settings = daemon_settings(&spec).expect("the written config is valid");
+        let settings = daemon_settings(&spec, "").expect("the written config is valid");
         let policy = bastion_policy(&spec, None, ACCOUNT);
         let mut got = granted(&policy);
         got.sort();

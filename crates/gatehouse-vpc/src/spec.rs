@@ -19,6 +19,8 @@ pub const DEFAULT_PRIVATE_PORTS: &[u16] = &[22];
 /// How long the audit log group keeps the bastions' audit lines when the spec says nothing
 /// (`[bastion] audit_retention_days`): a year.
 pub const DEFAULT_AUDIT_RETENTION_DAYS: i32 = 365;
+/// The most bastions `[bastion] replicas` asks for (an Auto Scaling group of them).
+pub const MAX_REPLICAS: u32 = 20;
 /// The retentions CloudWatch Logs accepts (PutRetentionPolicy's `retentionInDays`), in days.
 pub const AUDIT_RETENTION_DAYS: &[i32] = &[
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
@@ -167,6 +169,15 @@ pub struct RawBastion {
     /// [`DEFAULT_AUDIT_RETENTION_DAYS`]. The group outlives the stack: `destroy` leaves it
     /// (`destroy --delete-audit-log` deletes it).
     pub audit_retention_days: Option<Spanned<i64>>,
+    /// `replicas`: how many bastions. 1 (the default): one instance in `subnet` with an
+    /// Elastic IP. 2 to [`MAX_REPLICAS`]: an Auto Scaling group over every public subnet (at
+    /// least two availability zones) behind an internet-facing Network Load Balancer, which
+    /// passes the client's address in PROXY protocol v2; one stable name, the balancer's.
+    pub replicas: Option<Spanned<i64>>,
+    /// `fixed_addresses = true` (with `replicas` >= 2): an Elastic IP per availability zone
+    /// for the balancer, for customers' allow-lists. Default false (AWS picks the addresses;
+    /// the DNS name is the stable thing).
+    pub fixed_addresses: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +237,17 @@ pub struct Bastion {
     /// `audit_retention_days`: the audit log group's retention, one of
     /// [`AUDIT_RETENTION_DAYS`].
     pub audit_retention_days: i32,
+    /// `replicas`: 1, or 2 to [`MAX_REPLICAS`] behind a Network Load Balancer.
+    pub replicas: u32,
+    /// `fixed_addresses`: an Elastic IP per availability zone for the balancer.
+    pub fixed_addresses: bool,
+}
+
+impl Bastion {
+    /// More than one bastion: an Auto Scaling group behind a Network Load Balancer.
+    pub fn scaled_out(&self) -> bool {
+        self.replicas > 1
+    }
 }
 
 /// Where the bastion gets its gatehouse binary at boot.
@@ -655,6 +677,46 @@ impl Validator<'_> {
             }
         };
 
+        let replicas = match &b.replicas {
+            None => 1,
+            Some(n) => u32::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| (1..=MAX_REPLICAS).contains(n))
+                .unwrap_or_else(|| {
+                    self.at(
+                        n,
+                        format!("replicas = {}: 1 to {MAX_REPLICAS}", n.get_ref()),
+                    );
+                    1
+                }),
+        };
+        let fixed_addresses = b.fixed_addresses.as_ref().is_some_and(|f| *f.get_ref());
+        if replicas > 1 {
+            let azs: BTreeSet<&str> = subnets
+                .iter()
+                .filter(|s| s.tier == Tier::Public)
+                .map(|s| s.az.as_str())
+                .collect();
+            if azs.len() < 2 {
+                if let Some(n) = &b.replicas {
+                    self.at(
+                        n,
+                        format!(
+                            "replicas = {replicas} needs public subnets in at least two \
+                             availability zones (the balancer and the group span them); \
+                             the spec has them in {}",
+                            azs.into_iter().collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+            }
+        } else if let Some(flag) = b.fixed_addresses.as_ref().filter(|_| fixed_addresses) {
+            self.at(
+                flag,
+                "fixed_addresses is for replicas >= 2 (one bastion has its own Elastic IP)",
+            );
+        }
+
         // Private ports
         let private_ports = match &raw.private {
             None => DEFAULT_PRIVATE_PORTS.to_vec(),
@@ -829,6 +891,8 @@ impl Validator<'_> {
                     .unwrap_or_default(),
                 iam_events,
                 audit_retention_days,
+                replicas,
+                fixed_addresses,
             },
             private_ports,
             hosts,

@@ -32,9 +32,15 @@ pub const AUDIT_FILE_PATH: &str = "/var/lib/gatehouse/audit.jsonl";
 
 /// The daemon settings gatehouse-vpc writes itself, as (table, key): `[bastion.daemon]` in the
 /// spec may set anything else the daemon reads, but not these.
-pub const WRITTEN_KEYS: [(&str, &str); 11] = [
+pub const WRITTEN_KEYS: [(&str, &str); 15] = [
     ("server", "listen"),
     ("server", "host_key"),
+    // With `[bastion] replicas` >= 2: port 22 takes PROXY v2 from the balancer's subnets,
+    // the balancer health-checks the health port, and the replicas share one listing.
+    ("server", "proxy_listen"),
+    ("server", "trusted_proxies"),
+    ("server", "health_listen"),
+    ("aws", "shared_snapshot"),
     // The spool of the audit shipping, in the daemon's StateDirectory.
     ("audit", "file"),
     ("aws", "region"),
@@ -49,6 +55,20 @@ pub const WRITTEN_KEYS: [(&str, &str); 11] = [
     // The stack's audit log group, which outlives the bastion.
     ("aws", "audit_log_group"),
 ];
+
+/// The port of the daemon's health endpoint (`server.health_listen`) on replicas behind the
+/// balancer: its target group checks `GET /health` there, never the SSH port, so probes are
+/// never failed logins.
+pub const HEALTH_PORT: u16 = 8022;
+/// The path the balancer's health check asks for (the daemon answers any path).
+pub const HEALTH_PATH: &str = "/health";
+/// The socket unit's drop-in on replicas: port 22 expects a PROXY v2 header (the balancer
+/// sends one first on every connection; `trusted_proxies` names who may).
+pub const SYSTEMD_PROXY_SOCKET_DROP_IN: &str =
+    "# Written by gatehouse-vpc: behind the stack's Network Load Balancer, every connection\n\
+# to port 22 starts with a PROXY protocol v2 header carrying the client's address.\n\
+[Socket]\n\
+FileDescriptorName=proxy\n";
 
 /// The account the config is checked with before the real one is known (spec validation,
 /// the role's actions): the account only shows in the event queue's URL.
@@ -100,7 +120,27 @@ pub fn daemon_config(spec: &Spec, vpc_id: &str, account: &str) -> String {
             t.insert(key.to_owned(), value);
         }
     };
-    set("server", "listen", toml::Value::from(vec!["0.0.0.0:22"]));
+    let ssh = "0.0.0.0:22";
+    if spec.bastion.scaled_out() {
+        // Only the balancer reaches the replicas (their security group says so too): port 22
+        // speaks PROXY v2, trusted from the public subnets, where the balancer's nodes are.
+        set("server", "listen", toml::Value::Array(Vec::new()));
+        set("server", "proxy_listen", toml::Value::from(vec![ssh]));
+        let balancer: Vec<String> = spec.public_subnets().map(|s| s.cidr.to_string()).collect();
+        set("server", "trusted_proxies", toml::Value::from(balancer));
+        set(
+            "server",
+            "health_listen",
+            format!("0.0.0.0:{HEALTH_PORT}").into(),
+        );
+        set(
+            "aws",
+            "shared_snapshot",
+            shared_snapshot_url(&spec.stack, account).into(),
+        );
+    } else {
+        set("server", "listen", toml::Value::from(vec![ssh]));
+    }
     set("server", "host_key", HOST_KEY_PATH.into());
     set("audit", "file", AUDIT_FILE_PATH.into());
     set("aws", "region", spec.region.as_str().into());
@@ -134,6 +174,16 @@ pub fn daemon_config(spec: &Spec, vpc_id: &str, account: &str) -> String {
     format!(
         "# Written by gatehouse-vpc for stack {}.\n{body}",
         spec.stack
+    )
+}
+
+/// The replicas' shared listing (`aws.shared_snapshot`): an object in the stack's bucket, so
+/// N replicas make one replica's IAM calls between them, not N times as many.
+pub fn shared_snapshot_url(stack: &str, account: &str) -> String {
+    format!(
+        "s3://{}/{}",
+        crate::plan::binary_bucket(stack, account),
+        crate::plan::SHARED_SNAPSHOT_OBJECT
     )
 }
 
@@ -273,6 +323,18 @@ pub fn render(spec: &Spec, vpc_id: &str, account: &str, bucket: Option<&str>) ->
         ),
         Binary::Url { .. } => String::new(),
     };
+    let proxy_socket = if spec.bastion.scaled_out() {
+        format!(
+            "\x20 - path: /etc/systemd/system/gatehouse.socket.d/proxy.conf\n\
+             \x20   owner: root:root\n\
+             \x20   permissions: '0644'\n\
+             \x20   content: |\n\
+             {}\n",
+            indent(SYSTEMD_PROXY_SOCKET_DROP_IN, 6)
+        )
+    } else {
+        String::new()
+    };
     format!(
         "#cloud-config\n\
          # gatehouse bastion of stack {stack}, written by gatehouse-vpc\n\
@@ -292,6 +354,7 @@ pub fn render(spec: &Spec, vpc_id: &str, account: &str, bucket: Option<&str>) ->
          \x20   permissions: '0644'\n\
          \x20   content: |\n\
          {socket}\n\
+         {proxy_socket}\
          \x20 - path: /etc/systemd/system/gatehouse.service.d/aws.conf\n\
          \x20   owner: root:root\n\
          \x20   permissions: '0644'\n\
@@ -310,6 +373,7 @@ pub fn render(spec: &Spec, vpc_id: &str, account: &str, bucket: Option<&str>) ->
         unit = indent(SYSTEMD_UNIT, 6),
         socket = indent(SYSTEMD_SOCKET, 6),
         drop_in = indent(SYSTEMD_AWS_DROP_IN, 6),
+        proxy_socket = proxy_socket,
         script = indent(&install_script(spec, bucket), 6),
     )
 }

@@ -40,22 +40,22 @@ impl Default for Waits {
 
 /// Runs plan steps against AWS.
 pub struct Executor<'a> {
-    clients: &'a Clients,
-    spec: Option<&'a Spec>,
-    waits: Waits,
+    pub(super) clients: &'a Clients,
+    pub(super) spec: Option<&'a Spec>,
+    pub(super) waits: Waits,
     /// Logical key -> AWS id: the plan's kept resources plus what this run created.
-    ids: BTreeMap<String, String>,
+    pub(super) ids: BTreeMap<String, String>,
     /// The account of the plan being run (the bastion's user data names its queue by it).
-    account: String,
+    pub(super) account: String,
 }
 
-fn ec2_tags(tags: &Tags) -> Vec<Tag> {
+pub(super) fn ec2_tags(tags: &Tags) -> Vec<Tag> {
     tags.iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
         .collect()
 }
 
-fn tag_spec(kind: ResourceType, tags: &Tags) -> TagSpecification {
+pub(super) fn tag_spec(kind: ResourceType, tags: &Tags) -> TagSpecification {
     TagSpecification::builder()
         .resource_type(kind)
         .set_tags(Some(ec2_tags(tags)))
@@ -136,7 +136,7 @@ impl<'a> Executor<'a> {
         }
     }
 
-    fn id(&self, key: &str) -> Result<String, Error> {
+    pub(super) fn id(&self, key: &str) -> Result<String, Error> {
         self.ids
             .get(key)
             .cloned()
@@ -158,6 +158,9 @@ impl<'a> Executor<'a> {
         let ec2 = &self.clients.ec2;
         let iam = &self.clients.iam;
         let what = step.resource.clone();
+        if self.replica_step(&what, &step.action).await? {
+            return Ok(());
+        }
         match &step.action {
             // ---------------- removal ----------------
             Action::TerminateInstance { id } => {
@@ -875,6 +878,12 @@ impl<'a> Executor<'a> {
                     .await
                     .map_err(|e| fail(&what, &deploy::CREATE_TAGS, e))?;
             }
+            // The replicas' steps ran above (`replica_step`).
+            other => {
+                return Err(Error::Unresolved(format!(
+                    "{what}: no executor for {other:?}"
+                )))
+            }
         }
         Ok(())
     }
@@ -1128,6 +1137,32 @@ impl<'a> Executor<'a> {
         )
     }
 
+    /// The bastion's user data (plain text), for the VPC and account of this run.
+    pub(super) fn bastion_user_data(&self, what: &str) -> Result<String, Error> {
+        let spec = self
+            .spec
+            .ok_or_else(|| Error::Unresolved("spec for the bastion user data".into()))?;
+        let vpc = self.id("vpc")?;
+        // Checked at plan with a placeholder VPC id; again with the real one, so a bastion
+        // is never launched with a config its daemon refuses.
+        crate::userdata::check_daemon_config(spec, &vpc, &self.account).map_err(|problems| {
+            Error::DaemonConfig {
+                resource: what.to_owned(),
+                problems: problems.join("; "),
+            }
+        })?;
+        let bucket = match spec.bastion.binary {
+            crate::spec::Binary::Stored { .. } => Some(self.id("bucket")?),
+            crate::spec::Binary::Url { .. } => None,
+        };
+        Ok(crate::userdata::render(
+            spec,
+            &vpc,
+            &self.account,
+            bucket.as_deref(),
+        ))
+    }
+
     async fn run_instance(
         &self,
         what: &str,
@@ -1137,23 +1172,7 @@ impl<'a> Executor<'a> {
         let mut tags = tags.clone();
         let mut user_data = None;
         if launch.bastion {
-            let spec = self
-                .spec
-                .ok_or_else(|| Error::Unresolved("spec for the bastion user data".into()))?;
-            let vpc = self.id("vpc")?;
-            // Checked at plan with a placeholder VPC id; again with the real one, so a bastion
-            // is never launched with a config its daemon refuses.
-            crate::userdata::check_daemon_config(spec, &vpc, &self.account).map_err(
-                |problems| Error::DaemonConfig {
-                    resource: what.to_owned(),
-                    problems: problems.join("; "),
-                },
-            )?;
-            let bucket = match spec.bastion.binary {
-                crate::spec::Binary::Stored { .. } => Some(self.id("bucket")?),
-                crate::spec::Binary::Url { .. } => None,
-            };
-            let text = crate::userdata::render(spec, &vpc, &self.account, bucket.as_deref());
+            let text = self.bastion_user_data(what)?;
             tags.insert(TAG_USER_DATA.into(), sha256_hex(&text));
             user_data = Some(base64::engine::general_purpose::STANDARD.encode(text));
         }
@@ -1319,7 +1338,12 @@ impl<'a> Executor<'a> {
         }
     }
 
-    async fn pause(&self, start: Instant, what: &str, state: &'static str) -> Result<(), Error> {
+    pub(super) async fn pause(
+        &self,
+        start: Instant,
+        what: &str,
+        state: &'static str,
+    ) -> Result<(), Error> {
         if start.elapsed() > self.waits.timeout {
             return Err(Error::Timeout {
                 resource: what.to_string(),
@@ -1332,7 +1356,7 @@ impl<'a> Executor<'a> {
     }
 }
 
-fn missing(resource: &str, op: &'static str, field: &'static str) -> Error {
+pub(super) fn missing(resource: &str, op: &'static str, field: &'static str) -> Error {
     Error::Missing {
         resource: resource.to_string(),
         op,
@@ -1342,7 +1366,7 @@ fn missing(resource: &str, op: &'static str, field: &'static str) -> Error {
 
 /// The result of a delete-like call: done, or already gone (not found), else the error for
 /// `what`.
-fn deleted<T, E>(
+pub(super) fn deleted<T, E>(
     what: &str,
     op: &'static deploy::Call,
     r: Result<T, SdkError<E, aws_sdk_ec2::config::http::HttpResponse>>,

@@ -3,6 +3,7 @@
 
 pub mod execute;
 pub mod observe;
+mod replicas;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
@@ -134,6 +135,9 @@ pub struct Clients {
     pub cloudtrail: aws_sdk_cloudtrail::Client,
     /// CloudWatch Logs in the stack's region: the audit log group.
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    /// Elastic Load Balancing v2 and Auto Scaling: the replicas of a scaled-out stack.
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
     pub region: String,
 }
 
@@ -172,6 +176,8 @@ impl Clients {
             events: aws_sdk_eventbridge::Client::from_conf(events),
             cloudtrail: aws_sdk_cloudtrail::Client::from_conf(cloudtrail),
             logs: aws_sdk_cloudwatchlogs::Client::new(&config),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(&config),
+            autoscaling: aws_sdk_autoscaling::Client::new(&config),
             region: region.to_string(),
         }
     }

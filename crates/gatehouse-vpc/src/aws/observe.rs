@@ -403,6 +403,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
     observe_ssm(c, stack, &mut obs).await?;
     observe_s3(c, stack, &mut obs).await?;
     observe_log_group(c, stack, &mut obs).await?;
+    super::replicas::observe(c, stack, &mut obs).await?;
     // The event queue and rule live in us-east-1; a stack of another partition (China,
     // GovCloud) cannot have them (the spec refuses `iam_events` there) and cannot reach it.
     if crate::policy::partition(&c.region) == crate::policy::partition(IAM_EVENTS_REGION) {

@@ -680,11 +680,393 @@ impl Fake {
             }
             Action::SetTags { resource, tags } => {
                 let id = get(ids, resource);
-                self.all_tags_mut(&id)
-                    .expect("tagged resource")
+                let t = self.obs.launch_templates.iter_mut().find(|t| t.id == id);
+                match t {
+                    Some(t) => t.tags.extend(tags.clone()),
+                    None => self
+                        .all_tags_mut(&id)
+                        .expect("tagged resource")
+                        .extend(tags.clone()),
+                }
+            }
+            Action::SetDefaultTemplateVersion { template } => {
+                let id = get(ids, template);
+                let t = self
+                    .obs
+                    .launch_templates
+                    .iter_mut()
+                    .find(|t| t.id == id)
+                    .expect("template");
+                t.default_version = t.latest_version;
+            }
+            Action::DeleteAutoScalingGroup { name } => {
+                let g = self.obs.group.take().expect("group");
+                assert_eq!(&g.name, name);
+                let members: Vec<String> = g.members.iter().map(|m| m.id.clone()).collect();
+                self.obs.instances.retain(|i| !members.contains(&i.id));
+            }
+            Action::DeleteListener { arn } => self.obs.listeners.retain(|l| &l.arn != arn),
+            Action::DeleteLoadBalancer { arn } => {
+                assert!(
+                    self.obs.group.is_none(),
+                    "the group goes before the balancer"
+                );
+                assert_eq!(self.obs.balancer.as_ref().map(|b| &b.arn), Some(arn));
+                self.obs.balancer = None;
+                self.obs.listeners.clear();
+            }
+            Action::DeleteTargetGroup { arn } => {
+                assert!(self.obs.listeners.is_empty(), "no listener forwards to it");
+                assert_eq!(self.obs.target_group.as_ref().map(|t| &t.arn), Some(arn));
+                self.obs.target_group = None;
+            }
+            Action::DeleteLaunchTemplate { id } => {
+                assert!(
+                    self.obs.group.is_none(),
+                    "the group goes before its template"
+                );
+                self.obs.launch_templates.retain(|t| &t.id != id);
+            }
+            Action::CreateLaunchTemplate {
+                key,
+                name,
+                launch,
+                tags,
+                ..
+            } => {
+                let id = self.id("lt");
+                let t = self.template(spec, ids, id.clone(), name, launch, tags, 1);
+                self.obs.launch_templates.push(t);
+                ids.insert(key.clone(), id);
+                ids.insert(replicas::TEMPLATE_VERSION_KEY.into(), "1".into());
+            }
+            Action::CreateLaunchTemplateVersion {
+                template, launch, ..
+            } => {
+                let id = get(ids, template);
+                let old = self
+                    .obs
+                    .launch_templates
+                    .iter()
+                    .find(|t| t.id == id)
+                    .cloned()
+                    .expect("template");
+                let version = old.latest_version + 1;
+                let t = self.template(spec, ids, id.clone(), &old.name, launch, &old.tags, version);
+                *self
+                    .obs
+                    .launch_templates
+                    .iter_mut()
+                    .find(|x| x.id == id)
+                    .expect("template") = t;
+                ids.insert(replicas::TEMPLATE_VERSION_KEY.into(), version.to_string());
+            }
+            Action::CreateTargetGroup {
+                key,
+                name,
+                vpc,
+                tags,
+            } => {
+                assert!(
+                    self.obs.target_group.is_none(),
+                    "target group created twice"
+                );
+                let arn = format!(
+                    "arn:aws:elasticloadbalancing:::targetgroup/{name}/{}",
+                    self.next
+                );
+                self.obs.target_group = Some(ObsTargetGroup {
+                    arn: arn.clone(),
+                    name: name.clone(),
+                    key: key.clone(),
+                    tags: tags.clone(),
+                    protocol: "TCP".into(),
+                    port: 22,
+                    vpc_id: get(ids, vpc),
+                    health_protocol: "HTTP".into(),
+                    health_port: crate::userdata::HEALTH_PORT.to_string(),
+                    health_path: Some(crate::userdata::HEALTH_PATH.into()),
+                    health_interval: Some(replicas::HEALTH_INTERVAL_SECS),
+                    healthy_threshold: Some(replicas::HEALTHY_THRESHOLD),
+                    unhealthy_threshold: Some(replicas::UNHEALTHY_THRESHOLD),
+                    attributes: BTreeMap::new(),
+                });
+                ids.insert(key.clone(), arn);
+            }
+            Action::SetTargetGroupHealthCheck { group } => {
+                let arn = get(ids, group);
+                let t = self.obs.target_group.as_mut().expect("target group");
+                assert_eq!(t.arn, arn);
+                t.health_protocol = "HTTP".into();
+                t.health_port = crate::userdata::HEALTH_PORT.to_string();
+                t.health_path = Some(crate::userdata::HEALTH_PATH.into());
+                t.health_interval = Some(replicas::HEALTH_INTERVAL_SECS);
+                t.healthy_threshold = Some(replicas::HEALTHY_THRESHOLD);
+                t.unhealthy_threshold = Some(replicas::UNHEALTHY_THRESHOLD);
+            }
+            Action::SetTargetGroupAttributes { group, attributes } => {
+                let arn = get(ids, group);
+                let t = self.obs.target_group.as_mut().expect("target group");
+                assert_eq!(t.arn, arn);
+                t.attributes.extend(attributes.clone());
+            }
+            Action::CreateLoadBalancer {
+                key,
+                name,
+                subnets,
+                security_group,
+                tags,
+            } => {
+                assert!(self.obs.balancer.is_none(), "balancer created twice");
+                let arn = format!(
+                    "arn:aws:elasticloadbalancing:::loadbalancer/net/{name}/{}",
+                    self.next
+                );
+                let subnet_ids: Vec<(String, Option<String>)> = subnets
+                    .iter()
+                    .map(|(s, e)| (get(ids, s), e.as_ref().map(|e| get(ids, e))))
+                    .collect();
+                self.obs.balancer = Some(ObsLoadBalancer {
+                    arn: arn.clone(),
+                    name: name.clone(),
+                    key: key.clone(),
+                    tags: tags.clone(),
+                    dns_name: format!("{name}-1.elb.example"),
+                    scheme: "internet-facing".into(),
+                    kind: "network".into(),
+                    state: "active".into(),
+                    vpc_id: get(ids, "vpc"),
+                    subnets: subnet_ids,
+                    security_groups: vec![get(ids, security_group)],
+                    cross_zone: false,
+                });
+                ids.insert(key.clone(), arn);
+            }
+            Action::SetLoadBalancerAttributes { balancer, .. } => {
+                let arn = get(ids, balancer);
+                let b = self.obs.balancer.as_mut().expect("balancer");
+                assert_eq!(b.arn, arn);
+                b.cross_zone = true;
+            }
+            Action::CreateListener {
+                key,
+                balancer,
+                target_group,
+                ..
+            } => {
+                assert_eq!(
+                    self.obs.balancer.as_ref().map(|b| b.arn.clone()),
+                    Some(get(ids, balancer))
+                );
+                let arn = self.id("listener");
+                self.obs.listeners.push(ObsListener {
+                    arn: arn.clone(),
+                    protocol: "TCP".into(),
+                    port: 22,
+                    forwards_to: vec![get(ids, target_group)],
+                });
+                ids.insert(key.clone(), arn);
+            }
+            Action::TagElb { resource, tags } => {
+                let arn = get(ids, resource);
+                if let Some(b) = self.obs.balancer.as_mut().filter(|b| b.arn == arn) {
+                    b.tags.extend(tags.clone());
+                } else if let Some(t) = self.obs.target_group.as_mut().filter(|t| t.arn == arn) {
+                    t.tags.extend(tags.clone());
+                } else {
+                    panic!("no ELB resource {arn}");
+                }
+            }
+            Action::CreateAutoScalingGroup {
+                key,
+                name,
+                template,
+                subnets,
+                target_group,
+                size,
+                tags,
+            } => {
+                assert!(self.obs.group.is_none(), "group created twice");
+                self.obs.group = Some(ObsAutoScalingGroup {
+                    name: name.clone(),
+                    key: key.clone(),
+                    tags: tags.clone(),
+                    min: *size,
+                    max: 2 * size,
+                    desired: *size,
+                    subnets: subnets.iter().map(|s| get(ids, s)).collect(),
+                    launch_template_id: Some(get(ids, template)),
+                    launch_template_version: Some(get(ids, replicas::TEMPLATE_VERSION_KEY)),
+                    target_groups: vec![get(ids, target_group)],
+                    health_check_type: "ELB".into(),
+                    health_check_grace: Some(replicas::HEALTH_CHECK_GRACE_SECS),
+                    members: Vec::new(),
+                    termination_policies: replicas::TERMINATION_POLICIES
+                        .iter()
+                        .map(|p| (*p).to_owned())
+                        .collect(),
+                    deleting: false,
+                });
+                for _ in 0..*size {
+                    self.launch_replica(spec);
+                }
+                ids.insert(key.clone(), name.clone());
+            }
+            Action::UpdateAutoScalingGroup {
+                group,
+                template,
+                subnets,
+                size,
+                keep_desired,
+            } => {
+                let name = get(ids, group);
+                let subnet_ids: Vec<String> = subnets.iter().map(|s| get(ids, s)).collect();
+                let (lt, version) = (get(ids, template), get(ids, replicas::TEMPLATE_VERSION_KEY));
+                let g = self.obs.group.as_mut().expect("group");
+                assert_eq!(g.name, name);
+                g.launch_template_id = Some(lt);
+                g.launch_template_version = Some(version);
+                g.subnets = subnet_ids;
+                g.min = *size;
+                g.max = 2 * size;
+                if !keep_desired {
+                    g.desired = *size;
+                }
+                g.health_check_type = "ELB".into();
+                g.health_check_grace = Some(replicas::HEALTH_CHECK_GRACE_SECS);
+                g.termination_policies = replicas::TERMINATION_POLICIES
+                    .iter()
+                    .map(|p| (*p).to_owned())
+                    .collect();
+                // The group launches or removes replicas to match the desired count.
+                let desired = usize::try_from(g.desired).expect("count");
+                let members = g.members.len();
+                for _ in members..desired {
+                    self.launch_replica(spec);
+                }
+                let g = self.obs.group.as_mut().expect("group");
+                let gone: Vec<String> = g
+                    .members
+                    .drain(desired.min(members)..)
+                    .map(|m| m.id)
+                    .collect();
+                self.obs.instances.retain(|i| !gone.contains(&i.id));
+            }
+            Action::AttachTargetGroup {
+                group,
+                target_group,
+            } => {
+                let tg = get(ids, target_group);
+                let g = self.obs.group.as_mut().expect("group");
+                assert_eq!(g.name, get(ids, group));
+                g.target_groups.push(tg);
+            }
+            Action::DetachTargetGroups { arns, .. } => {
+                let g = self.obs.group.as_mut().expect("group");
+                g.target_groups.retain(|a| !arns.contains(a));
+            }
+            Action::TagAutoScalingGroup { tags, .. } => {
+                self.obs
+                    .group
+                    .as_mut()
+                    .expect("group")
+                    .tags
                     .extend(tags.clone());
             }
+            Action::RollReplicas { size, outdated, .. } => {
+                // New ones first, then the outdated ones go.
+                for _ in 0..outdated.len() {
+                    self.launch_replica(spec);
+                }
+                let g = self.obs.group.as_mut().expect("group");
+                assert!(
+                    g.members
+                        .iter()
+                        .filter(|m| !outdated.contains(&m.id))
+                        .count()
+                        >= usize::try_from(*size).expect("size"),
+                    "a roll never has fewer than `replicas` new ones before the old go"
+                );
+                g.members.retain(|m| !outdated.contains(&m.id));
+                g.desired = *size;
+                self.obs.instances.retain(|i| !outdated.contains(&i.id));
+            }
         }
+    }
+
+    /// A template as EC2 reports it after a create or a new version.
+    #[allow(clippy::too_many_arguments)]
+    fn template(
+        &mut self,
+        spec: &Spec,
+        ids: &BTreeMap<String, String>,
+        id: String,
+        name: &str,
+        launch: &LaunchSpec,
+        tags: &Tags,
+        version: i64,
+    ) -> ObsLaunchTemplate {
+        let bucket = ids
+            .get("bucket")
+            .filter(|_| matches!(spec.bastion.binary, crate::spec::Binary::Stored { .. }));
+        let text = crate::userdata::render(
+            spec,
+            &ids["vpc"],
+            &self.obs.account,
+            bucket.map(String::as_str),
+        );
+        ObsLaunchTemplate {
+            id,
+            name: name.to_owned(),
+            key: replicas::TEMPLATE_KEY.into(),
+            tags: tags.clone(),
+            latest_version: version,
+            default_version: version,
+            ami: launch.ami.clone(),
+            instance_type: launch.instance_type.clone(),
+            profile: launch.profile.clone(),
+            security_groups: vec![ids[&launch.security_group].clone()],
+            http_tokens: Some("required".into()),
+            hop_limit: Some(1),
+            user_data_sha256: Some(sha256_hex(&text)),
+        }
+    }
+
+    /// The group launches a replica from its template's latest version.
+    fn launch_replica(&mut self, spec: &Spec) {
+        let id = self.id("i");
+        let t = self
+            .obs
+            .launch_templates
+            .first()
+            .cloned()
+            .expect("template");
+        let g = self.obs.group.as_mut().expect("group");
+        g.members.push(ObsMember {
+            id: id.clone(),
+            version: Some(t.latest_version.to_string()),
+            lifecycle: "InService".into(),
+        });
+        let subnet = g.subnets.first().cloned().unwrap_or_default();
+        let mut tags = base_tags(spec, replicas::REPLICA_KEY);
+        if let Some(sha) = &t.user_data_sha256 {
+            tags.insert(TAG_USER_DATA.into(), sha.clone());
+        }
+        self.obs.instances.push(ObsInstance {
+            id,
+            key: replicas::REPLICA_KEY.into(),
+            state: "running".into(),
+            ami: t.ami.clone(),
+            instance_type: t.instance_type.clone(),
+            subnet_id: subnet,
+            security_groups: t.security_groups.clone(),
+            profile_arn: None,
+            http_tokens: Some("required".into()),
+            hop_limit: Some(1),
+            private_ip: None,
+            public_ip: None,
+            tags,
+        });
     }
 }
 
@@ -1879,4 +2261,383 @@ fn a_log_group_of_the_stacks_name_not_ours_is_refused_and_never_destroyed() {
             );
         }
     }
+}
+
+// ---- replicas behind a load balancer ----
+
+fn replicas_spec(replicas: u32, download: &str) -> Spec {
+    let text = spec("single").bastion.daemon.clone();
+    assert!(text.is_empty());
+    parse(
+        "t.toml",
+        &SPEC.replace("NAT", "single").replace(
+            "gatehouse_download_url = \"https://example.org/gatehouse\"",
+            &format!("gatehouse_download_url = \"{download}\"\nreplicas = {replicas}"),
+        ),
+        None,
+    )
+    .expect("valid spec with replicas")
+}
+
+#[test]
+fn replicas_from_empty_converge_behind_a_balancer_that_alone_admits_allowed_cidrs() {
+    let spec = replicas_spec(3, "https://example.org/gatehouse");
+    let mut fake = fake_in_account();
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    let text = plan.render();
+    // Everything the group needs exists before it.
+    let group = position(&plan, |a| {
+        matches!(a, Action::CreateAutoScalingGroup { .. })
+    });
+    for pred in [
+        (|a: &Action| matches!(a, Action::CreateLaunchTemplate { .. })) as fn(&Action) -> bool,
+        |a| matches!(a, Action::CreateListener { .. }),
+        |a| matches!(a, Action::SetTargetGroupAttributes { .. }),
+        |a| matches!(a, Action::AddRoleToProfile { .. }),
+        |a| matches!(a, Action::CreateAuditLogGroup { .. }),
+        |a| matches!(a, Action::SecureBucket { .. }),
+    ] {
+        assert!(position(&plan, pred) < group, "{text}");
+    }
+    // Rules come after every group they name.
+    let last_group = plan
+        .steps
+        .iter()
+        .rposition(|s| matches!(s.action, Action::CreateSecurityGroup { .. }))
+        .expect("groups");
+    let first_rule = position(&plan, |a| matches!(a, Action::Authorize { .. }));
+    assert!(last_group < first_rule, "{text}");
+    assert!(
+        !plan.steps.iter().any(|s| matches!(
+            &s.action,
+            Action::RunInstance { key, .. } if key == "instance/bastion"
+        ) || matches!(&s.action, Action::AssociateAddress { .. })),
+        "no single bastion, no Elastic IP: {text}"
+    );
+    assert_eq!(fake.converge(&spec), 1);
+
+    let o = &fake.obs;
+    assert!(!o.eips.iter().any(|e| e.key == "eip/bastion"), "{o:#?}");
+    let b = o.balancer.as_ref().expect("balancer");
+    assert_eq!((b.name.as_str(), b.cross_zone), ("gh-lab", true));
+    // One subnet per zone: both public subnets.
+    assert_eq!(b.subnets.len(), 2, "{b:?}");
+    let t = o.target_group.as_ref().expect("target group");
+    assert_eq!(
+        t.attributes,
+        replicas::target_group_attributes(&spec),
+        "{t:?}"
+    );
+    assert_eq!(t.attributes["deregistration_delay.timeout_seconds"], "30");
+    assert_eq!(t.attributes["proxy_protocol_v2.enabled"], "true");
+    assert_eq!(t.attributes["preserve_client_ip.enabled"], "false");
+    let g = o.group.as_ref().expect("group");
+    assert_eq!((g.min, g.desired, g.max), (3, 3, 6));
+    assert_eq!(g.subnets.len(), 2, "over every public subnet");
+    assert_eq!(o.listeners.len(), 1);
+    // The replicas admit only the balancer's group; the balancer admits only allowed_cidrs.
+    let sg = |key: &str| {
+        o.security_groups
+            .iter()
+            .find(|g| g.key == key)
+            .unwrap_or_else(|| panic!("{key}"))
+    };
+    let nlb = sg("sg/nlb");
+    assert_eq!(b.security_groups, std::slice::from_ref(&nlb.id));
+    assert_eq!(
+        nlb.ingress,
+        [Rule {
+            proto: "tcp".into(),
+            from: 22,
+            to: 22,
+            peer: Peer::Cidr("198.51.100.0/24".into())
+        }]
+    );
+    let mut ports: Vec<i32> = sg("sg/bastion")
+        .ingress
+        .iter()
+        .inspect(|r| assert_eq!(r.peer, Peer::Group(nlb.id.clone()), "{r:?}"))
+        .map(|r| r.from)
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [22, i32::from(crate::userdata::HEALTH_PORT)]);
+    // The shared listing's bucket, and the role may read and write its one object.
+    let bucket = o.bucket.as_ref().expect("a bucket for the shared listing");
+    assert_eq!(bucket.name, binary_bucket("lab", "123456789012"));
+    let policy = o
+        .role
+        .as_ref()
+        .and_then(|r| r.policy.clone())
+        .expect("policy");
+    assert!(
+        policy.to_string().contains(&format!(
+            "arn:aws:s3:::{}/{SHARED_SNAPSHOT_OBJECT}",
+            bucket.name
+        )),
+        "{policy:#}"
+    );
+    // The daemon's config: PROXY v2 on port 22 from the public subnets, the health port,
+    // the shared listing; and the socket unit's drop-in.
+    let config = crate::userdata::daemon_config(&spec, "vpc-1", "123456789012");
+    let parsed: toml::Table = config.parse().expect("toml");
+    assert_eq!(parsed["server"]["listen"], toml::Value::Array(Vec::new()));
+    assert_eq!(
+        parsed["server"]["proxy_listen"],
+        toml::Value::from(vec!["0.0.0.0:22"])
+    );
+    assert_eq!(
+        parsed["server"]["trusted_proxies"],
+        toml::Value::from(vec!["10.0.0.0/24", "10.0.1.0/24"])
+    );
+    assert_eq!(
+        parsed["server"]["health_listen"].as_str(),
+        Some("0.0.0.0:8022")
+    );
+    assert_eq!(
+        parsed["aws"]["shared_snapshot"].as_str(),
+        Some("s3://gatehouse-lab-123456789012/directory/aws-directory.json")
+    );
+    let user_data = crate::userdata::render(&spec, "vpc-1", "123456789012", None);
+    assert!(
+        user_data.contains("gatehouse.socket.d/proxy.conf")
+            && user_data.contains("FileDescriptorName=proxy"),
+        "{user_data}"
+    );
+    // Each replica carries the digest of the user data it runs.
+    let replica = o
+        .instances
+        .iter()
+        .find(|i| i.key == replicas::REPLICA_KEY)
+        .expect("replica");
+    assert_eq!(
+        replica.tags.get(TAG_USER_DATA),
+        o.launch_templates[0].user_data_sha256.as_ref()
+    );
+
+    // The object the daemons write is kept.
+    fake.bucket().objects.push(SHARED_SNAPSHOT_OBJECT.into());
+    assert!(plan_apply(&spec, &fake.obs).expect("plan").is_empty());
+}
+
+#[test]
+fn one_to_n_to_one_converges_and_destroy_removes_the_balancer_after_the_group() {
+    let one = spec("single");
+    let three = replicas_spec(3, "https://example.org/gatehouse");
+    let mut fake = fake_in_account();
+    assert_eq!(fake.converge(&one), 1);
+    assert_eq!(fake.converge(&three), 1);
+    assert!(!fake
+        .obs
+        .instances
+        .iter()
+        .any(|i| i.key == "instance/bastion"));
+    assert!(!fake.obs.eips.iter().any(|e| e.key == "eip/bastion"));
+    assert_eq!(
+        fake.obs
+            .instances
+            .iter()
+            .filter(|i| i.key == replicas::REPLICA_KEY)
+            .count(),
+        3
+    );
+    // 3 -> 2: the group shrinks, nothing else.
+    let two = replicas_spec(2, "https://example.org/gatehouse");
+    let plan = plan_apply(&two, &fake.obs).expect("plan");
+    assert_eq!(plan.steps.len(), 1, "{}", plan.render());
+    assert!(
+        plan.render().contains("size 3/3/6 -> 2/2/4"),
+        "{}",
+        plan.render()
+    );
+    assert_eq!(fake.converge(&two), 1);
+    // Back to one bastion: the group, balancer, listener, target group, template and the
+    // balancer's group go; the bastion and its address come back.
+    let plan = plan_apply(&one, &fake.obs).expect("plan");
+    let text = plan.render();
+    let first = |pred: fn(&Action) -> bool| position(&plan, pred);
+    assert!(
+        first(|a| matches!(a, Action::DeleteAutoScalingGroup { .. }))
+            < first(|a| matches!(a, Action::DeleteLoadBalancer { .. })),
+        "{text}"
+    );
+    assert!(
+        first(|a| matches!(a, Action::DeleteLoadBalancer { .. }))
+            < first(|a| matches!(a, Action::DeleteTargetGroup { .. })),
+        "{text}"
+    );
+    // The replicas' group still names the balancer's: that rule goes before the group.
+    assert!(
+        first(|a| matches!(a, Action::RevokeIngressById { .. }))
+            < first(|a| matches!(a, Action::DeleteSecurityGroup { .. })),
+        "{text}"
+    );
+    assert_eq!(fake.converge(&one), 1);
+    let o = &fake.obs;
+    assert!(o.group.is_none() && o.balancer.is_none() && o.target_group.is_none());
+    assert!(o.launch_templates.is_empty() && o.listeners.is_empty());
+    assert!(o.bucket.is_none(), "the URL binary needs no bucket");
+    assert!(o.instances.iter().any(|i| i.key == "instance/bastion"));
+    // And destroy from N removes everything, the group before what it uses.
+    assert_eq!(fake.converge(&three), 1);
+    let plan = plan_destroy("lab", &fake.obs, AuditLog::Delete);
+    let first = |pred: fn(&Action) -> bool| position(&plan, pred);
+    assert!(
+        first(|a| matches!(a, Action::DeleteAutoScalingGroup { .. }))
+            < first(|a| matches!(a, Action::DeleteLaunchTemplate { .. }))
+    );
+    assert!(
+        first(|a| matches!(a, Action::DeleteLoadBalancer { .. }))
+            < first(|a| matches!(a, Action::DeleteSubnet { .. }))
+    );
+    fake.apply(&three, &plan);
+    assert!(fake.obs.is_empty(), "{:#?}", fake.obs);
+}
+
+#[test]
+fn a_new_binary_rolls_the_replicas_new_ones_first_and_nothing_else() {
+    let old = replicas_spec(3, "https://example.org/gatehouse");
+    let mut fake = fake_in_account();
+    fake.converge(&old);
+    let before: Vec<String> = fake
+        .obs
+        .group
+        .as_ref()
+        .expect("group")
+        .members
+        .iter()
+        .map(|m| m.id.clone())
+        .collect();
+    let new = replicas_spec(3, "https://example.org/gatehouse-2");
+    let plan = plan_apply(&new, &fake.obs).expect("plan");
+    let text = plan.render();
+    assert!(
+        !plan.steps.iter().any(|s| s.sign == Sign::Delete),
+        "no replica is terminated directly: {text}"
+    );
+    let version = position(&plan, |a| {
+        matches!(a, Action::CreateLaunchTemplateVersion { .. })
+    });
+    let update = position(&plan, |a| {
+        matches!(a, Action::UpdateAutoScalingGroup { .. })
+    });
+    let roll = position(
+        &plan,
+        |a| matches!(a, Action::RollReplicas { outdated, .. } if outdated.len() == 3),
+    );
+    assert!(version < update && update < roll, "{text}");
+    assert!(text.contains("version 2: user data changed"), "{text}");
+    assert!(
+        text.contains("replace 3 of 3 replica(s), new ones first"),
+        "{text}"
+    );
+    assert_eq!(fake.converge(&new), 1);
+    let after = &fake.obs.group.as_ref().expect("group").members;
+    assert_eq!(after.len(), 3);
+    assert!(
+        after.iter().all(|m| !before.contains(&m.id)),
+        "every replica replaced"
+    );
+    // A roll cut short (new ones up, old ones still there, the group above its size) is
+    // finished by the next apply, not undone.
+    let newer = replicas_spec(3, "https://example.org/gatehouse-3");
+    let plan = plan_apply(&newer, &fake.obs).expect("plan");
+    let cut: Vec<Step> = plan
+        .steps
+        .iter()
+        .filter(|s| !matches!(s.action, Action::RollReplicas { .. }))
+        .cloned()
+        .collect();
+    fake.apply(&newer, &Plan { steps: cut, ..plan });
+    fake.obs.group.as_mut().expect("group").desired = 5;
+    let plan = plan_apply(&newer, &fake.obs).expect("plan");
+    assert!(
+        matches!(&plan.steps[..], [Step { action: Action::RollReplicas { outdated, .. }, .. }] if outdated.len() == 3),
+        "{}",
+        plan.render()
+    );
+    assert_eq!(fake.converge(&newer), 1);
+}
+
+#[test]
+fn replicas_drift_is_repaired_and_only_drift() {
+    let spec = replicas_spec(2, "https://example.org/gatehouse");
+    let mut fake = fake_in_account();
+    fake.converge(&spec);
+    let o = &mut fake.obs;
+    o.target_group
+        .as_mut()
+        .expect("tg")
+        .attributes
+        .insert("proxy_protocol_v2.enabled".into(), "false".into());
+    o.target_group.as_mut().expect("tg").health_port = "22".into();
+    o.balancer.as_mut().expect("lb").cross_zone = false;
+    o.balancer.as_mut().expect("lb").tags.remove(TAG_RESOURCE);
+    o.group.as_mut().expect("group").max = 9;
+    o.group.as_mut().expect("group").target_groups.clear();
+    o.listeners.clear();
+    o.launch_templates[0].default_version = 0;
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    let text = plan.render();
+    assert_eq!(plan.steps.len(), 8, "{text}");
+    for want in [
+        "proxy_protocol_v2.enabled = true",
+        "health check HTTP 22/health -> HTTP 8022/health",
+        "load_balancing.cross_zone.enabled = true",
+        "tags gatehouse:resource",
+        "size 2/2/9 -> 2/2/4",
+        "register in tg/ssh",
+        "+ listener/ssh",
+        "default version 0 -> 1",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    fake.apply(&spec, &plan);
+    assert!(plan_apply(&spec, &fake.obs).expect("plan").is_empty());
+}
+
+#[test]
+fn a_balancer_or_group_of_the_stacks_name_not_ours_is_refused_and_never_destroyed() {
+    let spec = replicas_spec(2, "https://example.org/gatehouse");
+    let mut fake = fake_in_account();
+    fake.converge(&spec);
+    fake.obs
+        .balancer
+        .as_mut()
+        .expect("lb")
+        .tags
+        .insert(TAG_STACK.into(), "other".into());
+    let err = plan_apply(&spec, &fake.obs).expect_err("refused");
+    assert!(
+        err.to_string().contains("Network Load Balancer \"gh-lab\""),
+        "{err}"
+    );
+    let plan = plan_destroy("lab", &fake.obs, AuditLog::Delete);
+    assert!(
+        !plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.action, Action::DeleteLoadBalancer { .. })),
+        "{}",
+        plan.render()
+    );
+}
+
+#[test]
+fn fixed_addresses_give_the_balancer_an_elastic_ip_per_zone() {
+    let spec = parse(
+        "t.toml",
+        &SPEC.replace("NAT", "none").replace(
+            "gatehouse_download_url = \"https://example.org/gatehouse\"",
+            "gatehouse_download_url = \"https://example.org/gatehouse\"\nreplicas = 2\nfixed_addresses = true",
+        ),
+        None,
+    )
+    .expect("spec");
+    let mut fake = fake_in_account();
+    fake.converge(&spec);
+    let mut keys: Vec<&str> = fake.obs.eips.iter().map(|e| e.key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["eip/nlb/eu-central-1a", "eip/nlb/eu-central-1b"]);
+    let b = fake.obs.balancer.as_ref().expect("lb");
+    assert!(b.subnets.iter().all(|(_, e)| e.is_some()), "{b:?}");
 }
