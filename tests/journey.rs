@@ -238,6 +238,11 @@ fn checkable_deployer(policy: &Value) -> Value {
             "TheBastionInstanceProfile",
             "PassTheBastionRoleToEc2Only",
             "TheHostKeyParameter",
+            "TheLoadBalancer",
+            "TheTargetGroup",
+            "TagTheBalancerAndItsParts",
+            "TheAutoScalingGroup",
+            "ServiceLinkedRolesOfAutoScalingAndElb",
             "TheAuditLogGroup",
             "TagTheAuditLogGroup",
             "TheIamEventQueue",
@@ -1042,6 +1047,26 @@ fn walk_spec(binary: &Path) -> String {
     )
 }
 
+/// The walk's stack scaled out: two replicas behind the balancer, over public subnets in two
+/// zones.
+fn walk_spec_replicas(binary: &Path) -> String {
+    let text = substitute(
+        &walk_spec(binary),
+        "azs = [\"us-east-1a\"]",
+        "azs = [\"us-east-1a\", \"us-east-1b\"]",
+    );
+    let text = substitute(
+        &text,
+        "[[subnets]]\nname = \"analysis-a\"",
+        "[[subnets]]\nname = \"dmz-b\"\ntier = \"public\"\ncidr = \"10.0.1.0/24\"\naz = \"us-east-1b\"\n\n[[subnets]]\nname = \"analysis-a\"",
+    );
+    substitute(
+        &text,
+        "allowed_cidrs = [",
+        "replicas = 2\nallowed_cidrs = [",
+    )
+}
+
 /// The deploy identity's key and the policy it holds, one deploy identity per action holding
 /// that policy without the action, and what the walk has shown needed.
 struct Walk<'a> {
@@ -1153,6 +1178,100 @@ impl<'a> Walk<'a> {
             .to_owned()
     }
 
+    /// One admin call; its answer.
+    fn admin_call(&self, service: &str, method: &str, args: Value) -> Value {
+        let r = self.admin(json!([{"op": "call", "service": service, "method": method,
+                                   "args": args}]));
+        r.into_iter().next().unwrap_or(Value::Null)
+    }
+
+    /// Drift in the replicas' resources, made by the admin, each repair shown needing its
+    /// action; then a new build, which rolls the replicas new ones first.
+    fn scaled_out_repairs(&mut self, binary: &Path) {
+        let name = format!("gh-{STACK}");
+        let group = format!("gatehouse-{STACK}-bastion");
+        let r = self.admin_call("elbv2", "describe_load_balancers", json!({"Names": [name]}));
+        let lb = r["LoadBalancers"][0]["LoadBalancerArn"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no balancer: {r}"))
+            .to_owned();
+        let vpc = r["LoadBalancers"][0]["VpcId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let r = self.admin_call("elbv2", "describe_target_groups", json!({"Names": [name]}));
+        let tg = r["TargetGroups"][0]["TargetGroupArn"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no target group: {r}"))
+            .to_owned();
+        self.admin_call(
+            "elbv2",
+            "remove_tags",
+            json!({"ResourceArns": [lb], "TagKeys": ["gatehouse:resource"]}),
+        );
+        self.needs("elasticloadbalancing:AddTags", &["apply"]);
+        self.full(&["apply"]);
+        self.admin_call(
+            "elbv2",
+            "modify_target_group",
+            json!({"TargetGroupArn": tg, "HealthCheckPort": "22"}),
+        );
+        self.needs("elasticloadbalancing:ModifyTargetGroup", &["apply"]);
+        self.full(&["apply"]);
+        self.admin_call(
+            "autoscaling",
+            "update_auto_scaling_group",
+            json!({"AutoScalingGroupName": group, "MaxSize": 9}),
+        );
+        self.needs("autoscaling:UpdateAutoScalingGroup", &["apply"]);
+        self.full(&["apply"]);
+        // The group moved to another target group: detach that one, attach the stack's.
+        let r = self.admin_call(
+            "elbv2",
+            "create_target_group",
+            json!({"Name": "not-the-stacks", "Protocol": "TCP", "Port": 22, "VpcId": vpc}),
+        );
+        let other = r["TargetGroups"][0]["TargetGroupArn"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no target group: {r}"))
+            .to_owned();
+        self.admin_call(
+            "autoscaling",
+            "detach_load_balancer_target_groups",
+            json!({"AutoScalingGroupName": group, "TargetGroupARNs": [tg]}),
+        );
+        self.admin_call(
+            "autoscaling",
+            "attach_load_balancer_target_groups",
+            json!({"AutoScalingGroupName": group, "TargetGroupARNs": [other]}),
+        );
+        self.needs("autoscaling:DetachLoadBalancerTargetGroups", &["apply"]);
+        self.needs("autoscaling:AttachLoadBalancerTargetGroups", &["apply"]);
+        self.full(&["apply"]);
+        self.admin_call(
+            "autoscaling",
+            "delete_tags",
+            json!({"Tags": [{"ResourceId": group, "ResourceType": "auto-scaling-group",
+                             "Key": "gatehouse:resource"}]}),
+        );
+        self.needs("autoscaling:CreateOrUpdateTags", &["apply"]);
+        self.full(&["apply"]);
+        assert_eq!(self.full(&["plan"]), format!("stack {STACK}: no changes\n"));
+        // A new build: a new template version, made the default, then the roll: new replicas
+        // first, healthy behind the balancer, then the old ones terminated through the group.
+        stand_in_binary(binary, 3);
+        for action in [
+            "ec2:CreateLaunchTemplateVersion",
+            "ec2:ModifyLaunchTemplate",
+            "elasticloadbalancing:DescribeTargetHealth",
+            "autoscaling:TerminateInstanceInAutoScalingGroup",
+        ] {
+            self.needs(action, &["apply"]);
+        }
+        self.full(&["apply"]);
+        assert_eq!(self.full(&["plan"]), format!("stack {STACK}: no changes\n"));
+    }
+
     /// The stack's event queue: its URL and ARN.
     fn queue(&self) -> (String, String) {
         let r = self.admin(
@@ -1242,7 +1361,25 @@ fn the_deployer_needs_every_action_it_is_granted() {
     walk.full(&["apply"]);
     assert_eq!(walk.full(&["plan"]), format!("stack {STACK}: no changes\n"));
 
-    // Every read, on the whole stack (plan reads all of it).
+    // Scaled out (`replicas = 2`, a second zone): the single bastion goes, the replicas'
+    // template, target group, balancer, listener and group come, in the order apply makes
+    // the calls.
+    std::fs::write(&spec, walk_spec_replicas(&binary)).expect("rewrite the spec");
+    for action in [
+        "ec2:CreateLaunchTemplate",
+        "elasticloadbalancing:CreateTargetGroup",
+        "elasticloadbalancing:ModifyTargetGroupAttributes",
+        "elasticloadbalancing:CreateLoadBalancer",
+        "elasticloadbalancing:ModifyLoadBalancerAttributes",
+        "elasticloadbalancing:CreateListener",
+        "autoscaling:CreateAutoScalingGroup",
+    ] {
+        walk.needs(action, &["apply"]);
+    }
+    walk.full(&["apply"]);
+    assert_eq!(walk.full(&["plan"]), format!("stack {STACK}: no changes\n"));
+
+    // Every read, on the whole stack (plan reads all of it: the replicas' resources too).
     let reads: Vec<String> = printed["actions"]
         .as_array()
         .expect("actions")
@@ -1260,6 +1397,22 @@ fn the_deployer_needs_every_action_it_is_granted() {
     for action in &reads {
         walk.needs(action, &["plan"]);
     }
+
+    // The replicas' repairs: drift made by the admin, which apply undoes.
+    walk.scaled_out_repairs(&binary);
+    // Back to one bastion: the replicas' resources go, the group first.
+    std::fs::write(&spec, walk_spec(&binary)).expect("rewrite the spec");
+    for action in [
+        "autoscaling:DeleteAutoScalingGroup",
+        "elasticloadbalancing:DeleteListener",
+        "elasticloadbalancing:DeleteLoadBalancer",
+        "elasticloadbalancing:DeleteTargetGroup",
+        "ec2:DeleteLaunchTemplate",
+    ] {
+        walk.needs(action, &["apply"]);
+    }
+    walk.full(&["apply"]);
+    assert_eq!(walk.full(&["plan"]), format!("stack {STACK}: no changes\n"));
 
     // Repairs: drift made by the admin, which apply undoes.
     let public = walk.id_of(
@@ -1453,7 +1606,12 @@ fn the_deployer_needs_every_action_it_is_granted() {
         .collect();
     assert_eq!(
         unchecked,
-        ["iam:PassRole", "iam:TagRole", "iam:TagInstanceProfile"],
+        [
+            "iam:PassRole",
+            "iam:CreateServiceLinkedRole",
+            "iam:TagRole",
+            "iam:TagInstanceProfile"
+        ],
         "{printed:#}"
     );
     let mut shown = walk.shown.clone();

@@ -30,7 +30,8 @@ Prints one JSON list with a result per operation. Operations:
                                                      -> the answer (boto3's, as JSON)
     {"op": "stack_leftovers", "stack": S, "role": R, "parameter": P}
                                                      -> {"leftovers": ["kind id", ...]}
-                                                        (buckets: any named gatehouse-S-*)
+                                                        (buckets: any named gatehouse-S-*;
+                                                        the replicas' resources too)
 
 Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the environment when set (moto with
 IAM enforced: tests/py/moto_enforced.py's admin), else moto's accept-anything "test".
@@ -75,9 +76,10 @@ def cloud_config_file(user_data, path):
     return None
 
 
-def stack_leftovers(ec2, iam, ssm, s3, op):
+def stack_leftovers(ec2, iam, ssm, s3, op, kw):
     """Everything of stack op["stack"] still in AWS: tagged EC2 resources, the role and its
-    instance profile (fixed names), the host-key parameter, the binary bucket."""
+    instance profile (fixed names), the host-key parameter, the binary bucket, the replicas'
+    template, balancer, target group and group."""
     tag = [{"Name": "tag:gatehouse:stack", "Values": [op["stack"]]}]
     found = [f"instance {i['InstanceId']}" for i in running_tagged(ec2, "gatehouse:stack", op["stack"])]
     for kind, call, key, field in [
@@ -111,6 +113,22 @@ def stack_leftovers(ec2, iam, ssm, s3, op):
         pass
     found += [f"bucket {b['Name']}" for b in s3.list_buckets().get("Buckets", [])
               if b["Name"].startswith(f"gatehouse-{op['stack']}-")]
+    # A scaled-out stack's: its launch templates (tagged), and the balancer, target group and
+    # Auto Scaling group (fixed names).
+    found += [f"launch-template {t['LaunchTemplateId']}"
+              for t in ec2.describe_launch_templates(Filters=tag)["LaunchTemplates"]]
+    elb = boto3.client("elbv2", **kw)
+    for kind, call, key, field in [
+        ("load-balancer", elb.describe_load_balancers, "LoadBalancers", "LoadBalancerName"),
+        ("target-group", elb.describe_target_groups, "TargetGroups", "TargetGroupName"),
+    ]:
+        try:
+            found += [f"{kind} {r[field]}" for r in call(Names=[f"gh-{op['stack']}"])[key]]
+        except elb.exceptions.ClientError:
+            pass
+    groups = boto3.client("autoscaling", **kw).describe_auto_scaling_groups(
+        AutoScalingGroupNames=[f"gatehouse-{op['stack']}-bastion"])["AutoScalingGroups"]
+    found += [f"auto-scaling-group {g['AutoScalingGroupName']}" for g in groups]
     return found
 
 
@@ -233,7 +251,7 @@ def main():
             answer.pop("ResponseMetadata", None)
             out.append(json.loads(json.dumps(answer, default=str)))
         elif kind == "stack_leftovers":
-            out.append({"leftovers": stack_leftovers(ec2, iam, ssm, s3, op)})
+            out.append({"leftovers": stack_leftovers(ec2, iam, ssm, s3, op, kw)})
         else:
             raise SystemExit(f"unknown op {kind}")
     print(json.dumps(out))
