@@ -36,11 +36,9 @@ use crate::harness::{
 
 /// The balancer's frontend: the address and port clients use.
 const FRONTEND_PORT: u16 = 22;
-/// A replica's ports on its own loopback address. `server.listen` is required, so each
-/// replica also has a plain SSH listener, which nothing outside the bastion namespace can
-/// reach; the balancer uses the PROXY listener.
-const PLAIN_PORT: u16 = 22;
-const PROXY_PORT: u16 = 2222;
+/// A replica's ports on its own loopback address, as gatehouse-vpc configures replicas behind
+/// its balancer: no plain SSH listener (`listen = []`), port 22 speaks PROXY v2.
+const PROXY_PORT: u16 = 22;
 const HEALTH_PORT: u16 = 8080;
 const METRICS_PORT: u16 = 9100;
 /// The echo server behind `jupyter`, for tunnels.
@@ -91,7 +89,7 @@ fn replica_config(
     let text = format!(
         r#"
 [server]
-listen = ["{plain}"]
+listen = []
 proxy_listen = ["{proxy}"]
 trusted_proxies = ["{BALANCER_SOURCE}/32"]
 health_listen = "{health}"
@@ -114,7 +112,6 @@ address = "{PRIVATE_ADDR}"
 groups = ["research"]
 ports = [22, {SINK_PORT}]
 "#,
-        plain = addr(ip, PLAIN_PORT),
         proxy = addr(ip, PROXY_PORT),
         health = addr(ip, HEALTH_PORT),
         metrics = addr(ip, METRICS_PORT),

@@ -29,6 +29,18 @@
 //!   `destroy --delete-audit-log` deletes it
 //! - a_log_group_of_the_stacks_name_not_ours_is_refused_and_never_touched: plan and apply
 //!   refuse it, destroy (with --delete-audit-log too) leaves it and says so
+//! - replicas_from_empty_stand_behind_a_balancer_and_plan_then_says_no_changes: `replicas = 3`:
+//!   the balancer (network, internet-facing, two zones, cross-zone, its security group holding
+//!   allowed_cidrs), the target group (PROXY v2 on, preservation off, deregistration delay =
+//!   shutdown_grace, HTTP checks of 8022/health), the listener, the group (3/3/6 over both
+//!   public subnets, ELB health checks), the template (IMDSv2, the role, the daemon config its
+//!   user data writes, read by the daemon's parser), no single bastion, `output` names the
+//!   balancer
+//! - replicas_drift_is_repaired_a_new_build_rolls_them_and_one_to_n_to_one_converges: drift in
+//!   the target group, balancer, listener and group repaired; a new build replaces every
+//!   replica; 1 -> 3 -> 1 -> 3 and destroy leave nothing
+//! - an_interrupted_scaled_out_apply_converges: killed after the template, the target group,
+//!   the balancer, the listener
 
 #[path = "harness/moto.rs"]
 mod moto;

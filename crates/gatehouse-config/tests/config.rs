@@ -374,6 +374,22 @@ fn listen_must_be_present_non_empty_unique_socket_addresses() {
         &["server.listen: missing"],
     );
     one_error("[server]\nlisten = []\n", 2, 10, &["server.listen: empty"]);
+    // Reached only through a balancer: no plain listener, the PROXY one is enough.
+    for text in [
+        "[server]\nlisten = []\nproxy_listen = [\"0.0.0.0:22\"]\ntrusted_proxies = [\"10.0.0.0/24\"]\n",
+        "[server]\nproxy_listen = [\"0.0.0.0:22\"]\ntrusted_proxies = [\"10.0.0.0/24\"]\n",
+    ] {
+        let config = gatehouse_config::parse(text, Path::new("t.toml"))
+            .unwrap_or_else(|e| panic!("{text}: {e:?}"));
+        assert!(config.server.listen.is_empty());
+        assert_eq!(config.server.proxy_listen.len(), 1);
+    }
+    one_error(
+        "[server]\nlisten = []\nproxy_listen = []\n",
+        2,
+        10,
+        &["server.listen: empty"],
+    );
     one_error(
         "[server]\nlisten = [\"0.0.0.0:22\", \"0.0.0.0:22\"]\n",
         2,

@@ -612,3 +612,62 @@ fn the_audit_file_and_log_group_are_written_by_gatehouse_vpc() {
         );
     }
 }
+
+#[test]
+fn replicas_are_one_by_default_and_more_need_public_subnets_in_two_zones() {
+    let spec = parse("t.toml", MINIMAL, None).expect("valid");
+    assert_eq!(spec.bastion.replicas, 1);
+    assert!(!spec.bastion.scaled_out() && !spec.bastion.fixed_addresses);
+    // MINIMAL has one public subnet, in one zone.
+    let text = with(
+        "gatehouse_download_url",
+        "replicas = 2\ngatehouse_download_url",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "27:12: replicas = 2 needs public subnets in at least two availability zones (the \
+          balancer and the group span them); the spec has them in eu-central-1a"
+        ]
+    );
+    let two_zones = text.replace(
+        "[[subnets]]\nname = \"private-a\"",
+        "[[subnets]]\nname = \"dmz-b\"\ntier = \"public\"\ncidr = \"10.0.1.0/24\"\naz = \"eu-central-1b\"\n\n[[subnets]]\nname = \"private-a\"",
+    );
+    let spec = parse("t.toml", &two_zones, None).expect("two zones");
+    assert_eq!(spec.bastion.replicas, 2);
+    assert!(spec.bastion.scaled_out());
+    for n in ["0", "-3", "21", "99999999999"] {
+        assert_rejected(
+            &two_zones.replace("replicas = 2", &format!("replicas = {n}")),
+            &format!("replicas = {n}: 1 to 20"),
+        );
+    }
+    // Fixed addresses are the balancer's: refused for one bastion, which has its own.
+    assert_rejected(
+        &with(
+            "gatehouse_download_url",
+            "fixed_addresses = true\ngatehouse_download_url",
+        ),
+        "fixed_addresses is for replicas >= 2",
+    );
+    let spec = parse(
+        "t.toml",
+        &two_zones.replace("replicas = 2", "replicas = 2\nfixed_addresses = true"),
+        None,
+    )
+    .expect("fixed addresses");
+    assert!(spec.bastion.fixed_addresses);
+    // The settings gatehouse-vpc writes for replicas may not be set in [bastion.daemon].
+    for (table, key, value) in [
+        ("server", "proxy_listen", "[\"0.0.0.0:2222\"]"),
+        ("server", "trusted_proxies", "[\"10.0.0.0/8\"]"),
+        ("server", "health_listen", "\"0.0.0.0:9999\""),
+        ("aws", "shared_snapshot", "\"s3://b/k\""),
+    ] {
+        assert_rejected(
+            &format!("{two_zones}\n[bastion.daemon.{table}]\n{key} = {value}\n"),
+            &format!("bastion.daemon: {table}.{key} is written by gatehouse-vpc; remove it"),
+        );
+    }
+}
