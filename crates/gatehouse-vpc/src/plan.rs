@@ -1979,7 +1979,12 @@ fn removal_steps(
             "release elastic IP",
             Action::ReleaseAddress {
                 allocation_id: e.allocation_id.clone(),
-                association_id: e.association_id.clone(),
+                // The balancer's addresses are associated with its own network interfaces,
+                // which its deletion (earlier in the plan) frees; nobody else may detach them.
+                association_id: e
+                    .association_id
+                    .clone()
+                    .filter(|_| !e.key.starts_with("eip/nlb/")),
             },
         );
     }

@@ -185,12 +185,22 @@ impl<'a> Executor<'a> {
                         .await;
                     deleted(&what, &deploy::DISASSOCIATE_ADDRESS, r)?;
                 }
-                let r = ec2
-                    .release_address()
-                    .allocation_id(allocation_id)
-                    .send()
-                    .await;
-                deleted(&what, &deploy::RELEASE_ADDRESS, r)?;
+                // An address of a balancer deleted a moment ago stays in use until AWS has
+                // removed its network interfaces.
+                let start = Instant::now();
+                loop {
+                    let r = ec2
+                        .release_address()
+                        .allocation_id(allocation_id)
+                        .send()
+                        .await;
+                    match deleted(&what, &deploy::RELEASE_ADDRESS, r) {
+                        Err(e) if e.code() == Some("InvalidIPAddress.InUse") => {
+                            self.pause(start, &what, "free").await?;
+                        }
+                        other => break other?,
+                    }
+                }
             }
             Action::Disassociate { association_id } => {
                 let r = ec2

@@ -2640,4 +2640,31 @@ fn fixed_addresses_give_the_balancer_an_elastic_ip_per_zone() {
     assert_eq!(keys, ["eip/nlb/eu-central-1a", "eip/nlb/eu-central-1b"]);
     let b = fake.obs.balancer.as_ref().expect("lb");
     assert!(b.subnets.iter().all(|(_, e)| e.is_some()), "{b:?}");
+    // AWS associates them with the balancer's own interfaces: destroy releases them after
+    // the balancer is gone and never tries to detach them.
+    for e in &mut fake.obs.eips {
+        e.association_id = Some(format!("eipassoc-{}", e.key));
+    }
+    let plan = plan_destroy("lab", &fake.obs, AuditLog::Delete);
+    let lb = position(&plan, |a| matches!(a, Action::DeleteLoadBalancer { .. }));
+    let releases: Vec<(usize, &Step)> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s.action, Action::ReleaseAddress { .. }))
+        .collect();
+    assert_eq!(releases.len(), 2, "{}", plan.render());
+    for (i, step) in releases {
+        assert!(i > lb, "{}", plan.render());
+        assert!(
+            matches!(
+                &step.action,
+                Action::ReleaseAddress {
+                    association_id: None,
+                    ..
+                }
+            ),
+            "{step:?}"
+        );
+    }
 }
