@@ -41,6 +41,8 @@
 //!   replica; 1 -> 3 -> 1 -> 3 and destroy leave nothing
 //! - an_interrupted_scaled_out_apply_converges: killed after the template, the target group,
 //!   the balancer, the listener
+//! - fixed_addresses_give_the_balancer_an_elastic_ip_per_zone_for_allow_lists: one per zone,
+//!   `output` lists them, destroy releases them
 
 #[path = "harness/moto.rs"]
 mod moto;
@@ -3205,4 +3207,51 @@ fn an_interrupted_scaled_out_apply_converges() {
         );
         rig.ok(&spec, &["destroy", "--delete-audit-log"]);
     }
+}
+
+#[test]
+fn fixed_addresses_give_the_balancer_an_elastic_ip_per_zone_for_allow_lists() {
+    let rig = Rig::new();
+    let spec = rig.write_spec(
+        "lab.toml",
+        &spec_with_replicas("lab", 50, 2)
+            .replace("replicas = 2", "replicas = 2\nfixed_addresses = true"),
+    );
+    let plan = rig.ok(&spec, &["plan"]);
+    assert!(
+        plan.contains("+ eip/nlb/us-east-1a") && plan.contains("+ eip/nlb/us-east-1b"),
+        "{plan}"
+    );
+    assert!(plan.contains(", an Elastic IP in each"), "{plan}");
+    rig.ok(&spec, &["apply"]);
+    rig.assert_no_changes(&spec, "lab");
+    let (rt, ec2) = rig.ec2();
+    let eips = rt
+        .block_on(ec2.describe_addresses().filters(tag("lab")).send())
+        .expect("eips");
+    let mut ips: Vec<String> = eips
+        .addresses()
+        .iter()
+        .filter(|a| {
+            a.tags()
+                .iter()
+                .any(|t| t.value().is_some_and(|v| v.starts_with("eip/nlb/")))
+        })
+        .filter_map(|a| a.public_ip().map(str::to_owned))
+        .collect();
+    ips.sort();
+    assert_eq!(ips.len(), 2, "{eips:?}");
+    let out = rig.ok(&spec, &["output"]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("balancer addresses: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let mut listed: Vec<&str> = line["balancer addresses: ".len()..].split(", ").collect();
+    listed.sort_unstable();
+    assert_eq!(listed, ips.iter().map(String::as_str).collect::<Vec<_>>());
+    rig.ok(&spec, &["destroy", "--delete-audit-log"]);
+    let eips = rt
+        .block_on(ec2.describe_addresses().filters(tag("lab")).send())
+        .expect("eips");
+    assert!(eips.addresses().is_empty(), "{eips:?}");
 }

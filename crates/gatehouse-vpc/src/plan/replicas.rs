@@ -375,6 +375,13 @@ pub(super) fn plan_replicas(
             .iter()
             .map(|(s, e)| (Some(s), e.as_ref()))
             .collect();
+        // Which Elastic IP each zone holds is known only when AWS reports the balancer's
+        // addresses (moto reports none): without any, the subnets alone are compared.
+        if b.subnets.iter().all(|(_, e)| e.is_none()) {
+            for w in &mut want {
+                w.1 = None;
+            }
+        }
         want.sort();
         have.sort();
         let sg = p.known.get(BALANCER_SG_KEY);

@@ -2640,6 +2640,20 @@ fn fixed_addresses_give_the_balancer_an_elastic_ip_per_zone() {
     assert_eq!(keys, ["eip/nlb/eu-central-1a", "eip/nlb/eu-central-1b"]);
     let b = fake.obs.balancer.as_ref().expect("lb");
     assert!(b.subnets.iter().all(|(_, e)| e.is_some()), "{b:?}");
+    // A zone holding another address: replaced. Addresses not reported at all (moto): kept.
+    let saved = b.subnets.clone();
+    fake.obs.balancer.as_mut().expect("lb").subnets[0].1 = Some("eipalloc-other".into());
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    assert!(
+        plan.render().contains("replace: network load balancer"),
+        "{}",
+        plan.render()
+    );
+    for z in &mut fake.obs.balancer.as_mut().expect("lb").subnets {
+        z.1 = None;
+    }
+    assert!(plan_apply(&spec, &fake.obs).expect("plan").is_empty());
+    fake.obs.balancer.as_mut().expect("lb").subnets = saved;
     // AWS associates them with the balancer's own interfaces: destroy releases them after
     // the balancer is gone and never tries to detach them.
     for e in &mut fake.obs.eips {
