@@ -35,6 +35,22 @@ fn elb_tags(tags: &Tags) -> Vec<ElbTag> {
         .collect()
 }
 
+/// The group's tags, on the group only: the template tags the replicas (and their volumes and
+/// network interfaces).
+fn asg_tags(group: &str, tags: &Tags) -> Vec<AsgTag> {
+    tags.iter()
+        .map(|(k, v)| {
+            AsgTag::builder()
+                .key(k)
+                .value(v)
+                .resource_id(group)
+                .resource_type("auto-scaling-group")
+                .propagate_at_launch(false)
+                .build()
+        })
+        .collect()
+}
+
 /// True for ELB's and Auto Scaling's "there is none of that name" answers.
 fn absent(e: &Error) -> bool {
     e.is_not_found()
@@ -770,19 +786,6 @@ impl Executor<'_> {
                 tags,
             } => {
                 let subnets = self.subnet_list(subnets)?;
-                let asg_tags: Vec<AsgTag> = tags
-                    .iter()
-                    .map(|(k, v)| {
-                        AsgTag::builder()
-                            .key(k)
-                            .value(v)
-                            .resource_id(name)
-                            .resource_type("auto-scaling-group")
-                            // The template tags the replicas (and their volumes).
-                            .propagate_at_launch(false)
-                            .build()
-                    })
-                    .collect();
                 c.autoscaling
                     .create_auto_scaling_group()
                     .auto_scaling_group_name(name)
@@ -800,7 +803,7 @@ impl Executor<'_> {
                             .map(|p| (*p).to_owned())
                             .collect(),
                     ))
-                    .set_tags(Some(asg_tags))
+                    .set_tags(Some(asg_tags(name, tags)))
                     .send()
                     .await
                     .map_err(|e| fail(what, &deploy::CREATE_AUTO_SCALING_GROUP, e))?;
@@ -860,21 +863,9 @@ impl Executor<'_> {
             }
             Action::TagAutoScalingGroup { group, tags } => {
                 let name = self.id(group)?;
-                let list: Vec<AsgTag> = tags
-                    .iter()
-                    .map(|(k, v)| {
-                        AsgTag::builder()
-                            .key(k)
-                            .value(v)
-                            .resource_id(&name)
-                            .resource_type("auto-scaling-group")
-                            .propagate_at_launch(false)
-                            .build()
-                    })
-                    .collect();
                 c.autoscaling
                     .create_or_update_tags()
-                    .set_tags(Some(list))
+                    .set_tags(Some(asg_tags(&name, tags)))
                     .send()
                     .await
                     .map_err(|e| fail(what, &deploy::CREATE_OR_UPDATE_ASG_TAGS, e))?;
