@@ -75,7 +75,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        // Colors only on a terminal (a CI log would keep the escape codes).
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_VPC_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

@@ -12,12 +12,15 @@ use gatehouse_ssh::{hostkey, russh_config, serve, Bastion, Listener};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Logs to stderr, `info` by default, `RUST_LOG` to change.
+/// Logs to stderr, `info` by default, `RUST_LOG` to change. Colors only on a terminal: under
+/// systemd, stderr is the journal, which would keep the escape codes.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
