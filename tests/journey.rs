@@ -1188,6 +1188,7 @@ impl<'a> Walk<'a> {
     /// Drift in the replicas' resources, made by the admin, each repair shown needing its
     /// action; then a new build, which rolls the replicas new ones first.
     fn scaled_out_repairs(&mut self, binary: &Path) {
+        self.shared_listing_is_all_the_replicas_may_touch_in_the_bucket();
         let name = format!("gh-{STACK}");
         let group = format!("gatehouse-{STACK}-bastion");
         let r = self.admin_call("elbv2", "describe_load_balancers", json!({"Names": [name]}));
@@ -1270,6 +1271,66 @@ impl<'a> Walk<'a> {
         }
         self.full(&["apply"]);
         assert_eq!(self.full(&["plan"]), format!("stack {STACK}: no changes\n"));
+    }
+
+    /// The replicas' role, as apply wrote it, lets them read and write the shared listing
+    /// (`aws.shared_snapshot`) and, through that statement, nothing else of the bucket: moto
+    /// checks S3 calls against their ARNs, so this is the statement as AWS would enforce it.
+    fn shared_listing_is_all_the_replicas_may_touch_in_the_bucket(&self) {
+        let r = self.admin_call(
+            "iam",
+            "get_role_policy",
+            json!({"RoleName": ROLE, "PolicyName": "gatehouse-bastion"}),
+        );
+        let document = match &r["PolicyDocument"] {
+            Value::String(text) => serde_json::from_str(text).expect("policy JSON"),
+            other => other.clone(),
+        };
+        let statement = document["Statement"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["Sid"] == "SharedListing"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no SharedListing statement: {document:#}"));
+        let r = self.admin(json!([{"op": "principal", "name": "replica-shared-listing",
+            "policy": {"Version": "2012-10-17", "Statement": [statement]}}]));
+        let replica = key_of(&r[0]);
+        // One object of the stack's bucket, no wildcard.
+        let resource = statement["Resource"].as_str().unwrap_or_default();
+        let (bucket, object) = resource
+            .strip_prefix("arn:aws:s3:::")
+            .and_then(|r| r.split_once('/'))
+            .unwrap_or_else(|| panic!("not an S3 object: {statement}"));
+        assert!(
+            bucket.starts_with(&format!("gatehouse-{STACK}-")) && !resource.contains('*'),
+            "{statement}"
+        );
+        let (bucket, object) = (bucket.to_owned(), object.to_owned());
+        let call = |method: &str, key: &str| {
+            let mut args = json!({"Bucket": bucket, "Key": key});
+            if method == "put_object" {
+                args["Body"] = json!("{}");
+            }
+            fixture_as(
+                self.topology,
+                self.moto,
+                Some(&replica),
+                json!([{"op": "call", "service": "s3", "method": method, "args": args,
+                        "may_fail": true}]),
+            )
+            .remove(0)
+        };
+        assert!(
+            call("put_object", &object).get("error").is_none(),
+            "write the listing"
+        );
+        assert_eq!(call("get_object", &object)["Body"], "{}", "read it back");
+        for other in ["gatehouse/not-the-listing", "directory/other.json"] {
+            assert_eq!(
+                call("put_object", other)["error"],
+                "AccessDenied",
+                "{other}"
+            );
+        }
     }
 
     /// The stack's event queue: its URL and ARN.

@@ -27,7 +27,9 @@ Prints one JSON list with a result per operation. Operations:
     {"op": "set_user_policy", "name": N, "policy": DOC} -> {} (replaces its inline policy)
     {"op": "delete_parameter", "name": P}            -> {"deleted": bool}
     {"op": "call", "service": "ec2" | "sqs" | "events" | ..., "method": M, "args": {...}}
-                                                     -> the answer (boto3's, as JSON)
+                                                     -> the answer (boto3's, as JSON; a body
+                                                        read as text)
+        with "may_fail": true, an AWS error answer   -> {"error": CODE}
     {"op": "stack_leftovers", "stack": S, "role": R, "parameter": P}
                                                      -> {"leftovers": ["kind id", ...]}
                                                         (buckets: any named gatehouse-S-*;
@@ -247,8 +249,16 @@ def main():
         elif kind == "call":
             client = ({"ec2": ec2, "iam": iam, "ssm": ssm, "s3": s3}.get(op["service"])
                       or boto3.client(op["service"], **kw))
-            answer = getattr(client, op["method"])(**op.get("args", {}))
+            try:
+                answer = getattr(client, op["method"])(**op.get("args", {}))
+            except client.exceptions.ClientError as e:
+                if not op.get("may_fail"):
+                    raise
+                out.append({"error": e.response["Error"]["Code"]})
+                continue
             answer.pop("ResponseMetadata", None)
+            if hasattr(answer.get("Body"), "read"):
+                answer["Body"] = answer["Body"].read().decode()
             out.append(json.loads(json.dumps(answer, default=str)))
         elif kind == "stack_leftovers":
             out.append({"leftovers": stack_leftovers(ec2, iam, ssm, s3, op, kw)})
