@@ -1535,6 +1535,11 @@ fn user_data_is_cloud_config_under_16k() {
     )
     .expect("spec");
     check_user_data(&spec, Some("gatehouse-lab-123456789012"));
+    // Replicas: port 22 speaks PROXY v2 (the socket's drop-in), the health port, no plain
+    // listener.
+    let spec = gatehouse_vpc::spec::parse("t.toml", &spec_with_replicas("lab", 50, 3), None)
+        .expect("spec");
+    check_user_data(&spec, None);
 }
 
 fn check_user_data(spec: &gatehouse_vpc::spec::Spec, bucket: Option<&str>) {
@@ -1545,7 +1550,8 @@ fn check_user_data(spec: &gatehouse_vpc::spec::Spec, bucket: Option<&str>) {
 import sys, yaml, tomllib
 doc = yaml.safe_load(sys.stdin.read())
 files = {f["path"]: f for f in doc["write_files"]}
-stored = len(sys.argv) > 1
+stored = sys.argv[1] != "-"
+replicas = sys.argv[2] == "replicas"
 expected = {"/etc/gatehouse/gatehouse.toml", "/etc/systemd/system/gatehouse.service", "/etc/systemd/system/gatehouse.socket", "/etc/systemd/system/gatehouse.service.d/aws.conf", "/usr/local/sbin/gatehouse-install"}
 if stored:
     expected.add("/usr/local/sbin/gatehouse-fetch")
@@ -1553,9 +1559,19 @@ if stored:
     assert fetcher["permissions"] == "0755", fetcher
     compile(fetcher["content"], "gatehouse-fetch", "exec")
     assert fetcher["content"].startswith('#!/usr/bin/python3')
+if replicas:
+    expected.add("/etc/systemd/system/gatehouse.socket.d/proxy.conf")
+    drop_in = files["/etc/systemd/system/gatehouse.socket.d/proxy.conf"]["content"]
+    assert "[Socket]\nFileDescriptorName=proxy\n" in drop_in, drop_in
 assert set(files) == expected, files.keys()
 cfg = tomllib.loads(files["/etc/gatehouse/gatehouse.toml"]["content"])
-assert cfg["server"]["listen"] == ["0.0.0.0:22"], cfg
+if replicas:
+    assert cfg["server"]["listen"] == [], cfg
+    assert cfg["server"]["proxy_listen"] == ["0.0.0.0:22"], cfg
+    assert cfg["server"]["health_listen"] == "0.0.0.0:8022", cfg
+else:
+    assert cfg["server"]["listen"] == ["0.0.0.0:22"], cfg
+    assert "proxy_listen" not in cfg["server"], cfg
 assert cfg["aws"]["vpc_ids"] == ["vpc-0123456789abcdef0"], cfg
 assert cfg["aws"]["host_key_ssm_parameter"] == "/gatehouse/lab/host_ed25519", cfg
 assert cfg["audit"]["file"] == "/var/lib/gatehouse/audit.jsonl", cfg
@@ -1574,8 +1590,12 @@ assert subprocess.run(["sh", "-n"], input=script.encode()).returncode == 0, "ins
 assert doc["runcmd"] == [["/usr/local/sbin/gatehouse-install"]], doc["runcmd"]
 print("ok")
 "#;
-    let args: Vec<&str> = bucket.into_iter().collect();
-    let out = python_with_input(check, &args, text.as_bytes());
+    let mode = if spec.bastion.scaled_out() {
+        "replicas"
+    } else {
+        "single"
+    };
+    let out = python_with_input(check, &[bucket.unwrap_or("-"), mode], text.as_bytes());
     assert!(
         out.status.success(),
         "cloud-config check failed:\n{}\n{}",
