@@ -336,6 +336,34 @@ fn jump_with_dash_j_and_with_proxyjump_config() {
     assert!(close["bytes_up"].as_u64().unwrap_or(0) > 0, "{close}");
     assert!(close["bytes_down"].as_u64().unwrap_or(0) > 0, "{close}");
     assert!(close["duration_ms"].is_u64(), "{close}");
+    // Bare `ssh -W` (what ProxyCommand setups and scripts run): OpenSSH ends it by closing the
+    // connection without a disconnect message, an ordinary logout. Audited as such, never as
+    // a connection error.
+    let mut ssh = rig.alice.ssh();
+    ssh.args(["-W", &format!("jupyter:{SSH_PORT}"), "bastion"]);
+    let out = run_with_timeout(ssh, CMD_TIMEOUT);
+    assert!(out.stdout_str().starts_with("SSH-2.0-"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let closes = loop {
+        let closes: Vec<Value> = rig
+            .audit()
+            .into_iter()
+            .filter(|l| is(l, "session.close"))
+            .collect();
+        if closes.len() == 4 || Instant::now() > deadline {
+            break closes;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(closes.len(), 4, "{closes:?}");
+    for close in &closes[..3] {
+        assert_eq!(close["reason"], "client disconnected", "{close}");
+    }
+    assert_eq!(
+        closes[3]["reason"], "client closed the connection",
+        "{}",
+        closes[3]
+    );
 }
 
 #[test]

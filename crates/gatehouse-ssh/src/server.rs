@@ -706,7 +706,7 @@ pub(crate) fn recheck_tunnel(
 }
 
 /// Watches an authenticated session until it ends; returns why it ended.
-async fn authenticated_phase<F, E>(
+async fn authenticated_phase<F>(
     shared: &Shared,
     conn: &Conn,
     handle: &russh::server::Handle,
@@ -714,8 +714,7 @@ async fn authenticated_phase<F, E>(
     cutter: &std::net::TcpStream,
 ) -> String
 where
-    F: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    F: Future<Output = Result<(), russh::Error>>,
 {
     let idle_limit = shared.settings.idle_timeout;
     let mut idle_check = tokio::time::interval(
@@ -743,6 +742,11 @@ where
             r = &mut session => {
                 return match r {
                     Ok(()) => "client disconnected".into(),
+                    // OpenSSH ends a `-W` / ProxyJump session by closing the connection,
+                    // without a disconnect message: an ordinary logout, not an error.
+                    Err(russh::Error::IO(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        "client closed the connection".into()
+                    }
                     Err(e) => format!("connection error: {e}"),
                 };
             }
