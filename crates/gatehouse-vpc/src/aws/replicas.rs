@@ -29,6 +29,20 @@ use crate::plan::replicas::{
 };
 use crate::userdata::{HEALTH_PATH, HEALTH_PORT};
 
+/// The target group's health check, on a CreateTargetGroup or ModifyTargetGroup request (two
+/// builder types with the same setters): HTTP to the daemon's health endpoint.
+macro_rules! health_check {
+    ($request:expr) => {
+        $request
+            .health_check_protocol(ProtocolEnum::Http)
+            .health_check_port(HEALTH_PORT.to_string())
+            .health_check_path(HEALTH_PATH)
+            .health_check_interval_seconds(HEALTH_INTERVAL_SECS)
+            .healthy_threshold_count(HEALTHY_THRESHOLD)
+            .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
+    };
+}
+
 fn elb_tags(tags: &Tags) -> Vec<ElbTag> {
     tags.iter()
         .map(|(k, v)| ElbTag::builder().key(k).value(v).build())
@@ -630,20 +644,15 @@ impl Executor<'_> {
                 tags,
             } => {
                 let vpc = self.id(vpc)?;
-                let out = c
+                let request = c
                     .elb
                     .create_target_group()
                     .name(name)
                     .protocol(ProtocolEnum::Tcp)
                     .port(i32::from(gatehouse_policy::SSH_PORT))
                     .vpc_id(vpc)
-                    .target_type(TargetTypeEnum::Instance)
-                    .health_check_protocol(ProtocolEnum::Http)
-                    .health_check_port(HEALTH_PORT.to_string())
-                    .health_check_path(HEALTH_PATH)
-                    .health_check_interval_seconds(HEALTH_INTERVAL_SECS)
-                    .healthy_threshold_count(HEALTHY_THRESHOLD)
-                    .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
+                    .target_type(TargetTypeEnum::Instance);
+                let out = health_check!(request)
                     .set_tags(Some(elb_tags(tags)))
                     .send()
                     .await
@@ -657,15 +666,7 @@ impl Executor<'_> {
             }
             Action::SetTargetGroupHealthCheck { group } => {
                 let arn = self.id(group)?;
-                c.elb
-                    .modify_target_group()
-                    .target_group_arn(arn)
-                    .health_check_protocol(ProtocolEnum::Http)
-                    .health_check_port(HEALTH_PORT.to_string())
-                    .health_check_path(HEALTH_PATH)
-                    .health_check_interval_seconds(HEALTH_INTERVAL_SECS)
-                    .healthy_threshold_count(HEALTHY_THRESHOLD)
-                    .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
+                health_check!(c.elb.modify_target_group().target_group_arn(arn))
                     .send()
                     .await
                     .map_err(|e| fail(what, &deploy::MODIFY_TARGET_GROUP, e))?;
