@@ -344,8 +344,8 @@ pub struct ObsTargetGroup {
     pub health_interval: Option<i32>,
     pub healthy_threshold: Option<i32>,
     pub unhealthy_threshold: Option<i32>,
-    /// The attributes gatehouse-vpc sets ([`crate::plan::target_group_attributes`]) as
-    /// ELB reports them.
+    /// Its attributes as ELB reports them; the planner compares those gatehouse-vpc sets
+    /// ([`crate::plan::replicas::target_group_attributes`]).
     pub attributes: BTreeMap<String, String>,
 }
 

@@ -317,7 +317,6 @@ pub(super) async fn observe(c: &Clients, stack: &str, obs: &mut Observed) -> Res
                     .send()
                     .await
                     .map_err(|e| fail(&what, &deploy::DESCRIBE_TARGET_GROUP_ATTRIBUTES, e))?;
-                let wanted = crate::plan::replicas::target_group_attributes_keys();
                 obs.target_group = Some(ObsTargetGroup {
                     arn,
                     name: name.clone(),
@@ -342,7 +341,6 @@ pub(super) async fn observe(c: &Clients, stack: &str, obs: &mut Observed) -> Res
                         .attributes()
                         .iter()
                         .filter_map(|a| Some((a.key()?.to_owned(), a.value()?.to_owned())))
-                        .filter(|(k, _)| wanted.contains(&k.as_str()))
                         .collect(),
                 });
             }

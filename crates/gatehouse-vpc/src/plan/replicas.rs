@@ -109,15 +109,6 @@ pub fn target_group_attributes(spec: &Spec) -> BTreeMap<String, String> {
     ])
 }
 
-/// The target group attributes gatehouse-vpc sets (the others keep ELB's defaults).
-pub fn target_group_attributes_keys() -> [&'static str; 3] {
-    [
-        "deregistration_delay.timeout_seconds",
-        "proxy_protocol_v2.enabled",
-        "preserve_client_ip.enabled",
-    ]
-}
-
 /// The balancer's attributes: every node sends to replicas in every zone.
 pub fn balancer_attributes() -> BTreeMap<String, String> {
     BTreeMap::from([(
