@@ -200,8 +200,35 @@ pub(super) fn gatehouse_cmd(topology: &Topology) -> Command {
 pub(super) fn gatehouse_cmd_from(topology: &Topology, binary: &Path) -> Command {
     let mut cmd = topology.bastion.command(binary);
     AccessKey::moto_test().apply(&mut cmd);
-    cmd.env("RUST_LOG", "info,russh=warn");
+    // Every refresh logs a line at debug (at info only when it changed something): tests count
+    // them to know that a refresh started after a change (see `wait_for_refreshes`).
+    cmd.env("RUST_LOG", "info,russh=warn,gatehouse_aws::refresh=debug");
     cmd
+}
+
+/// Waits (bounded) until `daemon` has logged two more IAM sweeps and two more instance
+/// listings than when called. The refresher runs one of each at a time, so the second of each
+/// started after this call and saw every change AWS had taken before it.
+#[track_caller]
+pub(super) fn wait_for_refreshes(daemon: &Daemon) {
+    let count = |part: &str| {
+        daemon
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("AWS directory refreshed") && l.contains(part))
+            .count()
+    };
+    let (users, hosts) = (count(" users="), count(" hosts="));
+    let timeout = START_TIMEOUT;
+    let deadline = Instant::now() + timeout;
+    while count(" users=") < users + 2 || count(" hosts=") < hosts + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "not two IAM sweeps and two instance listings within {timeout:?}\n{}",
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub(super) fn start_gatehouse(
@@ -465,10 +492,10 @@ impl Rig {
         }
     }
 
-    /// Waits until gatehouse's refresh has picked up a change: the next "AWS directory
-    /// refreshed" line at debug level is not logged, so wait for two intervals.
+    /// Waits until gatehouse's refresh has picked up every change made so far.
+    #[track_caller]
     fn let_refresh_run(&self) {
-        std::thread::sleep(REFRESH * 3);
+        wait_for_refreshes(&self.gatehouse);
     }
 }
 
@@ -1387,7 +1414,7 @@ fn aws_refresh_cost_is_linear_in_users_and_constant_in_instances() {
         );
         std::thread::sleep(REFRESH / 5);
     }
-    std::thread::sleep(REFRESH * 2);
+    rig.let_refresh_run();
     rig.proxy.control("/__proxy/reset");
     // Counted in refreshes, not in time: a loaded machine makes each refresh slower, never
     // different. The window holds at most one partial refresh (the one running at the reset),
@@ -1593,6 +1620,7 @@ fn aws_iam_path_prefix_admits_only_users_under_it() {
         {"op": "user", "name": "ext", "groups": "research", "path": "/contractors/",
          "keys": [ext.public_line.trim()]},
     ]));
+    rig.let_refresh_run();
     // A second gatehouse on the same AWS state, listing only users under /staff/.
     let config = write_config(
         &rig.scratch,
