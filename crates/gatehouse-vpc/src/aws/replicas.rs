@@ -2,7 +2,6 @@
 //! launch template (EC2), the balancer, its listener and target group (Elastic Load Balancing
 //! v2) and the Auto Scaling group.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, Tag as AsgTag};
@@ -74,38 +73,25 @@ fn absent(e: &Error) -> bool {
         )
 }
 
-/// The tags of ELB resources by ARN.
-async fn elb_tags_of(
-    c: &Clients,
-    what: &str,
-    arns: &[String],
-) -> Result<BTreeMap<String, Tags>, Error> {
-    if arns.is_empty() {
-        return Ok(BTreeMap::new());
-    }
+/// The tags of the ELB resource `arn`.
+async fn elb_tags_of(c: &Clients, what: &str, arn: &str) -> Result<Tags, Error> {
     let out = c
         .elb
         .describe_tags()
-        .set_resource_arns(Some(arns.to_vec()))
+        .resource_arns(arn)
         .send()
         .await
         .map_err(|e| fail(what, &deploy::DESCRIBE_ELB_TAGS, e))?;
     Ok(out
         .tag_descriptions()
         .iter()
-        .map(|d| {
-            (
-                d.resource_arn().unwrap_or_default().to_owned(),
-                d.tags()
-                    .iter()
-                    .filter_map(|t| {
-                        Some((
-                            t.key()?.to_owned(),
-                            t.value().unwrap_or_default().to_owned(),
-                        ))
-                    })
-                    .collect(),
-            )
+        .filter(|d| d.resource_arn() == Some(arn))
+        .flat_map(|d| d.tags())
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_owned(),
+                t.value().unwrap_or_default().to_owned(),
+            ))
         })
         .collect())
 }
@@ -216,10 +202,7 @@ pub(super) async fn observe(c: &Clients, stack: &str, obs: &mut Observed) -> Res
         Ok(out) => {
             if let Some(b) = out.load_balancers().first() {
                 let arn = b.load_balancer_arn().unwrap_or_default().to_owned();
-                let tags = elb_tags_of(c, &what, std::slice::from_ref(&arn))
-                    .await?
-                    .remove(&arn)
-                    .unwrap_or_default();
+                let tags = elb_tags_of(c, &what, &arn).await?;
                 let attributes = c
                     .elb
                     .describe_load_balancer_attributes()
@@ -306,10 +289,7 @@ pub(super) async fn observe(c: &Clients, stack: &str, obs: &mut Observed) -> Res
         Ok(out) => {
             if let Some(g) = out.target_groups().first() {
                 let arn = g.target_group_arn().unwrap_or_default().to_owned();
-                let tags = elb_tags_of(c, &what, std::slice::from_ref(&arn))
-                    .await?
-                    .remove(&arn)
-                    .unwrap_or_default();
+                let tags = elb_tags_of(c, &what, &arn).await?;
                 let attributes = c
                     .elb
                     .describe_target_group_attributes()

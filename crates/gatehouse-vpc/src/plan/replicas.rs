@@ -418,31 +418,23 @@ pub(super) fn plan_replicas(
                     tags: base_tags(spec, BALANCER_KEY),
                 },
             );
-            c.push(
-                Sign::Change,
-                BALANCER_KEY,
-                describe_attributes(&lb_attributes),
-                Action::SetLoadBalancerAttributes {
-                    balancer: BALANCER_KEY.into(),
-                    attributes: lb_attributes,
-                },
-            );
         }
         Some(b) => {
             p.known.insert(BALANCER_KEY.into(), b.arn.clone());
             elb_retag(c, BALANCER_KEY, &base_tags(spec, BALANCER_KEY), &b.tags);
-            if !b.cross_zone {
-                c.push(
-                    Sign::Change,
-                    BALANCER_KEY,
-                    describe_attributes(&lb_attributes),
-                    Action::SetLoadBalancerAttributes {
-                        balancer: BALANCER_KEY.into(),
-                        attributes: lb_attributes,
-                    },
-                );
-            }
         }
+    }
+    // A new balancer, or one whose attributes drifted.
+    if lb.is_none_or(|b| !b.cross_zone) {
+        c.push(
+            Sign::Change,
+            BALANCER_KEY,
+            describe_attributes(&lb_attributes),
+            Action::SetLoadBalancerAttributes {
+                balancer: BALANCER_KEY.into(),
+                attributes: lb_attributes,
+            },
+        );
     }
 
     // ---- listener ----
