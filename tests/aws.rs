@@ -23,9 +23,9 @@ use serde_json::{json, Value};
 
 use crate::harness::moto_ns::{AccessKey, NsMoto as Moto};
 use crate::harness::{
-    gatehouse_bin, run_with_timeout, venv_python, CmdOutput, Daemon, KeyPair, Scratch, SshClient,
-    Sshd, SshdConfig, TcpServer, Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, PRIVATE_ADDR_2,
-    TEST_USER,
+    gatehouse_bin, run_with_timeout, venv_python, wait_until, CmdOutput, Daemon, KeyPair, Scratch,
+    SshClient, Sshd, SshdConfig, TcpServer, Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR,
+    PRIVATE_ADDR_2, TEST_USER,
 };
 
 const SSH_PORT: u16 = 22;
@@ -709,7 +709,7 @@ fn aws_tagged_user_reaches_tagged_host_and_the_rest_is_refused() {
     assert_refused(
         &rig.client("dave", &dave.private),
         "jupyter:22",
-        "may not reach host",
+        "'jupyter' is not a host this bastion forwards to",
     );
     // jane@example.org logs in as jane~40example.org; her bad key was skipped, not her.
     let jane_client = rig.client("jane~40example.org", &jane.private);
@@ -896,6 +896,51 @@ fn aws_an_iam_change_event_revokes_and_grants_long_before_the_sweep() {
     assert!(!log.contains("sweeping IAM"), "{log}");
 }
 
+/// IAM user names are case-insensitive, and an event carries the name as its caller typed it
+/// (`aws iam tag-user --user-name ALICE` changes alice). The re-read takes IAM's spelling:
+/// no second identity `ALICE` with alice's keys appears, and a later revocation of alice
+/// (spelled either way) leaves nothing behind. (moto is made case-insensitive as IAM is, in
+/// `py/moto_fixes.py`.)
+#[test]
+fn aws_an_event_spelling_a_user_in_another_case_changes_that_user_and_makes_no_other() {
+    let rig = rig_with(
+        "1m",
+        None,
+        Some(Events {
+            sweep: "10m",
+            deny_receive: false,
+        }),
+    );
+    let applied = || {
+        rig.gatehouse
+            .stderr()
+            .matches("IAM change events applied")
+            .count()
+    };
+    let wait_applied = |before: usize| {
+        wait_until(SLACK, "the event is applied", || applied() > before);
+    };
+    let as_upper = rig.client("ALICE", &rig.alice_key.private);
+    let before = applied();
+    rig.fixture(json!([iam_event("TagUser", json!({"userName": "ALICE"}))]));
+    wait_applied(before);
+    assert_login_refused(&as_upper);
+    assert_reaches_sshd(&rig.alice(), &format!("jupyter:{SSH_PORT}"));
+
+    // alice's key deactivated; the event spells her name as IAM lists it.
+    let key = &rig.world.alice_key_id;
+    rig.fixture(json!([{"op": "deactivate_key", "user": "alice", "key_id": key}]));
+    let before = applied();
+    rig.fixture(json!([iam_event(
+        "UpdateSSHPublicKey",
+        json!({"userName": "alice", "sSHPublicKeyId": key, "status": "Inactive"}),
+    )]));
+    wait_applied(before);
+    assert_login_refused(&rig.alice());
+    assert_login_refused(&as_upper);
+    rig.gatehouse.assert_no_panic();
+}
+
 #[test]
 fn aws_an_unreadable_event_queue_falls_back_to_sweeping_every_refresh() {
     // The role lacks sqs:ReceiveMessage: no event arrives, so IAM is swept every
@@ -995,6 +1040,119 @@ fn aws_a_new_replica_serves_from_the_fleets_shared_listing_while_iam_is_down() {
     assert_reaches_sshd(&second_client, &format!("jupyter:{SSH_PORT}"));
     rig.proxy
         .control("/__proxy/allow?action=iam:GetAccountAuthorizationDetails");
+}
+
+/// The review's attack on the shared listing: someone who may write the stack's bucket (an
+/// account-wide `s3:PutObject`), but does not hold the fleet's host key, rewrites the listing
+/// with their own key for alice and makes it the youngest. A new replica, starting while IAM
+/// refuses, must not admit them as alice: it refuses the listing with the reason, waits for
+/// IAM, and then admits alice's real key and refuses the attacker's.
+#[test]
+fn aws_a_shared_listing_the_fleet_did_not_sign_admits_nobody() {
+    let rig = rig("1m");
+    rig.fixture(
+        json!([{"op": "call", "service": "s3", "method": "create_bucket",
+                        "args": {"Bucket": "gatehouse-test-shared"}}]),
+    );
+    let shared = "shared_snapshot = \"s3://gatehouse-test-shared/aws-directory.json\"\n";
+    let (first_config, _) = rig.replica("first", 2201, shared);
+    let first = start_gatehouse(&rig.topology, &rig.scratch, &first_config, "first");
+    let get = json!([{"op": "call", "service": "s3", "method": "get_object",
+                      "args": {"Bucket": "gatehouse-test-shared", "Key": "aws-directory.json"},
+                      "may_fail": true}]);
+    let mut object = None;
+    wait_until(SLACK, "the first replica shares its listing", || {
+        let r = rig.fixture(get.clone());
+        object = r[0]["Body"].as_str().map(str::to_owned);
+        object.is_some()
+    });
+    let object = object.expect("the shared listing");
+
+    // The forgery: alice's keys replaced with the attacker's, listed now (the youngest).
+    let attacker = KeyPair::ed25519(&rig.scratch, "attacker");
+    let forge = |listing: &mut Value| {
+        let now_ms = (now_unix() * 1000.0) as u64;
+        listing["listed_at_ms"] = json!(now_ms);
+        for identity in listing["identities"].as_array_mut().expect("identities") {
+            if identity["name"] == "alice" {
+                identity["keys"] = json!([attacker.public_line]);
+            }
+        }
+    };
+    let mut forged: Value = serde_json::from_str(&object).expect("the listing is JSON");
+    match forged["listing"].as_str().map(str::to_owned) {
+        // Signed: the listing inside is forged, and signed again with the attacker's own key
+        // in the listing's namespace (ssh-keygen -Y sign, as the format allows anyone to).
+        Some(inner) => {
+            let mut listing: Value = serde_json::from_str(&inner).expect("listing");
+            forge(&mut listing);
+            let text = listing.to_string();
+            let message = rig.scratch.write("forged-listing", text.as_bytes());
+            let mut sign = Command::new("ssh-keygen");
+            sign.args(["-Y", "sign", "-n", "listing@gatehouse", "-f"])
+                .arg(&attacker.private)
+                .arg(&message);
+            run_with_timeout(sign, CMD_TIMEOUT).expect_success("ssh-keygen -Y sign");
+            let mut sig = message.into_os_string();
+            sig.push(".sig");
+            forged["listing"] = json!(text);
+            forged["signature"] = json!(std::fs::read_to_string(&sig).expect("signature"));
+        }
+        // Unsigned (the format before signing): the object itself.
+        None => forge(&mut forged),
+    }
+    rig.fixture(
+        json!([{"op": "call", "service": "s3", "method": "put_object",
+        "args": {"Bucket": "gatehouse-test-shared", "Key": "aws-directory.json",
+                 "Body": forged.to_string()}}]),
+    );
+    // The first replica would share again within a minute: it stops now.
+    drop(first);
+
+    rig.proxy
+        .control("/__proxy/deny?action=iam:GetAccountAuthorizationDetails");
+    let (second_config, second_alice) = rig.replica("second", 2202, shared);
+    let mut cmd = gatehouse_cmd(&rig.topology);
+    cmd.arg("serve").arg("--config").arg(&second_config);
+    let mut second = Daemon::spawn("second", cmd, &rig.scratch);
+    wait_until(
+        START_TIMEOUT,
+        "the second replica decides on the listing",
+        || {
+            let log = second.stderr();
+            log.contains("gatehouse listening")
+                || log.contains("not using the fleet's shared listing")
+        },
+    );
+    let as_attacker = SshClient::new(
+        &rig.topology.client,
+        &rig.scratch,
+        addr(BASTION_CLIENT_ADDR, 2202),
+        "alice",
+        &attacker.private,
+    );
+    let out = dash_w(&as_attacker, &format!("jupyter:{SSH_PORT}"));
+    assert!(
+        !out.stdout_str().starts_with("SSH-2.0-"),
+        "the attacker's key logged in as alice through a forged shared listing: {out}\n{}",
+        second.logs()
+    );
+    let log = second.stderr();
+    assert!(
+        log.contains("not using the fleet's shared listing")
+            && log.contains("does not verify with this bastion's host key"),
+        "{}",
+        second.logs()
+    );
+    assert!(!log.contains("gatehouse listening"), "{}", second.logs());
+
+    // IAM answers again: the replica lists it and serves the truth.
+    rig.proxy
+        .control("/__proxy/allow?action=iam:GetAccountAuthorizationDetails");
+    second.wait_for_stderr("gatehouse listening", START_TIMEOUT);
+    assert_login_refused(&as_attacker);
+    assert_reaches_sshd(&second_alice, &format!("jupyter:{SSH_PORT}"));
+    second.assert_no_panic();
 }
 
 /// Every message of the audit stream `stream` of the test's log group in moto.
@@ -1538,10 +1696,25 @@ fn aws_a_restart_serves_the_saved_listing_while_aws_is_down() {
     );
     rig.gatehouse.terminate(Duration::from_secs(10));
 
-    // Listed longer than max_staleness (1m) ago: not used; the bastion waits for AWS.
+    // Listed longer than max_staleness (1m) ago: not used; the bastion waits for AWS. The
+    // aged listing is signed again with the host key (its copy, with ssh-keygen -Y sign), so
+    // that it is refused for its age, not for its signature.
     let mut file: Value =
         serde_json::from_str(&std::fs::read_to_string(&saved).expect("saved")).expect("json");
-    file["listed_at_ms"] = json!(file["listed_at_ms"].as_u64().expect("time") - 61_000);
+    let mut listing: Value =
+        serde_json::from_str(file["listing"].as_str().expect("a signed listing")).expect("json");
+    listing["listed_at_ms"] = json!(listing["listed_at_ms"].as_u64().expect("time") - 61_000);
+    let text = listing.to_string();
+    let message = rig.scratch.write("aged-listing", text.as_bytes());
+    let mut sign = Command::new("ssh-keygen");
+    sign.args(["-Y", "sign", "-n", "listing@gatehouse", "-f"])
+        .arg(rig.scratch.join("host_key_copy"))
+        .arg(&message);
+    run_with_timeout(sign, CMD_TIMEOUT).expect_success("ssh-keygen -Y sign");
+    let mut sig = message.into_os_string();
+    sig.push(".sig");
+    file["listing"] = json!(text);
+    file["signature"] = json!(std::fs::read_to_string(&sig).expect("signature"));
     std::fs::write(&saved, file.to_string()).expect("age the file");
     let mut cmd = gatehouse_cmd(&rig.topology);
     cmd.arg("serve").arg("--config").arg(&rig.config);
@@ -1753,7 +1926,14 @@ fn aws_an_address_shared_by_two_vpcs_is_never_dialed() {
     };
     assert_eq!(revoked["reason"], shared.as_str(), "{revoked}");
 
-    // Refused by every name of either host, for a user of either group.
+    // Refused by every name of either host, for a user of either group; each is told only
+    // of the host of their own group.
+    let shown = |mine: &str| {
+        format!(
+            "address {PRIVATE_ADDR} belongs to {mine} and to another host; refusing to guess \
+             which one you mean"
+        )
+    };
     let dns = format!(
         "ip-{}.ec2.internal",
         PRIVATE_ADDR.to_string().replace('.', "-")
@@ -1764,26 +1944,35 @@ fn aws_an_address_shared_by_two_vpcs_is_never_dialed() {
         dns.clone(),
         PRIVATE_ADDR.to_string(),
     ] {
-        assert_refused(&alice, &format!("{target}:{SSH_PORT}"), &shared);
+        assert_refused(&alice, &format!("{target}:{SSH_PORT}"), &shown(&jupyter_id));
     }
     for target in [
         "prod-box".to_owned(),
         prod_id.clone(),
         PRIVATE_ADDR.to_string(),
     ] {
-        assert_refused(&olga_client, &format!("{target}:{SSH_PORT}"), &shared);
+        assert_refused(
+            &olga_client,
+            &format!("{target}:{SSH_PORT}"),
+            &shown(&prod_id),
+        );
     }
     // A host of another group is refused for the group, as before.
     assert_refused(
         &alice,
         &format!("prod-box:{SSH_PORT}"),
-        "may not reach host",
+        "'prod-box' is not a host this bastion forwards to",
     );
     let denies: Vec<Value> = audit()
         .into_iter()
         .filter(|l| l["event"] == "tunnel.deny" && l["reason_code"] == "shared_address")
         .collect();
     assert_eq!(denies.len(), 7, "{denies:?}");
+    // The audit keeps the whole truth: both instances.
+    assert!(
+        denies.iter().all(|d| d["reason"] == shared.as_str()),
+        "{denies:?}"
+    );
 
     // The daemon says why, once, naming both instances.
     let log = twovpc.stderr();

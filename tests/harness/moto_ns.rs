@@ -35,8 +35,11 @@ impl NsMoto {
             "{} missing: python3 -m venv tests/.venv && tests/.venv/bin/pip install -r tests/py/requirements.txt",
             bin.display()
         );
+        // moto_server with the fixes in tests/py/moto_fixes.py, as `Moto::start` runs it.
+        let script = super::jupyter::py_script("moto_server.py");
         let child = ns
-            .command(&bin)
+            .command(bin.with_file_name("python3"))
+            .arg(&script)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -20,6 +20,9 @@ moto evaluates a bucket policy on every object request, but:
   where CreateLaunchTemplate stores moto's base64 type, so an Auto Scaling group launching from
   a second version failed on moto's own type assertion (HTTP 500).
 
+- IAM user names are case-insensitive in AWS (GetUser for `ALICE` answers user `alice`, with
+  her own spelling); moto looks them up case-sensitively.
+
 moto serves plain http where AWS serves https, so a request counts as arriving over TLS unless
 it says otherwise with `X-Forwarded-Proto: http` (what a test sends to show the Deny).
 """
@@ -90,8 +93,27 @@ def _launch_template_versions():
     LaunchTemplate.create_version = _create_version
 
 
+def _iam_user_names():
+    """GetUser (and every call that looks a user up by name) finds a user in any case of the
+    name, as IAM does; the answer keeps the user's own spelling."""
+    from moto.iam.models import IAMBackend
+
+    get_user = IAMBackend.get_user
+
+    def _get_user(self, name):
+        if name not in self.users:
+            for known in self.users:
+                if known.lower() == str(name).lower():
+                    name = known
+                    break
+        return get_user(self, name)
+
+    IAMBackend.get_user = _get_user
+
+
 def apply():
     _s3_actions()
+    _iam_user_names()
     _launch_template_versions()
     policy_conditions.CONDITION_OPERATIONS.setdefault("Bool", _bool)
     DomainDispatcherApplication.__call__ = _call

@@ -579,7 +579,7 @@ mod tests {
             "10.20.10.10",
         ] {
             match inventory.authorize(&alice, target, 22) {
-                Err(Refusal::SharedAddress { address, hosts }) => {
+                Err(Refusal::SharedAddress { address, hosts, .. }) => {
                     assert_eq!(address.to_string(), "10.20.10.10");
                     assert_eq!(hosts, ["i-0aaa", "i-0bbb"]);
                 }

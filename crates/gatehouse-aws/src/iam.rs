@@ -295,6 +295,9 @@ impl UserReader {
         let Some(user) = unless_gone(answer)?.and_then(|a| a.user) else {
             return Ok(None);
         };
+        // IAM user names are case-insensitive: `name` is how an event spelled it, and may
+        // differ in case from the user's name. The record (and every later call) takes IAM's.
+        let name = user.user_name();
         let path = user.path();
         if self
             .path_prefix

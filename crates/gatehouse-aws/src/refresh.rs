@@ -34,8 +34,7 @@ use crate::ec2::Ec2Fetcher;
 use crate::error::AwsError;
 use crate::events::{self, Change, Received, Report};
 use crate::iam::{IamFetcher, UserReader};
-use crate::names::login_name;
-use crate::persist;
+use crate::persist::{self, Seal};
 use crate::shared::{Shared, SHARE_EVERY};
 use crate::Clients;
 
@@ -354,6 +353,8 @@ const MAX_USERS_PER_BATCH: usize = 64;
 /// change event names re-read at once.
 pub struct AwsDirectory {
     source: AwsSource,
+    /// Signs the listings this bastion saves and shares, and verifies those it restores.
+    seal: Seal,
     directory: Arc<Directory>,
     /// Who may log in, by login name, as published.
     identities: BTreeMap<String, Identity>,
@@ -406,7 +407,9 @@ impl AwsDirectory {
     ///
     /// # Errors
     /// The last failure, when no listing succeeded within `max_staleness`.
-    pub async fn start(mut source: AwsSource) -> Result<AwsDirectory, AwsError> {
+    /// The saved and shared listings are signed with `seal` (the host key), and only a listing
+    /// it verifies is restored.
+    pub async fn start(mut source: AwsSource, seal: Seal) -> Result<AwsDirectory, AwsError> {
         let settings = source.settings().clone();
         let event_calls = Calls::default();
         let events = source.queue.clone().map(|(client, url)| {
@@ -421,8 +424,8 @@ impl AwsDirectory {
             ));
             (rx, started)
         });
-        let local = restore(&settings);
-        let shared = restore_shared(&source).await;
+        let local = restore(&settings, &seal);
+        let shared = restore_shared(&source, &seal).await;
         // The younger of the two.
         let restored = match (local, shared) {
             (Some(a), Some(b)) => Some(if a.age <= b.age { a } else { b }),
@@ -436,7 +439,7 @@ impl AwsDirectory {
                     .unwrap_or(SystemTime::UNIX_EPOCH),
             };
             return Ok(AwsDirectory::holding(
-                source,
+                (source, seal),
                 (restored.identities, restored.hosts),
                 at,
                 true,
@@ -463,7 +466,7 @@ impl AwsDirectory {
                         wall: listing.started_at,
                     };
                     let mut directory = AwsDirectory::holding(
-                        source,
+                        (source, seal),
                         (listing.identities, listing.hosts),
                         at,
                         false,
@@ -491,7 +494,7 @@ impl AwsDirectory {
     /// A directory publishing `identities` and `hosts` listed at `at` (`restored` when they
     /// came from the saved listing).
     fn holding(
-        source: AwsSource,
+        (source, seal): (AwsSource, Seal),
         (identities, hosts): (Vec<Identity>, Vec<Host>),
         at: Stamp,
         restored: bool,
@@ -513,6 +516,7 @@ impl AwsDirectory {
             patches: HashMap::new(),
             directory: Arc::new(Directory::new(snapshot)),
             source,
+            seal,
             stale: false,
             wakeup: Arc::new(Notify::new()),
             restored,
@@ -576,12 +580,19 @@ impl AwsDirectory {
             return;
         }
         self.last_shared = Some(Instant::now());
-        let bytes = persist::encode(
+        let bytes = match persist::encode(
             &self.source.settings,
             self.listed().wall,
             &self.identities.values().cloned().collect::<Vec<_>>(),
             &self.hosts,
-        );
+            &self.seal,
+        ) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!("cannot share the listing with the fleet: {e}");
+                return;
+            }
+        };
         let calls = self.event_calls.clone();
         let first_failure = self.share_failed.clone();
         self.sharing = Some(tokio::spawn(async move {
@@ -609,6 +620,7 @@ impl AwsDirectory {
             self.listed().wall,
             self.identities.values().cloned().collect(),
             self.hosts.clone(),
+            &self.seal,
         )
         .await;
     }
@@ -700,14 +712,18 @@ impl AwsDirectory {
                     Ok(record) => {
                         let (found, _) = self.source.identities(&Vec::from_iter(record));
                         let patch = found.into_iter().next();
-                        let before = login_name(name)
-                            .ok()
-                            .and_then(|login| self.identities.get(&login).cloned());
-                        if before != patch {
+                        let before: Vec<&Identity> = self
+                            .identities
+                            .values()
+                            .filter(|i| names_user(i, name))
+                            .collect();
+                        if before != Vec::from_iter(patch.as_ref()) {
                             changed.push(name.as_str());
                         }
                         apply_patch(&mut self.identities, name, patch.clone());
-                        self.patches.insert(name.clone(), (received.at, patch));
+                        // One patch per user, however the events spelled the name.
+                        self.patches
+                            .insert(name.to_ascii_lowercase(), (received.at, patch));
                     }
                     Err(e) => {
                         tracing::warn!(user = %name, error = %e,
@@ -903,15 +919,21 @@ fn failed(what: &str, settings: &AwsConfig, failures: u32, e: &AwsError) -> Dura
     delay
 }
 
-/// Puts what a re-read of IAM user `iam_name` found in `identities`: its identity, or none.
+/// Whether `identity` is IAM user `iam_name`, spelled in any case (IAM user names are
+/// case-insensitive: an event may spell a name otherwise than IAM lists it).
+fn names_user(identity: &Identity, iam_name: &str) -> bool {
+    crate::names::iam_name(&identity.name).is_some_and(|n| n.eq_ignore_ascii_case(iam_name))
+}
+
+/// Puts what a re-read of IAM user `iam_name` (as an event spelled it) found in `identities`:
+/// its identity (named by IAM's spelling, as a sweep names it), or none. Whatever identity
+/// the user had, in any spelling, is replaced.
 fn apply_patch(
     identities: &mut BTreeMap<String, Identity>,
     iam_name: &str,
     patch: Option<Identity>,
 ) {
-    if let Ok(login) = login_name(iam_name) {
-        identities.remove(&login);
-    }
+    identities.retain(|_, identity| !names_user(identity, iam_name));
     if let Some(identity) = patch {
         identities.insert(identity.name.clone(), identity);
     }
@@ -919,7 +941,7 @@ fn apply_patch(
 
 /// The fleet's shared listing (`aws.shared_snapshot`), when there is one that may be used
 /// (each reason not to is logged).
-async fn restore_shared(source: &AwsSource) -> Option<persist::Restored> {
+async fn restore_shared(source: &AwsSource, seal: &Seal) -> Option<persist::Restored> {
     let shared = source.shared.as_ref()?;
     let calls = Calls::default();
     let bytes = match shared.get(&calls).await {
@@ -931,7 +953,7 @@ async fn restore_shared(source: &AwsSource) -> Option<persist::Restored> {
             return None;
         }
     };
-    match persist::decode(&bytes, &source.settings) {
+    match persist::decode(&bytes, &source.settings, seal) {
         Ok(restored) => {
             tracing::info!(
                 object = %shared.object(),
@@ -953,9 +975,9 @@ async fn restore_shared(source: &AwsSource) -> Option<persist::Restored> {
 
 /// The saved listing of `aws.snapshot_file`, when there is one that may be used (each reason
 /// not to is logged).
-fn restore(settings: &AwsConfig) -> Option<persist::Restored> {
+fn restore(settings: &AwsConfig, seal: &Seal) -> Option<persist::Restored> {
     let path = settings.snapshot_file.as_ref()?;
-    match persist::load(path, settings) {
+    match persist::load(path, settings, seal) {
         Ok(Some(restored)) => {
             tracing::info!(
                 file = %path.display(),
@@ -983,13 +1005,15 @@ async fn save(
     listed_at: SystemTime,
     identities: Vec<Identity>,
     hosts: Vec<Host>,
+    seal: &Seal,
 ) {
     let Some(path) = settings.snapshot_file.clone() else {
         return;
     };
     let settings = settings.clone();
+    let seal = seal.clone();
     let written = tokio::task::spawn_blocking(move || {
-        persist::save(&path, &settings, listed_at, &identities, &hosts)
+        persist::save(&path, &settings, listed_at, (&identities, &hosts), &seal)
             .map_err(|e| format!("{}: {e}", path.display()))
     })
     .await;
@@ -1192,5 +1216,35 @@ mod tests {
             assert!(d <= Duration::from_secs(5) / 3, "{failures}: {d:?}");
             assert!(d >= Duration::from_millis(125));
         }
+    }
+
+    /// IAM user names are case-insensitive, and an event carries the name as its caller typed
+    /// it: a re-read for `ALICE` replaces alice (named as IAM lists her), and a deletion
+    /// spelled `ALICE` removes her; no second identity is ever made.
+    #[test]
+    fn a_patch_replaces_the_user_in_any_spelling_of_the_name() {
+        let key = gatehouse_config::parse_public_key(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMzQnTZ1QB2clN1RVs8twk5/t+5CEwiIXdcNoxcQmsgc k",
+        )
+        .expect("key");
+        let identity = |name: &str, group: &str| Identity {
+            name: name.to_owned(),
+            groups: [group.to_owned()].into(),
+            keys: vec![key.clone()],
+        };
+        let mut identities: BTreeMap<String, Identity> = [
+            ("alice".to_owned(), identity("alice", "research")),
+            ("bob".to_owned(), identity("bob", "ops")),
+        ]
+        .into();
+        apply_patch(&mut identities, "ALICE", Some(identity("alice", "ops")));
+        assert_eq!(identities.len(), 2);
+        assert_eq!(identities["alice"].groups, ["ops".to_owned()].into());
+        apply_patch(&mut identities, "Alice", None);
+        assert_eq!(identities.keys().collect::<Vec<_>>(), ["bob"]);
+        // Escaped login names compare by the IAM name they stand for.
+        identities.insert("j~40x.org".into(), identity("j~40x.org", "ops"));
+        apply_patch(&mut identities, "J@X.ORG", None);
+        assert_eq!(identities.keys().collect::<Vec<_>>(), ["bob"]);
     }
 }

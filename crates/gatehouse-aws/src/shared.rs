@@ -6,8 +6,10 @@
 //! [`SHARE_EVERY`]: the last writer wins, and a reader only ever takes a listing that is
 //! young enough.
 //!
-//! Whoever can write the object decides who gets in, as whoever can write IAM does: the
-//! bucket lets only the bastion role write it (gatehouse-vpc's bucket policy).
+//! Whoever can write the object must not decide who gets in: anyone in the account with a
+//! broad S3 grant can. So a replica takes only a listing signed with the fleet's host key
+//! ([`crate::persist`]), which only the bastion role can read (the SSM SecureString, or the
+//! key file every replica holds); anything else in the object is refused with the reason.
 
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use gatehouse_config::S3Object;
 use crate::actions;
 use crate::calls::Calls;
 use crate::error::AwsError;
+use crate::persist::MAX_BYTES;
 
 /// Bound on one attempt of a shared-listing call: a start waits on the read.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,8 +27,6 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(12);
 /// How often a replica shares its listing when no sweep has happened since.
 pub const SHARE_EVERY: Duration = Duration::from_secs(60);
-/// Largest shared listing read: far above a 5,000-user directory (about 2 MB).
-const MAX_BYTES: usize = 64 << 20;
 
 /// The shared listing's object, with a client of its region.
 #[derive(Debug, Clone)]

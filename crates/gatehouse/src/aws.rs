@@ -18,8 +18,9 @@ use russh::keys::{PrivateKey, PublicKey};
 /// A bastion's AWS side, ready to serve: the host key (if it comes from SSM) and a directory
 /// holding a first successful listing.
 pub struct Started {
-    /// The SSM host key, `None` when `host_key_ssm_parameter` is not set.
-    pub host_key: Option<PrivateKey>,
+    /// The host key: from SSM with `host_key_ssm_parameter`, else the `server.host_key` file.
+    /// It also signs the listings this bastion saves and shares.
+    pub host_key: PrivateKey,
     refresher: AwsDirectory,
     /// EC2 Instance Connect, with `instance_connect`.
     key_push: Option<Arc<dyn KeyPush>>,
@@ -75,7 +76,8 @@ impl KeyPush for InstanceConnectPush {
 }
 
 impl Started {
-    /// Loads (or creates) the SSM host key and makes the first listing, retrying for up to
+    /// Loads (or creates) the host key (SSM's, or the file `host_key_file`) and makes the
+    /// first listing, retrying for up to
     /// `max_staleness` (each failure is logged). A bastion that cannot read AWS at all serves
     /// nobody, so after that it gives up with the last error.
     ///
@@ -83,7 +85,7 @@ impl Started {
     /// lines a previous run left unshipped go out while the listing runs.
     pub async fn new(
         settings: &AwsConfig,
-        host_key_copy: &Path,
+        host_key_file: &Path,
         audit_file: Option<&Path>,
     ) -> anyhow::Result<Started> {
         let clients = Clients::new(settings).await;
@@ -100,12 +102,15 @@ impl Started {
         }
         // With a saved listing, a restart may serve while AWS is down: it then needs the host
         // key too, so a copy of the SSM key is kept at `server.host_key`.
-        let copy = settings.snapshot_file.is_some().then_some(host_key_copy);
+        let copy = settings.snapshot_file.is_some().then_some(host_key_file);
         let host_key = match &settings.host_key_ssm_parameter {
-            Some(parameter) => Some(ssm_host_key(&clients, settings, parameter, copy).await?),
-            None => None,
+            Some(parameter) => ssm_host_key(&clients, settings, parameter, copy).await?,
+            None => gatehouse_ssh::hostkey::load_or_create(host_key_file)?,
         };
-        let refresher = AwsDirectory::start(AwsSource::new(&clients, settings))
+        // The saved and shared listings are signed with the host key: only this fleet (which
+        // alone holds it) can write a listing that a replica will serve.
+        let seal = gatehouse_aws::persist::Seal::new(host_key.clone());
+        let refresher = AwsDirectory::start(AwsSource::new(&clients, settings), seal)
             .await
             .context("cannot list users and hosts from AWS")?;
         let key_push = settings.instance_connect.then(|| {

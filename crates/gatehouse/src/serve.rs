@@ -65,8 +65,8 @@ pub async fn run(
         }
         None => None,
     };
-    let host_key = match aws.as_ref().and_then(|a| a.host_key.clone()) {
-        Some(key) => key,
+    let host_key = match &aws {
+        Some(aws) => aws.host_key.clone(),
         None => hostkey::load_or_create(&config.server.host_key)?,
     };
     let audit = match &config.audit.file {
