@@ -679,18 +679,40 @@ fn unlisted_ports_and_other_groups_hosts_are_refused() {
             .contains("port 23 is not open on host 'jupyter' (allowed: 22, 8888, 9000)"),
         "{out}"
     );
-    let out = rig.dash_w("opsbox:22");
-    out.expect_failure("-W opsbox:22");
-    assert!(
-        out.stderr_str()
-            .contains("user 'alice' may not reach host 'opsbox'"),
-        "{out}"
-    );
+    // A host outside alice's groups is refused exactly as a name or address that is no host
+    // (echoing only what she typed), so refusals cannot map the inventory; the audit line
+    // keeps the truth.
+    for (hidden, free) in [
+        ("opsbox:22", "nobox:22"),
+        ("10.0.3.142:22", "10.0.3.143:22"),
+    ] {
+        let shown = |spec: &str| {
+            let out = rig.dash_w(spec);
+            out.expect_failure(&format!("-W {spec}"));
+            let target = spec.rsplit_once(':').expect("host:port").0;
+            let line = out
+                .stderr_str()
+                .lines()
+                .find(|l| l.contains("open failed"))
+                .unwrap_or_else(|| panic!("-W {spec}: no refusal: {out}"))
+                .replace(target, "TARGET");
+            line.split_once("open failed")
+                .expect("open failed")
+                .1
+                .to_owned()
+        };
+        assert_eq!(shown(hidden), shown(free), "{hidden} against {free}");
+        assert!(shown(hidden).contains("'TARGET' is not a host this bastion forwards to"));
+        let target = hidden.rsplit_once(':').expect("host:port").0;
+        rig.wait_audit(hidden, |l| {
+            is(l, "tunnel.deny")
+                && l["target"] == target
+                && l["reason_code"] == "no_shared_group"
+                && l["reason"] == "user 'alice' may not reach host 'opsbox'"
+        });
+    }
     rig.wait_audit("port", |l| {
         is(l, "tunnel.deny") && l["reason_code"] == "port_not_allowed"
-    });
-    rig.wait_audit("group", |l| {
-        is(l, "tunnel.deny") && l["reason_code"] == "no_shared_group"
     });
 
     // bob (RSA key, rsa-sha2 signatures) authenticates but may not reach alice's host.
@@ -699,9 +721,12 @@ fn unlisted_ports_and_other_groups_hosts_are_refused() {
     out.expect_failure("bob to jupyter");
     assert!(
         out.stderr_str()
-            .contains("user 'bob' may not reach host 'jupyter'"),
+            .contains("'jupyter' is not a host this bastion forwards to"),
         "{out}"
     );
+    rig.wait_audit("bob's refusal", |l| {
+        is(l, "tunnel.deny") && l["reason"] == "user 'bob' may not reach host 'jupyter'"
+    });
     rig.wait_audit("bob auth", |l| is(l, "auth.success") && l["user"] == "bob");
 }
 
@@ -933,7 +958,8 @@ fn sighup_reload_revokes_tunnels_and_sessions_and_refuses_a_broken_config() {
     let out = rig.dash_w(&format!("jupyter:{SINK_PORT}"));
     out.expect_failure("a new tunnel after losing the group");
     assert!(
-        out.stderr_str().contains("may not reach host 'jupyter'"),
+        out.stderr_str()
+            .contains("'jupyter' is not a host this bastion forwards to"),
         "{out}"
     );
 

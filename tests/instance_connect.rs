@@ -226,7 +226,11 @@ fn aws_instance_connect_pushes_the_login_key_for_a_minute() {
     // (`-W`, the channel `-J` opens, shown at LogLevel INFO so the bastion's reason shows.)
     let out = dash_w(&client("bob", &bob), "jupyter:22");
     out.expect_failure("bob to a research host");
-    assert!(out.stderr_str().contains("may not reach host"), "{out}");
+    assert!(
+        out.stderr_str()
+            .contains("'jupyter' is not a host this bastion forwards to"),
+        "{out}"
+    );
     // 4. erin's ECDSA key: EC2 Instance Connect would refuse it, so the bastion says so.
     let out = dash_w(&client("erin", &erin), "jupyter:22");
     out.expect_failure("erin with an ECDSA key");

@@ -54,15 +54,17 @@ pub struct Inventory {
     shared: BTreeMap<IpAddr, Vec<String>>,
 }
 
-/// Why a forwarding request is refused. The `Display` text is shown to the user (in the SSH
-/// channel-open failure) and written to the audit log, so it says what happened and never
-/// more than the user may know.
+/// Why a forwarding request is refused. The `Display` text is the whole truth, for the audit
+/// log and the bastion's own log; [`Refusal::for_user`] is what the user is shown (in the SSH
+/// channel-open failure), which never says more than the user may know: nothing about hosts
+/// outside their groups.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// The target does not name an inventory host (loopback, metadata, unknown names, ...).
     #[error("'{target}' is not a host this bastion forwards to")]
     UnknownTarget { target: String },
-    /// The target name matches more than one host.
+    /// The target name matches more than one host the user may reach (only those are
+    /// candidates: a host outside the user's groups never makes a name ambiguous).
     #[error("'{target}' is ambiguous: it names {}; use one of these ids", .candidates.join(", "))]
     Ambiguous {
         target: String,
@@ -71,9 +73,16 @@ pub enum Refusal {
     /// The port is outside 1..=65535.
     #[error("port {port} is not a TCP port")]
     InvalidPort { port: u32 },
-    /// The user shares no group with the host.
+    /// The user shares no group with the host (or hosts) the target names. The user is told
+    /// what an unknown target tells, so refusals cannot map the inventory.
     #[error("user '{user}' may not reach host '{host}'")]
-    NoSharedGroup { user: String, host: String },
+    NoSharedGroup {
+        user: String,
+        /// The id of the host, or the ids of the hosts, the target names (", "-separated).
+        host: String,
+        /// The target as typed (printable).
+        target: String,
+    },
     /// The port is not in the host's list.
     #[error("port {port} is not open on host '{host}' (allowed: {})", fmt_ports(.allowed))]
     PortNotAllowed {
@@ -88,7 +97,13 @@ pub enum Refusal {
         .hosts.len(),
         .hosts.join(", ")
     )]
-    SharedAddress { address: IpAddr, hosts: Vec<String> },
+    SharedAddress {
+        address: IpAddr,
+        /// Every host at the address.
+        hosts: Vec<String>,
+        /// Those of them the user may reach (the only ones the user is told of).
+        reachable: Vec<String>,
+    },
 }
 
 impl Refusal {
@@ -101,6 +116,34 @@ impl Refusal {
             Refusal::NoSharedGroup { .. } => "no_shared_group",
             Refusal::PortNotAllowed { .. } => "port_not_allowed",
             Refusal::SharedAddress { .. } => "shared_address",
+        }
+    }
+}
+
+impl Refusal {
+    /// What the user is told: the `Display` text, except that hosts outside the user's groups
+    /// are never named nor counted. A target that names only such hosts is refused exactly as
+    /// an unknown target is (echoing only what was typed).
+    pub fn for_user(&self) -> String {
+        match self {
+            Refusal::NoSharedGroup { target, .. } => Refusal::UnknownTarget {
+                target: target.clone(),
+            }
+            .to_string(),
+            Refusal::SharedAddress {
+                address,
+                hosts,
+                reachable,
+            } if reachable.len() < hosts.len() => format!(
+                "address {address} belongs to {} and to another host; refusing to guess which \
+                 one you mean",
+                if reachable.is_empty() {
+                    "a host".to_owned()
+                } else {
+                    reachable.join(", ")
+                }
+            ),
+            other => other.to_string(),
         }
     }
 }
@@ -169,6 +212,13 @@ impl Inventory {
     /// [`Refusal::Ambiguous`]. A single host is returned even if its address is shared;
     /// [`Inventory::authorize`] refuses that.
     pub fn resolve(&self, target: &str) -> Result<&Host, Refusal> {
+        let matches = self.matches(target)?;
+        self.pick(target, &matches, None)
+    }
+
+    /// The hosts a client-typed target names (see [`Inventory::resolve`]); refused as unknown
+    /// when it names none.
+    fn matches(&self, target: &str) -> Result<Vec<&Host>, Refusal> {
         let unknown = || Refusal::UnknownTarget {
             target: printable(target),
         };
@@ -190,14 +240,25 @@ impl Inventory {
                     .collect()
             }
         };
-        match matches.as_slice() {
-            [] => Err(unknown()),
+        if matches.is_empty() {
+            return Err(unknown());
+        }
+        Ok(matches)
+    }
+
+    /// The one host among `candidates` (not empty) that `target` names: several at one
+    /// address are [`Refusal::SharedAddress`], several elsewhere [`Refusal::Ambiguous`].
+    /// `asker`: whose groups decide which hosts a `SharedAddress` may name to them.
+    fn pick<'a>(
+        &self,
+        target: &str,
+        candidates: &[&'a Host],
+        asker: Option<&Principal>,
+    ) -> Result<&'a Host, Refusal> {
+        match candidates {
             [one] => Ok(one),
             [first, rest @ ..] if rest.iter().all(|h| h.address == first.address) => {
-                Err(Refusal::SharedAddress {
-                    address: first.address,
-                    hosts: self.sharing(first.address).unwrap_or_default(),
-                })
+                Err(self.shared_address(first.address, asker))
             }
             many => Err(Refusal::Ambiguous {
                 target: printable(target),
@@ -206,29 +267,65 @@ impl Inventory {
         }
     }
 
-    /// Resolves `target` and decides whether `principal` may reach it on `port`.
+    /// The refusal of `address`, which several hosts have; only those `asker` shares a group
+    /// with are `reachable` (all of them without an asker).
+    fn shared_address(&self, address: IpAddr, asker: Option<&Principal>) -> Refusal {
+        let hosts = self.sharing(address).unwrap_or_default();
+        let reachable = self
+            .hosts
+            .iter()
+            .filter(|h| h.address == address && asker.is_none_or(|p| shares_group(p, h)))
+            .map(|h| h.id.clone())
+            .collect();
+        Refusal::SharedAddress {
+            address,
+            hosts,
+            reachable,
+        }
+    }
+
+    /// Resolves `target` among the hosts `principal` may reach and decides whether they may
+    /// reach it on `port`.
+    ///
+    /// Hosts outside the principal's groups take no part in the resolution: a target that
+    /// names only such hosts is [`Refusal::NoSharedGroup`] (shown to the user as an unknown
+    /// target), and they never make a name ambiguous. So the answers a user gets tell them
+    /// nothing about hosts outside their groups, whatever they type.
     ///
     /// Never grants an address that more than one host has, by whatever name the host was
     /// asked for: the bastion's routes deliver it to one of them only, maybe to a host of
-    /// another group. That refusal comes after the group check, so a user learns a host's
-    /// address only for a host of their own groups (or when they typed the address).
+    /// another group.
     pub fn authorize(
         &self,
         principal: &Principal,
         target: &str,
         port: u32,
     ) -> Result<Grant, Refusal> {
-        let host = self.resolve(target)?;
+        let matches = self.matches(target)?;
+        let visible: Vec<&Host> = matches
+            .iter()
+            .copied()
+            .filter(|h| shares_group(principal, h))
+            .collect();
+        if visible.is_empty() {
+            return Err(Refusal::NoSharedGroup {
+                user: principal.user.clone(),
+                host: matches
+                    .iter()
+                    .map(|h| h.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                target: printable(target),
+            });
+        }
+        let host = self.pick(target, &visible, Some(principal))?;
         let port = u16::try_from(port)
             .ok()
             .filter(|p| *p != 0)
             .ok_or(Refusal::InvalidPort { port })?;
         decide(principal, host, port)?;
-        if let Some(hosts) = self.sharing(host.address) {
-            return Err(Refusal::SharedAddress {
-                address: host.address,
-                hosts,
-            });
+        if self.shared.contains_key(&host.address) {
+            return Err(self.shared_address(host.address, Some(principal)));
         }
         Ok(Grant {
             host_id: host.id.clone(),
@@ -259,6 +356,7 @@ pub fn decide(principal: &Principal, host: &Host, port: u16) -> Result<(), Refus
         return Err(Refusal::NoSharedGroup {
             user: principal.user.clone(),
             host: host.id.clone(),
+            target: host.id.clone(),
         });
     }
     if !host.ports.contains(&port) {

@@ -95,18 +95,87 @@ fn non_inventory_targets_of_any_spelling_are_refused() {
 }
 
 #[test]
-fn wrong_group_is_refused_with_host_named() {
-    let err = inventory()
-        .authorize(&alice(), "prod-db", 5432)
-        .unwrap_err();
+fn wrong_group_is_audited_with_the_host_and_shown_as_an_unknown_target() {
+    let inv = inventory();
+    let err = inv.authorize(&alice(), "prod-db", 5432).unwrap_err();
     assert_eq!(
         err,
         Refusal::NoSharedGroup {
             user: "alice".into(),
-            host: "prod-db".into()
+            host: "prod-db".into(),
+            target: "prod-db".into(),
         }
     );
     assert_eq!(err.to_string(), "user 'alice' may not reach host 'prod-db'");
+    assert_eq!(
+        err.for_user(),
+        "'prod-db' is not a host this bastion forwards to"
+    );
+    // By address, as typed: the user sees what a free address answers, whatever the port.
+    for port in [5432, 22, 70_000] {
+        let hidden = inv.authorize(&alice(), "10.0.4.10", port).unwrap_err();
+        let free = inv.authorize(&alice(), "10.0.4.11", port).unwrap_err();
+        assert_eq!(hidden.code(), "no_shared_group");
+        assert_eq!(
+            hidden.for_user().replace("10.0.4.10", "X"),
+            free.for_user().replace("10.0.4.11", "X"),
+            "port {port}"
+        );
+        assert!(hidden.to_string().contains("prod-db"), "{hidden}");
+    }
+}
+
+/// The review's probe: a user maps hosts outside their groups by the refusals they get. Every
+/// answer about such a host is the answer about a name or address that is no host at all.
+#[test]
+fn refusals_never_tell_a_user_about_hosts_outside_their_groups() {
+    let mut db = host("i-0db", "10.99.0.9", &["ops"], &[5432]);
+    db.names = vec!["prod-db".into(), "i-0db".into(), "worker".into()];
+    let mut twin = host("i-0twin", "10.99.0.20", &["ops"], &[22]);
+    twin.names = vec!["i-0twin".into()];
+    let mut mine = host("i-0mine", "10.99.0.20", &["research"], &[22]);
+    mine.names = vec!["i-0mine".into(), "worker".into()];
+    let mut other = host("i-0other", "10.99.0.30", &["research"], &[22]);
+    other.names = vec!["i-0other".into(), "analysis".into()];
+    let mut other_ops = host("i-0ops", "10.99.0.31", &["ops"], &[22]);
+    other_ops.names = vec!["i-0ops".into(), "analysis".into()];
+    let inv = Inventory::new(vec![db, twin, mine, other, other_ops]);
+    let shown = |target: &str, port: u32| {
+        inv.authorize(&alice(), target, port)
+            .map(|g| g.host_id)
+            .map_err(|r| r.for_user())
+    };
+    // An ops host, by every name and its address, on its own port and another.
+    for target in ["prod-db", "i-0db", "10.99.0.9"] {
+        for port in [5432, 22] {
+            assert_eq!(
+                shown(target, port),
+                Err(format!("'{target}' is not a host this bastion forwards to"))
+            );
+        }
+    }
+    // A name that an ops host shares with alice's host names alice's host alone.
+    assert_eq!(shown("analysis", 22), Ok("i-0other".to_owned()));
+    // An address alice's host shares with an ops host: refused (never dialed), naming only
+    // alice's host.
+    for target in ["i-0mine", "10.99.0.20"] {
+        let err = inv.authorize(&alice(), target, 22).unwrap_err();
+        assert_eq!(err.code(), "shared_address");
+        assert!(err.to_string().contains("(i-0twin, i-0mine)"), "{err}");
+        assert_eq!(
+            err.for_user(),
+            "address 10.99.0.20 belongs to i-0mine and to another host; refusing to guess \
+             which one you mean"
+        );
+    }
+    // "worker" names the ops database and alice's host: it is alice's host, whose address is
+    // shared.
+    let err = inv.authorize(&alice(), "worker", 22).unwrap_err();
+    assert_eq!(err.code(), "shared_address");
+    assert!(!err.for_user().contains("i-0twin") && !err.for_user().contains("i-0db"));
+    // And the truth is the audit's: the ops host is named there.
+    let err = inv.authorize(&alice(), "10.99.0.9", 5432).unwrap_err();
+    assert_eq!(err.to_string(), "user 'alice' may not reach host 'i-0db'");
 }
 
 #[test]
@@ -178,7 +247,8 @@ fn duplicate_address_is_refused_not_first_wins() {
         inv.resolve("10.0.3.10").unwrap_err(),
         Refusal::SharedAddress {
             address: "10.0.3.10".parse().unwrap(),
-            hosts: vec!["a".into(), "b".into()]
+            hosts: vec!["a".into(), "b".into()],
+            reachable: vec!["a".into(), "b".into()],
         }
     );
     assert_eq!(
@@ -257,10 +327,21 @@ fn an_address_of_two_hosts_is_never_dialed_however_the_host_is_named() {
     }
     // The other hosts are untouched.
     assert!(inv.authorize(&alice(), "jupyter", 22).is_ok());
+    // The user is told only of the host they may reach.
+    let err = inv.authorize(&alice(), "dev-box", 22).unwrap_err();
+    assert_eq!(
+        err.for_user(),
+        "address 10.20.10.10 belongs to i-0aaa and to another host; refusing to guess which \
+         one you mean"
+    );
     // A host of another group is refused for the group, as before: its address stays unsaid.
     let err = inv.authorize(&alice(), "prod-box", 22).unwrap_err();
     assert_eq!(err.code(), "no_shared_group", "{err}");
     assert!(!err.to_string().contains("10.20.10.10"), "{err}");
+    assert_eq!(
+        err.for_user(),
+        "'prod-box' is not a host this bastion forwards to"
+    );
     // Nor is a shared-address host reachable for anyone, so it is not listed as such.
     let ids: Vec<&str> = inv
         .reachable(&alice())

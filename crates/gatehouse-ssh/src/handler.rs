@@ -314,7 +314,9 @@ impl russh::server::Handler for Handler {
     ) -> Result<(), Self::Error> {
         self.conn.touch();
         let target = printable(host_to_connect);
-        let deny = |code: &str, reason: String| {
+        // `reason` is audited and logged; the user is shown `shown` (the same, except where
+        // the truth would name hosts outside the user's groups: `Refusal::for_user`).
+        let deny_showing = |code: &str, reason: String, shown: String| {
             tracing::info!(session = %self.conn.id, user = self.conn.user(), %target, port = port_to_connect, %reason, "tunnel refused");
             self.shared.audit.record(Event::TunnelDeny {
                 session: &self.conn.id,
@@ -324,8 +326,9 @@ impl russh::server::Handler for Handler {
                 reason_code: code,
                 reason: &reason,
             });
-            prohibited(reason)
+            prohibited(shown)
         };
+        let deny = |code: &str, reason: String| deny_showing(code, reason.clone(), reason);
         let principal = match self.principal() {
             Ok(principal) => principal,
             Err(code) => {
@@ -347,7 +350,11 @@ impl russh::server::Handler for Handler {
         {
             Err(refusal) => {
                 reply
-                    .reject(deny(refusal.code(), refusal.to_string()))
+                    .reject(deny_showing(
+                        refusal.code(),
+                        refusal.to_string(),
+                        refusal.for_user(),
+                    ))
                     .await;
             }
             Ok(grant) => {
