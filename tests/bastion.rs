@@ -1216,6 +1216,38 @@ fn health_checks_answer_on_their_own_port_and_earn_no_penalties() {
     });
     assert!(health(&rig.topology, health_at).ends_with("serving\n"));
 
+    // Silent connections from one source (here the bastion namespace's own address, not the
+    // prober's) hold at most its share of the probe slots: a probe is answered while they
+    // are all still open, instead of after their read deadline (2 s).
+    let silent: Vec<_> = (0..300)
+        .filter_map(|_| {
+            rig.topology
+                .bastion
+                .connect(health_at, Duration::from_secs(5))
+                .ok()
+        })
+        .collect();
+    assert!(silent.len() >= 250, "{} silent connections", silent.len());
+    let probe = std::time::Instant::now();
+    let answer = health(&rig.topology, health_at);
+    let took = probe.elapsed();
+    assert!(answer.ends_with("serving\n"), "{answer:?}");
+    // The first four (the source's share) are still held open by the endpoint, waiting for a
+    // request: the probe did not wait for them to time out.
+    for (i, stream) in silent.iter().take(4).enumerate() {
+        stream.set_nonblocking(true).expect("nonblocking");
+        let mut byte = [0u8; 1];
+        match (&*stream).read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!(
+                "silent connection {i} was answered or closed before the probe ({other:?}, \
+                 the probe took {took:?})"
+            ),
+        }
+    }
+    eprintln!("health probe answered in {took:?} behind 300 silent connections");
+    drop(silent);
+
     // Shutdown: new connections are sent elsewhere at once, the open tunnel drains.
     rig.gatehouse.signal(Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(2);

@@ -50,8 +50,12 @@ pub fn check_group_name(name: &str) -> Result<(), String> {
     validate::check_group_name(name)
 }
 
+/// OS users a key is never pushed for, whatever a login tag says ([`check_os_user`] refuses
+/// them; gatehouse-vpc's role policy denies the push for them too).
+pub const NEVER_PUSHED_OS_USERS: &[&str] = &["root"];
+
 /// Checks an OS user name that a key may be pushed for (`aws.instance_connect`): the POSIX
-/// portable subset, at most 32 characters, never `root`.
+/// portable subset, at most 32 characters, never one of [`NEVER_PUSHED_OS_USERS`].
 ///
 /// # Errors
 /// Why the name is not accepted.

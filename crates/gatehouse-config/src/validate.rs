@@ -1328,10 +1328,10 @@ pub(crate) fn check_os_user(name: &str) -> Result<(), String> {
             "`{}` is not an OS user name (a-z or `_`, then a-z, 0-9, `_` and `-`)",
             name.escape_debug()
         )),
-        Some(_) if name == "root" => Err(
-            "keys are never pushed for root: log in as the image's user (ubuntu, ec2-user) and              use sudo, so that the host's logs keep who it was"
-                .to_owned(),
-        ),
+        Some(_) if crate::NEVER_PUSHED_OS_USERS.contains(&name) => Err(format!(
+            "keys are never pushed for {name}: log in as the image's user (ubuntu, ec2-user) \
+             and use sudo, so that the host's logs keep who it was"
+        )),
         Some(_) => Ok(()),
     }
 }

@@ -3,15 +3,26 @@
 //! connects and closes is an unauthenticated connection that earns its source (the balancer,
 //! which every client comes through) penalties.
 //!
-//! Any request answers `200 serving` while this bastion can take a new login, `503 draining`
-//! once shutdown has begun (so the balancer stops sending new connections while open ones
-//! drain), and `503 directory stale` while its directory is older than `max_staleness`. A
-//! probe that only connects (a TCP check) gets the same answer and may close at once. Each
+//! Any request answers `200 serving` while this bastion serves, and `503 draining` once
+//! shutdown has begun (so the balancer stops sending new connections while open ones drain).
+//! A directory older than `max_staleness` (AWS unreachable) answers `200 directory stale: new
+//! logins are refused`: stale is not dead. The balancer's check decides routing and, through
+//! an Auto Scaling group's ELB health checks, replacement; an AWS outage reaches every replica
+//! at once, and a 503 for it would get every replica replaced and every open session cut
+//! while the replacements could not serve either. An outage stops new logins with the reason
+//! (the SSH layer refuses them as `directory_stale`) and nothing else.
+//!
+//! A probe that only connects (a TCP check) gets the same answer and may close at once. Each
 //! connection is read for at most [`READ_WAIT`] and [`MAX_REQUEST`] bytes, answered, and
-//! closed; at most [`MAX_PROBES`] are handled at once (more wait in the listen backlog).
-//! A hand-written responder: the answer is one status line, which hyper would add nothing to.
+//! closed; at most [`MAX_PROBES`] are handled at once (more wait in the listen backlog), and
+//! at most [`MAX_PROBES_PER_SOURCE`] from one address: a connection past that is closed at
+//! once, so silent connections from one source cannot hold the slots a balancer's probe
+//! needs. A hand-written responder: the answer is one status line, which hyper would add
+//! nothing to.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,19 +37,72 @@ const READ_WAIT: Duration = Duration::from_secs(2);
 const MAX_REQUEST: usize = 1024;
 /// Probes handled at once.
 const MAX_PROBES: usize = 32;
+/// Probes handled at once from one address.
+pub(crate) const MAX_PROBES_PER_SOURCE: usize = 4;
+
+/// The probes being handled, by source address (at most [`MAX_PROBES`] entries).
+#[derive(Default)]
+struct InFlight(Mutex<HashMap<IpAddr, usize>>);
+
+impl InFlight {
+    /// Counts one more probe from `source`, unless it has [`MAX_PROBES_PER_SOURCE`] already.
+    fn enter(self: &Arc<Self>, source: IpAddr) -> Option<Probe> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(source).or_default();
+        if *count >= MAX_PROBES_PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(Probe {
+            in_flight: self.clone(),
+            source,
+        })
+    }
+}
+
+/// One counted probe; uncounted when dropped.
+struct Probe {
+    in_flight: Arc<InFlight>,
+    source: IpAddr,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let mut counts = self
+            .in_flight
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
 
 /// Answers health probes on `listener` until the process ends (also while draining).
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let slots = Arc::new(Semaphore::new(MAX_PROBES));
+    let in_flight = Arc::new(InFlight::default());
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
+                // Past its share, a source's connection is closed at once (dropped here).
+                let Some(probe) = in_flight.enter(peer.ip()) else {
+                    continue;
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     answer(&shared, stream).await;
+                    drop(probe);
                     drop(permit);
                 });
             }
@@ -59,7 +123,7 @@ pub(crate) fn state(shared: &Shared) -> (&'static str, &'static str) {
         .borrow()
         .is_stale(std::time::Instant::now())
     {
-        ("503 Service Unavailable", "directory stale\n")
+        ("200 OK", "directory stale: new logins are refused\n")
     } else {
         ("200 OK", "serving\n")
     }

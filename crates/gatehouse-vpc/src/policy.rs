@@ -86,12 +86,16 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>, account: &str) -> Value
         .as_ref()
         .and_then(|a| a.audit_log_group.clone())
         .unwrap_or_else(|| audit_log_group(&spec.stack));
-    // Pushes go only to instances that carry both tags the daemon reads for them.
+    // Pushes go only to instances that carry both tags the daemon reads for them, and never
+    // for an OS user the daemon never pushes for (root), whatever a tag says.
     let tagged = settings.as_ref().map_or(Value::Null, |a| {
-        json!({"Null": {
-            format!("aws:ResourceTag/{}", a.groups_tag()): "false",
-            format!("aws:ResourceTag/{}", a.login_tag()): "false",
-        }})
+        json!({
+            "Null": {
+                format!("aws:ResourceTag/{}", a.groups_tag()): "false",
+                format!("aws:ResourceTag/{}", a.login_tag()): "false",
+            },
+            "StringNotEquals": {"ec2:osuser": gatehouse_config::NEVER_PUSHED_OS_USERS},
+        })
     });
     let mut statements = Vec::new();
     for (sid, resource, arn, condition) in [
@@ -345,10 +349,13 @@ mod tests {
                 "Effect": "Allow",
                 "Action": ["ec2-instance-connect:SendSSHPublicKey"],
                 "Resource": "arn:aws:ec2:eu-central-1:*:instance/*",
-                "Condition": {"Null": {
-                    "aws:ResourceTag/gatehouse:groups": "false",
-                    "aws:ResourceTag/gatehouse:login": "false",
-                }},
+                "Condition": {
+                    "Null": {
+                        "aws:ResourceTag/gatehouse:groups": "false",
+                        "aws:ResourceTag/gatehouse:login": "false",
+                    },
+                    "StringNotEquals": {"ec2:osuser": ["root"]},
+                },
             })
         );
         // Off by default: not granted.
