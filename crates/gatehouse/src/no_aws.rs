@@ -18,7 +18,7 @@ const NO_AWS: &str =
 
 /// Never made: without AWS support there is no AWS side.
 pub struct Started {
-    pub host_key: Option<PrivateKey>,
+    pub host_key: PrivateKey,
     never: Infallible,
 }
 
@@ -26,7 +26,7 @@ impl Started {
     /// Always an error: see [`NO_AWS`].
     pub async fn new(
         _settings: &AwsConfig,
-        _host_key_copy: &std::path::Path,
+        _host_key_file: &std::path::Path,
         _audit_file: Option<&std::path::Path>,
     ) -> anyhow::Result<Started> {
         anyhow::bail!(NO_AWS)
