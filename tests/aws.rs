@@ -941,6 +941,75 @@ fn aws_an_event_spelling_a_user_in_another_case_changes_that_user_and_makes_no_o
     rig.gatehouse.assert_no_panic();
 }
 
+/// A sender other than the rule (any account principal allowed `sqs:SendMessage`, which the
+/// queue policy gatehouse-vpc writes now denies) keeps a standing pool of messages on the
+/// queue. moto returns the oldest ten to every receive, so a real revocation behind them would
+/// never be shown before it expired; the daemon reads a full batch as a backlog it cannot
+/// drain, and sweeps IAM, so the revocation still lands within a sweep.
+#[test]
+fn aws_a_standing_pool_of_queue_messages_cannot_hide_a_revocation() {
+    let rig = rig_with(
+        "1m",
+        None,
+        Some(Events {
+            sweep: "10m",
+            deny_receive: false,
+        }),
+    );
+    let applied = || {
+        rig.gatehouse
+            .stderr()
+            .matches("IAM change events applied")
+            .count()
+    };
+    let queue_url = format!("http://127.0.0.1/123456789012/{EVENT_QUEUE}");
+    let forged: Vec<Value> = (0..15)
+        .map(|i| {
+            let body = json!({"detail": {"eventSource": "iam.amazonaws.com",
+                "eventName": "TagUser", "requestParameters": {"userName": format!("nobody{i}")}}});
+            json!({"op": "call", "service": "sqs", "method": "send_message",
+                   "args": {"QueueUrl": queue_url, "MessageBody": body.to_string()}})
+        })
+        .collect();
+    let before = applied();
+    rig.fixture(Value::Array(forged));
+    // The pool is read (its messages name nobody: nothing changes); from now on every
+    // receive shows the same ten.
+    wait_until(SLACK * 2, "the pool is read", || applied() > before);
+    assert_reaches_sshd(&rig.alice(), &format!("jupyter:{SSH_PORT}"));
+
+    // The revocation, and its real event behind the pool.
+    let key = &rig.world.alice_key_id;
+    rig.fixture(json!([
+        {"op": "deactivate_key", "user": "alice", "key_id": key},
+        iam_event("UpdateSSHPublicKey",
+                  json!({"userName": "alice", "sSHPublicKeyId": key, "status": "Inactive"})),
+    ]));
+    let deadline = Instant::now() + SLACK * 3;
+    loop {
+        let out = dash_w(&rig.alice(), &format!("jupyter:{SSH_PORT}"));
+        if out.stderr_str().contains("Permission denied (publickey)") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice's key still works {:?} after its revocation, behind a pool of queue \
+             messages: {out}\n{}",
+            SLACK * 3,
+            rig.gatehouse.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        rig.gatehouse
+            .stderr()
+            .contains("the IAM event queue holds more messages than one receive shows"),
+        "{}",
+        rig.gatehouse.logs()
+    );
+    rig.gatehouse.assert_no_panic();
+}
+
 #[test]
 fn aws_an_unreadable_event_queue_falls_back_to_sweeping_every_refresh() {
     // The role lacks sqs:ReceiveMessage: no event arrives, so IAM is swept every
@@ -1171,6 +1240,62 @@ fn shipped_audit(rig: &Rig, stream: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// An audit file written over days (a day-long CloudWatch outage, a lost position, or shipping
+/// turned on over an old file): CloudWatch rejects a batch spanning more than 24 hours whole
+/// (moto made to, as AWS does, in `py/moto_fixes.py`), so every batch spans less; a line
+/// older than CloudWatch takes (14 days) is never sent, and the log says so.
+#[test]
+fn aws_audit_lines_written_over_days_are_shipped_in_batches_cloudwatch_takes() {
+    let rig = rig("1m");
+    rig.fixture(
+        json!([{"op": "call", "service": "logs", "method": "create_log_group",
+                        "args": {"logGroupName": "/gatehouse/test/audit"}}]),
+    );
+    let (config, _) = rig.replica(
+        "spanning",
+        2205,
+        "audit_log_group = \"/gatehouse/test/audit\"\naudit_log_stream = \"replica-2\"\n",
+    );
+    let now = SystemTime::now();
+    let line = |days_ago: f64, n: &str| {
+        let at = now - Duration::from_secs_f64(days_ago * 86_400.0);
+        json!({"ts": humantime::format_rfc3339_millis(at).to_string(), "event": "test.line",
+               "n": n})
+        .to_string()
+    };
+    let lines = [
+        line(20.0, "too-old"),
+        line(3.0, "a"),
+        line(2.5, "b"),
+        line(1.5, "c"),
+        line(0.5, "d"),
+    ];
+    std::fs::write(
+        rig.scratch.join("spanning.audit.jsonl"),
+        lines.join("\n") + "\n",
+    )
+    .expect("the audit file");
+    let daemon = start_gatehouse(&rig.topology, &rig.scratch, &config, "spanning");
+    let mut shipped = Vec::new();
+    wait_until(SLACK * 3, "every shippable line in the stream", || {
+        shipped = shipped_audit(&rig, "replica-2");
+        lines[1..].iter().all(|l| shipped.contains(l))
+    });
+    assert!(!shipped.contains(&lines[0]), "{shipped:?}");
+    let log = daemon.stderr();
+    assert!(
+        log.contains("audit lines not shipped") && log.contains("too_old=1"),
+        "{}",
+        daemon.logs()
+    );
+    assert!(
+        !log.contains("cannot ship audit lines"),
+        "{}",
+        daemon.logs()
+    );
+    daemon.assert_no_panic();
 }
 
 #[test]

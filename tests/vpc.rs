@@ -1949,7 +1949,14 @@ fn iam_events_from_empty_carry_the_daemons_events_to_the_queue_the_bastion_reads
         assert_eq!(attr("QueueArn"), QUEUE_ARN);
         let policy: serde_json::Value = serde_json::from_str(&attr("Policy")).expect("policy");
         let statements = policy["Statement"].as_array().expect("statements");
-        assert_eq!(statements.len(), 1, "{policy:#}");
+        assert_eq!(statements.len(), 2, "{policy:#}");
+        // Every other sender is denied (the account's own principals included).
+        assert_eq!(statements[1]["Effect"], "Deny", "{policy:#}");
+        assert_eq!(statements[1]["Principal"], "*", "{policy:#}");
+        assert_eq!(
+            statements[1]["Condition"]["ArnNotEquals"]["aws:SourceArn"],
+            format!("arn:aws:events:us-east-1:{ACCOUNT}:rule/{RULE}")
+        );
         assert_eq!(
             statements[0]["Principal"],
             serde_json::json!({"Service": "events.amazonaws.com"})

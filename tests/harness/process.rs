@@ -290,6 +290,10 @@ pub struct Daemon {
     status: Option<ExitStatus>,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
+    /// The program is the gatehouse daemon: an exit nobody asked for fails the test.
+    guarded: bool,
+    /// The test stopped it (a signal, a kill) or looked at its exit: that exit was asked for.
+    exit_expected: std::cell::Cell<bool>,
 }
 
 impl Daemon {
@@ -302,6 +306,10 @@ impl Daemon {
             File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
         };
         let line = command_line(&cmd);
+        // The gatehouse binary (run directly or through `ip netns exec`).
+        let guarded = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .any(|arg| Path::new(arg).file_name() == Some(std::ffi::OsStr::new("gatehouse")));
         let child = cmd
             .stdin(Stdio::null())
             .stdout(create(&stdout_path))
@@ -315,6 +323,8 @@ impl Daemon {
             status: None,
             stdout_path,
             stderr_path,
+            guarded,
+            exit_expected: std::cell::Cell::new(false),
         }
     }
 
@@ -328,8 +338,14 @@ impl Daemon {
         self.child.id()
     }
 
-    /// The exit status if it has exited, without blocking.
+    /// The exit status if it has exited, without blocking. A test that looks at the exit
+    /// asked for it: the harness rule against unasked exits no longer applies.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.exit_expected.set(true);
+        self.poll_exit()
+    }
+
+    fn poll_exit(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             self.status = self
                 .child
@@ -412,6 +428,7 @@ impl Daemon {
 
     /// Sends `sig` to the process (not its group).
     pub fn signal(&self, sig: Signal) {
+        self.exit_expected.set(true);
         signal::kill(Pid::from_raw(self.pid() as i32), sig)
             .unwrap_or_else(|e| panic!("send {sig} to {}: {e}", self.name));
     }
@@ -453,6 +470,7 @@ impl Daemon {
 
     /// SIGKILLs the whole process group (unless the child was already reaped) and reaps it.
     pub fn kill(&mut self) {
+        self.exit_expected.set(true);
         // An unreaped leader (even a zombie) pins its pid, so the group id is still ours.
         if self.status.is_none() {
             kill_group(self.pid(), Signal::SIGKILL);
@@ -509,12 +527,28 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // The harness rule for gatehouse: it never exits unless the test stopped it or looked
+        // for its exit. An abort, a stack overflow, an OOM kill or an exit(1) prints no panic,
+        // and a test that only looked at its clients (refused, as a dead bastion refuses
+        // everyone) would pass over it.
+        let died = if self.guarded && !self.exit_expected.get() {
+            self.poll_exit()
+        } else {
+            None
+        };
         // Leftovers of a daemon that was already reaped die with the namespace teardown.
         self.kill();
         // The harness rule: every test fails if a daemon it ran panicked, even one that kept
         // serving. Not while the test is already failing (a second panic would abort).
         if !thread::panicking() {
             self.assert_no_panic();
+            if let Some(status) = died {
+                panic!(
+                    "{} exited by itself ({status}) while the test ran: nobody asked it to\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
         }
     }
 }
@@ -523,4 +557,51 @@ fn read_lossy(path: &Path) -> String {
     fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program named `gatehouse` (a shell behind that name) that dies as the test goes on.
+    fn dying(scratch: &Scratch, name: &str, script: &str) -> Daemon {
+        let program = scratch.join("gatehouse");
+        if !program.exists() {
+            std::os::unix::fs::symlink("/bin/sh", &program).expect("symlink");
+        }
+        let mut cmd = Command::new(&program);
+        cmd.args(["-c", script]);
+        let mut daemon = Daemon::spawn(name, cmd, scratch);
+        // Its end, seen without looking (as a test that only watched its clients).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while daemon.child.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "{name} did not end");
+            thread::sleep(POLL);
+        }
+        daemon
+    }
+
+    /// The harness rule sees a daemon that died without a panic message: an abort, a kill
+    /// (as the OOM killer's), an exit nobody asked for; a stop the test asked for is none.
+    #[test]
+    fn a_gatehouse_that_exits_unasked_fails_the_test_without_a_panic_message() {
+        let scratch = Scratch::new();
+        for (name, script) in [
+            ("aborted", "kill -ABRT $$"),
+            ("killed", "kill -KILL $$"),
+            ("exited", "exit 1"),
+        ] {
+            let daemon = dying(&scratch, name, script);
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(daemon)));
+            let message = caught
+                .err()
+                .and_then(|e| e.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| panic!("{name}: the harness did not fail the test"));
+            assert!(message.contains("exited by itself"), "{name}: {message}");
+        }
+        // Looked at, or stopped by the test: no failure.
+        let mut looked = dying(&scratch, "looked", "exit 3");
+        assert_eq!(looked.try_wait().and_then(|s| s.code()), Some(3));
+        drop(looked);
+    }
 }

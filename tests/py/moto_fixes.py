@@ -20,6 +20,9 @@ moto evaluates a bucket policy on every object request, but:
   where CreateLaunchTemplate stores moto's base64 type, so an Auto Scaling group launching from
   a second version failed on moto's own type assertion (HTTP 500).
 
+- CloudWatch Logs rejects a PutLogEvents batch whose events span more than 24 hours, whole
+  (InvalidParameterException); moto takes it.
+
 - IAM user names are case-insensitive in AWS (GetUser for `ALICE` answers user `alice`, with
   her own spelling); moto looks them up case-sensitively.
 
@@ -111,8 +114,27 @@ def _iam_user_names():
     IAMBackend.get_user = _get_user
 
 
+def _log_batch_span():
+    """PutLogEvents refuses a batch spanning more than 24 hours, as CloudWatch Logs does."""
+    from moto.logs.exceptions import InvalidParameterException
+    from moto.logs.models import LogsBackend
+
+    put_log_events = LogsBackend.put_log_events
+
+    def _put_log_events(self, log_group_name, log_stream_name, log_events):
+        times = [e["timestamp"] for e in log_events]
+        if times and max(times) - min(times) > 24 * 3600 * 1000:
+            raise InvalidParameterException(
+                "The batch of log events in a single PutLogEvents request cannot span more "
+                "than 24 hours.")
+        return put_log_events(self, log_group_name, log_stream_name, log_events)
+
+    LogsBackend.put_log_events = _put_log_events
+
+
 def apply():
     _s3_actions()
+    _log_batch_span()
     _iam_user_names()
     _launch_template_versions()
     policy_conditions.CONDITION_OPERATIONS.setdefault("Bool", _bool)

@@ -153,6 +153,7 @@ pub async fn read_queue(
     let mut since = started;
     let mut last_ok = since;
     let mut failures: u32 = 0;
+    let mut backlog = false;
     loop {
         let at = Instant::now();
         calls.count(actions::RECEIVE_MESSAGE);
@@ -203,9 +204,22 @@ pub async fn read_queue(
             seen.insert(id, Instant::now());
             changes.push(change_of(message.body.as_deref().unwrap_or_default()));
         }
-        // A full batch of new messages: more may be waiting that no receive has shown yet.
-        if total == BATCH as usize && changes.len() == total {
+        // A full batch, new messages or not: more may be waiting that no receive has shown
+        // yet. With visibility 0 a receive may show the same messages again and again (a
+        // burst, or a standing pool of messages from a sender other than the rule), and a
+        // real event behind them could expire unseen: only a sweep knows then.
+        if total == BATCH as usize {
+            if !backlog {
+                tracing::warn!(queue = %url,
+                    "the IAM event queue holds more messages than one receive shows (a burst \
+                     of IAM changes, or messages from a sender other than the rule); sweeping \
+                     IAM until it drains");
+            }
+            backlog = true;
             changes.push(Change::Everyone);
+        } else if backlog {
+            tracing::info!(queue = %url, "the IAM event queue has drained");
+            backlog = false;
         }
         let report = Report::Received(Received { at, since, changes });
         if out.send(report).await.is_err() {

@@ -221,19 +221,32 @@ pub fn bucket_policy(region: &str, bucket: &str) -> Value {
     })
 }
 
-/// The event queue's policy: only EventBridge may send to it, and only for the stack's rule.
-/// (The account's own principals need no queue policy: the role's policy grants the receive.)
+/// The event queue's policy: only EventBridge may send to it, and only for the stack's rule;
+/// every other sender is denied, the account's own principals with an `sqs:SendMessage`
+/// grant included (a forged event cannot grant, but a standing pool of them could hide a real
+/// revocation until it expires; the daemon sweeps when it sees a backlog, and this keeps the
+/// pool from forming). The role's own policy grants the receive.
 pub fn event_queue_policy(queue_arn: &str, rule_arn: &str) -> Value {
     json!({
         "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "OnlyTheStacksRule",
-            "Effect": "Allow",
-            "Principal": {"Service": "events.amazonaws.com"},
-            "Action": "sqs:SendMessage",
-            "Resource": queue_arn,
-            "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}},
-        }]
+        "Statement": [
+            {
+                "Sid": "OnlyTheStacksRule",
+                "Effect": "Allow",
+                "Principal": {"Service": "events.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}},
+            },
+            {
+                "Sid": "NoOtherSender",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnNotEquals": {"aws:SourceArn": rule_arn}},
+            },
+        ]
     })
 }
 

@@ -1792,6 +1792,7 @@ fn iam_events_converge_to_a_tagged_queue_and_rule_the_bastion_reads() {
     assert_eq!(attr("ReceiveMessageWaitTimeSeconds"), "20");
     assert_eq!(attr("SqsManagedSseEnabled"), "true");
     let policy: serde_json::Value = serde_json::from_str(&attr("Policy")).expect("policy");
+    let rule = "arn:aws:events:us-east-1:123456789012:rule/gatehouse-lab-iam-changes";
     assert_eq!(
         policy["Statement"],
         serde_json::json!([{
@@ -1800,9 +1801,14 @@ fn iam_events_converge_to_a_tagged_queue_and_rule_the_bastion_reads() {
             "Principal": {"Service": "events.amazonaws.com"},
             "Action": "sqs:SendMessage",
             "Resource": "arn:aws:sqs:us-east-1:123456789012:gatehouse-lab-iam-events",
-            "Condition": {"ArnEquals": {
-                "aws:SourceArn": "arn:aws:events:us-east-1:123456789012:rule/gatehouse-lab-iam-changes"
-            }},
+            "Condition": {"ArnEquals": {"aws:SourceArn": rule}},
+        }, {
+            "Sid": "NoOtherSender",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "sqs:SendMessage",
+            "Resource": "arn:aws:sqs:us-east-1:123456789012:gatehouse-lab-iam-events",
+            "Condition": {"ArnNotEquals": {"aws:SourceArn": rule}},
         }])
     );
     assert_eq!(q.tags.get(TAG_STACK).map(String::as_str), Some("lab"));
