@@ -357,7 +357,13 @@ fn jump_with_dash_j_and_with_proxyjump_config() {
     };
     assert_eq!(closes.len(), 4, "{closes:?}");
     for close in &closes[..3] {
-        assert_eq!(close["reason"], "client disconnected", "{close}");
+        // `-J` sends DISCONNECT; when it closes with our channel close unread, its reset can
+        // overtake the DISCONNECT (seen once in a full run): a logout either way.
+        assert!(
+            close["reason"] == "client disconnected"
+                || close["reason"] == "client closed the connection",
+            "{close}"
+        );
     }
     assert_eq!(
         closes[3]["reason"], "client closed the connection",

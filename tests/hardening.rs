@@ -39,6 +39,28 @@ fn options(extra: &str) -> ServerOptions {
     }
 }
 
+/// The Prometheus text the daemon serves on the bastion namespace's `127.0.0.1:port`.
+fn scrape_metrics(rig: &Rig, port: u16) -> String {
+    let mut curl = rig.topology.bastion.command(venv_python());
+    curl.args([
+        "-c",
+        &format!(
+            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=5).read().decode())"
+        ),
+    ]);
+    let out = run_with_timeout(curl, CMD_TIMEOUT);
+    out.expect_success("scrape /metrics");
+    out.stdout_str()
+}
+
+/// One metric's value in `text` (the first line starting with `prefix`).
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -345,27 +367,13 @@ fn metrics_count_sessions_refusals_and_bytes() {
     let (out, _) =
         crate::harness::run_feeding(ssh, crate::harness::Pattern::new(100_000, 1), CMD_TIMEOUT);
     out.expect_success("-W to the sink");
-    let scrape = || {
-        let mut curl = rig.topology.bastion.command(venv_python());
-        curl.args([
-            "-c",
-            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9100/metrics', timeout=5).read().decode())",
-        ]);
-        let out = run_with_timeout(curl, CMD_TIMEOUT);
-        out.expect_success("scrape /metrics");
-        out.stdout_str()
-    };
     let mut text = String::new();
     wait_until(Duration::from_secs(10), "metrics", || {
-        text = scrape();
+        text = scrape_metrics(&rig, 9100);
         text.contains("gatehouse_tunnel_bytes_total")
     });
     let value = |prefix: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+        metric(&text, prefix).unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
     };
     assert!(value("gatehouse_auth_total{result=\"success\"") >= 2.0);
     assert_eq!(
@@ -566,6 +574,58 @@ fn socket_activation_and_readiness_notification() {
         activated.logs()
     );
     activated.terminate(Duration::from_secs(10));
+}
+
+/// Under systemd's watchdog (`WATCHDOG_USEC`), the daemon says `WATCHDOG=1` twice per period
+/// while it runs (each time after every connection worker answered: a wedged worker stops the
+/// pings, the unit test `liveness::a_wedged_worker_is_seen_and_a_free_one_answers`); a daemon
+/// that does not run (stopped here) says nothing, so systemd would kill and restart it.
+#[test]
+fn the_systemd_watchdog_hears_from_a_running_daemon_only() {
+    let rig = rig_with(options("[penalties]\nenabled = false\n"));
+    let notify_path = rig.scratch.join("watchdog.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    let config = std::fs::read_to_string(&rig.config)
+        .expect("config")
+        .replace("audit.jsonl", "audit-wd.jsonl")
+        .replace(
+            &format!("\"{}\"", addr(BASTION_CLIENT_ADDR, SSH_PORT)),
+            &format!("\"{}\"", addr(BASTION_CLIENT_ADDR, 2225)),
+        );
+    let path = rig.scratch.write("wd.toml", config.as_bytes());
+    let mut cmd = rig.topology.bastion.command(gatehouse_bin());
+    cmd.env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .args(["serve", "--config"])
+        .arg(&path);
+    let mut daemon = Daemon::spawn("gatehouse_watchdog", cmd, &rig.scratch);
+    daemon.wait_for_stderr("gatehouse listening", START_TIMEOUT);
+    // Counts WATCHDOG=1 for `window`.
+    let pings = |window: Duration| {
+        let end = Instant::now() + window;
+        let mut n = 0;
+        let mut buf = [0u8; 256];
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            notify
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("timeout");
+            if let Ok(len) = notify.recv(&mut buf) {
+                n += usize::from(String::from_utf8_lossy(&buf[..len]).contains("WATCHDOG=1"));
+            }
+        }
+        n
+    };
+    let running = pings(Duration::from_secs(2));
+    assert!(running >= 3, "{running} pings in 2 s\n{}", daemon.logs());
+    daemon.signal(Signal::SIGSTOP);
+    // What was sent before the stop took effect is read first.
+    let _ = pings(Duration::from_millis(300));
+    let stopped = pings(Duration::from_millis(1500));
+    daemon.signal(Signal::SIGCONT);
+    eprintln!("watchdog pings: {running} in 2 s running, {stopped} in 1.5 s stopped");
+    assert_eq!(stopped, 0, "{}", daemon.logs());
+    assert!(pings(Duration::from_secs(2)) >= 2, "{}", daemon.logs());
+    daemon.terminate(Duration::from_secs(10));
 }
 
 #[test]
@@ -803,7 +863,8 @@ fn buffered_bytes_stay_within_the_bastion_wide_budget() {
     const TUNNELS_PER_SESSION: usize = 4;
     const PUSH: usize = 16 << 20;
     let rig = rig_with(options(&format!(
-        "[penalties]\nenabled = false\n[limits]\nmax_buffered_mib = {BUDGET_MIB}\n"
+        "[penalties]\nenabled = false\n[limits]\nmax_buffered_mib = {BUDGET_MIB}\n\
+         [metrics]\nlisten = \"127.0.0.1:9101\"\n"
     )));
     // A target that never reads: a listener nobody accepts on. The kernel takes the first
     // few MiB of each connection, then the bastion holds what its client sends.
@@ -891,5 +952,20 @@ fn buffered_bytes_stay_within_the_bastion_wide_budget() {
         growth <= (BUDGET_MIB << 10) + allowance_kib,
         "RSS grew by {growth} KiB, more than the {BUDGET_MIB} MiB budget plus {allowance_kib} KiB"
     );
+    // The budget is what held the tunnels back: the bytes buffered (the daemon's gauge,
+    // updated every 5 s) reach it and never pass it. Without the budget, 32 tunnels' backlogs
+    // of up to a window each would hold far more; with a budget that never fills, the bound
+    // above would say nothing about it.
+    let budget = (BUDGET_MIB << 20) as f64;
+    let mut buffered = 0.0;
+    wait_until(Duration::from_secs(15), "the buffer budget engaged", || {
+        buffered = metric(&scrape_metrics(&rig, 9101), "gatehouse_buffered_bytes").unwrap_or(0.0);
+        assert!(
+            buffered <= budget,
+            "{buffered} bytes buffered, over the {budget} budget"
+        );
+        buffered >= budget - f64::from(1u32 << 20)
+    });
+    eprintln!("buffered {buffered} bytes of a {budget} budget while the tunnels were held back");
     drop(forwards);
 }

@@ -722,9 +722,15 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
                 {"op": "set_user_policy", "name": "bastion-role",
                  "policy": without(&role_policy, action.name())},
             ]));
+            // Written a minute ago: CloudWatch takes it (a line older than 14 days would be
+            // passed over, never sent).
+            let written = std::time::SystemTime::now() - Duration::from_secs(60);
             std::fs::write(
                 &audit_file,
-                "{\"ts\":\"2020-01-01T00:00:00Z\",\"event\":\"config.reload\"}\n",
+                format!(
+                    "{{\"ts\":\"{}\",\"event\":\"config.reload\"}}\n",
+                    humantime::format_rfc3339_millis(written)
+                ),
             )
             .expect("an unshipped audit line");
             let mut daemon = start_daemon(&topology, &scratch, &bastion, &config);

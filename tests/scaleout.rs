@@ -10,11 +10,15 @@
 //! - one host key, whichever replica answers, and the real client address (from the PROXY
 //!   header, not the balancer's) in every replica's audit log;
 //! - health checks that never earn the balancer a penalty;
-//! - no failed login once the balancer has noticed a replica that died (kill -9);
+//! - no failed login once the balancer has noticed a replica that stopped answering (its
+//!   packets dropped, as a dead instance's are: SIGSTOP, not a kill that resets connections);
 //! - a rolling replacement, one replica at a time, without a failed login, an open tunnel
 //!   on a replaced replica draining until `shutdown_grace` and then closed, not cut.
 //!
-//! Each test prints what it measured (`--no-capture` shows it).
+//! HAProxy is configured as an NLB behaves: no retry and no redispatch of a connection that
+//! failed, so what the balancer cannot hide is seen; the tests report the logins that fail
+//! before a balancer can notice, and assert what the daemon controls (its health answer, its
+//! drain, `drain_delay`). Each test prints what it measured (`--no-capture` shows it).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -54,6 +58,8 @@ const RISE: u32 = 2;
 /// What we allow on top of `CHECK_INTERVAL x FALL` for a replica to be marked down: the check
 /// in progress, HAProxy's scheduling, our 10 ms polling of its runtime API, a busy 2-core box.
 const DETECTION_SLACK: Duration = Duration::from_millis(500);
+/// A health check that gets no answer fails after this long.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -279,11 +285,12 @@ impl Fleet {
                 check_interval: CHECK_INTERVAL,
                 fall: FALL,
                 rise: RISE,
-                retries: 3,
-                redispatch: true,
+                // As an NLB: a connection that fails is not tried again elsewhere.
+                retries: 0,
+                redispatch: false,
                 timeout_connect: Duration::from_secs(1),
                 timeout_idle: Duration::from_secs(60),
-                timeout_check: Duration::from_secs(1),
+                timeout_check: CHECK_TIMEOUT,
             },
         );
         for slot in 1..=serving {
@@ -685,15 +692,16 @@ fn three_replicas_behind_haproxy_present_one_host_key_and_see_the_real_client() 
     );
 }
 
-/// A replica killed with SIGKILL while a login is in flight on it: that login is lost (its
-/// TCP connection is gone, no balancer can move it), but the balancer retries a connection
-/// the dead replica refuses on another replica, and once its health checks mark the replica
-/// down (within `CHECK_INTERVAL x FALL` and slack) no login fails.
+/// A replica that stops answering while logins go on: its packets are dropped, as a dead
+/// instance's are (SIGSTOP: connections to it hang, nothing resets them), and the balancer,
+/// like an NLB, neither retries nor redispatches. The logins it takes before its health checks
+/// time out (`FALL x (CHECK_INTERVAL + CHECK_TIMEOUT)`) fail, and are reported as they are;
+/// once it is marked down, no login fails, and the others take them all.
 #[test]
-fn a_killed_replica_costs_no_login_after_the_balancer_notices() {
+fn a_replica_that_stops_answering_costs_no_login_after_the_balancer_notices() {
     let mut fleet = Fleet::start(3, 0, Duration::from_secs(5), Duration::ZERO);
     let victim: u8 = 2;
-    let bound = CHECK_INTERVAL * FALL + DETECTION_SLACK;
+    let bound = (CHECK_INTERVAL + CHECK_TIMEOUT) * FALL + DETECTION_SLACK;
     let survivors = [1u8, 3];
     let Fleet {
         haproxy,
@@ -701,93 +709,60 @@ fn a_killed_replica_costs_no_login_after_the_balancer_notices() {
         alice,
         ..
     } = &mut fleet;
-    let ((killed_at, on_victim, detected, served_before), logins) =
-        with_login_loop(alice, |logins| {
-            logins.wait_for(9, Instant::now(), Duration::from_secs(20));
-            let served_before: Vec<usize> = survivors
-                .iter()
-                .map(|&slot| replicas[usize::from(slot - 1)].events("auth.success").len())
-                .collect();
-            // Kill it while HAProxy has a login on it.
-            haproxy.wait_server(
-                &replica_name(victim),
-                "holding a login",
-                Duration::from_secs(10),
-                |s| s.current >= 1,
-            );
-            let on_victim = haproxy.server(&replica_name(victim)).current;
-            let killed_at = Instant::now();
-            let replica = &mut replicas[usize::from(victim - 1)];
-            replica.daemon.signal(Signal::SIGKILL);
-            let detected = haproxy.wait_server(
-                &replica_name(victim),
-                "marked down",
-                Duration::from_secs(10),
-                ServerStat::is_down,
-            );
-            replica
-                .daemon
-                .wait_exit(Duration::from_secs(5))
-                .expect("the killed replica is gone");
-            // Logins after the bound: at least 20, over at least 3 s.
-            let after = killed_at + bound;
-            logins.wait_for(20, after, Duration::from_secs(30));
-            thread::sleep(
-                (after + Duration::from_secs(3)).saturating_duration_since(Instant::now()),
-            );
-            (killed_at, on_victim, detected, served_before)
-        });
-    let stat = fleet.haproxy.server(&replica_name(victim));
+    let ((stopped_at, detected, served_before), logins) = with_login_loop(alice, |logins| {
+        logins.wait_for(9, Instant::now(), Duration::from_secs(20));
+        let served_before: Vec<usize> = survivors
+            .iter()
+            .map(|&slot| replicas[usize::from(slot - 1)].events("auth.success").len())
+            .collect();
+        let stopped_at = Instant::now();
+        replicas[usize::from(victim - 1)]
+            .daemon
+            .signal(Signal::SIGSTOP);
+        let detected = haproxy.wait_server(
+            &replica_name(victim),
+            "marked down",
+            Duration::from_secs(10),
+            ServerStat::is_down,
+        );
+        // Logins after the bound: at least 20, over at least 3 s.
+        let after = stopped_at + bound;
+        logins.wait_for(20, after, Duration::from_secs(35));
+        thread::sleep((after + Duration::from_secs(3)).saturating_duration_since(Instant::now()));
+        (stopped_at, detected, served_before)
+    });
+    // The stopped replica goes now (SIGKILL ends a stopped process too).
+    fleet.replicas[usize::from(victim - 1)].daemon.kill();
     let failed: Vec<&Login> = logins.iter().filter(|l| !l.ok).collect();
-    let in_flight = logins
-        .iter()
-        .filter(|l| l.started < killed_at && l.started + l.took > killed_at)
-        .count();
-    let before_bound = failed
-        .iter()
-        .filter(|l| l.started < killed_at + bound)
-        .count();
     let after_bound = logins
         .iter()
-        .filter(|l| l.started >= killed_at + bound)
+        .filter(|l| l.started >= stopped_at + bound)
         .count();
     eprintln!(
-        "scaleout: kill -9 of {}: marked down after {detected:.3?} (bound {bound:?}); \
-         logins attempted {}, failed {} ({before_bound} started before the bound; at the \
-         kill {in_flight} in flight, {on_victim} of them on the victim), {after_bound} started \
-         after the bound; \
-         haproxy on the dead replica: {} connect errors, {} retries, {} redispatches; \
-         logins per replica: {}",
+        "scaleout: {} stopped answering: marked down after {detected:.3?} (bound {bound:?}); \
+         logins attempted {}, failed {} (all started before the bound: what an NLB without \
+         retries loses to a dead target before its checks notice), {after_bound} started after \
+         the bound; logins per replica: {}",
         replica_name(victim),
         logins.len(),
         failed.len(),
-        stat.connect_errors,
-        stat.retries,
-        stat.redispatches,
         per_replica(&fleet),
     );
     if !failed.is_empty() {
         eprintln!(
             "scaleout: the failed logins:\n{}",
-            describe_failures(&logins, killed_at)
+            describe_failures(&logins, stopped_at)
         );
     }
     assert!(
         detected <= bound,
-        "HAProxy took {detected:?} to mark the killed replica down (bound {bound:?})\n{}",
+        "HAProxy took {detected:?} to mark the stopped replica down (bound {bound:?})\n{}",
         fleet.haproxy.log()
     );
     assert!(
-        failed.iter().all(|l| l.started < killed_at + bound),
+        failed.iter().all(|l| l.started < stopped_at + bound),
         "logins failed after the balancer noticed:\n{}",
-        describe_failures(&logins, killed_at)
-    );
-    // What failed before the bound can only be the logins in flight on the victim at the
-    // kill: the others were retried elsewhere.
-    assert!(
-        before_bound as u64 <= on_victim && failed.iter().all(|l| l.started < killed_at),
-        "{before_bound} failed logins, {on_victim} in flight on the victim at the kill:\n{}",
-        describe_failures(&logins, killed_at)
+        describe_failures(&logins, stopped_at)
     );
     // The survivors took the logins.
     for (&slot, before) in survivors.iter().zip(served_before) {
@@ -1132,4 +1107,75 @@ fn a_stop_with_a_drain_delay_drops_no_login() {
     );
     let log = fleet.replica(1).daemon.logs();
     assert!(log.contains("health checks answer 503 from now"), "{log}");
+}
+
+/// What the daemon controls in a stop without deregistration: with `drain_delay`, a
+/// connection the balancer still sends straight to the stopping replica during the delay is
+/// served (here one sent to it directly, with the balancer's PROXY header, after SIGTERM),
+/// its health port says 503 meanwhile, and it exits no earlier than the delay.
+#[test]
+fn a_stopping_replica_serves_what_reaches_it_during_its_drain_delay() {
+    let delay = Duration::from_secs(3);
+    let mut fleet = Fleet::start(2, 0, Duration::from_secs(2), delay);
+    // alice, straight to r1's PROXY port: the balancer's header, from the balancer's source.
+    let mut direct = SshClient::new(
+        &fleet.topology.client,
+        &fleet.scratch,
+        addr(BASTION_CLIENT_ADDR, FRONTEND_PORT),
+        "alice",
+        &fleet.scratch.join("keys/alice_key"),
+    );
+    direct.option(
+        "ProxyCommand",
+        &format!(
+            "ip netns exec {} {} {} {} {PROXY_PORT} {CLIENT_ADDR} 40000 {BALANCER_SOURCE}",
+            fleet.topology.bastion.name(),
+            crate::harness::venv_python().display(),
+            crate::harness::jupyter::py_script("proxy_connect.py").display(),
+            replica_ip(1),
+        ),
+    );
+    let hop = || {
+        let mut ssh = direct.ssh();
+        ssh.args(["-W", "jupyter:22", "bastion"]);
+        run_with_timeout(ssh, CMD_TIMEOUT)
+    };
+    let out = hop();
+    assert!(out.stdout_str().starts_with("SSH-2.0-OpenSSH"), "{out}");
+
+    let term_at = Instant::now();
+    fleet.replicas[0].daemon.signal(Signal::SIGTERM);
+    fleet.haproxy.wait_server(
+        &replica_name(1),
+        "marked down by its 503",
+        Duration::from_secs(10),
+        ServerStat::is_down,
+    );
+    let out = hop();
+    let served_at = term_at.elapsed();
+    assert!(
+        served_at < delay,
+        "the direct login ended {served_at:?} after SIGTERM, past the delay {delay:?}: {out}"
+    );
+    assert!(
+        out.stdout_str().starts_with("SSH-2.0-OpenSSH"),
+        "a login sent straight to the stopping replica {served_at:?} into its {delay:?} \
+         delay was not served: {out}\n{}",
+        fleet.replicas[0].daemon.logs()
+    );
+    let replica = &mut fleet.replicas[0];
+    let status = replica
+        .daemon
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("r1 still running\n{}", replica.daemon.logs()));
+    let exited = term_at.elapsed();
+    assert!(status.success(), "{status:?}\n{}", replica.daemon.logs());
+    eprintln!(
+        "scaleout: r1 stopped with drain_delay {delay:?}: a direct login served {served_at:.3?} \
+         after SIGTERM, exit {exited:.3?} after SIGTERM"
+    );
+    assert!(
+        exited >= delay,
+        "r1 exited {exited:?} after SIGTERM, before its drain_delay {delay:?}"
+    );
 }

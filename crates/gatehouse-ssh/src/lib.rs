@@ -14,6 +14,7 @@ mod conn;
 mod handler;
 mod health;
 pub mod hostkey;
+pub mod liveness;
 mod local;
 pub mod proxy;
 pub mod push;

@@ -55,6 +55,9 @@ pub struct Bastion {
     /// for it (`Grant::key_push`). `None`: such tunnels are refused (a static config never
     /// asks; an AWS one does only with `aws.instance_connect`, which sets this).
     pub key_push: Option<Arc<dyn KeyPush>>,
+    /// Tells a supervisor the daemon is alive while every connection worker answers
+    /// (systemd's watchdog, when `WATCHDOG_USEC` is set). `None`: nobody asks.
+    pub watchdog: Option<crate::liveness::Watchdog>,
 }
 
 /// A bound listening socket.
@@ -269,7 +272,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let health = bastion.health.take();
+    let watchdog = bastion.watchdog.take();
     let shared = Arc::new(Shared::new(bastion));
+    // Not tracked with the sessions either: it pings until the process ends.
+    if let Some(watchdog) = watchdog {
+        tokio::spawn(crate::liveness::run(shared.workers.clone(), watchdog));
+    }
     // Not tracked with the sessions: it answers `503 draining` until the process ends.
     if let Some(listener) = health {
         tokio::spawn(crate::health::serve(shared.clone(), listener));
@@ -743,8 +751,15 @@ where
                 return match r {
                     Ok(()) => "client disconnected".into(),
                     // OpenSSH ends a `-W` / ProxyJump session by closing the connection,
-                    // without a disconnect message: an ordinary logout, not an error.
-                    Err(russh::Error::IO(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    // without a disconnect message: an ordinary logout, not an error. A client
+                    // that closes while our last packets (a channel's close) are unread sends
+                    // a reset instead, which can overtake its own DISCONNECT: a logout too.
+                    Err(russh::Error::IO(e))
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                        ) =>
+                    {
                         "client closed the connection".into()
                     }
                     Err(e) => format!("connection error: {e}"),

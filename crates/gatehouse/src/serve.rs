@@ -135,6 +135,7 @@ pub async fn run(
         audit,
         key_push: aws.as_ref().and_then(|aws| aws.key_push()),
         health,
+        watchdog: watchdog(),
     };
     if let Some(aws) = aws {
         aws.spawn_refresh();
@@ -220,6 +221,23 @@ async fn listeners(config: &Config) -> anyhow::Result<Vec<Listener>> {
         out.push(Listener { socket, proxy });
     }
     Ok(out)
+}
+
+/// Under systemd with `WatchdogSec=` (`WATCHDOG_USEC` set for this process): `WATCHDOG=1`
+/// twice per period, while every connection worker answers; systemd restarts a daemon that
+/// stops (a wedged worker, a hung runtime). Without it, none.
+fn watchdog() -> Option<gatehouse_ssh::liveness::Watchdog> {
+    let period = sd_notify::watchdog_enabled()?;
+    tracing::info!(
+        "systemd watchdog: telling it every {} that every connection worker answers",
+        humantime::format_duration(period / 2)
+    );
+    Some(gatehouse_ssh::liveness::Watchdog {
+        every: period / 2,
+        alive: Arc::new(|| {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }),
+    })
 }
 
 /// Keeps the `gatehouse_directory_age_seconds` gauge current.
