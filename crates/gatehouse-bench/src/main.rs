@@ -160,6 +160,39 @@ fn repo_root() -> PathBuf {
     dir.canonicalize().unwrap_or(dir)
 }
 
+/// What the rig needs that a fresh machine lacks: OpenSSH's sshd (the comparison bastion and
+/// the private host) is refused with what to install; the private host's login user is
+/// created as `tests/run` creates it.
+fn prepare_machine() -> anyhow::Result<()> {
+    if !Path::new("/usr/sbin/sshd").is_file() {
+        bail!(
+            "no /usr/sbin/sshd: install openssh-server (`tests/run` installs it with everything \
+             the tests need)"
+        );
+    }
+    let user = harness::TEST_USER;
+    if nix::unistd::User::from_name(user)?.is_none() {
+        eprintln!(
+            "gatehouse-bench: creating the private host's login user {user} (as tests/run does)"
+        );
+        for args in [
+            vec!["useradd", "-m", "-s", "/bin/sh", user],
+            // `*`: no password matches, and the account is not locked (sshd without PAM
+            // refuses locked accounts even for key logins).
+            vec!["usermod", "-p", "*", user],
+        ] {
+            let status = Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .with_context(|| format!("run {}", args[0]))?;
+            if !status.success() {
+                bail!("{} {user} failed ({status})", args[0]);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The gatehouse binary: given, or next to ours, or built.
 fn locate_gatehouse(cli: &Cli) -> anyhow::Result<PathBuf> {
     if let Some(p) = &cli.gatehouse {
@@ -223,6 +256,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("needs root (network namespaces, sshd): sudo target/release/gatehouse-bench");
     }
+    prepare_machine()?;
     let plan = if cli.smoke {
         Plan::smoke()
     } else if cli.quick {
