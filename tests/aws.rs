@@ -14,7 +14,7 @@
 //! key, and `gatehouse ssh-config` / `gatehouse hosts` in AWS mode.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1468,6 +1468,100 @@ fn aws_outage_serves_cached_users_until_max_staleness_then_recovers() {
     assert_reaches_sshd(&alice, "jupyter:22");
     assert!(health().ends_with("serving\n"), "{}", health());
     assert!(rig.gatehouse.is_running(), "no restart was needed");
+}
+
+/// Stale is not death: a replica behind the balancer (HAProxy, as the NLB: HTTP checks of
+/// `health_listen`, PROXY v2) whose AWS reads fail past `max_staleness` stays in the pool and
+/// keeps its open tunnel; new logins through the balancer are refused with the reason. With
+/// the old `503 directory stale`, the balancer took it out (and an Auto Scaling group with
+/// ELB health checks would have replaced it, cutting the tunnel).
+#[test]
+fn aws_a_stale_replica_stays_behind_the_balancer_and_keeps_its_sessions() {
+    use crate::harness::haproxy::{BackendServer, BalancerConfig, Haproxy};
+    let mut rig = rig("6s");
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, ECHO_PORT));
+    let replica_at = Ipv4Addr::new(127, 0, 0, 21);
+    let (config, _) = rig.replica("behind", 2206, "");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("max_staleness = \"1m\"", "max_staleness = \"6s\"")
+        .replace(
+            &format!("listen = [\"{}\"]", addr(BASTION_CLIENT_ADDR, 2206)),
+            &format!(
+                "listen = []\nproxy_listen = [\"{}\"]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+             health_listen = \"{}\"",
+                addr(replica_at, 22),
+                addr(replica_at, 8080)
+            ),
+        );
+    std::fs::write(&config, text).expect("config");
+    let mut replica = start_gatehouse(&rig.topology, &rig.scratch, &config, "behind");
+    let haproxy = Haproxy::start(
+        &rig.topology.bastion,
+        &rig.scratch,
+        "haproxy",
+        &BalancerConfig {
+            bind: addr(BASTION_CLIENT_ADDR, 2207),
+            servers: vec![BackendServer {
+                name: "r1".into(),
+                addr: addr(replica_at, 22),
+                check_port: 8080,
+                enabled: true,
+            }],
+            send_proxy_v2: true,
+            source: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            check_path: "/health".into(),
+            check_interval: Duration::from_millis(100),
+            fall: 2,
+            rise: 2,
+            retries: 0,
+            redispatch: false,
+            timeout_connect: Duration::from_secs(1),
+            timeout_idle: Duration::from_secs(60),
+            timeout_check: Duration::from_secs(1),
+        },
+    );
+    haproxy.wait_server("r1", "up", Duration::from_secs(10), |s| s.is_up());
+    let alice = SshClient::new(
+        &rig.topology.client,
+        &rig.scratch,
+        addr(BASTION_CLIENT_ADDR, 2207),
+        "alice",
+        &rig.alice_key.private,
+    );
+    assert_reaches_sshd(&alice, &format!("jupyter:{SSH_PORT}"));
+    let mut tunnel = OpenTunnel::open(&alice, &rig.scratch, "behind_tunnel", 15010, "jupyter");
+
+    // AWS gone: the directory goes stale.
+    rig.moto.stop();
+    replica.wait_for_stderr("AWS directory is stale", Duration::from_secs(20));
+    // A second of checks (ten) after it went stale: still up, every check passed.
+    std::thread::sleep(Duration::from_secs(1));
+    let stat = haproxy.server("r1");
+    assert!(
+        stat.is_up() && stat.check_status == "L7OK",
+        "the balancer took the stale replica out: {stat:?}\n{}",
+        haproxy.log()
+    );
+    assert!(
+        tunnel.alive(),
+        "the open tunnel was cut while the replica was stale"
+    );
+    // New logins stop, with the reason, and nothing else.
+    assert_login_refused(&alice);
+    let audit = read_audit(&rig.scratch.join("behind.audit.jsonl"));
+    assert!(
+        audit
+            .iter()
+            .any(|l| l["event"] == "auth.failure" && l["reason"] == "directory_stale"),
+        "{audit:?}"
+    );
+    assert!(
+        tunnel.alive(),
+        "the open tunnel was cut while the replica was stale"
+    );
+    assert!(replica.is_running(), "{}", replica.logs());
+    replica.assert_no_panic();
 }
 
 #[test]
