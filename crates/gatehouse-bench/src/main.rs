@@ -193,6 +193,15 @@ fn prepare_machine() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The version of `package` in the workspace's Cargo.lock under `root`.
+fn locked_version(root: &Path, package: &str) -> Option<String> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).ok()?;
+    let entry = format!("name = \"{package}\"\n");
+    let after = &lock[lock.find(&entry)? + entry.len()..];
+    let version = after.strip_prefix("version = \"")?;
+    Some(version[..version.find('"')?].to_owned())
+}
+
 /// The gatehouse binary: given, or next to ours, or built.
 fn locate_gatehouse(cli: &Cli) -> anyhow::Result<PathBuf> {
     if let Some(p) = &cli.gatehouse {
@@ -794,8 +803,19 @@ fn machine(gatehouse: &Path) -> Machine {
                 .map(|v| v.trim_matches('"').to_string())
         })
         .unwrap_or_default();
-    // The commit of the tree the gatehouse binary was built in (…/target/release/gatehouse).
-    let tree = gatehouse.ancestors().nth(3).unwrap_or(Path::new("."));
+    // The commit of the tree the gatehouse binary was built in: ours, for the binary built
+    // beside this one (wherever CARGO_TARGET_DIR put both), else the tree around the given
+    // binary (…/target/release/gatehouse).
+    let beside_us = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("gatehouse")))
+        .is_some_and(|ours| ours == gatehouse);
+    let root = repo_root();
+    let tree = if beside_us {
+        root.as_path()
+    } else {
+        gatehouse.ancestors().nth(3).unwrap_or(Path::new("."))
+    };
     let git = |args: &[&str]| {
         Command::new("git")
             .arg("-C")
@@ -833,7 +853,10 @@ fn machine(gatehouse: &Path) -> Machine {
         os,
         openssh: output("ssh", &["-V"]),
         gatehouse_commit: commit,
-        russh: "russh 0.65.1".into(),
+        russh: locked_version(&root, "russh").map_or_else(
+            || "russh (version unknown)".into(),
+            |v| format!("russh {v}"),
+        ),
         load_average: load_average(),
     }
 }
