@@ -628,6 +628,181 @@ fn the_systemd_watchdog_hears_from_a_running_daemon_only() {
     daemon.terminate(Duration::from_secs(10));
 }
 
+/// A small disk of the test's own: a 256 KiB tmpfs mounted on a folder of the scratch
+/// directory, unmounted when dropped (also when the test fails).
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(rig: &Rig) -> SmallDisk {
+        let dir = rig.scratch.join("small-disk");
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let mut mount = Command::new("mount");
+        mount.args(["-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs"]).arg(&dir);
+        run_with_timeout(mount, CMD_TIMEOUT).expect_success("mount a small tmpfs");
+        SmallDisk { dir }
+    }
+
+    /// Fills the disk: a filler file, then newlines appended to `audit` (blank lines, which
+    /// every reader skips) until its last page is full too.
+    fn fill(&self, audit: &std::path::Path) {
+        use std::io::Write as _;
+        let mut filler = std::fs::File::create(self.dir.join("filler")).expect("filler");
+        let block = vec![0u8; 4096];
+        while filler.write_all(&block).is_ok() {}
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(audit)
+            .expect("the audit file");
+        while log.write_all(b"\n").and_then(|()| log.flush()).is_ok() {}
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.dir.join("filler")).expect("remove the filler");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let mut umount = Command::new("umount");
+        umount.arg("-l").arg(&self.dir);
+        let _ = run_with_timeout(umount, CMD_TIMEOUT);
+    }
+}
+
+/// With the audit log's disk full, a login or a tunnel that the audit log could not hold does
+/// not happen (`audit.on_failure = "refuse"`, the default): new logins are refused, a new
+/// tunnel is refused with the reason, an open tunnel keeps moving, the health answer and the
+/// gauge say so; when space returns, the lines that waited are written and logins are
+/// admitted again, without a restart. With `"continue"`, logins go on, unaudited meanwhile.
+#[test]
+fn a_full_audit_disk_refuses_new_logins_and_tunnels_until_space_returns() {
+    for (mode, port) in [("refuse", 2227u16), ("continue", 2228)] {
+        let rig = rig_with(options("[penalties]\nenabled = false\n"));
+        let disk = SmallDisk::mount(&rig);
+        let audit = disk.dir.join("audit.jsonl");
+        let health_at = addr(BASTION_CLIENT_ADDR, port + 100);
+        let config = std::fs::read_to_string(&rig.config)
+            .expect("config")
+            .replace(
+                &rig.scratch.join("audit.jsonl").display().to_string(),
+                &audit.display().to_string(),
+            )
+            .replace(
+                &format!("\"{}\"", addr(BASTION_CLIENT_ADDR, SSH_PORT)),
+                &format!(
+                    "\"{}\"]\nhealth_listen = \"{health_at}\"\n#[",
+                    addr(BASTION_CLIENT_ADDR, port)
+                ),
+            )
+            .replace("[audit]\n", &format!("[audit]\non_failure = \"{mode}\"\n"));
+        let path = rig.scratch.write(format!("{mode}.toml"), config.as_bytes());
+        let daemon = crate::bastion::start_gatehouse(&rig.topology, &rig.scratch, &path, mode);
+        let alice = crate::harness::SshClient::new(
+            &rig.topology.client,
+            &rig.scratch,
+            addr(BASTION_CLIENT_ADDR, port),
+            "alice",
+            &rig.alice_key.private,
+        );
+        let hop = || {
+            let mut ssh = alice.ssh();
+            ssh.args(["-W", "jupyter:22", "bastion"]);
+            run_with_timeout(ssh, CMD_TIMEOUT)
+        };
+        assert!(hop().stdout_str().starts_with("SSH-2.0-"), "{mode}: before");
+        let echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, SINK_PORT));
+        let local = port + 200;
+        let tunnel = alice.local_forward(
+            &rig.scratch,
+            &format!("{mode}_forward"),
+            local,
+            "jupyter",
+            SINK_PORT,
+            "bastion",
+        );
+        let round_trip = || -> bool {
+            let Ok(mut stream) = rig
+                .topology
+                .client
+                .connect(addr(Ipv4Addr::LOCALHOST, local), Duration::from_secs(5))
+            else {
+                return false;
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut back = [0u8; 4];
+            std::io::Write::write_all(&mut stream, b"ping").is_ok()
+                && stream.read_exact(&mut back).is_ok()
+                && &back == b"ping"
+        };
+        // A held connection through the tunnel, open before the disk fills.
+        let mut held = rig
+            .topology
+            .client
+            .connect(addr(Ipv4Addr::LOCALHOST, local), Duration::from_secs(5))
+            .expect("connect to the forward");
+        held.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let ping = |stream: &mut std::net::TcpStream| {
+            let mut back = [0u8; 4];
+            std::io::Write::write_all(stream, b"ping").expect("write");
+            stream.read_exact(&mut back).expect("read");
+            assert_eq!(&back, b"ping");
+        };
+        ping(&mut held);
+
+        disk.fill(&audit);
+        let out = hop();
+        let health = crate::bastion::health(&rig.topology, health_at);
+        if mode == "refuse" {
+            assert!(
+                out.stderr_str().contains("Permission denied"),
+                "{mode}: a login with the audit disk full: {out}\n{}",
+                daemon.logs()
+            );
+            assert!(!round_trip(), "{mode}: a new tunnel opened unaudited");
+            assert!(
+                health.ends_with("audit log unwritable: new logins are refused\n"),
+                "{health:?}"
+            );
+        } else {
+            assert!(
+                out.stdout_str().starts_with("SSH-2.0-"),
+                "{mode}: a login with the audit disk full: {out}\n{}",
+                daemon.logs()
+            );
+            assert!(round_trip(), "{mode}: a new tunnel");
+            assert!(health.contains("audit log unwritable"), "{health:?}");
+        }
+        // The open tunnel keeps moving, whatever the mode.
+        ping(&mut held);
+        let log = daemon.stderr();
+        assert!(log.contains("cannot write the audit log"), "{log}");
+
+        // Space returns: the lines that waited are written, logins are admitted again.
+        disk.free();
+        wait_until(Duration::from_secs(10), "the audit log takes lines again", || {
+            daemon.stderr().contains("the audit log takes lines again")
+        });
+        assert!(hop().stdout_str().starts_with("SSH-2.0-"), "{mode}: after");
+        assert!(round_trip(), "{mode}: a tunnel after");
+        let lines = std::fs::read_to_string(&audit).expect("audit");
+        if mode == "refuse" {
+            assert!(
+                lines.contains("\"reason\":\"the bastion cannot write its audit log"),
+                "the refusal waited and was written: {lines}"
+            );
+            let forward_log = std::fs::read_to_string(tunnel.stderr_path()).unwrap_or_default();
+            assert!(
+                forward_log.contains("cannot write its audit log"),
+                "the refused tunnel's reason reached the client: {forward_log}"
+            );
+        }
+        drop((held, tunnel, echo));
+        daemon.assert_no_panic();
+    }
+}
+
 #[test]
 fn after_kill_9_a_restart_serves_at_once_with_the_same_host_key() {
     let mut rig = rig_with(options("[penalties]\nenabled = false\n"));

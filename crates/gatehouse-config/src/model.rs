@@ -366,6 +366,21 @@ pub struct AuditConfig {
     /// `file`: append audit lines to this file; relative paths are resolved against the config
     /// file's directory. `None` (key omitted): write them to standard output.
     pub file: Option<PathBuf>,
+    /// `on_failure`: what the bastion does while it cannot write the audit log (a full disk,
+    /// an I/O error). Default `"refuse"`.
+    pub on_failure: AuditOnFailure,
+}
+
+/// `audit.on_failure`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuditOnFailure {
+    /// `"refuse"`: new logins and tunnels are refused (with the reason) until a line can be
+    /// written again; open tunnels stay. Nothing happens that the audit log cannot hold.
+    #[default]
+    Refuse,
+    /// `"continue"`: keep admitting; the lines that cannot be written wait in memory (a
+    /// bounded number) and go to the log to stderr meanwhile.
+    Continue,
 }
 
 /// `[[users]]`: one person who may log in.

@@ -125,6 +125,7 @@ pub(crate) struct RawServer {
 #[serde(deny_unknown_fields, expecting = "a table of audit settings")]
 pub(crate) struct RawAudit {
     pub(crate) file: Option<Spanned<String>>,
+    pub(crate) on_failure: Option<Spanned<String>>,
 }
 
 /// One `[[users]]` entry.

@@ -472,7 +472,24 @@ impl Validator<'_> {
         let file = audit
             .and_then(|a| a.file.as_ref())
             .and_then(|path| self.path("audit.file", path));
-        AuditConfig { file }
+        let on_failure = match audit.and_then(|a| a.on_failure.as_ref()) {
+            None => AuditOnFailure::default(),
+            Some(value) => match value.get_ref().as_str() {
+                "refuse" => AuditOnFailure::Refuse,
+                "continue" => AuditOnFailure::Continue,
+                other => {
+                    self.error(
+                        &value.span(),
+                        format!(
+                            "audit.on_failure: {other:?} is not \"refuse\" (the default: new \
+                             logins and tunnels wait for the audit log) or \"continue\""
+                        ),
+                    );
+                    AuditOnFailure::default()
+                }
+            },
+        };
+        AuditConfig { file, on_failure }
     }
 
     /// A path value: not empty, no NUL; relative paths resolved against the config's directory.

@@ -135,6 +135,29 @@ fn shipped_reference_config_is_valid() {
     );
     assert_eq!(config.server.max_auth_attempts, defaults.max_auth_attempts);
     assert_eq!(config.server.shutdown_grace, defaults.shutdown_grace);
+    assert_eq!(config.audit.on_failure, defaults_audit().on_failure);
+}
+
+fn defaults_audit() -> gatehouse_config::AuditConfig {
+    ok(SERVER).audit
+}
+
+/// `audit.on_failure`: "refuse" by default (a hardened bastion does nothing its audit log
+/// cannot hold), "continue" on request, anything else an error that names both.
+#[test]
+fn audit_on_failure_refuses_by_default() {
+    use gatehouse_config::AuditOnFailure;
+    assert_eq!(defaults_audit().on_failure, AuditOnFailure::Refuse);
+    let with = |value: &str| format!("{SERVER}[audit]\non_failure = \"{value}\"\n");
+    assert_eq!(ok(&with("continue")).audit.on_failure, AuditOnFailure::Continue);
+    assert_eq!(ok(&with("refuse")).audit.on_failure, AuditOnFailure::Refuse);
+    let errs = errors(&with("ignore"));
+    assert!(
+        errs.iter().any(|e| e.to_string().contains("audit.on_failure")
+            && e.to_string().contains("\"refuse\"")
+            && e.to_string().contains("\"continue\"")),
+        "{errs:?}"
+    );
 }
 
 #[test]

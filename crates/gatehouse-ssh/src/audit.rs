@@ -1,14 +1,24 @@
 //! The audit log: one JSON object per line, for every authentication result, tunnel open,
 //! refusal and close. Written to a file (append) or to stdout; each line is written whole and
 //! flushed, so a crash loses at most the event being written.
+//!
+//! When a line cannot be written (a full disk, an I/O error), the sink is *unwritable*: that
+//! line and the ones after it wait in memory, in order (at most [`MAX_PENDING`]; past that the
+//! oldest are dropped and counted), and [`Audit::retry_pending`] writes them as soon as the
+//! file takes them again. With `audit.on_failure = "refuse"` (the default), [`Audit::refusal`]
+//! then says why new logins and tunnels are refused: nothing happens that the audit log cannot
+//! hold. Each change of state is logged once, and the gauge `gatehouse_audit_unwritable` is
+//! 1 while it lasts.
 
+use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -155,10 +165,58 @@ struct Line<'a> {
     event: &'a Event<'a>,
 }
 
+/// Lines kept while the audit log cannot be written, at most.
+pub const MAX_PENDING: usize = 10_000;
+/// How often lines that wait are tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// Why a login or tunnel is refused while the audit log cannot be written (and
+/// `audit.on_failure` is `"refuse"`).
+pub const UNWRITABLE: &str =
+    "the bastion cannot write its audit log; new logins and tunnels wait until it can";
+
+/// The writer and the lines that wait for it.
+struct Sink {
+    writer: Box<dyn Write + Send>,
+    /// Lines not written yet, oldest first (only while the writer fails).
+    pending: VecDeque<String>,
+    /// Lines dropped from `pending` (full) since the writer last failed.
+    dropped: u64,
+    /// A failed write may have left part of a line: the next write starts a new line.
+    torn: bool,
+}
+
+impl Sink {
+    /// Writes `line` (newline-terminated) whole, after ending a torn one.
+    fn write_line(&mut self, line: &str) -> io::Result<()> {
+        if self.torn {
+            self.writer.write_all(b"\n")?;
+            self.torn = false;
+        }
+        let written = self
+            .writer
+            .write_all(line.as_bytes())
+            .and_then(|()| self.writer.flush());
+        self.torn = written.is_err();
+        written
+    }
+
+    fn keep(&mut self, line: String) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.dropped += 1;
+        }
+        self.pending.push_back(line);
+    }
+}
+
 /// Where audit lines go. Cheap to clone; all clones share one writer.
 #[derive(Clone)]
 pub struct Audit {
-    sink: Arc<Mutex<Box<dyn Write + Send>>>,
+    sink: Arc<Mutex<Sink>>,
+    /// Lines wait: the writer failed and has not taken them since.
+    unwritable: Arc<AtomicBool>,
+    /// `audit.on_failure = "refuse"`.
+    refuse: bool,
 }
 
 impl Audit {
@@ -180,35 +238,159 @@ impl Audit {
     /// Audit lines to any writer (tests).
     pub fn to_writer(w: impl Write + Send + 'static) -> Self {
         Audit {
-            sink: Arc::new(Mutex::new(Box::new(w))),
+            sink: Arc::new(Mutex::new(Sink {
+                writer: Box::new(w),
+                pending: VecDeque::new(),
+                dropped: 0,
+                torn: false,
+            })),
+            unwritable: Arc::new(AtomicBool::new(false)),
+            refuse: true,
         }
+    }
+
+    /// This sink, refusing new logins and tunnels while it cannot write (`refuse`, the
+    /// default) or not (`audit.on_failure = "continue"`).
+    pub fn refusing_when_unwritable(mut self, refuse: bool) -> Self {
+        self.refuse = refuse;
+        self
+    }
+
+    /// Whether lines wait because the audit log cannot be written.
+    pub fn unwritable(&self) -> bool {
+        self.unwritable.load(Ordering::Relaxed)
+    }
+
+    /// Why new logins and tunnels are refused now, if they are: the audit log cannot be
+    /// written and `audit.on_failure` is `"refuse"`.
+    pub fn refusal(&self) -> Option<&'static str> {
+        (self.refuse && self.unwritable()).then_some(UNWRITABLE)
+    }
+
+    fn sink(&self) -> std::sync::MutexGuard<'_, Sink> {
+        match self.sink.lock() {
+            Ok(sink) => sink,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Writes `event` if the audit log takes it now: with `audit.on_failure = "refuse"`, an
+    /// event that cannot be written did not happen (`Err` says why; nothing is kept). For what
+    /// must not happen unaudited: a login's success. With `"continue"`, as [`Audit::record`].
+    ///
+    /// # Errors
+    /// The audit log cannot be written and unwritable means refuse.
+    pub fn record_or_refuse(&self, event: Event<'_>) -> Result<(), &'static str> {
+        if !self.refuse {
+            self.record(event);
+            return Ok(());
+        }
+        let Some(text) = self.line(&event) else {
+            return Err(UNWRITABLE);
+        };
+        let mut sink = self.sink();
+        if !sink.pending.is_empty() {
+            return Err(UNWRITABLE);
+        }
+        if let Err(e) = sink.write_line(&text) {
+            drop(sink);
+            self.became_unwritable(&e);
+            return Err(UNWRITABLE);
+        }
+        crate::telemetry::observe(&event);
+        Ok(())
+    }
+
+    /// `event` as a line, newline-terminated.
+    fn line(&self, event: &Event<'_>) -> Option<String> {
+        let line = Line {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            event,
+        };
+        match serde_json::to_string(&line) {
+            Ok(mut text) => {
+                text.push('\n');
+                Some(text)
+            }
+            Err(e) => {
+                tracing::error!("cannot encode audit event {event:?}: {e}");
+                None
+            }
+        }
+    }
+
+    fn became_unwritable(&self, e: &io::Error) {
+        if self.unwritable.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        metrics::gauge!("gatehouse_audit_unwritable").set(1.0);
+        tracing::error!(
+            "cannot write the audit log: {e}; its lines wait in memory (at most \
+             {MAX_PENDING}) until it can be written{}",
+            if self.refuse {
+                "; new logins and tunnels are refused meanwhile (audit.on_failure = refuse)"
+            } else {
+                "; logins and tunnels are admitted meanwhile, unaudited until then \
+                 (audit.on_failure = continue)"
+            }
+        );
+    }
+
+    /// Tries the lines that wait every second, for ever: the sink is writable again once they
+    /// are all written.
+    pub async fn retry_pending(self) {
+        let mut tick = tokio::time::interval(RETRY_EVERY);
+        loop {
+            tick.tick().await;
+            if self.unwritable() {
+                self.flush_pending();
+            }
+        }
+    }
+
+    /// Writes the lines that wait, oldest first, until one fails.
+    fn flush_pending(&self) {
+        let mut sink = self.sink();
+        let mut written = 0u64;
+        while let Some(line) = sink.pending.pop_front() {
+            if sink.write_line(&line).is_err() {
+                sink.pending.push_front(line);
+                return;
+            }
+            written += 1;
+        }
+        let dropped = std::mem::take(&mut sink.dropped);
+        self.unwritable.store(false, Ordering::Relaxed);
+        metrics::gauge!("gatehouse_audit_unwritable").set(0.0);
+        tracing::warn!(
+            written,
+            dropped,
+            "the audit log takes lines again: the ones that waited are written{}",
+            if self.refuse {
+                "; new logins and tunnels are admitted again"
+            } else {
+                ""
+            }
+        );
     }
 
     /// Writes one event (and counts it in the metrics). A failing audit sink is logged,
     /// never fatal to the connection.
     pub fn record(&self, event: Event<'_>) {
         crate::telemetry::observe(&event);
-        let line = Line {
-            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            event: &event,
+        let Some(text) = self.line(&event) else {
+            return;
         };
-        let mut text = match serde_json::to_string(&line) {
-            Ok(text) => text,
-            Err(e) => {
-                tracing::error!("cannot encode audit event {event:?}: {e}");
-                return;
-            }
-        };
-        text.push('\n');
-        let mut sink = match self.sink.lock() {
-            Ok(sink) => sink,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Err(e) = sink.write_all(text.as_bytes()).and_then(|_| sink.flush()) {
-            tracing::error!(
-                "cannot write audit log: {e}; event was: {}",
-                text.trim_end()
-            );
+        let mut sink = self.sink();
+        // Lines wait already: this one waits behind them, in order.
+        if !sink.pending.is_empty() {
+            sink.keep(text);
+            return;
+        }
+        if let Err(e) = sink.write_line(&text) {
+            sink.keep(text);
+            drop(sink);
+            self.became_unwritable(&e);
         }
     }
 }

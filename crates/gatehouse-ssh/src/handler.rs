@@ -225,6 +225,10 @@ impl russh::server::Handler for Handler {
             return Ok(Self::reject());
         };
         let fp = fingerprint(key.public_key);
+        if let Some(why) = self.shared.audit.refusal() {
+            self.auth_failure(user, "publickey", Some(&fp), why);
+            return Ok(Self::reject());
+        }
         if !self.shared.try_add_user_session(&principal.user) {
             self.auth_failure(
                 user,
@@ -234,13 +238,19 @@ impl russh::server::Handler for Handler {
             );
             return Ok(Self::reject());
         }
-        tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user, key = %fp, "authenticated");
-        self.shared.audit.record(Event::AuthSuccess {
+        // A login the audit log cannot hold does not happen (audit.on_failure = refuse).
+        let audited = self.shared.audit.record_or_refuse(Event::AuthSuccess {
             session: &self.conn.id,
             user,
             key: &fp,
             source: self.conn.peer,
         });
+        if let Err(why) = audited {
+            self.shared.remove_user_session(&principal.user);
+            self.auth_failure(user, "publickey", Some(&fp), why);
+            return Ok(Self::reject());
+        }
+        tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user, key = %fp, "authenticated");
         let _ = self.conn.login.set(Login {
             user: principal.user,
             key: key.public_key.clone(),
@@ -341,6 +351,10 @@ impl russh::server::Handler for Handler {
             reply
                 .reject(deny("shutting_down", "the bastion is shutting down".into()))
                 .await;
+            return Ok(());
+        }
+        if let Some(why) = self.shared.audit.refusal() {
+            reply.reject(deny("audit_unwritable", why.to_owned())).await;
             return Ok(());
         }
         let snapshot = self.shared.directory.borrow().clone();

@@ -12,6 +12,10 @@
 //! while the replacements could not serve either. An outage stops new logins with the reason
 //! (the SSH layer refuses them as `directory_stale`) and nothing else.
 //!
+//! An audit log that cannot be written answers `200 audit log unwritable: new logins are
+//! refused` (or, with `audit.on_failure = "continue"`, `200 serving; audit log unwritable`):
+//! the state shows, and no open session is cut for it.
+//!
 //! A probe that only connects (a TCP check) gets the same answer and may close at once. Each
 //! connection is read for at most [`READ_WAIT`] and [`MAX_REQUEST`] bytes, answered, and
 //! closed; at most [`MAX_PROBES`] are handled at once (more wait in the listen backlog), and
@@ -118,6 +122,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 pub(crate) fn state(shared: &Shared) -> (&'static str, &'static str) {
     if shared.draining.is_cancelled() || shared.leaving.is_cancelled() {
         ("503 Service Unavailable", "draining\n")
+    } else if shared.audit.refusal().is_some() {
+        ("200 OK", "audit log unwritable: new logins are refused\n")
+    } else if shared.audit.unwritable() {
+        ("200 OK", "serving; audit log unwritable (audit.on_failure = continue)\n")
     } else if shared
         .directory
         .borrow()

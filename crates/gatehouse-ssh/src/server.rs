@@ -167,7 +167,7 @@ impl Shared {
         true
     }
 
-    fn remove_user_session(&self, user: &str) {
+    pub(crate) fn remove_user_session(&self, user: &str) {
         let mut sessions = self.user_sessions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = sessions.get_mut(user) {
             *count -= 1;
@@ -274,6 +274,8 @@ pub async fn serve(
     let health = bastion.health.take();
     let watchdog = bastion.watchdog.take();
     let shared = Arc::new(Shared::new(bastion));
+    // Lines the audit log could not take are tried again until the process ends.
+    tokio::spawn(shared.audit.clone().retry_pending());
     // Not tracked with the sessions either: it pings until the process ends.
     if let Some(watchdog) = watchdog {
         tokio::spawn(crate::liveness::run(shared.workers.clone(), watchdog));

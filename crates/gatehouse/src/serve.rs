@@ -73,7 +73,8 @@ pub async fn run(
         Some(path) => Audit::file(path)
             .with_context(|| format!("cannot open the audit log {}", path.display()))?,
         None => Audit::stdout(),
-    };
+    }
+    .refusing_when_unwritable(config.audit.on_failure == gatehouse_config::AuditOnFailure::Refuse);
     let listeners = listeners(&config).await?;
     let health = match config.server.health_listen {
         Some(addr) => Some(
