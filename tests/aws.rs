@@ -422,7 +422,28 @@ pub(super) fn iam_event(name: &str, params: Value) -> Value {
     }]}})
 }
 
+/// A rig with the IAM event channel and a sweep every 10 minutes: only events make IAM
+/// changes seen within a test.
+fn rig_with_slow_sweeps() -> Rig {
+    rig_with(
+        "1m",
+        None,
+        Some(Events {
+            sweep: "10m",
+            deny_receive: false,
+        }),
+    )
+}
+
 impl Rig {
+    /// How many batches of IAM change events gatehouse has applied so far.
+    fn events_applied(&self) -> usize {
+        self.gatehouse
+            .stderr()
+            .matches("IAM change events applied")
+            .count()
+    }
+
     /// Another replica's config (`name`, listening on `port`), its `[aws]` table ending with
     /// `aws_lines`, and alice's client for it.
     fn replica(&self, name: &str, port: u16, aws_lines: &str) -> (PathBuf, SshClient) {
@@ -903,20 +924,8 @@ fn aws_an_iam_change_event_revokes_and_grants_long_before_the_sweep() {
 /// `py/moto_fixes.py`.)
 #[test]
 fn aws_an_event_spelling_a_user_in_another_case_changes_that_user_and_makes_no_other() {
-    let rig = rig_with(
-        "1m",
-        None,
-        Some(Events {
-            sweep: "10m",
-            deny_receive: false,
-        }),
-    );
-    let applied = || {
-        rig.gatehouse
-            .stderr()
-            .matches("IAM change events applied")
-            .count()
-    };
+    let rig = rig_with_slow_sweeps();
+    let applied = || rig.events_applied();
     let wait_applied = |before: usize| {
         wait_until(SLACK, "the event is applied", || applied() > before);
     };
@@ -948,20 +957,8 @@ fn aws_an_event_spelling_a_user_in_another_case_changes_that_user_and_makes_no_o
 /// drain, and sweeps IAM, so the revocation still lands within a sweep.
 #[test]
 fn aws_a_standing_pool_of_queue_messages_cannot_hide_a_revocation() {
-    let rig = rig_with(
-        "1m",
-        None,
-        Some(Events {
-            sweep: "10m",
-            deny_receive: false,
-        }),
-    );
-    let applied = || {
-        rig.gatehouse
-            .stderr()
-            .matches("IAM change events applied")
-            .count()
-    };
+    let rig = rig_with_slow_sweeps();
+    let applied = || rig.events_applied();
     let queue_url = format!("http://127.0.0.1/123456789012/{EVENT_QUEUE}");
     let forged: Vec<Value> = (0..15)
         .map(|i| {

@@ -639,7 +639,9 @@ impl SmallDisk {
         let dir = rig.scratch.join("small-disk");
         std::fs::create_dir_all(&dir).expect("mount point");
         let mut mount = Command::new("mount");
-        mount.args(["-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs"]).arg(&dir);
+        mount
+            .args(["-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs"])
+            .arg(&dir);
         run_with_timeout(mount, CMD_TIMEOUT).expect_success("mount a small tmpfs");
         SmallDisk { dir }
     }
@@ -742,7 +744,8 @@ fn a_full_audit_disk_refuses_new_logins_and_tunnels_until_space_returns() {
             .client
             .connect(addr(Ipv4Addr::LOCALHOST, local), Duration::from_secs(5))
             .expect("connect to the forward");
-        held.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        held.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         let ping = |stream: &mut std::net::TcpStream| {
             let mut back = [0u8; 4];
             std::io::Write::write_all(stream, b"ping").expect("write");
@@ -781,9 +784,11 @@ fn a_full_audit_disk_refuses_new_logins_and_tunnels_until_space_returns() {
 
         // Space returns: the lines that waited are written, logins are admitted again.
         disk.free();
-        wait_until(Duration::from_secs(10), "the audit log takes lines again", || {
-            daemon.stderr().contains("the audit log takes lines again")
-        });
+        wait_until(
+            Duration::from_secs(10),
+            "the audit log takes lines again",
+            || daemon.stderr().contains("the audit log takes lines again"),
+        );
         assert!(hop().stdout_str().starts_with("SSH-2.0-"), "{mode}: after");
         assert!(round_trip(), "{mode}: a tunnel after");
         let lines = std::fs::read_to_string(&audit).expect("audit");

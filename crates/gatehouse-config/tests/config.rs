@@ -149,13 +149,17 @@ fn audit_on_failure_refuses_by_default() {
     use gatehouse_config::AuditOnFailure;
     assert_eq!(defaults_audit().on_failure, AuditOnFailure::Refuse);
     let with = |value: &str| format!("{SERVER}[audit]\non_failure = \"{value}\"\n");
-    assert_eq!(ok(&with("continue")).audit.on_failure, AuditOnFailure::Continue);
+    assert_eq!(
+        ok(&with("continue")).audit.on_failure,
+        AuditOnFailure::Continue
+    );
     assert_eq!(ok(&with("refuse")).audit.on_failure, AuditOnFailure::Refuse);
     let errs = errors(&with("ignore"));
     assert!(
-        errs.iter().any(|e| e.to_string().contains("audit.on_failure")
-            && e.to_string().contains("\"refuse\"")
-            && e.to_string().contains("\"continue\"")),
+        errs.iter()
+            .any(|e| e.to_string().contains("audit.on_failure")
+                && e.to_string().contains("\"refuse\"")
+                && e.to_string().contains("\"continue\"")),
         "{errs:?}"
     );
 }

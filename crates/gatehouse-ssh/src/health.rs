@@ -125,7 +125,10 @@ pub(crate) fn state(shared: &Shared) -> (&'static str, &'static str) {
     } else if shared.audit.refusal().is_some() {
         ("200 OK", "audit log unwritable: new logins are refused\n")
     } else if shared.audit.unwritable() {
-        ("200 OK", "serving; audit log unwritable (audit.on_failure = continue)\n")
+        (
+            "200 OK",
+            "serving; audit log unwritable (audit.on_failure = continue)\n",
+        )
     } else if shared
         .directory
         .borrow()
