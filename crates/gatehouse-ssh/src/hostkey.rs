@@ -82,21 +82,22 @@ pub fn store(path: &Path, key: &PrivateKey) -> Result<(), HostKeyError> {
     };
     make_parent(path)?;
     let text = encode(path, key)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    // Created with O_EXCL under a random name, mode 0600 (removed if anything fails): nothing
+    // another user placed beside the key (a file, a symbolic link) is opened for writing.
     let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut file = tempfile::Builder::new()
+            .prefix(".host_key.")
+            .suffix(".tmp")
+            .tempfile_in(dir)?;
         file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
+        file.as_file().sync_all()?;
+        file.persist(path).map_err(|e| e.error)?;
+        Ok(())
     })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
     written.map_err(io_err)
 }
 
@@ -192,6 +193,31 @@ mod tests {
         store(&path, &b).unwrap();
         assert_eq!(load(&path).unwrap().public_key(), b.public_key());
         assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    /// The temporary file is made exclusively: a link placed where the old name (`.tmpPID`)
+    /// was predictable is never written through, and a link at the key's own path is
+    /// replaced, its target left alone.
+    #[test]
+    fn a_store_writes_through_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(
+            &victim,
+            path.with_extension(format!("tmp{}", std::process::id())),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let a = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        store(&path, &a).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        assert!(!fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(load(&path).unwrap().public_key(), a.public_key());
     }
 
     #[test]
