@@ -470,6 +470,32 @@ impl Rig {
         (config, client)
     }
 
+    /// Makes the bucket `gatehouse-test-shared`; returns the `[aws]` line that shares the
+    /// listing in it.
+    fn shared_listing_bucket(&self) -> &'static str {
+        self.fixture(
+            json!([{"op": "call", "service": "s3", "method": "create_bucket",
+                    "args": {"Bucket": "gatehouse-test-shared"}}]),
+        );
+        "shared_snapshot = \"s3://gatehouse-test-shared/aws-directory.json\"\n"
+    }
+
+    /// Makes the log group `/gatehouse/test/audit`; returns a replica (as [`Rig::replica`])
+    /// that ships its audit file to `stream` of it.
+    fn shipping_replica(&self, name: &str, port: u16, stream: &str) -> (PathBuf, SshClient) {
+        self.fixture(
+            json!([{"op": "call", "service": "logs", "method": "create_log_group",
+                    "args": {"logGroupName": "/gatehouse/test/audit"}}]),
+        );
+        self.replica(
+            name,
+            port,
+            &format!(
+                "audit_log_group = \"/gatehouse/test/audit\"\naudit_log_stream = \"{stream}\"\n"
+            ),
+        )
+    }
+
     fn client(&self, user: &str, key: &Path) -> SshClient {
         SshClient::new(
             &self.topology.client,
@@ -1060,11 +1086,7 @@ fn aws_an_unreadable_event_queue_falls_back_to_sweeping_every_refresh() {
 #[test]
 fn aws_a_new_replica_serves_from_the_fleets_shared_listing_while_iam_is_down() {
     let rig = rig("1m");
-    rig.fixture(
-        json!([{"op": "call", "service": "s3", "method": "create_bucket",
-                        "args": {"Bucket": "gatehouse-test-shared"}}]),
-    );
-    let shared = "shared_snapshot = \"s3://gatehouse-test-shared/aws-directory.json\"\n";
+    let shared = rig.shared_listing_bucket();
     let replica = |name: &str, port: u16| rig.replica(name, port, shared);
     // The first replica lists AWS and shares its listing.
     let (first_config, _) = replica("first", 2201);
@@ -1119,11 +1141,7 @@ fn aws_a_new_replica_serves_from_the_fleets_shared_listing_while_iam_is_down() {
 #[test]
 fn aws_a_shared_listing_the_fleet_did_not_sign_admits_nobody() {
     let rig = rig("1m");
-    rig.fixture(
-        json!([{"op": "call", "service": "s3", "method": "create_bucket",
-                        "args": {"Bucket": "gatehouse-test-shared"}}]),
-    );
-    let shared = "shared_snapshot = \"s3://gatehouse-test-shared/aws-directory.json\"\n";
+    let shared = rig.shared_listing_bucket();
     let (first_config, _) = rig.replica("first", 2201, shared);
     let first = start_gatehouse(&rig.topology, &rig.scratch, &first_config, "first");
     let get = json!([{"op": "call", "service": "s3", "method": "get_object",
@@ -1249,15 +1267,7 @@ fn shipped_audit(rig: &Rig, stream: &str) -> Vec<String> {
 #[test]
 fn aws_audit_lines_written_over_days_are_shipped_in_batches_cloudwatch_takes() {
     let rig = rig("1m");
-    rig.fixture(
-        json!([{"op": "call", "service": "logs", "method": "create_log_group",
-                        "args": {"logGroupName": "/gatehouse/test/audit"}}]),
-    );
-    let (config, _) = rig.replica(
-        "spanning",
-        2205,
-        "audit_log_group = \"/gatehouse/test/audit\"\naudit_log_stream = \"replica-2\"\n",
-    );
+    let (config, _) = rig.shipping_replica("spanning", 2205, "replica-2");
     let now = SystemTime::now();
     let line = |days_ago: f64, n: &str| {
         let at = now - Duration::from_secs_f64(days_ago * 86_400.0);
@@ -1301,15 +1311,7 @@ fn aws_audit_lines_written_over_days_are_shipped_in_batches_cloudwatch_takes() {
 #[test]
 fn aws_audit_lines_reach_cloudwatch_logs_and_none_is_lost_across_kill_9() {
     let rig = rig("1m");
-    rig.fixture(
-        json!([{"op": "call", "service": "logs", "method": "create_log_group",
-                        "args": {"logGroupName": "/gatehouse/test/audit"}}]),
-    );
-    let (config, client) = rig.replica(
-        "shipping",
-        2204,
-        "audit_log_group = \"/gatehouse/test/audit\"\naudit_log_stream = \"replica-1\"\n",
-    );
+    let (config, client) = rig.shipping_replica("shipping", 2204, "replica-1");
     let audit_file = rig.scratch.join("shipping.audit.jsonl");
     let written = || -> Vec<String> {
         std::fs::read_to_string(&audit_file)

@@ -352,6 +352,17 @@ pub fn decode(text: &[u8], settings: &AwsConfig, seal: &Seal) -> Result<Restored
     })
 }
 
+/// At least one group, each by the config's rule; `who` names the user or host in the error.
+fn check_groups(who: &str, groups: &BTreeSet<String>) -> Result<(), String> {
+    if groups.is_empty() {
+        return Err(format!("{who} has no group"));
+    }
+    for group in groups {
+        gatehouse_config::check_group_name(group).map_err(|e| format!("{who}: group: {e}"))?;
+    }
+    Ok(())
+}
+
 /// The saved identities, each checked as the live listing checks it: a login name that some
 /// IAM user name maps to, at least one group (each by the config's rule), at least one key
 /// (each by the config's key rules), no name twice.
@@ -367,13 +378,7 @@ fn restore_identities(saved: Vec<SavedIdentity>) -> Result<Vec<Identity>, String
         if !seen.insert(saved.name.clone()) {
             return Err(format!("user {name} is listed twice"));
         }
-        if saved.groups.is_empty() {
-            return Err(format!("user {name} has no group"));
-        }
-        for group in &saved.groups {
-            gatehouse_config::check_group_name(group)
-                .map_err(|e| format!("user {name}: group: {e}"))?;
-        }
+        check_groups(&format!("user {name}"), &saved.groups)?;
         if saved.keys.is_empty() {
             return Err(format!("user {name} has no key"));
         }
@@ -412,13 +417,7 @@ fn restore_hosts(saved: Vec<SavedHost>, settings: &AwsConfig) -> Result<Vec<Host
         if !saved.names.contains(&saved.id.to_ascii_lowercase()) {
             return Err(format!("host {id}: its id is not among its names"));
         }
-        if saved.groups.is_empty() {
-            return Err(format!("host {id} has no group"));
-        }
-        for group in &saved.groups {
-            gatehouse_config::check_group_name(group)
-                .map_err(|e| format!("host {id}: group: {e}"))?;
-        }
+        check_groups(&format!("host {id}"), &saved.groups)?;
         let ports = saved.ports.iter().map(u16::to_string).collect::<Vec<_>>();
         parse_ports(&ports.join(",")).map_err(|e| format!("host {id}: ports: {e}"))?;
         if !saved.login_users.is_empty() {

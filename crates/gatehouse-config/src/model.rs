@@ -378,8 +378,9 @@ pub enum AuditOnFailure {
     /// written again; open tunnels stay. Nothing happens that the audit log cannot hold.
     #[default]
     Refuse,
-    /// `"continue"`: keep admitting; the lines that cannot be written wait in memory (a
-    /// bounded number) and go to the log to stderr meanwhile.
+    /// `"continue"`: keep admitting, unaudited meanwhile; the lines that cannot be written
+    /// wait in memory (at most 10,000, the oldest dropped past that) and are written when the
+    /// file takes them again (lost if the daemon stops first).
     Continue,
 }
 
