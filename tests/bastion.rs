@@ -35,6 +35,8 @@ pub(crate) struct ServerOptions {
     pub login_grace: &'static str,
     pub idle_timeout: &'static str,
     pub max_unauthenticated: usize,
+    /// `server.eviction_min_age`: at `login_grace` or more, the pre-auth cap is a hard cap.
+    pub eviction_min_age: &'static str,
     pub shutdown_grace: &'static str,
     pub connect_timeout: &'static str,
 }
@@ -47,6 +49,7 @@ impl Default for ServerOptions {
             login_grace: "20s",
             idle_timeout: "1h",
             max_unauthenticated: 64,
+            eviction_min_age: "100ms",
             shutdown_grace: "10s",
             connect_timeout: "3s",
         }
@@ -70,6 +73,7 @@ host_key = "{dir}/state/ssh_host_ed25519_key"
 login_grace = "{login_grace}"
 idle_timeout = "{idle_timeout}"
 max_unauthenticated = {max_unauth}
+eviction_min_age = "{eviction_min_age}"
 connect_timeout = "{connect_timeout}"
 shutdown_grace = "{shutdown_grace}"
 
@@ -106,6 +110,7 @@ ports = [22]
         login_grace = opts.login_grace,
         idle_timeout = opts.idle_timeout,
         max_unauth = opts.max_unauthenticated,
+        eviction_min_age = opts.eviction_min_age,
         shutdown_grace = opts.shutdown_grace,
         connect_timeout = opts.connect_timeout,
         alice = alice.public_line.trim(),
@@ -757,6 +762,8 @@ fn unauthenticated_connections_are_capped_and_cut_at_login_grace() {
     let rig = rig_with(ServerOptions {
         login_grace: "2s",
         max_unauthenticated: 2,
+        // Nobody is old enough to be evicted: the cap refuses (eviction: tests/lifecycle.rs).
+        eviction_min_age: "1m",
         ..ServerOptions::default()
     });
     let bastion = addr(BASTION_CLIENT_ADDR, SSH_PORT);

@@ -16,6 +16,8 @@
 //!   (the stand-in for AWS's NLB): one host key, the real client address, no penalties from
 //!   probes, no failed login after a kill -9 is noticed, a rolling replacement that drops no
 //!   login and drains an open tunnel
+//! - `siege`: 200 hostile sources (slowloris, flood, behind PROXY) at the defaults: 99% of
+//!   logins get in, the flood's log and audit stay bounded, every refusal is counted
 //! - `openssh_baseline`: the harness itself, with OpenSSH sshd as the bastion
 
 mod aws; // gatehouse with AWS as the source of truth, against moto
@@ -27,3 +29,4 @@ mod journey; // gatehouse-vpc and the daemon together, under enforced IAM: apply
 mod lifecycle; // connections ending at every phase: panics, penalty charges, pre-auth slots
 mod openssh_baseline;
 mod scaleout; // replicas behind HAProxy (the NLB stand-in): kill -9, rolling replacement
+mod siege; // 200 hostile sources at the defaults: slowloris, flood, PROXY; logins still get in

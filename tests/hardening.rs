@@ -40,7 +40,7 @@ fn options(extra: &str) -> ServerOptions {
 }
 
 /// The Prometheus text the daemon serves on the bastion namespace's `127.0.0.1:port`.
-fn scrape_metrics(rig: &Rig, port: u16) -> String {
+pub(crate) fn scrape_metrics(rig: &Rig, port: u16) -> String {
     let mut curl = rig.topology.bastion.command(venv_python());
     curl.args([
         "-c",
@@ -54,7 +54,7 @@ fn scrape_metrics(rig: &Rig, port: u16) -> String {
 }
 
 /// One metric's value in `text` (the first line starting with `prefix`).
-fn metric(text: &str, prefix: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())

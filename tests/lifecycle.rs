@@ -131,6 +131,8 @@ struct LabOptions {
     shutdown_grace: &'static str,
     max_unauthenticated: usize,
     per_source: usize,
+    /// `server.eviction_min_age`: "10m" (past `login_grace`) makes the cap a hard cap.
+    eviction_min_age: &'static str,
 }
 
 fn lab(o: LabOptions) -> Lab {
@@ -167,6 +169,7 @@ listen = "127.0.0.1:{METRICS_PORT}"
         login_grace: o.login_grace,
         idle_timeout: "1h",
         max_unauthenticated: o.max_unauthenticated,
+        eviction_min_age: o.eviction_min_age,
         shutdown_grace: o.shutdown_grace,
         ..ServerOptions::default()
     };
@@ -975,6 +978,72 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// With every pre-auth slot taken, a legitimate login takes the slot of the connection
+    /// that made the least progress for the longest: first one without a version line (held
+    /// after two mid-kex ones), then, with only mid-kex ones left, the one in the key exchange
+    /// longest. Each evicted one is cut at once, audited `evicted` and charged `no_auth`; the
+    /// others stay held.
+    fn evictions(&self) {
+        let what = "eviction by progress";
+        let (before, panics) = self.mark();
+        let oldest_kex = self.hold(self.source(false), "mid-kex", "ssh-evict-kex-1");
+        let silent = self.hold(self.source(false), "before-version", "ssh-evict-silent");
+        let younger_kex = self.hold(self.source(false), "mid-kex", "ssh-evict-kex-2");
+        let check = |evicted: &(Cut, Daemon), kept: &[&(Cut, Daemon)]| {
+            if !self.wait_report(&evicted.0, "server-closed", Duration::from_secs(5)) {
+                self.fail(format!(
+                    "{what}: not evicted by the login: {}",
+                    evicted.0.describe()
+                ));
+            }
+            for k in kept {
+                if !k.0.has("held") || k.0.has("server-closed") {
+                    self.fail(format!("{what}: evicted too: {}", k.0.describe()));
+                }
+            }
+        };
+        self.legitimate_logins(1);
+        check(&silent, &[&oldest_kex, &younger_kex]);
+        let youngest_kex = self.hold(self.source(false), "mid-kex", "ssh-evict-kex-3");
+        self.legitimate_logins(1);
+        check(&oldest_kex, &[&younger_kex, &youngest_kex]);
+        let audit = self.rig.audit();
+        for evicted in [&silent, &oldest_kex] {
+            let prefix = format!("{}:", evicted.0.via.ip());
+            if !audit.iter().any(|l| {
+                is(l, "connection.refused")
+                    && l["reason_code"] == "evicted"
+                    && l["source"].as_str().is_some_and(|s| s.starts_with(&prefix))
+            }) {
+                self.fail(format!(
+                    "{what}: no connection.refused evicted for {prefix}"
+                ));
+            }
+        }
+        let all = [silent, oldest_kex, younger_kex, youngest_kex];
+        let charged: Vec<(String, &'static str)> =
+            all.iter().map(|(c, _)| (c.via.ip(), "no_auth")).collect();
+        // The two still held are released now, ending without authenticating.
+        drop(all);
+        self.check_batch(what, &before, panics, &charged, &[], &[("no_auth", 4)]);
+    }
+}
+
+#[test]
+fn with_every_slot_taken_a_login_evicts_the_least_progressed_connection() {
+    let lab = lab(LabOptions {
+        login_grace: "20s",
+        shutdown_grace: "10s",
+        max_unauthenticated: 3,
+        per_source: PER_SOURCE,
+        eviction_min_age: "0s",
+    });
+    let started = Instant::now();
+    lab.evictions();
+    lab.finish(started);
+}
+
 /// Now, in seconds since the Unix epoch (the cutter's report timestamps).
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
@@ -1018,6 +1087,8 @@ fn connections_ending_at_every_phase_are_charged_as_documented_and_release_their
         shutdown_grace: "10s",
         max_unauthenticated: MAX_UNAUTH,
         per_source: PER_SOURCE,
+        // The caps as hard caps: one more is refused (eviction has a test of its own).
+        eviction_min_age: "10m",
     });
     let started = Instant::now();
     for proxied in [false, true] {
@@ -1065,6 +1136,7 @@ fn shutdown_with_connections_held_at_every_preauth_phase_exits_at_once_and_charg
         shutdown_grace: "4s",
         max_unauthenticated: 16,
         per_source: PER_SOURCE,
+        eviction_min_age: "10m",
     });
     let started = Instant::now();
     let mut held = Vec::new();

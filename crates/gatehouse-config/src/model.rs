@@ -14,6 +14,15 @@ use std::time::Duration;
 pub const DEFAULT_HOST_KEY: &str = "/var/lib/gatehouse/ssh_host_ed25519_key";
 /// Default `server.login_grace`.
 pub const DEFAULT_LOGIN_GRACE: Duration = Duration::from_secs(20);
+/// Default `server.version_grace`.
+pub const DEFAULT_VERSION_GRACE: Duration = Duration::from_secs(5);
+/// Default `server.kex_grace`.
+pub const DEFAULT_KEX_GRACE: Duration = Duration::from_secs(10);
+/// Default `server.eviction_min_age`.
+pub const DEFAULT_EVICTION_MIN_AGE: Duration = Duration::from_millis(100);
+/// Accepted range of `server.eviction_min_age`.
+pub const EVICTION_MIN_AGE_RANGE: (Duration, Duration) =
+    (Duration::ZERO, Duration::from_secs(10 * 60));
 /// Default `server.max_unauthenticated`.
 pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
 /// Default `server.idle_timeout`.
@@ -42,6 +51,8 @@ pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 64;
 pub const DEFAULT_MAX_TUNNELS: usize = 10_000;
 /// Default of `limits.per_source_max_unauthenticated`.
 pub const DEFAULT_PER_SOURCE_MAX_UNAUTHENTICATED: usize = 8;
+/// Default of `limits.per_prefix_max_unauthenticated`, as a multiple of the per-source cap.
+pub const DEFAULT_PER_PREFIX_SOURCES: usize = 4;
 /// Accepted range of `limits.max_buffered_mib`.
 pub const MAX_BUFFERED_MIB_RANGE: (usize, usize) = (1, 1 << 20);
 /// Accepted range of the `[limits]` counts.
@@ -268,9 +279,21 @@ pub struct ServerConfig {
     /// `login_grace`: time a connection has to complete authentication before it is dropped.
     /// Range 1s..10m, default 20s.
     pub login_grace: Duration,
-    /// `max_unauthenticated`: connections allowed at once that have not authenticated yet;
-    /// further ones are refused before the SSH handshake. Range 1..100000, default 64.
+    /// `version_grace`: time a new connection has to send its SSH version line. Range
+    /// 1s..10m, default 5s; never past `login_grace`.
+    pub version_grace: Duration,
+    /// `kex_grace`: time a new connection has to finish the key exchange (counted from
+    /// accept, like the others). Range 1s..10m, default 10s; never past `login_grace`.
+    pub kex_grace: Duration,
+    /// `max_unauthenticated`: connections allowed at once that have not authenticated yet.
+    /// When all are taken, a new connection takes the slot of the one that has made the least
+    /// progress for the longest (see `eviction_min_age`), or is refused before the SSH
+    /// handshake. Range 1..100000, default 64.
     pub max_unauthenticated: usize,
+    /// `eviction_min_age`: how old an unauthenticated connection must be before a newcomer
+    /// may take its slot. Range 0..10m, default 100ms; at `login_grace` or more, nobody is
+    /// evicted and a newcomer over the cap is refused.
+    pub eviction_min_age: Duration,
     /// `idle_timeout`: an authenticated session with no traffic on any channel for this long is
     /// closed. Range 1s..7d, default 1h.
     pub idle_timeout: Duration,
@@ -321,6 +344,10 @@ pub struct LimitsConfig {
     /// IPv6 /64) that may be unauthenticated at once, so one source cannot fill
     /// `server.max_unauthenticated`.
     pub per_source_max_unauthenticated: usize,
+    /// `per_prefix_max_unauthenticated`: the same for one network, an IPv4 /24 or an IPv6 /48
+    /// (many addresses of one attacker). At least `per_source_max_unauthenticated`; default
+    /// four times it (32).
+    pub per_prefix_max_unauthenticated: usize,
     /// `max_buffered_mib`: client bytes the whole bastion may hold for targets slower than
     /// their clients, in MiB. `None` (the default): derived from the machine's memory at
     /// start (see `gatehouse_ssh::buffer_budget`).

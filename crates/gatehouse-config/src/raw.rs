@@ -73,6 +73,7 @@ pub(crate) struct RawLimits {
     pub(crate) max_channels_per_connection: Option<Spanned<Integer>>,
     pub(crate) max_tunnels: Option<Spanned<Integer>>,
     pub(crate) per_source_max_unauthenticated: Option<Spanned<Integer>>,
+    pub(crate) per_prefix_max_unauthenticated: Option<Spanned<Integer>>,
     pub(crate) max_buffered_mib: Option<Spanned<Integer>>,
 }
 
@@ -107,7 +108,10 @@ pub(crate) struct RawServer {
     pub(crate) listen: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) host_key: Option<Spanned<String>>,
     pub(crate) login_grace: Option<Spanned<String>>,
+    pub(crate) version_grace: Option<Spanned<String>>,
+    pub(crate) kex_grace: Option<Spanned<String>>,
     pub(crate) max_unauthenticated: Option<Spanned<Integer>>,
+    pub(crate) eviction_min_age: Option<Spanned<String>>,
     pub(crate) idle_timeout: Option<Spanned<String>>,
     pub(crate) connect_timeout: Option<Spanned<String>>,
     pub(crate) keepalive_interval: Option<Spanned<String>>,

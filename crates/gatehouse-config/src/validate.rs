@@ -213,11 +213,29 @@ impl Validator<'_> {
                 DEFAULT_LOGIN_GRACE,
                 LOGIN_GRACE_RANGE,
             ),
+            version_grace: self.duration(
+                "server.version_grace",
+                s.version_grace.as_ref(),
+                DEFAULT_VERSION_GRACE,
+                LOGIN_GRACE_RANGE,
+            ),
+            kex_grace: self.duration(
+                "server.kex_grace",
+                s.kex_grace.as_ref(),
+                DEFAULT_KEX_GRACE,
+                LOGIN_GRACE_RANGE,
+            ),
             max_unauthenticated: self.count(
                 "server.max_unauthenticated",
                 s.max_unauthenticated.as_ref(),
                 DEFAULT_MAX_UNAUTHENTICATED,
                 MAX_UNAUTHENTICATED_RANGE,
+            ),
+            eviction_min_age: self.duration(
+                "server.eviction_min_age",
+                s.eviction_min_age.as_ref(),
+                DEFAULT_EVICTION_MIN_AGE,
+                EVICTION_MIN_AGE_RANGE,
             ),
             idle_timeout: self.duration(
                 "server.idle_timeout",
@@ -349,6 +367,12 @@ impl Validator<'_> {
             v.count(key, value, default, LIMIT_RANGE)
         };
         let l = limits;
+        let per_source = count(
+            self,
+            "limits.per_source_max_unauthenticated",
+            l.and_then(|l| l.per_source_max_unauthenticated.as_ref()),
+            DEFAULT_PER_SOURCE_MAX_UNAUTHENTICATED,
+        );
         LimitsConfig {
             max_sessions_per_user: count(
                 self,
@@ -368,12 +392,8 @@ impl Validator<'_> {
                 l.and_then(|l| l.max_tunnels.as_ref()),
                 DEFAULT_MAX_TUNNELS,
             ),
-            per_source_max_unauthenticated: count(
-                self,
-                "limits.per_source_max_unauthenticated",
-                l.and_then(|l| l.per_source_max_unauthenticated.as_ref()),
-                DEFAULT_PER_SOURCE_MAX_UNAUTHENTICATED,
-            ),
+            per_source_max_unauthenticated: per_source,
+            per_prefix_max_unauthenticated: self.per_prefix(l, per_source),
             max_buffered_mib: l.and_then(|l| l.max_buffered_mib.as_ref()).map(|value| {
                 self.count(
                     "limits.max_buffered_mib",
@@ -383,6 +403,28 @@ impl Validator<'_> {
                 )
             }),
         }
+    }
+
+    /// `limits.per_prefix_max_unauthenticated`: at least the per-source cap (a prefix holds
+    /// its sources), by default [`DEFAULT_PER_PREFIX_SOURCES`] times it.
+    fn per_prefix(&mut self, l: Option<&RawLimits>, per_source: usize) -> usize {
+        let default = per_source.saturating_mul(DEFAULT_PER_PREFIX_SOURCES);
+        let key = "limits.per_prefix_max_unauthenticated";
+        let Some(value) = l.and_then(|l| l.per_prefix_max_unauthenticated.as_ref()) else {
+            return default;
+        };
+        let n = self.count(key, Some(value), default, LIMIT_RANGE);
+        if n < per_source {
+            self.error(
+                &value.span(),
+                format!(
+                    "{key}: {n} is below limits.per_source_max_unauthenticated ({per_source}): \
+                     a prefix holds its sources"
+                ),
+            );
+            return default;
+        }
+        n
     }
 
     fn penalties(&mut self, p: Option<&RawPenalties>) -> PenaltiesConfig {
@@ -1258,7 +1300,10 @@ fn empty_server() -> RawServer {
         listen: None,
         host_key: None,
         login_grace: None,
+        version_grace: None,
+        kex_grace: None,
         max_unauthenticated: None,
+        eviction_min_age: None,
         idle_timeout: None,
         connect_timeout: None,
         keepalive_interval: None,

@@ -1281,6 +1281,10 @@ fn limits_penalties_and_metrics_have_openssh_like_defaults() {
     assert_eq!(config.limits.max_channels_per_connection, 64);
     assert_eq!(config.limits.max_tunnels, 10_000);
     assert_eq!(config.limits.per_source_max_unauthenticated, 8);
+    assert_eq!(config.limits.per_prefix_max_unauthenticated, 32);
+    assert_eq!(config.server.version_grace, Duration::from_secs(5));
+    assert_eq!(config.server.kex_grace, Duration::from_secs(10));
+    assert_eq!(config.server.eviction_min_age, Duration::from_millis(100));
     let p = &config.penalties;
     assert!(p.enabled);
     assert_eq!(p.auth_failure, Duration::from_secs(5));
@@ -1322,6 +1326,38 @@ fn limits_penalties_metrics_and_proxy_settings_parse() {
     assert_eq!(
         config.metrics.listen,
         Some("127.0.0.1:9100".parse().unwrap())
+    );
+}
+
+#[test]
+fn preauth_deadlines_eviction_and_the_prefix_cap_parse_and_are_checked() {
+    let config = ok(
+        "[server]\nlisten = [\"0.0.0.0:22\"]\nversion_grace = \"2s\"\nkex_grace = \"3s\"\n\
+         eviction_min_age = \"0s\"\n[limits]\nper_source_max_unauthenticated = 5\n",
+    );
+    assert_eq!(config.server.version_grace, Duration::from_secs(2));
+    assert_eq!(config.server.kex_grace, Duration::from_secs(3));
+    assert_eq!(config.server.eviction_min_age, Duration::ZERO);
+    // The prefix cap follows the per-source one unless set.
+    assert_eq!(config.limits.per_prefix_max_unauthenticated, 20);
+    one_error(
+        "[server]\nlisten = [\"0.0.0.0:22\"]\n[limits]\nper_source_max_unauthenticated = 5\n\
+         per_prefix_max_unauthenticated = 4\n",
+        5,
+        34,
+        &["limits.per_prefix_max_unauthenticated: 4 is below limits.per_source_max_unauthenticated (5)"],
+    );
+    one_error(
+        "[server]\nlisten = [\"0.0.0.0:22\"]\nkex_grace = \"0s\"\n",
+        3,
+        13,
+        &["server.kex_grace"],
+    );
+    one_error(
+        "[server]\nlisten = [\"0.0.0.0:22\"]\neviction_min_age = \"1h\"\n",
+        3,
+        20,
+        &["server.eviction_min_age"],
     );
 }
 

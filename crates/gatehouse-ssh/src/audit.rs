@@ -22,6 +22,13 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+/// A source and how many refusals it had, in a summary.
+#[derive(Debug, Serialize)]
+pub struct SourceCount<'a> {
+    pub source: &'a str,
+    pub count: u64,
+}
+
 /// One audit event. The `event` field of the JSON line is the variant's name.
 #[derive(Debug, Serialize)]
 #[serde(tag = "event")]
@@ -108,10 +115,25 @@ pub enum Event<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         session: Option<&'a str>,
         source: SocketAddr,
-        /// Stable label: `too_many_unauthenticated`, `too_many_from_source`, `penalized`,
-        /// `login_grace`, `untrusted_proxy`, `bad_proxy_header`, `shutting_down`, `internal`.
+        /// Stable label: `too_many_unauthenticated`, `evicted`, `too_many_from_source`,
+        /// `too_many_from_prefix`, `penalized`, `version_grace`, `kex_grace`, `login_grace`,
+        /// `untrusted_proxy`, `bad_proxy_header`, `shutting_down`, `internal`.
         reason_code: &'a str,
         reason: &'a str,
+    },
+    /// The refusals of one reason in the last interval that had no `connection.refused` line
+    /// of their own (past the first few, see `refusals`): `count` is all of the interval's,
+    /// `itemized` of them had a line.
+    #[serde(rename = "connection.refused.summary")]
+    ConnectionRefusedSummary {
+        reason_code: &'a str,
+        count: u64,
+        itemized: u64,
+        interval_s: u64,
+        /// Distinct sources of the summarized refusals (at most 1024 counted).
+        sources: usize,
+        /// The busiest of them, busiest first: `{source, count}`.
+        top_sources: Vec<SourceCount<'a>>,
     },
     /// A source's penalty account went over the threshold: its new connections are refused
     /// for `seconds` (less the threshold), and longer if it keeps offending.

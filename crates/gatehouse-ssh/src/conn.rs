@@ -11,6 +11,8 @@ use russh::keys::PublicKey;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Progress;
+
 /// How the connection authenticated: re-checked against every new directory snapshot.
 pub(crate) struct Login {
     pub user: String,
@@ -39,6 +41,9 @@ pub(crate) struct Conn {
     pub peer: SocketAddr,
     /// When the connection was accepted.
     pub started: Instant,
+    /// Its pre-authentication slot and how far it has come (the socket and the handler move
+    /// it on; authentication gives the slot back).
+    pub progress: Arc<Progress>,
     /// Who authenticated, and with which key; set once authentication succeeds.
     pub login: OnceLock<Login>,
     /// Cancelled when the connection ends; tunnels stop with it.
@@ -53,11 +58,12 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: String, peer: SocketAddr) -> Self {
+    pub fn new(id: String, peer: SocketAddr, progress: Arc<Progress>) -> Self {
         Conn {
             id,
             peer,
             started: Instant::now(),
+            progress,
             login: OnceLock::new(),
             closed: CancellationToken::new(),
             tunnels: Mutex::new(HashMap::new()),

@@ -10,6 +10,7 @@ use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, Verif
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use tokio::sync::oneshot;
 
+use crate::admission::Phase;
 use crate::algorithms::signature_allowed;
 use crate::audit::Event;
 use crate::conn::{Conn, Login};
@@ -36,6 +37,11 @@ impl Handler {
             conn,
             authenticated: Some(authenticated),
         }
+    }
+
+    /// Any authentication request: the key exchange is done (see `admission`).
+    fn authenticating(&self) {
+        self.conn.progress.advance(Phase::Authenticating);
     }
 
     fn reject() -> Auth {
@@ -184,11 +190,13 @@ impl russh::server::Handler for Handler {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        self.authenticating();
         // Every OpenSSH client probes with "none" first: not an attack, not audited.
         Ok(Self::reject())
     }
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        self.authenticating();
         self.auth_failure(user, "password", None, ONLY_PUBLICKEY);
         Ok(Self::reject())
     }
@@ -199,6 +207,7 @@ impl russh::server::Handler for Handler {
         _submethods: &str,
         _response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        self.authenticating();
         self.auth_failure(user, "keyboard-interactive", None, ONLY_PUBLICKEY);
         Ok(Self::reject())
     }
@@ -208,6 +217,7 @@ impl russh::server::Handler for Handler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.authenticating();
         Ok(
             match self.check_key(user, offer.public_key, offer.algorithm) {
                 Some(_) => Auth::Accept,
@@ -221,6 +231,7 @@ impl russh::server::Handler for Handler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.authenticating();
         let Some(principal) = self.check_key(user, key.public_key, key.algorithm) else {
             return Ok(Self::reject());
         };
@@ -251,6 +262,8 @@ impl russh::server::Handler for Handler {
             return Ok(Self::reject());
         }
         tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user, key = %fp, "authenticated");
+        // Authenticated: no longer one of the pre-auth slots, and never evicted.
+        self.conn.progress.release();
         let _ = self.conn.login.set(Login {
             user: principal.user,
             key: key.public_key.clone(),
@@ -264,6 +277,7 @@ impl russh::server::Handler for Handler {
         user: &str,
         _certificate: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
+        self.authenticating();
         self.auth_failure(
             user,
             "publickey",

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 mod algorithms;
 pub mod audit;
 mod budget;
@@ -18,6 +19,7 @@ pub mod liveness;
 mod local;
 pub mod proxy;
 pub mod push;
+mod refusals;
 mod server;
 mod socket;
 mod sources;

@@ -67,6 +67,19 @@ pub async fn read_header<R: AsyncRead + Unpin>(
     client_address(&whole)
 }
 
+/// What follows a complete v2 header at the start of `bytes` (peeked, not read), or `None` if
+/// the header is not all there (or is no header).
+pub(crate) fn after_header(bytes: &[u8]) -> Option<&[u8]> {
+    if bytes.len() < FIXED_LEN || &bytes[..SIGNATURE.len()] != SIGNATURE {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([bytes[14], bytes[15]]));
+    bytes.get(FIXED_LEN + len..)
+}
+
+/// Bytes to peek to see a whole header and what follows it.
+pub(crate) const PEEK_LEN: usize = FIXED_LEN + MAX_VARIABLE_LEN + 256;
+
 /// The client address of a complete v2 header.
 pub fn client_address(bytes: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
     let header = Header::try_from(bytes).map_err(|e| ProxyError::Malformed(e.to_string()))?;
@@ -123,6 +136,16 @@ mod tests {
         .build()
         .unwrap();
         assert_eq!(read_header(&mut &local[..], soon()).await.unwrap(), None);
+    }
+
+    #[test]
+    fn what_follows_a_whole_header_is_found_and_a_partial_one_is_none() {
+        let mut bytes = header("192.0.2.1:1", "192.0.2.2:22");
+        let len = bytes.len();
+        assert_eq!(after_header(&bytes[..len - 1]), None);
+        bytes.extend_from_slice(b"SSH-2.0-x\r\n");
+        assert_eq!(after_header(&bytes), Some(&b"SSH-2.0-x\r\n"[..]));
+        assert_eq!(after_header(b"SSH-2.0-x\r\n"), None);
     }
 
     #[tokio::test]

@@ -1,9 +1,12 @@
 //! The accept loop and the life of a connection.
 //!
-//! Pre-auth limits live here because russh has none: a cap on connections that have not
-//! authenticated yet (checked right after accept; over the cap the connection is closed at
-//! once), a per-source cap and per-source penalties (see `sources`), and a login-grace
-//! deadline covering the PROXY header, version exchange, key exchange and authentication. After authentication the connection is watched for idleness and for
+//! Pre-auth limits live here because russh has none: the pre-auth slots, admitted by progress
+//! right after accept (see `admission`: over the cap a newcomer takes the slot of the
+//! least-progressed connection, or is closed at once), per-source and per-prefix caps and
+//! per-source penalties (see `sources`), and deadlines per phase (`version_grace`, `kex_grace`,
+//! `login_grace`) covering the PROXY header, version exchange, key exchange and
+//! authentication. Refusals before authentication are counted exactly and written in bounded
+//! ink (see `refusals`). After authentication the connection is watched for idleness and for
 //! shutdown. Shutdown first waits `drain_delay` with the health endpoint answering 503 and
 //! everything else serving (so a load balancer takes this bastion out), then stops accepting,
 //! closes sessions without tunnels at once, lets tunnels drain for the grace period, then
@@ -21,19 +24,21 @@ use gatehouse_config::{LimitsConfig, PenaltiesConfig, ServerConfig};
 use gatehouse_directory::Snapshot;
 use russh::Disconnect;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{sleep_until, timeout, timeout_at, Instant, MissedTickBehavior};
+use tokio::sync::{oneshot, watch};
+use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{LocalPoolHandle, TaskTracker};
 
-use crate::audit::{Audit, Event};
+use crate::admission::{Admission, Admit, Admitted, Deadlines, Grant, Phase, Progress};
+use crate::audit::{Audit, Event, SourceCount};
 use crate::budget::BufferBudget;
 use crate::conn::{Conn, OpenTunnel};
 use crate::handler::Handler;
 use crate::proxy;
 use crate::push::KeyPush;
-use crate::socket::{with_cutter, ClientSocket};
-use crate::sources::{Offence, Penalties, Source, Unauthenticated};
+use crate::refusals::{Refusals, INTERVAL as SUMMARY_INTERVAL};
+use crate::socket::{with_cutter, ClientSocket, VersionLine};
+use crate::sources::{Offence, OverCap, Penalties, Source, Unauthenticated};
 
 /// Everything the SSH server needs, built by the binary.
 pub struct Bastion {
@@ -103,7 +108,9 @@ pub(crate) struct Shared {
     pub leaving: CancellationToken,
     /// Cancelled when the grace period is over: close everything.
     pub stop: CancellationToken,
-    preauth: Arc<Semaphore>,
+    admission: Arc<Admission>,
+    deadlines: Deadlines,
+    refusals: Refusals,
     penalties: Penalties,
     unauthenticated: Unauthenticated,
     /// Authenticated connections per user.
@@ -124,9 +131,22 @@ impl Shared {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         Shared {
-            preauth: Arc::new(Semaphore::new(b.settings.max_unauthenticated)),
+            admission: Admission::new(
+                b.settings.max_unauthenticated,
+                b.settings.eviction_min_age,
+                b.settings.login_grace,
+            ),
+            deadlines: Deadlines {
+                version: b.settings.version_grace,
+                kex: b.settings.kex_grace,
+                login: b.settings.login_grace,
+            },
+            refusals: Refusals::default(),
             penalties: Penalties::new(b.penalties),
-            unauthenticated: Unauthenticated::new(b.limits.per_source_max_unauthenticated),
+            unauthenticated: Unauthenticated::new(
+                b.limits.per_source_max_unauthenticated,
+                b.limits.per_prefix_max_unauthenticated,
+            ),
             user_sessions: Mutex::new(HashMap::new()),
             tunnels: AtomicUsize::new(0),
             budget: BufferBudget::from_config(b.limits.max_buffered_mib),
@@ -214,7 +234,13 @@ impl Shared {
         })
     }
 
-    fn refuse(&self, session: Option<&str>, source: SocketAddr, code: &str, reason: &str) {
+    /// Refuses (or cuts) a connection before authentication: counted always, written in full
+    /// only while its reason has few refusals this interval (`refusals`).
+    fn refuse(&self, session: Option<&str>, source: SocketAddr, code: &'static str, reason: &str) {
+        crate::telemetry::connection_refused(code);
+        if !self.refusals.note(code, source.ip()) {
+            return;
+        }
         tracing::info!(session, %source, "connection refused: {reason}");
         self.audit.record(Event::ConnectionRefused {
             session,
@@ -222,6 +248,54 @@ impl Shared {
             reason_code: code,
             reason,
         });
+    }
+
+    /// Charges a connection we cut before it authenticated (see [`cut`]): deadlines are
+    /// `grace_exceeded`, shutdown nothing, an eviction like ending without authenticating
+    /// (`offence`: `auth_failure` if it tried).
+    fn charge_cut(&self, source: SocketAddr, code: &str, offence: Offence) {
+        match code {
+            "shutting_down" => {}
+            "version_grace" | "kex_grace" | "login_grace" => {
+                self.charge(source, Offence::GraceExceeded)
+            }
+            _ => self.charge(source, offence),
+        }
+    }
+
+    /// Writes the summaries of the refusals that had no line of their own.
+    fn summarize_refusals(&self) {
+        for s in self.refusals.take() {
+            let top: Vec<String> = s
+                .top_sources
+                .iter()
+                .map(|(source, n)| format!("{source} ({n})"))
+                .collect();
+            tracing::warn!(
+                reason_code = s.reason_code,
+                "{} connections refused in the last {}s ({} logged one by one); {} sources, most from: {}",
+                s.count,
+                SUMMARY_INTERVAL.as_secs(),
+                s.itemized,
+                s.sources,
+                top.join(", ")
+            );
+            self.audit.record(Event::ConnectionRefusedSummary {
+                reason_code: s.reason_code,
+                count: s.count,
+                itemized: s.itemized,
+                interval_s: SUMMARY_INTERVAL.as_secs(),
+                sources: s.sources,
+                top_sources: s
+                    .top_sources
+                    .iter()
+                    .map(|(source, count)| SourceCount {
+                        source,
+                        count: *count,
+                    })
+                    .collect(),
+            });
+        }
     }
 
     /// Charges a connection that ended without authenticating to its source.
@@ -292,6 +366,8 @@ pub async fn serve(
         shared.tasks.spawn(accept_loop(shared.clone(), listener));
     }
     let gauges = tokio::spawn(update_gauges(shared.clone()));
+    let summaries = tokio::spawn(summarize_refusals(shared.clone()));
+    let dispatch = tokio::spawn(shared.admission.clone().dispatch());
     shutdown.await;
     gauges.abort();
     let delay = shared.settings.drain_delay;
@@ -321,6 +397,9 @@ pub async fn serve(
             tracing::warn!("some sessions did not close in time; exiting anyway");
         }
     }
+    summaries.abort();
+    dispatch.abort();
+    shared.summarize_refusals();
     tracing::info!("stopped");
 }
 
@@ -331,6 +410,26 @@ async fn update_gauges(shared: Arc<Shared>) {
         let refused = shared.penalties.refused_sources(Instant::now().into_std());
         metrics::gauge!("gatehouse_penalized_sources").set(refused as f64);
         metrics::gauge!("gatehouse_buffered_bytes").set(shared.budget.used() as f64);
+        metrics::gauge!("gatehouse_unauthenticated").set(shared.admission.held() as f64);
+        let untracked = shared.penalties.take_untracked();
+        if untracked > 0 {
+            tracing::warn!(
+                "penalty table full (penalties.max_sources): {untracked} charges to untracked \
+                 sources in the last {}s",
+                GAUGE_INTERVAL.as_secs()
+            );
+        }
+    }
+}
+
+/// Every [`SUMMARY_INTERVAL`], the summaries of refusals that had no line of their own.
+async fn summarize_refusals(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SUMMARY_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        shared.summarize_refusals();
     }
 }
 
@@ -359,38 +458,46 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener) {
                     );
                     continue;
                 }
-                match shared.preauth.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        // The socket moves to the worker's runtime: deregister it from this
-                        // one first.
-                        let stream = match stream.into_std() {
-                            Ok(s) => s,
-                            Err(e) => {
-                                let reason = format!("cannot set up the connection: {e}");
-                                shared.refuse(None, peer, "internal", &reason);
-                                continue;
-                            }
-                        };
-                        // Boxed: `spawn_pinned` keeps a task of its own, sized to hold the
-                        // closure, for the connection's whole life; a pointer keeps that task
-                        // small (the future itself is several KiB: 3.3 KiB per idle session
-                        // measured).
-                        let task = Box::pin(shared.tasks.track_future(on_worker(
-                            shared.clone(),
-                            stream,
-                            peer,
-                            listener.proxy,
-                            permit,
-                        )));
-                        shared.workers.spawn_pinned(move || task);
+                // The socket moves to the worker's runtime: deregister it from this one first.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let reason = format!("cannot set up the connection: {e}");
+                        shared.refuse(None, peer, "internal", &reason);
+                        continue;
                     }
-                    Err(_) => shared.refuse(
-                        None,
-                        peer,
-                        "too_many_unauthenticated",
-                        "too many unauthenticated connections",
-                    ),
-                }
+                };
+                let phase = if version_line_waiting(&stream, listener.proxy) {
+                    Phase::Version
+                } else {
+                    Phase::Connected
+                };
+                let entry = match shared.admission.admit(Instant::now(), phase) {
+                    // An evicted connection is cut, audited and charged by its own task.
+                    Admit::Now((admitted, _evicted)) => Entry::Admitted(admitted),
+                    Admit::Wait(turn) => Entry::Waiting(turn),
+                    Admit::Full => {
+                        shared.refuse(
+                            None,
+                            peer,
+                            "too_many_unauthenticated",
+                            "too many unauthenticated connections",
+                        );
+                        continue;
+                    }
+                };
+                // Boxed: `spawn_pinned` keeps a task of its own, sized to hold the
+                // closure, for the connection's whole life; a pointer keeps that task
+                // small (the future itself is several KiB: 3.3 KiB per idle session
+                // measured).
+                let task = Box::pin(shared.tasks.track_future(on_worker(
+                    shared.clone(),
+                    stream,
+                    peer,
+                    listener.proxy,
+                    entry,
+                )));
+                shared.workers.spawn_pinned(move || task);
             }
             Err(e) => {
                 tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
@@ -419,13 +526,101 @@ async fn on_worker(
     stream: std::net::TcpStream,
     peer: SocketAddr,
     proxied: bool,
-    preauth: OwnedSemaphorePermit,
+    entry: Entry,
 ) {
-    match with_cutter(stream) {
-        Ok((stream, cutter)) => connection(shared, stream, cutter, peer, proxied, preauth).await,
+    let (stream, cutter) = match with_cutter(stream) {
+        Ok(registered) => registered,
         Err(e) => {
             let reason = format!("cannot set up the connection: {e}");
-            shared.refuse(None, peer, "internal", &reason);
+            return shared.refuse(None, peer, "internal", &reason);
+        }
+    };
+    let admitted = match entry {
+        Entry::Admitted(admitted) => admitted,
+        Entry::Waiting(turn) => match wait_for_slot(&shared, &stream, proxied, turn).await {
+            Ok((admitted, _evicted)) => admitted,
+            Err((code, reason)) => return shared.refuse(None, peer, code, reason),
+        },
+    };
+    connection(shared, stream, cutter, peer, proxied, admitted).await
+}
+
+/// Whether the client's SSH version line is already waiting on the socket (peeked: nothing is
+/// read), behind the PROXY header on a PROXY listener: the progress a newcomer brings to
+/// admission. OpenSSH sends its version line as soon as it is connected.
+fn version_line_waiting(stream: &std::net::TcpStream, proxied: bool) -> bool {
+    let mut buf = [0u8; proxy::PEEK_LEN];
+    let Ok(n) = stream.peek(&mut buf) else {
+        return false;
+    };
+    speaks(&buf[..n], proxied)
+}
+
+/// Whether the first bytes of a connection (peeked) hold the client's whole version line,
+/// behind the PROXY header on a PROXY listener.
+fn speaks(bytes: &[u8], proxied: bool) -> bool {
+    let ssh = if proxied {
+        proxy::after_header(bytes)
+    } else {
+        Some(bytes)
+    };
+    ssh.is_some_and(VersionLine::complete_in)
+}
+
+/// How a connection entered: with its pre-auth slot, or in the queue for one.
+enum Entry {
+    Admitted(Admitted),
+    Waiting(oneshot::Receiver<Grant>),
+}
+
+/// How often a waiting connection that spoke up tries to go ahead of the queue.
+const AHEAD_RETRY: Duration = Duration::from_millis(20);
+
+/// Waits in the queue for a pre-auth slot (see `admission`), at most `version_grace`. Nothing
+/// is read meanwhile, but once the client's version line is there (peeked) it tries to go
+/// ahead. Not charged if it gets none (like the cap).
+async fn wait_for_slot(
+    shared: &Shared,
+    stream: &TcpStream,
+    proxied: bool,
+    mut turn: oneshot::Receiver<Grant>,
+) -> Result<Grant, (&'static str, &'static str)> {
+    let full = (
+        "too_many_unauthenticated",
+        "too many unauthenticated connections (no slot while it waited)",
+    );
+    let deadline = Instant::now() + shared.deadlines.version;
+    let mut spoke = false;
+    loop {
+        tokio::select! {
+            // An error: pushed out of a full queue.
+            grant = &mut turn => return grant.map_err(|_| full),
+            ready = stream.readable(), if !spoke => {
+                let mut buf = [0u8; proxy::PEEK_LEN];
+                let n = match ready {
+                    Ok(()) => stream.peek(&mut buf).await.unwrap_or(0),
+                    Err(_) => 0,
+                };
+                if n == 0 {
+                    return Err(full);
+                }
+                if speaks(&buf[..n], proxied) {
+                    spoke = true;
+                } else {
+                    // Part of it: look again in a moment (readiness stays set until a read).
+                    tokio::time::sleep(AHEAD_RETRY).await;
+                }
+            }
+            _ = tokio::time::sleep(AHEAD_RETRY), if spoke => {}
+            _ = tokio::time::sleep_until(deadline) => return Err(full),
+            _ = shared.draining.cancelled() => {
+                return Err(("shutting_down", "the bastion is shutting down"));
+            }
+        }
+        if spoke {
+            if let Some(grant) = shared.admission.try_ahead(Instant::now(), Phase::Version) {
+                return Ok(grant);
+            }
         }
     }
 }
@@ -436,17 +631,19 @@ async fn connection(
     cutter: std::net::TcpStream,
     peer: SocketAddr,
     proxied: bool,
-    preauth: OwnedSemaphorePermit,
+    admitted: Admitted,
 ) {
-    let deadline = Instant::now() + shared.settings.login_grace;
+    let progress = admitted.0.clone();
+    // Whatever cuts this connection before it authenticates: its phase's deadline, a
+    // newcomer taking its slot, shutdown.
+    let mut cut = pin!(cut(&shared, admitted.0.clone()));
     // Behind a load balancer, the client is the one the PROXY header names.
     let source = if proxied {
-        let wait = deadline.min(Instant::now() + PROXY_HEADER_WAIT);
+        let wait = Instant::now() + PROXY_HEADER_WAIT.min(shared.settings.login_grace);
         let header = tokio::select! {
             r = proxy::read_header(&mut stream, wait) => r,
-            _ = shared.draining.cancelled() => {
-                return shared.refuse(None, peer, "shutting_down", "the bastion is shutting down");
-            }
+            // Not charged: until the header is read, the peer is the balancer.
+            (code, reason) = &mut cut => return shared.refuse(None, peer, code, reason),
         };
         match header {
             Ok(Some(client)) => client,
@@ -469,19 +666,27 @@ async fn connection(
         );
         return shared.refuse(None, source, "penalized", &reason);
     }
-    let Some(source_slot) = shared.unauthenticated.try_take(source.ip()) else {
-        shared.refuse(
-            None,
-            source,
-            "too_many_from_source",
-            "too many unauthenticated connections from this source",
-        );
-        // A source that keeps opening more than its share never authenticates them either.
-        shared.charge(source, Offence::NoAuth);
-        return;
+    let source_slot = match shared.unauthenticated.try_take(source.ip()) {
+        Ok(slot) => slot,
+        Err(over) => {
+            let (code, reason) = match over {
+                OverCap::Source => (
+                    "too_many_from_source",
+                    "too many unauthenticated connections from this source",
+                ),
+                OverCap::Prefix => (
+                    "too_many_from_prefix",
+                    "too many unauthenticated connections from this source's network",
+                ),
+            };
+            shared.refuse(None, source, code, reason);
+            // A source that keeps opening more than its share never authenticates them either.
+            shared.charge(source, Offence::NoAuth);
+            return;
+        }
     };
 
-    let conn = Arc::new(Conn::new(shared.next_session_id(), source));
+    let conn = Arc::new(Conn::new(shared.next_session_id(), source, progress));
     // Tunnels of this connection stop when this task ends, however it ends.
     let _closed = conn.closed.clone().drop_guard();
     // The per-user session count, taken by the handler on success, is returned on every path.
@@ -495,33 +700,20 @@ async fn connection(
     let (auth_tx, auth_rx) = oneshot::channel();
     let handler = Handler::new(shared.clone(), conn.clone(), auth_tx);
     // The version exchange happens in here: a client that never sends its version line is
-    // cut by shutdown as well as by the grace deadline.
+    // cut by its deadline, an eviction or shutdown like any other.
     let started = tokio::select! {
-        r = timeout_at(
-            deadline,
-            russh::server::run_stream(shared.russh.clone(), stream, handler),
-        ) => r,
-        _ = shared.draining.cancelled() => {
-            let reason = "the bastion is shutting down";
-            shared.refuse(Some(&conn.id), source, "shutting_down", reason);
+        r = russh::server::run_stream(shared.russh.clone(), stream, handler) => r,
+        (code, reason) = &mut cut => {
+            shared.refuse(Some(&conn.id), source, code, reason);
+            shared.charge_cut(source, code, Offence::NoAuth);
             return;
         }
     };
     let session = match started {
-        Ok(Ok(session)) => session,
-        Ok(Err(e)) => {
+        Ok(session) => session,
+        Err(e) => {
             tracing::debug!(session = %conn.id, %source, "handshake failed: {e}");
             shared.charge(source, Offence::NoAuth);
-            return;
-        }
-        Err(_) => {
-            shared.refuse(
-                Some(&conn.id),
-                source,
-                "login_grace",
-                "login grace time exceeded",
-            );
-            shared.charge(source, Offence::GraceExceeded);
             return;
         }
     };
@@ -542,10 +734,7 @@ async fn connection(
             // The handler is gone: the session is ending on its own.
             Err(_) => PreAuthEnd::Ending,
         },
-        _ = sleep_until(deadline) => PreAuthEnd::Cut("login_grace", "login grace time exceeded"),
-        _ = shared.draining.cancelled() => {
-            PreAuthEnd::Cut("shutting_down", "the bastion is shutting down")
-        }
+        (code, reason) = &mut cut => PreAuthEnd::Cut(code, reason),
     };
     let offence = if conn.auth_failures() > 0 {
         Offence::AuthFailure
@@ -562,7 +751,7 @@ async fn connection(
             if matches!(phase, PreAuthEnd::Ending) {
                 let _ = timeout(DISCONNECT_WAIT, &mut session).await;
             }
-            drop((preauth, source_slot));
+            drop((admitted, source_slot));
             return record_close(&shared, &conn, "client disconnected");
         }
         PreAuthEnd::Ended => {
@@ -576,22 +765,41 @@ async fn connection(
         }
         PreAuthEnd::Cut(code, reason) => {
             shared.refuse(Some(&conn.id), source, code, reason);
-            close(&handle, session, &cutter, reason).await;
-            match code {
-                _ if logged_in => {}
-                "login_grace" => shared.charge(source, Offence::GraceExceeded),
-                "shutting_down" => {}
-                _ => shared.charge(source, offence),
+            if code == EVICTED.0 {
+                // Its slot is someone else's already: no politeness, the socket goes now.
+                let _ = cutter.shutdown(std::net::Shutdown::Both);
+                let _ = timeout(DISCONNECT_WAIT, &mut session).await;
+            } else {
+                close(&handle, session, &cutter, reason).await;
             }
-            // The pre-auth slots are released only now, when the socket is really gone.
-            drop((preauth, source_slot));
+            if !logged_in {
+                shared.charge_cut(source, code, offence);
+            }
+            // The per-source slots are released only now, when the socket is really gone.
+            drop((admitted, source_slot));
             return;
         }
     }
-    drop((preauth, source_slot));
+    drop((admitted, source_slot));
 
     let reason = authenticated_phase(&shared, &conn, &handle, session, &cutter).await;
     record_close(&shared, &conn, &reason);
+}
+
+/// The audit code and reason of an eviction.
+const EVICTED: (&str, &str) = (
+    "evicted",
+    "every pre-authentication slot is taken and this connection had made the least progress",
+);
+
+/// Completes when a connection that has not authenticated must be cut: its phase's deadline
+/// passed, a newcomer took its slot, or shutdown began. The audit code and reason.
+async fn cut(shared: &Shared, progress: Arc<Progress>) -> (&'static str, &'static str) {
+    tokio::select! {
+        c = progress.deadline(shared.deadlines) => c,
+        _ = progress.evicted.cancelled() => EVICTED,
+        _ = shared.draining.cancelled() => ("shutting_down", "the bastion is shutting down"),
+    }
 }
 
 /// Logs and audits the end of an authenticated session.

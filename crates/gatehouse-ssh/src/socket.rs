@@ -16,6 +16,7 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::admission::Phase;
 use crate::conn::Conn;
 
 /// Registers an accepted socket with the current runtime and splits off a duplicate that can
@@ -32,6 +33,7 @@ pub(crate) struct ClientSocket {
     inner: TcpStream,
     conn: Arc<Conn>,
     quickack: bool,
+    version: VersionLine,
 }
 
 impl ClientSocket {
@@ -40,7 +42,46 @@ impl ClientSocket {
             inner,
             conn,
             quickack: true,
+            version: VersionLine::default(),
         }
+    }
+}
+
+/// Watches the client's first bytes for its version line (`SSH-...` up to a newline), the
+/// first sign of progress (see `admission`).
+#[derive(Default)]
+pub(crate) struct VersionLine {
+    /// Bytes of `SSH-` matched so far.
+    matched: usize,
+    /// Decided: seen, or the first line is not one.
+    done: bool,
+}
+
+impl VersionLine {
+    /// Whether `bytes`, the start of a client's stream, hold its whole version line.
+    pub fn complete_in(bytes: &[u8]) -> bool {
+        VersionLine::default().feed(bytes)
+    }
+
+    /// Reads `bytes`; true once, when they complete a version line.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        const PREFIX: &[u8] = b"SSH-";
+        for &b in bytes {
+            if self.done {
+                return false;
+            }
+            if self.matched < PREFIX.len() {
+                if b == PREFIX[self.matched] {
+                    self.matched += 1;
+                } else {
+                    self.done = true;
+                }
+            } else if b == b'\n' {
+                self.done = true;
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -52,6 +93,9 @@ impl AsyncRead for ClientSocket {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.version.done && self.version.feed(&buf.filled()[before..]) {
+            self.conn.progress.advance(Phase::Version);
+        }
         if self.quickack && buf.filled().len() > before {
             if self.conn.login.get().is_some() {
                 self.quickack = false;
@@ -91,5 +135,22 @@ impl AsyncWrite for ClientSocket {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VersionLine;
+
+    #[test]
+    fn a_version_line_is_seen_once_across_reads_and_nothing_else_counts() {
+        let mut v = VersionLine::default();
+        assert!(!v.feed(b"SS"));
+        assert!(!v.feed(b"H-2.0-OpenSSH_9.2\r"));
+        assert!(v.feed(b"\n\0\0\0\x14"));
+        assert!(!v.feed(b"\n"));
+        let mut junk = VersionLine::default();
+        assert!(!junk.feed(b"GET / HTTP/1.1\r\n"));
+        assert!(!junk.feed(b"SSH-2.0-late\r\n"));
     }
 }

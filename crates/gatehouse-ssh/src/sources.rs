@@ -7,9 +7,13 @@
 //! the account exceeds the threshold, new connections from the source are refused at once.
 //! Both tables are bounded: past `max_sources` no new source is tracked (permissive, like
 //! OpenSSH's default overflow mode), after expired entries have been swept.
+//!
+//! Unauthenticated connections are also counted per [`Prefix`] (an IPv4 /24, an IPv6 /48):
+//! one network holding many addresses cannot take more than its prefix's share either.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -42,6 +46,35 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// The network a source belongs to, for the per-prefix cap: an IPv4 /24, or an IPv6 /48 (an
+/// IPv6 source is already a whole /64; a /48 is a site's usual allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Prefix(IpAddr);
+
+impl Prefix {
+    pub fn of(ip: IpAddr) -> Prefix {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                Prefix(IpAddr::V4(Ipv4Addr::new(a, b, c, 0)))
+            }
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                Prefix(IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0)))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}/24"),
+            IpAddr::V6(v6) => write!(f, "{v6}/48"),
+        }
+    }
+}
+
 /// Why a connection ended without authenticating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Offence {
@@ -68,6 +101,9 @@ pub(crate) struct Penalties {
     config: PenaltiesConfig,
     /// When each source's account is empty again.
     accounts: Mutex<HashMap<Source, Instant>>,
+    /// Charges to sources the full table could not track, since last asked
+    /// ([`Penalties::take_untracked`]): warned about in one line per interval, not per charge.
+    untracked: AtomicU64,
 }
 
 impl Penalties {
@@ -75,7 +111,13 @@ impl Penalties {
         Penalties {
             config,
             accounts: Mutex::new(HashMap::new()),
+            untracked: AtomicU64::new(0),
         }
+    }
+
+    /// Charges to untracked sources since the last call.
+    pub fn take_untracked(&self) -> u64 {
+        self.untracked.swap(0, Ordering::Relaxed)
     }
 
     fn exempt(&self, ip: IpAddr) -> bool {
@@ -113,7 +155,7 @@ impl Penalties {
         if !accounts.contains_key(&source) && accounts.len() >= self.config.max_sources {
             accounts.retain(|_, expiry| *expiry > now);
             if accounts.len() >= self.config.max_sources {
-                tracing::warn!(%source, "penalty table full: source not tracked");
+                self.untracked.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
         }
@@ -134,38 +176,60 @@ impl Penalties {
     }
 }
 
-/// How many unauthenticated connections each source holds.
+/// How many unauthenticated connections each source and each prefix holds.
 pub(crate) struct Unauthenticated {
-    limit: usize,
-    counts: Arc<Mutex<HashMap<Source, usize>>>,
+    per_source: usize,
+    per_prefix: usize,
+    counts: Arc<Mutex<Counts>>,
 }
 
-/// Counts one unauthenticated connection of a source until dropped.
+#[derive(Default)]
+struct Counts {
+    sources: HashMap<Source, usize>,
+    prefixes: HashMap<Prefix, usize>,
+}
+
+/// Which per-source cap a connection is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OverCap {
+    /// `limits.per_source_max_unauthenticated`.
+    Source,
+    /// `limits.per_prefix_max_unauthenticated`.
+    Prefix,
+}
+
+/// Counts one unauthenticated connection of a source (and its prefix) until dropped.
 pub(crate) struct UnauthenticatedSlot {
     source: Source,
-    counts: Arc<Mutex<HashMap<Source, usize>>>,
+    prefix: Prefix,
+    counts: Arc<Mutex<Counts>>,
 }
 
 impl Unauthenticated {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(per_source: usize, per_prefix: usize) -> Self {
         Unauthenticated {
-            limit,
-            counts: Arc::new(Mutex::new(HashMap::new())),
+            per_source,
+            per_prefix,
+            counts: Arc::new(Mutex::new(Counts::default())),
         }
     }
 
-    /// A slot for one more unauthenticated connection of `ip`'s source, unless it holds
-    /// `limit` already.
-    pub fn try_take(&self, ip: IpAddr) -> Option<UnauthenticatedSlot> {
-        let source = Source::of(ip);
+    /// A slot for one more unauthenticated connection of `ip`'s source, unless the source
+    /// holds `per_source` already or its prefix `per_prefix`.
+    pub fn try_take(&self, ip: IpAddr) -> Result<UnauthenticatedSlot, OverCap> {
+        let (source, prefix) = (Source::of(ip), Prefix::of(ip));
         let mut counts = lock(&self.counts);
-        let count = counts.entry(source).or_insert(0);
-        if *count >= self.limit {
-            return None;
+        if counts.sources.get(&source).copied().unwrap_or(0) >= self.per_source {
+            return Err(OverCap::Source);
         }
-        *count += 1;
-        Some(UnauthenticatedSlot {
+        if counts.prefixes.get(&prefix).copied().unwrap_or(0) >= self.per_prefix {
+            return Err(OverCap::Prefix);
+        }
+        *counts.sources.entry(source).or_insert(0) += 1;
+        *counts.prefixes.entry(prefix).or_insert(0) += 1;
+        Ok(UnauthenticatedSlot {
             source,
+            prefix,
             counts: self.counts.clone(),
         })
     }
@@ -174,11 +238,18 @@ impl Unauthenticated {
 impl Drop for UnauthenticatedSlot {
     fn drop(&mut self) {
         let mut counts = lock(&self.counts);
-        if let Some(count) = counts.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.source);
-            }
+        release(&mut counts.sources, &self.source);
+        release(&mut counts.prefixes, &self.prefix);
+    }
+}
+
+/// Takes one from `key`'s count, removing the entry at zero (the tables stay bounded by what
+/// is held now).
+fn release<K: Eq + std::hash::Hash>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
         }
     }
 }
@@ -294,6 +365,9 @@ mod tests {
             p.charge(ip("10.0.0.4"), Offence::GraceExceeded, t0);
         }
         assert_eq!(p.refused(ip("10.0.0.4"), t0), None);
+        // Counted for one warning per interval, not one per charge.
+        assert_eq!(p.take_untracked(), 20);
+        assert_eq!(p.take_untracked(), 0);
         // Once the others have drained, there is room again.
         let later = t0 + Duration::from_secs(2);
         for _ in 0..2 {
@@ -304,13 +378,40 @@ mod tests {
 
     #[test]
     fn per_source_unauthenticated_slots_are_counted_and_released() {
-        let u = Unauthenticated::new(2);
+        let u = Unauthenticated::new(2, 100);
         let a = ip("10.0.0.1");
         let s1 = u.try_take(a).unwrap();
         let _s2 = u.try_take(a).unwrap();
-        assert!(u.try_take(a).is_none());
-        assert!(u.try_take(ip("10.0.0.2")).is_some());
+        assert_eq!(u.try_take(a).err(), Some(OverCap::Source));
+        assert!(u.try_take(ip("10.0.0.2")).is_ok());
         drop(s1);
-        assert!(u.try_take(a).is_some());
+        assert!(u.try_take(a).is_ok());
+    }
+
+    #[test]
+    fn a_prefix_is_capped_across_its_addresses_and_released() {
+        let u = Unauthenticated::new(2, 3);
+        let held: Vec<_> = (1..=3)
+            .map(|i| u.try_take(ip(&format!("10.0.0.{i}"))).unwrap())
+            .collect();
+        // A fresh address of the same /24 is over the prefix's cap; another /24 is not.
+        assert_eq!(u.try_take(ip("10.0.0.200")).err(), Some(OverCap::Prefix));
+        assert!(u.try_take(ip("10.0.1.1")).is_ok());
+        // IPv6: one /48, whatever the /64.
+        let v6 = Unauthenticated::new(1, 2);
+        let _a = v6.try_take(ip("2001:db8:1:1::1")).unwrap();
+        let _b = v6.try_take(ip("2001:db8:1:2::1")).unwrap();
+        assert_eq!(
+            v6.try_take(ip("2001:db8:1:3::1")).err(),
+            Some(OverCap::Prefix)
+        );
+        assert_eq!(
+            Prefix::of(ip("2001:db8:1:3::1")).to_string(),
+            "2001:db8:1::/48"
+        );
+        assert_eq!(Prefix::of(ip("::ffff:10.0.0.7")).to_string(), "10.0.0.0/24");
+        drop(held);
+        assert!(u.try_take(ip("10.0.0.200")).is_ok());
+        assert!(lock(&u.counts).sources.len() <= 2);
     }
 }

@@ -9,12 +9,13 @@
 //! | `gatehouse_auth_total` | counter | `result`, `method`, `reason` |
 //! | `gatehouse_tunnel_refusals_total` | counter | `reason` (the `reason_code`) |
 //! | `gatehouse_request_refusals_total` | counter | `request` (shell, exec, agent, ...) |
-//! | `gatehouse_connection_refusals_total` | counter | `reason` (the `reason_code`) |
+//! | `gatehouse_connection_refusals_total` | counter | `reason` (the `reason_code`; every refusal, also those only summarized) |
 //! | `gatehouse_tunnel_bytes_total` | counter | `direction` (up: to the target, down) |
 //! | `gatehouse_revocations_total` | counter | `kind` (session, tunnel) |
 //! | `gatehouse_key_pushes_total` | counter | (keys given to hosts; failures are `tunnel_refusals` `key_push_failed`) |
 //! | `gatehouse_penalties_total` | counter | `offence` |
 //! | `gatehouse_penalized_sources` | gauge | |
+//! | `gatehouse_unauthenticated` | gauge | (connections holding a pre-auth slot) |
 //! | `gatehouse_buffered_bytes` | gauge | (client bytes held for slow targets, of the budget) |
 //! | `gatehouse_directory_age_seconds` | gauge | (set by the binary) |
 
@@ -53,10 +54,6 @@ pub(crate) fn observe(event: &Event<'_>) {
                 .to_owned();
             metrics::counter!("gatehouse_request_refusals_total", "request" => kind).increment(1);
         }
-        Event::ConnectionRefused { reason_code, .. } => {
-            metrics::counter!("gatehouse_connection_refusals_total", "reason" => reason_code.to_string())
-                .increment(1);
-        }
         Event::SessionRevoked { .. } => {
             metrics::counter!("gatehouse_revocations_total", "kind" => "session").increment(1);
         }
@@ -66,8 +63,18 @@ pub(crate) fn observe(event: &Event<'_>) {
         Event::KeyPushed { os_users, .. } => {
             metrics::counter!("gatehouse_key_pushes_total").increment(os_users.len() as u64);
         }
-        Event::SourcePenalized { .. } | Event::ConfigReload { .. } => {}
+        // Counted where they happen (`connection_refused`): most have no line of their own.
+        Event::ConnectionRefused { .. }
+        | Event::ConnectionRefusedSummary { .. }
+        | Event::SourcePenalized { .. }
+        | Event::ConfigReload { .. } => {}
     }
+}
+
+/// Counts one connection refused or cut before authentication, whether or not it gets an
+/// audit line of its own (see `refusals`).
+pub(crate) fn connection_refused(reason_code: &'static str) {
+    metrics::counter!("gatehouse_connection_refusals_total", "reason" => reason_code).increment(1);
 }
 
 /// The counter of bytes moved through tunnels in `direction` ("up": to the target, "down"),
