@@ -8,7 +8,11 @@
 //!   `grace_exceeded`; over its source's unauthenticated cap -> `no_auth`; authenticated
 //!   sessions (whatever happens after) and pre-auth connections cut by shutdown -> nothing;
 //! - every pre-auth slot is released: afterwards `max_unauthenticated` connections are admitted
-//!   at once (and one more is refused), and a legitimate `ssh -J` works, many times over;
+//!   at once (and one more is refused: these rigs turn eviction off with a long
+//!   `eviction_min_age`), and a legitimate `ssh -J` works, many times over;
+//! - with eviction on and every slot taken, a login evicts the connection with the least
+//!   progress (no version line before mid key exchange; then the longest in the key exchange),
+//!   which is audited `evicted` and charged `no_auth`;
 //! - shutdown with pre-auth connections held open at every phase exits at once (nothing holds
 //!   a tunnel, so nothing may use the grace), charging nothing.
 //!
