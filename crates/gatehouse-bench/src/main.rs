@@ -8,12 +8,15 @@
 
 #![forbid(unsafe_code)]
 
+mod attack;
+mod burst;
 mod feed;
 mod harness;
 mod interrupt;
 mod loadgen;
 mod measure;
 mod rig;
+mod siege;
 mod sink;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -29,6 +32,7 @@ use gatehouse_bench::report::{Bound, Machine, Report, Row, Target};
 use gatehouse_bench::stats::{median, percentile};
 use measure::{PerSide, GIB, MIB};
 use rig::{Env, Kind, Side, AES_GCM, CHACHA};
+use siege::{Siege, SiegePlan};
 
 /// Benchmarks gatehouse side by side with OpenSSH sshd as a jump host.
 #[derive(Parser, Debug)]
@@ -59,7 +63,7 @@ struct Cli {
     /// editing benchmarks/NOTES.md).
     #[arg(long, value_name = "JSON")]
     render: Option<PathBuf>,
-    /// Only these measurements (comma-separated: tunnel, many, login, hol, memory).
+    /// Only these measurements (comma-separated: tunnel, many, login, hol, memory, siege).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Repetitions of each single-tunnel measurement, instead of the mode's (5 in a full run):
@@ -83,6 +87,7 @@ struct Plan {
     hol_deadline: Duration,
     idle_sessions: usize,
     idle_sessions_gatehouse: usize,
+    siege: SiegePlan,
 }
 
 impl Plan {
@@ -101,6 +106,7 @@ impl Plan {
             hol_deadline: Duration::from_secs(30),
             idle_sessions: 1000,
             idle_sessions_gatehouse: 10_000,
+            siege: SiegePlan::full(),
         }
     }
 
@@ -119,6 +125,7 @@ impl Plan {
             hol_deadline: Duration::from_secs(10),
             idle_sessions: 200,
             idle_sessions_gatehouse: 2000,
+            siege: SiegePlan::full(),
         }
     }
 
@@ -137,6 +144,7 @@ impl Plan {
             hol_deadline: Duration::from_secs(5),
             idle_sessions: 10,
             idle_sessions_gatehouse: 20,
+            siege: SiegePlan::smoke(),
         }
     }
 }
@@ -405,6 +413,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             mem_gh_big = measure::idle_memory(&mut gh, &env, plan.idle_sessions_gatehouse, p);
         });
     }
+    let mut siege = PerSide::default();
+    if wanted(cli, "siege") {
+        guarded("7. under siege", &mut problems, &mut |p| {
+            for side in [&mut gh, &mut os] {
+                if let Some(s) = siege::measure(side, &env, &plan.siege, p) {
+                    siege.push(side.kind, s);
+                }
+            }
+        });
+    }
     drop(os);
     drop(gh);
 
@@ -667,6 +685,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         ),
     ];
     r.targets = targets;
+    siege_rows(r, &siege, &plan.siege);
+    r.targets.extend(siege_targets(&siege));
     r.raw.insert("tunnel_aes128_gcm".into(), json!(gcm));
     r.raw
         .insert("tunnel_chacha20_poly1305".into(), json!(chacha));
@@ -678,6 +698,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     );
     r.raw.insert("many_tunnels".into(), json!(many));
     r.raw.insert("head_of_line".into(), json!(hol));
+    r.raw.insert("siege".into(), json!(siege));
     r.problems = problems;
     r.duration_s = started.elapsed().as_secs_f64();
     r.machine.load_average = format!("{} -> {}", r.machine.load_average, load_average());
@@ -695,6 +716,112 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         eprintln!("gatehouse-bench: wrote {}", json_path.display());
     }
     Ok(())
+}
+
+/// The rows of measurement 7 (see `siege`).
+fn siege_rows(r: &mut Report, siege: &PerSide<Siege>, plan: &SiegePlan) {
+    const SECTION: &str = "7. under siege (default pre-auth settings)";
+    let of = |k: Kind, f: &dyn Fn(&Siege) -> Option<f64>| siege.get(k).first().and_then(f);
+    let mut add = |metric: &str, summary: &str, f: &dyn Fn(&Siege) -> Option<f64>| {
+        let (g, o) = (of(Kind::Gatehouse, f), of(Kind::OpenSsh, f));
+        r.rows.push(row(SECTION, metric, g, o, summary));
+    };
+    let secs = |d: Duration| d.as_secs_f64();
+    let legit = |d: Duration| {
+        format!(
+            "{} logins, one every {} s, each bounded to {} s",
+            plan.logins(d),
+            secs(plan.every),
+            secs(plan.login_timeout)
+        )
+    };
+    let slow = format!(
+        "{} sources, back 1 s after each close; {}",
+        plan.sources,
+        legit(plan.slowloris)
+    );
+    let flood = format!(
+        "{} sources, back at once; {}",
+        plan.sources,
+        legit(plan.flood)
+    );
+    add(
+        "slowloris: legitimate logins that succeeded, %",
+        &slow,
+        &|s| Some(s.slowloris.success_pct()),
+    );
+    add("slowloris: p95 of the successful logins, ms", &slow, &|s| {
+        s.slowloris.p95_ms()
+    });
+    add(
+        "slowloris: attack connections the bastion took in, per s",
+        "sent its version line",
+        &|s| Some(s.slowloris.admitted_per_s()),
+    );
+    add(
+        "flood: attack connections, per s",
+        "TCP connections established",
+        &|s| Some(s.flood.connected_per_s()),
+    );
+    add(
+        "flood: attack connections the bastion took in, per s",
+        "sent its version line",
+        &|s| Some(s.flood.admitted_per_s()),
+    );
+    add(
+        "flood: log + audit written, KB/s",
+        "growth of the bastion's log (and audit) files",
+        &|s| Some(s.flood.log_kb_per_s()),
+    );
+    add("flood: legitimate logins that succeeded, %", &flood, &|s| {
+        Some(s.flood.success_pct())
+    });
+    let burst = format!("{} s burst on one open tunnel", secs(plan.burst));
+    let quiet = format!("{burst}; median of 3 (before, between, after)");
+    add("one tunnel, no attack, MB/s", &quiet, &|s| {
+        Some(s.tunnel_idle_mb_per_s)
+    });
+    add("one tunnel during the slowloris, MB/s", &burst, &|s| {
+        Some(s.slowloris.tunnel_mb_per_s)
+    });
+    add("one tunnel during the flood, MB/s", &burst, &|s| {
+        Some(s.flood.tunnel_mb_per_s)
+    });
+}
+
+/// The targets of measurement 7, all on gatehouse's own figures.
+fn siege_targets(siege: &PerSide<Siege>) -> Vec<Target> {
+    let g = siege.get(Kind::Gatehouse).first();
+    let t = |name: &str, bound, threshold, value, unit: &str| Target {
+        name: name.into(),
+        bound,
+        threshold,
+        value,
+        unit: unit.into(),
+    };
+    vec![
+        t(
+            "siege, slowloris: legitimate logins that succeeded, gatehouse",
+            Bound::AtLeast,
+            99.0,
+            g.map(|s| s.slowloris.success_pct()),
+            " %",
+        ),
+        t(
+            "siege, slowloris: p95 of the successful logins, gatehouse",
+            Bound::AtMost,
+            1000.0,
+            g.and_then(|s| s.slowloris.p95_ms()),
+            " ms",
+        ),
+        t(
+            "siege, flood: log + audit written, gatehouse",
+            Bound::AtMost,
+            100.0,
+            g.map(|s| s.flood.log_kb_per_s()),
+            " KB/s",
+        ),
+    ]
 }
 
 fn row(

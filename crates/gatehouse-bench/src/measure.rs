@@ -21,7 +21,8 @@ use gatehouse_bench::procfs;
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
 
-fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+/// MB/s (10^6 bytes a second) of `bytes` moved in `elapsed`.
+pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
 }
 

@@ -23,6 +23,10 @@ pub const SSH_PORT: u16 = 22;
 pub const DISCARD_PORT: u16 = 9000;
 pub const CLOSE_PORT: u16 = 9001;
 pub const STALL_PORT: u16 = 9002;
+/// The siege's second listener, on the bastion namespace's loopback: attackers bind any
+/// 127.x.y.z there without setting up addresses (see `siege`).
+pub const LOOPBACK_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), SSH_PORT);
 /// The inventory name / host alias of the private host.
 pub const PRIVATE_HOST: &str = "private";
 
@@ -35,6 +39,17 @@ pub const KEX: &str = "curve25519-sha256";
 
 pub fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::from((ip, port))
+}
+
+/// How a bastion treats connections that have not authenticated yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preauth {
+    /// Limits, grace times and penalties raised so that a measurement's thousands of logins
+    /// from one address are never refused (measurements 1 to 6).
+    Raised,
+    /// The daemon's own defaults (gatehouse's, and Debian's for sshd), plus a listener on the
+    /// bastion namespace's loopback ([`LOOPBACK_LISTEN`]): the siege.
+    Defaults,
 }
 
 /// Which bastion.
@@ -60,6 +75,8 @@ pub struct Env {
     pub gatehouse_bin: PathBuf,
     /// The gatehouse config (written once, with the limits this gatehouse version knows).
     pub gatehouse_config: PathBuf,
+    /// The same with the pre-authentication settings left at their defaults ([`Preauth`]).
+    pub gatehouse_siege_config: PathBuf,
     /// Extra environment for the gatehouse process.
     pub gatehouse_env: Vec<(String, String)>,
 }
@@ -68,34 +85,62 @@ impl Env {
     pub fn new(gatehouse_bin: PathBuf) -> anyhow::Result<Env> {
         let scratch = Scratch::new();
         let key = KeyPair::ed25519(&scratch, "bench_key");
-        let gatehouse_config = write_gatehouse_config(&scratch, &key, &gatehouse_bin)?;
+        scratch.subdir("gatehouse-state");
+        let gatehouse_config =
+            write_gatehouse_config(&scratch, &key, &gatehouse_bin, Preauth::Raised)?;
+        let gatehouse_siege_config =
+            write_gatehouse_config(&scratch, &key, &gatehouse_bin, Preauth::Defaults)?;
         Ok(Env {
             scratch,
             key,
             gatehouse_bin,
             gatehouse_config,
+            gatehouse_siege_config,
             gatehouse_env: Vec::new(),
         })
     }
 }
 
-/// The gatehouse config. Limits and penalties that would refuse a benchmark's thousands of
-/// logins from one address are raised (if this gatehouse version has them: the richer file
-/// is tried with `gatehouse check` first).
-fn write_gatehouse_config(scratch: &Scratch, key: &KeyPair, bin: &Path) -> anyhow::Result<PathBuf> {
-    scratch.subdir("gatehouse-state");
+/// The gatehouse config. With [`Preauth::Raised`], limits and penalties that would refuse a
+/// benchmark's thousands of logins from one address are raised (if this gatehouse version has
+/// them: the richer file is tried with `gatehouse check` first). With [`Preauth::Defaults`],
+/// every pre-authentication setting is left out (so at its default) and the bastion also
+/// listens on [`LOOPBACK_LISTEN`]; the post-authentication limits are raised as before.
+fn write_gatehouse_config(
+    scratch: &Scratch,
+    key: &KeyPair,
+    bin: &Path,
+    preauth: Preauth,
+) -> anyhow::Result<PathBuf> {
+    let (name, listen, server_preauth, per_source, penalties) = match preauth {
+        Preauth::Raised => (
+            "gatehouse.toml",
+            format!("\"{}\"", addr(BASTION_CLIENT_ADDR, SSH_PORT)),
+            "login_grace = \"60s\"\nmax_unauthenticated = 2048\n",
+            "per_source_max_unauthenticated = 2048\n",
+            "\n[penalties]\nenabled = false\n",
+        ),
+        Preauth::Defaults => (
+            "gatehouse-siege.toml",
+            format!(
+                "\"{}\", \"{LOOPBACK_LISTEN}\"",
+                addr(BASTION_CLIENT_ADDR, SSH_PORT)
+            ),
+            "",
+            "",
+            "",
+        ),
+    };
     let base = format!(
         r#"[server]
-listen = ["{listen}"]
+listen = [{listen}]
 host_key = "{dir}/gatehouse-state/ssh_host_ed25519_key"
-login_grace = "60s"
-max_unauthenticated = 2048
-idle_timeout = "1h"
+{server_preauth}idle_timeout = "1h"
 connect_timeout = "5s"
 shutdown_grace = "1s"
 
 [audit]
-file = "{dir}/gatehouse-audit.jsonl"
+file = "{audit}"
 
 [[users]]
 name = "{TEST_USER}"
@@ -108,14 +153,15 @@ address = "{PRIVATE_ADDR}"
 groups = ["bench"]
 ports = [{SSH_PORT}, {DISCARD_PORT}, {CLOSE_PORT}, {STALL_PORT}]
 "#,
-        listen = addr(BASTION_CLIENT_ADDR, SSH_PORT),
         dir = scratch.path().display(),
+        audit = gatehouse_audit_file(scratch).display(),
         key = key.public_line.trim(),
     );
-    let limits = "\n[limits]\nmax_sessions_per_user = 100000\nmax_channels_per_connection = 1024\n\
-                  max_tunnels = 100000\nper_source_max_unauthenticated = 2048\n\n\
-                  [penalties]\nenabled = false\n";
-    let rich = scratch.write("gatehouse.toml", format!("{base}{limits}"));
+    let limits = format!(
+        "\n[limits]\nmax_sessions_per_user = 100000\nmax_channels_per_connection = 1024\n\
+         max_tunnels = 100000\n{per_source}{penalties}"
+    );
+    let rich = scratch.write(name, format!("{base}{limits}"));
     let out = Command::new(bin)
         .arg("check")
         .arg("--config")
@@ -125,7 +171,7 @@ ports = [{SSH_PORT}, {DISCARD_PORT}, {CLOSE_PORT}, {STALL_PORT}]
     if out.status.success() {
         return Ok(rich);
     }
-    let plain = scratch.write("gatehouse.toml", base);
+    let plain = scratch.write(name, base);
     let out = Command::new(bin)
         .arg("check")
         .arg("--config")
@@ -140,6 +186,27 @@ ports = [{SSH_PORT}, {DISCARD_PORT}, {CLOSE_PORT}, {STALL_PORT}]
     Ok(plain)
 }
 
+/// The audit file of both gatehouse configs.
+fn gatehouse_audit_file(scratch: &Scratch) -> PathBuf {
+    scratch.join("gatehouse-audit.jsonl")
+}
+
+/// An OpenSSH client in `ns` for the bastion at `bastion`, with `cipher` and the benchmark's
+/// key exchange, and the private host as a target.
+fn ssh_client(ns: &Netns, env: &Env, bastion: SocketAddr, cipher: &str) -> SshClient {
+    let mut c = SshClient::new(ns, &env.scratch, bastion, TEST_USER, &env.key.private);
+    c.option("Ciphers", cipher)
+        .option("KexAlgorithms", KEX)
+        .add_target(
+            PRIVATE_HOST,
+            &PRIVATE_ADDR.to_string(),
+            SSH_PORT,
+            TEST_USER,
+            None,
+        );
+    c
+}
+
 /// The running bastion; held for its drop (which kills it).
 enum Server {
     Gatehouse(#[allow(dead_code)] Daemon),
@@ -151,6 +218,8 @@ enum Server {
 pub struct Side {
     pub kind: Kind,
     server: Option<Server>,
+    /// The pre-authentication settings the bastion runs with now.
+    preauth: Preauth,
     /// How many times the bastion was started (names its logs and host key).
     starts: u32,
     /// OpenSSH client configs: aes128-gcm and chacha20-poly1305.
@@ -178,31 +247,14 @@ impl Side {
                 &env.scratch,
                 &format!("{}-private-sshd", kind.label()),
             );
-        let client = |cipher: &str| {
-            let mut c = SshClient::new(
-                &topology.client,
-                &env.scratch,
-                addr(BASTION_CLIENT_ADDR, SSH_PORT),
-                TEST_USER,
-                &env.key.private,
-            );
-            c.option("Ciphers", cipher)
-                .option("KexAlgorithms", KEX)
-                .add_target(
-                    PRIVATE_HOST,
-                    &PRIVATE_ADDR.to_string(),
-                    SSH_PORT,
-                    TEST_USER,
-                    None,
-                );
-            c
-        };
+        let client_side = addr(BASTION_CLIENT_ADDR, SSH_PORT);
         let mut side = Side {
             kind,
             server: None,
+            preauth: Preauth::Raised,
             starts: 0,
-            gcm: client(AES_GCM),
-            chacha: client(CHACHA),
+            gcm: ssh_client(&topology.client, env, client_side, AES_GCM),
+            chacha: ssh_client(&topology.client, env, client_side, CHACHA),
             _private_sshd: private_sshd,
             discard,
             _close: close,
@@ -216,7 +268,11 @@ impl Side {
     fn start_server(&mut self, env: &Env) {
         let bastion = &self.topology.bastion;
         self.starts += 1;
-        let name = format!("{}-bastion-{}", self.kind.label(), self.starts);
+        let name = self.server_name();
+        let gatehouse_config = match self.preauth {
+            Preauth::Raised => &env.gatehouse_config,
+            Preauth::Defaults => &env.gatehouse_siege_config,
+        };
         self.server = Some(match self.kind {
             Kind::Gatehouse => {
                 // 10,000 sessions need more descriptors than the default 1024: raise the
@@ -226,7 +282,7 @@ impl Side {
                     .arg(&env.gatehouse_bin)
                     .arg("serve")
                     .arg("--config")
-                    .arg(&env.gatehouse_config)
+                    .arg(gatehouse_config)
                     .envs(env.gatehouse_env.iter().map(|(k, v)| (k, v)));
                 let mut daemon = Daemon::spawn(&name, cmd, &env.scratch);
                 daemon.wait_for_stderr("gatehouse listening", Duration::from_secs(20));
@@ -237,23 +293,66 @@ impl Side {
                     .iter()
                     .map(|p| format!("{PRIVATE_ADDR}:{p}"))
                     .collect();
-                let sshd = SshdConfig::jump_host(addr(BASTION_CLIENT_ADDR, SSH_PORT), &permit)
-                    .authorize(&env.key.public_line)
+                let config = SshdConfig::jump_host(addr(BASTION_CLIENT_ADDR, SSH_PORT), &permit)
+                    .authorize(&env.key.public_line);
+                let config = match self.preauth {
                     // The load generator keeps up to 64 handshakes in flight; 100 tunnels
                     // log in at once.
-                    .config_line("MaxStartups 1000")
-                    .start(bastion, &env.scratch, &name);
-                Server::OpenSsh(sshd)
+                    Preauth::Raised => config.config_line("MaxStartups 1000"),
+                    // Debian's (and OpenSSH's) defaults, over the harness's test values
+                    // (extra lines come first, and sshd keeps the first value it reads).
+                    Preauth::Defaults => config
+                        .config_line(&format!("ListenAddress {LOOPBACK_LISTEN}"))
+                        .config_line("MaxStartups 10:30:100")
+                        .config_line("LoginGraceTime 120"),
+                };
+                Server::OpenSsh(config.start(bastion, &env.scratch, &name))
             }
         });
     }
 
+    /// The name of the running bastion's process guard (and of its log files).
+    fn server_name(&self) -> String {
+        format!("{}-bastion-{}", self.kind.label(), self.starts)
+    }
+
     /// Stops the bastion and starts a fresh one (no heap grown by earlier measurements).
     pub fn restart(&mut self, env: &Env) {
+        self.restart_with(env, self.preauth);
+    }
+
+    /// Stops the bastion and starts a fresh one with `preauth`.
+    pub fn restart_with(&mut self, env: &Env, preauth: Preauth) {
         self.server = None;
         sink::wait(Duration::from_secs(10), || self.bastion_pids().is_empty());
+        self.preauth = preauth;
         self.start_server(env);
         thread::sleep(Duration::from_millis(300));
+    }
+
+    /// An OpenSSH client (aes128-gcm) run in the bastion namespace, for the bastion's
+    /// loopback listener ([`Preauth::Defaults`] only).
+    pub fn loopback_client(&self, env: &Env) -> SshClient {
+        ssh_client(&self.topology.bastion, env, LOOPBACK_LISTEN, AES_GCM)
+    }
+
+    /// The bastion namespace.
+    pub fn bastion_ns(&self) -> &Netns {
+        &self.topology.bastion
+    }
+
+    /// Every file the running bastion logs or audits to: its stdout and stderr (sshd runs
+    /// with `-e`, gatehouse logs to stderr), and gatehouse's audit file.
+    pub fn log_files(&self, env: &Env) -> Vec<PathBuf> {
+        let name = self.server_name();
+        let mut files = vec![
+            env.scratch.join(format!("{name}.stdout")),
+            env.scratch.join(format!("{name}.stderr")),
+        ];
+        if self.kind == Kind::Gatehouse {
+            files.push(gatehouse_audit_file(&env.scratch));
+        }
+        files
     }
 
     /// Where the bastion listens.

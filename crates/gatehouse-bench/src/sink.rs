@@ -127,10 +127,14 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the blocking accept with a connection of our own.
-        let _ = self.ns.connect(self.addr, Duration::from_secs(1));
+        // Wake the blocking accept with a connection of our own. If that fails (the namespace
+        // was deleted under us, e.g. by another run's sweep), the thread stays blocked in
+        // accept: leave it behind rather than hang the benchmark.
+        let woken = self.ns.connect(self.addr, Duration::from_secs(1)).is_ok();
         if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
+            if woken {
+                let _ = accept.join();
+            }
         }
         self.release_held();
     }

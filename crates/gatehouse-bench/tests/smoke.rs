@@ -56,7 +56,12 @@ fn smoke_run_produces_every_figure() {
     assert!(rows.len() >= 20, "{report:#}");
     for row in rows {
         // The gatehouse-only rows have no OpenSSH figure; every row has a gatehouse one,
-        // except head-of-line figures that may legitimately be zero (still a number).
+        // except head-of-line figures that may legitimately be zero (still a number), and the
+        // siege's p95 of successful logins, which has none when no login got through.
+        let metric = row["metric"].as_str().unwrap_or_default();
+        if metric.contains("p95 of the successful logins") {
+            continue;
+        }
         assert!(
             row["gatehouse"].is_number(),
             "no gatehouse figure: {row}\n{stderr}"
