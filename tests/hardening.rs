@@ -1149,3 +1149,83 @@ fn buffered_bytes_stay_within_the_bastion_wide_budget() {
     eprintln!("buffered {buffered} bytes of a {budget} budget while the tunnels were held back");
     drop(forwards);
 }
+
+/// The metric names a Grafana dashboard's queries use.
+fn dashboard_metrics(dashboard: &Value, names: &mut std::collections::BTreeSet<String>) {
+    match dashboard {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", Value::String(expr)) => {
+                        let mut rest = expr.as_str();
+                        while let Some(at) = rest.find("gatehouse_") {
+                            let name: String = rest[at..]
+                                .chars()
+                                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                                .collect();
+                            rest = &rest[at + name.len()..];
+                            names.insert(name);
+                        }
+                    }
+                    _ => dashboard_metrics(value, names),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| dashboard_metrics(v, names)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_grafana_dashboard_names_only_metrics_the_daemon_exports() {
+    let path = crate::harness::repo_root().join("dashboards/gatehouse.json");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("the dashboard is JSON");
+    let mut names = std::collections::BTreeSet::new();
+    dashboard_metrics(&dashboard, &mut names);
+    assert!(names.len() >= 10, "too few metrics found: {names:?}");
+
+    let rig = rig_with(ServerOptions {
+        login_grace: "2s",
+        ..options("[penalties]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:9100\"\n")
+    });
+    // What an operator sees in a day: a login and a tunnel, a refused tunnel, a refused
+    // command, a failed login, a silent connection cut at login_grace.
+    rig.dash_w("jupyter:22").expect_success("a tunnel");
+    rig.dash_w("169.254.169.254:80")
+        .expect_failure("the metadata service");
+    let mut ssh = rig.alice.ssh();
+    ssh.args(["bastion", "true"]);
+    run_with_timeout(ssh, CMD_TIMEOUT).expect_failure("a command");
+    let mut ssh = rig.alice.ssh();
+    ssh.args(["-l", "nobody", "-W", "jupyter:22", "bastion"]);
+    run_with_timeout(ssh, CMD_TIMEOUT).expect_failure("an unknown user");
+    let mut silent = rig
+        .topology
+        .client
+        .connect(addr(BASTION_CLIENT_ADDR, SSH_PORT), CMD_TIMEOUT)
+        .expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut sink = Vec::new();
+    let _ = silent.read_to_end(&mut sink);
+    rig.wait_audit("the silent connection's cut", |l| {
+        is(l, "connection.refused") && l["reason_code"] == "login_grace"
+    });
+
+    let text = scrape_metrics(&rig, 9100);
+    let exported = |name: &str| {
+        text.lines().any(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+    };
+    let missing: Vec<&String> = names.iter().filter(|n| !exported(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard names metrics /metrics does not have: {missing:?}\n{text}"
+    );
+}

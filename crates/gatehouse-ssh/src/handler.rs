@@ -14,8 +14,8 @@ use crate::admission::Phase;
 use crate::algorithms::signature_allowed;
 use crate::audit::Event;
 use crate::conn::{Conn, Login};
-use crate::server::Shared;
-use crate::tunnel;
+use crate::shared::Shared;
+use crate::tunnel::{self, prohibited};
 
 pub(crate) struct Handler {
     shared: Arc<Shared>,
@@ -175,14 +175,6 @@ fn resource_shortage(reason: String) -> ChannelOpenFailure {
     ChannelOpenFailure::Other {
         code: ChannelOpenFailure::ResourceShortage.code(),
         reason,
-    }
-}
-
-/// A refusal the OpenSSH client prints as "administratively prohibited: <reason>".
-pub(crate) fn prohibited(reason: impl Into<String>) -> ChannelOpenFailure {
-    ChannelOpenFailure::Other {
-        code: ChannelOpenFailure::AdministrativelyProhibited.code(),
-        reason: reason.into(),
     }
 }
 

@@ -20,11 +20,14 @@ mod local;
 pub mod proxy;
 pub mod push;
 mod refusals;
+mod revoke;
 mod server;
+mod shared;
 mod socket;
 mod sources;
 mod telemetry;
 mod tunnel;
 
 pub use algorithms::{russh_config, SERVER_ID};
-pub use server::{serve, Bastion, Listener};
+pub use server::{serve, Listener};
+pub use shared::Bastion;

@@ -12,58 +12,27 @@
 //! closes sessions without tunnels at once, lets tunnels drain for the grace period, then
 //! closes everything.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
-use gatehouse_config::{LimitsConfig, PenaltiesConfig, ServerConfig};
-use gatehouse_directory::Snapshot;
 use russh::Disconnect;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::{LocalPoolHandle, TaskTracker};
 
-use crate::admission::{Admission, Admit, Admitted, Deadlines, Grant, Phase, Progress};
-use crate::audit::{Audit, Event, SourceCount};
-use crate::budget::BufferBudget;
-use crate::conn::{Conn, OpenTunnel};
+use crate::admission::{Admit, Admitted, Grant, Phase, Progress};
+use crate::audit::Event;
+use crate::conn::Conn;
 use crate::handler::Handler;
 use crate::proxy;
-use crate::push::KeyPush;
-use crate::refusals::{Refusals, INTERVAL as SUMMARY_INTERVAL};
+use crate::refusals::INTERVAL as SUMMARY_INTERVAL;
+use crate::revoke::recheck;
+use crate::shared::{Bastion, Shared};
 use crate::socket::{with_cutter, ClientSocket, VersionLine};
-use crate::sources::{Offence, OverCap, Penalties, Source, Unauthenticated};
-
-/// Everything the SSH server needs, built by the binary.
-pub struct Bastion {
-    /// The `[server]` settings.
-    pub settings: ServerConfig,
-    /// The `[limits]` settings.
-    pub limits: LimitsConfig,
-    /// The `[penalties]` settings.
-    pub penalties: PenaltiesConfig,
-    /// The russh configuration (algorithms, host key); see [`crate::russh_config`].
-    pub russh: Arc<russh::server::Config>,
-    /// The directory snapshots.
-    pub directory: watch::Receiver<Arc<Snapshot>>,
-    /// The audit sink.
-    pub audit: Audit,
-    /// The health endpoint's listener (`server.health_listen`), bound by the binary.
-    pub health: Option<TcpListener>,
-    /// Gives the user's key to a host before a tunnel to its SSH port, for grants that ask
-    /// for it (`Grant::key_push`). `None`: such tunnels are refused (a static config never
-    /// asks; an AWS one does only with `aws.instance_connect`, which sets this).
-    pub key_push: Option<Arc<dyn KeyPush>>,
-    /// Tells a supervisor the daemon is alive while every connection worker answers
-    /// (systemd's watchdog, when `WATCHDOG_USEC` is set). `None`: nobody asks.
-    pub watchdog: Option<crate::liveness::Watchdog>,
-}
+use crate::sources::{Offence, OverCap, Source};
 
 /// A bound listening socket.
 pub struct Listener {
@@ -87,264 +56,13 @@ const PROXY_HEADER_WAIT: Duration = Duration::from_secs(5);
 /// How often the penalized-sources gauge is refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// State shared by all connections of one server.
-pub(crate) struct Shared {
-    pub settings: ServerConfig,
-    pub limits: LimitsConfig,
-    pub russh: Arc<russh::server::Config>,
-    pub directory: watch::Receiver<Arc<Snapshot>>,
-    pub audit: Audit,
-    pub key_push: Option<Arc<dyn KeyPush>>,
-    /// Connection and tunnel tasks, awaited on shutdown.
-    pub tasks: TaskTracker,
-    /// Single-threaded runtimes, one per core: each connection lives on one of them with all
-    /// its tasks (russh's session loop, tunnels, watchdogs), so handing a packet from the
-    /// session to its tunnel never wakes another thread.
-    workers: LocalPoolHandle,
-    /// Cancelled when shutdown starts: stop accepting, refuse new tunnels.
-    pub draining: CancellationToken,
-    /// Cancelled at SIGTERM, `server.drain_delay` before `draining`: the health endpoint
-    /// answers `503 draining` while everything else still serves.
-    pub leaving: CancellationToken,
-    /// Cancelled when the grace period is over: close everything.
-    pub stop: CancellationToken,
-    admission: Arc<Admission>,
-    deadlines: Deadlines,
-    refusals: Refusals,
-    penalties: Penalties,
-    unauthenticated: Unauthenticated,
-    /// Authenticated connections per user.
-    user_sessions: Mutex<HashMap<String, usize>>,
-    /// Tunnels open or being dialed, bastion-wide.
-    tunnels: AtomicUsize,
-    /// Client bytes held for slow targets, bastion-wide (`limits.max_buffered_mib`).
-    pub budget: BufferBudget,
-    id_prefix: String,
-    next_session: AtomicU64,
-    next_tunnel: AtomicU64,
-}
-
-impl Shared {
-    fn new(b: Bastion) -> Self {
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        Shared {
-            admission: Admission::new(
-                b.settings.max_unauthenticated,
-                b.settings.eviction_min_age,
-                b.settings.login_grace,
-            ),
-            deadlines: Deadlines {
-                version: b.settings.version_grace,
-                kex: b.settings.kex_grace,
-                login: b.settings.login_grace,
-            },
-            refusals: Refusals::default(),
-            penalties: Penalties::new(b.penalties),
-            unauthenticated: Unauthenticated::new(
-                b.limits.per_source_max_unauthenticated,
-                b.limits.per_prefix_max_unauthenticated,
-            ),
-            user_sessions: Mutex::new(HashMap::new()),
-            tunnels: AtomicUsize::new(0),
-            budget: BufferBudget::from_config(b.limits.max_buffered_mib),
-            settings: b.settings,
-            limits: b.limits,
-            russh: b.russh,
-            directory: b.directory,
-            audit: b.audit,
-            key_push: b.key_push,
-            tasks: TaskTracker::new(),
-            workers: LocalPoolHandle::new(worker_count()),
-            draining: CancellationToken::new(),
-            leaving: CancellationToken::new(),
-            stop: CancellationToken::new(),
-            id_prefix: format!("{epoch:x}"),
-            next_session: AtomicU64::new(1),
-            next_tunnel: AtomicU64::new(1),
-        }
-    }
-
-    fn next_session_id(&self) -> String {
-        let n = self.next_session.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.id_prefix)
-    }
-
-    pub fn next_tunnel_id(&self) -> u64 {
-        self.next_tunnel.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Counts one more authenticated session of `user`, unless the user is at the limit.
-    pub fn try_add_user_session(&self, user: &str) -> bool {
-        let mut sessions = self.user_sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let count = sessions.entry(user.to_owned()).or_insert(0);
-        if *count >= self.limits.max_sessions_per_user {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    pub(crate) fn remove_user_session(&self, user: &str) {
-        let mut sessions = self.user_sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = sessions.get_mut(user) {
-            *count -= 1;
-            if *count == 0 {
-                sessions.remove(user);
-            }
-        }
-    }
-
-    /// Reserves a channel on `conn`, within `limits.max_channels_per_connection`: every
-    /// channel counts, session channels too (each costs memory until the client closes it).
-    pub fn try_channel_slot(&self, conn: &Arc<Conn>) -> Result<ChannelSlot, String> {
-        let per_conn = self.limits.max_channels_per_connection;
-        if conn
-            .channels
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < per_conn).then_some(n + 1)
-            })
-            .is_err()
-        {
-            return Err(format!(
-                "too many channels on this connection (limit {per_conn})"
-            ));
-        }
-        Ok(ChannelSlot { conn: conn.clone() })
-    }
-
-    /// Reserves a tunnel on `conn`, within the per-connection and bastion-wide limits.
-    pub fn try_tunnel_slot(self: &Arc<Self>, conn: &Arc<Conn>) -> Result<TunnelSlot, String> {
-        let channel = self.try_channel_slot(conn)?;
-        let total = self.limits.max_tunnels;
-        if self
-            .tunnels
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < total).then_some(n + 1)
-            })
-            .is_err()
-        {
-            return Err(format!("the bastion is at its tunnel limit ({total})"));
-        }
-        Ok(TunnelSlot {
-            shared: self.clone(),
-            _channel: channel,
-        })
-    }
-
-    /// Refuses (or cuts) a connection before authentication: counted always, written in full
-    /// only while its reason has few refusals this interval (`refusals`).
-    fn refuse(&self, session: Option<&str>, source: SocketAddr, code: &'static str, reason: &str) {
-        crate::telemetry::connection_refused(code);
-        if !self.refusals.note(code, source.ip()) {
-            return;
-        }
-        tracing::info!(session, %source, "connection refused: {reason}");
-        self.audit.record(Event::ConnectionRefused {
-            session,
-            source,
-            reason_code: code,
-            reason,
-        });
-    }
-
-    /// Charges a connection we cut before it authenticated (see [`cut`]): deadlines are
-    /// `grace_exceeded`, shutdown nothing, an eviction like ending without authenticating
-    /// (`offence`: `auth_failure` if it tried).
-    fn charge_cut(&self, source: SocketAddr, code: &str, offence: Offence) {
-        match code {
-            "shutting_down" => {}
-            "version_grace" | "kex_grace" | "login_grace" => {
-                self.charge(source, Offence::GraceExceeded)
-            }
-            _ => self.charge(source, offence),
-        }
-    }
-
-    /// Writes the summaries of the refusals that had no line of their own.
-    fn summarize_refusals(&self) {
-        for s in self.refusals.take() {
-            let top: Vec<String> = s
-                .top_sources
-                .iter()
-                .map(|(source, n)| format!("{source} ({n})"))
-                .collect();
-            tracing::warn!(
-                reason_code = s.reason_code,
-                "{} connections refused in the last {}s ({} logged one by one); {} sources, most from: {}",
-                s.count,
-                SUMMARY_INTERVAL.as_secs(),
-                s.itemized,
-                s.sources,
-                top.join(", ")
-            );
-            self.audit.record(Event::ConnectionRefusedSummary {
-                reason_code: s.reason_code,
-                count: s.count,
-                itemized: s.itemized,
-                interval_s: SUMMARY_INTERVAL.as_secs(),
-                sources: s.sources,
-                top_sources: s
-                    .top_sources
-                    .iter()
-                    .map(|(source, count)| SourceCount {
-                        source,
-                        count: *count,
-                    })
-                    .collect(),
-            });
-        }
-    }
-
-    /// Charges a connection that ended without authenticating to its source.
-    fn charge(&self, source: SocketAddr, offence: Offence) {
-        metrics::counter!("gatehouse_penalties_total", "offence" => offence.label()).increment(1);
-        if let Some(balance) =
-            self.penalties
-                .charge(source.ip(), offence, Instant::now().into_std())
-        {
-            let who = Source::of(source.ip()).to_string();
-            tracing::warn!(source = %who, "penalized: new connections refused for {}s", balance.as_secs());
-            self.audit.record(Event::SourcePenalized {
-                source: &who,
-                seconds: balance.as_secs(),
-                offence: offence.label(),
-            });
-        }
-    }
-}
-
-/// A reserved channel of a connection: released when dropped.
-pub(crate) struct ChannelSlot {
-    conn: Arc<Conn>,
-}
-
-impl Drop for ChannelSlot {
-    fn drop(&mut self) {
-        self.conn.channels.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A reserved tunnel: released (on the connection and bastion-wide) when dropped.
-pub(crate) struct TunnelSlot {
-    shared: Arc<Shared>,
-    _channel: ChannelSlot,
-}
-
-impl Drop for TunnelSlot {
-    fn drop(&mut self) {
-        self.shared.tunnels.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Serves SSH on `listeners` until `shutdown` completes, then drains (see module docs).
 pub async fn serve(
     mut bastion: Bastion,
     listeners: Vec<Listener>,
     shutdown: impl Future<Output = ()>,
 ) {
+    crate::telemetry::init();
     let health = bastion.health.take();
     let watchdog = bastion.watchdog.take();
     let shared = Arc::new(Shared::new(bastion));
@@ -506,17 +224,6 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener) {
             }
         }
     }
-}
-
-/// How many single-threaded runtimes serve connections: `TOKIO_WORKER_THREADS` if set (the
-/// variable tokio's own runtime reads), else one per available core.
-fn worker_count() -> usize {
-    std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1)
 }
 
 /// A connection, on the worker runtime that polls this future: the socket is registered
@@ -857,70 +564,6 @@ async fn close<F: Future>(
         let _ = cutter.shutdown(std::net::Shutdown::Both);
         let _ = timeout(DISCONNECT_WAIT, &mut session).await;
     }
-}
-
-/// Re-checks an open session against a new snapshot. Closes the tunnels that are no longer
-/// allowed; returns a reason if the whole session must close (its key was revoked).
-fn recheck(shared: &Shared, conn: &Conn, snapshot: &Snapshot) -> Option<String> {
-    let login = conn.login.get()?;
-    let principal = match snapshot.recheck(&login.user, &login.key) {
-        Ok(principal) => principal,
-        Err(refusal) => {
-            let reason = format!(
-                "key {} is no longer valid for user '{}' ({})",
-                login.fingerprint,
-                login.user,
-                refusal.code()
-            );
-            tracing::info!(session = %conn.id, user = %login.user, "session revoked: {reason}");
-            shared.audit.record(Event::SessionRevoked {
-                session: &conn.id,
-                user: &login.user,
-                key: &login.fingerprint,
-                reason: &reason,
-            });
-            return Some(format!("revoked: {reason}"));
-        }
-    };
-    for (id, tunnel) in conn.tunnels() {
-        recheck_tunnel(shared, conn, &principal, id, &tunnel, snapshot);
-    }
-    None
-}
-
-/// Re-checks one tunnel (open, or registered and still dialing) of an authenticated session:
-/// if `snapshot` no longer allows it, audits the revocation and cancels the tunnel. Returns
-/// whether it was revoked.
-pub(crate) fn recheck_tunnel(
-    shared: &Shared,
-    conn: &Conn,
-    principal: &gatehouse_policy::Principal,
-    id: u64,
-    tunnel: &OpenTunnel,
-    snapshot: &Snapshot,
-) -> bool {
-    let verdict = match snapshot
-        .inventory()
-        .authorize(principal, &tunnel.target, tunnel.port)
-    {
-        Ok(grant) if grant.dial == tunnel.dial => return false,
-        Ok(grant) => format!(
-            "host '{}' is now at {}, not {}",
-            grant.host_id, grant.dial, tunnel.dial
-        ),
-        Err(refusal) => refusal.to_string(),
-    };
-    let user = conn.user();
-    tracing::info!(session = %conn.id, user, tunnel = id, "tunnel revoked: {verdict}");
-    shared.audit.record(Event::TunnelRevoked {
-        session: &conn.id,
-        tunnel: id,
-        user,
-        host: &tunnel.host,
-        reason: &verdict,
-    });
-    tunnel.revoked.cancel();
-    true
 }
 
 /// Watches an authenticated session until it ends; returns why it ended.

@@ -20,6 +20,37 @@
 //! | `gatehouse_directory_age_seconds` | gauge | (set by the binary) |
 
 use crate::audit::Event;
+use crate::sources::Offence;
+
+/// Puts every metric with no open-ended label on `/metrics` from the start, at zero (gauges
+/// keep any value already set), so a dashboard or an alarm sees 0 rather than no data before
+/// the first event. `gatehouse_directory_age_seconds` is set by the binary.
+pub(crate) fn init() {
+    for gauge in [
+        "gatehouse_sessions",
+        "gatehouse_tunnels",
+        "gatehouse_penalized_sources",
+        "gatehouse_buffered_bytes",
+        "gatehouse_unauthenticated",
+        "gatehouse_audit_unwritable",
+    ] {
+        metrics::gauge!(gauge).increment(0.0);
+    }
+    metrics::counter!("gatehouse_key_pushes_total").increment(0);
+    for kind in ["session", "tunnel"] {
+        metrics::counter!("gatehouse_revocations_total", "kind" => kind).increment(0);
+    }
+    for offence in [
+        Offence::AuthFailure,
+        Offence::NoAuth,
+        Offence::GraceExceeded,
+    ] {
+        metrics::counter!("gatehouse_penalties_total", "offence" => offence.label()).increment(0);
+    }
+    for direction in ["up", "down"] {
+        tunnel_bytes(direction).increment(0);
+    }
+}
 
 /// Counts one audit event.
 pub(crate) fn observe(event: &Event<'_>) {

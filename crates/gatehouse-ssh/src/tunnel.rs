@@ -33,10 +33,10 @@ use tokio::net::TcpStream;
 use crate::audit::Event;
 use crate::budget::BufferBudget;
 use crate::conn::{Conn, OpenTunnel};
-use crate::handler::prohibited;
 use crate::local::is_own_address;
 use crate::push::PushError;
-use crate::server::{recheck_tunnel, Shared, TunnelSlot};
+use crate::revoke::recheck_tunnel;
+use crate::shared::{Shared, TunnelSlot};
 use crate::telemetry;
 
 /// Read buffer for the target-to-client direction. 64 KiB: 8 KiB costs four writes per SSH
@@ -529,6 +529,14 @@ async fn download(
         }
         counters.down(conn, n);
         writer.write_all(&buf[..n]).await?;
+    }
+}
+
+/// A refusal the OpenSSH client prints as "administratively prohibited: <reason>".
+pub(crate) fn prohibited(reason: impl Into<String>) -> ChannelOpenFailure {
+    ChannelOpenFailure::Other {
+        code: ChannelOpenFailure::AdministrativelyProhibited.code(),
+        reason: reason.into(),
     }
 }
 

@@ -1,0 +1,72 @@
+//! Revocation: every directory snapshot published after a session authenticated is checked
+//! against its key and each of its tunnels (registered ones still dialing included).
+
+use gatehouse_directory::Snapshot;
+
+use crate::audit::Event;
+use crate::conn::{Conn, OpenTunnel};
+use crate::shared::Shared;
+
+/// Re-checks an open session against a new snapshot. Closes the tunnels that are no longer
+/// allowed; returns a reason if the whole session must close (its key was revoked).
+pub(crate) fn recheck(shared: &Shared, conn: &Conn, snapshot: &Snapshot) -> Option<String> {
+    let login = conn.login.get()?;
+    let principal = match snapshot.recheck(&login.user, &login.key) {
+        Ok(principal) => principal,
+        Err(refusal) => {
+            let reason = format!(
+                "key {} is no longer valid for user '{}' ({})",
+                login.fingerprint,
+                login.user,
+                refusal.code()
+            );
+            tracing::info!(session = %conn.id, user = %login.user, "session revoked: {reason}");
+            shared.audit.record(Event::SessionRevoked {
+                session: &conn.id,
+                user: &login.user,
+                key: &login.fingerprint,
+                reason: &reason,
+            });
+            return Some(format!("revoked: {reason}"));
+        }
+    };
+    for (id, tunnel) in conn.tunnels() {
+        recheck_tunnel(shared, conn, &principal, id, &tunnel, snapshot);
+    }
+    None
+}
+
+/// Re-checks one tunnel (open, or registered and still dialing) of an authenticated session:
+/// if `snapshot` no longer allows it, audits the revocation and cancels the tunnel. Returns
+/// whether it was revoked.
+pub(crate) fn recheck_tunnel(
+    shared: &Shared,
+    conn: &Conn,
+    principal: &gatehouse_policy::Principal,
+    id: u64,
+    tunnel: &OpenTunnel,
+    snapshot: &Snapshot,
+) -> bool {
+    let verdict = match snapshot
+        .inventory()
+        .authorize(principal, &tunnel.target, tunnel.port)
+    {
+        Ok(grant) if grant.dial == tunnel.dial => return false,
+        Ok(grant) => format!(
+            "host '{}' is now at {}, not {}",
+            grant.host_id, grant.dial, tunnel.dial
+        ),
+        Err(refusal) => refusal.to_string(),
+    };
+    let user = conn.user();
+    tracing::info!(session = %conn.id, user, tunnel = id, "tunnel revoked: {verdict}");
+    shared.audit.record(Event::TunnelRevoked {
+        session: &conn.id,
+        tunnel: id,
+        user,
+        host: &tunnel.host,
+        reason: &verdict,
+    });
+    tunnel.revoked.cancel();
+    true
+}
