@@ -32,6 +32,8 @@ pub(crate) fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
 pub(crate) struct ServerOptions {
     /// Extra TOML appended to the config (e.g. `[limits]`, `[penalties]`, `[metrics]`).
     pub extra: String,
+    /// Extra `[server]` keys, one per line.
+    pub server_extra: String,
     pub login_grace: &'static str,
     pub idle_timeout: &'static str,
     pub max_unauthenticated: usize,
@@ -46,6 +48,7 @@ impl Default for ServerOptions {
         ServerOptions {
             // Tests fail logins on purpose from one source: no penalties unless a test asks.
             extra: "[penalties]\nenabled = false\n".into(),
+            server_extra: String::new(),
             login_grace: "20s",
             idle_timeout: "1h",
             max_unauthenticated: 64,
@@ -76,6 +79,7 @@ max_unauthenticated = {max_unauth}
 eviction_min_age = "{eviction_min_age}"
 connect_timeout = "{connect_timeout}"
 shutdown_grace = "{shutdown_grace}"
+{server_extra}
 
 [audit]
 file = "{dir}/audit.jsonl"
@@ -105,6 +109,7 @@ ports = [22]
 {extra}
 "#,
         extra = opts.extra,
+        server_extra = opts.server_extra,
         listen = addr(BASTION_CLIENT_ADDR, SSH_PORT),
         dir = scratch.path().display(),
         login_grace = opts.login_grace,

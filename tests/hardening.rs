@@ -3,7 +3,7 @@
 //! target, PROXY protocol from a trusted load balancer only, metrics, systemd readiness and
 //! socket activation, and a kill -9 restart.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
@@ -17,8 +17,8 @@ use crate::bastion::{
 };
 use crate::harness::jupyter::py_script;
 use crate::harness::{
-    gatehouse_bin, repo_root, run_with_timeout, venv_python, wait_until, Daemon, TcpServer,
-    BASTION_CLIENT_ADDR, CLIENT_ADDR, PRIVATE_ADDR,
+    gatehouse_bin, repo_root, run_with_timeout, venv_python, wait_until, CmdOutput, Daemon,
+    TcpServer, BASTION_CLIENT_ADDR, CLIENT_ADDR, PRIVATE_ADDR,
 };
 
 /// A second address in the client namespace: the hostile source of the abuse tests.
@@ -1178,7 +1178,7 @@ fn dashboard_metrics(dashboard: &Value, names: &mut std::collections::BTreeSet<S
 
 #[test]
 fn the_grafana_dashboard_names_only_metrics_the_daemon_exports() {
-    let path = crate::harness::repo_root().join("dashboards/gatehouse.json");
+    let path = repo_root().join("dashboards/gatehouse.json");
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     )
@@ -1228,4 +1228,137 @@ fn the_grafana_dashboard_names_only_metrics_the_daemon_exports() {
         missing.is_empty(),
         "the dashboard names metrics /metrics does not have: {missing:?}\n{text}"
     );
+}
+
+/// `gatehouse sessions` in the bastion namespace, as root (or as `user`).
+fn sessions(rig: &Rig, socket: &std::path::Path, json: bool, user: Option<&str>) -> CmdOutput {
+    let mut cmd = match user {
+        Some(user) => {
+            let mut cmd = rig.topology.bastion.command("runuser");
+            cmd.args(["-u", user, "--"]).arg(gatehouse_bin());
+            cmd
+        }
+        None => rig.topology.bastion.command(gatehouse_bin()),
+    };
+    cmd.arg("sessions").arg("--socket").arg(socket);
+    if json {
+        cmd.arg("--json");
+    }
+    run_with_timeout(cmd, CMD_TIMEOUT)
+}
+
+#[test]
+fn gatehouse_sessions_shows_live_tunnels_to_root_and_refuses_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let topology = crate::harness::Topology::new();
+    let scratch = crate::harness::Scratch::new();
+    // Others may pass through the scratch directory and read run/: only the socket's own mode
+    // (0660) keeps another user out.
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o711))
+        .expect("chmod the scratch directory");
+    let run = scratch.subdir("run");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).expect("chmod run/");
+    let socket = run.join("control.sock");
+    let alice = crate::harness::KeyPair::ed25519(&scratch, "alice_key");
+    let bob = crate::harness::KeyPair::generate(&scratch, "bob_key", crate::harness::KeyType::Rsa);
+    let opts = ServerOptions {
+        server_extra: "control_socket = \"run/control.sock\"".into(),
+        ..options("[penalties]\nenabled = false\n")
+    };
+    let config = crate::bastion::write_config(&scratch, &alice, &bob, &opts);
+    let rig = crate::bastion::start_rig(topology, scratch, alice, bob, config);
+    let mode = std::fs::metadata(&socket)
+        .expect("the control socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660, "socket mode {mode:o}");
+
+    let out = sessions(&rig, &socket, false, None);
+    out.expect_success("gatehouse sessions with nobody in");
+    assert_eq!(out.stdout_str().trim(), "no sessions");
+
+    // alice: one session, two tunnels to jupyter's echo port.
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, SINK_PORT));
+    let mut ssh = rig.alice.ssh();
+    ssh.args([
+        "-N",
+        "-L",
+        &format!("127.0.0.1:19001:jupyter:{SINK_PORT}"),
+        "-L",
+        &format!("127.0.0.1:19002:jupyter:{SINK_PORT}"),
+        "bastion",
+    ]);
+    let _ssh = Daemon::spawn("ssh_two_tunnels", ssh, &rig.scratch);
+    let open = |port: u16| {
+        let mut stream = None;
+        wait_until(Duration::from_secs(10), "the local forward", || {
+            stream = rig
+                .topology
+                .client
+                .connect(addr(Ipv4Addr::LOCALHOST, port), Duration::from_secs(2))
+                .ok();
+            stream.is_some()
+        });
+        let mut stream = stream.expect("connected");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        stream.write_all(b"hello").expect("write");
+        let mut back = [0u8; 5];
+        stream.read_exact(&mut back).expect("echo");
+        stream
+    };
+    let first = open(19001);
+    let _second = open(19002);
+
+    let view = |rig: &Rig| -> Value {
+        let out = sessions(rig, &socket, true, None);
+        out.expect_success("gatehouse sessions --json");
+        serde_json::from_str(out.stdout_str().trim()).expect("JSON")
+    };
+    let now = view(&rig);
+    let listed = now["sessions"].as_array().expect("sessions");
+    assert_eq!(listed.len(), 1, "{now}");
+    assert_eq!(listed[0]["user"], "alice", "{now}");
+    assert!(
+        listed[0]["source"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(&format!("{CLIENT_ADDR}:")),
+        "{now}"
+    );
+    let tunnels = listed[0]["tunnels"].as_array().expect("tunnels");
+    assert_eq!(tunnels.len(), 2, "{now}");
+    for t in tunnels {
+        assert_eq!(t["host"], "jupyter", "{now}");
+        assert_eq!(t["port"], u64::from(SINK_PORT), "{now}");
+        assert_eq!(t["bytes_up"], 5, "{now}");
+        assert_eq!(t["bytes_down"], 5, "{now}");
+    }
+    let table = sessions(&rig, &socket, false, None);
+    table.expect_success("gatehouse sessions");
+    assert!(table.stdout_str().contains("alice"), "{table}");
+    assert_eq!(
+        table
+            .stdout_str()
+            .matches(&format!("jupyter:{SINK_PORT}"))
+            .count(),
+        2,
+        "{table}"
+    );
+
+    // One tunnel closes: one is left.
+    drop(first);
+    wait_until(Duration::from_secs(10), "one tunnel left", || {
+        view(&rig)["sessions"][0]["tunnels"]
+            .as_array()
+            .map(Vec::len)
+            == Some(1)
+    });
+
+    // Another local user: refused by the socket itself.
+    let out = sessions(&rig, &socket, true, Some(crate::harness::TEST_USER));
+    out.expect_failure("gatehouse sessions as another user");
+    assert!(out.stderr_str().contains("Permission denied"), "{out}");
+    rig.gatehouse.assert_no_panic();
 }

@@ -329,6 +329,11 @@ pub struct ServerConfig {
     /// or its directory is stale), on its own listener: probes never reach the SSH port, so
     /// they are never counted as failed logins. Default none.
     pub health_listen: Option<SocketAddr>,
+    /// `control_socket`: a Unix socket where `gatehouse sessions` reads the live sessions
+    /// (read-only; mode 0660, so root and the daemon's group only). A relative path is
+    /// resolved against the config file's directory. Default none: the binary then uses
+    /// `control.sock` in systemd's `$RUNTIME_DIRECTORY`, if set (the shipped unit's).
+    pub control_socket: Option<PathBuf>,
 }
 
 /// `[limits]`: caps that turn resource exhaustion into clear refusals.

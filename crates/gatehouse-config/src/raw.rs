@@ -121,6 +121,7 @@ pub(crate) struct RawServer {
     pub(crate) pq_only: Option<bool>,
     pub(crate) proxy_listen: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) health_listen: Option<Spanned<String>>,
+    pub(crate) control_socket: Option<Spanned<String>>,
     pub(crate) trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 

@@ -200,7 +200,12 @@ impl Validator<'_> {
                 );
             }
         }
+        let control_socket = s
+            .control_socket
+            .as_ref()
+            .and_then(|path| self.path("server.control_socket", path));
         ServerConfig {
+            control_socket,
             pq_only: s.pq_only.unwrap_or(false),
             health_listen,
             proxy_listen,
@@ -1313,6 +1318,7 @@ fn empty_server() -> RawServer {
         pq_only: None,
         proxy_listen: None,
         health_listen: None,
+        control_socket: None,
         trusted_proxies: None,
     }
 }

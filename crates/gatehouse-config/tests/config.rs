@@ -1285,6 +1285,7 @@ fn limits_penalties_and_metrics_have_openssh_like_defaults() {
     assert_eq!(config.server.version_grace, Duration::from_secs(5));
     assert_eq!(config.server.kex_grace, Duration::from_secs(10));
     assert_eq!(config.server.eviction_min_age, Duration::from_millis(100));
+    assert_eq!(config.server.control_socket, None);
     let p = &config.penalties;
     assert!(p.enabled);
     assert_eq!(p.auth_failure, Duration::from_secs(5));
@@ -1333,8 +1334,11 @@ fn limits_penalties_metrics_and_proxy_settings_parse() {
 fn preauth_deadlines_eviction_and_the_prefix_cap_parse_and_are_checked() {
     let config = ok(
         "[server]\nlisten = [\"0.0.0.0:22\"]\nversion_grace = \"2s\"\nkex_grace = \"3s\"\n\
-         eviction_min_age = \"0s\"\n[limits]\nper_source_max_unauthenticated = 5\n",
+         eviction_min_age = \"0s\"\ncontrol_socket = \"run/control.sock\"\n\
+         [limits]\nper_source_max_unauthenticated = 5\n",
     );
+    let socket = config.server.control_socket.expect("control_socket");
+    assert!(socket.ends_with("run/control.sock"), "{}", socket.display());
     assert_eq!(config.server.version_grace, Duration::from_secs(2));
     assert_eq!(config.server.kex_grace, Duration::from_secs(3));
     assert_eq!(config.server.eviction_min_age, Duration::ZERO);

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use russh::keys::PublicKey;
 use tokio::sync::Notify;
@@ -31,6 +31,62 @@ pub(crate) struct OpenTunnel {
     pub host: String,
     /// Cancelled to close this tunnel.
     pub revoked: CancellationToken,
+    /// What it moved, as it moves (`gatehouse sessions` reads it).
+    pub bytes: Arc<TunnelBytes>,
+}
+
+/// Bytes a tunnel moved each way and when it last moved any: for its audit line, the metrics
+/// and the operator's view.
+pub(crate) struct TunnelBytes {
+    up: AtomicU64,
+    down: AtomicU64,
+    opened: Instant,
+    /// Milliseconds after `opened` that bytes last moved.
+    last_ms: AtomicU64,
+}
+
+impl TunnelBytes {
+    pub fn new() -> Self {
+        TunnelBytes {
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// `n` bytes written to the target.
+    pub fn add_up(&self, n: u64) {
+        self.up.fetch_add(n, Ordering::Relaxed);
+        self.moved();
+    }
+
+    /// `n` bytes read from the target.
+    pub fn add_down(&self, n: u64) {
+        self.down.fetch_add(n, Ordering::Relaxed);
+        self.moved();
+    }
+
+    fn moved(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Client to target, so far.
+    pub fn up(&self) -> u64 {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Target to client, so far.
+    pub fn down(&self) -> u64 {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Time since bytes last moved (since it opened, if none has).
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
+    }
 }
 
 /// State of one client connection.
@@ -41,6 +97,8 @@ pub(crate) struct Conn {
     pub peer: SocketAddr,
     /// When the connection was accepted.
     pub started: Instant,
+    /// The same on the wall clock, for the operator's view.
+    pub started_at: SystemTime,
     /// Its pre-authentication slot and how far it has come (the socket and the handler move
     /// it on; authentication gives the slot back).
     pub progress: Arc<Progress>,
@@ -63,6 +121,7 @@ impl Conn {
             id,
             peer,
             started: Instant::now(),
+            started_at: SystemTime::now(),
             progress,
             login: OnceLock::new(),
             closed: CancellationToken::new(),

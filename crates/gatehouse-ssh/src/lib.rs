@@ -12,6 +12,7 @@ mod algorithms;
 pub mod audit;
 mod budget;
 mod conn;
+pub mod control;
 mod handler;
 mod health;
 pub mod hostkey;

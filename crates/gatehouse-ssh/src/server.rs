@@ -64,6 +64,7 @@ pub async fn serve(
 ) {
     crate::telemetry::init();
     let health = bastion.health.take();
+    let control = bastion.control.take();
     let watchdog = bastion.watchdog.take();
     let shared = Arc::new(Shared::new(bastion));
     // Lines the audit log could not take are tried again until the process ends.
@@ -71,6 +72,15 @@ pub async fn serve(
     // Not tracked with the sessions either: it pings until the process ends.
     if let Some(watchdog) = watchdog {
         tokio::spawn(crate::liveness::run(shared.workers.clone(), watchdog));
+    }
+    // Not tracked with the sessions either: it answers until the process ends.
+    if let Some(listener) = control {
+        match tokio::net::UnixListener::from_std(listener) {
+            Ok(listener) => {
+                tokio::spawn(crate::control::serve(shared.clone(), listener));
+            }
+            Err(e) => tracing::warn!("control socket unusable: {e}"),
+        }
     }
     // Not tracked with the sessions: it answers `503 draining` until the process ends.
     if let Some(listener) = health {
@@ -489,6 +499,7 @@ async fn connection(
     }
     drop((admitted, source_slot));
 
+    let _listed = shared.list_session(&conn);
     let reason = authenticated_phase(&shared, &conn, &handle, session, &cutter).await;
     record_close(&shared, &conn, &reason);
 }

@@ -3,7 +3,7 @@
 //! counts, the buffer budget, and the shutdown tokens. `server`, `handler`, `tunnel` and
 //! `health` depend on this module, not on each other.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +41,9 @@ pub struct Bastion {
     pub audit: Audit,
     /// The health endpoint's listener (`server.health_listen`), bound by the binary.
     pub health: Option<TcpListener>,
+    /// The operator's view (`server.control_socket`), bound by the binary with
+    /// [`crate::control::bind`].
+    pub control: Option<std::os::unix::net::UnixListener>,
     /// Gives the user's key to a host before a tunnel to its SSH port, for grants that ask
     /// for it (`Grant::key_push`). `None`: such tunnels are refused (a static config never
     /// asks; an AWS one does only with `aws.instance_connect`, which sets this).
@@ -78,6 +81,8 @@ pub(crate) struct Shared {
     pub(crate) unauthenticated: Unauthenticated,
     /// Authenticated connections per user.
     user_sessions: Mutex<HashMap<String, usize>>,
+    /// Authenticated connections by session id, for the operator's view (`control`).
+    listed: Mutex<BTreeMap<(std::time::SystemTime, String), Arc<Conn>>>,
     /// Tunnels open or being dialed, bastion-wide.
     tunnels: AtomicUsize,
     /// Client bytes held for slow targets, bastion-wide (`limits.max_buffered_mib`).
@@ -111,6 +116,7 @@ impl Shared {
                 b.limits.per_prefix_max_unauthenticated,
             ),
             user_sessions: Mutex::new(HashMap::new()),
+            listed: Mutex::new(BTreeMap::new()),
             tunnels: AtomicUsize::new(0),
             budget: BufferBudget::from_config(b.limits.max_buffered_mib),
             settings: b.settings,
@@ -158,6 +164,18 @@ impl Shared {
                 sessions.remove(user);
             }
         }
+    }
+
+    /// Lists an authenticated connection for the operator's view until the guard is dropped.
+    pub(crate) fn list_session(&self, conn: &Arc<Conn>) -> Listed<'_> {
+        let key = (conn.started_at, conn.id.clone());
+        lock(&self.listed).insert(key.clone(), conn.clone());
+        Listed { shared: self, key }
+    }
+
+    /// The listed sessions, oldest first.
+    pub(crate) fn listed_sessions(&self) -> Vec<Arc<Conn>> {
+        lock(&self.listed).values().cloned().collect()
     }
 
     /// Reserves a channel on `conn`, within `limits.max_channels_per_connection`: every
@@ -283,6 +301,23 @@ impl Shared {
             });
         }
     }
+}
+
+/// Keeps a session in the operator's view; dropping it takes it out.
+pub(crate) struct Listed<'a> {
+    shared: &'a Shared,
+    key: (std::time::SystemTime, String),
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.listed).remove(&self.key);
+    }
+}
+
+/// The registries hold plain data: a panic elsewhere cannot leave them inconsistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A reserved channel of a connection: released when dropped.

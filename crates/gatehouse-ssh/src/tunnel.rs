@@ -18,7 +18,6 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +31,7 @@ use tokio::net::TcpStream;
 
 use crate::audit::Event;
 use crate::budget::BufferBudget;
-use crate::conn::{Conn, OpenTunnel};
+use crate::conn::{Conn, OpenTunnel, TunnelBytes};
 use crate::local::is_own_address;
 use crate::push::PushError;
 use crate::revoke::recheck_tunnel;
@@ -101,6 +100,7 @@ pub(crate) async fn run(
         dial: grant.dial,
         host: grant.host_id.clone(),
         revoked: revoked.clone(),
+        bytes: Arc::new(TunnelBytes::new()),
     };
     let _registered = conn.open_tunnel(tunnel, open.clone());
     // The grant was made on the snapshot current when the request arrived; one published
@@ -234,7 +234,7 @@ pub(crate) async fn run(
         dial: grant.dial,
     });
     let started = Instant::now();
-    let counters = Counters::new();
+    let counters = Counters::new(open.bytes.clone());
     let (mut from_client, to_client) = channel.split();
     let (target_read, target_write) = tcp.into_split();
     let reason = tokio::select! {
@@ -261,8 +261,8 @@ pub(crate) async fn run(
         user: &user,
         host: &grant.host_id,
         dial: grant.dial,
-        bytes_up: counters.up.load(Ordering::Relaxed),
-        bytes_down: counters.down.load(Ordering::Relaxed),
+        bytes_up: counters.bytes.up(),
+        bytes_down: counters.bytes.down(),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         reason: &reason,
     });
@@ -315,19 +315,16 @@ fn connect_failed(reason: String) -> ChannelOpenFailure {
 /// Bytes each way, for this tunnel's audit line and for the metrics. The metric handles are
 /// looked up once per tunnel, not on every read and write.
 struct Counters {
-    /// Client to target.
-    up: AtomicU64,
-    /// Target to client.
-    down: AtomicU64,
+    /// Shared with the tunnel's registration (the operator's view).
+    bytes: Arc<TunnelBytes>,
     metric_up: metrics::Counter,
     metric_down: metrics::Counter,
 }
 
 impl Counters {
-    fn new() -> Self {
+    fn new(bytes: Arc<TunnelBytes>) -> Self {
         Counters {
-            up: AtomicU64::new(0),
-            down: AtomicU64::new(0),
+            bytes,
             metric_up: telemetry::tunnel_bytes("up"),
             metric_down: telemetry::tunnel_bytes("down"),
         }
@@ -335,14 +332,14 @@ impl Counters {
 
     /// `n` bytes written to the target; the connection is active.
     fn up(&self, conn: &Conn, n: usize) {
-        self.up.fetch_add(n as u64, Ordering::Relaxed);
+        self.bytes.add_up(n as u64);
         self.metric_up.increment(n as u64);
         conn.touch();
     }
 
     /// `n` bytes read from the target; the connection is active.
     fn down(&self, conn: &Conn, n: usize) {
-        self.down.fetch_add(n as u64, Ordering::Relaxed);
+        self.bytes.add_down(n as u64);
         self.metric_down.increment(n as u64);
         conn.touch();
     }

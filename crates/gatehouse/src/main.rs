@@ -1,7 +1,7 @@
 //! `gatehouse`: the bastion daemon and its admin commands.
 //!
 //! `serve` runs the daemon; `check` validates a config; `hosts` shows who may reach what;
-//! `ssh-config` writes a user's `~/.ssh/config` block; `demo` runs the daemon on the embedded
+//! `ssh-config` writes a user's `~/.ssh/config` block; `sessions` shows who is in now; `demo` runs the daemon on the embedded
 //! demo config with generated keys; `event-pattern` prints the EventBridge pattern of the IAM
 //! change events it reads. Config errors exit with 64 and `file:line:column: message` lines,
 //! before any socket is bound.
@@ -18,6 +18,7 @@ mod aws;
 mod demo;
 mod hosts;
 mod serve;
+mod sessions;
 mod ssh_config;
 
 use std::path::{Path, PathBuf};
@@ -87,6 +88,17 @@ enum Command {
         #[arg(long)]
         target_user: Option<String>,
     },
+    /// Show who is in now: each live session on this bastion (user, source, since when) and its
+    /// open tunnels (target, bytes each way, idle time), read from the running daemon's
+    /// control socket (`server.control_socket`; root or the daemon's group).
+    Sessions {
+        /// The daemon's control socket.
+        #[arg(long, default_value = sessions::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print the daemon's JSON as is, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the EventBridge event pattern of the rule that feeds `aws.events_queue_url`: the
     /// IAM calls whose events the bastion reads (for setting the rule up without
     /// gatehouse-vpc, which provisions it).
@@ -137,6 +149,7 @@ fn main() -> ExitCode {
                 },
             ))
         }),
+        Command::Sessions { socket, json } => run_plain(sessions::print(&socket, json)),
         Command::EventPattern => aws::event_pattern()
             .map(|pattern| println!("{pattern}"))
             .map_err(Failure::Runtime),

@@ -84,6 +84,13 @@ pub async fn run(
         ),
         None => None,
     };
+    let control = match control_socket(&config) {
+        Some(path) => Some(
+            gatehouse_ssh::control::bind(&path)
+                .with_context(|| format!("cannot create the control socket {}", path.display()))?,
+        ),
+        None => None,
+    };
     if let Some(addr) = config.metrics.listen {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
@@ -136,6 +143,7 @@ pub async fn run(
         audit,
         key_push: aws.as_ref().and_then(|aws| aws.key_push()),
         health,
+        control,
         watchdog: watchdog(),
     };
     if let Some(aws) = aws {
@@ -260,5 +268,15 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
+    })
+}
+
+/// Where `gatehouse sessions` reads the live sessions: `server.control_socket`, or else, under
+/// systemd with a `RuntimeDirectory` (the shipped unit), `control.sock` in it.
+fn control_socket(config: &gatehouse_config::Config) -> Option<std::path::PathBuf> {
+    config.server.control_socket.clone().or_else(|| {
+        let dirs = std::env::var("RUNTIME_DIRECTORY").ok()?;
+        let first = dirs.split(':').next().filter(|d| !d.is_empty())?;
+        Some(std::path::Path::new(first).join("control.sock"))
     })
 }
