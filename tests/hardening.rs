@@ -1177,7 +1177,7 @@ fn dashboard_metrics(dashboard: &Value, names: &mut std::collections::BTreeSet<S
 }
 
 #[test]
-fn the_grafana_dashboard_names_only_metrics_the_daemon_exports() {
+fn the_grafana_dashboard_names_only_metrics_the_daemon_exports_and_gatehouse_audit_sums_them_up() {
     let path = repo_root().join("dashboards/gatehouse.json");
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
@@ -1228,6 +1228,39 @@ fn the_grafana_dashboard_names_only_metrics_the_daemon_exports() {
         missing.is_empty(),
         "the dashboard names metrics /metrics does not have: {missing:?}\n{text}"
     );
+
+    // The same day in `gatehouse audit`.
+    let mut audit = Command::new(gatehouse_bin());
+    audit
+        .arg("audit")
+        .arg(rig.scratch.join("audit.jsonl"))
+        .args(["--since", "1h"]);
+    let out = run_with_timeout(audit, CMD_TIMEOUT);
+    out.expect_success("gatehouse audit");
+    let summary = out.stdout_str();
+    for needle in [
+        "logins (user, logins, failed attempts)",
+        "connection: login_grace",
+        "request: ",
+        "tunnel: ",
+        "jupyter ",
+    ] {
+        assert!(summary.contains(needle), "no {needle:?} in:\n{summary}");
+    }
+    let alice = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("alice "))
+        .unwrap_or_else(|| panic!("no alice in:\n{summary}"));
+    let counts: Vec<&str> = alice.split_whitespace().collect();
+    assert_eq!(counts.get(1), Some(&"3"), "alice's logins: {alice}");
+    let mut refused = Command::new(gatehouse_bin());
+    refused
+        .arg("audit")
+        .arg(rig.scratch.join("audit.jsonl"))
+        .arg("--refused");
+    let out = run_with_timeout(refused, CMD_TIMEOUT);
+    out.expect_success("gatehouse audit --refused");
+    assert!(!out.stdout_str().contains("tunnels by host"), "{out}");
 }
 
 /// `gatehouse sessions` in the bastion namespace, as root (or as `user`).

@@ -1,7 +1,8 @@
 //! `gatehouse`: the bastion daemon and its admin commands.
 //!
 //! `serve` runs the daemon; `check` validates a config; `hosts` shows who may reach what;
-//! `ssh-config` writes a user's `~/.ssh/config` block; `sessions` shows who is in now; `demo` runs the daemon on the embedded
+//! `ssh-config` writes a user's `~/.ssh/config` block; `sessions` shows who is in now; `audit`
+//! sums up an audit log; `demo` runs the daemon on the embedded
 //! demo config with generated keys; `event-pattern` prints the EventBridge pattern of the IAM
 //! change events it reads. Config errors exit with 64 and `file:line:column: message` lines,
 //! before any socket is bound.
@@ -10,6 +11,7 @@
 
 // AWS as the source of truth, behind the default `aws` feature; without it, the same
 // interface refusing `[aws]` configs, so the demo builds without the AWS SDK.
+mod audit_summary;
 #[cfg(feature = "aws")]
 mod aws;
 #[cfg(not(feature = "aws"))]
@@ -99,6 +101,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sum up an audit log: logins by user, failed logins by reason, tunnels by host with
+    /// bytes, refusals by reason, the sources refused most.
+    Audit {
+        /// The audit file (default: `[audit] file` of --config).
+        file: Option<PathBuf>,
+        /// The config whose `[audit] file` to read when no file is given.
+        #[arg(long, short, default_value = "/etc/gatehouse/gatehouse.toml")]
+        config: PathBuf,
+        /// Only the last DURATION (e.g. 2h, 30m, 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only lines about this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only tunnel lines about this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only refusals.
+        #[arg(long)]
+        refused: bool,
+    },
     /// Print the EventBridge event pattern of the rule that feeds `aws.events_queue_url`: the
     /// IAM calls whose events the bastion reads (for setting the rule up without
     /// gatehouse-vpc, which provisions it).
@@ -150,6 +173,22 @@ fn main() -> ExitCode {
             ))
         }),
         Command::Sessions { socket, json } => run_plain(sessions::print(&socket, json)),
+        Command::Audit {
+            file,
+            config,
+            since,
+            user,
+            host,
+            refused,
+        } => audit_file(file, &config).and_then(|path| {
+            let filter = audit_summary::Filter {
+                since,
+                user,
+                host,
+                refused,
+            };
+            run_plain(audit_summary::print(&path, &filter))
+        }),
         Command::EventPattern => aws::event_pattern()
             .map(|pattern| println!("{pattern}"))
             .map_err(Failure::Runtime),
@@ -179,6 +218,19 @@ enum Failure {
 
 fn load(path: &Path) -> Result<gatehouse_config::Config, Failure> {
     gatehouse_config::load(path).map_err(Failure::Config)
+}
+
+/// The audit file to sum up: the one given, or the config's `[audit] file`.
+fn audit_file(file: Option<PathBuf>, config: &Path) -> Result<PathBuf, Failure> {
+    match file {
+        Some(file) => Ok(file),
+        None => load(config)?.audit.file.ok_or_else(|| {
+            Failure::Runtime(anyhow::anyhow!(
+                "{} has no [audit] file (its audit goes to stdout): name the file",
+                config.display()
+            ))
+        }),
+    }
 }
 
 fn run_plain(r: anyhow::Result<()>) -> Result<(), Failure> {
