@@ -175,20 +175,13 @@ listen = "127.0.0.1:{METRICS_PORT}"
         max_unauthenticated: o.max_unauthenticated,
         eviction_min_age: o.eviction_min_age,
         shutdown_grace: o.shutdown_grace,
+        server_extra: format!(
+            "proxy_listen = [\"{}\"]\ntrusted_proxies = [\"10.240.0.0/24\"]",
+            addr(BASTION_CLIENT_ADDR, PROXY_PORT)
+        ),
         ..ServerOptions::default()
     };
     let config = write_config(&scratch, &alice_key, &bob_key, &opts);
-    let text = std::fs::read_to_string(&config).expect("read the config");
-    let plain = format!("listen = [\"{}\"]", addr(BASTION_CLIENT_ADDR, SSH_PORT));
-    assert!(text.contains(&plain), "{text}");
-    let text = text.replace(
-        &plain,
-        &format!(
-            "{plain}\nproxy_listen = [\"{}\"]\ntrusted_proxies = [\"10.240.0.0/24\"]",
-            addr(BASTION_CLIENT_ADDR, PROXY_PORT)
-        ),
-    );
-    let config = scratch.write("gatehouse.toml", text.as_bytes());
 
     // Client-side addresses 10.240.0.10-99, one per plain-listener connection (inside the
     // test's own client namespace, on the subnet of its veth).
