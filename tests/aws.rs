@@ -1445,6 +1445,12 @@ fn aws_outage_serves_cached_users_until_max_staleness_then_recovers() {
     rig.wait_audit("auth.failure directory_stale", SLACK, |l| {
         l["event"] == "auth.failure" && l["reason"] == "directory_stale"
     });
+    // The stale directory has a line of its own (the stack's "directory stale" alarm counts
+    // them), whether or not anyone tries to log in.
+    // Looked at every 5 s.
+    rig.wait_audit("directory.stale", Duration::from_secs(8), |l| {
+        l["event"] == "directory.stale" && l["age_s"].as_u64().is_some_and(|a| a >= 6)
+    });
     // Stale is not dead: the health check keeps the replica in the balancer (and out of an
     // Auto Scaling group's replacement), saying why new logins are refused.
     let answer = health();
@@ -1470,6 +1476,9 @@ fn aws_outage_serves_cached_users_until_max_staleness_then_recovers() {
         .wait_for_stderr("AWS directory is fresh again", Duration::from_secs(20));
     assert_reaches_sshd(&alice, "jupyter:22");
     assert!(health().ends_with("serving\n"), "{}", health());
+    rig.wait_audit("directory.fresh", Duration::from_secs(8), |l| {
+        l["event"] == "directory.fresh" && l["stale_s"].as_u64().is_some()
+    });
     assert!(rig.gatehouse.is_running(), "no restart was needed");
 }
 

@@ -129,6 +129,10 @@ pub enum Event<'a> {
         reason_code: &'a str,
         count: u64,
         itemized: u64,
+        /// `count - itemized`: the refusals this line stands for alone, so that summing
+        /// `summarized` over summaries plus one per `connection.refused` line counts every
+        /// refusal once (what the stack's CloudWatch metric filter does).
+        summarized: u64,
         interval_s: u64,
         /// Distinct sources of the summarized refusals (at most 1024 counted).
         sources: usize,
@@ -170,6 +174,21 @@ pub enum Event<'a> {
         result: &'a str,
         detail: &'a str,
     },
+    /// The directory is stale: no successful listing from its source within
+    /// `max_staleness`, so new logins are refused (open sessions stay). Written when it
+    /// happens and again every [`STALE_REPEAT`] while it lasts, so an alarm on these lines
+    /// stays raised for as long as the bastion refuses logins.
+    #[serde(rename = "directory.stale")]
+    DirectoryStale {
+        /// Seconds since the last successful listing.
+        age_s: u64,
+    },
+    /// The directory is fresh again after being stale: new logins are admitted.
+    #[serde(rename = "directory.fresh")]
+    DirectoryFresh {
+        /// How long it was stale, in seconds.
+        stale_s: u64,
+    },
     /// An authenticated session ended.
     #[serde(rename = "session.close")]
     SessionClose {
@@ -186,6 +205,9 @@ struct Line<'a> {
     #[serde(flatten)]
     event: &'a Event<'a>,
 }
+
+/// How often a `directory.stale` line is written again while the directory stays stale.
+pub const STALE_REPEAT: Duration = Duration::from_secs(60);
 
 /// Lines kept while the audit log cannot be written, at most.
 pub const MAX_PENDING: usize = 10_000;

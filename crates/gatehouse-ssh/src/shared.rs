@@ -271,6 +271,7 @@ impl Shared {
                 reason_code: s.reason_code,
                 count: s.count,
                 itemized: s.itemized,
+                summarized: s.count.saturating_sub(s.itemized),
                 interval_s: SUMMARY_INTERVAL.as_secs(),
                 sources: s.sources,
                 top_sources: s

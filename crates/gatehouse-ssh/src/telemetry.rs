@@ -98,7 +98,10 @@ pub(crate) fn observe(event: &Event<'_>) {
         Event::ConnectionRefused { .. }
         | Event::ConnectionRefusedSummary { .. }
         | Event::SourcePenalized { .. }
-        | Event::ConfigReload { .. } => {}
+        | Event::ConfigReload { .. }
+        // The directory's state is the gauge `gatehouse_directory_age_seconds`.
+        | Event::DirectoryStale { .. }
+        | Event::DirectoryFresh { .. } => {}
     }
 }
 

@@ -280,6 +280,7 @@ mod tests {
             reason_code: "evicted",
             count: 25,
             itemized: 10,
+            summarized: 15,
             interval_s: 10,
             sources: 2,
             top_sources: vec![

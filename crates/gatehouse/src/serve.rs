@@ -3,11 +3,12 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use gatehouse_config::Config;
 use gatehouse_directory::{Directory, Snapshot};
-use gatehouse_ssh::audit::{Audit, Event};
+use gatehouse_ssh::audit::{Audit, Event, STALE_REPEAT};
 use gatehouse_ssh::{hostkey, russh_config, serve, Bastion, Listener};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -133,7 +134,7 @@ pub async fn run(
     // Under systemd (Type=notify): ready once every socket is bound. Without NOTIFY_SOCKET
     // this does nothing.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tokio::spawn(report_directory_age(directory.clone()));
+    tokio::spawn(watch_directory(directory.clone(), audit.clone()));
     let bastion = Bastion {
         russh: russh_config(&config.server, host_key),
         settings: config.server.clone(),
@@ -249,13 +250,66 @@ fn watchdog() -> Option<gatehouse_ssh::liveness::Watchdog> {
     })
 }
 
-/// Keeps the `gatehouse_directory_age_seconds` gauge current.
-async fn report_directory_age(directory: Arc<Directory>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+/// Keeps the `gatehouse_directory_age_seconds` gauge current, and audits the directory going
+/// stale (`directory.stale`, again every [`STALE_REPEAT`] while it lasts, so the stack's alarm
+/// stays raised) and fresh again (`directory.fresh`). Checked every [`DIRECTORY_CHECK`]: a
+/// line is at most that late.
+async fn watch_directory(directory: Arc<Directory>, audit: Audit) {
+    let mut tick = tokio::time::interval(DIRECTORY_CHECK);
+    let mut stale = StaleWatch::default();
     loop {
         tick.tick().await;
-        let age = directory.current().age().as_secs_f64();
-        metrics::gauge!("gatehouse_directory_age_seconds").set(age);
+        let snapshot = directory.current();
+        let age = snapshot.age();
+        metrics::gauge!("gatehouse_directory_age_seconds").set(age.as_secs_f64());
+        let now = std::time::Instant::now();
+        if let Some(event) = stale.observe(snapshot.is_stale(now), age, now) {
+            if matches!(event, Event::DirectoryStale { .. }) {
+                tracing::warn!(
+                    age_s = age.as_secs(),
+                    "directory stale: new logins are refused"
+                );
+            } else {
+                tracing::info!("directory fresh again: new logins are admitted");
+            }
+            audit.record(event);
+        }
+    }
+}
+
+/// How often the directory's age and staleness are looked at.
+const DIRECTORY_CHECK: Duration = Duration::from_secs(5);
+
+/// When the directory went stale and when that was last audited.
+#[derive(Default)]
+struct StaleWatch {
+    since: Option<(Instant, Instant)>,
+}
+
+impl StaleWatch {
+    /// The audit event due now, if any, for a directory that is (or is not) `stale` at `now`.
+    fn observe(&mut self, stale: bool, age: Duration, now: Instant) -> Option<Event<'static>> {
+        match (stale, self.since) {
+            (true, None) => {
+                self.since = Some((now, now));
+                Some(Event::DirectoryStale {
+                    age_s: age.as_secs(),
+                })
+            }
+            (true, Some((start, last))) if now.duration_since(last) >= STALE_REPEAT => {
+                self.since = Some((start, now));
+                Some(Event::DirectoryStale {
+                    age_s: age.as_secs(),
+                })
+            }
+            (false, Some((start, _))) => {
+                self.since = None;
+                Some(Event::DirectoryFresh {
+                    stale_s: now.duration_since(start).as_secs(),
+                })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -279,4 +333,34 @@ fn control_socket(config: &gatehouse_config::Config) -> Option<std::path::PathBu
         let first = dirs.split(':').next().filter(|d| !d.is_empty())?;
         Some(std::path::Path::new(first).join("control.sock"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kind of a due event and its number.
+    fn due(e: Option<Event<'static>>) -> Option<(&'static str, u64)> {
+        e.map(|e| match e {
+            Event::DirectoryStale { age_s } => ("stale", age_s),
+            Event::DirectoryFresh { stale_s } => ("fresh", stale_s),
+            _ => ("other", 0),
+        })
+    }
+
+    #[test]
+    fn a_stale_directory_is_audited_at_once_then_every_minute_and_its_end_once() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let age = Duration::from_secs(400);
+        let mut w = StaleWatch::default();
+        assert_eq!(due(w.observe(false, age, at(0))), None);
+        assert_eq!(due(w.observe(true, age, at(5))), Some(("stale", 400)));
+        assert_eq!(due(w.observe(true, age, at(10))), None);
+        assert_eq!(due(w.observe(true, age, at(64))), None);
+        assert_eq!(due(w.observe(true, age, at(65))), Some(("stale", 400)));
+        assert_eq!(due(w.observe(true, age, at(70))), None);
+        assert_eq!(due(w.observe(false, age, at(95))), Some(("fresh", 90)));
+        assert_eq!(due(w.observe(false, age, at(100))), None);
+    }
 }
