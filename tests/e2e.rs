@@ -19,6 +19,9 @@
 //! - `siege`: 200 hostile sources (slowloris, flood, behind PROXY) at the defaults: 99% of
 //!   logins get in, the flood's log and audit stay bounded, every refusal is counted
 //! - `openssh_baseline`: the harness itself, with OpenSSH sshd as the bastion
+//! - `package`: the Debian package (cargo-deb) unpacked into a temporary root: files, control
+//!   fields, conffile, maintainer scripts that start nothing, the binary and its config, the
+//!   units through `systemd-analyze verify --root`
 
 mod aws; // gatehouse with AWS as the source of truth, against moto
 mod bastion;
@@ -28,5 +31,6 @@ mod instance_connect; // the last hop: the login key pushed to the host with EC2
 mod journey; // gatehouse-vpc and the daemon together, under enforced IAM: apply to destroy
 mod lifecycle; // connections ending at every phase: panics, penalty charges, pre-auth slots
 mod openssh_baseline;
+mod package; // the Debian package, unpacked and checked: binary, config, units
 mod scaleout; // replicas behind HAProxy (the NLB stand-in): kill -9, rolling replacement
 mod siege; // 200 hostile sources at the defaults: slowloris, flood, PROXY; logins still get in

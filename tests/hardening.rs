@@ -3,6 +3,7 @@
 //! target, PROXY protocol from a trusted load balancer only, metrics, systemd readiness and
 //! socket activation, and a kill -9 restart.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixDatagram;
@@ -478,13 +479,15 @@ fn ssh_audit_verdicts_in_both_modes_match_the_pinned_policies() {
     );
 }
 
-#[test]
-fn systemd_unit_verdicts_exposure_at_most_1_0_and_verify_silent() {
-    let units = repo_root().join("systemd");
+/// Asserts that `systemd-analyze security --offline=true` rates gatehouse.service's sandbox at
+/// an exposure level of at most 1.0 (stock `ssh.service`: 9.6). `args` name the unit: its file,
+/// or `--root=DIR` and `gatehouse.service` for a unit installed under DIR.
+#[track_caller]
+pub(crate) fn assert_service_exposure_at_most_1_0<S: AsRef<OsStr>>(args: &[S]) {
     let mut security = Command::new("systemd-analyze");
     security
         .args(["security", "--offline=true", "--threshold=10"])
-        .arg(units.join("gatehouse.service"));
+        .args(args);
     let out = run_with_timeout(security, CMD_TIMEOUT);
     let text = out.stdout_str();
     let level: f64 = text
@@ -499,6 +502,23 @@ fn systemd_unit_verdicts_exposure_at_most_1_0_and_verify_silent() {
     eprintln!("systemd-analyze security exposure: {level}");
     assert!(level <= 1.0, "exposure {level}:\n{text}");
     assert_eq!(out.code(), Some(0), "{out}");
+}
+
+/// Runs `verify` (a `systemd-analyze verify` command) and asserts it printed nothing at all:
+/// verify exits 0 on an unknown or misspelled key and only warns, so any output is a failure.
+#[track_caller]
+pub(crate) fn assert_verify_silent(verify: Command) {
+    let out = run_with_timeout(verify, CMD_TIMEOUT);
+    assert!(
+        out.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "verify: {out}"
+    );
+}
+
+#[test]
+fn systemd_unit_verdicts_exposure_at_most_1_0_and_verify_silent() {
+    let units = repo_root().join("systemd");
+    assert_service_exposure_at_most_1_0(&[units.join("gatehouse.service")]);
 
     // verify needs the ExecStart binary to exist: point it at the one just built.
     let scratch = crate::harness::Scratch::new();
@@ -518,11 +538,7 @@ fn systemd_unit_verdicts_exposure_at_most_1_0_and_verify_silent() {
         .arg("verify")
         .arg(dir.join("gatehouse.socket"))
         .arg(dir.join("gatehouse.service"));
-    let out = run_with_timeout(verify, CMD_TIMEOUT);
-    assert!(
-        out.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "verify: {out}"
-    );
+    assert_verify_silent(verify);
 }
 
 #[test]
