@@ -19,6 +19,8 @@
 //! gatehouse-vpc runs as a deploy identity holding exactly what `gatehouse-vpc policy` prints
 //! (with the statements moto checks against `*` widened to it, as below), and
 //! `the_deployer_needs_every_action_it_is_granted` removes each of its actions in turn.
+//! `the_stacks_metric_filters_count_the_daemons_own_audit_lines` runs the alarms' metric
+//! filters over lines from the daemon's audit writer (moto never evaluates filters).
 //!
 //! The bastion's permissions: moto cannot hand the role's credentials to a process (its
 //! AssumeRole fails on a trust policy that names only `ec2.amazonaws.com`), so the daemon runs
@@ -38,6 +40,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::aws::{dash_w, fixture_as, gatehouse_cmd_from, Proxy};
+use crate::harness::metric_filter::{metric_sum, Filter};
 use crate::harness::moto_ns::{AccessKey, NsMoto};
 use crate::harness::{
     gatehouse_bin, jupyter_check, run_with_timeout, CmdOutput, Daemon, Jupyter, KeyPair, Scratch,
@@ -119,6 +122,9 @@ groups = ["research"]
 ports = [22, {JUPYTER_PORT}]
 private_ip = "{PRIVATE_ADDR}"
 login = ["{TEST_USER}"]
+
+[alerts]
+emails = ["ops@example.org"]
 "#,
         refresh = REFRESH.as_secs(),
         binary = gatehouse_bin().display(),
@@ -245,6 +251,8 @@ fn checkable_deployer(policy: &Value) -> Value {
             "ServiceLinkedRolesOfAutoScalingAndElb",
             "TheAuditLogGroup",
             "TagTheAuditLogGroup",
+            "TheStacksAlarms",
+            "TheAlarmTopic",
             "TheIamEventQueue",
             "TheIamEventRule",
             "ReadTheTrailsOfIamEvents"
@@ -365,6 +373,11 @@ fn leftovers(admin: impl Fn(Value) -> Vec<Value>) -> Vec<String> {
          "args": {"NamePrefix": prefix}},
         {"op": "call", "service": "logs", "method": "describe_log_groups",
          "args": {"logGroupNamePrefix": format!("/gatehouse/{STACK}/")}},
+        {"op": "call", "service": "sns", "method": "list_topics", "args": {}},
+        {"op": "call", "service": "cloudwatch", "method": "describe_alarms",
+         "args": {"AlarmNamePrefix": prefix}},
+        {"op": "call", "service": "logs", "method": "describe_metric_filters",
+         "args": {"filterNamePrefix": prefix}},
     ]));
     let mut left: Vec<String> = r[0]["leftovers"]
         .as_array()
@@ -394,6 +407,24 @@ fn leftovers(admin: impl Fn(Value) -> Vec<Value>) -> Vec<String> {
             group["logGroupName"].as_str().unwrap_or_default()
         ));
     }
+    for topic in r[4]["Topics"].as_array().into_iter().flatten() {
+        let arn = topic["TopicArn"].as_str().unwrap_or_default();
+        if arn.ends_with(&format!(":{prefix}alerts")) {
+            left.push(format!("topic {arn}"));
+        }
+    }
+    for alarm in r[5]["MetricAlarms"].as_array().into_iter().flatten() {
+        left.push(format!(
+            "alarm {}",
+            alarm["AlarmName"].as_str().unwrap_or_default()
+        ));
+    }
+    for filter in r[6]["metricFilters"].as_array().into_iter().flatten() {
+        left.push(format!(
+            "metric-filter {}",
+            filter["filterName"].as_str().unwrap_or_default()
+        ));
+    }
     left
 }
 
@@ -410,6 +441,33 @@ fn shipped_lines(admin: impl Fn(Value) -> Vec<Value>) -> Vec<String> {
         .iter()
         .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
         .collect()
+}
+
+/// The metric filters on the stack's audit log group, as CloudWatch Logs describes them.
+fn stack_metric_filters(admin: impl Fn(Value) -> Vec<Value>) -> Vec<Filter> {
+    let r = admin(json!([
+        {"op": "call", "service": "logs", "method": "describe_metric_filters",
+         "args": {"logGroupName": AUDIT_GROUP}},
+    ]));
+    let filters: Vec<Filter> = r[0]["metricFilters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("describe_metric_filters: {r:?}"))
+        .iter()
+        .map(|f| Filter {
+            name: f["filterName"].as_str().unwrap_or_default().to_owned(),
+            pattern: f["filterPattern"].as_str().unwrap_or_default().to_owned(),
+            metric: f["metricTransformations"][0]["metricName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            value: f["metricTransformations"][0]["metricValue"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        })
+        .collect();
+    assert_eq!(filters.len(), 6, "{r:?}");
+    filters
 }
 
 /// The audit file's lines once one contains `needle` (waited for up to `timeout`).
@@ -918,6 +976,19 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
         "event-driven revocation: event sent -> tunnel closed at the client {:.3}s",
         sent.elapsed().as_secs_f64()
     );
+    // A burst of failed logins: a key nobody registered, offered as alice.
+    let stranger = KeyPair::ed25519(&scratch, "stranger_key");
+    let stranger_client = SshClient::new(
+        &topology.client,
+        &scratch,
+        bastion_addr,
+        "alice",
+        &stranger.private,
+    );
+    for _ in 0..3 {
+        dash_w(&stranger_client, &format!("jupyter:{JUPYTER_PORT}"))
+            .expect_failure("a stranger's key as alice");
+    }
     let out = dash_w(&bob_client, &format!("jupyter:{JUPYTER_PORT}"));
     out.expect_failure("bob logs in after deactivation");
     assert!(
@@ -987,6 +1058,35 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
         lines.len(),
         shipped_at.elapsed().as_secs_f64()
     );
+    // The stack's metric filters, as apply put them on the log group, over the lines the
+    // bastion shipped there: moto stores filters but never evaluates them (no metric moves),
+    // so the test counts what each would add. The failed logins are the stranger's burst and
+    // bob's refused login; the key pushes are those to jupyter's login user.
+    let shipped = shipped_lines(admin_fixture);
+    let filters = stack_metric_filters(admin_fixture);
+    let count = |event: &str| {
+        let needle = format!("\"event\":\"{event}\"");
+        shipped.iter().filter(|l| l.contains(&needle)).count() as f64
+    };
+    let failed = metric_sum(&filters, "FailedLogins", &shipped);
+    assert!(
+        failed >= 4.0 && failed == count("auth.failure"),
+        "FailedLogins {failed} over:\n{}",
+        shipped.join("\n")
+    );
+    let pushes = metric_sum(&filters, "KeyPushes", &shipped);
+    assert!(
+        pushes >= 1.0 && pushes == count("target.key_pushed"),
+        "KeyPushes {pushes}"
+    );
+    for (metric, want) in [
+        ("Refusals", 0.0),
+        ("KeyPushFailures", 0.0),
+        ("DirectoryStale", 0.0),
+    ] {
+        assert_eq!(metric_sum(&filters, metric, &shipped), want, "{metric}");
+    }
+    eprintln!("the stack's metric filters over {} shipped lines: FailedLogins {failed}, KeyPushes {pushes}", shipped.len());
     daemon.terminate(Duration::from_secs(10));
     drop(jupyter);
     drop(sshd);
@@ -1189,6 +1289,48 @@ impl<'a> Walk<'a> {
         let r = self.admin(json!([{"op": "call", "service": service, "method": method,
                                    "args": args}]));
         r.into_iter().next().unwrap_or(Value::Null)
+    }
+
+    /// Drift in the alarm family, made by the admin, each repair shown needing its action: the
+    /// topic's and an alarm's tags, and a filter of the stack's name the spec does not ask for.
+    fn alarm_repairs(&mut self) {
+        let topic = format!(
+            "arn:aws:sns:us-east-1:{}:gatehouse-{STACK}-alerts",
+            self.account()
+        );
+        self.admin_call(
+            "sns",
+            "tag_resource",
+            json!({"ResourceArn": topic, "Tags": [{"Key": "Name", "Value": "edited"}]}),
+        );
+        self.needs("sns:TagResource", &["apply"]);
+        self.full(&["apply"]);
+        let alarm = format!(
+            "arn:aws:cloudwatch:us-east-1:{}:alarm:gatehouse-{STACK}-failed-logins",
+            self.account()
+        );
+        self.admin_call(
+            "cloudwatch",
+            "tag_resource",
+            json!({"ResourceARN": alarm, "Tags": [{"Key": "Name", "Value": "edited"}]}),
+        );
+        self.needs("cloudwatch:TagResource", &["apply"]);
+        self.full(&["apply"]);
+        self.admin_call(
+            "logs",
+            "put_metric_filter",
+            json!({"logGroupName": AUDIT_GROUP, "filterName": format!("gatehouse-{STACK}-stray"),
+                   "filterPattern": "{ $.event = \"x\" }", "metricTransformations": [
+                       {"metricName": "X", "metricNamespace": "x", "metricValue": "1"}]}),
+        );
+        self.needs("logs:DeleteMetricFilter", &["apply"]);
+        self.full(&["apply"]);
+    }
+
+    /// The account moto serves.
+    fn account(&self) -> String {
+        let r = self.admin_call("sts", "get_caller_identity", json!({}));
+        r["Account"].as_str().expect("account").to_owned()
     }
 
     /// Drift in the replicas' resources, made by the admin, each repair shown needing its
@@ -1422,6 +1564,11 @@ fn the_deployer_needs_every_action_it_is_granted() {
         "iam:AddRoleToInstanceProfile",
         "ec2:RunInstances",
         "ec2:AssociateAddress",
+        // The alarms last: the filters on the log group, the topic, its address, the alarms.
+        "logs:PutMetricFilter",
+        "sns:CreateTopic",
+        "sns:Subscribe",
+        "cloudwatch:PutMetricAlarm",
     ] {
         walk.needs(action, &["apply"]);
     }
@@ -1470,6 +1617,8 @@ fn the_deployer_needs_every_action_it_is_granted() {
     // Back to one bastion: the replicas' resources go, the group first.
     std::fs::write(&spec, walk_spec(&binary)).expect("rewrite the spec");
     for action in [
+        // The alarm on the replicas' health first: it would go off over the removal.
+        "cloudwatch:DeleteAlarms",
         "autoscaling:DeleteAutoScalingGroup",
         "elasticloadbalancing:DeleteListener",
         "elasticloadbalancing:DeleteLoadBalancer",
@@ -1601,6 +1750,7 @@ fn the_deployer_needs_every_action_it_is_granted() {
     );
     walk.needs("logs:TagResource", &["apply"]);
     walk.full(&["apply"]);
+    walk.alarm_repairs();
     assert_eq!(walk.full(&["plan"]), format!("stack {STACK}: no changes\n"));
 
     // A new build replaces the bastion: the old one is terminated first.
@@ -1625,6 +1775,8 @@ fn the_deployer_needs_every_action_it_is_granted() {
         "Tags": [{"Key": "gatehouse:stack", "Value": STACK}]}}]),
     );
     for action in [
+        // (The alarms and the stray filter's removal were shown above.)
+        "sns:DeleteTopic",
         "ec2:DisassociateAddress",
         "ec2:ReleaseAddress",
         "ec2:DisassociateRouteTable",
@@ -1752,4 +1904,108 @@ fn the_gatehouse_binary_needs_only_what_the_supported_images_have() {
         OLDEST_SUPPORTED_GLIBC.0,
         OLDEST_SUPPORTED_GLIBC.1
     );
+}
+
+/// The metric filters gatehouse-vpc puts on the audit log group count the audit lines this
+/// daemon writes, each event kind as meant: every audit event the alarms are about, written by
+/// the daemon's own writer (`gatehouse_ssh::audit`), run through each filter. The refusals
+/// add up to every refusal once, the summarized ones included.
+#[test]
+fn the_stacks_metric_filters_count_the_daemons_own_audit_lines() {
+    use gatehouse_ssh::audit::{Audit, Event, SourceCount};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let audit = Audit::file(&path).expect("audit file");
+    let source: std::net::SocketAddr = "198.51.100.7:50000".parse().expect("addr");
+    for reason in ["unknown_key", "unknown_user", "directory_stale"] {
+        audit.record(Event::AuthFailure {
+            session: "s1",
+            user: "alice",
+            method: "publickey",
+            key: None,
+            source,
+            reason,
+        });
+    }
+    audit.record(Event::AuthSuccess {
+        session: "s2",
+        user: "alice",
+        key: "SHA256:x",
+        source,
+    });
+    for _ in 0..10 {
+        audit.record(Event::ConnectionRefused {
+            session: None,
+            source,
+            reason_code: "evicted",
+            reason: "slot taken",
+        });
+    }
+    audit.record(Event::ConnectionRefusedSummary {
+        reason_code: "evicted",
+        count: 25,
+        itemized: 10,
+        summarized: 15,
+        interval_s: 10,
+        sources: 1,
+        top_sources: vec![SourceCount {
+            source: "198.51.100.7",
+            count: 25,
+        }],
+    });
+    let users = ["ghtest".to_owned()];
+    for _ in 0..2 {
+        audit.record(Event::KeyPushed {
+            session: "s2",
+            user: "alice",
+            host: "jupyter",
+            os_users: &users,
+            key: "SHA256:x",
+            duration_ms: 40,
+        });
+    }
+    for reason_code in ["key_push_failed", "not_allowed"] {
+        audit.record(Event::TunnelDeny {
+            session: "s2",
+            user: "alice",
+            target: "jupyter",
+            port: 22,
+            reason_code,
+            reason: "no",
+        });
+    }
+    audit.record(Event::DirectoryStale { age_s: 400 });
+    audit.record(Event::DirectoryFresh { stale_s: 60 });
+    let lines: Vec<String> = std::fs::read_to_string(&path)
+        .expect("read")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 21);
+    let filters: Vec<Filter> = gatehouse_vpc::plan::alarms::desired_filters("lab")
+        .into_iter()
+        .map(|f| Filter {
+            name: f.name,
+            pattern: f.pattern,
+            metric: f.metric,
+            value: f.value,
+        })
+        .collect();
+    for (metric, want) in [
+        ("FailedLogins", 3.0),
+        ("Refusals", 25.0),
+        ("KeyPushes", 2.0),
+        ("KeyPushFailures", 1.0),
+        ("DirectoryStale", 1.0),
+    ] {
+        assert_eq!(metric_sum(&filters, metric, &lines), want, "{metric}");
+    }
+    // Every filter counts something: none names an event or field the daemon never writes.
+    for f in &filters {
+        assert!(
+            lines.iter().any(|l| f.matches(l)),
+            "{} matches no line",
+            f.name
+        );
+    }
 }

@@ -43,6 +43,11 @@
 //!   the balancer, the listener
 //! - fixed_addresses_give_the_balancer_an_elastic_ip_per_zone_for_allow_lists: one per zone,
 //!   `output` lists them, destroy releases them
+//! - alarms_on_the_audit_log_group_send_to_the_stacks_topic_drift_is_repaired_and_destroy_removes_them:
+//!   the metric filters, the alarms (thresholds, both actions to the topic, tags), the topic
+//!   and its email subscriptions; drift in each repaired, a stranger's address left and named;
+//!   destroy removes the family and keeps the log group
+//! - a_topic_of_the_stacks_name_not_ours_is_refused_and_never_touched
 
 #[path = "harness/moto.rs"]
 mod moto;
@@ -1184,7 +1189,7 @@ fn the_deployers_and_the_bastions_policies_pass_the_iam_reference_lint() {
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let spec = gatehouse_vpc::spec::load(&spec_path, None, gatehouse_vpc::spec::ReadBinary::Yes)
         .expect("spec");
-    let bucket = gatehouse_vpc::plan::binary_bucket("lab", ACCOUNT);
+    let bucket = gatehouse_vpc::names::binary_bucket("lab", ACCOUNT);
     // And the role with EC2 Instance Connect: its statement's tag condition.
     let push_path = dir.path().join("push.toml");
     std::fs::write(
@@ -1241,7 +1246,7 @@ fn the_deployers_and_the_bastions_policies_pass_the_iam_reference_lint() {
         "bastion with iam_events": events_role,
         // The queue's own policy (a resource policy: parliament checks its actions and keys).
         "event queue": serde_json::from_str::<serde_json::Value>(
-            &gatehouse_vpc::plan::event_queue_attributes("lab", ACCOUNT)["Policy"],
+            &gatehouse_vpc::plan::events::event_queue_attributes("lab", ACCOUNT)["Policy"],
         )
         .expect("queue policy"),
     });
@@ -2705,7 +2710,7 @@ impl Rig {
         let elb = self.elb();
         let balancer = elb
             .describe_load_balancers()
-            .names(gatehouse_vpc::plan::replicas::balancer_name(stack))
+            .names(gatehouse_vpc::names::balancer_name(stack))
             .send()
             .await
             .ok()
@@ -2723,7 +2728,7 @@ impl Rig {
         };
         let target_group = elb
             .describe_target_groups()
-            .names(gatehouse_vpc::plan::replicas::target_group_name(stack))
+            .names(gatehouse_vpc::names::target_group_name(stack))
             .send()
             .await
             .ok()
@@ -2744,7 +2749,7 @@ impl Rig {
         let group = self
             .autoscaling()
             .describe_auto_scaling_groups()
-            .auto_scaling_group_names(gatehouse_vpc::plan::replicas::group_name(stack))
+            .auto_scaling_group_names(gatehouse_vpc::names::group_name(stack))
             .send()
             .await
             .expect("groups")
@@ -2932,6 +2937,47 @@ fn replicas_from_empty_stand_behind_a_balancer_and_plan_then_says_no_changes() {
     );
     assert_eq!(g.health_check_type(), Some("ELB"));
     assert_eq!(g.instances().len(), 3);
+
+    // The alarm on the replicas' health names this balancer and target group as CloudWatch
+    // spells them, and goes off below three healthy.
+    let suffix =
+        |arn: &str, after: &str| arn[arn.find(after).expect(after) + after.len()..].to_owned();
+    let balancer_arn = b.load_balancer_arn().expect("arn");
+    let group_arn = t.target_group_arn().expect("arn");
+    let alarms = rt
+        .block_on(
+            aws_sdk_cloudwatch::Client::new(&rig.sdk())
+                .describe_alarms()
+                .alarm_names("gatehouse-lab-healthy-replicas")
+                .send(),
+        )
+        .expect("describe alarms");
+    let alarm = alarms
+        .metric_alarms()
+        .first()
+        .expect("the healthy-replicas alarm");
+    let dimensions: Vec<(&str, &str)> = alarm
+        .dimensions()
+        .iter()
+        .map(|d| (d.name().unwrap_or_default(), d.value().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        dimensions,
+        [
+            (
+                "LoadBalancer",
+                suffix(balancer_arn, ":loadbalancer/").as_str()
+            ),
+            (
+                "TargetGroup",
+                format!("targetgroup/{}", suffix(group_arn, ":targetgroup/")).as_str()
+            ),
+        ]
+    );
+    assert_eq!(
+        (alarm.namespace(), alarm.metric_name(), alarm.threshold()),
+        (Some("AWS/NetworkELB"), Some("HealthyHostCount"), Some(3.0))
+    );
 
     // The template: IMDSv2, the role, and the daemon config its user data writes, read by
     // the daemon's own parser: PROXY v2 on 22 from the public subnets, the health endpoint,
@@ -3281,4 +3327,359 @@ fn fixed_addresses_give_the_balancer_an_elastic_ip_per_zone_for_allow_lists() {
         .block_on(ec2.describe_addresses().filters(tag("lab")).send())
         .expect("eips");
     assert!(eips.addresses().is_empty(), "{eips:?}");
+}
+
+const TOPIC_ARN: &str = "arn:aws:sns:us-east-1:123456789012:gatehouse-lab-alerts";
+
+/// What CloudWatch, CloudWatch Logs and SNS report of the lab stack's alarm family: its
+/// metric filters (name -> pattern, metric, value), alarms (name -> metric, threshold,
+/// actions, tags) and the topic's email subscriptions and tags.
+#[derive(Debug, PartialEq)]
+struct AlarmFamily {
+    filters: std::collections::BTreeMap<String, (String, String, String)>,
+    alarms: std::collections::BTreeMap<String, SeenAlarm>,
+    emails: Vec<String>,
+    topic_tags: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// An alarm as read back: metric, threshold, alarm and OK actions, `gatehouse:*` tags.
+type SeenAlarm = (String, f64, Vec<String>, Vec<(String, String)>);
+
+async fn alarm_family(rig: &Rig) -> AlarmFamily {
+    let config = rig.sdk();
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&config);
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&config);
+    let sns = aws_sdk_sns::Client::new(&config);
+    let filters = match logs
+        .describe_metric_filters()
+        .log_group_name(AUDIT_GROUP)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .metric_filters()
+            .iter()
+            .map(|f| {
+                let t = &f.metric_transformations()[0];
+                (
+                    f.filter_name().unwrap_or_default().to_owned(),
+                    (
+                        f.filter_pattern().unwrap_or_default().to_owned(),
+                        t.metric_name().to_owned(),
+                        t.metric_value().to_owned(),
+                    ),
+                )
+            })
+            .collect(),
+        Err(_) => Default::default(),
+    };
+    let described = cloudwatch
+        .describe_alarms()
+        .alarm_name_prefix("gatehouse-lab-")
+        .send()
+        .await
+        .expect("describe alarms");
+    let mut alarms = std::collections::BTreeMap::new();
+    for a in described.metric_alarms() {
+        let arn = a.alarm_arn().expect("arn");
+        let tags = cloudwatch
+            .list_tags_for_resource()
+            .resource_arn(arn)
+            .send()
+            .await
+            .expect("alarm tags");
+        let mut actions = a.alarm_actions().to_vec();
+        actions.extend(a.ok_actions().iter().cloned());
+        alarms.insert(
+            a.alarm_name().unwrap_or_default().to_owned(),
+            (
+                a.metric_name().unwrap_or_default().to_owned(),
+                a.threshold().unwrap_or_default(),
+                actions,
+                tags.tags()
+                    .iter()
+                    .filter(|t| t.key().is_some_and(|k| k.starts_with("gatehouse:")))
+                    .map(|t| {
+                        (
+                            t.key().unwrap_or_default().to_owned(),
+                            t.value().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect(),
+            ),
+        );
+    }
+    let (emails, topic_tags) = match sns
+        .list_tags_for_resource()
+        .resource_arn(TOPIC_ARN)
+        .send()
+        .await
+    {
+        Ok(tags) => {
+            let subs = sns
+                .list_subscriptions_by_topic()
+                .topic_arn(TOPIC_ARN)
+                .send()
+                .await
+                .expect("subscriptions");
+            let mut emails: Vec<String> = subs
+                .subscriptions()
+                .iter()
+                .filter(|s| s.protocol() == Some("email"))
+                .filter_map(|s| s.endpoint().map(str::to_owned))
+                .collect();
+            emails.sort();
+            let tags = tags
+                .tags()
+                .iter()
+                .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                .collect();
+            (emails, Some(tags))
+        }
+        Err(_) => (Vec::new(), None),
+    };
+    AlarmFamily {
+        filters,
+        alarms,
+        emails,
+        topic_tags,
+    }
+}
+
+/// `spec_text` with `[alerts]`: two addresses.
+fn spec_with_alerts(stack: &str, cidr_second_octet: u8) -> String {
+    spec_text(stack, cidr_second_octet, "single")
+        + "\n[alerts]\nemails = [\"ops@example.org\", \"oncall@example.org\"]\nrefusals = 500\n"
+}
+
+#[test]
+fn alarms_on_the_audit_log_group_send_to_the_stacks_topic_drift_is_repaired_and_destroy_removes_them(
+) {
+    let rig = Rig::new();
+    let (rt, _) = rig.ec2();
+    let spec = rig.write_spec("lab.toml", &spec_with_alerts("lab", 50));
+    let plan = rig.ok(&spec, &["plan"]);
+    for line in [
+        "+ metric filter gatehouse-lab-failed-logins count FailedLogins in gatehouse/lab: { $.event = \"auth.failure\" }\n",
+        "+ sns topic gatehouse-lab-alerts where the stack's alarms send\n",
+        "+ sns topic gatehouse-lab-alerts/ops@example.org email subscription (AWS mails a link to confirm)\n",
+        "+ alarm gatehouse-lab-refusals Refusals Sum >= 500 per 300 s, 1 period(s)\n",
+    ] {
+        assert!(plan.contains(line), "{line:?} not in\n{plan}");
+    }
+    rig.ok(&spec, &["apply"]);
+    rig.assert_no_changes(&spec, "lab");
+    let made = rt.block_on(alarm_family(&rig));
+    let filters: Vec<(&str, &str, &str)> = made
+        .filters
+        .iter()
+        .map(|(name, (_, metric, value))| (name.as_str(), metric.as_str(), value.as_str()))
+        .collect();
+    assert_eq!(
+        filters,
+        [
+            ("gatehouse-lab-directory-stale", "DirectoryStale", "1"),
+            ("gatehouse-lab-failed-logins", "FailedLogins", "1"),
+            ("gatehouse-lab-key-push-failures", "KeyPushFailures", "1"),
+            ("gatehouse-lab-key-pushes", "KeyPushes", "1"),
+            ("gatehouse-lab-refusals", "Refusals", "1"),
+            (
+                "gatehouse-lab-refusals-summarized",
+                "Refusals",
+                "$.summarized"
+            ),
+        ]
+    );
+    let names: Vec<&str> = made.alarms.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "gatehouse-lab-directory-stale",
+            "gatehouse-lab-failed-logins",
+            "gatehouse-lab-key-push-failures",
+            "gatehouse-lab-refusals",
+        ]
+    );
+    for (name, (_, _, actions, tags)) in &made.alarms {
+        assert_eq!(
+            actions,
+            &[TOPIC_ARN, TOPIC_ARN],
+            "{name}: alarm and OK actions"
+        );
+        let kind = name.trim_start_matches("gatehouse-lab-");
+        assert_eq!(
+            tags,
+            &[
+                ("gatehouse:resource".to_owned(), format!("alarm/{kind}")),
+                ("gatehouse:stack".to_owned(), "lab".to_owned()),
+            ],
+            "{name}"
+        );
+    }
+    assert_eq!(made.alarms["gatehouse-lab-refusals"].1, 500.0);
+    assert_eq!(made.emails, ["oncall@example.org", "ops@example.org"]);
+    let tags = made.topic_tags.clone().expect("the topic");
+    assert_eq!(tags.get("gatehouse:stack").map(String::as_str), Some("lab"));
+    assert_eq!(
+        tags.get("project").map(String::as_str),
+        Some("gatehouse-test")
+    );
+
+    // Drift by hand: a filter deleted, an alarm deleted, another's threshold, the topic's
+    // tag, an address unsubscribed, a stranger's subscribed.
+    rt.block_on(async {
+        let config = rig.sdk();
+        let logs = aws_sdk_cloudwatchlogs::Client::new(&config);
+        let cloudwatch = aws_sdk_cloudwatch::Client::new(&config);
+        let sns = aws_sdk_sns::Client::new(&config);
+        // (A filter deleted, not edited: moto's PutMetricFilter adds a second filter of the
+        // name where CloudWatch Logs replaces it; the planner's repair of an edited one is
+        // unit-tested.)
+        logs.delete_metric_filter()
+            .log_group_name(AUDIT_GROUP)
+            .filter_name("gatehouse-lab-failed-logins")
+            .send()
+            .await
+            .expect("delete filter");
+        cloudwatch
+            .delete_alarms()
+            .alarm_names("gatehouse-lab-directory-stale")
+            .send()
+            .await
+            .expect("delete alarm");
+        cloudwatch
+            .put_metric_alarm()
+            .alarm_name("gatehouse-lab-refusals")
+            .namespace("gatehouse/lab")
+            .metric_name("Refusals")
+            .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
+            .period(300)
+            .evaluation_periods(1)
+            .threshold(1e9)
+            .comparison_operator(
+                aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanOrEqualToThreshold,
+            )
+            .send()
+            .await
+            .expect("edit alarm");
+        sns.untag_resource()
+            .resource_arn(TOPIC_ARN)
+            .tag_keys("project")
+            .send()
+            .await
+            .expect("untag topic");
+        let subs = sns
+            .list_subscriptions_by_topic()
+            .topic_arn(TOPIC_ARN)
+            .send()
+            .await
+            .expect("subscriptions");
+        let oncall = subs
+            .subscriptions()
+            .iter()
+            .find(|s| s.endpoint() == Some("oncall@example.org"))
+            .and_then(|s| s.subscription_arn())
+            .expect("oncall's subscription")
+            .to_owned();
+        sns.unsubscribe()
+            .subscription_arn(oncall)
+            .send()
+            .await
+            .expect("unsubscribe");
+        sns.subscribe()
+            .topic_arn(TOPIC_ARN)
+            .protocol("email")
+            .endpoint("stranger@example.net")
+            .send()
+            .await
+            .expect("subscribe");
+    });
+    let plan = rig.ok(&spec, &["plan"]);
+    for line in [
+        "+ metric filter gatehouse-lab-failed-logins count FailedLogins in gatehouse/lab: { $.event = \"auth.failure\" }\n",
+        "+ alarm gatehouse-lab-directory-stale DirectoryStale Sum >= 1 per 300 s, 1 period(s)\n",
+        "~ alarm gatehouse-lab-refusals put back: threshold, missing data, description, actions\n",
+        "~ sns topic gatehouse-lab-alerts tags project\n",
+        "+ sns topic gatehouse-lab-alerts/oncall@example.org email subscription (AWS mails a link to confirm)\n",
+        "= subscription email stranger@example.net not in [alerts] emails; left alone (`aws sns unsubscribe --subscription-arn arn:aws:sns:us-east-1:123456789012:gatehouse-lab-alerts:",
+        "stack lab: 3 to create, 2 to change, 0 to delete\n",
+    ] {
+        assert!(plan.contains(line), "{line:?} not in\n{plan}");
+    }
+    rig.ok(&spec, &["apply"]);
+    let plan = rig.ok(&spec, &["plan"]);
+    assert!(
+        plan.starts_with("= subscription email stranger@example.net ")
+            && plan.ends_with("stack lab: no changes\n"),
+        "{plan}"
+    );
+    let repaired = rt.block_on(alarm_family(&rig));
+    assert_eq!(repaired.filters, made.filters);
+    assert_eq!(repaired.alarms, made.alarms);
+    assert_eq!(repaired.topic_tags, made.topic_tags);
+    assert_eq!(
+        repaired.emails,
+        [
+            "oncall@example.org",
+            "ops@example.org",
+            "stranger@example.net"
+        ]
+    );
+
+    // destroy: the alarms, the filters and the topic go; the audit log group stays.
+    rig.ok(&spec, &["destroy"]);
+    let left = rt.block_on(alarm_family(&rig));
+    assert_eq!(
+        left,
+        AlarmFamily {
+            filters: Default::default(),
+            alarms: Default::default(),
+            emails: Vec::new(),
+            topic_tags: None,
+        }
+    );
+    rt.block_on(async {
+        assert!(log_group(&rig.logs(), "lab").await.is_some(), "kept");
+    });
+}
+
+#[test]
+fn a_topic_of_the_stacks_name_not_ours_is_refused_and_never_touched() {
+    let rig = Rig::new();
+    let (rt, ec2) = rig.ec2();
+    rt.block_on(async {
+        aws_sdk_sns::Client::new(&rig.sdk())
+            .create_topic()
+            .name("gatehouse-lab-alerts")
+            .send()
+            .await
+            .expect("someone else's topic");
+    });
+    let spec = rig.write_spec("lab.toml", &spec_with_alerts("lab", 50));
+    for command in ["plan", "apply"] {
+        let out = rig.run(&spec, &[command]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(
+            err.contains(&format!(
+                "SNS topic \"{TOPIC_ARN}\" exists but does not carry gatehouse:stack = lab; \
+                 refusing to touch it"
+            )),
+            "{command}: {err}"
+        );
+    }
+    rt.block_on(async {
+        let made: usize = tagged_counts(&ec2, "lab")
+            .await
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(made, 0, "apply changed something before refusing");
+    });
+    assert_eq!(
+        rig.ok(&spec, &["destroy"]),
+        "stack lab: destroyed (0 step(s))\n"
+    );
+    let family = rt.block_on(alarm_family(&rig));
+    assert!(family.topic_tags.is_some(), "left alone");
 }

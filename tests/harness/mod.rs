@@ -30,6 +30,7 @@ pub mod bytes;
 pub mod haproxy;
 pub mod jupyter;
 pub mod keys;
+pub mod metric_filter;
 pub mod moto;
 pub mod moto_ns;
 pub mod netns;

@@ -26,6 +26,9 @@ moto evaluates a bucket policy on every object request, but:
 - IAM user names are case-insensitive in AWS (GetUser for `ALICE` answers user `alice`, with
   her own spelling); moto looks them up case-sensitively.
 
+- it names the IAM action of a call after the service of the request's signing scope, which
+  for CloudWatch is `monitoring`; AWS checks CloudWatch's calls as `cloudwatch:<Action>`.
+
 moto serves plain http where AWS serves https, so a request counts as arriving over TLS unless
 it says otherwise with `X-Forwarded-Proto: http` (what a test sends to show the Deny).
 """
@@ -132,8 +135,23 @@ def _log_batch_span():
     LogsBackend.put_log_events = _put_log_events
 
 
+def _cloudwatch_actions():
+    """CloudWatch's calls checked as `cloudwatch:<Action>` (signed for `monitoring`)."""
+    from moto.iam.access_control import IAMRequestBase
+
+    init = IAMRequestBase.__init__
+
+    def _init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if self._action.startswith("monitoring:"):
+            self._action = "cloudwatch:" + self._action[len("monitoring:"):]
+
+    IAMRequestBase.__init__ = _init
+
+
 def apply():
     _s3_actions()
+    _cloudwatch_actions()
     _log_batch_span()
     _iam_user_names()
     _launch_template_versions()

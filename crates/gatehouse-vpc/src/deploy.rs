@@ -9,11 +9,11 @@ use serde_json::{json, Value};
 use gatehouse_aws::events::IAM_EVENTS_REGION;
 
 use crate::model::TAG_STACK;
-use crate::plan::{
+use crate::names::{alarm_name, alert_topic_name, ALARM_KINDS};
+use crate::names::{
     audit_log_group, binary_bucket, event_queue_name, event_rule_name, host_key_parameter,
-    role_name,
+    partition, role_name,
 };
-use crate::policy::partition;
 
 /// The four commands, as a bit set.
 pub const PLAN: u8 = 1;
@@ -76,6 +76,10 @@ pub enum Scope {
     /// The same group in the ARN form without `:*`, which its tagging actions are checked
     /// against (`TagResource`, `ListTagsForResource`).
     AuditLogGroupTags,
+    /// The stack's alarms, `alarm:gatehouse-<stack>-*` in its region.
+    StackAlarms,
+    /// The stack's alarm topic, `gatehouse-<stack>-alerts` in its region.
+    AlertTopic,
     /// The balancer `loadbalancer/net/gh-<stack>/*` (its creation, attributes, listeners).
     StackBalancer,
     /// The target group `targetgroup/gh-<stack>/*`.
@@ -158,6 +162,12 @@ calls! {
     LIST_TARGETS_BY_RULE = "events" "ListTargetsByRule" "events:ListTargetsByRule", READ, EventRule, true;
     DESCRIBE_LOG_GROUPS = "logs" "DescribeLogGroups" "logs:DescribeLogGroups", READ, LogGroupList, true;
     LIST_LOG_GROUP_TAGS = "logs" "ListTagsForResource" "logs:ListTagsForResource", READ, AuditLogGroupTags, true;
+    DESCRIBE_METRIC_FILTERS = "logs" "DescribeMetricFilters" "logs:DescribeMetricFilters", READ, AuditLogGroup, true;
+    DESCRIBE_ALARMS = "cloudwatch" "DescribeAlarms" "cloudwatch:DescribeAlarms", READ, StackAlarms, true;
+    LIST_ALARM_TAGS = "cloudwatch" "ListTagsForResource" "cloudwatch:ListTagsForResource", READ, StackAlarms, true;
+    GET_TOPIC_ATTRIBUTES = "sns" "GetTopicAttributes" "sns:GetTopicAttributes", READ, AlertTopic, true;
+    LIST_TOPIC_TAGS = "sns" "ListTagsForResource" "sns:ListTagsForResource", READ, AlertTopic, true;
+    LIST_SUBSCRIPTIONS_BY_TOPIC = "sns" "ListSubscriptionsByTopic" "sns:ListSubscriptionsByTopic", READ, AlertTopic, true;
     DESCRIBE_LAUNCH_TEMPLATES = "ec2" "DescribeLaunchTemplates" "ec2:DescribeLaunchTemplates", READ, Any, true;
     DESCRIBE_LAUNCH_TEMPLATE_VERSIONS = "ec2" "DescribeLaunchTemplateVersions" "ec2:DescribeLaunchTemplateVersions", READ, Any, true;
     DESCRIBE_LOAD_BALANCERS = "elasticloadbalancing" "DescribeLoadBalancers" "elasticloadbalancing:DescribeLoadBalancers", READ, Any, true;
@@ -238,6 +248,15 @@ calls! {
     // Also checked inside CreateLogGroup, which tags the new group.
     TAG_LOG_GROUP = "logs" "TagResource" "logs:TagResource", APPLY, AuditLogGroupTags, true;
     PUT_RETENTION_POLICY = "logs" "PutRetentionPolicy" "logs:PutRetentionPolicy", APPLY, AuditLogGroup, true;
+    // ---- the alarms: metric filters on the audit log group, alarms, their topic ----
+    PUT_METRIC_FILTER = "logs" "PutMetricFilter" "logs:PutMetricFilter", APPLY, AuditLogGroup, true;
+    CREATE_TOPIC = "sns" "CreateTopic" "sns:CreateTopic", APPLY, AlertTopic, true;
+    // Also checked inside CreateTopic, which tags the new topic.
+    TAG_TOPIC = "sns" "TagResource" "sns:TagResource", APPLY, AlertTopic, true;
+    SUBSCRIBE = "sns" "Subscribe" "sns:Subscribe", APPLY, AlertTopic, true;
+    PUT_METRIC_ALARM = "cloudwatch" "PutMetricAlarm" "cloudwatch:PutMetricAlarm", APPLY, StackAlarms, true;
+    // Also checked inside PutMetricAlarm, which tags a new alarm.
+    TAG_ALARM = "cloudwatch" "TagResource" "cloudwatch:TagResource", APPLY, StackAlarms, true;
     // ---- removing (destroy, and apply when it replaces or removes) ----
     DELETE_AUTO_SCALING_GROUP = "autoscaling" "DeleteAutoScalingGroup" "autoscaling:DeleteAutoScalingGroup", REMOVE, StackGroup, true;
     DELETE_LISTENER = "elasticloadbalancing" "DeleteListener" "elasticloadbalancing:DeleteListener", REMOVE, StackElb, true;
@@ -266,6 +285,9 @@ calls! {
     REMOVE_TARGETS = "events" "RemoveTargets" "events:RemoveTargets", REMOVE, EventRule, true;
     DELETE_RULE = "events" "DeleteRule" "events:DeleteRule", REMOVE, EventRule, true;
     DELETE_QUEUE = "sqs" "DeleteQueue" "sqs:DeleteQueue", REMOVE, EventQueue, true;
+    DELETE_ALARMS = "cloudwatch" "DeleteAlarms" "cloudwatch:DeleteAlarms", REMOVE, StackAlarms, true;
+    DELETE_METRIC_FILTER = "logs" "DeleteMetricFilter" "logs:DeleteMetricFilter", REMOVE, AuditLogGroup, true;
+    DELETE_TOPIC = "sns" "DeleteTopic" "sns:DeleteTopic", REMOVE, AlertTopic, true;
     // Only `destroy --delete-audit-log`: apply never removes the audit trail.
     DELETE_LOG_GROUP = "logs" "DeleteLogGroup" "logs:DeleteLogGroup", DESTROY, AuditLogGroup, true;
 }
@@ -382,21 +404,21 @@ pub fn deployer_policy(stack: &str, region: &str) -> Value {
         .collect();
     let balancer = format!(
         "arn:{part}:elasticloadbalancing:{region}:*:loadbalancer/net/{}/*",
-        crate::plan::replicas::balancer_name(stack)
+        crate::names::balancer_name(stack)
     );
     let target_group = format!(
         "arn:{part}:elasticloadbalancing:{region}:*:targetgroup/{}/*",
-        crate::plan::replicas::target_group_name(stack)
+        crate::names::target_group_name(stack)
     );
     // `listener/*/`: the Service Authorization Reference requires DeleteListener's resource
     // to be of both listener types (app and net); the name is the stack's either way.
     let listeners = format!(
         "arn:{part}:elasticloadbalancing:{region}:*:listener/*/{}/*/*",
-        crate::plan::replicas::balancer_name(stack)
+        crate::names::balancer_name(stack)
     );
     let group = format!(
         "arn:{part}:autoscaling:{region}:*:autoScalingGroup:*:autoScalingGroupName/{}",
-        crate::plan::replicas::group_name(stack)
+        crate::names::group_name(stack)
     );
     let statements = vec![
         ("Describe", actions_of(&[Scope::Any]), json!("*"), None),
@@ -519,6 +541,27 @@ pub fn deployer_policy(stack: &str, region: &str) -> Value {
             None,
         ),
         (
+            "TheStacksAlarms",
+            actions_of(&[Scope::StackAlarms]),
+            json!(ALARM_KINDS
+                .iter()
+                .map(|kind| format!(
+                    "arn:{part}:cloudwatch:{region}:*:alarm:{}",
+                    alarm_name(stack, kind)
+                ))
+                .collect::<Vec<_>>()),
+            None,
+        ),
+        (
+            "TheAlarmTopic",
+            actions_of(&[Scope::AlertTopic]),
+            json!(format!(
+                "arn:{part}:sns:{region}:*:{}",
+                alert_topic_name(stack)
+            )),
+            None,
+        ),
+        (
             "TheIamEventQueue",
             events_actions_of(&[Scope::EventQueue]),
             json!(format!(
@@ -578,6 +621,7 @@ mod tests {
         ("aws/observe.rs", include_str!("aws/observe.rs")),
         ("aws/execute.rs", include_str!("aws/execute.rs")),
         ("aws/replicas.rs", include_str!("aws/replicas.rs")),
+        ("aws/alarms.rs", include_str!("aws/alarms.rs")),
     ];
 
     /// Every `deploy::NAME` the call sites name.

@@ -11,7 +11,9 @@
 
 pub mod aws;
 pub mod deploy;
+pub mod digest;
 pub mod model;
+pub mod names;
 pub mod output;
 pub mod plan;
 pub mod policy;

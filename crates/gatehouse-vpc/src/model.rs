@@ -173,7 +173,7 @@ pub struct ObsParameter {
     pub tags: Tags,
 }
 
-/// The stack's bucket for the gatehouse binary, found by its name ([`crate::plan::binary_bucket`]).
+/// The stack's bucket for the gatehouse binary, found by its name ([`crate::names::binary_bucket`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ObsBucket {
     pub name: String,
@@ -200,14 +200,14 @@ impl ObsBucket {
 }
 
 /// The queue of IAM change events (`[bastion] iam_events`), found by its name
-/// ([`crate::plan::event_queue_name`]) in `us-east-1`.
+/// ([`crate::names::event_queue_name`]) in `us-east-1`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ObsQueue {
     pub name: String,
     pub url: String,
     pub tags: Tags,
-    /// The attributes gatehouse-vpc sets ([`crate::plan::event_queue_attributes`]) as SQS
-    /// reports them; `Policy` is the JSON text.
+    /// The attributes gatehouse-vpc sets ([`crate::plan::events::event_queue_attributes`])
+    /// as SQS reports them; `Policy` is the JSON text.
     pub attributes: BTreeMap<String, String>,
 }
 
@@ -222,7 +222,7 @@ pub struct ObsTarget {
 }
 
 /// The EventBridge rule that feeds the queue, found by its name
-/// ([`crate::plan::event_rule_name`]) on the default bus of `us-east-1`.
+/// ([`crate::names::event_rule_name`]) on the default bus of `us-east-1`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ObsRule {
     pub name: String,
@@ -235,7 +235,7 @@ pub struct ObsRule {
     pub targets: Vec<ObsTarget>,
 }
 
-/// The stack's audit log group (`/gatehouse/<stack>/audit`, [`crate::plan::audit_log_group`]),
+/// The stack's audit log group (`/gatehouse/<stack>/audit`, [`crate::names::audit_log_group`]),
 /// found by its name in the stack's region (CloudWatch Logs has no tag filter).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ObsLogGroup {
@@ -306,7 +306,7 @@ pub struct ObsLaunchTemplate {
     pub user_data_sha256: Option<String>,
 }
 
-/// The stack's Network Load Balancer (`nlb`), found by its name ([`crate::plan::balancer_name`]).
+/// The stack's Network Load Balancer (`nlb`), found by its name ([`crate::names::balancer_name`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ObsLoadBalancer {
     pub arn: String,
@@ -428,6 +428,13 @@ pub struct Observed {
     pub target_group: Option<ObsTargetGroup>,
     /// The Auto Scaling group, when one of its name exists.
     pub group: Option<ObsAutoScalingGroup>,
+    /// The metric filters on the audit log group whose names are the stack's (read only
+    /// with the log group).
+    pub metric_filters: Vec<MetricFilter>,
+    /// The stack's alarms, found by their names' prefix.
+    pub alarms: Vec<ObsAlarm>,
+    /// The alarm topic, when a topic of its name exists.
+    pub topic: Option<ObsTopic>,
     /// The trails `us-east-1` sees; None when not read (a spec without `iam_events`, destroy,
     /// output).
     pub trails: Option<Vec<ObsTrail>>,
@@ -457,7 +464,96 @@ impl Observed {
             && self.balancer.is_none()
             && self.target_group.is_none()
             && self.group.is_none()
+            && self.metric_filters.is_empty()
+            && self.alarms.is_empty()
+            && self.topic.is_none()
     }
+}
+
+/// A metric filter on the stack's audit log group: a count in the stack's CloudWatch
+/// namespace of the audit lines that match a pattern. Desired and observed alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetricFilter {
+    /// The log group it is on (the stack's audit log group).
+    pub log_group: String,
+    /// `gatehouse-<stack>-<what>`.
+    pub name: String,
+    /// CloudWatch Logs' JSON filter pattern, e.g. `{ $.event = "auth.failure" }`.
+    pub pattern: String,
+    pub namespace: String,
+    pub metric: String,
+    /// What one matching line adds: `1`, or a field of the line (`$.summarized`).
+    pub value: String,
+}
+
+/// A dimension's value in an alarm.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum DimensionValue {
+    Value(String),
+    /// The CloudWatch form of the ARN of the stack's resource known by this key (the
+    /// balancer, `net/<name>/<id>`; its target group, `targetgroup/<name>/<id>`), which may
+    /// be created earlier in the same apply.
+    ElbOf(String),
+}
+
+/// A CloudWatch alarm of the stack on one metric, sending to the stack's topic.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alarm {
+    /// `gatehouse-<stack>-<what>`.
+    pub name: String,
+    pub description: String,
+    pub namespace: String,
+    pub metric: String,
+    /// `Sum`, `Minimum`, ...
+    pub statistic: String,
+    pub period_secs: i32,
+    pub evaluation_periods: i32,
+    pub threshold: f64,
+    /// `GreaterThanOrEqualToThreshold`, `LessThanThreshold`, ...
+    pub comparison: String,
+    /// `notBreaching`, `breaching`, ...
+    pub treat_missing: String,
+    pub dimensions: Vec<(String, DimensionValue)>,
+    /// The topic ARN it sends to when it goes off and when it is OK again.
+    pub topic_arn: String,
+}
+
+/// An alarm of the stack's name as CloudWatch reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObsAlarm {
+    /// Its settings, dimensions as values.
+    pub alarm: Alarm,
+    pub arn: String,
+    /// Its `AlarmActions` and `OKActions` are exactly the topic ([`Alarm::topic_arn`]).
+    pub actions_ok: bool,
+    pub tags: Tags,
+}
+
+/// The stack's alarm topic.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObsTopic {
+    pub arn: String,
+    pub tags: Tags,
+    pub subscriptions: Vec<ObsSubscription>,
+}
+
+/// A subscription to the alarm topic.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObsSubscription {
+    /// `PendingConfirmation` until the address confirms.
+    pub arn: String,
+    pub protocol: String,
+    pub endpoint: String,
+}
+
+/// The CloudWatch dimension value of an Elastic Load Balancing ARN: the resource part, without
+/// `loadbalancer/` (`net/<name>/<id>`, `targetgroup/<name>/<id>`).
+pub fn elb_dimension(arn: &str) -> String {
+    let resource = arn.splitn(6, ':').nth(5).unwrap_or(arn);
+    resource
+        .strip_prefix("loadbalancer/")
+        .unwrap_or(resource)
+        .to_owned()
 }
 
 /// What to launch for one instance.
@@ -558,6 +654,19 @@ pub enum Action {
     },
     DeleteEventQueue {
         url: String,
+    },
+    /// Delete alarms of the stack by name.
+    DeleteAlarms {
+        names: Vec<String>,
+    },
+    /// Delete a metric filter of the audit log group.
+    DeleteMetricFilter {
+        log_group: String,
+        name: String,
+    },
+    /// Delete the alarm topic with its subscriptions.
+    DeleteAlertTopic {
+        arn: String,
     },
     /// Delete the audit log group and its lines (`destroy --delete-audit-log` only).
     DeleteAuditLogGroup {
@@ -738,6 +847,34 @@ pub enum Action {
     },
     /// Put back drifted tags of the audit log group (by its ARN).
     TagAuditLogGroup {
+        arn: String,
+        tags: Tags,
+    },
+    /// Create or update a metric filter of the audit log group.
+    PutMetricFilter {
+        filter: MetricFilter,
+    },
+    /// Create the alarm topic (tagged; idempotent by name).
+    CreateAlertTopic {
+        name: String,
+        tags: Tags,
+    },
+    TagAlertTopic {
+        arn: String,
+        tags: Tags,
+    },
+    /// Subscribe an email address to the alarm topic (AWS mails it a link to confirm).
+    SubscribeEmail {
+        topic_arn: String,
+        email: String,
+    },
+    /// Create or update an alarm (tagged at creation; tags of an existing one are put back
+    /// by [`Action::TagAlarm`]).
+    PutAlarm {
+        alarm: Alarm,
+        tags: Tags,
+    },
+    TagAlarm {
         arn: String,
         tags: Tags,
     },

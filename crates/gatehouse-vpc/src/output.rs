@@ -113,7 +113,7 @@ pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> Result<StackOutp
             .filter(|e| e.key.starts_with("eip/nlb/"))
             .map(|e| e.public_ip.clone())
             .collect(),
-        host_key_parameter: crate::plan::host_key_parameter(&spec.stack),
+        host_key_parameter: crate::names::host_key_parameter(&spec.stack),
         subnet_ids: obs
             .subnets
             .iter()

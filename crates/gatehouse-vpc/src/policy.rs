@@ -5,19 +5,8 @@ use gatehouse_aws::actions::{self, Mode, Resource};
 use gatehouse_config::AwsConfig;
 use serde_json::{json, Value};
 
-use crate::plan::{audit_log_group, event_queue_arn, host_key_parameter};
+use crate::names::{audit_log_group, event_queue_arn, host_key_parameter, partition};
 use crate::spec::Spec;
-
-/// The ARN partition of a region (`aws`, `aws-cn`, `aws-us-gov`).
-pub fn partition(region: &str) -> &'static str {
-    if region.starts_with("cn-") {
-        "aws-cn"
-    } else if region.starts_with("us-gov-") {
-        "aws-us-gov"
-    } else {
-        "aws"
-    }
-}
 
 /// Trust policy: only the EC2 service may assume the role (through the instance profile).
 pub fn trust_policy() -> Value {
@@ -179,7 +168,7 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>, account: &str) -> Value
             "Sid": FETCH_BINARY_SID,
             "Effect": "Allow",
             "Action": [FETCH_BINARY_ACTION],
-            "Resource": format!("arn:{part}:s3:::{}", crate::plan::binary_object_arn_path(bucket)),
+            "Resource": format!("arn:{part}:s3:::{}", crate::names::binary_object_arn_path(bucket)),
         }));
     }
     json!({
@@ -499,7 +488,7 @@ mod tests {
             .replace("<stack>", "lab")
             .replace("<account>", "123456789012");
         let statement: Value = serde_json::from_str(&statement).expect("json");
-        let bucket = crate::plan::binary_bucket("lab", "123456789012");
+        let bucket = crate::names::binary_bucket("lab", "123456789012");
         let with_bucket = bastion_policy(&spec(""), Some(&bucket), ACCOUNT);
         let statements = with_bucket["Statement"].as_array().expect("statements");
         assert_eq!(statements.last(), Some(&statement));

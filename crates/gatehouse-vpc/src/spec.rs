@@ -21,6 +21,15 @@ pub const DEFAULT_PRIVATE_PORTS: &[u16] = &[22];
 pub const DEFAULT_AUDIT_RETENTION_DAYS: i32 = 365;
 /// The most bastions `[bastion] replicas` asks for (an Auto Scaling group of them).
 pub const MAX_REPLICAS: u32 = 20;
+/// Failed login attempts in five minutes, over the whole stack, that raise its alarm when
+/// the spec says nothing (`[alerts] failed_logins`). A user whose agent offers three keys
+/// before the right one makes two; a password-guessing bot makes thousands.
+pub const DEFAULT_FAILED_LOGINS_ALARM: u32 = 100;
+/// Connections refused before authentication in five minutes that raise the stack's alarm
+/// when the spec says nothing (`[alerts] refusals`): a flood, not a scanner's visit.
+pub const DEFAULT_REFUSALS_ALARM: u32 = 1000;
+/// The most `[alerts] emails` (SNS allows more; a page that reaches 20 people is a list).
+pub const MAX_ALERT_EMAILS: usize = 20;
 /// The retentions CloudWatch Logs accepts (PutRetentionPolicy's `retentionInDays`), in days.
 pub const AUDIT_RETENTION_DAYS: &[i32] = &[
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
@@ -106,6 +115,20 @@ pub struct RawSpec {
     pub private: Option<RawPrivate>,
     #[serde(default)]
     pub hosts: Vec<RawHost>,
+    /// Who hears of the stack's alarms, and when they go off.
+    #[serde(default)]
+    pub alerts: Option<RawAlerts>,
+}
+
+/// `[alerts]`: the email addresses the stack's alarm topic sends to, and the thresholds of
+/// the alarms that have one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    #[serde(default)]
+    pub emails: Vec<Spanned<String>>,
+    pub failed_logins: Option<Spanned<i64>>,
+    pub refusals: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +235,18 @@ pub struct Spec {
     pub bastion: Bastion,
     pub private_ports: Vec<u16>,
     pub hosts: Vec<Host>,
+    pub alerts: Alerts,
+}
+
+/// `[alerts]`, validated.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Alerts {
+    /// Subscribed to the stack's alarm topic (each confirms by the email AWS sends).
+    pub emails: Vec<String>,
+    /// Failed login attempts in five minutes that raise the alarm.
+    pub failed_logins: u32,
+    /// Connections refused before authentication in five minutes that raise the alarm.
+    pub refusals: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -308,7 +343,7 @@ pub struct FileDigest {
 impl FileDigest {
     /// The SHA-256 in hex, as the spec, the object key and the user data name it.
     pub fn hex(&self) -> String {
-        crate::plan::hex(&self.sha256)
+        crate::digest::hex(&self.sha256)
     }
 }
 
@@ -640,8 +675,8 @@ impl Validator<'_> {
         let binary = self.check_binary(b, origin);
         let iam_events = b.iam_events.as_ref().is_some_and(|e| *e.get_ref());
         if let Some(flag) = b.iam_events.as_ref().filter(|_| iam_events) {
-            let here = crate::policy::partition(&region);
-            let there = crate::policy::partition(gatehouse_aws::events::IAM_EVENTS_REGION);
+            let here = crate::names::partition(&region);
+            let there = crate::names::partition(gatehouse_aws::events::IAM_EVENTS_REGION);
             if !region.is_empty() && here != there {
                 self.at(
                     flag,
@@ -870,6 +905,7 @@ impl Validator<'_> {
             });
         }
 
+        let alerts = self.check_alerts(raw.alerts.as_ref());
         let spec = Spec {
             stack,
             region,
@@ -896,6 +932,7 @@ impl Validator<'_> {
             },
             private_ports,
             hosts,
+            alerts,
         };
         if self.issues.is_empty() {
             // Checked here, before any AWS call, with the longest VPC id AWS hands out.
@@ -925,7 +962,7 @@ impl Validator<'_> {
                 }
             }
             // The longest bucket name: a 28-character stack and a 12-digit account.
-            let bucket = crate::plan::binary_bucket(&"s".repeat(28), "123456789012");
+            let bucket = crate::names::binary_bucket(&"s".repeat(28), "123456789012");
             let size = crate::userdata::render(&spec, vpc, account, Some(&bucket)).len();
             if size >= MAX_USER_DATA_BYTES {
                 self.push(
@@ -943,6 +980,55 @@ impl Validator<'_> {
     /// `gatehouse_download_url` (+ optional `gatehouse_sha256`) or `gatehouse_binary`, exactly
     /// one. A stored binary is read here (relative paths from the spec's folder) for its
     /// SHA-256, and must be an ELF executable.
+    /// `[alerts]`: addresses that look like one (SNS checks nothing until the email bounces),
+    /// each once, and thresholds of at least 1.
+    fn check_alerts(&mut self, raw: Option<&RawAlerts>) -> Alerts {
+        let mut alerts = Alerts {
+            emails: Vec::new(),
+            failed_logins: DEFAULT_FAILED_LOGINS_ALARM,
+            refusals: DEFAULT_REFUSALS_ALARM,
+        };
+        let Some(raw) = raw else {
+            return alerts;
+        };
+        for email in &raw.emails {
+            let address = email.get_ref();
+            if !is_email(address) {
+                self.at(
+                    email,
+                    format!("alerts: {address:?} is not an email address"),
+                );
+            } else if alerts.emails.contains(address) {
+                self.at(email, format!("alerts: {address:?} listed twice"));
+            } else {
+                alerts.emails.push(address.clone());
+            }
+        }
+        if raw.emails.len() > MAX_ALERT_EMAILS {
+            self.at(
+                &raw.emails[MAX_ALERT_EMAILS],
+                format!("alerts: at most {MAX_ALERT_EMAILS} emails"),
+            );
+        }
+        let mut threshold = |value: &Option<Spanned<i64>>, key: &str, default: u32| {
+            value.as_ref().map_or(default, |v| {
+                u32::try_from(*v.get_ref())
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .unwrap_or_else(|| {
+                        self.at(
+                            v,
+                            format!("alerts: {key} = {} must be at least 1", v.get_ref()),
+                        );
+                        default
+                    })
+            })
+        };
+        alerts.failed_logins = threshold(&raw.failed_logins, "failed_logins", alerts.failed_logins);
+        alerts.refusals = threshold(&raw.refusals, "refusals", alerts.refusals);
+        alerts
+    }
+
     fn check_binary(&mut self, b: &RawBastion, origin: &str) -> Option<Binary> {
         let sha256 = b.gatehouse_sha256.as_ref().and_then(|sha| {
             let s = sha.get_ref();
@@ -1087,6 +1173,21 @@ impl Validator<'_> {
         }
         out
     }
+}
+
+/// An email address as SNS takes one: `local@domain`, the domain with a dot, nothing that
+/// is blank or a control character, at most 254 characters.
+fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    s.len() <= 254
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn is_name(s: &str, max: usize) -> bool {

@@ -4,7 +4,7 @@
 //! the image's sshd to gatehouse and starts it.
 
 use crate::model::TAG_STACK;
-use crate::plan::{audit_log_group, event_queue_name, host_key_parameter};
+use crate::names::{audit_log_group, event_queue_name, host_key_parameter};
 use crate::spec::{Binary, Spec};
 use gatehouse_config::Config;
 
@@ -90,7 +90,7 @@ pub fn event_queue_url(spec: &Spec, account: &str) -> String {
     let base = match endpoint {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
-            let domain = match crate::policy::partition(region) {
+            let domain = match crate::names::partition(region) {
                 "aws-cn" => "amazonaws.com.cn",
                 _ => "amazonaws.com",
             };
@@ -182,8 +182,8 @@ pub fn daemon_config(spec: &Spec, vpc_id: &str, account: &str) -> String {
 pub fn shared_snapshot_url(stack: &str, account: &str) -> String {
     format!(
         "s3://{}/{}",
-        crate::plan::binary_bucket(stack, account),
-        crate::plan::SHARED_SNAPSHOT_OBJECT
+        crate::names::binary_bucket(stack, account),
+        crate::names::SHARED_SNAPSHOT_OBJECT
     )
 }
 
@@ -243,13 +243,13 @@ pub const FETCH_PATH: &str = "/usr/local/sbin/gatehouse-fetch";
 /// The https URL of a stored binary: `gatehouse/<sha256>` in the stack's bucket, virtual-hosted
 /// style on the region's S3 endpoint.
 pub fn binary_url(region: &str, bucket: &str, sha256: &str) -> String {
-    let domain = match crate::policy::partition(region) {
+    let domain = match crate::names::partition(region) {
         "aws-cn" => "amazonaws.com.cn",
         _ => "amazonaws.com",
     };
     format!(
         "https://{bucket}.s3.{region}.{domain}/{}",
-        crate::plan::binary_object(sha256)
+        crate::names::binary_object(sha256)
     )
 }
 

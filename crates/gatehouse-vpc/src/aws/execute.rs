@@ -16,8 +16,9 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
 use super::{fail, Clients, Error};
 use crate::deploy;
+use crate::digest::sha256_hex;
 use crate::model::*;
-use crate::plan::{sha256_hex, POLICY_NAME};
+use crate::names::POLICY_NAME;
 use crate::policy::trust_policy;
 use crate::spec::Spec;
 
@@ -158,7 +159,9 @@ impl<'a> Executor<'a> {
         let ec2 = &self.clients.ec2;
         let iam = &self.clients.iam;
         let what = step.resource.clone();
-        if self.replica_step(&what, &step.action).await? {
+        if self.replica_step(&what, &step.action).await?
+            || self.alarm_step(&what, &step.action).await?
+        {
             return Ok(());
         }
         match &step.action {
@@ -888,7 +891,7 @@ impl<'a> Executor<'a> {
                     .await
                     .map_err(|e| fail(&what, &deploy::CREATE_TAGS, e))?;
             }
-            // The replicas' steps ran above (`replica_step`).
+            // The replicas' and the alarms' steps ran above (`replica_step`, `alarm_step`).
             other => {
                 return Err(Error::Unresolved(format!(
                     "{what}: no executor for {other:?}"

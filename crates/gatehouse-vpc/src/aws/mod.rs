@@ -1,6 +1,7 @@
 //! The AWS side: SDK clients, reading a stack's state into [`Observed`], and the executor.
 //! This is the only module that talks to AWS.
 
+mod alarms;
 pub mod execute;
 pub mod observe;
 mod replicas;
@@ -100,6 +101,8 @@ impl Error {
                 || c == "ResourceNotFoundException"
                 || c == "QueueDoesNotExist"
                 || c == "AWS.SimpleQueueService.NonExistentQueue"
+                // SNS.
+                || c == "NotFound"
         })
     }
 }
@@ -135,6 +138,9 @@ pub struct Clients {
     pub cloudtrail: aws_sdk_cloudtrail::Client,
     /// CloudWatch Logs in the stack's region: the audit log group.
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    /// CloudWatch and SNS in the stack's region: the alarms and the topic they send to.
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
+    pub sns: aws_sdk_sns::Client,
     /// Elastic Load Balancing v2 and Auto Scaling: the replicas of a scaled-out stack.
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub autoscaling: aws_sdk_autoscaling::Client,
@@ -176,6 +182,8 @@ impl Clients {
             events: aws_sdk_eventbridge::Client::from_conf(events),
             cloudtrail: aws_sdk_cloudtrail::Client::from_conf(cloudtrail),
             logs: aws_sdk_cloudwatchlogs::Client::new(&config),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
+            sns: aws_sdk_sns::Client::new(&config),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&config),
             autoscaling: aws_sdk_autoscaling::Client::new(&config),
             region: region.to_string(),

@@ -8,9 +8,9 @@ use aws_sdk_ec2::types::{Filter, IpPermission, VpcAttributeName};
 use super::{fail, Clients, Error};
 use crate::deploy;
 use crate::model::*;
-use crate::plan::{
+use crate::names::{
     audit_log_group, audit_log_group_arn, binary_bucket, event_queue_name, event_rule_name,
-    host_key_parameter, role_name, POLICY_NAME,
+    host_key_parameter, partition, role_name, POLICY_NAME,
 };
 use gatehouse_aws::events::IAM_EVENTS_REGION;
 
@@ -97,38 +97,66 @@ fn security_group(g: &aws_sdk_ec2::types::SecurityGroup) -> ObsSecurityGroup {
 
 /// Everything of stack `stack` that AWS reports.
 pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
-    let ec2 = &c.ec2;
     let mut obs = Observed::default();
-    let res = |what: &str| format!("{what} of stack {stack}");
+    observe_vpcs(c, stack, &mut obs).await?;
+    observe_default_security_group(c, stack, &mut obs).await?;
+    observe_subnets(c, stack, &mut obs).await?;
+    observe_internet_gateways(c, stack, &mut obs).await?;
+    observe_addresses(c, stack, &mut obs).await?;
+    observe_nats(c, stack, &mut obs).await?;
+    observe_route_tables(c, stack, &mut obs).await?;
+    observe_security_groups(c, stack, &mut obs).await?;
+    observe_instances(c, stack, &mut obs).await?;
+    observe_iam(c, stack, &mut obs).await?;
+    observe_ssm(c, stack, &mut obs).await?;
+    observe_s3(c, stack, &mut obs).await?;
+    observe_log_group(c, stack, &mut obs).await?;
+    super::alarms::observe(c, stack, &mut obs).await?;
+    super::replicas::observe(c, stack, &mut obs).await?;
+    // The event queue and rule live in us-east-1; a stack of another partition (China,
+    // GovCloud) cannot have them (the spec refuses `iam_events` there) and cannot reach it.
+    if partition(&c.region) == partition(IAM_EVENTS_REGION) {
+        observe_queue(c, stack, &mut obs).await?;
+        observe_rule(c, stack, &mut obs).await?;
+    }
+    Ok(obs)
+}
 
-    let pages = ec2
+/// [`observe`], and what planning `spec` needs beyond the stack: with `[bastion] iam_events`,
+/// the CloudTrail trails that could deliver IAM's events (`plan` and `apply`).
+pub async fn observe_for(c: &Clients, spec: &crate::spec::Spec) -> Result<Observed, Error> {
+    let mut obs = observe(c, &spec.stack).await?;
+    if spec.bastion.iam_events {
+        obs.trails = Some(observe_trails(c).await?);
+    }
+    Ok(obs)
+}
+
+/// The resource a failed describe call was about.
+fn of_stack(what: &str, stack: &str) -> String {
+    format!("{what} of stack {stack}")
+}
+
+/// The stack's VPCs, with their DNS attributes.
+async fn observe_vpcs(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
+    let pages = c
+        .ec2
         .describe_vpcs()
         .filters(tag_filter(stack))
         .into_paginator()
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("vpcs"), &deploy::DESCRIBE_VPCS, e))?;
+        .map_err(|e| fail(of_stack("vpcs", stack), &deploy::DESCRIBE_VPCS, e))?;
     for v in pages.iter().flat_map(|p| p.vpcs()) {
         let tags = ec2_tags(v.tags());
         let id = v.vpc_id().unwrap_or_default().to_string();
-        let attr = |name: VpcAttributeName| {
-            let id = id.clone();
-            async move {
-                ec2.describe_vpc_attribute()
-                    .vpc_id(&id)
-                    .attribute(name)
-                    .send()
-                    .await
-                    .map_err(|e| fail(format!("vpc {id}"), &deploy::DESCRIBE_VPC_ATTRIBUTE, e))
-            }
-        };
-        let hostnames = attr(VpcAttributeName::EnableDnsHostnames)
+        let hostnames = vpc_attribute(c, &id, VpcAttributeName::EnableDnsHostnames)
             .await?
             .enable_dns_hostnames()
             .and_then(|a| a.value())
             .unwrap_or(false);
-        let support = attr(VpcAttributeName::EnableDnsSupport)
+        let support = vpc_attribute(c, &id, VpcAttributeName::EnableDnsSupport)
             .await?
             .enable_dns_support()
             .and_then(|a| a.value())
@@ -142,47 +170,74 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
             tags,
         });
     }
+    Ok(())
+}
 
-    // The default security group of the stack's own VPC (AWS creates it untagged).
+async fn vpc_attribute(
+    c: &Clients,
+    id: &str,
+    name: VpcAttributeName,
+) -> Result<aws_sdk_ec2::operation::describe_vpc_attribute::DescribeVpcAttributeOutput, Error> {
+    c.ec2
+        .describe_vpc_attribute()
+        .vpc_id(id)
+        .attribute(name)
+        .send()
+        .await
+        .map_err(|e| fail(format!("vpc {id}"), &deploy::DESCRIBE_VPC_ATTRIBUTE, e))
+}
+
+/// The default security group of the stack's own VPC (AWS creates it untagged).
+async fn observe_default_security_group(
+    c: &Clients,
+    stack: &str,
+    obs: &mut Observed,
+) -> Result<(), Error> {
     let own_vpc = obs
         .vpcs
         .iter()
         .find(|v| v.key == "vpc" && v.tags.get(TAG_STACK).map(String::as_str) == Some(stack))
         .map(|v| v.id.clone());
-    if let Some(vpc) = &own_vpc {
-        let out = ec2
-            .describe_security_groups()
-            .filters(Filter::builder().name("vpc-id").values(vpc).build())
-            .filters(
-                Filter::builder()
-                    .name("group-name")
-                    .values("default")
-                    .build(),
+    let Some(vpc) = &own_vpc else {
+        return Ok(());
+    };
+    let out = c
+        .ec2
+        .describe_security_groups()
+        .filters(Filter::builder().name("vpc-id").values(vpc).build())
+        .filters(
+            Filter::builder()
+                .name("group-name")
+                .values("default")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            fail(
+                format!("default security group of {vpc}"),
+                &deploy::DESCRIBE_SECURITY_GROUPS,
+                e,
             )
-            .send()
-            .await
-            .map_err(|e| {
-                fail(
-                    format!("default security group of {vpc}"),
-                    &deploy::DESCRIBE_SECURITY_GROUPS,
-                    e,
-                )
-            })?;
-        obs.default_sg = out
-            .security_groups()
-            .iter()
-            .find(|g| g.group_name() == Some("default") && g.vpc_id() == Some(vpc.as_str()))
-            .map(security_group);
-    }
+        })?;
+    obs.default_sg = out
+        .security_groups()
+        .iter()
+        .find(|g| g.group_name() == Some("default") && g.vpc_id() == Some(vpc.as_str()))
+        .map(security_group);
+    Ok(())
+}
 
-    let pages = ec2
+async fn observe_subnets(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
+    let pages = c
+        .ec2
         .describe_subnets()
         .filters(tag_filter(stack))
         .into_paginator()
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("subnets"), &deploy::DESCRIBE_SUBNETS, e))?;
+        .map_err(|e| fail(of_stack("subnets", stack), &deploy::DESCRIBE_SUBNETS, e))?;
     for s in pages.iter().flat_map(|p| p.subnets()) {
         let tags = ec2_tags(s.tags());
         obs.subnets.push(ObsSubnet {
@@ -194,8 +249,16 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
             tags,
         });
     }
+    Ok(())
+}
 
-    let pages = ec2
+async fn observe_internet_gateways(
+    c: &Clients,
+    stack: &str,
+    obs: &mut Observed,
+) -> Result<(), Error> {
+    let pages = c
+        .ec2
         .describe_internet_gateways()
         .filters(tag_filter(stack))
         .into_paginator()
@@ -204,7 +267,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
         .await
         .map_err(|e| {
             fail(
-                res("internet gateways"),
+                of_stack("internet gateways", stack),
                 &deploy::DESCRIBE_INTERNET_GATEWAYS,
                 e,
             )
@@ -222,13 +285,23 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
             tags,
         });
     }
+    Ok(())
+}
 
-    let out = ec2
+async fn observe_addresses(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
+    let out = c
+        .ec2
         .describe_addresses()
         .filters(tag_filter(stack))
         .send()
         .await
-        .map_err(|e| fail(res("elastic IPs"), &deploy::DESCRIBE_ADDRESSES, e))?;
+        .map_err(|e| {
+            fail(
+                of_stack("elastic IPs", stack),
+                &deploy::DESCRIBE_ADDRESSES,
+                e,
+            )
+        })?;
     for a in out.addresses() {
         let tags = ec2_tags(a.tags());
         obs.eips.push(ObsEip {
@@ -240,15 +313,26 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
             tags,
         });
     }
+    Ok(())
+}
 
-    let pages = ec2
+/// The NAT gateways that are pending or available (deleted ones linger in the answer).
+async fn observe_nats(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
+    let pages = c
+        .ec2
         .describe_nat_gateways()
         .filter(tag_filter(stack))
         .into_paginator()
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("NAT gateways"), &deploy::DESCRIBE_NAT_GATEWAYS, e))?;
+        .map_err(|e| {
+            fail(
+                of_stack("NAT gateways", stack),
+                &deploy::DESCRIBE_NAT_GATEWAYS,
+                e,
+            )
+        })?;
     for n in pages.iter().flat_map(|p| p.nat_gateways()) {
         let state = n
             .state()
@@ -270,38 +354,32 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
             tags,
         });
     }
+    Ok(())
+}
 
-    let pages = ec2
+async fn observe_route_tables(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
+    let pages = c
+        .ec2
         .describe_route_tables()
         .filters(tag_filter(stack))
         .into_paginator()
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("route tables"), &deploy::DESCRIBE_ROUTE_TABLES, e))?;
+        .map_err(|e| {
+            fail(
+                of_stack("route tables", stack),
+                &deploy::DESCRIBE_ROUTE_TABLES,
+                e,
+            )
+        })?;
     for r in pages.iter().flat_map(|p| p.route_tables()) {
         let tags = ec2_tags(r.tags());
         let routes = r
             .routes()
             .iter()
             .filter(|x| x.gateway_id() != Some("local"))
-            .filter_map(|x| {
-                let dest = x.destination_cidr_block()?.to_string();
-                let target = if let Some(n) = x.nat_gateway_id() {
-                    RouteTarget::Nat(n.to_string())
-                } else if let Some(g) = x.gateway_id() {
-                    RouteTarget::Gateway(g.to_string())
-                } else {
-                    let other = x
-                        .instance_id()
-                        .or(x.vpc_peering_connection_id())
-                        .or(x.transit_gateway_id())
-                        .or(x.network_interface_id())
-                        .unwrap_or("blackhole");
-                    RouteTarget::Other(other.to_string())
-                };
-                Some(ObsRoute { dest, target })
-            })
+            .filter_map(route)
             .collect();
         let associations = r
             .associations()
@@ -322,23 +400,61 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
             tags,
         });
     }
+    Ok(())
+}
 
-    let pages = ec2
+/// An IPv4 route and where it goes.
+fn route(x: &aws_sdk_ec2::types::Route) -> Option<ObsRoute> {
+    let dest = x.destination_cidr_block()?.to_string();
+    let target = if let Some(n) = x.nat_gateway_id() {
+        RouteTarget::Nat(n.to_string())
+    } else if let Some(g) = x.gateway_id() {
+        RouteTarget::Gateway(g.to_string())
+    } else {
+        let other = x
+            .instance_id()
+            .or(x.vpc_peering_connection_id())
+            .or(x.transit_gateway_id())
+            .or(x.network_interface_id())
+            .unwrap_or("blackhole");
+        RouteTarget::Other(other.to_string())
+    };
+    Some(ObsRoute { dest, target })
+}
+
+async fn observe_security_groups(
+    c: &Clients,
+    stack: &str,
+    obs: &mut Observed,
+) -> Result<(), Error> {
+    let pages = c
+        .ec2
         .describe_security_groups()
         .filters(tag_filter(stack))
         .into_paginator()
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("security groups"), &deploy::DESCRIBE_SECURITY_GROUPS, e))?;
+        .map_err(|e| {
+            fail(
+                of_stack("security groups", stack),
+                &deploy::DESCRIBE_SECURITY_GROUPS,
+                e,
+            )
+        })?;
     for g in pages.iter().flat_map(|p| p.security_groups()) {
         if g.group_name() == Some("default") {
             continue; // the VPC's default group is tracked separately
         }
         obs.security_groups.push(security_group(g));
     }
+    Ok(())
+}
 
-    let pages = ec2
+/// The instances that are not (being) terminated.
+async fn observe_instances(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
+    let pages = c
+        .ec2
         .describe_instances()
         .filters(tag_filter(stack))
         .filters(
@@ -354,73 +470,54 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
         .send()
         .try_collect()
         .await
-        .map_err(|e| fail(res("instances"), &deploy::DESCRIBE_INSTANCES, e))?;
-    for i in pages
+        .map_err(|e| fail(of_stack("instances", stack), &deploy::DESCRIBE_INSTANCES, e))?;
+    let instances = pages
         .iter()
         .flat_map(|p| p.reservations())
-        .flat_map(|r| r.instances())
-    {
-        let state = i
-            .state()
-            .and_then(|s| s.name())
-            .map(|n| n.as_str().to_string())
-            .unwrap_or_default();
-        if !["pending", "running", "stopping", "stopped"].contains(&state.as_str()) {
-            continue;
-        }
-        let tags = ec2_tags(i.tags());
-        let meta = i.metadata_options();
-        obs.instances.push(ObsInstance {
-            id: i.instance_id().unwrap_or_default().to_string(),
-            key: key_of(&tags),
-            state,
-            ami: i.image_id().unwrap_or_default().to_string(),
-            instance_type: i
-                .instance_type()
-                .map(|t| t.as_str().to_string())
-                .unwrap_or_default(),
-            subnet_id: i.subnet_id().unwrap_or_default().to_string(),
-            security_groups: i
-                .security_groups()
-                .iter()
-                .filter_map(|g| g.group_id().map(str::to_string))
-                .collect(),
-            profile_arn: i
-                .iam_instance_profile()
-                .and_then(|p| p.arn())
-                .map(str::to_string),
-            http_tokens: meta
-                .and_then(|m| m.http_tokens())
-                .map(|t| t.as_str().to_string()),
-            hop_limit: meta.and_then(|m| m.http_put_response_hop_limit()),
-            private_ip: i.private_ip_address().map(str::to_string),
-            public_ip: i.public_ip_address().map(str::to_string),
-            tags,
-        });
-    }
-
-    observe_iam(c, stack, &mut obs).await?;
-    observe_ssm(c, stack, &mut obs).await?;
-    observe_s3(c, stack, &mut obs).await?;
-    observe_log_group(c, stack, &mut obs).await?;
-    super::replicas::observe(c, stack, &mut obs).await?;
-    // The event queue and rule live in us-east-1; a stack of another partition (China,
-    // GovCloud) cannot have them (the spec refuses `iam_events` there) and cannot reach it.
-    if crate::policy::partition(&c.region) == crate::policy::partition(IAM_EVENTS_REGION) {
-        observe_queue(c, stack, &mut obs).await?;
-        observe_rule(c, stack, &mut obs).await?;
-    }
-    Ok(obs)
+        .flat_map(|r| r.instances());
+    obs.instances.extend(instances.filter_map(instance));
+    Ok(())
 }
 
-/// [`observe`], and what planning `spec` needs beyond the stack: with `[bastion] iam_events`,
-/// the CloudTrail trails that could deliver IAM's events (`plan` and `apply`).
-pub async fn observe_for(c: &Clients, spec: &crate::spec::Spec) -> Result<Observed, Error> {
-    let mut obs = observe(c, &spec.stack).await?;
-    if spec.bastion.iam_events {
-        obs.trails = Some(observe_trails(c).await?);
+/// An instance as the planner sees it; None when it is not pending, running or stopped.
+fn instance(i: &aws_sdk_ec2::types::Instance) -> Option<ObsInstance> {
+    let state = i
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default();
+    if !["pending", "running", "stopping", "stopped"].contains(&state.as_str()) {
+        return None;
     }
-    Ok(obs)
+    let tags = ec2_tags(i.tags());
+    let meta = i.metadata_options();
+    Some(ObsInstance {
+        id: i.instance_id().unwrap_or_default().to_string(),
+        key: key_of(&tags),
+        state,
+        ami: i.image_id().unwrap_or_default().to_string(),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default(),
+        subnet_id: i.subnet_id().unwrap_or_default().to_string(),
+        security_groups: i
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect(),
+        profile_arn: i
+            .iam_instance_profile()
+            .and_then(|p| p.arn())
+            .map(str::to_string),
+        http_tokens: meta
+            .and_then(|m| m.http_tokens())
+            .map(|t| t.as_str().to_string()),
+        hop_limit: meta.and_then(|m| m.http_put_response_hop_limit()),
+        private_ip: i.private_ip_address().map(str::to_string),
+        public_ip: i.public_ip_address().map(str::to_string),
+        tags,
+    })
 }
 
 /// The audit log group, if a log group of its name exists in the stack's region (CloudWatch

@@ -22,9 +22,10 @@ use super::execute::{ec2_tags, missing, Executor};
 use super::{fail, Clients, Error};
 use crate::deploy;
 use crate::model::*;
+use crate::names::{balancer_name, group_name, target_group_name, TEMPLATE_VERSION_KEY};
 use crate::plan::replicas::{
-    balancer_name, group_name, target_group_name, HEALTHY_THRESHOLD, HEALTH_CHECK_GRACE_SECS,
-    HEALTH_INTERVAL_SECS, TEMPLATE_VERSION_KEY, TERMINATION_POLICIES, UNHEALTHY_THRESHOLD,
+    HEALTHY_THRESHOLD, HEALTH_CHECK_GRACE_SECS, HEALTH_INTERVAL_SECS, TERMINATION_POLICIES,
+    UNHEALTHY_THRESHOLD,
 };
 use crate::userdata::{HEALTH_PATH, HEALTH_PORT};
 
@@ -160,7 +161,7 @@ pub(super) async fn observe(c: &Clients, stack: &str, obs: &mut Observed) -> Res
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .unwrap_or_else(|_| b64.as_bytes().to_vec());
-            crate::plan::hex(&sha2::Sha256::digest(bytes))
+            crate::digest::hex(&sha2::Sha256::digest(bytes))
         });
         obs.launch_templates.push(ObsLaunchTemplate {
             id,
@@ -424,7 +425,7 @@ impl Executor<'_> {
         let group = self.id(&launch.security_group)?;
         // Each replica says which user data it was launched with (see `plan::replicas`).
         let mut instance_tags = instance_tags.clone();
-        instance_tags.insert(TAG_USER_DATA.into(), crate::plan::sha256_hex(&text));
+        instance_tags.insert(TAG_USER_DATA.into(), crate::digest::sha256_hex(&text));
         let tagged = |kind: ResourceType| {
             LaunchTemplateTagSpecificationRequest::builder()
                 .resource_type(kind)
@@ -951,7 +952,7 @@ impl Executor<'_> {
     ) -> Result<(), Error> {
         let c = self.clients;
         let name = self.id(group)?;
-        let tg = self.id(crate::plan::replicas::TARGET_GROUP_KEY)?;
+        let tg = self.id(crate::names::TARGET_GROUP_KEY)?;
         // New ones first: as many more as there are outdated ones (at most `size` more).
         let more = i32::try_from(outdated.len()).unwrap_or(size).min(size);
         c.autoscaling

@@ -15,22 +15,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{base_tags, primary_by_key, role_name, tag_drift, Creates, Planner};
+use super::{base_tags, check_owned, primary_by_key, tagged_ours, Creates, PlanError, Planner};
 use crate::model::*;
+use crate::names::{
+    balancer_eip_key, balancer_name, group_name, role_name, target_group_name, BALANCER_KEY,
+    BALANCER_SG_KEY, GROUP_KEY, LISTENER_KEY, REPLICA_KEY, TARGET_GROUP_KEY, TEMPLATE_KEY,
+    TEMPLATE_VERSION_KEY,
+};
 use crate::spec::Spec;
 use crate::userdata::{HEALTH_PATH, HEALTH_PORT};
-
-/// Logical keys (their `gatehouse:resource` tag).
-pub const TEMPLATE_KEY: &str = "lt/bastion";
-pub const GROUP_KEY: &str = "asg/bastion";
-pub const BALANCER_KEY: &str = "nlb";
-pub const TARGET_GROUP_KEY: &str = "tg/ssh";
-pub const LISTENER_KEY: &str = "listener/ssh";
-pub const BALANCER_SG_KEY: &str = "sg/nlb";
-/// The key the replicas themselves carry (the template tags them at launch).
-pub const REPLICA_KEY: &str = "replica/bastion";
-/// Where a plan keeps the template version the group should launch (beside the template's id).
-pub const TEMPLATE_VERSION_KEY: &str = "lt/bastion#version";
 
 /// Seconds between the balancer's health checks, and how many in a row decide.
 pub const HEALTH_INTERVAL_SECS: i32 = 10;
@@ -45,26 +38,6 @@ pub const HEALTH_CHECK_GRACE_SECS: i32 = 300;
 const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 /// The longest deregistration delay ELB accepts.
 const MAX_DEREGISTRATION_DELAY_SECS: u64 = 3600;
-
-/// The balancer's name: `gh-<stack>` (ELB allows 32 characters; a stack name has at most 28).
-pub fn balancer_name(stack: &str) -> String {
-    format!("gh-{stack}")
-}
-
-/// The target group's name (its own namespace: the same as the balancer's).
-pub fn target_group_name(stack: &str) -> String {
-    format!("gh-{stack}")
-}
-
-/// The Auto Scaling group's and the launch template's name.
-pub fn group_name(stack: &str) -> String {
-    format!("gatehouse-{stack}-bastion")
-}
-
-/// Key of the balancer's Elastic IP in `az` (`fixed_addresses`).
-pub fn balancer_eip_key(az: &str) -> String {
-    format!("eip/nlb/{az}")
-}
 
 /// The balancer's subnets: the first public subnet of each availability zone, in spec order
 /// (a balancer takes one subnet per zone).
@@ -170,6 +143,34 @@ fn template_mismatch(
     reasons
 }
 
+/// A scaled-out stack's balancer, target group and group have fixed names: refuse ones that
+/// are not the stack's.
+pub(super) fn check_ownership(spec: &Spec, obs: &Observed) -> Result<(), PlanError> {
+    if !spec.bastion.scaled_out() {
+        return Ok(());
+    }
+    if let Some(b) = &obs.balancer {
+        check_owned(
+            spec,
+            "Network Load Balancer",
+            &b.name,
+            tagged_ours(spec, &b.tags),
+        )?;
+    }
+    if let Some(t) = &obs.target_group {
+        check_owned(spec, "target group", &t.name, tagged_ours(spec, &t.tags))?;
+    }
+    if let Some(g) = &obs.group {
+        check_owned(
+            spec,
+            "Auto Scaling group",
+            &g.name,
+            tagged_ours(spec, &g.tags),
+        )?;
+    }
+    Ok(())
+}
+
 /// The replicas' steps. `user_data_hash`: of the user data the spec's bastions get (None
 /// while the VPC does not exist yet).
 pub(super) fn plan_replicas(
@@ -179,7 +180,6 @@ pub(super) fn plan_replicas(
     p: &mut Planner,
     user_data_hash: Option<&str>,
 ) {
-    let stack = &spec.stack;
     if !spec.bastion.scaled_out() {
         p.doomed.group = obs.group.clone();
         p.doomed.listeners = obs.listeners.clone();
@@ -188,11 +188,38 @@ pub(super) fn plan_replicas(
         p.doomed.launch_templates = obs.launch_templates.clone();
         return;
     }
-    let vpc = p.known.get("vpc").cloned();
     let launch = replica_launch(spec);
-    let instance_tags = base_tags(spec, REPLICA_KEY);
+    let new_version = plan_template(spec, obs, c, p, &launch, user_data_hash);
+    plan_target_group(spec, obs, c, p);
+    plan_balancer(spec, obs, c, p);
+    plan_listener(spec, obs, c, p);
+    let Some(g) = obs.group.as_ref().filter(|g| !g.deleting) else {
+        create_group(spec, c);
+        return;
+    };
+    p.known.insert(GROUP_KEY.into(), g.name.clone());
+    c.retag_with(GROUP_KEY, &base_tags(spec, GROUP_KEY), &g.tags, |tags| {
+        Action::TagAutoScalingGroup {
+            group: GROUP_KEY.into(),
+            tags,
+        }
+    });
+    let outdated = outdated_replicas(obs, g, &launch, new_version, user_data_hash);
+    update_group(spec, c, p, g, new_version, !outdated.is_empty());
+    plan_group_target_groups(c, p, g);
+    roll_replicas(spec, c, g, outdated);
+}
 
-    // ---- launch template ----
+/// The launch template: a new version when the launch changed. Returns whether the group
+/// gets a new version to launch.
+fn plan_template(
+    spec: &Spec,
+    obs: &Observed,
+    c: &mut Creates,
+    p: &mut Planner,
+    launch: &LaunchSpec,
+    user_data_hash: Option<&str>,
+) -> bool {
     let (templates, extra) =
         primary_by_key(&obs.launch_templates, |t| (t.key.as_str(), t.id.as_str()));
     p.doomed.launch_templates.extend(extra.into_iter().cloned());
@@ -201,150 +228,152 @@ pub(super) fn plan_replicas(
             p.doomed.launch_templates.push((*t).clone());
         }
     }
-    let mut new_version = false;
-    match templates.get(TEMPLATE_KEY) {
-        None => {
-            new_version = true;
-            c.push(
-                Sign::Create,
-                TEMPLATE_KEY,
-                format!(
-                    "launch template {}: {} {}, IMDSv2",
-                    group_name(stack),
-                    launch.instance_type,
-                    launch.ami
-                ),
-                Action::CreateLaunchTemplate {
-                    key: TEMPLATE_KEY.into(),
-                    name: group_name(stack),
-                    launch: launch.clone(),
-                    tags: base_tags(spec, TEMPLATE_KEY),
-                    instance_tags: instance_tags.clone(),
-                },
-            );
-        }
-        Some(t) => {
-            p.known.insert(TEMPLATE_KEY.into(), t.id.clone());
-            c.retag(TEMPLATE_KEY, &base_tags(spec, TEMPLATE_KEY), &t.tags);
-            let reasons = template_mismatch(t, &launch, &p.known, user_data_hash);
-            if reasons.is_empty() {
-                p.known
-                    .insert(TEMPLATE_VERSION_KEY.into(), t.latest_version.to_string());
-                if t.default_version != t.latest_version {
-                    c.push(
-                        Sign::Change,
-                        TEMPLATE_KEY,
-                        format!(
-                            "default version {} -> {}",
-                            t.default_version, t.latest_version
-                        ),
-                        Action::SetDefaultTemplateVersion {
-                            template: TEMPLATE_KEY.into(),
-                        },
-                    );
-                }
-            } else {
-                new_version = true;
-                c.push(
-                    Sign::Change,
-                    TEMPLATE_KEY,
-                    format!("version {}: {}", t.latest_version + 1, reasons.join("; ")),
-                    Action::CreateLaunchTemplateVersion {
-                        template: TEMPLATE_KEY.into(),
-                        launch: launch.clone(),
-                        instance_tags: instance_tags.clone(),
-                    },
-                );
-            }
-        }
+    let instance_tags = base_tags(spec, REPLICA_KEY);
+    let Some(t) = templates.get(TEMPLATE_KEY) else {
+        create_template(spec, c, launch, instance_tags);
+        return true;
+    };
+    p.known.insert(TEMPLATE_KEY.into(), t.id.clone());
+    c.retag(TEMPLATE_KEY, &base_tags(spec, TEMPLATE_KEY), &t.tags);
+    let reasons = template_mismatch(t, launch, &p.known, user_data_hash);
+    if !reasons.is_empty() {
+        c.push(
+            Sign::Change,
+            TEMPLATE_KEY,
+            format!("version {}: {}", t.latest_version + 1, reasons.join("; ")),
+            Action::CreateLaunchTemplateVersion {
+                template: TEMPLATE_KEY.into(),
+                launch: launch.clone(),
+                instance_tags,
+            },
+        );
+        return true;
     }
+    p.known
+        .insert(TEMPLATE_VERSION_KEY.into(), t.latest_version.to_string());
+    if t.default_version != t.latest_version {
+        c.push(
+            Sign::Change,
+            TEMPLATE_KEY,
+            format!(
+                "default version {} -> {}",
+                t.default_version, t.latest_version
+            ),
+            Action::SetDefaultTemplateVersion {
+                template: TEMPLATE_KEY.into(),
+            },
+        );
+    }
+    false
+}
 
-    // ---- target group ----
-    let tg_name = target_group_name(stack);
+fn create_template(spec: &Spec, c: &mut Creates, launch: &LaunchSpec, instance_tags: Tags) {
+    let name = group_name(&spec.stack);
+    c.push(
+        Sign::Create,
+        TEMPLATE_KEY,
+        format!(
+            "launch template {name}: {} {}, IMDSv2",
+            launch.instance_type, launch.ami
+        ),
+        Action::CreateLaunchTemplate {
+            key: TEMPLATE_KEY.into(),
+            name,
+            launch: launch.clone(),
+            tags: base_tags(spec, TEMPLATE_KEY),
+            instance_tags,
+        },
+    );
+}
+
+/// The target group: TCP 22 in the stack's VPC (replaced otherwise), its health check on the
+/// daemon's health endpoint, its attributes.
+fn plan_target_group(spec: &Spec, obs: &Observed, c: &mut Creates, p: &mut Planner) {
+    let vpc = p.known.get("vpc");
+    let kept = obs
+        .target_group
+        .as_ref()
+        .filter(|g| g.protocol == "TCP" && g.port == 22 && vpc == Some(&g.vpc_id));
+    if let (Some(g), None) = (&obs.target_group, kept) {
+        p.doomed.target_group = Some(g.clone());
+    }
     let attributes = target_group_attributes(spec);
-    let tg = obs.target_group.as_ref().filter(|g| {
-        let keep = g.protocol == "TCP" && g.port == 22 && vpc.as_ref() == Some(&g.vpc_id);
-        if !keep {
-            p.doomed.target_group = Some((*g).clone());
-        }
-        keep
-    });
-    match tg {
-        None => {
-            c.push(
-                Sign::Create,
-                TARGET_GROUP_KEY,
-                format!(
-                    "target group {tg_name}: TCP 22, health check HTTP {HEALTH_PORT}{HEALTH_PATH}"
-                ),
-                Action::CreateTargetGroup {
-                    key: TARGET_GROUP_KEY.into(),
-                    name: tg_name.clone(),
-                    vpc: "vpc".into(),
-                    tags: base_tags(spec, TARGET_GROUP_KEY),
-                },
-            );
-            c.push(
-                Sign::Change,
-                TARGET_GROUP_KEY,
-                describe_attributes(&attributes),
-                Action::SetTargetGroupAttributes {
-                    group: TARGET_GROUP_KEY.into(),
-                    attributes: attributes.clone(),
-                },
-            );
-        }
-        Some(g) => {
-            p.known.insert(TARGET_GROUP_KEY.into(), g.arn.clone());
-            elb_retag(
-                c,
-                TARGET_GROUP_KEY,
-                &base_tags(spec, TARGET_GROUP_KEY),
-                &g.tags,
-            );
-            let health_ok = g.health_protocol == "HTTP"
-                && g.health_port == HEALTH_PORT.to_string()
-                && g.health_path.as_deref() == Some(HEALTH_PATH)
-                && g.health_interval == Some(HEALTH_INTERVAL_SECS)
-                && g.healthy_threshold == Some(HEALTHY_THRESHOLD)
-                && g.unhealthy_threshold == Some(UNHEALTHY_THRESHOLD);
-            if !health_ok {
-                c.push(
-                    Sign::Change,
-                    TARGET_GROUP_KEY,
-                    format!(
-                        "health check {} {}{} -> HTTP {HEALTH_PORT}{HEALTH_PATH}",
-                        g.health_protocol,
-                        g.health_port,
-                        g.health_path.as_deref().unwrap_or("")
-                    ),
-                    Action::SetTargetGroupHealthCheck {
-                        group: TARGET_GROUP_KEY.into(),
-                    },
-                );
-            }
-            let drift: BTreeMap<String, String> = attributes
-                .iter()
-                .filter(|(k, v)| g.attributes.get(*k) != Some(v))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if !drift.is_empty() {
-                c.push(
-                    Sign::Change,
-                    TARGET_GROUP_KEY,
-                    describe_attributes(&drift),
-                    Action::SetTargetGroupAttributes {
-                        group: TARGET_GROUP_KEY.into(),
-                        attributes: drift,
-                    },
-                );
-            }
-        }
+    let Some(g) = kept else {
+        create_target_group(spec, c, attributes);
+        return;
+    };
+    p.known.insert(TARGET_GROUP_KEY.into(), g.arn.clone());
+    elb_retag(
+        c,
+        TARGET_GROUP_KEY,
+        &base_tags(spec, TARGET_GROUP_KEY),
+        &g.tags,
+    );
+    let health_ok = g.health_protocol == "HTTP"
+        && g.health_port == HEALTH_PORT.to_string()
+        && g.health_path.as_deref() == Some(HEALTH_PATH)
+        && g.health_interval == Some(HEALTH_INTERVAL_SECS)
+        && g.healthy_threshold == Some(HEALTHY_THRESHOLD)
+        && g.unhealthy_threshold == Some(UNHEALTHY_THRESHOLD);
+    if !health_ok {
+        c.push(
+            Sign::Change,
+            TARGET_GROUP_KEY,
+            format!(
+                "health check {} {}{} -> HTTP {HEALTH_PORT}{HEALTH_PATH}",
+                g.health_protocol,
+                g.health_port,
+                g.health_path.as_deref().unwrap_or("")
+            ),
+            Action::SetTargetGroupHealthCheck {
+                group: TARGET_GROUP_KEY.into(),
+            },
+        );
     }
+    let drift: BTreeMap<String, String> = attributes
+        .into_iter()
+        .filter(|(k, v)| g.attributes.get(k) != Some(v))
+        .collect();
+    if !drift.is_empty() {
+        c.push(
+            Sign::Change,
+            TARGET_GROUP_KEY,
+            describe_attributes(&drift),
+            Action::SetTargetGroupAttributes {
+                group: TARGET_GROUP_KEY.into(),
+                attributes: drift,
+            },
+        );
+    }
+}
 
-    // ---- balancer ----
-    let lb_name = balancer_name(stack);
-    let subnets: Vec<(String, Option<String>)> = balancer_subnets(spec)
+fn create_target_group(spec: &Spec, c: &mut Creates, attributes: BTreeMap<String, String>) {
+    let name = target_group_name(&spec.stack);
+    c.push(
+        Sign::Create,
+        TARGET_GROUP_KEY,
+        format!("target group {name}: TCP 22, health check HTTP {HEALTH_PORT}{HEALTH_PATH}"),
+        Action::CreateTargetGroup {
+            key: TARGET_GROUP_KEY.into(),
+            name,
+            vpc: "vpc".into(),
+            tags: base_tags(spec, TARGET_GROUP_KEY),
+        },
+    );
+    c.push(
+        Sign::Change,
+        TARGET_GROUP_KEY,
+        describe_attributes(&attributes),
+        Action::SetTargetGroupAttributes {
+            group: TARGET_GROUP_KEY.into(),
+            attributes,
+        },
+    );
+}
+
+/// The balancer's subnets by key, each with its Elastic IP's key (`fixed_addresses`).
+fn balancer_subnet_keys(spec: &Spec) -> Vec<(String, Option<String>)> {
+    balancer_subnets(spec)
         .iter()
         .map(|s| {
             (
@@ -354,71 +383,23 @@ pub(super) fn plan_replicas(
                     .then(|| balancer_eip_key(&s.az)),
             )
         })
-        .collect();
-    let lb_attributes = balancer_attributes();
-    let lb = obs.balancer.as_ref().filter(|b| {
-        let mut want: Vec<(Option<&String>, Option<&String>)> = subnets
-            .iter()
-            .map(|(s, e)| (p.known.get(s), e.as_ref().and_then(|e| p.known.get(e))))
-            .collect();
-        let mut have: Vec<(Option<&String>, Option<&String>)> = b
-            .subnets
-            .iter()
-            .map(|(s, e)| (Some(s), e.as_ref()))
-            .collect();
-        // Which Elastic IP each zone holds is known only when AWS reports the balancer's
-        // addresses (moto reports none): without any, the subnets alone are compared.
-        if b.subnets.iter().all(|(_, e)| e.is_none()) {
-            for w in &mut want {
-                w.1 = None;
-            }
-        }
-        want.sort();
-        have.sort();
-        let sg = p.known.get(BALANCER_SG_KEY);
-        let keep = b.kind == "network"
-            && b.scheme == "internet-facing"
-            && b.state != "failed"
-            && vpc.as_ref() == Some(&b.vpc_id)
-            && want == have
-            && sg.is_some()
-            && b.security_groups.len() == 1
-            && b.security_groups.first() == sg;
-        if !keep {
-            p.doomed.balancer = Some((*b).clone());
-            p.doomed.listeners = obs.listeners.clone();
-        }
-        keep
-    });
-    let replacing = obs.balancer.is_some() && lb.is_none();
+        .collect()
+}
+
+/// The balancer: internet-facing in the stack's VPC, in its subnets with its addresses, in
+/// its security group (replaced otherwise, with its listeners), cross-zone.
+fn plan_balancer(spec: &Spec, obs: &Observed, c: &mut Creates, p: &mut Planner) {
+    let subnets = balancer_subnet_keys(spec);
+    let lb = obs
+        .balancer
+        .as_ref()
+        .filter(|b| balancer_matches(b, &subnets, &p.known));
+    if let (Some(b), None) = (&obs.balancer, lb) {
+        p.doomed.balancer = Some(b.clone());
+        p.doomed.listeners = obs.listeners.clone();
+    }
     match lb {
-        None => {
-            c.push(
-                Sign::Create,
-                BALANCER_KEY,
-                format!(
-                    "{}network load balancer {lb_name}: internet-facing, TCP 22, in {}{}",
-                    if replacing { "replace: " } else { "" },
-                    subnets
-                        .iter()
-                        .map(|(s, _)| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if spec.bastion.fixed_addresses {
-                        ", an Elastic IP in each"
-                    } else {
-                        ""
-                    }
-                ),
-                Action::CreateLoadBalancer {
-                    key: BALANCER_KEY.into(),
-                    name: lb_name.clone(),
-                    subnets: subnets.clone(),
-                    security_group: BALANCER_SG_KEY.into(),
-                    tags: base_tags(spec, BALANCER_KEY),
-                },
-            );
-        }
+        None => create_balancer(spec, c, subnets, obs.balancer.is_some()),
         Some(b) => {
             p.known.insert(BALANCER_KEY.into(), b.arn.clone());
             elb_retag(c, BALANCER_KEY, &base_tags(spec, BALANCER_KEY), &b.tags);
@@ -426,18 +407,87 @@ pub(super) fn plan_replicas(
     }
     // A new balancer, or one whose attributes drifted.
     if lb.is_none_or(|b| !b.cross_zone) {
+        let attributes = balancer_attributes();
         c.push(
             Sign::Change,
             BALANCER_KEY,
-            describe_attributes(&lb_attributes),
+            describe_attributes(&attributes),
             Action::SetLoadBalancerAttributes {
                 balancer: BALANCER_KEY.into(),
-                attributes: lb_attributes,
+                attributes,
             },
         );
     }
+}
 
-    // ---- listener ----
+/// Whether the observed balancer is the one the spec asks for.
+fn balancer_matches(
+    b: &ObsLoadBalancer,
+    subnets: &[(String, Option<String>)],
+    known: &BTreeMap<String, String>,
+) -> bool {
+    let mut want: Vec<(Option<&String>, Option<&String>)> = subnets
+        .iter()
+        .map(|(s, e)| (known.get(s), e.as_ref().and_then(|e| known.get(e))))
+        .collect();
+    let mut have: Vec<(Option<&String>, Option<&String>)> = b
+        .subnets
+        .iter()
+        .map(|(s, e)| (Some(s), e.as_ref()))
+        .collect();
+    // Which Elastic IP each zone holds is known only when AWS reports the balancer's
+    // addresses (moto reports none): without any, the subnets alone are compared.
+    if b.subnets.iter().all(|(_, e)| e.is_none()) {
+        for w in &mut want {
+            w.1 = None;
+        }
+    }
+    want.sort();
+    have.sort();
+    let sg = known.get(BALANCER_SG_KEY);
+    b.kind == "network"
+        && b.scheme == "internet-facing"
+        && b.state != "failed"
+        && known.get("vpc") == Some(&b.vpc_id)
+        && want == have
+        && sg.is_some()
+        && b.security_groups.len() == 1
+        && b.security_groups.first() == sg
+}
+
+fn create_balancer(
+    spec: &Spec,
+    c: &mut Creates,
+    subnets: Vec<(String, Option<String>)>,
+    replacing: bool,
+) {
+    let name = balancer_name(&spec.stack);
+    let keys: Vec<&str> = subnets.iter().map(|(s, _)| s.as_str()).collect();
+    c.push(
+        Sign::Create,
+        BALANCER_KEY,
+        format!(
+            "{}network load balancer {name}: internet-facing, TCP 22, in {}{}",
+            if replacing { "replace: " } else { "" },
+            keys.join(", "),
+            if spec.bastion.fixed_addresses {
+                ", an Elastic IP in each"
+            } else {
+                ""
+            }
+        ),
+        Action::CreateLoadBalancer {
+            key: BALANCER_KEY.into(),
+            name,
+            subnets,
+            security_group: BALANCER_SG_KEY.into(),
+            tags: base_tags(spec, BALANCER_KEY),
+        },
+    );
+}
+
+/// The listener: TCP 22 to the target group, on the kept balancer; any other removed.
+fn plan_listener(spec: &Spec, obs: &Observed, c: &mut Creates, p: &mut Planner) {
     let kept_lb = p.known.contains_key(BALANCER_KEY);
     let kept_tg = p.known.get(TARGET_GROUP_KEY).cloned();
     let mut listener_ok = false;
@@ -467,172 +517,188 @@ pub(super) fn plan_replicas(
             },
         );
     }
+}
 
-    // ---- group ----
-    let size = i32::try_from(spec.bastion.replicas).unwrap_or(i32::MAX);
-    let group_subnets: Vec<String> = spec
-        .public_subnets()
+/// How many replicas the group keeps.
+fn group_size(spec: &Spec) -> i32 {
+    i32::try_from(spec.bastion.replicas).unwrap_or(i32::MAX)
+}
+
+/// The group's subnets by key: every public subnet.
+fn group_subnets(spec: &Spec) -> Vec<String> {
+    spec.public_subnets()
         .map(|s| format!("subnet/{}", s.name))
-        .collect();
-    let name = group_name(stack);
-    let group = obs.group.as_ref().filter(|g| !g.deleting);
-    match group {
-        None => {
-            c.push(
-                Sign::Create,
-                GROUP_KEY,
-                format!(
-                    "auto scaling group {name}: {size} replicas over {}, behind {TARGET_GROUP_KEY}",
-                    group_subnets.join(", ")
-                ),
-                Action::CreateAutoScalingGroup {
-                    key: GROUP_KEY.into(),
-                    name,
-                    template: TEMPLATE_KEY.into(),
-                    subnets: group_subnets,
-                    target_group: TARGET_GROUP_KEY.into(),
-                    size,
-                    tags: base_tags(spec, GROUP_KEY),
-                },
-            );
-        }
-        Some(g) => {
-            p.known.insert(GROUP_KEY.into(), g.name.clone());
-            let tags = base_tags(spec, GROUP_KEY);
-            let drift = tag_drift(&tags, &g.tags);
-            if !drift.is_empty() {
-                let names: Vec<&str> = drift.keys().map(String::as_str).collect();
-                c.push(
-                    Sign::Change,
-                    GROUP_KEY,
-                    format!("tags {}", names.join(", ")),
-                    Action::TagAutoScalingGroup {
-                        group: GROUP_KEY.into(),
-                        tags: drift,
-                    },
-                );
-            }
-            let mut want_subnets: Vec<Option<&String>> =
-                group_subnets.iter().map(|s| p.known.get(s)).collect();
-            want_subnets.sort();
-            let mut have_subnets: Vec<Option<&String>> = g.subnets.iter().map(Some).collect();
-            have_subnets.sort();
-            let version = p.known.get(TEMPLATE_VERSION_KEY);
-            // Replicas launched from an older template are replaced, new ones first (see
-            // [`Action::RollReplicas`]); those already terminating are on their way out.
-            // Told by what EC2 says of each replica (its image, type and the digest of its
-            // user data, which the template tags it with), not by the version the group
-            // reports for it, which moto does not keep.
-            let outdated: Vec<String> = g
-                .members
-                .iter()
-                .filter(|m| !m.lifecycle.starts_with("Terminating"))
-                .filter(|m| {
-                    new_version
-                        || obs.instances.iter().find(|i| i.id == m.id).is_none_or(|i| {
-                            i.ami != launch.ami
-                                || i.instance_type != launch.instance_type
-                                || i.tags.get(TAG_USER_DATA).map(String::as_str) != user_data_hash
-                        })
+        .collect()
+}
+
+fn create_group(spec: &Spec, c: &mut Creates) {
+    let name = group_name(&spec.stack);
+    let size = group_size(spec);
+    let subnets = group_subnets(spec);
+    c.push(
+        Sign::Create,
+        GROUP_KEY,
+        format!(
+            "auto scaling group {name}: {size} replicas over {}, behind {TARGET_GROUP_KEY}",
+            subnets.join(", ")
+        ),
+        Action::CreateAutoScalingGroup {
+            key: GROUP_KEY.into(),
+            name,
+            template: TEMPLATE_KEY.into(),
+            subnets,
+            target_group: TARGET_GROUP_KEY.into(),
+            size,
+            tags: base_tags(spec, GROUP_KEY),
+        },
+    );
+}
+
+/// Replicas launched from an older template, to be replaced, new ones first (see
+/// [`Action::RollReplicas`]); those already terminating are on their way out. Told by what EC2
+/// says of each replica (its image, type and the digest of its user data, which the template
+/// tags it with), not by the version the group reports for it, which moto does not keep.
+fn outdated_replicas(
+    obs: &Observed,
+    g: &ObsAutoScalingGroup,
+    launch: &LaunchSpec,
+    new_version: bool,
+    user_data_hash: Option<&str>,
+) -> Vec<String> {
+    g.members
+        .iter()
+        .filter(|m| !m.lifecycle.starts_with("Terminating"))
+        .filter(|m| {
+            new_version
+                || obs.instances.iter().find(|i| i.id == m.id).is_none_or(|i| {
+                    i.ami != launch.ami
+                        || i.instance_type != launch.instance_type
+                        || i.tags.get(TAG_USER_DATA).map(String::as_str) != user_data_hash
                 })
-                .map(|m| m.id.clone())
-                .collect();
-            let mut reasons = Vec::new();
-            if new_version
-                || g.launch_template_id.as_ref() != p.known.get(TEMPLATE_KEY)
-                || g.launch_template_version.as_ref() != version
-            {
-                reasons.push(format!(
-                    "launch {TEMPLATE_KEY} version {}",
-                    version.map_or("(new)", String::as_str)
-                ));
-            }
-            if want_subnets != have_subnets {
-                reasons.push(format!("subnets {}", group_subnets.join(", ")));
-            }
-            if g.termination_policies != TERMINATION_POLICIES {
-                reasons.push(format!(
-                    "termination policies {}",
-                    TERMINATION_POLICIES.join(", ")
-                ));
-            }
-            // A roll under way holds more (its new replicas before the old go): the roll
-            // below puts the count back.
-            let rolling = !outdated.is_empty() && g.desired > size && g.desired <= 2 * size;
-            if g.min != size || (g.desired != size && !rolling) || g.max != 2 * size {
-                reasons.push(format!(
-                    "size {}/{}/{} -> {size}/{size}/{} (min/desired/max)",
-                    g.min,
-                    g.desired,
-                    g.max,
-                    2 * size
-                ));
-            }
-            if g.health_check_type != "ELB" || g.health_check_grace != Some(HEALTH_CHECK_GRACE_SECS)
-            {
-                reasons.push("health check: the balancer's".into());
-            }
-            if !reasons.is_empty() {
-                c.push(
-                    Sign::Change,
-                    GROUP_KEY,
-                    reasons.join("; "),
-                    Action::UpdateAutoScalingGroup {
-                        group: GROUP_KEY.into(),
-                        template: TEMPLATE_KEY.into(),
-                        subnets: group_subnets,
-                        size,
-                        keep_desired: rolling,
-                    },
-                );
-            }
-            let tg = p.known.get(TARGET_GROUP_KEY);
-            let stale: Vec<String> = g
-                .target_groups
-                .iter()
-                .filter(|a| Some(*a) != tg)
-                .cloned()
-                .collect();
-            if !stale.is_empty() {
-                c.push(
-                    Sign::Change,
-                    GROUP_KEY,
-                    format!("detach {} other target group(s)", stale.len()),
-                    Action::DetachTargetGroups {
-                        group: GROUP_KEY.into(),
-                        arns: stale,
-                    },
-                );
-            }
-            if tg.is_none_or(|a| !g.target_groups.contains(a)) {
-                c.push(
-                    Sign::Change,
-                    GROUP_KEY,
-                    format!("register in {TARGET_GROUP_KEY}"),
-                    Action::AttachTargetGroup {
-                        group: GROUP_KEY.into(),
-                        target_group: TARGET_GROUP_KEY.into(),
-                    },
-                );
-            }
-            if !outdated.is_empty() {
-                c.later.push(Step {
-                    sign: Sign::Change,
-                    resource: GROUP_KEY.into(),
-                    detail: format!(
-                        "replace {} of {} replica(s), new ones first",
-                        outdated.len(),
-                        g.members.len()
-                    ),
-                    action: Action::RollReplicas {
-                        group: GROUP_KEY.into(),
-                        size,
-                        outdated,
-                    },
-                });
-            }
-        }
+        })
+        .map(|m| m.id.clone())
+        .collect()
+}
+
+/// The group's launch, subnets, termination policies, size and health check. `outdated`:
+/// whether replicas are to be rolled.
+fn update_group(
+    spec: &Spec,
+    c: &mut Creates,
+    p: &Planner,
+    g: &ObsAutoScalingGroup,
+    new_version: bool,
+    outdated: bool,
+) {
+    let size = group_size(spec);
+    let subnets = group_subnets(spec);
+    let mut reasons = Vec::new();
+    let version = p.known.get(TEMPLATE_VERSION_KEY);
+    if new_version
+        || g.launch_template_id.as_ref() != p.known.get(TEMPLATE_KEY)
+        || g.launch_template_version.as_ref() != version
+    {
+        reasons.push(format!(
+            "launch {TEMPLATE_KEY} version {}",
+            version.map_or("(new)", String::as_str)
+        ));
     }
+    let mut want_subnets: Vec<Option<&String>> = subnets.iter().map(|s| p.known.get(s)).collect();
+    want_subnets.sort();
+    let mut have_subnets: Vec<Option<&String>> = g.subnets.iter().map(Some).collect();
+    have_subnets.sort();
+    if want_subnets != have_subnets {
+        reasons.push(format!("subnets {}", subnets.join(", ")));
+    }
+    if g.termination_policies != TERMINATION_POLICIES {
+        reasons.push(format!(
+            "termination policies {}",
+            TERMINATION_POLICIES.join(", ")
+        ));
+    }
+    // A roll under way holds more (its new replicas before the old go): the roll puts the
+    // count back.
+    let rolling = outdated && g.desired > size && g.desired <= 2 * size;
+    if g.min != size || (g.desired != size && !rolling) || g.max != 2 * size {
+        reasons.push(format!(
+            "size {}/{}/{} -> {size}/{size}/{} (min/desired/max)",
+            g.min,
+            g.desired,
+            g.max,
+            2 * size
+        ));
+    }
+    if g.health_check_type != "ELB" || g.health_check_grace != Some(HEALTH_CHECK_GRACE_SECS) {
+        reasons.push("health check: the balancer's".into());
+    }
+    if !reasons.is_empty() {
+        c.push(
+            Sign::Change,
+            GROUP_KEY,
+            reasons.join("; "),
+            Action::UpdateAutoScalingGroup {
+                group: GROUP_KEY.into(),
+                template: TEMPLATE_KEY.into(),
+                subnets,
+                size,
+                keep_desired: rolling,
+            },
+        );
+    }
+}
+
+/// The group registers its replicas in the stack's target group, and in no other.
+fn plan_group_target_groups(c: &mut Creates, p: &Planner, g: &ObsAutoScalingGroup) {
+    let tg = p.known.get(TARGET_GROUP_KEY);
+    let stale: Vec<String> = g
+        .target_groups
+        .iter()
+        .filter(|a| Some(*a) != tg)
+        .cloned()
+        .collect();
+    if !stale.is_empty() {
+        c.push(
+            Sign::Change,
+            GROUP_KEY,
+            format!("detach {} other target group(s)", stale.len()),
+            Action::DetachTargetGroups {
+                group: GROUP_KEY.into(),
+                arns: stale,
+            },
+        );
+    }
+    if tg.is_none_or(|a| !g.target_groups.contains(a)) {
+        c.push(
+            Sign::Change,
+            GROUP_KEY,
+            format!("register in {TARGET_GROUP_KEY}"),
+            Action::AttachTargetGroup {
+                group: GROUP_KEY.into(),
+                target_group: TARGET_GROUP_KEY.into(),
+            },
+        );
+    }
+}
+
+/// Replace the outdated replicas, after every creation.
+fn roll_replicas(spec: &Spec, c: &mut Creates, g: &ObsAutoScalingGroup, outdated: Vec<String>) {
+    if outdated.is_empty() {
+        return;
+    }
+    c.later.push(Step {
+        sign: Sign::Change,
+        resource: GROUP_KEY.into(),
+        detail: format!(
+            "replace {} of {} replica(s), new ones first",
+            outdated.len(),
+            g.members.len()
+        ),
+        action: Action::RollReplicas {
+            group: GROUP_KEY.into(),
+            size: group_size(spec),
+            outdated,
+        },
+    });
 }
 
 /// Attribute changes in words.
@@ -646,17 +712,8 @@ fn describe_attributes(attributes: &BTreeMap<String, String>) -> String {
 
 /// Put back drifted tags of an ELB resource.
 fn elb_retag(c: &mut Creates, key: &str, desired: &Tags, observed: &Tags) {
-    let drift = tag_drift(desired, observed);
-    if !drift.is_empty() {
-        let names: Vec<&str> = drift.keys().map(String::as_str).collect();
-        c.push(
-            Sign::Change,
-            key,
-            format!("tags {}", names.join(", ")),
-            Action::TagElb {
-                resource: key.into(),
-                tags: drift,
-            },
-        );
-    }
+    c.retag_with(key, desired, observed, |tags| Action::TagElb {
+        resource: key.into(),
+        tags,
+    });
 }

@@ -3,6 +3,8 @@
 //! invariant are checked as pure functions.
 
 use super::*;
+use crate::digest::sha256_hex;
+use crate::names::*;
 use crate::spec::parse;
 
 const SPEC: &str = r#"
@@ -67,9 +69,13 @@ struct Fake {
 }
 
 impl Fake {
+    /// An empty account (STS always names one; the alarm topic's ARN needs it).
     fn new() -> Fake {
         Fake {
-            obs: Observed::default(),
+            obs: Observed {
+                account: "123456789012".into(),
+                ..Observed::default()
+            },
             next: 0,
         }
     }
@@ -677,6 +683,94 @@ impl Fake {
             Action::DeleteAuditLogGroup { name } => {
                 assert_eq!(self.obs.log_group.as_ref().map(|g| &g.name), Some(name));
                 self.obs.log_group = None;
+                self.obs.metric_filters.clear();
+            }
+            Action::PutMetricFilter { filter } => {
+                let g = self
+                    .obs
+                    .log_group
+                    .as_ref()
+                    .expect("a filter needs its log group");
+                assert_eq!(g.name, filter.log_group);
+                self.obs.metric_filters.retain(|f| f.name != filter.name);
+                self.obs.metric_filters.push(filter.clone());
+            }
+            Action::DeleteMetricFilter { log_group, name } => {
+                assert!(self
+                    .obs
+                    .metric_filters
+                    .iter()
+                    .any(|f| &f.name == name && &f.log_group == log_group));
+                self.obs.metric_filters.retain(|f| &f.name != name);
+            }
+            Action::CreateAlertTopic { name, tags } => {
+                assert!(self.obs.topic.is_none(), "topic created twice");
+                self.obs.topic = Some(ObsTopic {
+                    arn: format!("arn:aws:sns:{}:{}:{name}", spec.region, self.obs.account),
+                    tags: tags.clone(),
+                    subscriptions: Vec::new(),
+                });
+            }
+            Action::TagAlertTopic { arn, tags } => {
+                let t = self.obs.topic.as_mut().expect("topic");
+                assert_eq!(&t.arn, arn);
+                t.tags.extend(tags.clone());
+            }
+            Action::SubscribeEmail { topic_arn, email } => {
+                let t = self
+                    .obs
+                    .topic
+                    .as_mut()
+                    .expect("a subscription needs its topic");
+                assert_eq!(&t.arn, topic_arn);
+                t.subscriptions.push(ObsSubscription {
+                    arn: "PendingConfirmation".into(),
+                    protocol: "email".into(),
+                    endpoint: email.clone(),
+                });
+            }
+            Action::DeleteAlertTopic { arn } => {
+                assert_eq!(self.obs.topic.as_ref().map(|t| &t.arn), Some(arn));
+                self.obs.topic = None;
+            }
+            Action::PutAlarm { alarm, tags } => {
+                let mut alarm = alarm.clone();
+                for (_, value) in &mut alarm.dimensions {
+                    if let DimensionValue::ElbOf(key) = value {
+                        *value = DimensionValue::Value(elb_dimension(&get(ids, key)));
+                    }
+                }
+                let arn = format!(
+                    "arn:aws:cloudwatch:{}:{}:alarm:{}",
+                    spec.region, self.obs.account, alarm.name
+                );
+                // PutMetricAlarm tags a new alarm only.
+                let tags = match self.obs.alarms.iter().find(|a| a.alarm.name == alarm.name) {
+                    Some(a) => a.tags.clone(),
+                    None => tags.clone(),
+                };
+                self.obs.alarms.retain(|a| a.alarm.name != alarm.name);
+                self.obs.alarms.push(ObsAlarm {
+                    alarm,
+                    arn,
+                    actions_ok: true,
+                    tags,
+                });
+            }
+            Action::TagAlarm { arn, tags } => {
+                let a = self
+                    .obs
+                    .alarms
+                    .iter_mut()
+                    .find(|a| &a.arn == arn)
+                    .expect("alarm");
+                a.tags.extend(tags.clone());
+            }
+            Action::DeleteAlarms { names } => {
+                for name in names {
+                    assert!(self.obs.alarms.iter().any(|a| &a.alarm.name == name));
+                }
+                self.obs.alarms.retain(|a| !names.contains(&a.alarm.name));
             }
             Action::SetTags { resource, tags } => {
                 let id = get(ids, resource);
@@ -738,7 +832,7 @@ impl Fake {
                 let t = self.template(spec, ids, id.clone(), name, launch, tags, 1);
                 self.obs.launch_templates.push(t);
                 ids.insert(key.clone(), id);
-                ids.insert(replicas::TEMPLATE_VERSION_KEY.into(), "1".into());
+                ids.insert(TEMPLATE_VERSION_KEY.into(), "1".into());
             }
             Action::CreateLaunchTemplateVersion {
                 template, launch, ..
@@ -759,7 +853,7 @@ impl Fake {
                     .iter_mut()
                     .find(|x| x.id == id)
                     .expect("template") = t;
-                ids.insert(replicas::TEMPLATE_VERSION_KEY.into(), version.to_string());
+                ids.insert(TEMPLATE_VERSION_KEY.into(), version.to_string());
             }
             Action::CreateTargetGroup {
                 key,
@@ -896,7 +990,7 @@ impl Fake {
                     desired: *size,
                     subnets: subnets.iter().map(|s| get(ids, s)).collect(),
                     launch_template_id: Some(get(ids, template)),
-                    launch_template_version: Some(get(ids, replicas::TEMPLATE_VERSION_KEY)),
+                    launch_template_version: Some(get(ids, TEMPLATE_VERSION_KEY)),
                     target_groups: vec![get(ids, target_group)],
                     health_check_type: "ELB".into(),
                     health_check_grace: Some(replicas::HEALTH_CHECK_GRACE_SECS),
@@ -921,7 +1015,7 @@ impl Fake {
             } => {
                 let name = get(ids, group);
                 let subnet_ids: Vec<String> = subnets.iter().map(|s| get(ids, s)).collect();
-                let (lt, version) = (get(ids, template), get(ids, replicas::TEMPLATE_VERSION_KEY));
+                let (lt, version) = (get(ids, template), get(ids, TEMPLATE_VERSION_KEY));
                 let g = self.obs.group.as_mut().expect("group");
                 assert_eq!(g.name, name);
                 g.launch_template_id = Some(lt);
@@ -1018,7 +1112,7 @@ impl Fake {
         ObsLaunchTemplate {
             id,
             name: name.to_owned(),
-            key: replicas::TEMPLATE_KEY.into(),
+            key: TEMPLATE_KEY.into(),
             tags: tags.clone(),
             latest_version: version,
             default_version: version,
@@ -1048,13 +1142,13 @@ impl Fake {
             lifecycle: "InService".into(),
         });
         let subnet = g.subnets.first().cloned().unwrap_or_default();
-        let mut tags = base_tags(spec, replicas::REPLICA_KEY);
+        let mut tags = base_tags(spec, REPLICA_KEY);
         if let Some(sha) = &t.user_data_sha256 {
             tags.insert(TAG_USER_DATA.into(), sha.clone());
         }
         self.obs.instances.push(ObsInstance {
             id,
-            key: replicas::REPLICA_KEY.into(),
+            key: REPLICA_KEY.into(),
             state: "running".into(),
             ami: t.ami.clone(),
             instance_type: t.instance_type.clone(),
@@ -1108,7 +1202,7 @@ fn from_empty_every_nat_mode_converges_in_one_round() {
 
 #[test]
 fn creation_order_respects_dependencies() {
-    let plan = plan_apply(&spec("single"), &Observed::default()).expect("plan");
+    let plan = plan_apply(&spec("single"), &Fake::new().obs).expect("plan");
     let vpc = position(&plan, |a| matches!(a, Action::CreateVpc { .. }));
     let subnet = position(&plan, |a| matches!(a, Action::CreateSubnet { .. }));
     let nat = position(&plan, |a| matches!(a, Action::CreateNatGateway { .. }));
@@ -1124,11 +1218,25 @@ fn creation_order_respects_dependencies() {
     );
     let assoc = position(&plan, |a| matches!(a, Action::AssociateAddress { .. }));
     assert!(vpc < subnet && subnet < nat && eip < nat && nat < route && route < bastion);
-    assert!(profile < bastion && bastion < assoc && assoc == plan.steps.len() - 1);
+    assert!(profile < bastion && bastion < assoc);
+    // The alarm family last: its filters on the log group made before, its alarms after the
+    // topic they send to; nothing of it before the bastion's address.
+    let log_group = position(&plan, |a| matches!(a, Action::CreateAuditLogGroup { .. }));
+    let filter = position(&plan, |a| matches!(a, Action::PutMetricFilter { .. }));
+    let topic = position(&plan, |a| matches!(a, Action::CreateAlertTopic { .. }));
+    let alarm = position(&plan, |a| matches!(a, Action::PutAlarm { .. }));
+    assert!(log_group < filter && assoc < filter && filter < topic && topic < alarm);
+    let alarms = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.action, Action::PutAlarm { .. }))
+        .count();
+    assert_eq!(alarms, 4, "one bastion: no healthy-replicas alarm");
     let text = plan.render();
     assert!(text.starts_with("+ vpc"), "{text}");
+    // 19 before the alarms, then 6 filters, the topic and 4 alarms.
     assert!(
-        text.ends_with("stack lab: 19 to create, 14 to change, 0 to delete\n"),
+        text.ends_with("stack lab: 30 to create, 14 to change, 0 to delete\n"),
         "{text}"
     );
 }
@@ -2413,7 +2521,7 @@ fn replicas_from_empty_converge_behind_a_balancer_that_alone_admits_allowed_cidr
     let replica = o
         .instances
         .iter()
-        .find(|i| i.key == replicas::REPLICA_KEY)
+        .find(|i| i.key == REPLICA_KEY)
         .expect("replica");
     assert_eq!(
         replica.tags.get(TAG_USER_DATA),
@@ -2442,16 +2550,19 @@ fn one_to_n_to_one_converges_and_destroy_removes_the_balancer_after_the_group() 
         fake.obs
             .instances
             .iter()
-            .filter(|i| i.key == replicas::REPLICA_KEY)
+            .filter(|i| i.key == REPLICA_KEY)
             .count(),
         3
     );
-    // 3 -> 2: the group shrinks, nothing else.
+    // 3 -> 2: the group shrinks and the alarm on its healthy replicas follows, nothing else.
     let two = replicas_spec(2, "https://example.org/gatehouse");
     let plan = plan_apply(&two, &fake.obs).expect("plan");
-    assert_eq!(plan.steps.len(), 1, "{}", plan.render());
+    assert_eq!(plan.steps.len(), 2, "{}", plan.render());
     assert!(
-        plan.render().contains("size 3/3/6 -> 2/2/4"),
+        plan.render().contains("size 3/3/6 -> 2/2/4")
+            && plan.render().contains(
+                "~ alarm gatehouse-lab-healthy-replicas put back: threshold, description"
+            ),
         "{}",
         plan.render()
     );
@@ -2687,4 +2798,227 @@ fn fixed_addresses_give_the_balancer_an_elastic_ip_per_zone() {
             "{step:?}"
         );
     }
+}
+
+/// Metric filters by name (AWS lists them in its own order).
+fn sorted(mut filters: Vec<MetricFilter>) -> Vec<MetricFilter> {
+    filters.sort_by(|a, b| a.name.cmp(&b.name));
+    filters
+}
+
+/// The spec with `[alerts]`: two addresses and a lower failed-logins threshold.
+fn alerts_spec() -> Spec {
+    parse(
+        "t.toml",
+        &(SPEC.replace("NAT", "single")
+            + "\n[alerts]\nemails = [\"ops@example.org\", \"oncall@example.org\"]\n\
+               failed_logins = 20\n"),
+        None,
+    )
+    .expect("valid spec with alerts")
+}
+
+#[test]
+fn alarms_filters_and_the_topic_converge_and_their_drift_is_repaired() {
+    let spec = alerts_spec();
+    let mut fake = Fake::new();
+    assert_eq!(fake.converge(&spec), 1);
+    let topic_arn = "arn:aws:sns:eu-central-1:123456789012:gatehouse-lab-alerts";
+    // The filters: exactly the stack's, on its audit log group, in its namespace.
+    assert_eq!(
+        sorted(fake.obs.metric_filters.clone()),
+        sorted(alarms::desired_filters("lab"))
+    );
+    assert!(fake
+        .obs
+        .metric_filters
+        .iter()
+        .all(|f| f.log_group == "/gatehouse/lab/audit" && f.namespace == "gatehouse/lab"));
+    // The alarms: one per kind but the replicas', each sending to the topic, tagged.
+    let mut names: Vec<&str> = fake
+        .obs
+        .alarms
+        .iter()
+        .map(|a| a.alarm.name.as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "gatehouse-lab-directory-stale",
+            "gatehouse-lab-failed-logins",
+            "gatehouse-lab-key-push-failures",
+            "gatehouse-lab-refusals",
+        ]
+    );
+    for a in &fake.obs.alarms {
+        assert_eq!(a.alarm.topic_arn, topic_arn);
+        assert_eq!(a.tags.get(TAG_STACK).map(String::as_str), Some("lab"));
+        assert!(a.alarm.dimensions.is_empty(), "{a:?}");
+    }
+    let failed = |obs: &Observed| {
+        obs.alarms
+            .iter()
+            .find(|a| a.alarm.name == "gatehouse-lab-failed-logins")
+            .cloned()
+            .expect("the failed-logins alarm")
+    };
+    assert_eq!(failed(&fake.obs).alarm.threshold, 20.0);
+    let topic = fake.obs.topic.clone().expect("the topic");
+    assert_eq!(topic.arn, topic_arn);
+    assert_eq!(topic.tags, base_tags(&spec, alarms::TOPIC_KEY));
+    let emails: Vec<&str> = topic
+        .subscriptions
+        .iter()
+        .map(|s| s.endpoint.as_str())
+        .collect();
+    assert_eq!(emails, ["ops@example.org", "oncall@example.org"]);
+
+    // Drift: a filter's pattern, an alarm's threshold and actions, an alarm gone, the topic's
+    // tag, a subscription gone, a stranger's address and a chat integration added.
+    let f = fake
+        .obs
+        .metric_filters
+        .iter_mut()
+        .find(|f| f.name == "gatehouse-lab-refusals");
+    f.expect("refusals filter").pattern = r#"{ $.event = "nothing" }"#.into();
+    let a = fake
+        .obs
+        .alarms
+        .iter_mut()
+        .find(|a| a.alarm.name == "gatehouse-lab-failed-logins")
+        .expect("alarm");
+    a.alarm.threshold = 100_000.0;
+    a.actions_ok = false;
+    fake.obs
+        .alarms
+        .retain(|a| a.alarm.name != "gatehouse-lab-directory-stale");
+    let t = fake.obs.topic.as_mut().expect("topic");
+    t.tags.insert(TAG_STACK.into(), "lab".into());
+    t.tags.remove("Name");
+    t.subscriptions
+        .retain(|s| s.endpoint != "oncall@example.org");
+    t.subscriptions.push(ObsSubscription {
+        arn: format!("{topic_arn}:0a1b"),
+        protocol: "email".into(),
+        endpoint: "stranger@example.net".into(),
+    });
+    t.subscriptions.push(ObsSubscription {
+        arn: format!("{topic_arn}:2c3d"),
+        protocol: "https".into(),
+        endpoint: "https://chat.example.org/hook".into(),
+    });
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    let text = plan.render();
+    for line in [
+        "~ metric filter gatehouse-lab-refusals put back: { $.event = \"connection.refused\" } counts 1\n",
+        "~ alarm gatehouse-lab-failed-logins put back: threshold, actions\n",
+        "+ alarm gatehouse-lab-directory-stale DirectoryStale Sum >= 1 per 300 s, 1 period(s)\n",
+        "~ sns topic gatehouse-lab-alerts tags Name\n",
+        "+ sns topic gatehouse-lab-alerts/oncall@example.org email subscription (AWS mails a link to confirm)\n",
+        "= subscription email stranger@example.net not in [alerts] emails; left alone (`aws sns unsubscribe --subscription-arn arn:aws:sns:eu-central-1:123456789012:gatehouse-lab-alerts:0a1b` removes it)\n",
+        "stack lab: 2 to create, 3 to change, 0 to delete\n",
+    ] {
+        assert!(text.contains(line), "{line}\nnot in\n{text}");
+    }
+    assert!(!text.contains("chat.example.org"), "{text}");
+    assert_eq!(fake.converge(&spec), 1);
+    assert_eq!(failed(&fake.obs).alarm.threshold, 20.0);
+    assert!(failed(&fake.obs).actions_ok);
+    assert_eq!(
+        sorted(fake.obs.metric_filters.clone()),
+        sorted(alarms::desired_filters("lab"))
+    );
+    // Converged: no step, and what is left alone still said.
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    assert!(plan.steps.is_empty(), "{}", plan.render());
+    assert!(plan.render().contains("stranger@example.net"));
+
+    // destroy: the alarms first, the filters (the log group stays) and the topic go.
+    let plan = plan_destroy("lab", &fake.obs, AuditLog::Keep);
+    let first = plan.steps.first().map(|s| s.action.clone());
+    assert!(matches!(first, Some(Action::DeleteAlarms { names }) if names.len() == 4));
+    fake.apply(&spec, &plan);
+    assert!(fake.obs.alarms.is_empty() && fake.obs.metric_filters.is_empty());
+    assert!(fake.obs.topic.is_none() && fake.obs.log_group.is_some());
+}
+
+#[test]
+fn the_replicas_alarm_names_the_balancer_and_goes_with_the_replicas() {
+    let mut fake = Fake::new();
+    let three = replicas_spec(3, "https://example.org/gatehouse");
+    assert_eq!(fake.converge(&three), 1);
+    let healthy = |obs: &Observed| {
+        obs.alarms
+            .iter()
+            .find(|a| a.alarm.name == "gatehouse-lab-healthy-replicas")
+            .cloned()
+    };
+    let a = healthy(&fake.obs).expect("the healthy-replicas alarm");
+    let balancer = fake.obs.balancer.clone().expect("balancer");
+    let group = fake.obs.target_group.clone().expect("target group");
+    assert!(
+        balancer.arn.contains(":loadbalancer/net/gh-lab/"),
+        "{}",
+        balancer.arn
+    );
+    assert_eq!(
+        a.alarm.dimensions,
+        [
+            (
+                "LoadBalancer".to_owned(),
+                DimensionValue::Value(format!(
+                    "net/gh-lab/{}",
+                    balancer.arn.rsplit('/').next().unwrap_or_default()
+                ))
+            ),
+            (
+                "TargetGroup".to_owned(),
+                DimensionValue::Value(format!(
+                    "targetgroup/gh-lab/{}",
+                    group.arn.rsplit('/').next().unwrap_or_default()
+                ))
+            ),
+        ]
+    );
+    assert_eq!(
+        (
+            a.alarm.metric.as_str(),
+            a.alarm.threshold,
+            a.alarm.comparison.as_str()
+        ),
+        ("HealthyHostCount", 3.0, "LessThanThreshold")
+    );
+    // Back to one bastion: the alarm goes with the balancer, before it.
+    let one = spec("single");
+    let plan = plan_apply(&one, &fake.obs).expect("plan");
+    let alarm = position(&plan, |a| matches!(a, Action::DeleteAlarms { .. }));
+    let lb = position(&plan, |a| matches!(a, Action::DeleteLoadBalancer { .. }));
+    assert!(alarm < lb, "{}", plan.render());
+    assert_eq!(fake.converge(&one), 1);
+    assert!(healthy(&fake.obs).is_none());
+    assert_eq!(fake.obs.alarms.len(), 4);
+}
+
+#[test]
+fn a_topic_or_alarm_of_the_stacks_name_not_ours_is_refused_and_never_destroyed() {
+    let spec = spec("single");
+    let mut obs = Fake::new().obs;
+    obs.topic = Some(ObsTopic {
+        arn: "arn:aws:sns:eu-central-1:123456789012:gatehouse-lab-alerts".into(),
+        tags: Tags::new(),
+        subscriptions: Vec::new(),
+    });
+    let err = plan_apply(&spec, &obs).expect_err("a topic not ours");
+    assert!(err.to_string().contains("SNS topic"), "{err}");
+    assert!(plan_destroy("lab", &obs, AuditLog::Delete).is_empty());
+    obs.topic = None;
+    let mut fake = Fake::new();
+    fake.converge(&spec);
+    let mut alarm = fake.obs.alarms[0].clone();
+    alarm.tags = Tags::from([(TAG_STACK.to_owned(), "other".to_owned())]);
+    obs.alarms = vec![alarm];
+    let err = plan_apply(&spec, &obs).expect_err("an alarm not ours");
+    assert!(err.to_string().contains("CloudWatch alarm"), "{err}");
+    assert!(plan_destroy("lab", &obs, AuditLog::Delete).is_empty());
 }

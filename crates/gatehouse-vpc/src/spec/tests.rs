@@ -80,14 +80,14 @@ fn minimal_spec_is_valid() {
 #[test]
 fn example_config_is_valid() {
     let text = include_str!("../../../../config/vpc.toml");
-    // Its binary is a release build that may not exist here: read as destroy reads it.
+    // Its binary is a dist build that may not exist here: read as destroy reads it.
     let spec = crate::spec::parse_with("config/vpc.toml", text, None, ReadBinary::No)
         .expect("config/vpc.toml must stay valid");
     assert_eq!(spec.stack, "research");
     assert_eq!(spec.subnets.len(), 4);
     assert!(
         matches!(&spec.bastion.binary, crate::spec::Binary::Stored { path, .. }
-            if path == std::path::Path::new("config/../target/release/gatehouse")),
+            if path == std::path::Path::new("config/../target/dist/gatehouse")),
         "{:?}",
         spec.bastion.binary
     );
@@ -669,5 +669,33 @@ fn replicas_are_one_by_default_and_more_need_public_subnets_in_two_zones() {
             &format!("{two_zones}\n[bastion.daemon.{table}]\n{key} = {value}\n"),
             &format!("bastion.daemon: {table}.{key} is written by gatehouse-vpc; remove it"),
         );
+    }
+}
+
+#[test]
+fn alerts_take_email_addresses_once_and_thresholds_of_at_least_one() {
+    let spec = parse("t.toml", MINIMAL, None).expect("valid");
+    assert_eq!(spec.alerts.emails, Vec::<String>::new());
+    assert_eq!(spec.alerts.failed_logins, DEFAULT_FAILED_LOGINS_ALARM);
+    assert_eq!(spec.alerts.refusals, DEFAULT_REFUSALS_ALARM);
+    let text = format!(
+        "{MINIMAL}\n[alerts]\nemails = [\"ops@example.org\"]\nfailed_logins = 5\nrefusals = 50\n"
+    );
+    let spec = parse("t.toml", &text, None).expect("valid");
+    assert_eq!(spec.alerts.emails, ["ops@example.org"]);
+    assert_eq!((spec.alerts.failed_logins, spec.alerts.refusals), (5, 50));
+    for (alerts, needle) in [
+        ("emails = [\"ops\"]", "\"ops\" is not an email address"),
+        ("emails = [\"a b@example.org\"]", "is not an email address"),
+        ("emails = [\"ops@localhost\"]", "is not an email address"),
+        (
+            "emails = [\"ops@example.org\", \"ops@example.org\"]",
+            "\"ops@example.org\" listed twice",
+        ),
+        ("failed_logins = 0", "failed_logins = 0 must be at least 1"),
+        ("refusals = -3", "refusals = -3 must be at least 1"),
+        ("pager = \"x\"", "unknown field `pager`"),
+    ] {
+        assert_rejected(&format!("{MINIMAL}\n[alerts]\n{alerts}\n"), needle);
     }
 }
