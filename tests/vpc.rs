@@ -48,6 +48,7 @@
 //!   and its email subscriptions; drift in each repaired, a stranger's address left and named;
 //!   destroy removes the family and keeps the log group
 //! - a_topic_of_the_stacks_name_not_ours_is_refused_and_never_touched
+//! - a_binary_with_debug_info_is_planned_with_a_warning_and_a_dist_build_without
 
 #[path = "harness/moto.rs"]
 mod moto;
@@ -390,8 +391,9 @@ fn apply_from_empty_converges_and_is_idempotent() {
     assert!(plan.contains("+ vpc"), "{plan}");
     assert!(plan.contains("+ instance/bastion"), "{plan}");
     let out = rig.ok(&spec, &["apply"]);
-    // One round: 34 steps from empty (nat = single), nothing left for a second round.
-    assert_eq!(out, "stack lab: applied 34 step(s); now up to date\n");
+    // One round: 45 steps from empty (nat = single; 11 of them the alarms), nothing left for a
+    // second round.
+    assert_eq!(out, "stack lab: applied 45 step(s); now up to date\n");
 
     rig.assert_no_changes(&spec, "lab");
     let again = rig.ok(&spec, &["apply"]);
@@ -721,12 +723,12 @@ fn interrupted_apply_converges() {
     let rig = Rig::new();
     let spec = rig.write_spec("lab.toml", &spec_text("lab", 50, "per_az"));
     let (rt, ec2) = rig.ec2();
-    // The plan from empty has 38 steps (see `plan`). Kill at several points: after the VPC,
+    // The plan from empty has 49 steps (see `plan`). Kill at several points: after the VPC,
     // mid-network, right after the audit log group, mid-IAM, after the bastion launched,
-    // between the instances and the EIP.
+    // between the instances and the EIP, mid-filters, after the alarm topic, mid-alarms.
     let steps = rig.ok(&spec, &["plan"]);
     assert!(
-        steps.contains("22 to create, 16 to change, 0 to delete"),
+        steps.contains("33 to create, 16 to change, 0 to delete"),
         "{steps}"
     );
     let group_step = steps
@@ -736,7 +738,7 @@ fn interrupted_apply_converges() {
         + 1;
     assert_eq!(group_step, 31, "{steps}");
     let logs = rig.logs();
-    for kill_after in [1, 9, 23, 31, 33, 36, 37] {
+    for kill_after in [1, 9, 23, 31, 33, 36, 37, 41, 45, 47] {
         let out = rig
             .command(&spec, &["apply"])
             .env(
@@ -1931,9 +1933,9 @@ fn iam_events_from_empty_carry_the_daemons_events_to_the_queue_the_bastion_reads
         )),
         "{plan}"
     );
-    // The 34 steps of the stack, and the queue, the rule and its target.
+    // The 45 steps of the stack, and the queue, the rule and its target.
     let out = rig.ok(&spec, &["apply"]);
-    assert_eq!(out, "stack lab: applied 37 step(s); now up to date\n");
+    assert_eq!(out, "stack lab: applied 48 step(s); now up to date\n");
     rig.assert_no_changes(&spec, "lab");
     assert_eq!(rig.ok(&spec, &["apply"]), "stack lab: no changes\n");
 
@@ -3682,4 +3684,41 @@ fn a_topic_of_the_stacks_name_not_ours_is_refused_and_never_touched() {
     );
     let family = rt.block_on(alarm_family(&rig));
     assert!(family.topic_tags.is_some(), "left alone");
+}
+
+#[test]
+fn a_binary_with_debug_info_is_planned_with_a_warning_and_a_dist_build_without() {
+    let rig = Rig::new();
+    let debug = rig.dir.path().join("gatehouse-release");
+    let mut bytes = b"\x7fELF".to_vec();
+    bytes.resize(100_000, 1);
+    bytes.extend_from_slice(b".debug_info\0.debug_line\0");
+    std::fs::write(&debug, &bytes).expect("write");
+    let spec = rig.write_spec(
+        "lab.toml",
+        &spec_with_binary("lab", 50, &debug.display().to_string()),
+    );
+    let out = rig.run(&spec, &["plan"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        err.contains(&format!(
+            "warning: gatehouse_binary {} has debug info (0 MB), and every bastion fetches it \
+             at boot: build it with `cargo build --profile dist --locked -p gatehouse`",
+            debug.display()
+        )),
+        "{err}"
+    );
+    let dist = rig.dir.path().join("gatehouse-dist");
+    std::fs::write(&dist, &bytes[..100_000]).expect("write");
+    let spec = rig.write_spec(
+        "lab.toml",
+        &spec_with_binary("lab", 50, &dist.display().to_string()),
+    );
+    let out = rig.run(&spec, &["plan"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{out:?}"
+    );
 }

@@ -105,6 +105,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_SPEC);
         }
     };
+    for warning in &spec.warnings {
+        eprintln!("warning: {warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

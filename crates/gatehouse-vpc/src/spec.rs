@@ -236,6 +236,9 @@ pub struct Spec {
     pub private_ports: Vec<u16>,
     pub hosts: Vec<Host>,
     pub alerts: Alerts,
+    /// What the spec allows but its author probably did not mean (a binary with debug info);
+    /// `plan` and `apply` print them.
+    pub warnings: Vec<String>,
 }
 
 /// `[alerts]`, validated.
@@ -338,7 +341,14 @@ impl Spec {
 pub struct FileDigest {
     pub sha256: [u8; 32],
     pub size: u64,
+    /// It has DWARF debug info (a `.debug_info` section): the release profile's line tables,
+    /// most of a 400 MB file that every bastion fetches at boot.
+    pub debug_info: bool,
 }
+
+/// The name of the section that marks a binary built with debug info, as the section name
+/// table holds it.
+const DEBUG_INFO_SECTION: &[u8] = b".debug_info\0";
 
 impl FileDigest {
     /// The SHA-256 in hex, as the spec, the object key and the user data name it.
@@ -356,6 +366,9 @@ pub fn file_digest(path: &std::path::Path) -> Result<FileDigest, String> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut size = 0u64;
     let mut head: Vec<u8> = Vec::with_capacity(4);
+    // The name may straddle two reads: the end of the last one is searched with the next.
+    let mut window: Vec<u8> = Vec::with_capacity(buf.len() + DEBUG_INFO_SECTION.len());
+    let mut debug_info = false;
     loop {
         let n = file.read(&mut buf).map_err(|e| e.to_string())?;
         if n == 0 {
@@ -364,18 +377,28 @@ pub fn file_digest(path: &std::path::Path) -> Result<FileDigest, String> {
         if head.len() < 4 {
             head.extend(buf[..n].iter().take(4 - head.len()));
         }
+        if !debug_info {
+            window.extend_from_slice(&buf[..n]);
+            debug_info = window
+                .windows(DEBUG_INFO_SECTION.len())
+                .any(|w| w == DEBUG_INFO_SECTION);
+            let keep = DEBUG_INFO_SECTION.len() - 1;
+            let cut = window.len().saturating_sub(keep);
+            window.drain(..cut);
+        }
         hasher.update(&buf[..n]);
         size += n as u64;
     }
     if head != b"\x7fELF" {
         return Err(
-            "not an ELF executable (build it with `cargo build --release --locked -p gatehouse`)"
+            "not an ELF executable (build it with `cargo build --profile dist --locked -p gatehouse`)"
                 .into(),
         );
     }
     Ok(FileDigest {
         sha256: hasher.finalize().into(),
         size,
+        debug_info,
     })
 }
 
@@ -420,6 +443,7 @@ pub fn parse_with(
     let mut v = Validator {
         text,
         issues: Vec::new(),
+        warnings: Vec::new(),
         binary,
     };
     let raw: RawSpec = match toml::from_str(text) {
@@ -440,6 +464,8 @@ pub fn parse_with(
 struct Validator<'a> {
     text: &'a str,
     issues: Vec<SpecIssue>,
+    /// What is allowed but probably not meant (see [`Spec::warnings`]).
+    warnings: Vec<String>,
     binary: ReadBinary,
 }
 
@@ -933,6 +959,7 @@ impl Validator<'_> {
             private_ports,
             hosts,
             alerts,
+            warnings: std::mem::take(&mut self.warnings),
         };
         if self.issues.is_empty() {
             // Checked here, before any AWS call, with the longest VPC id AWS hands out.
@@ -1075,11 +1102,23 @@ impl Validator<'_> {
                     });
                 }
                 match file_digest(&full) {
-                    Ok(digest) => Some(Binary::Stored {
-                        path: full,
-                        sha256: digest.hex(),
-                        size: digest.size,
-                    }),
+                    Ok(digest) => {
+                        if digest.debug_info {
+                            self.warnings.push(format!(
+                                "gatehouse_binary {} has debug info ({} MB), and every bastion \
+                                 fetches it at boot: build it with `cargo build --profile dist \
+                                 --locked -p gatehouse` and name target/dist/gatehouse (no debug \
+                                 info, symbols kept, about 27 MB)",
+                                full.display(),
+                                digest.size / 1_000_000
+                            ));
+                        }
+                        Some(Binary::Stored {
+                            path: full,
+                            sha256: digest.hex(),
+                            size: digest.size,
+                        })
+                    }
                     Err(e) => {
                         self.at(path, format!("gatehouse_binary {}: {e}", full.display()));
                         None

@@ -699,3 +699,41 @@ fn alerts_take_email_addresses_once_and_thresholds_of_at_least_one() {
         assert_rejected(&format!("{MINIMAL}\n[alerts]\n{alerts}\n"), needle);
     }
 }
+
+#[test]
+fn a_binary_with_debug_info_is_taken_with_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = |name: &str| {
+        with(
+            "gatehouse_download_url = \"https://example.org/gatehouse\"",
+            &format!("gatehouse_binary = \"{name}\""),
+        )
+    };
+    let origin = dir.path().join("t.toml");
+    let origin = origin.to_str().expect("utf-8");
+    // The section name across the boundary of two reads (64 KiB), as in a real file where
+    // it sits anywhere.
+    let mut debug = b"\x7fELF".to_vec();
+    debug.resize(64 * 1024 - 5, 0);
+    debug.extend_from_slice(b".debug_info\0.debug_line\0");
+    std::fs::write(dir.path().join("debug"), &debug).expect("write");
+    let spec = parse_with(origin, &text("debug"), None, ReadBinary::Yes).expect("valid");
+    assert_eq!(spec.warnings.len(), 1, "{:?}", spec.warnings);
+    assert!(
+        spec.warnings[0].contains("has debug info"),
+        "{:?}",
+        spec.warnings
+    );
+    assert!(
+        spec.warnings[0].contains("--profile dist"),
+        "{:?}",
+        spec.warnings
+    );
+    // Stripped of it (symbols kept): no warning.
+    let mut dist = b"\x7fELF".to_vec();
+    dist.resize(200 * 1024, 0);
+    dist.extend_from_slice(b".symtab\0.strtab\0.text\0");
+    std::fs::write(dir.path().join("dist"), &dist).expect("write");
+    let spec = parse_with(origin, &text("dist"), None, ReadBinary::Yes).expect("valid");
+    assert_eq!(spec.warnings, Vec::<String>::new());
+}
