@@ -1906,17 +1906,17 @@ fn the_gatehouse_binary_needs_only_what_the_supported_images_have() {
     );
 }
 
-/// The metric filters gatehouse-vpc puts on the audit log group count the audit lines this
-/// daemon writes, each event kind as meant: every audit event the alarms are about, written by
-/// the daemon's own writer (`gatehouse_ssh::audit`), run through each filter. The refusals
-/// add up to every refusal once, the summarized ones included.
-#[test]
-fn the_stacks_metric_filters_count_the_daemons_own_audit_lines() {
+/// One line of every audit event the operator's views count, written by the daemon's own
+/// writer (`gatehouse_ssh::audit`): 3 failed logins, a login, 10 refusals and a summary
+/// standing for 15 more, 2 key pushes, a failed push and another tunnel refusal, a tunnel
+/// closed, a stale and a fresh directory.
+fn daemon_audit_lines() -> Vec<String> {
     use gatehouse_ssh::audit::{Audit, Event, SourceCount};
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.jsonl");
     let audit = Audit::file(&path).expect("audit file");
     let source: std::net::SocketAddr = "198.51.100.7:50000".parse().expect("addr");
+    let dial: std::net::SocketAddr = "10.0.3.10:22".parse().expect("addr");
     for reason in ["unknown_key", "unknown_user", "directory_stale"] {
         audit.record(Event::AuthFailure {
             session: "s1",
@@ -1974,6 +1974,17 @@ fn the_stacks_metric_filters_count_the_daemons_own_audit_lines() {
             reason: "no",
         });
     }
+    audit.record(Event::TunnelClose {
+        session: "s2",
+        tunnel: 1,
+        user: "alice",
+        host: "jupyter",
+        dial,
+        bytes_up: 100,
+        bytes_down: 2000,
+        duration_ms: 5,
+        reason: "client closed",
+    });
     audit.record(Event::DirectoryStale { age_s: 400 });
     audit.record(Event::DirectoryFresh { stale_s: 60 });
     let lines: Vec<String> = std::fs::read_to_string(&path)
@@ -1981,7 +1992,16 @@ fn the_stacks_metric_filters_count_the_daemons_own_audit_lines() {
         .lines()
         .map(str::to_owned)
         .collect();
-    assert_eq!(lines.len(), 21);
+    assert_eq!(lines.len(), 22);
+    lines
+}
+
+/// The metric filters gatehouse-vpc puts on the audit log group count the audit lines this
+/// daemon writes, each event kind as meant (moto never evaluates filters). The refusals add
+/// up to every refusal once, the summarized ones included.
+#[test]
+fn the_stacks_metric_filters_count_the_daemons_own_audit_lines() {
+    let lines = daemon_audit_lines();
     let filters: Vec<Filter> = gatehouse_vpc::plan::alarms::desired_filters("lab")
         .into_iter()
         .map(|f| Filter {
@@ -2008,4 +2028,83 @@ fn the_stacks_metric_filters_count_the_daemons_own_audit_lines() {
             f.name
         );
     }
+}
+
+/// The README's CloudWatch Logs Insights queries name events and fields the daemon writes:
+/// each query's `filter` selects some of the daemon's lines, and every field it groups by,
+/// sums or reads is in them. (moto has no Insights: the queries themselves are not run.)
+#[test]
+fn the_readmes_insights_queries_name_what_the_daemon_writes() {
+    let lines: Vec<Value> = daemon_audit_lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("CloudWatch Logs\n  Insights")
+        .expect("the queries' paragraph");
+    let block = &readme[start..];
+    let block = &block[block.find("```text\n").expect("block") + 8..];
+    let block = &block[..block.find("```").expect("block end")];
+    // One query per line, continuation lines (`  | ...`) joined.
+    let mut queries: Vec<String> = Vec::new();
+    for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match queries.last_mut() {
+            Some(q) if line.starts_with('|') => q.push_str(&format!(" {line}")),
+            _ => queries.push(line.to_owned()),
+        }
+    }
+    assert_eq!(queries.len(), 3, "{queries:#?}");
+    for query in &queries {
+        let selects = |event: &str| {
+            if let Some(rest) = query.strip_prefix("filter event = \"") {
+                event == &rest[..rest.find('"').expect("quote")]
+            } else if let Some(rest) = query.strip_prefix("filter event like /^") {
+                let prefix = rest[..rest.find('/').expect("slash")].replace('\\', "");
+                event.starts_with(&prefix)
+            } else {
+                panic!("a query this test does not read: {query}")
+            }
+        };
+        let selected: Vec<&Value> = lines
+            .iter()
+            .filter(|l| selects(l["event"].as_str().unwrap_or_default()))
+            .collect();
+        assert!(
+            !selected.is_empty(),
+            "{query} selects no line of the daemon's"
+        );
+        // The fields: after `by`, inside sum(...) and coalesce(...).
+        let mut fields: Vec<String> = Vec::new();
+        for part in query.split('|') {
+            if let Some(by) = part.split(" by ").nth(1) {
+                fields.extend(by.split(',').map(|f| f.trim().to_owned()));
+            }
+            for call in ["sum(", "coalesce("] {
+                for piece in part.split(call).skip(1) {
+                    let arg = piece.split([')', ',']).next().unwrap_or_default().trim();
+                    fields.push(arg.to_owned());
+                }
+            }
+        }
+        fields.retain(|f| f != "n" && !f.is_empty());
+        assert!(!fields.is_empty(), "{query}");
+        for field in &fields {
+            assert!(
+                selected.iter().any(|l| l.get(field).is_some()),
+                "{query}: no line it selects has {field:?}"
+            );
+        }
+    }
+    // And the refusals query's sum, done by hand, counts every refusal once.
+    let refused: f64 = lines
+        .iter()
+        .filter(|l| {
+            l["event"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("connection.refused"))
+        })
+        .map(|l| l["summarized"].as_f64().unwrap_or(1.0))
+        .sum();
+    assert_eq!(refused, 25.0);
 }
