@@ -7,7 +7,7 @@ use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, Statistic, Tag as
 use aws_sdk_cloudwatchlogs::types::{MetricTransformation, StandardUnit};
 use aws_sdk_sns::types::Tag as SnsTag;
 
-use super::execute::{missing, Executor};
+use super::execute::{deleted, missing, Executor};
 use super::{fail, Clients, Error};
 use crate::deploy;
 use crate::model::*;
@@ -260,12 +260,7 @@ impl Executor<'_> {
                     .filter_name(name)
                     .send()
                     .await;
-                if let Err(e) = r {
-                    let err = fail(what, &deploy::DELETE_METRIC_FILTER, e);
-                    if !err.is_not_found() {
-                        return Err(err);
-                    }
-                }
+                deleted(what, &deploy::DELETE_METRIC_FILTER, r)?;
             }
             Action::CreateAlertTopic { name, tags } => {
                 c.sns
@@ -297,12 +292,7 @@ impl Executor<'_> {
             }
             Action::DeleteAlertTopic { arn } => {
                 let r = c.sns.delete_topic().topic_arn(arn).send().await;
-                if let Err(e) = r {
-                    let err = fail(what, &deploy::DELETE_TOPIC, e);
-                    if !err.is_not_found() {
-                        return Err(err);
-                    }
-                }
+                deleted(what, &deploy::DELETE_TOPIC, r)?;
             }
             Action::PutAlarm { alarm, tags } => self.put_alarm(what, alarm, tags).await?,
             Action::TagAlarm { arn, tags } => {
@@ -321,12 +311,7 @@ impl Executor<'_> {
                     .set_alarm_names(Some(names.clone()))
                     .send()
                     .await;
-                if let Err(e) = r {
-                    let err = fail(what, &deploy::DELETE_ALARMS, e);
-                    if !err.is_not_found() {
-                        return Err(err);
-                    }
-                }
+                deleted(what, &deploy::DELETE_ALARMS, r)?;
             }
             _ => return Ok(false),
         }

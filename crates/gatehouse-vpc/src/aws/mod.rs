@@ -91,6 +91,7 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         self.code().is_some_and(|c| {
             c.ends_with(".NotFound")
+                // (SNS's bare `NotFound` too.)
                 || c.ends_with("NotFound")
                 || c == "NoSuchEntity"
                 || c == "ParameterNotFound"
@@ -101,8 +102,6 @@ impl Error {
                 || c == "ResourceNotFoundException"
                 || c == "QueueDoesNotExist"
                 || c == "AWS.SimpleQueueService.NonExistentQueue"
-                // SNS.
-                || c == "NotFound"
         })
     }
 }
