@@ -304,10 +304,100 @@ pub struct ActionUse {
     pub called: bool,
 }
 
+/// The calls that build a VPC of the stack's own (and its internet gateway): not needed by
+/// a stack placed into an existing VPC.
+const VPC_CALLS: &[Call] = &[
+    DESCRIBE_VPC_ATTRIBUTE,
+    CREATE_VPC,
+    MODIFY_VPC_ATTRIBUTE,
+    CREATE_INTERNET_GATEWAY,
+    ATTACH_INTERNET_GATEWAY,
+    DETACH_INTERNET_GATEWAY,
+    DELETE_INTERNET_GATEWAY,
+    DELETE_VPC,
+];
+
+/// The calls that build subnets and route them: only for a stack that creates subnets.
+const SUBNET_CALLS: &[Call] = &[
+    CREATE_SUBNET,
+    CREATE_ROUTE_TABLE,
+    CREATE_ROUTE,
+    REPLACE_ROUTE,
+    DELETE_ROUTE,
+    ASSOCIATE_ROUTE_TABLE,
+    REPLACE_ROUTE_TABLE_ASSOCIATION,
+    DISASSOCIATE_ROUTE_TABLE,
+    DELETE_ROUTE_TABLE,
+    DELETE_SUBNET,
+];
+
+/// The NAT gateway's calls: only for a stack with NAT.
+const NAT_CALLS: &[Call] = &[CREATE_NAT_GATEWAY, DELETE_NAT_GATEWAY];
+
+/// What of the network the stack builds, which decides the network-building actions of the
+/// deployer's policy: a VPC of its own needs them all; a stack in an existing VPC only those
+/// for the subnets (and NAT) it creates there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Builds {
+    pub vpc: bool,
+    pub subnets: bool,
+    pub nat: bool,
+}
+
+impl Builds {
+    /// A stack that creates its VPC (the spec's `[vpc] cidr`).
+    pub const EVERYTHING: Builds = Builds {
+        vpc: true,
+        subnets: true,
+        nat: true,
+    };
+
+    /// What `spec` builds.
+    pub fn of(spec: &crate::spec::Spec) -> Builds {
+        if spec.builds_vpc() {
+            return Builds::EVERYTHING;
+        }
+        let created_private = spec.private_subnets().any(|s| s.created());
+        Builds {
+            vpc: false,
+            subnets: spec.creates_subnets(),
+            nat: created_private && spec.nat != crate::spec::NatMode::None,
+        }
+    }
+
+    /// Whether the stack makes `call`.
+    pub fn needs(&self, call: &Call) -> bool {
+        if VPC_CALLS.contains(call) {
+            self.vpc
+        } else if SUBNET_CALLS.contains(call) {
+            self.subnets
+        } else if NAT_CALLS.contains(call) {
+            self.nat
+        } else {
+            true
+        }
+    }
+
+    /// The EC2 resource types the stack creates.
+    fn owned(&self) -> Vec<&'static str> {
+        EC2_OWNED
+            .iter()
+            .copied()
+            .filter(|t| match *t {
+                "vpc" | "internet-gateway" => self.vpc,
+                "subnet" | "route-table" => self.subnets,
+                "natgateway" => self.nat,
+                _ => true,
+            })
+            .collect()
+    }
+}
+
 /// The actions of the deployer's policy, each once, in [`ALL`]'s order.
-pub fn actions() -> Vec<ActionUse> {
+pub fn actions(builds: Builds) -> Vec<ActionUse> {
     let mut out: Vec<ActionUse> = Vec::new();
-    for c in ALL.iter().filter(|c| c.scope != Scope::NoPermission) {
+    let needed = ALL.iter().filter(|c| builds.needs(c));
+    for c in needed.filter(|c| c.scope != Scope::NoPermission) {
         let call = format!("{}:{}", c.service, c.operation);
         match out.iter_mut().find(|u| u.action == c.action) {
             Some(u) => {
@@ -360,7 +450,7 @@ const EC2_OWNED: &[&str] = &[
 /// its [`Scope`] says. The IAM change-event resources live in `us-east-1`: a stack of another
 /// partition (China, GovCloud) has none and its policy names none. The audit log group is in
 /// the stack's region.
-pub fn deployer_policy(stack: &str, region: &str) -> Value {
+pub fn deployer_policy(stack: &str, region: &str, builds: Builds) -> Value {
     let part = partition(region);
     let events_part = partition(IAM_EVENTS_REGION);
     let events = part == events_part;
@@ -371,7 +461,7 @@ pub fn deployer_policy(stack: &str, region: &str) -> Value {
     let actions_of = |scopes: &[Scope]| {
         let mut actions: Vec<&str> = ALL
             .iter()
-            .filter(|c| scopes.contains(&c.scope))
+            .filter(|c| scopes.contains(&c.scope) && builds.needs(c))
             .map(|c| c.action)
             .collect();
         actions.sort_unstable();
@@ -397,9 +487,10 @@ pub fn deployer_policy(stack: &str, region: &str) -> Value {
         "arn:{part}:logs:{region}:*:log-group:{}",
         audit_log_group(stack)
     );
+    let owned = builds.owned();
     let create_operations: Vec<&str> = ALL
         .iter()
-        .filter(|c| c.scope == Scope::Ec2Create)
+        .filter(|c| c.scope == Scope::Ec2Create && builds.needs(c))
         .map(|c| c.operation)
         .collect();
     let balancer = format!(
@@ -426,25 +517,29 @@ pub fn deployer_policy(stack: &str, region: &str) -> Value {
         (
             "TagOnCreate",
             actions_of(&[Scope::Ec2Tags]),
-            json!(ec2(EC2_OWNED)),
+            json!(ec2(&owned)),
             Some(json!({"StringEquals": {"ec2:CreateAction": create_operations}})),
         ),
         (
             "RetagTheStacksResources",
             actions_of(&[Scope::Ec2Tags]),
-            json!(ec2(EC2_OWNED)),
+            json!(ec2(&owned)),
             Some(tagged("aws:ResourceTag")),
         ),
+        // Only the default group of a VPC the stack creates (an existing VPC's is not its).
         (
             "TagTheDefaultSecurityGroup",
-            actions_of(&[Scope::Ec2Tags]),
+            actions_of(&[Scope::Ec2Tags])
+                .into_iter()
+                .filter(|_| builds.vpc)
+                .collect(),
             json!(ec2(&["security-group"])),
             Some(tagged("aws:RequestTag")),
         ),
         (
             "ChangeOnlyTheStacksEc2Resources",
             actions_of(&[Scope::StackTagged]),
-            json!(ec2(EC2_OWNED)),
+            json!(ec2(&owned)),
             Some(tagged("aws:ResourceTag")),
         ),
         (
@@ -622,6 +717,7 @@ mod tests {
         ("aws/execute.rs", include_str!("aws/execute.rs")),
         ("aws/replicas.rs", include_str!("aws/replicas.rs")),
         ("aws/alarms.rs", include_str!("aws/alarms.rs")),
+        ("aws/network.rs", include_str!("aws/network.rs")),
     ];
 
     /// Every `deploy::NAME` the call sites name.
@@ -678,7 +774,7 @@ mod tests {
 
     #[test]
     fn the_policy_grants_every_action_once_and_narrows_what_can_be_narrowed() {
-        let policy = deployer_policy("lab", "eu-central-1");
+        let policy = deployer_policy("lab", "eu-central-1", Builds::EVERYTHING);
         let mut granted = Vec::new();
         for s in policy["Statement"].as_array().expect("statements") {
             for a in s["Action"].as_array().expect("actions") {
@@ -736,12 +832,15 @@ mod tests {
         let section = &readme[readme
             .find("### The deployer's IAM policy")
             .expect("section")..];
-        let policy = deployer_policy("lab", "eu-central-1");
+        let policy = deployer_policy("lab", "eu-central-1", Builds::EVERYTHING);
         for s in policy["Statement"].as_array().expect("statements") {
             let sid = s["Sid"].as_str().expect("sid");
             assert!(section.contains(&format!("`{sid}`")), "README lacks {sid}");
         }
-        let walked = actions().iter().filter(|u| u.called).count();
+        let walked = actions(Builds::EVERYTHING)
+            .iter()
+            .filter(|u| u.called)
+            .count();
         assert!(
             section.contains(&format!("removes each action in turn ({walked} of them)")),
             "README's count of walked actions is not {walked}"

@@ -12,6 +12,7 @@
 pub mod aws;
 pub mod deploy;
 pub mod digest;
+pub mod existing;
 pub mod model;
 pub mod names;
 pub mod output;

@@ -118,7 +118,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, spec)) {
+    match runtime.block_on(run(cli, spec, env_region, binary)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -129,8 +129,9 @@ fn main() -> ExitCode {
 
 /// `gatehouse-vpc policy`: the deployer's policy, and which command needs which action.
 fn print_policy(spec: &spec::Spec, json: bool) -> ExitCode {
-    let policy = deploy::deployer_policy(&spec.stack, &spec.region);
-    let actions = deploy::actions();
+    let builds = deploy::Builds::of(spec);
+    let policy = deploy::deployer_policy(&spec.stack, &spec.region, builds);
+    let actions = deploy::actions(builds);
     let text = if json {
         let actions: Vec<serde_json::Value> = actions
             .iter()
@@ -200,12 +201,35 @@ fn progress(step: &Step) {
     );
 }
 
-async fn run(cli: Cli, spec: spec::Spec) -> anyhow::Result<ExitCode> {
+async fn run(
+    cli: Cli,
+    spec: spec::Spec,
+    env_region: Option<String>,
+    binary: spec::ReadBinary,
+) -> anyhow::Result<ExitCode> {
     // No AWS call: the policy follows from the spec alone.
     if let Command::Policy { json } = cli.command {
         return Ok(print_policy(&spec, json));
     }
     let clients = Clients::new(&spec.region, cli.endpoint_url.as_deref()).await;
+    // A spec placed into an existing VPC is validated again against what AWS has there
+    // (destroy needs only the stack's tag and works after the VPC is gone).
+    let resolve = !matches!(cli.command, Command::Destroy { .. });
+    let spec = match spec.existing_vpc().filter(|_| resolve) {
+        None => spec,
+        Some(reference) => {
+            let facts = aws::observe_network(&clients, reference)
+                .await
+                .context("reading the existing VPC from AWS")?;
+            match spec::load_resolved(&cli.spec, env_region.as_deref(), binary, Some(&facts)) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(EXIT_BAD_SPEC));
+                }
+            }
+        }
+    };
     let waits = Waits {
         poll: cli.poll_interval,
         timeout: cli.wait_timeout,

@@ -56,6 +56,9 @@ pub enum PlanError {
         /// What the account has, and why each trail does not count.
         found: String,
     },
+    /// A brownfield spec (`[vpc] id`) whose existing network was not read before planning.
+    #[error("the spec names an existing VPC that was not read from AWS before planning")]
+    Unresolved,
 }
 
 /// What `destroy` does with the stack's audit log group.

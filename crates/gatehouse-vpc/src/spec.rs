@@ -8,6 +8,11 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::existing::NetworkFacts;
+use network::NetworkOut;
+
+mod network;
+
 /// Largest user data EC2 accepts (before base64), in bytes.
 pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
 /// Instance type of the bastion when the spec names none.
@@ -105,7 +110,7 @@ pub enum Tier {
 #[serde(deny_unknown_fields)]
 pub struct RawSpec {
     pub stack: RawStack,
-    pub vpc: RawVpc,
+    pub vpc: Spanned<RawVpc>,
     /// Extra tags put on every resource (like the Terraform module's `tags`).
     #[serde(default)]
     pub tags: BTreeMap<Spanned<String>, String>,
@@ -143,8 +148,12 @@ pub struct RawStack {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVpc {
-    pub cidr: Spanned<Ipv4Net>,
-    pub azs: Spanned<Vec<Spanned<String>>>,
+    /// A new VPC the stack creates and owns ...
+    pub cidr: Option<Spanned<Ipv4Net>>,
+    /// ... or an existing one: its id, `default` or its `Name` tag (see [`Network`]).
+    pub id: Option<Spanned<String>>,
+    /// The zones subnets may use; optional with `id` (then the subnets' own zones).
+    pub azs: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub nat: NatMode,
 }
@@ -154,8 +163,11 @@ pub struct RawVpc {
 pub struct RawSubnet {
     pub name: Spanned<String>,
     pub tier: Tier,
-    pub cidr: Spanned<Ipv4Net>,
-    pub az: Spanned<String>,
+    /// A subnet the stack creates and owns: its CIDR and zone ...
+    pub cidr: Option<Spanned<Ipv4Net>>,
+    pub az: Option<Spanned<String>>,
+    /// ... or, with `[vpc] id`, an existing subnet of that VPC: its id or `Name` tag.
+    pub id: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +239,9 @@ pub struct RawHost {
 pub struct Spec {
     pub stack: String,
     pub region: String,
+    /// Whether the stack creates its VPC or is placed into an existing one.
+    pub network: Network,
+    /// The VPC's (primary) CIDR: the spec's, or the existing VPC's once resolved.
     pub vpc_cidr: Ipv4Net,
     pub azs: Vec<String>,
     pub nat: NatMode,
@@ -258,6 +273,40 @@ pub struct Subnet {
     pub tier: Tier,
     pub cidr: Ipv4Net,
     pub az: String,
+    /// An existing subnet (`id` in the spec): its id once resolved (the spec's value before),
+    /// never created, tagged or re-associated by the stack. `None`: the stack creates it.
+    pub existing: Option<String>,
+}
+
+impl Subnet {
+    /// The stack creates (and owns) this subnet.
+    pub fn created(&self) -> bool {
+        self.existing.is_none()
+    }
+}
+
+/// Where the stack's network comes from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Network {
+    /// `[vpc] cidr`: the stack creates the VPC, its internet gateway, NAT and every subnet.
+    Create,
+    /// `[vpc] id`: an existing VPC. The stack creates only the subnets the spec describes by
+    /// CIDR (with their route tables and NAT) and never changes anything else of it.
+    Existing {
+        reference: crate::existing::Reference,
+        /// What the reference resolved to; `None` until the network was read from AWS
+        /// ([`load_resolved`]). The planner refuses an unresolved spec.
+        found: Option<FoundNetwork>,
+    },
+}
+
+/// The existing VPC a brownfield spec resolved to.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FoundNetwork {
+    pub vpc_id: String,
+    /// Its internet gateway, the target of the public subnets the stack creates.
+    pub internet_gateway: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -333,6 +382,29 @@ impl Spec {
     /// Private subnets in spec order.
     pub fn private_subnets(&self) -> impl Iterator<Item = &Subnet> {
         self.subnets.iter().filter(|s| s.tier == Tier::Private)
+    }
+
+    /// The stack creates its VPC (and the internet gateway).
+    pub fn builds_vpc(&self) -> bool {
+        self.network == Network::Create
+    }
+
+    /// The existing VPC a brownfield spec names (its reference as written), or `None`.
+    pub fn existing_vpc(&self) -> Option<&crate::existing::Reference> {
+        match &self.network {
+            Network::Create => None,
+            Network::Existing { reference, .. } => Some(reference),
+        }
+    }
+
+    /// A brownfield spec whose network has not been read yet: the planner refuses it.
+    pub fn unresolved(&self) -> bool {
+        matches!(self.network, Network::Existing { found: None, .. })
+    }
+
+    /// The stack creates at least one subnet (and so route tables).
+    pub fn creates_subnets(&self) -> bool {
+        self.subnets.iter().any(Subnet::created)
     }
 }
 
@@ -414,17 +486,39 @@ pub enum ReadBinary {
 /// planner refuses it.
 pub const UNREAD_SHA256: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Read and validate a spec file. `env_region` is used when the spec names no region.
+/// Read and validate a spec file. `env_region` is used when the spec names no region. A
+/// brownfield spec (`[vpc] id`) comes back unresolved: [`Spec::unresolved`], fine for
+/// `policy`, `output` and `destroy`; `plan` and `apply` read its network and call
+/// [`load_resolved`].
 pub fn load(
     path: &std::path::Path,
     env_region: Option<&str>,
     binary: ReadBinary,
 ) -> Result<Spec, SpecError> {
+    load_resolved(path, env_region, binary, None)
+}
+
+/// [`load`], resolving a brownfield spec's references against `facts` (what
+/// `aws::observe_network` read for [`Spec::existing_vpc`]): every check that needs the
+/// existing network (a public subnet's route, overlaps, zones) runs here, and its problems are
+/// located in the file like any other.
+pub fn load_resolved(
+    path: &std::path::Path,
+    env_region: Option<&str>,
+    binary: ReadBinary,
+    facts: Option<&NetworkFacts>,
+) -> Result<Spec, SpecError> {
     let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse_with(&path.display().to_string(), &text, env_region, binary)
+    parse_in(
+        &path.display().to_string(),
+        &text,
+        env_region,
+        binary,
+        facts,
+    )
 }
 
 /// Parse and validate spec text, reading its binary. `origin` names it in error messages and
@@ -440,6 +534,17 @@ pub fn parse_with(
     env_region: Option<&str>,
     binary: ReadBinary,
 ) -> Result<Spec, SpecError> {
+    parse_in(origin, text, env_region, binary, None)
+}
+
+/// [`parse_with`], resolving a brownfield spec against `facts` (see [`load_resolved`]).
+pub fn parse_in(
+    origin: &str,
+    text: &str,
+    env_region: Option<&str>,
+    binary: ReadBinary,
+    facts: Option<&NetworkFacts>,
+) -> Result<Spec, SpecError> {
     let mut v = Validator {
         text,
         issues: Vec::new(),
@@ -454,7 +559,7 @@ pub fn parse_with(
             return Err(v.into_error(origin));
         }
     };
-    let spec = v.validate(raw, env_region, origin);
+    let spec = v.validate(raw, env_region, origin, facts);
     match spec {
         Some(spec) if v.issues.is_empty() => Ok(spec),
         _ => Err(v.into_error(origin)),
@@ -490,7 +595,13 @@ impl Validator<'_> {
         }
     }
 
-    fn validate(&mut self, raw: RawSpec, env_region: Option<&str>, origin: &str) -> Option<Spec> {
+    fn validate(
+        &mut self,
+        raw: RawSpec,
+        env_region: Option<&str>,
+        origin: &str,
+        facts: Option<&NetworkFacts>,
+    ) -> Option<Spec> {
         let stack = raw.stack.name.get_ref().clone();
         if !is_name(&stack, 28) {
             self.at(
@@ -530,30 +641,6 @@ impl Validator<'_> {
             }
         };
 
-        // VPC
-        let vpc_cidr = *raw.vpc.cidr.get_ref();
-        self.check_cidr(&raw.vpc.cidr, "vpc cidr");
-        let mut azs = Vec::new();
-        if raw.vpc.azs.get_ref().is_empty() {
-            self.at(
-                &raw.vpc.azs,
-                "vpc azs must list at least one availability zone",
-            );
-        }
-        for az in raw.vpc.azs.get_ref() {
-            let name = az.get_ref();
-            if !region.is_empty() && !is_az_of(name, &region) {
-                self.at(
-                    az,
-                    format!("unknown availability zone {name:?} for region {region}"),
-                );
-            }
-            if azs.contains(name) {
-                self.at(az, format!("availability zone {name:?} listed twice"));
-            }
-            azs.push(name.clone());
-        }
-
         // Tags
         let mut tags = BTreeMap::new();
         if raw.tags.len() > 40 {
@@ -578,84 +665,13 @@ impl Validator<'_> {
             tags.insert(key.clone(), val.clone());
         }
 
-        // Subnets
-        let mut subnets: Vec<Subnet> = Vec::new();
-        for (i, s) in raw.subnets.iter().enumerate() {
-            let name = s.name.get_ref();
-            if !is_name(name, 24) {
-                self.at(&s.name, format!("subnet name {name:?} must be 1-24 of a-z, 0-9, '-', starting with a letter"));
-            }
-            if subnets.iter().any(|o| &o.name == name) {
-                self.at(&s.name, format!("subnet name {name:?} used twice"));
-            }
-            let cidr = *s.cidr.get_ref();
-            self.check_cidr(&s.cidr, &format!("subnet {name} cidr"));
-            if !vpc_cidr.contains(&cidr) {
-                self.at(
-                    &s.cidr,
-                    format!("subnet {name} cidr {cidr} is outside the vpc cidr {vpc_cidr}"),
-                );
-            }
-            for (j, o) in raw.subnets.iter().enumerate().take(i) {
-                let other = *o.cidr.get_ref();
-                if j != i && (other.contains(&cidr) || cidr.contains(&other)) {
-                    self.at(
-                        &s.cidr,
-                        format!(
-                            "subnet {name} cidr {cidr} overlaps subnet {} cidr {other}",
-                            o.name.get_ref()
-                        ),
-                    );
-                }
-            }
-            if !azs.contains(s.az.get_ref()) {
-                self.at(
-                    &s.az,
-                    format!(
-                        "subnet {name}: unknown availability zone {:?} (not in vpc azs)",
-                        s.az.get_ref()
-                    ),
-                );
-            }
-            subnets.push(Subnet {
-                name: name.clone(),
-                tier: s.tier,
-                cidr,
-                az: s.az.get_ref().clone(),
-            });
-        }
-        let first_subnet_span = raw
-            .subnets
-            .first()
-            .map(|s| s.name.span().start)
-            .unwrap_or(0);
-        if !subnets.iter().any(|s| s.tier == Tier::Public) {
-            self.push(
-                first_subnet_span,
-                "at least one public subnet is needed (for the bastion)".into(),
-            );
-        }
-        if raw.vpc.nat == NatMode::PerAz {
-            for s in subnets.iter().filter(|s| s.tier == Tier::Private) {
-                if !subnets
-                    .iter()
-                    .any(|p| p.tier == Tier::Public && p.az == s.az)
-                {
-                    let span = raw
-                        .subnets
-                        .iter()
-                        .find(|r| r.name.get_ref() == &s.name)
-                        .map(|r| r.az.span().start);
-                    self.push(
-                        span.unwrap_or(0),
-                        format!(
-                            "nat = \"per_az\" needs a public subnet in {} for private subnet {}",
-                            s.az, s.name
-                        ),
-                    );
-                }
-            }
-        }
+        let NetworkOut {
+            network,
+            vpc_cidr,
+            azs,
+            subnets,
+            resolved,
+        } = self.network(&raw, &region, facts);
 
         // Bastion
         let b = &raw.bastion;
@@ -758,7 +774,7 @@ impl Validator<'_> {
                 .filter(|s| s.tier == Tier::Public)
                 .map(|s| s.az.as_str())
                 .collect();
-            if azs.len() < 2 {
+            if azs.len() < 2 && resolved {
                 if let Some(n) = &b.replicas {
                     self.at(
                         n,
@@ -862,7 +878,9 @@ impl Validator<'_> {
                     );
                 }
             }
-            if let (Some(ip), Some(s)) = (&h.private_ip, subnet) {
+            // An existing subnet's CIDR is known once resolved.
+            let placed = subnet.filter(|_| resolved);
+            if let (Some(ip), Some(s)) = (&h.private_ip, placed) {
                 let addr = *ip.get_ref();
                 let first = u32::from(s.cidr.network());
                 let last = u32::from(s.cidr.broadcast());
@@ -935,9 +953,10 @@ impl Validator<'_> {
         let spec = Spec {
             stack,
             region,
+            network,
             vpc_cidr,
             azs,
-            nat: raw.vpc.nat,
+            nat: raw.vpc.get_ref().nat,
             tags,
             subnets,
             bastion: Bastion {

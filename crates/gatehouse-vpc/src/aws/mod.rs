@@ -3,6 +3,7 @@
 
 mod alarms;
 pub mod execute;
+mod network;
 pub mod observe;
 mod replicas;
 
@@ -12,6 +13,7 @@ use gatehouse_aws::events::IAM_EVENTS_REGION;
 use gatehouse_aws::AwsError;
 
 pub use execute::Executor;
+pub use network::observe_network;
 pub use observe::{observe, observe_for};
 
 /// Errors from talking to AWS, each naming the resource it concerns.

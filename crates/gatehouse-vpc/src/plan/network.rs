@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{base_tags, primary_by_key, tag_drift, Creates, PlanError, Planner};
 use crate::model::*;
 use crate::names::{nat_eip_key, nat_key, DEFAULT_ROUTE};
-use crate::spec::{NatMode, Spec, Tier};
+use crate::spec::{FoundNetwork, NatMode, Network, Spec, Tier};
 
 /// The network's steps, in dependency order.
 pub(super) fn plan_network(
@@ -16,13 +16,34 @@ pub(super) fn plan_network(
     c: &mut Creates,
     p: &mut Planner,
 ) -> Result<(), PlanError> {
-    plan_vpc(spec, obs, c, p)?;
-    plan_subnets(spec, obs, c, p);
-    plan_internet_gateway(spec, obs, c, p);
+    match &spec.network {
+        Network::Create => {
+            plan_vpc(spec, obs, c, p)?;
+            plan_subnets(spec, obs, c, p);
+            plan_internet_gateway(spec, obs, c, p);
+        }
+        Network::Existing { found, .. } => {
+            let found = found.as_ref().ok_or(PlanError::Unresolved)?;
+            adopt_existing(found, obs, p);
+            plan_subnets(spec, obs, c, p);
+        }
+    }
     plan_addresses(spec, obs, c, p);
     plan_nats(spec, obs, c, p);
     plan_route_tables(spec, obs, c, p);
     Ok(())
+}
+
+/// An existing VPC (`[vpc] id`): its id, its existing subnets' and its internet gateway's
+/// become known keys, so what the stack creates can name them; none of them is changed. A
+/// VPC or gateway of the stack's own (from when the spec described a new VPC) is removed.
+fn adopt_existing(found: &FoundNetwork, obs: &Observed, p: &mut Planner) {
+    p.doomed.vpcs.extend(obs.vpcs.iter().cloned());
+    p.doomed.igws.extend(obs.igws.iter().cloned());
+    p.known.insert("vpc".into(), found.vpc_id.clone());
+    if let Some(igw) = &found.internet_gateway {
+        p.known.insert("igw".into(), igw.clone());
+    }
 }
 
 /// The VPC: kept if its CIDR is the spec's (a CIDR cannot change: the plan refuses).
@@ -141,7 +162,10 @@ fn plan_subnets(spec: &Spec, obs: &Observed, c: &mut Creates, p: &mut Planner) {
         .collect();
     for (k, s) in &subnets {
         let keep = desired_subnets.get(k).is_some_and(|d| {
-            d.cidr.to_string() == s.cidr && d.az == s.az && p.known.get("vpc") == Some(&s.vpc_id)
+            d.created()
+                && d.cidr.to_string() == s.cidr
+                && d.az == s.az
+                && p.known.get("vpc") == Some(&s.vpc_id)
         });
         if keep {
             p.known.insert(k.clone(), s.id.clone());
@@ -151,6 +175,10 @@ fn plan_subnets(spec: &Spec, obs: &Observed, c: &mut Creates, p: &mut Planner) {
     }
     for s in &spec.subnets {
         let key = format!("subnet/{}", s.name);
+        if let Some(id) = &s.existing {
+            p.known.insert(key, id.clone());
+            continue;
+        }
         let tags = base_tags(spec, &key);
         match p
             .known
@@ -278,10 +306,14 @@ fn plan_addresses(spec: &Spec, obs: &Observed, c: &mut Creates, p: &mut Planner)
     }
 }
 
-/// The NAT gateways the spec asks for: (AZ, key of the public subnet it lives in).
+/// The NAT gateways the spec asks for: (AZ, key of the public subnet it lives in). They serve
+/// the private subnets the stack creates (in an existing VPC, those only: the others are
+/// routed by their owner).
 fn desired_nats(spec: &Spec) -> Vec<(String, String)> {
+    let created_private = || spec.private_subnets().filter(|s| s.created());
     match spec.nat {
         NatMode::None => vec![],
+        NatMode::Single if !spec.builds_vpc() && created_private().next().is_none() => vec![],
         NatMode::Single => spec
             .public_subnets()
             .next()
@@ -290,7 +322,7 @@ fn desired_nats(spec: &Spec) -> Vec<(String, String)> {
         NatMode::PerAz => {
             let mut out: Vec<(String, String)> = Vec::new();
             for az in &spec.azs {
-                let wants = spec.private_subnets().any(|s| &s.az == az);
+                let wants = created_private().any(|s| &s.az == az);
                 let public = spec.public_subnets().find(|s| &s.az == az);
                 if let (true, Some(p)) = (wants, public) {
                     out.push((az.clone(), format!("subnet/{}", p.name)));
@@ -358,18 +390,24 @@ struct DesiredTable {
     subnets: Vec<String>,
 }
 
-/// The route tables: the public one through the internet gateway; the private ones through
-/// the NAT gateway of their zone, the single one, or nowhere.
+/// The route tables of the subnets the stack creates: the public one through the internet
+/// gateway; the private ones through the NAT gateway of their zone, the single one, or
+/// nowhere. An existing subnet keeps its own table.
 fn desired_tables(spec: &Spec) -> Vec<DesiredTable> {
-    let mut tables = vec![DesiredTable {
-        key: "rt/public".into(),
-        routes: BTreeMap::from([(DEFAULT_ROUTE.to_string(), "igw".to_string())]),
-        subnets: spec
-            .public_subnets()
-            .map(|s| format!("subnet/{}", s.name))
-            .collect(),
-    }];
-    let private: Vec<_> = spec.private_subnets().collect();
+    let public: Vec<String> = spec
+        .public_subnets()
+        .filter(|s| s.created())
+        .map(|s| format!("subnet/{}", s.name))
+        .collect();
+    let mut tables = Vec::new();
+    if spec.builds_vpc() || !public.is_empty() {
+        tables.push(DesiredTable {
+            key: "rt/public".into(),
+            routes: BTreeMap::from([(DEFAULT_ROUTE.to_string(), "igw".to_string())]),
+            subnets: public,
+        });
+    }
+    let private: Vec<_> = spec.private_subnets().filter(|s| s.created()).collect();
     match spec.nat {
         NatMode::None | NatMode::Single if !private.is_empty() => {
             let nat = desired_nats(spec).into_iter().next();
