@@ -49,6 +49,25 @@
 //!   destroy removes the family and keeps the log group
 //! - a_topic_of_the_stacks_name_not_ours_is_refused_and_never_touched
 //! - a_binary_with_debug_info_is_planned_with_a_warning_and_a_dist_build_without
+//! - brownfield_apply_and_destroy_leave_the_teams_vpc_exactly_as_it_was: a network another
+//!   tool made (tests/py/brownfield.py); the plan changes nothing existing; every Describe
+//!   answer about it identical after apply and after destroy; the bastion in the team's public
+//!   subnet behind the stack's group, the created subnet and its NAT route the stack's; plan
+//!   then says no changes; destroy leaves nothing of the stack
+//! - brownfield_on_the_default_vpc_splits_it_and_destroy_restores_it: `id = "default"`, a
+//!   default subnet public, a created private one without NAT; the default VPC, its subnets,
+//!   main table, default group (rules kept), ACL and gateway identical after apply and destroy
+//! - brownfield_replicas_span_existing_public_subnets: the VPC named by its Name tag; the
+//!   balancer and the group over exactly the two existing public subnets (one named by id, one
+//!   by Name); network unchanged after apply and after destroy, which leaves no balancer,
+//!   target group, group, template or tagged EC2 resource
+//! - brownfield_refusals_name_the_problem_and_change_nothing: a public subnet without a route
+//!   to an internet gateway (own table, main table), replicas in one zone, a VPC of another
+//!   region, an overlapping and an outside CIDR, an ambiguous subnet and VPC Name: plan and
+//!   apply fail naming it, nothing of the stack exists, the network is unchanged
+//! - brownfield_created_public_subnets_route_to_the_vpcs_own_gateway: a created public and
+//!   private subnet: the public table's 0.0.0.0/0 to the team's gateway (none created), the
+//!   NAT in the created public subnet; network unchanged after apply and after destroy
 
 #[path = "harness/moto.rs"]
 mod moto;
@@ -1708,10 +1727,15 @@ fn destroy_never_touches_foreign_resources_inside_the_stack_vpc() {
 
 /// `spec_text` with `[bastion] iam_events = true`.
 fn spec_with_events(stack: &str, cidr_second_octet: u8) -> String {
+    spec_with_events_set(stack, cidr_second_octet, true)
+}
+
+/// `spec_text` with `[bastion] iam_events` set explicitly.
+fn spec_with_events_set(stack: &str, cidr_second_octet: u8, on: bool) -> String {
     let text = spec_text(stack, cidr_second_octet, "single");
     let with = text.replace(
         "gatehouse_download_url = ",
-        "iam_events = true\ngatehouse_download_url = ",
+        &format!("iam_events = {on}\ngatehouse_download_url = "),
     );
     assert_ne!(with, text);
     with
@@ -2088,8 +2112,24 @@ fn iam_events_drift_is_repaired_the_switch_removes_and_recreates_and_destroy_lea
     let (rt, ec2) = rig.ec2();
     rt.block_on(rig.trail("org", true, true, true));
     let on = rig.write_spec("on.toml", &spec_with_events("lab", 50));
-    let off = rig.write_spec("off.toml", &spec_text("lab", 50, "single"));
+    // With a trail that delivers, an unset switch is on: off takes an explicit false.
+    let off = rig.write_spec("off.toml", &spec_with_events_set("lab", 50, false));
+    let unset = rig.write_spec("unset.toml", &spec_text("lab", 50, "single"));
     rig.ok(&on, &["apply"]);
+    let out = rig.run(&unset, &["plan"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "stack lab: no changes\n",
+        "unset is on, like the applied spec"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "note: iam_events (not set in the spec): on: CloudTrail trail org delivers IAM's \
+             calls to EventBridge in us-east-1; set iam_events = false to keep it off"
+        ),
+        "{out:?}"
+    );
     let sqs = rig.sqs();
     let events = rig.events();
     let url = rt.block_on(queue_url(&sqs)).expect("queue");
@@ -2261,6 +2301,20 @@ fn iam_events_are_refused_without_a_logging_trail_and_never_touch_a_queue_not_ou
         "{err}"
     );
     refused("apply");
+    // Unset, the switch is off without a trail, and plan says why.
+    let unset = rig.write_spec("unset.toml", &spec_text("lab", 50, "single"));
+    let out = rig.run(&unset, &["plan"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "note: iam_events (not set in the spec): off: no CloudTrail trail delivers IAM's \
+             calls to EventBridge in us-east-1. The account has no trail that us-east-1 sees; \
+             revocations wait for the IAM sweep"
+        ),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("iam-events"));
     rt.block_on(async {
         let made: usize = tagged_counts(&ec2, "lab")
             .await
@@ -2310,8 +2364,8 @@ fn iam_events_are_refused_without_a_logging_trail_and_never_touch_a_queue_not_ou
         )),
         "{err}"
     );
-    // Without the switch the stack does not need the name: planned without touching it.
-    let off = rig.write_spec("off.toml", &spec_text("lab", 50, "single"));
+    // Switched off the stack does not need the name: planned without touching it.
+    let off = rig.write_spec("off.toml", &spec_with_events_set("lab", 50, false));
     let plan = rig.ok(&off, &["plan"]);
     assert!(!plan.contains("iam-events"), "{plan}");
     let out = rig.ok(&spec, &["destroy"]);
@@ -3721,4 +3775,970 @@ fn a_binary_with_debug_info_is_planned_with_a_warning_and_a_dist_build_without()
         !String::from_utf8_lossy(&out.stderr).contains("warning"),
         "{out:?}"
     );
+}
+
+// ---- brownfield: the stack inside a network another tool made ----
+
+/// The stack's tables, one per subnet: an existing subnet by `id` (an id or its Name tag).
+fn existing_subnet(name: &str, tier: &str, id: &str) -> String {
+    format!("\n[[subnets]]\nname = \"{name}\"\ntier = \"{tier}\"\nid = \"{id}\"\n")
+}
+
+/// A subnet the stack creates inside the existing VPC.
+fn created_subnet(name: &str, tier: &str, cidr: &str, az: &str) -> String {
+    format!(
+        "\n[[subnets]]\nname = \"{name}\"\ntier = \"{tier}\"\ncidr = \"{cidr}\"\naz = \"{az}\"\n"
+    )
+}
+
+/// A brownfield spec: the stack in VPC `vpc` (an id, "default" or a Name tag), with
+/// `subnets` (from [`existing_subnet`] and [`created_subnet`]), the bastion in the one it
+/// calls "dmz", no private hosts (the team tags its own).
+fn brownfield_spec(stack: &str, vpc: &str, nat: &str, subnets: &[String]) -> String {
+    let subnets = subnets.concat();
+    format!(
+        r#"
+[stack]
+name = "{stack}"
+region = "us-east-1"
+
+[vpc]
+id = "{vpc}"
+nat = "{nat}"
+
+[tags]
+project = "gatehouse-test"
+{subnets}
+[bastion]
+subnet = "dmz"
+ami = "ami-12c6146b"
+allowed_cidrs = ["198.51.100.0/24", "203.0.113.7/32"]
+gatehouse_download_url = "https://example.org/releases/gatehouse"
+gatehouse_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+
+[private]
+ports = [22, 8888]
+"#
+    )
+}
+
+impl Rig {
+    /// `tests/py/brownfield.py ARGS` against this rig's moto; its JSON answer.
+    fn brownfield(&self, args: &[&str]) -> serde_json::Value {
+        let python = moto::moto_server_path().with_file_name("python3");
+        let script = moto::moto_server_path()
+            .ancestors()
+            .nth(3)
+            .map(|tests| tests.join("py").join("brownfield.py"))
+            .expect("tests/.venv/bin/moto_server has a tests/ folder");
+        let mut cmd = Command::new(&python);
+        cmd.env_remove("AWS_PROFILE");
+        for (k, v) in self.moto.env() {
+            cmd.env(k, v);
+        }
+        let out = cmd.arg(&script).args(args).checked_output("brownfield.py");
+        assert!(
+            out.status.success(),
+            "brownfield.py {:?} failed: {}",
+            args.first(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("brownfield.py prints JSON")
+    }
+
+    /// Every Describe answer about the resources `made` (what `brownfield.py make` or
+    /// `default` printed) names, canonical; see tests/py/brownfield.py for what it leaves out.
+    fn network_snapshot(&self, made: &serde_json::Value) -> serde_json::Value {
+        self.brownfield(&["snapshot", &made.to_string()])
+    }
+}
+
+/// Where `after` differs from `before`: one line per path, with both values (a list of a
+/// different length: the elements gone and the elements new).
+fn json_differences(
+    path: &str,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (before, after) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let p = format!("{path}/{k}");
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => json_differences(&p, x, y, out),
+                    (Some(x), None) => out.push(format!("{p}: gone, was {x}")),
+                    (None, Some(y)) => out.push(format!("{p}: new {y}")),
+                    (None, None) => {}
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                json_differences(&format!("{path}[{i}]"), x, y, out);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for x in a.iter().filter(|x| !b.contains(x)) {
+                out.push(format!("{path}[]: gone {x}"));
+            }
+            for y in b.iter().filter(|y| !a.contains(y)) {
+                out.push(format!("{path}[]: new {y}"));
+            }
+        }
+        (x, y) if x == y => {}
+        (x, y) => out.push(format!("{path}: {x} -> {y}")),
+    }
+}
+
+#[track_caller]
+fn assert_network_unchanged(before: &serde_json::Value, after: &serde_json::Value, when: &str) {
+    let mut differences = Vec::new();
+    json_differences("", before, after, &mut differences);
+    assert!(
+        differences.is_empty(),
+        "{when}: the existing network changed ({} difference(s)):\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+}
+
+/// The ids of everything `made` names (every region), for plan lines that must not name them.
+fn made_ids(made: &serde_json::Value) -> Vec<String> {
+    made["regions"]
+        .as_object()
+        .expect("regions")
+        .values()
+        .flat_map(|kinds| kinds.as_object().expect("kinds").values())
+        .flat_map(|ids| ids.as_array().expect("ids").iter())
+        .map(|id| id.as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// A brownfield plan from empty: nothing deleted; changes only to resources the plan itself
+/// creates, and none naming an existing id; no create of what exists (`existing_keys`).
+#[track_caller]
+fn assert_plan_creates_beside(plan: &str, existing: &[String], existing_keys: &[&str]) {
+    let key = |line: &str| line[2..].split_whitespace().next().unwrap_or("").to_owned();
+    let created: Vec<String> = plan
+        .lines()
+        .filter(|l| l.starts_with("+ "))
+        .map(key)
+        .collect();
+    assert!(!created.is_empty(), "nothing to create:\n{plan}");
+    for line in plan.lines() {
+        assert!(!line.starts_with("- "), "a deletion: {line}\n{plan}");
+        if line.starts_with("~ ") || line.starts_with("+ ") {
+            assert!(
+                !existing_keys.contains(&key(line).as_str()),
+                "the plan makes or changes an existing resource: {line}\n{plan}"
+            );
+        }
+        if line.starts_with("~ ") {
+            assert!(
+                created.contains(&key(line)),
+                "a change to something the plan does not create: {line}\n{plan}"
+            );
+            if let Some(id) = existing.iter().find(|id| line.contains(id.as_str())) {
+                panic!("a change names existing {id}: {line}\n{plan}");
+            }
+        }
+    }
+    assert!(
+        plan.lines()
+            .last()
+            .is_some_and(|l| l.ends_with(" to change, 0 to delete")),
+        "{plan}"
+    );
+}
+
+/// The stack's counts per kind (`tagged_counts`) that are not zero.
+async fn tagged_left(ec2: &aws_sdk_ec2::Client, stack: &str) -> Vec<(&'static str, usize)> {
+    tagged_counts(ec2, stack)
+        .await
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// The stack's instance that carries `gatehouse:resource=instance/bastion`.
+async fn bastion_instance(ec2: &aws_sdk_ec2::Client, stack: &str) -> aws_sdk_ec2::types::Instance {
+    let res = ec2
+        .describe_instances()
+        .filters(tag(stack))
+        .filters(
+            Filter::builder()
+                .name("tag:gatehouse:resource")
+                .values("instance/bastion")
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("running")
+                .values("pending")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe bastion");
+    let found: Vec<_> = res
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .cloned()
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.into_iter().next().expect("one bastion")
+}
+
+/// The id of the stack's security group tagged `gatehouse:resource=key`.
+async fn stack_group(ec2: &aws_sdk_ec2::Client, stack: &str, key: &str) -> String {
+    let groups = ec2
+        .describe_security_groups()
+        .filters(tag(stack))
+        .filters(
+            Filter::builder()
+                .name("tag:gatehouse:resource")
+                .values(key)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("groups");
+    assert_eq!(groups.security_groups().len(), 1, "{key}: {groups:?}");
+    groups.security_groups()[0]
+        .group_id()
+        .expect("group id")
+        .to_owned()
+}
+
+/// The subnet of `cidr` in `vpc` and the route table explicitly associated with it.
+async fn subnet_and_table(
+    ec2: &aws_sdk_ec2::Client,
+    vpc: &str,
+    cidr: &str,
+) -> (aws_sdk_ec2::types::Subnet, aws_sdk_ec2::types::RouteTable) {
+    let subnets = ec2
+        .describe_subnets()
+        .filters(Filter::builder().name("vpc-id").values(vpc).build())
+        .filters(Filter::builder().name("cidr-block").values(cidr).build())
+        .send()
+        .await
+        .expect("subnets");
+    assert_eq!(subnets.subnets().len(), 1, "{cidr}: {subnets:?}");
+    let subnet = subnets.subnets()[0].clone();
+    let tables = ec2
+        .describe_route_tables()
+        .filters(
+            Filter::builder()
+                .name("association.subnet-id")
+                .values(subnet.subnet_id().expect("subnet id"))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("route tables");
+    assert_eq!(tables.route_tables().len(), 1, "{cidr}: {tables:?}");
+    (subnet, tables.route_tables()[0].clone())
+}
+
+fn has_tag(tags: &[aws_sdk_ec2::types::Tag], key: &str, value: &str) -> bool {
+    tags.iter()
+        .any(|t| t.key() == Some(key) && t.value() == Some(value))
+}
+
+/// The target of a table's 0.0.0.0/0 route: (gateway id, NAT gateway id); None without one.
+fn default_route(
+    table: &aws_sdk_ec2::types::RouteTable,
+) -> Option<(Option<String>, Option<String>)> {
+    table
+        .routes()
+        .iter()
+        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+        .map(|r| {
+            (
+                r.gateway_id().map(str::to_owned),
+                r.nat_gateway_id().map(str::to_owned),
+            )
+        })
+}
+
+fn str_of<'a>(v: &'a serde_json::Value, what: &str) -> &'a str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what} in brownfield.py's answer"))
+}
+
+/// How many entries the snapshot holds of `kind` in us-east-1: proof that it saw them.
+fn snapshot_len(snapshot: &serde_json::Value, kind: &str) -> usize {
+    snapshot["us-east-1"][kind].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn brownfield_apply_and_destroy_leave_the_teams_vpc_exactly_as_it_was() {
+    let rig = Rig::new();
+    let made = rig.brownfield(&["make"]);
+    let before = rig.network_snapshot(&made);
+    // The snapshot sees the team's network: 3 VPCs, 5 subnets, 5 route tables (the team VPC's
+    // main, public and private ones and the sandboxes' main ones), 2 instances.
+    assert_eq!(
+        [
+            snapshot_len(&before, "vpcs"),
+            snapshot_len(&before, "subnets"),
+            snapshot_len(&before, "route_tables"),
+            snapshot_len(&before, "instances"),
+        ],
+        [3, 5, 5, 2],
+        "{before:#}"
+    );
+    let vpc = str_of(&made["vpc"], "vpc");
+    let dmz = str_of(&made["public_subnets"][0], "public subnet");
+    let spec = rig.write_spec(
+        "bf.toml",
+        &brownfield_spec(
+            "bf",
+            vpc,
+            "single",
+            &[
+                existing_subnet("dmz", "public", dmz),
+                existing_subnet(
+                    "team",
+                    "private",
+                    str_of(&made["private_subnet_name"], "private subnet name"),
+                ),
+                created_subnet("analysis", "private", "10.77.50.0/24", "us-east-1a"),
+            ],
+        ),
+    );
+
+    let plan = rig.ok(&spec, &["plan"]);
+    for want in [
+        "+ subnet/analysis",
+        "+ nat/",
+        "+ instance/bastion",
+        "+ sg/bastion",
+    ] {
+        assert!(plan.contains(want), "{want}:\n{plan}");
+    }
+    assert_plan_creates_beside(
+        &plan,
+        &made_ids(&made),
+        &["vpc", "igw", "sg/default", "subnet/dmz", "subnet/team"],
+    );
+    rig.ok(&spec, &["apply"]);
+    rig.assert_no_changes(&spec, "bf");
+    assert_network_unchanged(&before, &rig.network_snapshot(&made), "after apply");
+
+    let (rt, ec2) = rig.ec2();
+    rt.block_on(async {
+        // Only what the stack owns carries its tag: one subnet, its table, the NAT and its
+        // address, the bastion's address, two groups, the bastion.
+        assert_eq!(
+            tagged_counts(&ec2, "bf").await,
+            vec![
+                ("vpc", 0),
+                ("subnet", 1),
+                ("igw", 0),
+                ("eip", 2),
+                ("nat", 1),
+                ("route table", 1),
+                ("security group", 2),
+                ("instance", 1),
+            ]
+        );
+        // The bastion runs in the team's public subnet, behind the stack's group.
+        let bastion = bastion_instance(&ec2, "bf").await;
+        assert_eq!(bastion.subnet_id(), Some(dmz));
+        assert_eq!(bastion.vpc_id(), Some(vpc));
+        let bastion_sg = stack_group(&ec2, "bf", "sg/bastion").await;
+        let groups: Vec<&str> = bastion
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id())
+            .collect();
+        assert_eq!(groups, [bastion_sg.as_str()]);
+        // The created subnet is the stack's; its table routes out through the stack's NAT,
+        // which stands in the team's public subnet.
+        let (subnet, table) = subnet_and_table(&ec2, vpc, "10.77.50.0/24").await;
+        assert!(
+            has_tag(subnet.tags(), "gatehouse:stack", "bf"),
+            "{subnet:?}"
+        );
+        assert_eq!(subnet.availability_zone(), Some("us-east-1a"));
+        assert!(has_tag(table.tags(), "gatehouse:stack", "bf"), "{table:?}");
+        let nats = ec2.describe_nat_gateways().send().await.expect("nats");
+        let nat = nats
+            .nat_gateways()
+            .iter()
+            .find(|n| n.state().map(|s| s.as_str()) != Some("deleted"))
+            .expect("a NAT gateway");
+        assert_eq!(nat.subnet_id(), Some(dmz));
+        assert_eq!(
+            default_route(&table),
+            Some((None, nat.nat_gateway_id().map(str::to_owned))),
+            "{table:?}"
+        );
+        let private_sg = stack_group(&ec2, "bf", "sg/private").await;
+        let private = ec2
+            .describe_security_groups()
+            .group_ids(&private_sg)
+            .send()
+            .await
+            .expect("private group");
+        assert_eq!(private.security_groups()[0].vpc_id(), Some(vpc));
+    });
+
+    let out = rig.ok(&spec, &["destroy"]);
+    assert!(out.contains("stack bf: destroyed"), "{out}");
+    assert_network_unchanged(&before, &rig.network_snapshot(&made), "after destroy");
+    rt.block_on(async {
+        assert_eq!(tagged_left(&ec2, "bf").await, []);
+        let role = rig
+            .iam()
+            .get_role()
+            .role_name("gatehouse-bf-bastion")
+            .send()
+            .await;
+        assert!(role.is_err(), "the role must be gone: {role:?}");
+    });
+}
+
+#[test]
+fn brownfield_on_the_default_vpc_splits_it_and_destroy_restores_it() {
+    let rig = Rig::new();
+    let found = rig.brownfield(&["default"]);
+    let before = rig.network_snapshot(&found);
+    // moto's default VPC in us-east-1: one default subnet per zone (six), its main table.
+    assert_eq!(
+        [
+            snapshot_len(&before, "vpcs"),
+            snapshot_len(&before, "subnets"),
+            snapshot_len(&before, "route_tables"),
+            snapshot_len(&before, "security_groups"),
+            snapshot_len(&before, "internet_gateways"),
+        ],
+        [1, 6, 1, 1, 1],
+        "{before:#}"
+    );
+    let vpc = str_of(&found["vpc"], "vpc");
+    let dmz = str_of(
+        &found["subnets_by_az"]["us-east-1a"],
+        "default subnet in us-east-1a",
+    );
+    let spec = rig.write_spec(
+        "bf.toml",
+        &brownfield_spec(
+            "bf",
+            "default",
+            "none",
+            &[
+                existing_subnet("dmz", "public", dmz),
+                created_subnet("analysis", "private", "172.31.128.0/24", "us-east-1a"),
+            ],
+        ),
+    );
+    let plan = rig.ok(&spec, &["plan"]);
+    assert!(plan.contains("+ subnet/analysis"), "{plan}");
+    assert!(!plan.contains("+ nat/"), "nat = none:\n{plan}");
+    assert_plan_creates_beside(
+        &plan,
+        &made_ids(&found),
+        &["vpc", "igw", "sg/default", "subnet/dmz"],
+    );
+    rig.ok(&spec, &["apply"]);
+    rig.assert_no_changes(&spec, "bf");
+    assert_network_unchanged(&before, &rig.network_snapshot(&found), "after apply");
+
+    let (rt, ec2) = rig.ec2();
+    rt.block_on(async {
+        let bastion = bastion_instance(&ec2, "bf").await;
+        assert_eq!(bastion.subnet_id(), Some(dmz));
+        assert_eq!(bastion.vpc_id(), Some(vpc));
+        // The private half: the stack's subnet on a table of its own without a way out.
+        let (subnet, table) = subnet_and_table(&ec2, vpc, "172.31.128.0/24").await;
+        assert!(
+            has_tag(subnet.tags(), "gatehouse:stack", "bf"),
+            "{subnet:?}"
+        );
+        assert!(has_tag(table.tags(), "gatehouse:stack", "bf"), "{table:?}");
+        assert_eq!(default_route(&table), None, "{table:?}");
+        // The default group keeps its rules (the snapshot compares them; this says why).
+        let default_sg = str_of(&found["default_security_group"], "default group");
+        let group = ec2
+            .describe_security_groups()
+            .group_ids(default_sg)
+            .send()
+            .await
+            .expect("default group");
+        let group = &group.security_groups()[0];
+        assert!(
+            !group.ip_permissions().is_empty() && !group.ip_permissions_egress().is_empty(),
+            "the default group was locked down: {group:?}"
+        );
+        assert_eq!(
+            tagged_counts(&ec2, "bf").await,
+            vec![
+                ("vpc", 0),
+                ("subnet", 1),
+                ("igw", 0),
+                ("eip", 1),
+                ("nat", 0),
+                ("route table", 1),
+                ("security group", 2),
+                ("instance", 1),
+            ]
+        );
+    });
+
+    rig.ok(&spec, &["destroy"]);
+    assert_network_unchanged(&before, &rig.network_snapshot(&found), "after destroy");
+    rt.block_on(async {
+        assert_eq!(tagged_left(&ec2, "bf").await, []);
+    });
+}
+
+#[test]
+fn brownfield_replicas_span_existing_public_subnets() {
+    let rig = Rig::new();
+    let made = rig.brownfield(&["make"]);
+    let before = rig.network_snapshot(&made);
+    assert_eq!(snapshot_len(&before, "subnets"), 5, "{before:#}");
+    let publics: Vec<&str> = made["public_subnets"]
+        .as_array()
+        .expect("public subnets")
+        .iter()
+        .map(|s| str_of(s, "public subnet"))
+        .collect();
+    // One by id, one by its Name tag.
+    let text = brownfield_spec(
+        "bf",
+        str_of(&made["vpc_name"], "vpc name"),
+        "none",
+        &[
+            existing_subnet("dmz", "public", publics[0]),
+            existing_subnet(
+                "dmz-b",
+                "public",
+                str_of(&made["public_subnet_names"][1], "public subnet name"),
+            ),
+        ],
+    );
+    let replicated = text.replace("allowed_cidrs = [", "replicas = 2\nallowed_cidrs = [");
+    assert_ne!(replicated, text);
+    let spec = rig.write_spec("bf.toml", &replicated);
+    let plan = rig.ok(&spec, &["plan"]);
+    assert!(plan.contains("+ nlb"), "{plan}");
+    assert_plan_creates_beside(
+        &plan,
+        &made_ids(&made),
+        &["vpc", "igw", "sg/default", "subnet/dmz", "subnet/dmz-b"],
+    );
+    rig.ok(&spec, &["apply"]);
+    rig.assert_no_changes(&spec, "bf");
+    assert_network_unchanged(&before, &rig.network_snapshot(&made), "after apply");
+
+    let (rt, ec2) = rig.ec2();
+    let r = rt.block_on(rig.replicas("bf"));
+    let mut expected: Vec<&str> = publics.clone();
+    expected.sort_unstable();
+    let balancer = r.balancer.as_ref().expect("balancer");
+    let mut in_subnets: Vec<&str> = balancer
+        .availability_zones()
+        .iter()
+        .filter_map(|z| z.subnet_id())
+        .collect();
+    in_subnets.sort_unstable();
+    assert_eq!(in_subnets, expected, "{balancer:?}");
+    assert_eq!(balancer.vpc_id(), made["vpc"].as_str());
+    let group = r.group.as_ref().expect("auto scaling group");
+    let mut group_subnets: Vec<&str> = group
+        .vpc_zone_identifier()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .collect();
+    group_subnets.sort_unstable();
+    assert_eq!(group_subnets, expected, "{group:?}");
+    assert_eq!(group.desired_capacity(), Some(2));
+
+    rig.ok(&spec, &["destroy"]);
+    assert_network_unchanged(&before, &rig.network_snapshot(&made), "after destroy");
+    let r = rt.block_on(rig.replicas("bf"));
+    assert!(
+        r.balancer.is_none() && r.group.is_none() && r.target_group.is_none() && r.templates == 0,
+        "{r:?}"
+    );
+    rt.block_on(async {
+        assert_eq!(tagged_left(&ec2, "bf").await, []);
+    });
+}
+
+#[test]
+fn brownfield_refusals_name_the_problem_and_change_nothing() {
+    let rig = Rig::new();
+    let made = rig.brownfield(&["make"]);
+    let before = rig.network_snapshot(&made);
+    assert_eq!(snapshot_len(&before, "vpcs"), 3, "{before:#}");
+    let vpc = str_of(&made["vpc"], "vpc");
+    let dmz = existing_subnet("dmz", "public", str_of(&made["public_subnets"][0], "dmz"));
+    let analysis = created_subnet("analysis", "private", "10.77.50.0/24", "us-east-1a");
+    let with_replicas = |text: String| {
+        let with = text.replace("allowed_cidrs = [", "replicas = 2\nallowed_cidrs = [");
+        assert_ne!(with, text);
+        with
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "a public subnet whose own table has no route out",
+            brownfield_spec(
+                "bf",
+                vpc,
+                "none",
+                &[
+                    existing_subnet("dmz", "public", str_of(&made["private_subnet"], "private")),
+                    analysis.clone(),
+                ],
+            ),
+            "no route to an internet gateway",
+        ),
+        (
+            "a public subnet on the main table, which has no route out",
+            brownfield_spec(
+                "bf",
+                vpc,
+                "none",
+                &[
+                    existing_subnet(
+                        "dmz",
+                        "public",
+                        str_of(&made["scratch_subnets"][0], "scratch"),
+                    ),
+                    analysis.clone(),
+                ],
+            ),
+            "no route to an internet gateway",
+        ),
+        (
+            "replicas over public subnets in one zone",
+            with_replicas(brownfield_spec(
+                "bf",
+                vpc,
+                "none",
+                &[dmz.clone(), analysis.clone()],
+            )),
+            "at least two availability zones",
+        ),
+        (
+            "a VPC of another region",
+            brownfield_spec(
+                "bf",
+                str_of(&made["west_vpc"], "west vpc"),
+                "none",
+                &[dmz.clone(), analysis.clone()],
+            ),
+            "not found in us-east-1",
+        ),
+        (
+            "a created subnet over an existing one",
+            brownfield_spec(
+                "bf",
+                vpc,
+                "none",
+                &[
+                    dmz.clone(),
+                    created_subnet("analysis", "private", "10.77.10.128/25", "us-east-1a"),
+                ],
+            ),
+            "overlaps",
+        ),
+        (
+            "a subnet Name two subnets carry",
+            brownfield_spec(
+                "bf",
+                vpc,
+                "none",
+                &[
+                    dmz.clone(),
+                    existing_subnet(
+                        "scratch",
+                        "private",
+                        str_of(&made["scratch_subnet_name"], "scratch name"),
+                    ),
+                ],
+            ),
+            "ambiguous",
+        ),
+        (
+            "a VPC Name two VPCs carry",
+            brownfield_spec(
+                "bf",
+                str_of(&made["sandbox_vpc_name"], "sandbox name"),
+                "none",
+                &[created_subnet(
+                    "dmz",
+                    "public",
+                    "10.88.0.0/24",
+                    "us-east-1a",
+                )],
+            ),
+            "ambiguous",
+        ),
+        (
+            "a created subnet outside the VPC's blocks",
+            brownfield_spec(
+                "bf",
+                vpc,
+                "none",
+                &[
+                    dmz.clone(),
+                    created_subnet("analysis", "private", "10.99.50.0/24", "us-east-1a"),
+                ],
+            ),
+            "outside",
+        ),
+    ];
+    let (rt, ec2) = rig.ec2();
+    let logs = rig.logs();
+    for (what, text, message) in &cases {
+        let spec = rig.write_spec("bf.toml", text);
+        for command in ["plan", "apply"] {
+            let out = rig.run(&spec, &[command]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "{what}: {command} succeeded:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert!(err.contains(message), "{what}: {command} said:\n{err}");
+        }
+        rt.block_on(async {
+            assert_eq!(tagged_left(&ec2, "bf").await, [], "{what}");
+            assert_eq!(log_group(&logs, "bf").await, None, "{what}");
+            let role = rig
+                .iam()
+                .get_role()
+                .role_name("gatehouse-bf-bastion")
+                .send()
+                .await;
+            assert!(role.is_err(), "{what}: a role was made");
+        });
+        assert_network_unchanged(&before, &rig.network_snapshot(&made), what);
+    }
+}
+
+#[test]
+fn brownfield_created_public_subnets_route_to_the_vpcs_own_gateway() {
+    let rig = Rig::new();
+    let made = rig.brownfield(&["make"]);
+    let before = rig.network_snapshot(&made);
+    assert_eq!(snapshot_len(&before, "internet_gateways"), 1, "{before:#}");
+    let vpc = str_of(&made["vpc"], "vpc");
+    let igw = str_of(&made["igw"], "igw");
+    let spec = rig.write_spec(
+        "bf.toml",
+        &brownfield_spec(
+            "bf",
+            vpc,
+            "single",
+            &[
+                created_subnet("dmz", "public", "10.77.60.0/24", "us-east-1b"),
+                created_subnet("analysis", "private", "10.77.61.0/24", "us-east-1b"),
+            ],
+        ),
+    );
+    let plan = rig.ok(&spec, &["plan"]);
+    assert!(!plan.contains("+ igw"), "the VPC has its gateway:\n{plan}");
+    assert_plan_creates_beside(&plan, &made_ids(&made), &["vpc", "igw", "sg/default"]);
+    rig.ok(&spec, &["apply"]);
+    rig.assert_no_changes(&spec, "bf");
+    assert_network_unchanged(&before, &rig.network_snapshot(&made), "after apply");
+
+    let (rt, ec2) = rig.ec2();
+    rt.block_on(async {
+        // The public subnet's table sends 0.0.0.0/0 to the team's gateway; the NAT stands in
+        // that subnet and the private table routes to it.
+        let (dmz, public) = subnet_and_table(&ec2, vpc, "10.77.60.0/24").await;
+        assert!(has_tag(dmz.tags(), "gatehouse:stack", "bf"), "{dmz:?}");
+        assert!(
+            has_tag(public.tags(), "gatehouse:stack", "bf"),
+            "{public:?}"
+        );
+        assert_eq!(
+            default_route(&public),
+            Some((Some(igw.to_owned()), None)),
+            "{public:?}"
+        );
+        let (_, private) = subnet_and_table(&ec2, vpc, "10.77.61.0/24").await;
+        assert_ne!(private.route_table_id(), public.route_table_id());
+        let nats = ec2.describe_nat_gateways().send().await.expect("nats");
+        let nat = nats
+            .nat_gateways()
+            .iter()
+            .find(|n| n.state().map(|s| s.as_str()) != Some("deleted"))
+            .expect("a NAT gateway");
+        assert_eq!(nat.subnet_id(), dmz.subnet_id());
+        assert_eq!(
+            default_route(&private),
+            Some((None, nat.nat_gateway_id().map(str::to_owned))),
+            "{private:?}"
+        );
+        let bastion = bastion_instance(&ec2, "bf").await;
+        assert_eq!(bastion.subnet_id(), dmz.subnet_id());
+        assert_eq!(
+            tagged_counts(&ec2, "bf").await,
+            vec![
+                ("vpc", 0),
+                ("subnet", 2),
+                ("igw", 0),
+                ("eip", 2),
+                ("nat", 1),
+                ("route table", 2),
+                ("security group", 2),
+                ("instance", 1),
+            ]
+        );
+    });
+    rig.ok(&spec, &["destroy"]);
+    assert_network_unchanged(&before, &rig.network_snapshot(&made), "after destroy");
+    rt.block_on(async {
+        assert_eq!(tagged_left(&ec2, "bf").await, []);
+    });
+}
+
+/// The JSON argument of `flag` in a printed AWS CLI command (`--flag '<json>'`).
+fn cli_json_argument(command: &str, flag: &str) -> serde_json::Value {
+    let rest = command
+        .split_once(&format!("{flag} '"))
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("{flag} in {command}"));
+    let json = rest.split_once('\'').map_or(rest, |(json, _)| json);
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{flag}: {e}: {json}"))
+}
+
+#[test]
+fn output_names_the_bastions_group_and_the_commands_that_admit_a_teams_host_work() {
+    let rig = Rig::new();
+    let made = rig.brownfield(&["make"]);
+    let vpc = str_of(&made["vpc"], "vpc");
+    let dmz = str_of(&made["public_subnets"][0], "public subnet");
+    let private = str_of(&made["private_subnet"], "private subnet");
+    let spec = rig.write_spec(
+        "bf.toml",
+        &brownfield_spec(
+            "bf",
+            vpc,
+            "none",
+            &[
+                existing_subnet("dmz", "public", dmz),
+                existing_subnet("team", "private", private),
+            ],
+        ),
+    );
+    rig.ok(&spec, &["apply"]);
+    let text = rig.ok(&spec, &["output"]);
+    let json: serde_json::Value =
+        serde_json::from_str(&rig.ok(&spec, &["output", "--json"])).expect("output json");
+    let group = str_of(&json["bastion_security_group"], "bastion group").to_owned();
+    assert!(group.starts_with("sg-"), "{json:#}");
+    assert!(
+        text.contains(&format!(
+            "bastion security group: {group}: a host the stack did not create"
+        )),
+        "{text}"
+    );
+    // The VPC and the existing subnets are named, though the stack does not own them.
+    assert_eq!(json["vpc_id"], vpc, "{json:#}");
+    assert_eq!(json["subnet_ids"]["dmz"], dmz, "{json:#}");
+    assert_eq!(json["subnet_ids"]["team"], private, "{json:#}");
+
+    // The printed commands, run as the team would (their JSON through the SDK): the team's
+    // group admits the bastion's on [private] ports, and the team's instance gets the tags
+    // the daemon reads.
+    let commands: Vec<&str> = json["admit_commands"]
+        .as_array()
+        .expect("admit_commands")
+        .iter()
+        .map(|c| c.as_str().expect("a command"))
+        .collect();
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    for command in &commands {
+        assert!(text.contains(command), "{command} in:\n{text}");
+    }
+    assert!(
+        commands[0].starts_with(
+            "aws ec2 authorize-security-group-ingress --region us-east-1 --group-id <security \
+             group of your hosts> --ip-permissions '"
+        ),
+        "{}",
+        commands[0]
+    );
+    let permissions = cli_json_argument(commands[0], "--ip-permissions");
+    let tags = cli_json_argument(commands[1], "--tags");
+    let team_group = str_of(&made["team_security_group"], "team group").to_owned();
+    let instance = str_of(&made["instances"][0], "team instance").to_owned();
+    let (rt, ec2) = rig.ec2();
+    rt.block_on(async {
+        let mut request = ec2.authorize_security_group_ingress().group_id(&team_group);
+        for p in permissions.as_array().expect("permissions") {
+            let pair = &p["UserIdGroupPairs"][0];
+            request = request.ip_permissions(
+                aws_sdk_ec2::types::IpPermission::builder()
+                    .ip_protocol(str_of(&p["IpProtocol"], "protocol"))
+                    .from_port(p["FromPort"].as_i64().expect("from") as i32)
+                    .to_port(p["ToPort"].as_i64().expect("to") as i32)
+                    .user_id_group_pairs(
+                        aws_sdk_ec2::types::UserIdGroupPair::builder()
+                            .group_id(str_of(&pair["GroupId"], "group"))
+                            .description(str_of(&pair["Description"], "description"))
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        request.send().await.expect("authorize as printed");
+        let mut request = ec2.create_tags().resources(&instance);
+        for t in tags.as_array().expect("tags") {
+            request = request.tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key(str_of(&t["Key"], "key"))
+                    .value(str_of(&t["Value"], "value").replace("<group>", "research"))
+                    .build(),
+            );
+        }
+        request.send().await.expect("tag as printed");
+
+        let sg = ec2
+            .describe_security_groups()
+            .group_ids(&team_group)
+            .send()
+            .await
+            .expect("team group");
+        let mut admitted: Vec<(i32, String)> = sg.security_groups()[0]
+            .ip_permissions()
+            .iter()
+            .flat_map(|p| {
+                p.user_id_group_pairs().iter().map(move |g| {
+                    (
+                        p.from_port().unwrap_or(-1),
+                        g.group_id().unwrap_or_default().to_string(),
+                    )
+                })
+            })
+            .collect();
+        // (The team's own rules stay beside them.)
+        admitted.retain(|(_, from)| from == &group);
+        admitted.sort();
+        assert_eq!(admitted, [(22, group.clone()), (8888, group.clone())]);
+        let described = ec2
+            .describe_instances()
+            .instance_ids(&instance)
+            .send()
+            .await
+            .expect("team instance");
+        let tags = described.reservations()[0].instances()[0].tags();
+        assert!(has_tag(tags, "gatehouse:groups", "research"), "{tags:?}");
+        assert!(has_tag(tags, "gatehouse:ports", "22,8888"), "{tags:?}");
+    });
 }

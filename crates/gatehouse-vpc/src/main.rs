@@ -215,7 +215,7 @@ async fn run(
     // A spec placed into an existing VPC is validated again against what AWS has there
     // (destroy needs only the stack's tag and works after the VPC is gone).
     let resolve = !matches!(cli.command, Command::Destroy { .. });
-    let spec = match spec.existing_vpc().filter(|_| resolve) {
+    let mut spec = match spec.existing_vpc().filter(|_| resolve) {
         None => spec,
         Some(reference) => {
             let facts = aws::observe_network(&clients, reference)
@@ -234,6 +234,25 @@ async fn run(
         poll: cli.poll_interval,
         timeout: cli.wait_timeout,
     };
+    if matches!(cli.command, Command::Plan { .. } | Command::Apply) {
+        let same_partition = gatehouse_vpc::names::partition(&spec.region)
+            == gatehouse_vpc::names::partition(gatehouse_aws::events::IAM_EVENTS_REGION);
+        let trails = if spec.bastion.iam_events_auto && same_partition {
+            Some(
+                aws::observe::observe_trails(&clients)
+                    .await
+                    .context("reading the CloudTrail trails (iam_events is not set)")?,
+            )
+        } else {
+            None
+        };
+        let verdict = trails
+            .as_deref()
+            .map(gatehouse_vpc::plan::events::trail_for_iam_events);
+        if let Some(note) = spec.decide_iam_events(verdict) {
+            eprintln!("note: {note}");
+        }
+    }
     let stack = spec.stack.clone();
     match cli.command {
         Command::Plan { json } => {
@@ -298,6 +317,15 @@ async fn run(
                     println!("balancer addresses: {}", out.balancer_ips.join(", "));
                 }
                 println!("host key parameter: {}", out.host_key_parameter);
+                if let Some(group) = &out.bastion_security_group {
+                    println!(
+                        "bastion security group: {group}: a host the stack did not create \
+                         admits it on its ports and carries the tags that name who may reach it:"
+                    );
+                    for command in &out.admit_commands {
+                        println!("  {command}");
+                    }
+                }
                 println!();
                 print!("{}", out.ssh_config);
             }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::model::Observed;
+use crate::model::{Observed, TAG_GROUPS, TAG_PORTS};
 use crate::spec::Spec;
 
 /// What `output` prints.
@@ -24,7 +24,45 @@ pub struct StackOutput {
     pub subnet_ids: std::collections::BTreeMap<String, String>,
     /// Public IPs of the NAT gateways (like `nat_public_ips`), e.g. for allow lists elsewhere.
     pub nat_public_ips: Vec<String>,
+    /// The bastion's security group (every replica's too): what a host the stack did not
+    /// create must admit on its SSH and Jupyter ports.
+    pub bastion_security_group: Option<String>,
+    /// The one thing left to the user for such a host: the AWS CLI commands that admit the
+    /// bastion's group on `[private] ports` in the host's own group, and tag the host so the
+    /// bastion finds it (placeholders in `<>`).
+    pub admit_commands: Vec<String>,
     pub ssh_config: String,
+}
+
+/// The commands that make a host the stack did not create reachable through the bastion:
+/// its security group admits the bastion's on `ports`, and its tags name who may reach it on
+/// which ports (the daemon's `gatehouse:groups` and `gatehouse:ports`). JSON arguments, not
+/// the CLI's shorthand, which would split the comma in `22,8888`.
+pub fn admit_commands(region: &str, bastion_group: &str, ports: &[u16]) -> Vec<String> {
+    let permissions: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "IpProtocol": "tcp",
+                "FromPort": p,
+                "ToPort": p,
+                "UserIdGroupPairs": [{"GroupId": bastion_group, "Description": "gatehouse bastion"}],
+            })
+        })
+        .collect();
+    let listed: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let tags = serde_json::json!([
+        {"Key": TAG_GROUPS, "Value": "<group>"},
+        {"Key": TAG_PORTS, "Value": listed.join(",")},
+    ]);
+    vec![
+        format!(
+            "aws ec2 authorize-security-group-ingress --region {region} --group-id \
+             <security group of your hosts> --ip-permissions '{}'",
+            serde_json::Value::from(permissions)
+        ),
+        format!("aws ec2 create-tags --region {region} --resources <instance id> --tags '{tags}'"),
+    ]
 }
 
 /// An `--user` that no IAM user can have, so the bastion has no login name for it.
@@ -55,11 +93,23 @@ pub fn login_name(user: &str) -> Result<String, BadUser> {
 pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> Result<StackOutput, BadUser> {
     let login = login_name(user)?;
     let obs = crate::plan::only_ours(&spec.stack, obs);
+    let existing = match &spec.network {
+        crate::spec::Network::Existing {
+            found: Some(found), ..
+        } => Some(found.vpc_id.clone()),
+        _ => None,
+    };
     let vpc_id = obs
         .vpcs
         .iter()
         .find(|v| v.key == "vpc")
-        .map(|v| v.id.clone());
+        .map(|v| v.id.clone())
+        .or(existing);
+    let bastion_security_group = obs
+        .security_groups
+        .iter()
+        .find(|g| g.key == "sg/bastion")
+        .map(|g| g.id.clone());
     let bastion = obs.instances.iter().find(|i| i.key == "instance/bastion");
     let address = if spec.bastion.scaled_out() {
         obs.balancer.as_ref().map(|b| b.dns_name.clone())
@@ -118,6 +168,11 @@ pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> Result<StackOutp
             .subnets
             .iter()
             .filter_map(|s| Some((s.key.strip_prefix("subnet/")?.to_string(), s.id.clone())))
+            .chain(
+                spec.subnets
+                    .iter()
+                    .filter_map(|s| Some((s.name.clone(), s.existing.clone()?))),
+            )
             .collect(),
         nat_public_ips: obs
             .eips
@@ -125,6 +180,11 @@ pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> Result<StackOutp
             .filter(|e| e.key.starts_with("eip/nat-"))
             .map(|e| e.public_ip.clone())
             .collect(),
+        admit_commands: bastion_security_group
+            .as_deref()
+            .map(|g| admit_commands(&spec.region, g, &spec.private_ports))
+            .unwrap_or_default(),
+        bastion_security_group,
         ssh_config: cfg,
     })
 }

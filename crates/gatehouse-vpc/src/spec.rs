@@ -321,6 +321,10 @@ pub struct Bastion {
     /// `iam_events`: the stack provisions the IAM change-event queue and rule, and the
     /// daemon reads the queue.
     pub iam_events: bool,
+    /// `iam_events` is not in the spec: `plan` and `apply` turn it on when the account has a
+    /// CloudTrail trail that delivers IAM's events to `us-east-1`, and say which trail, or why
+    /// none does ([`Spec::decide_iam_events`]). An explicit `false` stays off.
+    pub iam_events_auto: bool,
     /// `audit_retention_days`: the audit log group's retention, one of
     /// [`AUDIT_RETENTION_DAYS`].
     pub audit_retention_days: i32,
@@ -400,6 +404,50 @@ impl Spec {
     /// A brownfield spec whose network has not been read yet: the planner refuses it.
     pub fn unresolved(&self) -> bool {
         matches!(self.network, Network::Existing { found: None, .. })
+    }
+
+    /// Decide an unset `iam_events` from the account's trails (`trails`: the trail that
+    /// delivers IAM's events, or why none does); returns what `plan` and `apply` tell the
+    /// user. An explicit setting is kept and `None` returned. A region outside `us-east-1`'s
+    /// partition has no IAM events to hear: off.
+    pub fn decide_iam_events(&mut self, trails: Option<Result<&str, String>>) -> Option<String> {
+        if !self.bastion.iam_events_auto {
+            return None;
+        }
+        let (on, why) = match trails {
+            None => (
+                false,
+                format!(
+                    "IAM's events arrive in {}, outside this region's partition",
+                    gatehouse_aws::events::IAM_EVENTS_REGION
+                ),
+            ),
+            Some(Ok(trail)) => (
+                true,
+                format!(
+                    "CloudTrail trail {trail} delivers IAM's calls to EventBridge in {}",
+                    gatehouse_aws::events::IAM_EVENTS_REGION
+                ),
+            ),
+            Some(Err(found)) => (
+                false,
+                format!(
+                    "no CloudTrail trail delivers IAM's calls to EventBridge in {}. {}",
+                    gatehouse_aws::events::IAM_EVENTS_REGION,
+                    found.trim_end_matches('.')
+                ),
+            ),
+        };
+        self.bastion.iam_events = on;
+        Some(format!(
+            "iam_events (not set in the spec): {}: {why}{}",
+            if on { "on" } else { "off" },
+            if on {
+                "; set iam_events = false to keep it off"
+            } else {
+                "; revocations wait for the IAM sweep"
+            }
+        ))
     }
 
     /// The stack creates at least one subnet (and so route tables).
@@ -716,6 +764,9 @@ impl Validator<'_> {
         }
         let binary = self.check_binary(b, origin);
         let iam_events = b.iam_events.as_ref().is_some_and(|e| *e.get_ref());
+        // Not set: on when the account has a trail that delivers IAM's events (plan and
+        // apply read the trails and decide; see `Bastion::iam_events_auto`).
+        let iam_events_auto = b.iam_events.is_none();
         if let Some(flag) = b.iam_events.as_ref().filter(|_| iam_events) {
             let here = crate::names::partition(&region);
             let there = crate::names::partition(gatehouse_aws::events::IAM_EVENTS_REGION);
@@ -971,6 +1022,7 @@ impl Validator<'_> {
                     .map(|d| d.get_ref().clone())
                     .unwrap_or_default(),
                 iam_events,
+                iam_events_auto,
                 audit_retention_days,
                 replicas,
                 fixed_addresses,
@@ -1276,5 +1328,7 @@ fn is_az_of(az: &str, region: &str) -> bool {
         .is_some_and(|rest| rest.len() == 1 && rest.chars().all(|c| c.is_ascii_lowercase()))
 }
 
+#[cfg(test)]
+pub(crate) mod brownfield_tests;
 #[cfg(test)]
 mod tests;

@@ -692,7 +692,7 @@ async fn observe_rule(c: &Clients, stack: &str, obs: &mut Observed) -> Result<()
 /// The trails `us-east-1` sees (its own and the shadows of multi-region trails), and for
 /// those that can deliver IAM's events there, whether they log and record management write
 /// events.
-async fn observe_trails(c: &Clients) -> Result<Vec<ObsTrail>, Error> {
+pub async fn observe_trails(c: &Clients) -> Result<Vec<ObsTrail>, Error> {
     let what = format!("cloudtrail trails in {IAM_EVENTS_REGION}");
     let list = c
         .cloudtrail

@@ -255,10 +255,18 @@ fn check_iam_event_trails(obs: &Observed) -> Result<(), PlanError> {
             message: "the CloudTrail trails were not read".into(),
         });
     };
-    if trails.iter().any(ObsTrail::delivers_iam_events) {
-        return Ok(());
+    trail_for_iam_events(trails)
+        .map(|_| ())
+        .map_err(|found| PlanError::NoIamEventTrail { found })
+}
+
+/// The trail that delivers IAM's events to EventBridge in `us-east-1` (its name), or what
+/// the account has instead and why none of it does.
+pub fn trail_for_iam_events(trails: &[ObsTrail]) -> Result<&str, String> {
+    if let Some(t) = trails.iter().find(|t| t.delivers_iam_events()) {
+        return Ok(&t.name);
     }
-    let found = if trails.is_empty() {
+    Err(if trails.is_empty() {
         format!("The account has no trail that {IAM_EVENTS_REGION} sees.")
     } else {
         let each: Vec<String> = trails
@@ -266,8 +274,7 @@ fn check_iam_event_trails(obs: &Observed) -> Result<(), PlanError> {
             .map(|t| format!("{} ({})", t.name, why_not_delivering(t)))
             .collect();
         format!("Trails: {}.", each.join("; "))
-    };
-    Err(PlanError::NoIamEventTrail { found })
+    })
 }
 
 /// Why a trail does not deliver IAM's events to `us-east-1`.

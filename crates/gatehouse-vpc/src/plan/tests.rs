@@ -3022,3 +3022,167 @@ fn a_topic_or_alarm_of_the_stacks_name_not_ours_is_refused_and_never_destroyed()
     assert!(err.to_string().contains("CloudWatch alarm"), "{err}");
     assert!(plan_destroy("lab", &obs, AuditLog::Delete).is_empty());
 }
+
+/// A stack placed into an existing VPC: no VPC, gateway or default-group step; only the
+/// subnet it describes by CIDR is created (routed through a NAT gateway it puts in the
+/// existing public subnet); the existing subnets are named by their ids and never touched;
+/// it converges in one round and destroy removes only what it created.
+#[test]
+fn a_brownfield_stack_creates_only_its_own_and_converges() {
+    use crate::spec::brownfield_tests::{facts, resolve, BROWNFIELD};
+    let spec = resolve(BROWNFIELD, &facts()).unwrap_or_else(|e| panic!("{e:#?}"));
+    let plan = plan_apply(&spec, &Fake::new().obs).expect("plan");
+    for step in &plan.steps {
+        let touches_the_network = matches!(
+            step.action,
+            Action::CreateVpc { .. }
+                | Action::EnableDns { .. }
+                | Action::LockDownDefaultSecurityGroup { .. }
+                | Action::CreateInternetGateway { .. }
+                | Action::AttachInternetGateway { .. }
+        );
+        assert!(!touches_the_network, "{step:?}");
+        if let Action::Associate { subnet, .. } = &step.action {
+            assert_eq!(
+                subnet, "subnet/analysis",
+                "only the created subnet is associated"
+            );
+        }
+    }
+    assert_eq!(
+        plan.known.get("vpc").map(String::as_str),
+        Some("vpc-0aaaaaaaaaaaaaaaa")
+    );
+    assert_eq!(
+        plan.known.get("subnet/dmz").map(String::as_str),
+        Some("subnet-0aaaaaaaaaaaaaaa1")
+    );
+    assert_eq!(
+        plan.known.get("subnet/team").map(String::as_str),
+        Some("subnet-0aaaaaaaaaaaaaaa3")
+    );
+    let created_subnets: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::CreateSubnet { key, vpc, .. } => {
+                assert_eq!(vpc, "vpc");
+                Some(key.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created_subnets, ["subnet/analysis"]);
+    let nat = plan.steps.iter().find_map(|s| match &s.action {
+        Action::CreateNatGateway { subnet, .. } => Some(subnet.as_str()),
+        _ => None,
+    });
+    assert_eq!(nat, Some("subnet/dmz"), "NAT in the existing public subnet");
+    let tables: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::CreateRouteTable { key, .. } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tables,
+        ["rt/private"],
+        "no public table: no public subnet is created"
+    );
+
+    let mut fake = Fake::new();
+    assert_eq!(fake.converge(&spec), 1);
+    assert!(fake.obs.vpcs.is_empty() && fake.obs.igws.is_empty());
+    let destroy = plan_destroy("lab", &fake.obs, AuditLog::Delete);
+    fake.apply(&spec, &destroy);
+    assert!(fake.obs.subnets.is_empty() && fake.obs.route_tables.is_empty());
+
+    // Without a created private subnet there is nothing for NAT to serve.
+    let only_existing = BROWNFIELD.replacen(
+        "[[subnets]]\nname = \"analysis\"\ntier = \"private\"\ncidr = \"10.77.50.0/24\"\naz = \"us-east-1a\"\n",
+        "",
+        1,
+    );
+    let spec = resolve(&only_existing, &facts()).unwrap_or_else(|e| panic!("{e:#?}"));
+    let plan = plan_apply(&spec, &Fake::new().obs).expect("plan");
+    let network: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.action,
+                Action::CreateSubnet { .. }
+                    | Action::CreateRouteTable { .. }
+                    | Action::CreateNatGateway { .. }
+            )
+        })
+        .map(|s| s.resource.as_str())
+        .collect();
+    assert!(network.is_empty(), "{network:?}");
+    let builds = crate::deploy::Builds::of(&spec);
+    assert_eq!(
+        builds,
+        crate::deploy::Builds {
+            vpc: false,
+            subnets: false,
+            nat: false
+        }
+    );
+}
+
+/// The deployer's policy for a stack in an existing VPC lacks exactly the network-building
+/// actions it does not make.
+#[test]
+fn a_brownfield_deployers_policy_drops_the_vpc_building_actions() {
+    use crate::deploy::{actions, Builds};
+    use crate::spec::brownfield_tests::{facts, resolve, BROWNFIELD};
+    let names = |b: Builds| -> std::collections::BTreeSet<&'static str> {
+        actions(b).iter().map(|u| u.action).collect()
+    };
+    let everything = names(Builds::EVERYTHING);
+    let spec = resolve(BROWNFIELD, &facts()).unwrap_or_else(|e| panic!("{e:#?}"));
+    let with_subnets = names(Builds::of(&spec));
+    let dropped: Vec<&str> = everything.difference(&with_subnets).copied().collect();
+    assert_eq!(
+        dropped,
+        [
+            "ec2:AttachInternetGateway",
+            "ec2:CreateInternetGateway",
+            "ec2:CreateVpc",
+            "ec2:DeleteInternetGateway",
+            "ec2:DeleteVpc",
+            "ec2:DescribeVpcAttribute",
+            "ec2:DetachInternetGateway",
+            "ec2:ModifyVpcAttribute",
+        ]
+    );
+    let bare = names(Builds {
+        vpc: false,
+        subnets: false,
+        nat: false,
+    });
+    let dropped: Vec<&str> = with_subnets.difference(&bare).copied().collect();
+    assert_eq!(
+        dropped,
+        [
+            "ec2:AssociateRouteTable",
+            "ec2:CreateNatGateway",
+            "ec2:CreateRoute",
+            "ec2:CreateRouteTable",
+            "ec2:CreateSubnet",
+            "ec2:DeleteNatGateway",
+            "ec2:DeleteRoute",
+            "ec2:DeleteRouteTable",
+            "ec2:DeleteSubnet",
+            "ec2:DisassociateRouteTable",
+            "ec2:ReplaceRoute",
+            "ec2:ReplaceRouteTableAssociation",
+        ]
+    );
+    let policy = crate::deploy::deployer_policy("lab", "us-east-1", Builds::of(&spec));
+    let text = policy.to_string();
+    assert!(!text.contains("TagTheDefaultSecurityGroup"), "{text}");
+    assert!(!text.contains(":vpc/*"), "{text}");
+}
