@@ -1837,27 +1837,10 @@ async fn rule_targets(events: &aws_sdk_eventbridge::Client) -> Vec<(String, Stri
         .collect()
 }
 
-/// The user data of the stack's running bastion.
+/// The user data of the stack's bastion.
 async fn bastion_user_data(ec2: &aws_sdk_ec2::Client, stack: &str) -> String {
-    let res = ec2
-        .describe_instances()
-        .filters(tag(stack))
-        .filters(
-            Filter::builder()
-                .name("tag:gatehouse:resource")
-                .values("instance/bastion")
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .values("running")
-                .build(),
-        )
-        .send()
+    let id = bastion_instance(ec2, stack)
         .await
-        .expect("describe bastion");
-    let id = res.reservations()[0].instances()[0]
         .instance_id()
         .expect("id")
         .to_string();
@@ -4662,7 +4645,26 @@ fn output_names_the_bastions_group_and_the_commands_that_admit_a_teams_host_work
         .iter()
         .map(|c| c.as_str().expect("a command"))
         .collect();
-    assert_eq!(commands.len(), 2, "{commands:?}");
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    // The third undoes the first, so destroy can delete the bastion's group.
+    assert!(
+        commands[2].starts_with(
+            "before destroy: aws ec2 revoke-security-group-ingress --region us-east-1 --group-id \
+             <security group of your hosts> --ip-permissions '"
+        ),
+        "{}",
+        commands[2]
+    );
+    assert_eq!(
+        cli_json_argument(commands[2], "--ip-permissions"),
+        cli_json_argument(commands[0], "--ip-permissions")
+    );
+    assert!(
+        text.contains(
+            "# Host <its Name tag, instance id or private IP>\n#     ProxyJump bf-bastion"
+        ),
+        "{text}"
+    );
     for command in &commands {
         assert!(text.contains(command), "{command} in:\n{text}");
     }

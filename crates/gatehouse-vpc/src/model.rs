@@ -405,6 +405,9 @@ pub struct Observed {
     pub eips: Vec<ObsEip>,
     pub nats: Vec<ObsNat>,
     pub route_tables: Vec<ObsRouteTable>,
+    /// Explicit associations of the stack's subnets with route tables that are not the
+    /// stack's (another tool moved a subnet there): (table id, association).
+    pub foreign_associations: Vec<(String, ObsAssociation)>,
     pub security_groups: Vec<ObsSecurityGroup>,
     pub instances: Vec<ObsInstance>,
     pub role: Option<ObsRole>,

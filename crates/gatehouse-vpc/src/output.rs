@@ -28,8 +28,8 @@ pub struct StackOutput {
     /// create must admit on its SSH and Jupyter ports.
     pub bastion_security_group: Option<String>,
     /// The one thing left to the user for such a host: the AWS CLI commands that admit the
-    /// bastion's group on `[private] ports` in the host's own group, and tag the host so the
-    /// bastion finds it (placeholders in `<>`).
+    /// bastion's group on `[private] ports` in the host's own group, tag the host so the
+    /// bastion finds it, and (before `destroy`) revoke the first (placeholders in `<>`).
     pub admit_commands: Vec<String>,
     pub ssh_config: String,
 }
@@ -55,13 +55,19 @@ pub fn admit_commands(region: &str, bastion_group: &str, ports: &[u16]) -> Vec<S
         {"Key": TAG_GROUPS, "Value": "<group>"},
         {"Key": TAG_PORTS, "Value": listed.join(",")},
     ]);
+    let permissions = serde_json::Value::from(permissions);
     vec![
         format!(
             "aws ec2 authorize-security-group-ingress --region {region} --group-id \
-             <security group of your hosts> --ip-permissions '{}'",
-            serde_json::Value::from(permissions)
+             <security group of your hosts> --ip-permissions '{permissions}'"
         ),
         format!("aws ec2 create-tags --region {region} --resources <instance id> --tags '{tags}'"),
+        // A group that still admits the bastion's keeps `destroy` from deleting it
+        // (DependencyViolation): this undoes the first command.
+        format!(
+            "before destroy: aws ec2 revoke-security-group-ingress --region {region} --group-id \
+             <security group of your hosts> --ip-permissions '{permissions}'"
+        ),
     ]
 }
 
@@ -138,6 +144,13 @@ pub fn stack_output(spec: &Spec, obs: &Observed, user: &str) -> Result<StackOutp
     cfg.push_str("    RequestTTY no\n");
     cfg.push_str("    ForwardAgent no\n");
     cfg.push_str("    ServerAliveInterval 30\n");
+    if !spec.builds_vpc() {
+        cfg.push_str(&format!(
+            "\n# A host the stack did not create, once tagged and admitting the bastion (above):\n\
+             # Host <its Name tag, instance id or private IP>\n\
+             #     ProxyJump {alias}\n"
+        ));
+    }
     for h in &spec.hosts {
         cfg.push('\n');
         cfg.push_str(&format!("Host {}\n", h.name));

@@ -199,6 +199,11 @@ pub fn only_ours(stack: &str, obs: &Observed) -> Observed {
     o.eips.retain(|x| ours(&x.tags));
     o.nats.retain(|x| ours(&x.tags));
     o.route_tables.retain(|x| ours(&x.tags));
+    // Associations in other tables count only for the stack's own subnets.
+    let subnet_ids: Vec<String> = o.subnets.iter().map(|x| x.id.clone()).collect();
+    let table_ids: Vec<String> = o.route_tables.iter().map(|x| x.id.clone()).collect();
+    o.foreign_associations
+        .retain(|(table, a)| subnet_ids.contains(&a.subnet_id) && !table_ids.contains(table));
     o.security_groups.retain(|x| ours(&x.tags));
     o.instances.retain(|x| ours(&x.tags));
     o.parameters.retain(|x| ours(&x.tags));

@@ -105,6 +105,7 @@ pub async fn observe(c: &Clients, stack: &str) -> Result<Observed, Error> {
     observe_addresses(c, stack, &mut obs).await?;
     observe_nats(c, stack, &mut obs).await?;
     observe_route_tables(c, stack, &mut obs).await?;
+    observe_foreign_associations(c, &mut obs).await?;
     observe_security_groups(c, stack, &mut obs).await?;
     observe_instances(c, stack, &mut obs).await?;
     observe_iam(c, stack, &mut obs).await?;
@@ -399,6 +400,57 @@ async fn observe_route_tables(c: &Clients, stack: &str, obs: &mut Observed) -> R
             associations,
             tags,
         });
+    }
+    Ok(())
+}
+
+/// Where the stack's subnets are associated with a route table that is not the stack's (read
+/// only to move them back; such a table is never changed otherwise).
+async fn observe_foreign_associations(c: &Clients, obs: &mut Observed) -> Result<(), Error> {
+    let ids: Vec<String> = obs.subnets.iter().map(|s| s.id.clone()).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let own: Vec<String> = obs.route_tables.iter().map(|r| r.id.clone()).collect();
+    let pages = c
+        .ec2
+        .describe_route_tables()
+        .filters(
+            Filter::builder()
+                .name("association.subnet-id")
+                .set_values(Some(ids.clone()))
+                .build(),
+        )
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| {
+            fail(
+                "route tables of the stack's subnets",
+                &deploy::DESCRIBE_ROUTE_TABLES,
+                e,
+            )
+        })?;
+    for r in pages.iter().flat_map(|p| p.route_tables()) {
+        let table = r.route_table_id().unwrap_or_default().to_string();
+        if own.contains(&table) {
+            continue;
+        }
+        for a in r.associations().iter().filter(|a| a.main() != Some(true)) {
+            let (Some(id), Some(subnet)) = (a.route_table_association_id(), a.subnet_id()) else {
+                continue;
+            };
+            if ids.iter().any(|s| s == subnet) {
+                obs.foreign_associations.push((
+                    table.clone(),
+                    ObsAssociation {
+                        id: id.to_string(),
+                        subnet_id: subnet.to_string(),
+                    },
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -458,7 +458,7 @@ fn plan_route_tables(spec: &Spec, obs: &Observed, c: &mut Creates, p: &mut Plann
             p.doomed.route_tables.push((*r).clone());
         }
     }
-    let current = current_associations(&rts, p);
+    let current = current_associations(&rts, obs, p);
     let mut claimed: BTreeSet<String> = BTreeSet::new();
     for t in &tables {
         let observed = rts
@@ -484,13 +484,18 @@ fn plan_route_tables(spec: &Spec, obs: &Observed, c: &mut Creates, p: &mut Plann
     disassociate_unclaimed(c, p, &current, &claimed);
 }
 
-/// Where each kept subnet is associated now (in our kept tables): subnet id -> (association
-/// id, table key).
+/// Where each of the stack's subnets is associated now: subnet id -> (association id, table
+/// key). A table that is not the stack's (another tool moved the subnet there) is named by its
+/// id: the subnet is moved back, and nothing else of that table is touched.
 fn current_associations(
     rts: &BTreeMap<String, &ObsRouteTable>,
+    obs: &Observed,
     p: &Planner,
 ) -> BTreeMap<String, (String, String)> {
     let mut current = BTreeMap::new();
+    for (table, a) in &obs.foreign_associations {
+        current.insert(a.subnet_id.clone(), (a.id.clone(), table.clone()));
+    }
     for (k, r) in rts {
         if p.known.contains_key(k) {
             for a in &r.associations {
@@ -610,7 +615,9 @@ fn disassociate_unclaimed(
     let doomed_subnet_ids: BTreeSet<&str> =
         p.doomed.subnets.iter().map(|s| s.id.as_str()).collect();
     for (subnet_id, (assoc, table)) in current {
-        if claimed.contains(subnet_id) {
+        // A table that is not the stack's keeps its associations (the subnet goes with the
+        // removals, and its association with it).
+        if claimed.contains(subnet_id) || !table.starts_with("rt/") {
             continue;
         }
         if doomed_subnet_ids.contains(subnet_id.as_str()) {

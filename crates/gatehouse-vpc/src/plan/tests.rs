@@ -404,6 +404,11 @@ impl Fake {
                         moved = Some(r.associations.remove(pos));
                     }
                 }
+                // Or from a table that is not the stack's.
+                let foreign = &mut self.obs.foreign_associations;
+                if let Some(pos) = foreign.iter().position(|(_, a)| &a.id == association_id) {
+                    moved = Some(foreign.remove(pos).1);
+                }
                 let a = moved.expect("association");
                 self.obs
                     .route_tables
@@ -3185,4 +3190,72 @@ fn a_brownfield_deployers_policy_drops_the_vpc_building_actions() {
     let text = policy.to_string();
     assert!(!text.contains("TagTheDefaultSecurityGroup"), "{text}");
     assert!(!text.contains(":vpc/*"), "{text}");
+}
+
+/// A subnet of the stack that another tool moved onto a table of its own is moved back to the
+/// stack's table (ReplaceRouteTableAssociation), and that table is otherwise left alone.
+#[test]
+fn a_stack_subnet_moved_onto_a_foreign_table_is_moved_back() {
+    use crate::spec::brownfield_tests::{facts, resolve, BROWNFIELD};
+    let spec = resolve(BROWNFIELD, &facts()).unwrap_or_else(|e| panic!("{e:#?}"));
+    let mut fake = Fake::new();
+    fake.converge(&spec);
+    let subnet = fake
+        .obs
+        .subnets
+        .iter()
+        .find(|s| s.key == "subnet/analysis")
+        .expect("created")
+        .id
+        .clone();
+    let table = fake
+        .obs
+        .route_tables
+        .iter_mut()
+        .find(|r| r.key == "rt/private")
+        .expect("rt/private");
+    let pos = table
+        .associations
+        .iter()
+        .position(|a| a.subnet_id == subnet)
+        .expect("associated");
+    table.associations.remove(pos);
+    fake.obs.foreign_associations.push((
+        "rtb-team".into(),
+        ObsAssociation {
+            id: "rtbassoc-team".into(),
+            subnet_id: subnet.clone(),
+        },
+    ));
+    let plan = plan_apply(&spec, &fake.obs).expect("plan");
+    assert_eq!(
+        plan.render(),
+        "~ rt/private                   move subnet/analysis here from rtb-team\n\
+         stack lab: 0 to create, 1 to change, 0 to delete\n"
+    );
+    assert!(matches!(
+        &plan.steps[0].action,
+        Action::ReplaceAssociation { association_id, table } if association_id == "rtbassoc-team" && table == "rt/private"
+    ));
+    fake.apply(&spec, &plan);
+    assert_eq!(fake.converge(&spec), 0);
+    assert!(fake.obs.foreign_associations.is_empty());
+
+    // A foreign association of a subnet the stack is removing is left to go with the subnet.
+    fake.obs.foreign_associations.push((
+        "rtb-team".into(),
+        ObsAssociation {
+            id: "rtbassoc-team-2".into(),
+            subnet_id: subnet,
+        },
+    ));
+    let destroy = plan_destroy("lab", &fake.obs, AuditLog::Keep);
+    assert!(
+        !destroy.steps.iter().any(|s| matches!(
+            &s.action,
+            Action::Disassociate { association_id } if association_id == "rtbassoc-team-2"
+        )),
+        "{}",
+        destroy.render()
+    );
 }
