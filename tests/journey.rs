@@ -48,26 +48,26 @@ use crate::harness::{
 };
 use crate::instance_connect::{eic_host, pushes, start_imds};
 
-const STACK: &str = "journey";
+pub(crate) const STACK: &str = "journey";
 /// The role and instance profile gatehouse-vpc names after the stack.
-const ROLE: &str = "gatehouse-journey-bastion";
+pub(crate) const ROLE: &str = "gatehouse-journey-bastion";
 /// The host key parameter gatehouse-vpc names after the stack.
-const PARAMETER: &str = "/gatehouse/journey/host_ed25519";
+pub(crate) const PARAMETER: &str = "/gatehouse/journey/host_ed25519";
 /// The IAM change-event queue and rule gatehouse-vpc names after the stack (`iam_events`).
-const QUEUE: &str = "gatehouse-journey-iam-events";
-const RULE: &str = "gatehouse-journey-iam-changes";
+pub(crate) const QUEUE: &str = "gatehouse-journey-iam-events";
+pub(crate) const RULE: &str = "gatehouse-journey-iam-changes";
 /// The audit log group gatehouse-vpc makes for the stack and names in the daemon config.
-const AUDIT_GROUP: &str = "/gatehouse/journey/audit";
+pub(crate) const AUDIT_GROUP: &str = "/gatehouse/journey/audit";
 /// Where the written daemon config puts the audit file (the daemon's StateDirectory).
-const AUDIT_FILE: &str = "/var/lib/gatehouse/audit.jsonl";
+pub(crate) const AUDIT_FILE: &str = "/var/lib/gatehouse/audit.jsonl";
 /// SQS's URL of a queue in `us-east-1`, as the user data names the queue (before the account).
-const SQS_URL: &str = "https://sqs.us-east-1.amazonaws.com/";
+pub(crate) const SQS_URL: &str = "https://sqs.us-east-1.amazonaws.com/";
 /// `[bastion.daemon.aws] refresh_interval` in the spec.
-const REFRESH: Duration = Duration::from_secs(2);
+pub(crate) const REFRESH: Duration = Duration::from_secs(2);
 /// On top of one refresh: the refresh itself, the revocation, the client seeing it.
 const SLACK: Duration = Duration::from_secs(6);
-const CMD_TIMEOUT: Duration = Duration::from_secs(120);
-const JUPYTER_PORT: u16 = 8888;
+pub(crate) const CMD_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const JUPYTER_PORT: u16 = 8888;
 
 /// The spec a user would write: one public and one private subnet, no NAT, a `jupyter` host
 /// for group `research` on the private namespace's address whose login user gets each user's
@@ -143,14 +143,20 @@ fn vpc_bin() -> PathBuf {
 }
 
 /// `gatehouse-vpc ARGS` in the bastion namespace as `key`, against moto only; must succeed.
-fn vpc(topology: &Topology, moto: &NsMoto, key: &AccessKey, spec: &Path, args: &[&str]) -> String {
+pub(crate) fn vpc(
+    topology: &Topology,
+    moto: &NsMoto,
+    key: &AccessKey,
+    spec: &Path,
+    args: &[&str],
+) -> String {
     let out = vpc_try(topology, moto, key, spec, args);
     out.expect_success(&format!("gatehouse-vpc {args:?}"));
     out.stdout_str()
 }
 
 /// `gatehouse-vpc ARGS` as `key`, whatever its outcome (never a panic).
-fn vpc_try(
+pub(crate) fn vpc_try(
     topology: &Topology,
     moto: &NsMoto,
     key: &AccessKey,
@@ -170,14 +176,14 @@ fn vpc_try(
 }
 
 /// Replaces `from` (which must occur exactly once) by `to`.
-fn substitute(text: &str, from: &str, to: &str) -> String {
+pub(crate) fn substitute(text: &str, from: &str, to: &str) -> String {
     assert_eq!(text.matches(from).count(), 1, "{from:?} once in:\n{text}");
     text.replacen(from, to, 1)
 }
 
 /// The role's inline policy as moto can check it: every statement on `*` but those moto checks
 /// against their resource (see the module doc); the actions and statements stay as they are.
-fn checkable(role_policy: &Value) -> Value {
+pub(crate) fn checkable(role_policy: &Value) -> Value {
     let mut policy = role_policy.clone();
     let mut widened = Vec::new();
     for statement in policy["Statement"].as_array_mut().into_iter().flatten() {
@@ -204,7 +210,7 @@ fn checkable(role_policy: &Value) -> Value {
 }
 
 /// `gatehouse-vpc policy --json` for `spec`: the document and the action table.
-fn printed_policy(topology: &Topology, moto: &NsMoto, spec: &Path) -> Value {
+pub(crate) fn printed_policy(topology: &Topology, moto: &NsMoto, spec: &Path) -> Value {
     let text = vpc(
         topology,
         moto,
@@ -277,7 +283,7 @@ fn deployer(topology: &Topology, moto: &NsMoto, admin: &AccessKey, spec: &Path) 
 }
 
 /// The key of a `principal` the fixture made.
-fn key_of(principal: &Value) -> AccessKey {
+pub(crate) fn key_of(principal: &Value) -> AccessKey {
     AccessKey {
         access_key_id: principal["access_key_id"]
             .as_str()
@@ -293,7 +299,7 @@ fn key_of(principal: &Value) -> AccessKey {
 /// The statement that lets the bastion fetch its binary (gatehouse-vpc's policy.rs).
 const FETCH_SID: &str = "FetchGatehouseBinary";
 /// The role's statement for EC2 Instance Connect (`instance_connect = true` in the spec).
-const PUSH_SID: &str = "PushKeysToTaggedInstances";
+pub(crate) const PUSH_SID: &str = "PushKeysToTaggedInstances";
 /// The role's statement for the IAM change-event queue (`iam_events = true` in the spec).
 const EVENTS_SID: &str = "ReceiveIamChangeEvents";
 /// The role's statement for shipping the audit log to the stack's log group.
@@ -348,7 +354,7 @@ fn boot_fetch(
 /// The admin's operations that make a trail `plan` accepts for `iam_events`: in `us-east-1`
 /// (where moto finds its event selectors), multi-region, with global service events, logging,
 /// recording every management event (no selectors: CloudTrail's default), into its own bucket.
-fn logging_trail() -> Value {
+pub(crate) fn logging_trail() -> Value {
     let bucket = format!("{STACK}-org-trail-logs");
     json!([
         {"op": "call", "service": "s3", "method": "create_bucket", "args": {"Bucket": bucket}},
@@ -363,7 +369,7 @@ fn logging_trail() -> Value {
 /// Everything of the stack still in moto, as the admin sees it: `stack_leftovers` (EC2, the
 /// role and profile, the host key, the bucket), the event queue and rule, and the log groups
 /// under `/gatehouse/<stack>/`.
-fn leftovers(admin: impl Fn(Value) -> Vec<Value>) -> Vec<String> {
+pub(crate) fn leftovers(admin: impl Fn(Value) -> Vec<Value>) -> Vec<String> {
     let prefix = format!("gatehouse-{STACK}-");
     let r = admin(json!([
         {"op": "stack_leftovers", "stack": STACK, "role": ROLE, "parameter": PARAMETER},
@@ -488,7 +494,7 @@ fn wait_for_audit_line(file: &Path, needle: &str, timeout: Duration) -> Vec<Stri
 }
 
 /// The actions of `policy`, sorted.
-fn actions_of(policy: &Value) -> Vec<String> {
+pub(crate) fn actions_of(policy: &Value) -> Vec<String> {
     let mut all: Vec<String> = policy["Statement"]
         .as_array()
         .into_iter()
@@ -1144,7 +1150,7 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
 /// The walk's stack: the journey's (with `iam_events`: its queue, rule and trail reads), with
 /// a NAT gateway (its calls too) and a small stand-in binary (the walk uploads it and then a
 /// second one).
-fn walk_spec(binary: &Path) -> String {
+pub(crate) fn walk_spec(binary: &Path) -> String {
     let text = spec_text().replace("nat = \"none\"", "nat = \"single\"");
     substitute(
         &text,
@@ -1175,23 +1181,23 @@ fn walk_spec_replicas(binary: &Path) -> String {
 
 /// The deploy identity's key and the policy it holds, one deploy identity per action holding
 /// that policy without the action, and what the walk has shown needed.
-struct Walk<'a> {
+pub(crate) struct Walk<'a> {
     topology: &'a Topology,
     moto: &'a NsMoto,
     admin: &'a AccessKey,
     deployer: AccessKey,
     spec: PathBuf,
-    policy: Value,
+    pub(crate) policy: Value,
     /// By action. All made at the start, in one fixture run: the walk runs gatehouse-vpc about
     /// a hundred times, and a fixture run (Python and boto3 starting) per run to change one
     /// identity's policy took longer than gatehouse-vpc itself. IAM decides by the policy, not
     /// by who holds it, and the stack's resources belong to the account.
     without: std::collections::BTreeMap<String, AccessKey>,
-    shown: Vec<String>,
+    pub(crate) shown: Vec<String>,
 }
 
 impl<'a> Walk<'a> {
-    fn new(
+    pub(crate) fn new(
         topology: &'a Topology,
         moto: &'a NsMoto,
         admin: &'a AccessKey,
@@ -1237,13 +1243,13 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn admin(&self, ops: Value) -> Vec<Value> {
+    pub(crate) fn admin(&self, ops: Value) -> Vec<Value> {
         fixture_as(self.topology, self.moto, Some(self.admin), ops)
     }
 
     /// Runs `command` as a deployer holding the policy without `action`: it must fail,
     /// naming the action. What it did before that call stays done.
-    fn needs(&mut self, action: &str, command: &[&str]) {
+    pub(crate) fn needs(&mut self, action: &str, command: &[&str]) {
         let key = self
             .without
             .get(action)
@@ -1262,7 +1268,7 @@ impl<'a> Walk<'a> {
     }
 
     /// `command` with the whole policy.
-    fn full(&self, command: &[&str]) -> String {
+    pub(crate) fn full(&self, command: &[&str]) -> String {
         vpc(
             self.topology,
             self.moto,
@@ -1273,7 +1279,7 @@ impl<'a> Walk<'a> {
     }
 
     /// The id of the stack's resource tagged `gatehouse:resource = key`, from describe `method`.
-    fn id_of(&self, method: &str, list: &str, field: &str, key: &str) -> String {
+    pub(crate) fn id_of(&self, method: &str, list: &str, field: &str, key: &str) -> String {
         let r = self.admin(
             json!([{"op": "call", "service": "ec2", "method": method, "args": {
             "Filters": [{"Name": "tag:gatehouse:resource", "Values": [key]}]}}]),
@@ -1285,7 +1291,7 @@ impl<'a> Walk<'a> {
     }
 
     /// One admin call; its answer.
-    fn admin_call(&self, service: &str, method: &str, args: Value) -> Value {
+    pub(crate) fn admin_call(&self, service: &str, method: &str, args: Value) -> Value {
         let r = self.admin(json!([{"op": "call", "service": service, "method": method,
                                    "args": args}]));
         r.into_iter().next().unwrap_or(Value::Null)
@@ -1293,7 +1299,7 @@ impl<'a> Walk<'a> {
 
     /// Drift in the alarm family, made by the admin, each repair shown needing its action: the
     /// topic's and an alarm's tags, and a filter of the stack's name the spec does not ask for.
-    fn alarm_repairs(&mut self) {
+    pub(crate) fn alarm_repairs(&mut self) {
         let topic = format!(
             "arn:aws:sns:us-east-1:{}:gatehouse-{STACK}-alerts",
             self.account()
@@ -1335,7 +1341,7 @@ impl<'a> Walk<'a> {
 
     /// Drift in the replicas' resources, made by the admin, each repair shown needing its
     /// action; then a new build, which rolls the replicas new ones first.
-    fn scaled_out_repairs(&mut self, binary: &Path) {
+    pub(crate) fn scaled_out_repairs(&mut self, binary: &Path) {
         self.shared_listing_is_all_the_replicas_may_touch_in_the_bucket();
         let name = format!("gh-{STACK}");
         let group = format!("gatehouse-{STACK}-bastion");
@@ -1482,7 +1488,7 @@ impl<'a> Walk<'a> {
     }
 
     /// The stack's event queue: its URL and ARN.
-    fn queue(&self) -> (String, String) {
+    pub(crate) fn queue(&self) -> (String, String) {
         let r = self.admin(
             json!([{"op": "call", "service": "sqs", "method": "get_queue_url",
             "args": {"QueueName": QUEUE}}]),
@@ -1504,7 +1510,7 @@ impl<'a> Walk<'a> {
 }
 
 /// A stand-in for the gatehouse binary: an ELF header and `fill`.
-fn stand_in_binary(path: &Path, fill: u8) {
+pub(crate) fn stand_in_binary(path: &Path, fill: u8) {
     let mut bytes = b"\x7fELF\x02\x01\x01".to_vec();
     bytes.resize(64 * 1024, fill);
     std::fs::write(path, bytes).expect("write the stand-in binary");
