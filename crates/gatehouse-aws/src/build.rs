@@ -146,10 +146,23 @@ pub fn parse_login_users(value: &str) -> Result<Vec<String>, String> {
 /// NAME). Bad keys are skipped, never the user's other keys.
 pub fn identities(users: &[UserRecord], settings: &AwsConfig) -> (Vec<Identity>, Vec<Skipped>) {
     let groups_tag = settings.groups_tag();
+    let expires_tag = settings.expires_tag();
     let mut out = Vec::new();
     let mut notes = Vec::new();
     for user in users {
         let who = format!("IAM user {}", user.name);
+        // An expiry that cannot be read refuses the user: never read as "no expiry".
+        let expires = match tag(&user.tags, &expires_tag).map(gatehouse_config::parse_rfc3339) {
+            None => None,
+            Some(Ok(at)) => Some(at),
+            Some(Err(why)) => {
+                notes.push(skipped(
+                    format!("{who} tag {expires_tag}"),
+                    format!("user refused: {why}"),
+                ));
+                continue;
+            }
+        };
         let login = match login_name(&user.name) {
             Ok(login) => login,
             Err(e) => {
@@ -204,6 +217,8 @@ pub fn identities(users: &[UserRecord], settings: &AwsConfig) -> (Vec<Identity>,
             name: login,
             groups,
             keys,
+            expires,
+            key_expires: Vec::new(),
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -399,6 +414,51 @@ mod tests {
         assert_eq!(names, ["alice", "jane~40example.org"]);
         assert_eq!(ids[1].groups.len(), 2);
         assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn the_expires_tag_ends_access_and_an_unreadable_one_refuses_the_user() {
+        let users = vec![
+            user(
+                "alice",
+                &[
+                    ("gatehouse:groups", "research"),
+                    ("gatehouse:expires", "2026-12-31T18:00:00Z"),
+                ],
+                &[K1],
+            ),
+            user(
+                "bob",
+                &[
+                    ("gatehouse:groups", "research"),
+                    ("gatehouse:expires", "next friday"),
+                ],
+                &[K2],
+            ),
+            user(
+                "carol",
+                &[
+                    ("gatehouse:groups", "research"),
+                    ("gatehouse:expires", "2026-12-31T18:00:00"),
+                ],
+                &[K2],
+            ),
+        ];
+        let (ids, notes) = identities(&users, &settings());
+        let names: Vec<&str> = ids.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["alice"]);
+        assert_eq!(
+            ids[0].expires,
+            Some(gatehouse_config::parse_rfc3339("2026-12-31T18:00:00Z").unwrap())
+        );
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        let text = format!("{notes:?}");
+        assert!(
+            text.contains("IAM user bob tag gatehouse:expires"),
+            "{text}"
+        );
+        assert!(text.contains("user refused"), "{text}");
+        assert!(text.contains("IAM user carol"), "{text}");
     }
 
     #[test]

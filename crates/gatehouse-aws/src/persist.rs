@@ -110,6 +110,9 @@ struct SavedIdentity {
     groups: BTreeSet<String>,
     /// OpenSSH public key lines.
     keys: Vec<String>,
+    /// The user's `gatehouse:expires`, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -185,6 +188,7 @@ pub fn encode(
                 name: i.name.clone(),
                 groups: i.groups.clone(),
                 keys: i.keys.iter().filter_map(|k| k.to_openssh().ok()).collect(),
+                expires: i.expires.map(gatehouse_config::show_time),
             })
             .collect(),
         hosts: hosts
@@ -388,10 +392,18 @@ fn restore_identities(saved: Vec<SavedIdentity>) -> Result<Vec<Identity>, String
             .map(|line| gatehouse_config::parse_public_key(line))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("user {name}: a key: {e}"))?;
+        let expires = saved
+            .expires
+            .as_deref()
+            .map(gatehouse_config::parse_rfc3339)
+            .transpose()
+            .map_err(|e| format!("user {name}: expires: {e}"))?;
         identities.push(Identity {
             name: saved.name,
             groups: saved.groups,
             keys,
+            expires,
+            key_expires: Vec::new(),
         });
     }
     Ok(identities)
@@ -488,10 +500,13 @@ Z1O+ggLPBhrTENagKICHAAAACGF0dGFja2VyAQIDBAU=
     }
 
     fn listing() -> (Vec<Identity>, Vec<Host>) {
+        // With an expiry (the tag `gatehouse:expires`): a saved listing keeps it.
         let identity = Identity {
             name: "alice".into(),
             groups: ["research".to_owned()].into(),
             keys: vec![gatehouse_config::parse_public_key(K1).expect("key")],
+            expires: Some(gatehouse_config::parse_rfc3339("2030-01-01T00:00:00Z").expect("time")),
+            key_expires: Vec::new(),
         };
         let host = Host {
             id: "i-1".into(),

@@ -1227,10 +1227,12 @@ mod tests {
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMzQnTZ1QB2clN1RVs8twk5/t+5CEwiIXdcNoxcQmsgc k",
         )
         .expect("key");
-        let identity = |name: &str, group: &str| Identity {
-            name: name.to_owned(),
-            groups: [group.to_owned()].into(),
-            keys: vec![key.clone()],
+        let identity = |name: &str, group: &str| {
+            Identity::new(
+                name.to_owned(),
+                [group.to_owned()].into(),
+                vec![key.clone()],
+            )
         };
         let mut identities: BTreeMap<String, Identity> = [
             ("alice".to_owned(), identity("alice", "research")),

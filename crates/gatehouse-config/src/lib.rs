@@ -15,6 +15,7 @@ mod error;
 mod keys;
 mod model;
 mod raw;
+mod time;
 mod validate;
 
 use std::ops::Range;
@@ -29,6 +30,7 @@ pub use model::*;
 /// The key type stored in [`UserConfig::keys`], re-exported so users of this crate need not
 /// pin `ssh-key` themselves (it is the same version russh uses).
 pub use ssh_key;
+pub use time::{parse_rfc3339, show_time};
 
 use error::Source;
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Default `server.host_key`.
 pub const DEFAULT_HOST_KEY: &str = "/var/lib/gatehouse/ssh_host_ed25519_key";
@@ -115,6 +115,15 @@ pub const MAX_STALENESS_RANGE: (Duration, Duration) = (
 );
 /// Most tags `aws.host_key_tags` may list (SSM's limit per resource).
 pub const MAX_HOST_KEY_TAGS: usize = 50;
+/// Accepted range of `trusted_user_ca[].max_validity`.
+pub const MAX_VALIDITY_RANGE: (Duration, Duration) = (
+    Duration::from_secs(60),
+    Duration::from_secs(3660 * 24 * 60 * 60),
+);
+/// Most entries one `trusted_user_ca[].principals` table may hold.
+pub const MAX_PRINCIPAL_MAPPINGS: usize = 10_000;
+/// Longest certificate principal a mapping may name, in characters.
+pub const MAX_PRINCIPAL_LEN: usize = 256;
 /// Smallest RSA modulus accepted in a user key, in bits.
 pub const MIN_RSA_BITS: u32 = 2048;
 
@@ -140,6 +149,39 @@ pub struct Config {
     /// `[aws]`: when present, users and hosts come from AWS (IAM and EC2) instead of
     /// `[[users]]` and `[[hosts]]`, which must then be absent.
     pub aws: Option<AwsConfig>,
+    /// `[[trusted_user_ca]]`: certificate authorities whose OpenSSH user certificates log
+    /// users of the directory in, in file order. May be empty (no certificate is accepted).
+    pub trusted_user_ca: Vec<TrustedUserCa>,
+}
+
+/// `[[trusted_user_ca]]`: a certificate authority (step-ca, Vault's SSH engine, another
+/// gatehouse) whose OpenSSH user certificates are accepted as sshd's `TrustedUserCAKeys`
+/// accepts them. Whoever holds one of its private keys can log in as any login its principals
+/// map to: list only CAs you would trust with every such account.
+///
+/// A certificate logs in login L when: it is signed by one of `keys` (not with SHA-1
+/// `ssh-rsa`), it is a user certificate, now is within [valid_after, valid_before), one of its
+/// principals maps to L, every critical option is one gatehouse enforces (`source-address`
+/// must match the client's address; `force-command`, `verify-required` and unknown ones are
+/// refused), it carries the `permit-port-forwarding` extension, and L is a user of the
+/// directory (static `[[users]]` or IAM), whose groups apply, looked up at login and re-checked
+/// like a key login. The session ends when the certificate expires.
+#[derive(Debug, Clone)]
+pub struct TrustedUserCa {
+    /// `name`: names the CA in audit lines and messages. 1 to 64 of `A-Z a-z 0-9 . _ -`;
+    /// unique.
+    pub name: String,
+    /// The CA's public keys (`keys` and/or `keys_file`, as for users; no options): at least
+    /// one. A key may appear once in the whole config (never also as a user's key).
+    pub keys: Vec<ssh_key::PublicKey>,
+    /// `principals`: certificate principal -> login name, as sshd's
+    /// `AuthorizedPrincipalsFile`: e.g. `{ "alice@example.org" = "alice" }`. When set, only
+    /// the principals listed log in, as the login they map to. `None` (key omitted): a
+    /// principal equal to a login name logs in as that login (sshd's default).
+    pub principals: Option<BTreeMap<String, String>>,
+    /// `max_validity`: refuse certificates whose validity period (valid_before -
+    /// valid_after) is longer than this, e.g. `"1d"`; range 1m..3660d. `None`: any.
+    pub max_validity: Option<Duration>,
 }
 
 /// `[aws]`: AWS as the source of truth for users, hosts and (optionally) the host key.
@@ -256,6 +298,12 @@ impl AwsConfig {
     /// The tag key that lists ports (`<tag_prefix>ports`).
     pub fn ports_tag(&self) -> String {
         format!("{}ports", self.tag_prefix)
+    }
+
+    /// The user tag that ends a user's access at an RFC 3339 instant (`<tag_prefix>expires`,
+    /// e.g. `2026-12-31T18:00:00Z`). A value that does not parse refuses the user.
+    pub fn expires_tag(&self) -> String {
+        format!("{}expires", self.tag_prefix)
     }
 
     /// The tag key that lists the OS users EC2 Instance Connect pushes keys for
@@ -435,6 +483,14 @@ pub struct UserConfig {
     /// `groups`: the groups this user belongs to; at least one, each 1 to 64 characters of
     /// `a-z 0-9 _ -`, no duplicates.
     pub groups: Vec<String>,
+    /// `expires`: when this user's access ends, a TOML date-time with its offset
+    /// (`expires = 2026-12-31T18:00:00Z`) or the same as an RFC 3339 string. At that instant
+    /// new logins are refused and the user's open sessions are closed. `None`: never.
+    pub expires: Option<SystemTime>,
+    /// Keys whose line carried OpenSSH's `expiry-time="YYYYMMDD[HHMM[SS]]Z"` option (UTC; the
+    /// only authorized_keys option accepted): the key stops working at that instant, and the
+    /// sessions it opened are closed then.
+    pub key_expires: Vec<(ssh_key::PublicKey, SystemTime)>,
 }
 
 /// `[[hosts]]`: one target that users may tunnel to.
@@ -464,6 +520,11 @@ impl Config {
         let mut out = String::new();
         let listen: Vec<String> = self.server.listen.iter().map(ToString::to_string).collect();
         let keys: usize = self.users.iter().map(|u| u.keys.len()).sum();
+        let cas: Vec<&str> = self
+            .trusted_user_ca
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
         let ports: usize = self.hosts.iter().map(|h| h.ports.len()).sum();
         let _ = writeln!(out, "config: {}", self.source.display());
         let _ = writeln!(out, "listen: {}", listen.join(", "));
@@ -499,6 +560,9 @@ impl Config {
             if let Some(param) = &aws.host_key_ssm_parameter {
                 let _ = writeln!(out, "host key from SSM: {param}");
             }
+        }
+        if !cas.is_empty() {
+            let _ = writeln!(out, "trusted user CAs: {}", cas.join(", "));
         }
         match &self.audit.file {
             Some(file) => {

@@ -39,6 +39,29 @@ pub(crate) struct RawConfig {
     pub(crate) metrics: Option<RawMetrics>,
     /// `[aws]`.
     pub(crate) aws: Option<Spanned<RawAws>>,
+    /// `[[trusted_user_ca]]`.
+    #[serde(default)]
+    pub(crate) trusted_user_ca: Vec<Spanned<RawTrustedCa>>,
+}
+
+/// One `[[trusted_user_ca]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a certificate authority table")]
+pub(crate) struct RawTrustedCa {
+    pub(crate) name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) keys: Vec<Spanned<String>>,
+    pub(crate) keys_file: Option<Spanned<String>>,
+    pub(crate) principals: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub(crate) max_validity: Option<Spanned<String>>,
+}
+
+/// A date-time: a TOML offset date-time (`2026-12-31T18:00:00Z`) or an RFC 3339 string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a date-time such as 2026-12-31T18:00:00Z")]
+pub(crate) enum RawDateTime {
+    Toml(toml::value::Datetime),
+    Text(String),
 }
 
 /// `[aws]`.
@@ -142,6 +165,7 @@ pub(crate) struct RawUser {
     pub(crate) keys: Vec<Spanned<String>>,
     pub(crate) keys_file: Option<Spanned<String>>,
     pub(crate) groups: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) expires: Option<Spanned<RawDateTime>>,
 }
 
 /// One `[[hosts]]` entry.

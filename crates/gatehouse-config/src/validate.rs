@@ -16,11 +16,11 @@ use toml::Spanned;
 
 use crate::address::forbidden_target_reason;
 use crate::error::{Diagnostic, Source};
-use crate::keys::{parse_key_line, parse_keys_file};
+use crate::keys::{parse_key_line, parse_keys_file, parse_user_key_line};
 use crate::model::*;
 use crate::raw::{
-    Integer, RawAudit, RawAws, RawConfig, RawHost, RawLimits, RawMetrics, RawPenalties, RawServer,
-    RawUser,
+    Integer, RawAudit, RawAws, RawConfig, RawDateTime, RawHost, RawLimits, RawMetrics,
+    RawPenalties, RawServer, RawTrustedCa, RawUser,
 };
 
 /// Longest user, group and host-label name, in characters.
@@ -46,6 +46,7 @@ pub(crate) fn validate(
     let server = v.server(raw.server.as_ref());
     let audit = v.audit(raw.audit.as_ref());
     let users = v.users(&raw.users);
+    let trusted_user_ca = v.trusted_cas(&raw.trusted_user_ca);
     let hosts = v.hosts(&raw.hosts);
     let limits = v.limits(raw.limits.as_ref());
     let penalties = v.penalties(raw.penalties.as_ref());
@@ -98,6 +99,7 @@ pub(crate) fn validate(
             penalties,
             metrics,
             aws,
+            trusted_user_ca,
         });
     }
     let config_file = source.file;
@@ -704,14 +706,18 @@ impl Validator<'_> {
             let who = format!("user `{name}`");
             let errors_before = self.diagnostics.len();
             let mut keys = Vec::new();
+            let mut key_expires = Vec::new();
             for (k, line) in user.keys.iter().enumerate() {
                 let key_name = format!("{owner}.keys[{k}]");
-                match parse_key_line(line.get_ref()) {
-                    Ok(key) => {
+                match parse_user_key_line(line.get_ref()) {
+                    Ok((key, expires)) => {
                         let span = line.span();
                         if let Some(dup) = self.claim_key(&key, format!("{key_name} ({who})")) {
                             self.error(&span, format!("{key_name}: {dup}"));
                         } else {
+                            if let Some(at) = expires {
+                                key_expires.push((key.clone(), at));
+                            }
                             keys.push(key);
                         }
                     }
@@ -719,7 +725,14 @@ impl Validator<'_> {
                 }
             }
             if let Some(file) = &user.keys_file {
-                self.keys_file(&owner, &who, file, &mut keys);
+                let mut found = Vec::new();
+                self.keys_file(&owner, &who, file, true, &mut found);
+                for (key, expires) in found {
+                    if let Some(at) = expires {
+                        key_expires.push((key.clone(), at));
+                    }
+                    keys.push(key);
+                }
             }
             let key_errors = self.diagnostics.len() > errors_before;
             if keys.is_empty() && !key_errors {
@@ -729,7 +742,147 @@ impl Validator<'_> {
                 );
             }
             let groups = self.groups(&owner, &table, user.groups.as_ref());
-            out.push(UserConfig { name, keys, groups });
+            let expires = user
+                .expires
+                .as_ref()
+                .and_then(|e| self.date_time(&format!("{owner}.expires"), e));
+            out.push(UserConfig {
+                name,
+                keys,
+                groups,
+                expires,
+                key_expires,
+            });
+        }
+        out
+    }
+
+    /// A date-time value: a TOML offset date-time or an RFC 3339 string, with its offset.
+    fn date_time(
+        &mut self,
+        key: &str,
+        value: &Spanned<RawDateTime>,
+    ) -> Option<std::time::SystemTime> {
+        let text = match value.get_ref() {
+            RawDateTime::Toml(dt) => dt.to_string(),
+            RawDateTime::Text(text) => text.clone(),
+        };
+        match crate::time::parse_rfc3339(&text) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                self.error(&value.span(), format!("{key}: {why}"));
+                None
+            }
+        }
+    }
+
+    fn trusted_cas(&mut self, cas: &[Spanned<RawTrustedCa>]) -> Vec<TrustedUserCa> {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, ca) in cas.iter().enumerate() {
+            let table = ca.span();
+            let ca = ca.get_ref();
+            let owner = format!("trusted_user_ca[{i}]");
+            let name = match &ca.name {
+                None => {
+                    self.error(&table, format!("{owner}.name: missing; name the CA for the audit log, e.g. name = \"step-ca\""));
+                    String::new()
+                }
+                Some(name) => {
+                    let text = name.get_ref();
+                    let ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+                    if text.is_empty() || text.len() > MAX_NAME_LEN || !text.chars().all(ok) {
+                        self.error(
+                            &name.span(),
+                            format!("{owner}.name: `{}` must be 1 to {MAX_NAME_LEN} of A-Z, a-z, 0-9, `.`, `_` and `-`", shorten_text(text)),
+                        );
+                    } else if let Some(first) = names.insert(text.clone(), i) {
+                        self.error(
+                            &name.span(),
+                            format!("{owner}.name: CA `{text}` is already defined as trusted_user_ca[{first}]"),
+                        );
+                    }
+                    text.clone()
+                }
+            };
+            let who = format!("CA `{name}`");
+            let errors_before = self.diagnostics.len();
+            let mut keys = Vec::new();
+            for (k, line) in ca.keys.iter().enumerate() {
+                let key_name = format!("{owner}.keys[{k}]");
+                match parse_key_line(line.get_ref()) {
+                    Ok(key) => {
+                        if let Some(dup) = self.claim_key(&key, format!("{key_name} ({who})")) {
+                            self.error(&line.span(), format!("{key_name}: {dup}"));
+                        } else {
+                            keys.push(key);
+                        }
+                    }
+                    Err(why) => self.error(&line.span(), format!("{key_name}: {why}")),
+                }
+            }
+            if let Some(file) = &ca.keys_file {
+                let mut found = Vec::new();
+                self.keys_file(&owner, &who, file, false, &mut found);
+                keys.extend(found.into_iter().map(|(key, _)| key));
+            }
+            if keys.is_empty() && self.diagnostics.len() == errors_before {
+                self.error(
+                    &table,
+                    format!("{owner}: CA has no public keys; give `keys` and/or `keys_file`"),
+                );
+            }
+            let principals = ca.principals.as_ref().map(|p| self.principals(&owner, p));
+            let max_validity = ca.max_validity.as_ref().and_then(|value| {
+                let key = format!("{owner}.max_validity");
+                self.parse_duration(&key, value)
+                    .map(|d| self.in_range(&key, value, d, MAX_VALIDITY_RANGE, ""))
+            });
+            out.push(TrustedUserCa {
+                name,
+                keys,
+                principals,
+                max_validity,
+            });
+        }
+        out
+    }
+
+    /// A CA's `principals` table: certificate principal -> login name.
+    fn principals(
+        &mut self,
+        owner: &str,
+        table: &Spanned<BTreeMap<String, Spanned<String>>>,
+    ) -> BTreeMap<String, String> {
+        let key = format!("{owner}.principals");
+        if table.get_ref().len() > MAX_PRINCIPAL_MAPPINGS {
+            self.error(
+                &table.span(),
+                format!("{key}: more than {MAX_PRINCIPAL_MAPPINGS} entries"),
+            );
+            return BTreeMap::new();
+        }
+        let mut out = BTreeMap::new();
+        for (principal, login) in table.get_ref() {
+            if principal.is_empty()
+                || principal.chars().count() > MAX_PRINCIPAL_LEN
+                || principal.chars().any(|c| c.is_control() || c == ',')
+            {
+                self.error(
+                    &login.span(),
+                    format!(
+                        "{key}: principal `{}` must be 1 to {MAX_PRINCIPAL_LEN} characters, \
+                         without control characters or commas",
+                        shorten_text(principal)
+                    ),
+                );
+                continue;
+            }
+            if let Err(why) = check_user_name(login.get_ref()) {
+                self.error(&login.span(), format!("{key}.\"{principal}\": {why}"));
+                continue;
+            }
+            out.insert(principal.clone(), login.get_ref().clone());
         }
         out
     }
@@ -741,7 +894,8 @@ impl Validator<'_> {
         owner: &str,
         who: &str,
         file: &Spanned<String>,
-        keys: &mut Vec<PublicKey>,
+        expiry_allowed: bool,
+        keys: &mut Vec<(PublicKey, Option<std::time::SystemTime>)>,
     ) {
         let key = format!("{owner}.keys_file");
         let Some(path) = self.path(&key, file) else {
@@ -757,7 +911,7 @@ impl Validator<'_> {
                 return;
             }
         };
-        let (found, problems) = parse_keys_file(&text);
+        let (found, problems) = parse_keys_file(&text, expiry_allowed);
         for problem in problems {
             self.diagnostics.push(Diagnostic {
                 file: path.clone(),
@@ -766,7 +920,7 @@ impl Validator<'_> {
                 message: format!("{key}: {}", problem.message),
             });
         }
-        for (line, public_key) in found {
+        for (line, public_key, expires) in found {
             let place = format!("{}:{line} ({key}, {who})", path.display());
             if let Some(dup) = self.claim_key(&public_key, place) {
                 self.diagnostics.push(Diagnostic {
@@ -776,7 +930,7 @@ impl Validator<'_> {
                     message: format!("{key}: {dup}"),
                 });
             } else {
-                keys.push(public_key);
+                keys.push((public_key, expires));
             }
         }
     }
@@ -1324,6 +1478,16 @@ fn empty_server() -> RawServer {
 }
 
 /// A duration as the config spells it (`20s`, `1h`, `100ms`, `0s`).
+/// Cuts a value down for a one-line message.
+fn shorten_text(s: &str) -> String {
+    let head: String = s.chars().take(40).collect();
+    if head.len() < s.len() {
+        format!("{head}...")
+    } else {
+        head
+    }
+}
+
 fn show(d: Duration) -> String {
     if d.is_zero() {
         "0s".to_owned()

@@ -8,9 +8,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod certificate;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use gatehouse_config::Config;
 use gatehouse_policy::{Host, Inventory, Principal};
@@ -26,6 +28,40 @@ pub struct Identity {
     pub groups: BTreeSet<String>,
     /// Public keys that authenticate this person.
     pub keys: Vec<PublicKey>,
+    /// When this person's access ends (`users[].expires`, the IAM tag `gatehouse:expires`):
+    /// from then on no login, and open sessions are closed. `None`: never.
+    pub expires: Option<SystemTime>,
+    /// Keys of `keys` that stop working earlier than the identity (`expiry-time`).
+    pub key_expires: Vec<(PublicKey, SystemTime)>,
+}
+
+impl Identity {
+    /// An identity without expiry.
+    pub fn new(name: String, groups: BTreeSet<String>, keys: Vec<PublicKey>) -> Self {
+        Identity {
+            name,
+            groups,
+            keys,
+            expires: None,
+            key_expires: Vec::new(),
+        }
+    }
+
+    /// When access with `key` ends (the earlier of the identity's and the key's expiry);
+    /// with `None`, the identity's own (a certificate login).
+    pub fn access_ends(&self, key: Option<&PublicKey>) -> Option<SystemTime> {
+        let key_end = key.and_then(|key| {
+            self.key_expires
+                .iter()
+                .filter(|(k, _)| k.key_data() == key.key_data())
+                .map(|(_, t)| *t)
+                .min()
+        });
+        match (self.expires, key_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Why a login is refused by the directory (the signature itself is checked by the SSH layer).
@@ -38,6 +74,8 @@ pub enum LoginRefusal {
     /// The snapshot is older than its source allows (AWS unreachable for longer than
     /// `max_staleness`): new logins fail closed.
     DirectoryStale,
+    /// The identity's (or the key's) access ended at this instant.
+    Expired(SystemTime),
 }
 
 impl LoginRefusal {
@@ -47,6 +85,18 @@ impl LoginRefusal {
             LoginRefusal::UnknownUser => "unknown_user",
             LoginRefusal::UnknownKey => "unknown_key",
             LoginRefusal::DirectoryStale => "directory_stale",
+            LoginRefusal::Expired(_) => "access_expired",
+        }
+    }
+
+    /// The reason in words, for audit lines and logs: the code, except for an expiry, which
+    /// says when ("access expired at 2026-12-31T18:00:00Z").
+    pub fn reason(&self) -> String {
+        match self {
+            LoginRefusal::Expired(at) => {
+                format!("access expired at {}", gatehouse_config::show_time(*at))
+            }
+            other => other.code().to_owned(),
         }
     }
 }
@@ -116,6 +166,8 @@ impl Snapshot {
                 name: u.name.clone(),
                 groups: u.groups.iter().cloned().collect(),
                 keys: u.keys.clone(),
+                expires: u.expires,
+                key_expires: u.key_expires.clone(),
             })
             .collect();
         let hosts = config
@@ -164,16 +216,47 @@ impl Snapshot {
     /// are already open. Staleness stops new logins, it never revokes anyone.
     pub fn recheck(&self, user: &str, key: &PublicKey) -> Result<Principal, LoginRefusal> {
         let identity = self.identity(user).ok_or(LoginRefusal::UnknownUser)?;
-        if identity.keys.iter().any(|k| k.key_data() == key.key_data()) {
-            Ok(principal_of(identity))
-        } else {
-            Err(LoginRefusal::UnknownKey)
+        if !identity.keys.iter().any(|k| k.key_data() == key.key_data()) {
+            return Err(LoginRefusal::UnknownKey);
         }
+        check_expiry(identity.access_ends(Some(key)))?;
+        Ok(principal_of(identity))
+    }
+
+    /// A login by certificate (already verified against a trusted CA, see [`certificate`]):
+    /// the user must be in this snapshot, and not expired; its groups are this snapshot's.
+    /// A stale snapshot refuses it like any login.
+    pub fn login_user(&self, user: &str) -> Result<Principal, LoginRefusal> {
+        if self.is_stale(Instant::now()) {
+            return Err(LoginRefusal::DirectoryStale);
+        }
+        self.recheck_user(user)
+    }
+
+    /// [`Snapshot::login_user`] without the staleness check, for open certificate sessions.
+    pub fn recheck_user(&self, user: &str) -> Result<Principal, LoginRefusal> {
+        let identity = self.identity(user).ok_or(LoginRefusal::UnknownUser)?;
+        check_expiry(identity.access_ends(None))?;
+        Ok(principal_of(identity))
+    }
+
+    /// When access of `user` (with `key`, or by certificate with `None`) ends in this
+    /// snapshot. `None`: never (or no such user).
+    pub fn access_ends(&self, user: &str, key: Option<&PublicKey>) -> Option<SystemTime> {
+        self.identity(user).and_then(|i| i.access_ends(key))
     }
 
     /// The principal for a login name, without a key check (for `gatehouse hosts`).
     pub fn principal(&self, user: &str) -> Option<Principal> {
         self.identity(user).map(principal_of)
+    }
+}
+
+/// Refuses access whose end has come: an expiry at or before now.
+fn check_expiry(ends: Option<SystemTime>) -> Result<(), LoginRefusal> {
+    match ends {
+        Some(at) if SystemTime::now() >= at => Err(LoginRefusal::Expired(at)),
+        _ => Ok(()),
     }
 }
 
@@ -231,11 +314,11 @@ mod tests {
 
     fn snapshot() -> Snapshot {
         Snapshot::new(
-            vec![Identity {
-                name: "alice".into(),
-                groups: ["research".to_string()].into(),
-                keys: vec![key(K1)],
-            }],
+            vec![Identity::new(
+                "alice".into(),
+                ["research".to_string()].into(),
+                vec![key(K1)],
+            )],
             Inventory::default(),
         )
     }
@@ -279,6 +362,50 @@ mod tests {
             Err(LoginRefusal::DirectoryStale)
         );
         assert!(!snapshot().is_stale(now + std::time::Duration::from_secs(1 << 30)));
+    }
+
+    #[test]
+    fn expiry_of_identity_and_key_ends_access_at_the_earlier() {
+        use std::time::Duration;
+        let now = SystemTime::now();
+        let mut alice = Identity::new(
+            "alice".into(),
+            ["research".to_string()].into(),
+            vec![key(K1), key(K2)],
+        );
+        alice.expires = Some(now + Duration::from_secs(3600));
+        alice.key_expires = vec![(key(K2), now - Duration::from_secs(1))];
+        let s = Snapshot::new(vec![alice], Inventory::default());
+        assert!(s.login("alice", &key(K1)).is_ok());
+        assert_eq!(
+            s.login("alice", &key(K2)),
+            Err(LoginRefusal::Expired(now - Duration::from_secs(1)))
+        );
+        assert_eq!(
+            s.access_ends("alice", Some(&key(K1))),
+            Some(now + Duration::from_secs(3600))
+        );
+        assert_eq!(
+            s.access_ends("alice", None),
+            Some(now + Duration::from_secs(3600))
+        );
+        assert!(s.login_user("alice").is_ok());
+
+        let mut gone = Identity::new("bob".into(), ["research".to_string()].into(), vec![key(K2)]);
+        gone.expires = Some(now - Duration::from_secs(5));
+        let s = Snapshot::new(vec![gone], Inventory::default());
+        let refusal = s.login_user("bob").unwrap_err();
+        assert_eq!(refusal.code(), "access_expired");
+        assert!(
+            refusal.reason().starts_with("access expired at 20"),
+            "{}",
+            refusal.reason()
+        );
+        assert!(matches!(
+            s.recheck("bob", &key(K2)),
+            Err(LoginRefusal::Expired(_))
+        ));
+        assert_eq!(s.login_user("carol"), Err(LoginRefusal::UnknownUser));
     }
 
     #[test]

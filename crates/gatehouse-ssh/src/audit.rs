@@ -29,6 +29,25 @@ pub struct SourceCount<'a> {
     pub count: u64,
 }
 
+/// The certificate of a certificate login, in its audit lines.
+#[derive(Debug, Serialize)]
+pub struct CertAudit<'a> {
+    /// The trusted CA's name (`trusted_user_ca[].name`); absent for an untrusted CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<&'a str>,
+    /// The signing CA key's SHA-256 fingerprint.
+    pub ca_key: &'a str,
+    /// The certificate's key id (printable, at most 128 characters).
+    pub key_id: &'a str,
+    pub serial: u64,
+    /// The principal that mapped to the login (successes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<&'a str>,
+    /// When the certificate expires, RFC 3339 (absent: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_before: Option<String>,
+}
+
 /// One audit event. The `event` field of the JSON line is the variant's name.
 #[derive(Debug, Serialize)]
 #[serde(tag = "event")]
@@ -40,6 +59,30 @@ pub enum Event<'a> {
         user: &'a str,
         key: &'a str,
         source: SocketAddr,
+    },
+    /// A user authenticated with a certificate of a trusted CA (`[[trusted_user_ca]]`): the
+    /// fields of `auth.success`, `key` being the certificate key's fingerprint, plus the
+    /// certificate's.
+    #[serde(rename = "auth.success")]
+    CertAuthSuccess {
+        session: &'a str,
+        user: &'a str,
+        key: &'a str,
+        source: SocketAddr,
+        certificate: CertAudit<'a>,
+    },
+    /// A certificate login was refused: the fields of `auth.failure`, plus the
+    /// certificate's and a stable `reason_code`.
+    #[serde(rename = "auth.failure")]
+    CertAuthFailure {
+        session: &'a str,
+        user: &'a str,
+        method: &'a str,
+        key: &'a str,
+        source: SocketAddr,
+        reason_code: &'a str,
+        reason: &'a str,
+        certificate: CertAudit<'a>,
     },
     /// An authentication attempt was refused.
     #[serde(rename = "auth.failure")]
@@ -155,6 +198,17 @@ pub enum Event<'a> {
         session: &'a str,
         user: &'a str,
         key: &'a str,
+        reason: &'a str,
+    },
+    /// An open session's access ended by itself at its time (the user's or key's expiry, the
+    /// certificate's `valid_before`): the session and its tunnels are closed.
+    #[serde(rename = "session.expired")]
+    SessionExpired {
+        session: &'a str,
+        user: &'a str,
+        key: &'a str,
+        /// The instant access ended, RFC 3339.
+        expired_at: &'a str,
         reason: &'a str,
     },
     /// An open tunnel is no longer allowed (group removed, host gone, port closed, host

@@ -16,8 +16,44 @@ use crate::admission::Progress;
 /// How the connection authenticated: re-checked against every new directory snapshot.
 pub(crate) struct Login {
     pub user: String,
+    /// The key that signed: a plain key, or the key of the certificate.
     pub key: PublicKey,
     pub fingerprint: String,
+    /// The certificate, for a certificate login: re-checked by user only (the CA vouched
+    /// for the key), and the session ends at its `valid_before`.
+    pub certificate: Option<gatehouse_directory::certificate::CertLogin>,
+}
+
+impl Login {
+    /// The principal `snapshot` gives this login now, or why it gives none.
+    pub fn recheck(
+        &self,
+        snapshot: &gatehouse_directory::Snapshot,
+    ) -> Result<gatehouse_policy::Principal, gatehouse_directory::LoginRefusal> {
+        match &self.certificate {
+            None => snapshot.recheck(&self.user, &self.key),
+            Some(cert) => {
+                if let Some(end) = cert.valid_before.filter(|t| SystemTime::now() >= *t) {
+                    return Err(gatehouse_directory::LoginRefusal::Expired(end));
+                }
+                snapshot.recheck_user(&self.user)
+            }
+        }
+    }
+
+    /// When this login's access ends under `snapshot`: the identity's (and key's) expiry,
+    /// and a certificate's `valid_before`, whichever comes first. `None`: never.
+    pub fn access_ends(&self, snapshot: &gatehouse_directory::Snapshot) -> Option<SystemTime> {
+        let directory = match &self.certificate {
+            None => snapshot.access_ends(&self.user, Some(&self.key)),
+            Some(_) => snapshot.access_ends(&self.user, None),
+        };
+        let cert = self.certificate.as_ref().and_then(|c| c.valid_before);
+        match (directory, cert) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// An open tunnel, as the revocation check needs it.

@@ -2,8 +2,10 @@
 //! policy decisions (made by `gatehouse-policy`, never here), refusals and tunnel tasks.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use gatehouse_directory::fingerprint;
+use gatehouse_directory::certificate::{CertFacts, CertLogin};
+use gatehouse_directory::{fingerprint, LoginRefusal};
 use gatehouse_policy::{printable, Principal};
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
@@ -12,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::admission::Phase;
 use crate::algorithms::signature_allowed;
-use crate::audit::Event;
+use crate::audit::{CertAudit, Event};
 use crate::conn::{Conn, Login};
 use crate::shared::Shared;
 use crate::tunnel::{self, prohibited};
@@ -66,6 +68,84 @@ impl Handler {
         });
     }
 
+    /// Audits a refused certificate login.
+    fn cert_failure(&self, user: &str, key: &str, facts: &CertFacts, code: &str, reason: &str) {
+        self.conn.note_auth_failure();
+        tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user = %printable(user), ca = facts.ca.as_deref().unwrap_or(""), key_id = %facts.key_id, serial = facts.serial, reason, "certificate refused");
+        self.shared.audit.record(Event::CertAuthFailure {
+            session: &self.conn.id,
+            user: &printable(user),
+            method: "publickey",
+            key,
+            source: self.conn.peer,
+            reason_code: code,
+            reason,
+            certificate: cert_audit(facts, None, None),
+        });
+    }
+
+    /// Admits a login whose key (or certificate) the directory accepted: the audit log and
+    /// the per-user limit have the last word.
+    fn admit(
+        &self,
+        user: &str,
+        principal: Principal,
+        key: &PublicKey,
+        certificate: Option<CertLogin>,
+    ) -> Auth {
+        let fp = fingerprint(key);
+        let refuse = |why: &str| {
+            match &certificate {
+                Some(cert) => self.cert_failure(user, &fp, &cert.facts, "refused", why),
+                None => self.auth_failure(user, "publickey", Some(&fp), why),
+            }
+            Self::reject()
+        };
+        if let Some(why) = self.shared.audit.refusal() {
+            return refuse(why);
+        }
+        if !self.shared.try_add_user_session(&principal.user) {
+            return refuse("too many sessions for this user (limits.max_sessions_per_user)");
+        }
+        // A login the audit log cannot hold does not happen (audit.on_failure = refuse).
+        let event = match &certificate {
+            None => Event::AuthSuccess {
+                session: &self.conn.id,
+                user,
+                key: &fp,
+                source: self.conn.peer,
+            },
+            Some(cert) => Event::CertAuthSuccess {
+                session: &self.conn.id,
+                user,
+                key: &fp,
+                source: self.conn.peer,
+                certificate: cert_audit(&cert.facts, Some(&cert.principal), cert.valid_before),
+            },
+        };
+        if let Err(why) = self.shared.audit.record_or_refuse(event) {
+            self.shared.remove_user_session(&principal.user);
+            return refuse(why);
+        }
+        match &certificate {
+            None => {
+                tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user, key = %fp, "authenticated")
+            }
+            Some(cert) => {
+                tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user, key = %fp, ca = cert.facts.ca.as_deref().unwrap_or(""), key_id = %cert.facts.key_id, serial = cert.facts.serial, "authenticated by certificate")
+            }
+        }
+        // Authenticated: no longer one of the pre-auth slots, and never evicted.
+        self.conn.progress.release();
+        let _ = self.conn.login.set(Login {
+            user: principal.user,
+            key: key.clone(),
+            fingerprint: fp,
+            certificate,
+        });
+        Auth::Accept
+    }
+
     /// Checks a user's key against the directory; audits a refusal.
     fn check_key(
         &self,
@@ -87,7 +167,7 @@ impl Handler {
         match snapshot.login(user, key) {
             Ok(principal) => Some(principal),
             Err(refusal) => {
-                self.auth_failure(user, "publickey", Some(&fp), refusal.code());
+                self.auth_failure(user, "publickey", Some(&fp), &refusal.reason());
                 None
             }
         }
@@ -98,9 +178,7 @@ impl Handler {
     fn principal(&self) -> Result<Principal, &'static str> {
         let login = self.conn.login.get().ok_or("not_authenticated")?;
         let snapshot = self.shared.directory.borrow().clone();
-        snapshot
-            .recheck(&login.user, &login.key)
-            .map_err(|r| r.code())
+        login.recheck(&snapshot).map_err(|r| r.code())
     }
 
     fn deny_request(&self, request: &str, reason: &str) {
@@ -148,6 +226,12 @@ impl Handler {
              Use it with ssh -J {user}@<bastion> <host>, or ProxyJump in ~/.ssh/config.\r\n"
         );
         let snapshot = self.shared.directory.borrow().clone();
+        if let Some(end) = self.conn.login.get().and_then(|l| l.access_ends(&snapshot)) {
+            text.push_str(&format!(
+                "gatehouse: your access ends at {}; this session closes then.\r\n",
+                gatehouse_config::show_time(end)
+            ));
+        }
         if let Ok(principal) = self.principal() {
             let hosts = snapshot.inventory().reachable(&principal);
             if hosts.is_empty() {
@@ -167,6 +251,22 @@ impl Handler {
             }
         }
         text
+    }
+}
+
+/// A certificate's audit fields.
+fn cert_audit<'a>(
+    facts: &'a CertFacts,
+    principal: Option<&'a str>,
+    valid_before: Option<SystemTime>,
+) -> CertAudit<'a> {
+    CertAudit {
+        ca: facts.ca.as_deref(),
+        ca_key: &facts.ca_key,
+        key_id: &facts.key_id,
+        serial: facts.serial,
+        principal,
+        valid_before: valid_before.map(gatehouse_config::show_time),
     }
 }
 
@@ -210,6 +310,17 @@ impl russh::server::Handler for Handler {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         self.authenticating();
+        if !self.shared.trusted_cas.is_empty() && signature_allowed(offer.algorithm) {
+            // russh shows an offered certificate as its bare key: a key the directory does
+            // not know may be one. Let the client sign; the signed request is checked in
+            // full (and a refusal audited) by `auth_publickey` or `auth_openssh_certificate`.
+            let snapshot = self.shared.directory.borrow().clone();
+            if let Err(LoginRefusal::UnknownKey | LoginRefusal::UnknownUser) =
+                snapshot.login(user, offer.public_key)
+            {
+                return Ok(Auth::Accept);
+            }
+        }
         Ok(
             match self.check_key(user, offer.public_key, offer.algorithm) {
                 Some(_) => Auth::Accept,
@@ -227,56 +338,59 @@ impl russh::server::Handler for Handler {
         let Some(principal) = self.check_key(user, key.public_key, key.algorithm) else {
             return Ok(Self::reject());
         };
-        let fp = fingerprint(key.public_key);
-        if let Some(why) = self.shared.audit.refusal() {
-            self.auth_failure(user, "publickey", Some(&fp), why);
-            return Ok(Self::reject());
-        }
-        if !self.shared.try_add_user_session(&principal.user) {
+        Ok(self.admit(user, principal, key.public_key, None))
+    }
+
+    /// Called once the client signed with the certificate's key (russh checked that
+    /// signature, the certificate's own CA signature and its validity window). Whether the CA
+    /// is trusted and the certificate lets this login in is decided by
+    /// `TrustedCas::verify`; the user must then be in the directory, like any login.
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        self.authenticating();
+        let key = PublicKey::new(certificate.public_key().clone(), "");
+        let fp = fingerprint(&key);
+        if self.shared.trusted_cas.is_empty() {
             self.auth_failure(
                 user,
                 "publickey",
                 Some(&fp),
-                "too many sessions for this user (limits.max_sessions_per_user)",
+                "certificates are not accepted: no trusted_user_ca is configured; use a plain key",
             );
             return Ok(Self::reject());
         }
-        // A login the audit log cannot hold does not happen (audit.on_failure = refuse).
-        let audited = self.shared.audit.record_or_refuse(Event::AuthSuccess {
-            session: &self.conn.id,
+        let verdict = self.shared.trusted_cas.verify(
+            certificate,
             user,
-            key: &fp,
-            source: self.conn.peer,
-        });
-        if let Err(why) = audited {
-            self.shared.remove_user_session(&principal.user);
-            self.auth_failure(user, "publickey", Some(&fp), why);
-            return Ok(Self::reject());
-        }
-        tracing::info!(session = %self.conn.id, peer = %self.conn.peer, user, key = %fp, "authenticated");
-        // Authenticated: no longer one of the pre-auth slots, and never evicted.
-        self.conn.progress.release();
-        let _ = self.conn.login.set(Login {
-            user: principal.user,
-            key: key.public_key.clone(),
-            fingerprint: fp,
-        });
-        Ok(Auth::Accept)
-    }
-
-    async fn auth_openssh_certificate(
-        &mut self,
-        user: &str,
-        _certificate: &russh::keys::Certificate,
-    ) -> Result<Auth, Self::Error> {
-        self.authenticating();
-        self.auth_failure(
-            user,
-            "publickey",
-            None,
-            "certificates are not accepted; use a plain key",
+            self.conn.peer.ip(),
+            SystemTime::now(),
         );
-        Ok(Self::reject())
+        let login = match verdict {
+            Ok(login) => login,
+            Err(refusal) => {
+                self.cert_failure(user, &fp, &refusal.facts, refusal.code, &refusal.reason);
+                return Ok(Self::reject());
+            }
+        };
+        let snapshot = self.shared.directory.borrow().clone();
+        match snapshot.login_user(user) {
+            Ok(principal) => Ok(self.admit(user, principal, &key, Some(login))),
+            Err(refusal) => {
+                let reason = match &refusal {
+                    LoginRefusal::UnknownUser => format!(
+                        "principal '{}' maps to login '{}', which is not a user of the directory",
+                        printable(&login.principal),
+                        printable(user)
+                    ),
+                    other => other.reason(),
+                };
+                self.cert_failure(user, &fp, &login.facts, refusal.code(), &reason);
+                Ok(Self::reject())
+            }
+        }
     }
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {

@@ -1,7 +1,7 @@
 //! Revocation: every directory snapshot published after a session authenticated is checked
 //! against its key and each of its tunnels (registered ones still dialing included).
 
-use gatehouse_directory::Snapshot;
+use gatehouse_directory::{LoginRefusal, Snapshot};
 
 use crate::audit::Event;
 use crate::conn::{Conn, OpenTunnel};
@@ -11,8 +11,9 @@ use crate::shared::Shared;
 /// allowed; returns a reason if the whole session must close (its key was revoked).
 pub(crate) fn recheck(shared: &Shared, conn: &Conn, snapshot: &Snapshot) -> Option<String> {
     let login = conn.login.get()?;
-    let principal = match snapshot.recheck(&login.user, &login.key) {
+    let principal = match login.recheck(snapshot) {
         Ok(principal) => principal,
+        Err(LoginRefusal::Expired(at)) => return Some(expired(shared, conn, at)),
         Err(refusal) => {
             let reason = format!(
                 "key {} is no longer valid for user '{}' ({})",
@@ -34,6 +35,27 @@ pub(crate) fn recheck(shared: &Shared, conn: &Conn, snapshot: &Snapshot) -> Opti
         recheck_tunnel(shared, conn, &principal, id, &tunnel, snapshot);
     }
     None
+}
+
+/// Audits the end of a session whose access expired at `at`; returns the close reason.
+pub(crate) fn expired(shared: &Shared, conn: &Conn, at: std::time::SystemTime) -> String {
+    let user = conn.user();
+    let key = conn
+        .login
+        .get()
+        .map(|l| l.fingerprint.as_str())
+        .unwrap_or("");
+    let when = gatehouse_config::show_time(at);
+    let reason = format!("access expired at {when}");
+    tracing::info!(session = %conn.id, user, "session expired: {reason}");
+    shared.audit.record(Event::SessionExpired {
+        session: &conn.id,
+        user,
+        key,
+        expired_at: &when,
+        reason: &reason,
+    });
+    reason
 }
 
 /// Re-checks one tunnel (open, or registered and still dialing) of an authenticated session:

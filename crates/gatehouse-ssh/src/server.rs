@@ -29,7 +29,7 @@ use crate::conn::Conn;
 use crate::handler::Handler;
 use crate::proxy;
 use crate::refusals::INTERVAL as SUMMARY_INTERVAL;
-use crate::revoke::recheck;
+use crate::revoke::{expired, recheck};
 use crate::shared::{Bastion, Shared};
 use crate::socket::{with_cutter, ClientSocket, VersionLine};
 use crate::sources::{Offence, OverCap, Source};
@@ -598,6 +598,11 @@ where
     let mut directory = shared.directory.clone();
     directory.mark_changed();
     let mut directory_open = true;
+    // Access that ends by itself (an expiry, a certificate's valid_before) ends exactly
+    // then, not at the next snapshot: a timer, moved whenever a snapshot moves the end.
+    let mut ends = None;
+    let expiry = tokio::time::sleep(Duration::ZERO);
+    let mut expiry = pin!(expiry);
     let close_reason = loop {
         tokio::select! {
             changed = directory.changed(), if directory_open => {
@@ -609,6 +614,20 @@ where
                 let snapshot = directory.borrow_and_update().clone();
                 if let Some(reason) = recheck(shared, conn, &snapshot) {
                     break reason;
+                }
+                ends = conn.login.get().and_then(|l| l.access_ends(&snapshot));
+                if let Some(at) = ends {
+                    let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                    match Instant::now().checked_add(left) {
+                        Some(deadline) => expiry.as_mut().reset(deadline),
+                        // Past what a clock can hold: never, in practice.
+                        None => ends = None,
+                    }
+                }
+            }
+            _ = &mut expiry, if ends.is_some() => {
+                if let Some(at) = ends {
+                    break expired(shared, conn, at);
                 }
             }
             r = &mut session => {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gatehouse_config::{LimitsConfig, PenaltiesConfig, ServerConfig};
+use gatehouse_directory::certificate::TrustedCas;
 use gatehouse_directory::Snapshot;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -37,6 +38,9 @@ pub struct Bastion {
     pub russh: Arc<russh::server::Config>,
     /// The directory snapshots.
     pub directory: watch::Receiver<Arc<Snapshot>>,
+    /// The CAs whose user certificates log users of the directory in
+    /// (`[[trusted_user_ca]]`); empty: certificates are refused.
+    pub trusted_cas: TrustedCas,
     /// The audit sink.
     pub audit: Audit,
     /// The health endpoint's listener (`server.health_listen`), bound by the binary.
@@ -59,6 +63,7 @@ pub(crate) struct Shared {
     pub limits: LimitsConfig,
     pub russh: Arc<russh::server::Config>,
     pub directory: watch::Receiver<Arc<Snapshot>>,
+    pub trusted_cas: TrustedCas,
     pub audit: Audit,
     pub key_push: Option<Arc<dyn KeyPush>>,
     /// Connection and tunnel tasks, awaited on shutdown.
@@ -123,6 +128,7 @@ impl Shared {
             limits: b.limits,
             russh: b.russh,
             directory: b.directory,
+            trusted_cas: b.trusted_cas,
             audit: b.audit,
             key_push: b.key_push,
             tasks: TaskTracker::new(),

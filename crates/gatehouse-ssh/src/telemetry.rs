@@ -55,19 +55,37 @@ pub(crate) fn init() {
 /// Counts one audit event.
 pub(crate) fn observe(event: &Event<'_>) {
     match event {
-        Event::AuthSuccess { .. } => {
+        Event::AuthSuccess { .. } | Event::CertAuthSuccess { .. } => {
             metrics::gauge!("gatehouse_sessions").increment(1.0);
             metrics::counter!("gatehouse_auth_total", "result" => "success", "method" => "publickey", "reason" => "")
                 .increment(1);
         }
         Event::AuthFailure { method, reason, .. } => {
+            // An expiry's reason names its instant: one label for all of them.
+            let reason = if reason.starts_with("access expired") {
+                "access_expired".to_owned()
+            } else {
+                reason.to_string()
+            };
             metrics::counter!(
                 "gatehouse_auth_total",
                 "result" => "failure",
                 "method" => method.to_string(),
-                "reason" => reason.to_string()
+                "reason" => reason
             )
             .increment(1);
+        }
+        Event::CertAuthFailure { reason_code, .. } => {
+            metrics::counter!(
+                "gatehouse_auth_total",
+                "result" => "failure",
+                "method" => "publickey-cert",
+                "reason" => reason_code.to_string()
+            )
+            .increment(1);
+        }
+        Event::SessionExpired { .. } => {
+            metrics::counter!("gatehouse_revocations_total", "kind" => "expired").increment(1);
         }
         Event::SessionClose { .. } => metrics::gauge!("gatehouse_sessions").decrement(1.0),
         Event::TunnelOpen { .. } => metrics::gauge!("gatehouse_tunnels").increment(1.0),

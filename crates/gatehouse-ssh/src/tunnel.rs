@@ -106,7 +106,7 @@ pub(crate) async fn run(
     // The grant was made on the snapshot current when the request arrived; one published
     // since, before the registration above, would have missed this tunnel: check it now.
     let snapshot = shared.directory.borrow().clone();
-    match conn.login.get().map(|l| snapshot.recheck(&l.user, &l.key)) {
+    match conn.login.get().map(|l| l.recheck(&snapshot)) {
         Some(Ok(principal)) => {
             recheck_tunnel(&shared, &conn, &principal, tunnel, &open, &snapshot);
         }

@@ -64,10 +64,8 @@ mod tests {
             ports: ports.iter().copied().collect(),
             login_users: Vec::new(),
         };
-        let user = |name: &str, group: &str| Identity {
-            name: name.into(),
-            groups: [group.to_string()].into(),
-            keys: vec![],
+        let user = |name: &str, group: &str| {
+            Identity::new(name.into(), [group.to_string()].into(), vec![])
         };
         Snapshot::new(
             vec![

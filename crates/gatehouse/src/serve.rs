@@ -141,6 +141,9 @@ pub async fn run(
         limits: config.limits.clone(),
         penalties: config.penalties.clone(),
         directory: directory.subscribe(),
+        trusted_cas: gatehouse_directory::certificate::TrustedCas::from_config(
+            &config.trusted_user_ca,
+        ),
         audit,
         key_push: aws.as_ref().and_then(|aws| aws.key_push()),
         health,
@@ -158,7 +161,7 @@ pub async fn run(
 /// On each SIGHUP, re-reads the config file and publishes its users and hosts. Open sessions
 /// and tunnels are re-checked against them (the SSH layer closes what is no longer allowed).
 /// An invalid file is refused and the running config stays. `[server]` and `[audit]` settings
-/// apply at the next restart.
+/// apply at the next restart, and so does `[[trusted_user_ca]]`.
 async fn reload_on_hangup(
     mut hangup: tokio::signal::unix::Signal,
     path: PathBuf,

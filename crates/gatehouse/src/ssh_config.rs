@@ -225,11 +225,11 @@ mod tests {
             login_users: Vec::new(),
         };
         Snapshot::new(
-            vec![Identity {
-                name: "jane~40example.org".into(),
-                groups: ["research".to_string()].into(),
-                keys: vec![],
-            }],
+            vec![Identity::new(
+                "jane~40example.org".into(),
+                ["research".to_string()].into(),
+                vec![],
+            )],
             Inventory::new(vec![
                 host("i-1", &["jupyter", "i-1"], "10.0.3.140", &[22, 8888]),
                 host("i-2", &["dup", "i-2"], "10.0.3.141", &[22]),
