@@ -12,6 +12,8 @@
 //!   [`shared`] in S3 for the fleet, so a new replica does;
 //! - [`events`] reads IAM's change events; [`ship`] ships the audit file to CloudWatch Logs;
 //! - [`hostkey`] reads or creates the SSM host key; [`names`] maps IAM names to login names;
+//! - [`sts_proof`] signs and checks a proof of an AWS identity (a signed
+//!   `sts:GetCallerIdentity` bound to the bastion) and replays it to STS;
 //! - [`actions`] declares every AWS action the daemon needs, per mode: the fetchers count
 //!   their calls with it, and gatehouse-vpc builds the bastion role from it.
 //!
@@ -36,6 +38,7 @@ pub mod persist;
 pub mod refresh;
 pub mod shared;
 pub mod ship;
+pub mod sts_proof;
 
 use std::time::Duration;
 
