@@ -7,7 +7,8 @@
 //!
 //! Covered: who gets in and where (tags, IAM groups, inactive keys, ports, stopped and
 //! terminated instances, VPC filter, duplicate names, name mapping), one private address in
-//! two VPCs (never dialed), live revocation (key deactivated, tag removed), users deleted
+//! two VPCs (never dialed), live revocation (key deactivated, tag removed), access that ends at
+//! an IAM user's `gatehouse:expires` (the open tunnel closed at that instant), users deleted
 //! during a refresh (gone, not a failed refresh), an AWS outage (cached users until
 //! `max_staleness`, then refused, then recovery without a restart), throttling (no
 //! revocation), a denied call (the missing action named, no SDK dump), the shared SSM host
@@ -1586,6 +1587,53 @@ fn aws_a_stale_replica_stays_behind_the_balancer_and_keeps_its_sessions() {
     );
     assert!(replica.is_running(), "{}", replica.logs());
     replica.assert_no_panic();
+}
+
+/// An IAM user's `gatehouse:expires` tag ends their access at that instant, not at the next
+/// sweep: the open tunnel closes within a second or two of it, with `session.expired`, and a
+/// login after it is refused.
+#[test]
+fn aws_an_iam_users_expires_tag_ends_access_at_that_time() {
+    let rig = rig("1m");
+    let _echo = TcpServer::echo(&rig.topology.private, addr(PRIVATE_ADDR, ECHO_PORT));
+    let frank = KeyPair::ed25519(&rig.scratch, "frank_key");
+    // Whole seconds (the tag's precision), far enough ahead to log in and open a tunnel.
+    let expires_unix = now_unix().ceil() + 15.0;
+    let expires = std::time::UNIX_EPOCH + Duration::from_secs_f64(expires_unix);
+    let tag = humantime::format_rfc3339_seconds(expires).to_string();
+    rig.fixture(json!([
+        {"op": "user", "name": "frank", "groups": "research", "keys": [frank.public_line.trim()]},
+        {"op": "call", "service": "iam", "method": "tag_user", "args": {
+            "UserName": "frank", "Tags": [{"Key": "gatehouse:expires", "Value": tag}]}},
+    ]));
+    rig.let_refresh_run();
+    let client = rig.client("frank", &frank.private);
+    let mut tunnel = OpenTunnel::open(&client, &rig.scratch, "frank_tunnel", 15002, "jupyter");
+    assert!(
+        now_unix() < expires_unix,
+        "the tunnel opened after the expiry: raise the margin"
+    );
+    let closed_at = tunnel.wait_closed(Duration::from_secs(20) + SLACK);
+    let late = closed_at - expires_unix;
+    eprintln!("gatehouse:expires -> tunnel closed at the client: {late:+.3}s");
+    assert!(
+        (-0.05..2.0).contains(&late),
+        "closed {late:+.3}s from the expiry {tag}"
+    );
+    let expired = rig.wait_audit("session.expired for frank", SLACK, |l| {
+        l["event"] == "session.expired" && l["user"] == "frank"
+    });
+    assert!(
+        expired.to_string().contains(&tag.replace(".000", "")),
+        "{expired}"
+    );
+    assert!(tunnel.ssh.wait_exit(SLACK).is_some(), "ssh -N exits");
+    assert_login_refused(&client);
+    rig.wait_audit("frank refused: access expired", SLACK, |l| {
+        l["event"] == "auth.failure"
+            && l["user"] == "frank"
+            && l.to_string().contains("access expired at")
+    });
 }
 
 #[test]

@@ -92,6 +92,7 @@ pub(crate) struct Shared {
     tunnels: AtomicUsize,
     /// Client bytes held for slow targets, bastion-wide (`limits.max_buffered_mib`).
     pub budget: BufferBudget,
+    /// What every session id of this process starts with (see [`Shared::new`]).
     id_prefix: String,
     next_session: AtomicU64,
     next_tunnel: AtomicU64,
@@ -136,7 +137,7 @@ impl Shared {
             draining: CancellationToken::new(),
             leaving: CancellationToken::new(),
             stop: CancellationToken::new(),
-            id_prefix: format!("{epoch:x}"),
+            id_prefix: session_prefix(epoch),
             next_session: AtomicU64::new(1),
             next_tunnel: AtomicU64::new(1),
         }
@@ -359,4 +360,24 @@ fn worker_count() -> usize {
         .filter(|&n| n > 0)
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1)
+}
+
+/// What the session ids of a process started at `epoch` (seconds) begin with: the start
+/// second, and 32 random bits, so replicas of a fleet started in the same second (an Auto
+/// Scaling group's launch) still write different session ids into the shared audit log group.
+fn session_prefix(epoch: u64) -> String {
+    format!("{epoch:x}{:08x}", rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod id_tests {
+    /// Two bastions started in the same second name their sessions differently.
+    #[test]
+    fn two_processes_started_together_have_different_session_prefixes() {
+        let a = super::session_prefix(1_796_656_500);
+        let b = super::session_prefix(1_796_656_500);
+        // 2^-32 to collide: a failure here is a broken generator, not bad luck.
+        assert_ne!(a, b);
+        assert!(a.starts_with("6b16cd74") && a.len() == 16, "{a}");
+    }
 }
