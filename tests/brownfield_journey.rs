@@ -50,8 +50,9 @@ use crate::harness::{
 use crate::instance_connect::{eic_host, pushes};
 use crate::journey::{
     actions_of, checkable, key_of, leftovers, logging_trail, printed_policy, stand_in_binary,
-    substitute, vpc, vpc_try, walk_spec, Walk, AUDIT_FILE, AUDIT_GROUP, CMD_TIMEOUT, JUPYTER_PORT,
-    PARAMETER, PUSH_SID, QUEUE, REFRESH, ROLE, RULE, SQS_URL, STACK,
+    substitute, vpc, vpc_try, walk_spec, Walk, APPLY_FROM_EMPTY, AUDIT_FILE, AUDIT_GROUP,
+    CMD_TIMEOUT, JUPYTER_PORT, PARAMETER, PUSH_SID, QUEUE, REFRESH, ROLE, RULE, SCALE_OUT, SQS_URL,
+    STACK,
 };
 
 /// The team's VPC.
@@ -1348,38 +1349,14 @@ fn the_brownfield_deployer_needs_every_action_it_is_granted() {
     let mut walk = Walk::new(&topology, &moto, &admin, deployer, spec.clone(), policy);
 
     // apply from empty, in the order apply makes the calls: the created subnet, the NAT
-    // gateway in the team's public subnet, the subnet's table, then what any stack makes.
-    for action in [
-        "ec2:CreateSubnet",
-        "ec2:AllocateAddress",
-        "ec2:CreateNatGateway",
-        "ec2:CreateRouteTable",
-        "ec2:CreateRoute",
-        "ec2:AssociateRouteTable",
-        "ec2:CreateSecurityGroup",
-        "ec2:AuthorizeSecurityGroupIngress",
-        "s3:CreateBucket",
-        "s3:PutBucketTagging",
-        "s3:PutBucketPublicAccessBlock",
-        "s3:PutEncryptionConfiguration",
-        "s3:PutBucketPolicy",
-        "s3:PutObject",
-        "sqs:CreateQueue",
-        "events:PutRule",
-        "events:PutTargets",
-        "logs:CreateLogGroup",
-        "logs:PutRetentionPolicy",
-        "iam:CreateRole",
-        "iam:PutRolePolicy",
-        "iam:CreateInstanceProfile",
-        "iam:AddRoleToInstanceProfile",
-        "ec2:RunInstances",
-        "ec2:AssociateAddress",
-        "logs:PutMetricFilter",
-        "sns:CreateTopic",
-        "sns:Subscribe",
-        "cloudwatch:PutMetricAlarm",
-    ] {
+    // gateway in the team's public subnet, the subnet's table, then what any stack makes. The
+    // greenfield walk's order, less the VPC-building actions and the default group's (its
+    // CreateTags and RevokeSecurityGroupEgress are shown below by drift on the stack's group).
+    let default_group = ["ec2:CreateTags", "ec2:RevokeSecurityGroupEgress"];
+    let apply_order = APPLY_FROM_EMPTY
+        .iter()
+        .filter(|a| !VPC_BUILDING.contains(a) && !default_group.contains(a));
+    for action in apply_order {
         walk.needs(action, &["apply"]);
     }
     walk.full(&["apply"]);
@@ -1387,15 +1364,7 @@ fn the_brownfield_deployer_needs_every_action_it_is_granted() {
 
     // Scaled out over the team's two public subnets.
     std::fs::write(&spec, with_replicas(&spec_text)).expect("rewrite the spec");
-    for action in [
-        "ec2:CreateLaunchTemplate",
-        "elasticloadbalancing:CreateTargetGroup",
-        "elasticloadbalancing:ModifyTargetGroupAttributes",
-        "elasticloadbalancing:CreateLoadBalancer",
-        "elasticloadbalancing:ModifyLoadBalancerAttributes",
-        "elasticloadbalancing:CreateListener",
-        "autoscaling:CreateAutoScalingGroup",
-    ] {
+    for action in SCALE_OUT {
         walk.needs(action, &["apply"]);
     }
     walk.full(&["apply"]);

@@ -1520,6 +1520,61 @@ pub(crate) fn stand_in_binary(path: &Path, fill: u8) {
 /// one of plan, apply, output and destroy fails, naming the action. The walk goes with the
 /// code's order: each run stops at the call it may not make, and the next run (that action
 /// allowed again, the next one removed) carries on from there.
+/// The actions an apply from empty calls, in its order (the walk removes each before the
+/// call that needs it). The brownfield walk takes them less the VPC-building ones.
+pub(crate) const APPLY_FROM_EMPTY: &[&str] = &[
+    "ec2:CreateVpc",
+    "ec2:ModifyVpcAttribute",
+    "ec2:CreateTags",
+    // moto's default group has no ingress rule: RevokeSecurityGroupIngress is walked below.
+    "ec2:RevokeSecurityGroupEgress",
+    "ec2:CreateSubnet",
+    "ec2:CreateInternetGateway",
+    "ec2:AttachInternetGateway",
+    "ec2:AllocateAddress",
+    "ec2:CreateNatGateway",
+    "ec2:CreateRouteTable",
+    "ec2:CreateRoute",
+    "ec2:AssociateRouteTable",
+    "ec2:CreateSecurityGroup",
+    "ec2:AuthorizeSecurityGroupIngress",
+    "s3:CreateBucket",
+    "s3:PutBucketTagging",
+    "s3:PutBucketPublicAccessBlock",
+    "s3:PutEncryptionConfiguration",
+    "s3:PutBucketPolicy",
+    "s3:PutObject",
+    "sqs:CreateQueue",
+    "events:PutRule",
+    "events:PutTargets",
+    // (Tagged in the same call: logs:TagResource, which moto does not check there, is
+    // walked by a repair below.)
+    "logs:CreateLogGroup",
+    "logs:PutRetentionPolicy",
+    "iam:CreateRole",
+    "iam:PutRolePolicy",
+    "iam:CreateInstanceProfile",
+    "iam:AddRoleToInstanceProfile",
+    "ec2:RunInstances",
+    "ec2:AssociateAddress",
+    // The alarms last: the filters on the log group, the topic, its address, the alarms.
+    "logs:PutMetricFilter",
+    "sns:CreateTopic",
+    "sns:Subscribe",
+    "cloudwatch:PutMetricAlarm",
+];
+
+/// What scaling out (`replicas = 2`) adds, in the order apply calls it.
+pub(crate) const SCALE_OUT: &[&str] = &[
+    "ec2:CreateLaunchTemplate",
+    "elasticloadbalancing:CreateTargetGroup",
+    "elasticloadbalancing:ModifyTargetGroupAttributes",
+    "elasticloadbalancing:CreateLoadBalancer",
+    "elasticloadbalancing:ModifyLoadBalancerAttributes",
+    "elasticloadbalancing:CreateListener",
+    "autoscaling:CreateAutoScalingGroup",
+];
+
 #[test]
 fn the_deployer_needs_every_action_it_is_granted() {
     let topology = Topology::new();
@@ -1535,47 +1590,7 @@ fn the_deployer_needs_every_action_it_is_granted() {
     let mut walk = Walk::new(&topology, &moto, &admin, deployer, spec.clone(), policy);
 
     // apply from empty, in the order apply makes the calls.
-    for action in [
-        "ec2:CreateVpc",
-        "ec2:ModifyVpcAttribute",
-        "ec2:CreateTags",
-        // moto's default group has no ingress rule: RevokeSecurityGroupIngress is walked below.
-        "ec2:RevokeSecurityGroupEgress",
-        "ec2:CreateSubnet",
-        "ec2:CreateInternetGateway",
-        "ec2:AttachInternetGateway",
-        "ec2:AllocateAddress",
-        "ec2:CreateNatGateway",
-        "ec2:CreateRouteTable",
-        "ec2:CreateRoute",
-        "ec2:AssociateRouteTable",
-        "ec2:CreateSecurityGroup",
-        "ec2:AuthorizeSecurityGroupIngress",
-        "s3:CreateBucket",
-        "s3:PutBucketTagging",
-        "s3:PutBucketPublicAccessBlock",
-        "s3:PutEncryptionConfiguration",
-        "s3:PutBucketPolicy",
-        "s3:PutObject",
-        "sqs:CreateQueue",
-        "events:PutRule",
-        "events:PutTargets",
-        // (Tagged in the same call: logs:TagResource, which moto does not check there, is
-        // walked by a repair below.)
-        "logs:CreateLogGroup",
-        "logs:PutRetentionPolicy",
-        "iam:CreateRole",
-        "iam:PutRolePolicy",
-        "iam:CreateInstanceProfile",
-        "iam:AddRoleToInstanceProfile",
-        "ec2:RunInstances",
-        "ec2:AssociateAddress",
-        // The alarms last: the filters on the log group, the topic, its address, the alarms.
-        "logs:PutMetricFilter",
-        "sns:CreateTopic",
-        "sns:Subscribe",
-        "cloudwatch:PutMetricAlarm",
-    ] {
+    for action in APPLY_FROM_EMPTY {
         walk.needs(action, &["apply"]);
     }
     walk.full(&["apply"]);
@@ -1585,15 +1600,7 @@ fn the_deployer_needs_every_action_it_is_granted() {
     // template, target group, balancer, listener and group come, in the order apply makes
     // the calls.
     std::fs::write(&spec, walk_spec_replicas(&binary)).expect("rewrite the spec");
-    for action in [
-        "ec2:CreateLaunchTemplate",
-        "elasticloadbalancing:CreateTargetGroup",
-        "elasticloadbalancing:ModifyTargetGroupAttributes",
-        "elasticloadbalancing:CreateLoadBalancer",
-        "elasticloadbalancing:ModifyLoadBalancerAttributes",
-        "elasticloadbalancing:CreateListener",
-        "autoscaling:CreateAutoScalingGroup",
-    ] {
+    for action in SCALE_OUT {
         walk.needs(action, &["apply"]);
     }
     walk.full(&["apply"]);
