@@ -58,8 +58,6 @@ pub struct FoundVpc {
     pub id: String,
     /// The primary CIDR block first, then the associated ones.
     pub cidrs: Vec<Ipv4Net>,
-    pub is_default: bool,
-    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,10 +66,9 @@ pub struct FoundSubnet {
     pub cidr: Ipv4Net,
     pub az: String,
     pub name: Option<String>,
-    /// Its `gatehouse:stack` and `gatehouse:resource` tags: a subnet this stack created
-    /// earlier is the stack's own, not something to avoid overlapping.
+    /// Its `gatehouse:stack` tag: a subnet this stack created earlier is the stack's own, not
+    /// something to avoid overlapping.
     pub stack: Option<String>,
-    pub resource: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -118,7 +118,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, spec, env_region, binary)) {
+    match runtime.block_on(run(cli, spec, env_region)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -201,12 +201,7 @@ fn progress(step: &Step) {
     );
 }
 
-async fn run(
-    cli: Cli,
-    spec: spec::Spec,
-    env_region: Option<String>,
-    binary: spec::ReadBinary,
-) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, spec: spec::Spec, env_region: Option<String>) -> anyhow::Result<ExitCode> {
     // No AWS call: the policy follows from the spec alone.
     if let Command::Policy { json } = cli.command {
         return Ok(print_policy(&spec, json));
@@ -221,8 +216,16 @@ async fn run(
             let facts = aws::observe_network(&clients, reference)
                 .await
                 .context("reading the existing VPC from AWS")?;
-            match spec::load_resolved(&cli.spec, env_region.as_deref(), binary, Some(&facts)) {
-                Ok(spec) => spec,
+            // The binary was read (and hashed) by the first load: not a second time.
+            let again = spec::ReadBinary::No;
+            match spec::load_resolved(&cli.spec, env_region.as_deref(), again, Some(&facts)) {
+                Ok(resolved) => spec::Spec {
+                    bastion: spec::Bastion {
+                        binary: spec.bastion.binary.clone(),
+                        ..resolved.bastion
+                    },
+                    ..resolved
+                },
                 Err(e) => {
                     eprintln!("{e}");
                     return Ok(ExitCode::from(EXIT_BAD_SPEC));

@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use super::{fail, Clients, Error};
 use crate::deploy;
 use crate::existing::{FoundRouteTable, FoundSubnet, FoundVpc, NetworkFacts, Reference};
-use crate::model::{TAG_RESOURCE, TAG_STACK};
+use crate::model::TAG_STACK;
 
 fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
@@ -64,12 +64,7 @@ pub async fn observe_network(c: &Clients, reference: &Reference) -> Result<Netwo
                 }
             }
         }
-        facts.vpcs.push(FoundVpc {
-            id,
-            cidrs,
-            is_default: v.is_default().unwrap_or(false),
-            name: tag(v.tags(), "Name").map(str::to_owned),
-        });
+        facts.vpcs.push(FoundVpc { id, cidrs });
     }
     if let [vpc] = facts.vpcs.as_slice() {
         let id = vpc.id.clone();
@@ -98,7 +93,6 @@ async fn subnets(c: &Clients, vpc: &str) -> Result<Vec<FoundSubnet>, Error> {
             az: s.availability_zone().unwrap_or_default().to_string(),
             name: tag(s.tags(), "Name").map(str::to_owned),
             stack: tag(s.tags(), TAG_STACK).map(str::to_owned),
-            resource: tag(s.tags(), TAG_RESOURCE).map(str::to_owned),
             id,
         });
     }

@@ -43,7 +43,6 @@ fn subnet(id: &str, cidr: &str, az: &str, name: Option<&str>) -> FoundSubnet {
         az: az.into(),
         name: name.map(str::to_owned),
         stack: None,
-        resource: None,
     }
 }
 
@@ -54,8 +53,6 @@ pub(crate) fn facts() -> NetworkFacts {
         vpcs: vec![FoundVpc {
             id: "vpc-0aaaaaaaaaaaaaaaa".into(),
             cidrs: vec!["10.77.0.0/16".parse().expect("cidr")],
-            is_default: false,
-            name: Some("team".into()),
         }],
         subnets: vec![
             subnet(
