@@ -29,9 +29,9 @@ use crate::harness::{
     PRIVATE_ADDR_2, TEST_USER,
 };
 
-const SSH_PORT: u16 = 22;
-const ECHO_PORT: u16 = 9000;
-const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const SSH_PORT: u16 = 22;
+pub(super) const ECHO_PORT: u16 = 9000;
+pub(super) const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// `refresh_interval` in these tests.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -39,7 +39,7 @@ const REFRESH: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_secs(4);
 const HOST_KEY_PARAMETER: &str = "/gatehouse/test/host_ed25519";
 
-fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
+pub(super) fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::from((ip, port))
 }
 
@@ -63,7 +63,7 @@ pub(super) struct Proxy {
 }
 
 impl Proxy {
-    fn start(topology: &Topology, scratch: &Scratch, upstream: u16) -> Proxy {
+    pub(super) fn start(topology: &Topology, scratch: &Scratch, upstream: u16) -> Proxy {
         Proxy::start_recording(topology, scratch, upstream, None)
     }
 
@@ -255,14 +255,14 @@ pub(super) fn read_audit(path: &Path) -> Vec<Value> {
 
 /// The standard world: a VPC with a subnet on the private namespace's addresses, alice
 /// (tagged `research`), and `jupyter` (10.0.3.140, research, SSH and the echo port).
-struct World {
-    vpc_id: String,
+pub(super) struct World {
+    pub(super) vpc_id: String,
     subnet_id: String,
     alice_key_id: String,
     jupyter_id: String,
 }
 
-fn standard_world(topology: &Topology, moto: &Moto, alice: &KeyPair) -> World {
+pub(super) fn standard_world(topology: &Topology, moto: &Moto, alice: &KeyPair) -> World {
     let r = fixture(
         topology,
         moto,

@@ -1,16 +1,30 @@
-//! Proving an AWS identity to the bastion (`gatehouse_aws::sts_proof`) against moto: the
+//! `gatehouse login` against moto. First the proof alone (`gatehouse_aws::sts_proof`): the
 //! credentials of an SSO-style session (a role named like IAM Identity Center's, assumed with
 //! the user's email as the session name) sign a proof bound to a bastion and a key; checked
-//! and replayed, STS names that session. The proof's rules are unit-tested in gatehouse-aws;
-//! this shows the signed request is one STS accepts, and that the caller maps as expected.
+//! and replayed, STS names that session. Then end to end: the real `gatehouse login` in the
+//! client namespace gets a certificate from the real daemon (AWS mode, moto behind the
+//! fault proxy), and stock `ssh -J`, `-W` and a Jupyter tunnel work with it; every bad proof,
+//! unmapped caller and bad certificate is refused with the reason the user sees.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use gatehouse_aws::sts_proof::{self, Binding, Caller};
+use serde_json::{json, Value};
 
+use crate::aws::{
+    addr, dash_w, fixture as ns_fixture, read_audit, standard_world, start_gatehouse, write_config,
+    Proxy, Settings, CMD_TIMEOUT, ECHO_PORT, SSH_PORT,
+};
 use crate::harness::moto::Moto;
-use crate::harness::run_with_timeout;
+use crate::harness::moto_ns::NsMoto;
+use crate::harness::{
+    gatehouse_bin, jupyter_check, run_with_timeout, CmdOutput, Jupyter, KeyPair, Netns, Scratch,
+    SshClient, SshdConfig, Topology, BASTION_CLIENT_ADDR, PRIVATE_ADDR, TEST_USER,
+};
 
 /// `tests/py/aws_fixture.py` against `moto` (root namespace loopback): its answers.
 fn fixture(moto: &Moto, ops: serde_json::Value) -> serde_json::Value {
@@ -85,11 +99,14 @@ fn a_proof_signed_by_an_sso_session_is_replayed_to_sts_and_names_that_session() 
     assert_eq!(identity.account, "123456789012");
     assert_eq!(
         sts_proof::caller(&identity.arn),
-        Ok(Caller::Sso {
-            permission_set: "Research".into(),
-            role: "AWSReservedSSO_Research_0123abcd".into(),
-            session: "alice@example.org".into(),
-        })
+        Ok((
+            "123456789012".to_owned(),
+            Caller::Sso {
+                permission_set: "Research".into(),
+                role: "AWSReservedSSO_Research_0123abcd".into(),
+                session: "alice@example.org".into(),
+            }
+        ))
     );
 
     // The same proof, for another bastion or pointed elsewhere, never leaves the bastion.
@@ -110,4 +127,505 @@ fn a_proof_signed_by_an_sso_session_is_replayed_to_sts_and_names_that_session() 
         sts_proof::check(&elsewhere, &binding, Some(&moto.url()), SystemTime::now()),
         Err(sts_proof::ProofError::NotSts(_))
     ));
+}
+
+/// The account moto answers for.
+const ACCOUNT: &str = "123456789012";
+/// The path IAM Identity Center gives the roles it makes.
+const SSO_PATH: &str = "/aws-reserved/sso.amazonaws.com/";
+
+/// Temporary credentials from STS.
+#[derive(Clone)]
+struct Creds {
+    key: String,
+    secret: String,
+    token: String,
+}
+
+impl Creds {
+    fn sdk(&self) -> aws_credential_types::Credentials {
+        aws_credential_types::Credentials::new(
+            self.key.clone(),
+            self.secret.clone(),
+            Some(self.token.clone()),
+            None,
+            "test",
+        )
+    }
+}
+
+/// Makes role `name` (at `path`) and assumes it with session name `session`.
+fn assume(topology: &Topology, moto: &NsMoto, path: &str, name: &str, session: &str) -> Creds {
+    let trust = json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")},
+                       "Action": "sts:AssumeRole"}]
+    });
+    let r = ns_fixture(
+        topology,
+        moto,
+        json!([
+            {"op": "call", "service": "iam", "method": "create_role", "args": {
+                "RoleName": name, "Path": path, "AssumeRolePolicyDocument": trust.to_string()}},
+            {"op": "call", "service": "sts", "method": "assume_role", "args": {
+                "RoleArn": format!("arn:aws:iam::{ACCOUNT}:role{path}{name}"),
+                "RoleSessionName": session}},
+        ]),
+    );
+    let c = &r[1]["Credentials"];
+    let field = |k: &str| {
+        c[k].as_str()
+            .unwrap_or_else(|| panic!("{k} in {c}"))
+            .to_owned()
+    };
+    Creds {
+        key: field("AccessKeyId"),
+        secret: field("SecretAccessKey"),
+        token: field("SessionToken"),
+    }
+}
+
+/// `gatehouse login` in the client namespace (the laptop), with `creds` in the environment
+/// and nothing else of AWS: it signs for `AWS_ENDPOINT_URL` (the proxy's URL, which the
+/// bastion's `aws.endpoint_url` names) and never connects there itself.
+fn login(rig: &SsoRig, creds: &Creds, key: &KeyPair) -> CmdOutput {
+    let mut cmd = rig.topology.client.command(gatehouse_bin());
+    cmd.arg("login")
+        .arg("--bastion")
+        .arg(rig.bastion.to_string())
+        .arg("--key")
+        .arg(&key.private)
+        .arg("--known-hosts")
+        .arg(&rig.known_hosts);
+    for var in ["AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("AWS_ACCESS_KEY_ID", &creds.key)
+        .env("AWS_SECRET_ACCESS_KEY", &creds.secret)
+        .env("AWS_SESSION_TOKEN", &creds.token)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", rig.proxy.url())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/aws-credentials",
+        );
+    run_with_timeout(cmd, CMD_TIMEOUT)
+}
+
+/// Fields drop in order: processes first, the namespaces last.
+struct SsoRig {
+    gatehouse: crate::harness::Daemon,
+    _sshd: crate::harness::Sshd,
+    jupyter: Jupyter,
+    proxy: Proxy,
+    moto: NsMoto,
+    bastion: SocketAddr,
+    known_hosts: PathBuf,
+    ca_key: PathBuf,
+    audit: PathBuf,
+    scratch: Scratch,
+    topology: Topology,
+}
+
+/// The AWS rig (moto behind the proxy, alice and `jupyter` of the standard world) with
+/// `[sso]`: accounts = moto's, permission set `Research` -> group research, role
+/// `ci-runner` -> research. The private host's sshd authorizes `sso_key`; Jupyter listens
+/// on the host's second allowed port. `extra` is appended to the config.
+fn sso_rig(sso_key: &KeyPair, scratch: Scratch, extra: &str) -> SsoRig {
+    let topology = Topology::new();
+    let moto = NsMoto::start_in(&topology.bastion);
+    let proxy = Proxy::start(&topology, &scratch, moto.addr().port());
+    let alice_key = KeyPair::ed25519(&scratch, "alice_key");
+    let world = standard_world(&topology, &moto, &alice_key);
+    let config = write_config(
+        &scratch,
+        "gatehouse",
+        &proxy.url(),
+        &Settings {
+            max_staleness: "1m",
+            vpc_ids: vec![world.vpc_id.clone()],
+            listen_port: SSH_PORT,
+        },
+    );
+    let ca_key = scratch.join("user_ca_key");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(&format!(
+        "\n[sso]\naccounts = [\"{ACCOUNT}\"]\nca_key = \"{}\"\n\
+         permission_sets = {{ Research = [\"research\"] }}\nroles = {{ \"ci-runner\" = [\"research\"] }}\n{extra}",
+        ca_key.display()
+    ));
+    std::fs::write(&config, text).expect("config");
+    let gatehouse = start_gatehouse(&topology, &scratch, &config, "gatehouse");
+    let sshd = SshdConfig::private_host(addr(PRIVATE_ADDR, SSH_PORT))
+        .authorize(&sso_key.public_line)
+        .start(&topology.private, &scratch, "private_sshd");
+    let jupyter = Jupyter::start(&topology.private, &scratch, addr(PRIVATE_ADDR, ECHO_PORT));
+    let known_hosts = scratch.write("known_hosts_empty", b"");
+    SsoRig {
+        gatehouse,
+        _sshd: sshd,
+        jupyter,
+        proxy,
+        moto,
+        bastion: addr(BASTION_CLIENT_ADDR, SSH_PORT),
+        known_hosts,
+        ca_key,
+        audit: scratch.join("gatehouse.audit.jsonl"),
+        scratch,
+        topology,
+    }
+}
+
+/// The client side of a `gatehouse login` exchange written by hand, to send what the real
+/// client never would: `make` builds the answer to the prompt from the bastion's host key
+/// fingerprint. Returns the bastion's answer: the info request's name and instructions.
+fn exchange(
+    ns: &Netns,
+    bastion: SocketAddr,
+    make: impl FnOnce(&str) -> String,
+) -> (String, String) {
+    use gatehouse_ssh::issuer::{ASK, SUBMETHOD};
+    use russh::client::KeyboardInteractiveAuthResponse as Answer;
+    use russh::keys::PublicKeyOrCertificate;
+
+    struct Seen(Arc<Mutex<Option<String>>>);
+    impl russh::client::Handler for Seen {
+        type Error = russh::Error;
+        async fn check_server_key(
+            &mut self,
+            key: &PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            if let PublicKeyOrCertificate::PublicKey { key, .. } = key {
+                *self.0.lock().unwrap() = Some(gatehouse_directory::fingerprint(key));
+            }
+            Ok(true)
+        }
+    }
+
+    let stream = ns
+        .connect(bastion, Duration::from_secs(5))
+        .expect("connect to the bastion");
+    stream.set_nonblocking(true).expect("nonblocking");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let seen = Arc::new(Mutex::new(None));
+        let stream = tokio::net::TcpStream::from_std(stream).expect("tokio stream");
+        let config = Arc::new(russh::client::Config::default());
+        let mut handle = tokio::time::timeout(
+            CMD_TIMEOUT,
+            russh::client::connect_stream(config, stream, Seen(seen.clone())),
+        )
+        .await
+        .expect("ssh handshake in time")
+        .expect("ssh handshake");
+        let fp = seen.lock().unwrap().clone().expect("host key seen");
+        let first = handle
+            .authenticate_keyboard_interactive_start("gatehouse-login", Some(SUBMETHOD.to_owned()))
+            .await
+            .expect("keyboard-interactive");
+        assert!(
+            matches!(&first, Answer::InfoRequest { name, .. } if name == ASK),
+            "the bastion asks for the request"
+        );
+        let answer = tokio::time::timeout(
+            CMD_TIMEOUT,
+            handle.authenticate_keyboard_interactive_respond(vec![make(&fp)]),
+        )
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+        let Answer::InfoRequest {
+            name, instructions, ..
+        } = answer
+        else {
+            panic!("the bastion answered without an info request");
+        };
+        let end = handle
+            .authenticate_keyboard_interactive_respond(Vec::new())
+            .await
+            .expect("the end of the exchange");
+        assert!(
+            matches!(end, Answer::Failure { .. }),
+            "the exchange never logs the connection in"
+        );
+        (name, instructions)
+    })
+}
+
+/// Builds a login request from the bastion's host key fingerprint.
+type MakeRequest<'a> = Box<dyn Fn(&str) -> String + 'a>;
+
+/// A proof for `key` signed with `creds`, bound to `bastion`, as a login request's JSON.
+fn request(
+    proxy_url: &str,
+    creds: &Creds,
+    bastion: &str,
+    key: &KeyPair,
+    tweak: impl FnOnce(&mut Value),
+) -> String {
+    let public = gatehouse_config::parse_public_key(&key.public_line).expect("public key");
+    let binding = Binding {
+        bastion: bastion.to_owned(),
+        key: gatehouse_directory::fingerprint(&public),
+    };
+    let proof = sts_proof::sign(
+        &creds.sdk(),
+        "us-east-1",
+        proxy_url,
+        &binding,
+        SystemTime::now(),
+    )
+    .expect("signed");
+    let mut request = json!({"public_key": key.public_line, "proof": proof});
+    tweak(&mut request);
+    request.to_string()
+}
+
+/// `ssh-keygen -s ca` on `key` with the bastion's own extension, writing `<key>-cert.pub`.
+fn sign_with(ca: &Path, key: &KeyPair, principal: &str, validity: &str) {
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-s"]).arg(ca);
+    cmd.args(["-I", "test", "-n", principal, "-V", validity]);
+    cmd.args(["-O", "clear", "-O", "permit-port-forwarding"]);
+    cmd.args([
+        "-O",
+        "extension:gatehouse-via@gatehouse=permission-set:Research",
+    ]);
+    cmd.arg(&key.public);
+    run_with_timeout(cmd, Duration::from_secs(30)).expect_success("ssh-keygen -s");
+}
+
+#[test]
+fn sso_login_certifies_the_laptops_key_and_stock_ssh_jumps_with_it() {
+    let scratch = Scratch::new();
+    let sso_key = KeyPair::ed25519(&scratch, "sso_key");
+    let rig = sso_rig(&sso_key, scratch, "");
+    let alice = assume(
+        &rig.topology,
+        &rig.moto,
+        SSO_PATH,
+        "AWSReservedSSO_Research_0123abcd",
+        "alice@example.org",
+    );
+    let login_name = "alice~40example.org";
+
+    let out = login(&rig, &alice, &sso_key);
+    out.expect_success("gatehouse login");
+    let said = out.stdout_str();
+    assert!(said.contains(&format!("certificate for {login_name} (arn:aws:sts::{ACCOUNT}:assumed-role/AWSReservedSSO_Research_0123abcd/alice@example.org)")), "{out}");
+    assert!(
+        said.contains(&format!("ssh -J {login_name}@{}", rig.bastion)),
+        "{out}"
+    );
+    assert!(said.contains(&format!("User {login_name}")), "{out}");
+    let cert_path = PathBuf::from(format!("{}-cert.pub", sso_key.private.display()));
+    let cert = std::fs::read_to_string(&cert_path).expect("the certificate next to the key");
+    assert!(
+        cert.starts_with("ssh-ed25519-cert-v01@openssh.com "),
+        "{cert}"
+    );
+    // What OpenSSH reads in it: our principal, the forwarding extension, a day's validity.
+    let mut show = Command::new("ssh-keygen");
+    show.arg("-Lf").arg(&cert_path);
+    let shown = run_with_timeout(show, Duration::from_secs(10));
+    shown.expect_success("ssh-keygen -L");
+    let shown = shown.stdout_str();
+    for needle in [
+        "Type: ssh-ed25519-cert-v01@openssh.com user certificate",
+        login_name,
+        "permit-port-forwarding",
+        "gatehouse-via@gatehouse",
+    ] {
+        assert!(shown.contains(needle), "{needle} in {shown}");
+    }
+    assert!(!shown.contains("permit-pty"), "{shown}");
+
+    // Stock OpenSSH with nothing but the key (the certificate is picked up beside it).
+    let mut client = SshClient::new(
+        &rig.topology.client,
+        &rig.scratch,
+        rig.bastion,
+        login_name,
+        &sso_key.private,
+    );
+    client.add_target("jupyter-host", "jupyter", SSH_PORT, TEST_USER, None);
+    let out = dash_w(&client, &format!("jupyter:{SSH_PORT}"));
+    assert!(
+        out.stdout_str().starts_with("SSH-2.0-"),
+        "ssh -W through the bastion: {out}"
+    );
+    let mut jump = client.ssh();
+    jump.args(["jupyter-host", "echo", "hello-from-the-host"]);
+    let out = run_with_timeout(jump, CMD_TIMEOUT);
+    out.expect_success("ssh -J with the certificate");
+    assert!(out.stdout_str().contains("hello-from-the-host"), "{out}");
+    let _tunnel = client.local_forward(
+        &rig.scratch,
+        "jupyter_tunnel",
+        18888,
+        "jupyter",
+        ECHO_PORT,
+        "bastion",
+    );
+    let out = jupyter_check(
+        &rig.topology.client,
+        "http://127.0.0.1:18888",
+        rig.jupyter.token(),
+        Duration::from_secs(90),
+    );
+    out.expect_success("jupyter_check.py through ssh -L with the certificate");
+
+    let audit = read_audit(&rig.audit);
+    let issued: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["event"] == "certificate.issued")
+        .collect();
+    assert_eq!(issued.len(), 1, "{audit:?}");
+    assert_eq!(issued[0]["user"], login_name);
+    assert_eq!(issued[0]["via"], "permission-set:Research");
+    assert_eq!(issued[0]["key"], sso_key.fingerprint());
+    let logins: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["event"] == "auth.success" && e["user"] == login_name)
+        .collect();
+    assert!(!logins.is_empty(), "{audit:?}");
+    assert!(
+        logins.iter().all(|e| e["certificate"]["ca"] == "gatehouse"),
+        "{logins:?}"
+    );
+    assert!(
+        !rig.gatehouse.stderr().contains("panicked"),
+        "{}",
+        rig.gatehouse.logs()
+    );
+}
+
+#[test]
+fn sso_login_refuses_bad_proofs_unmapped_callers_and_bad_certificates_with_a_reason() {
+    let scratch = Scratch::new();
+    let sso_key = KeyPair::ed25519(&scratch, "sso_key");
+    // Every refusal here counts against the client's address: no penalty, to try them all.
+    let rig = sso_rig(&sso_key, scratch, "[penalties]\nenabled = false\n");
+    let url = rig.proxy.url();
+    let alice = assume(
+        &rig.topology,
+        &rig.moto,
+        SSO_PATH,
+        "AWSReservedSSO_Research_0123abcd",
+        "alice@example.org",
+    );
+
+    // Unmapped callers, through the real client: the reason is what the user reads.
+    let admin = assume(
+        &rig.topology,
+        &rig.moto,
+        SSO_PATH,
+        "AWSReservedSSO_Admin_4567ef01",
+        "bob@example.org",
+    );
+    let deploy = assume(&rig.topology, &rig.moto, "/", "deploy", "build-42");
+    for (creds, reason) in [
+        (&admin, "permission set Admin is not mapped to any group"),
+        (&deploy, "role deploy is not mapped to any group"),
+    ] {
+        let out = login(&rig, creds, &sso_key);
+        out.expect_failure("gatehouse login by an unmapped caller");
+        assert!(
+            out.stderr_str()
+                .contains(&format!("the bastion refused: {reason}")),
+            "{out}"
+        );
+    }
+
+    // Proofs the real client would never send, by hand.
+    let ask =
+        |make: &dyn Fn(&str) -> String| exchange(&rig.topology.client, rig.bastion, |fp| make(fp));
+    let proof = std::cell::RefCell::new(String::new());
+    let (name, issued) = ask(&|fp| {
+        let r = request(&url, &alice, fp, &sso_key, |_| {});
+        *proof.borrow_mut() = r.clone();
+        r
+    });
+    assert_eq!(name, gatehouse_ssh::issuer::ISSUED, "{issued}");
+    let replayed = proof.borrow().clone();
+    let cases: Vec<(&str, MakeRequest)> = vec![
+        (
+            "the proof was already used",
+            Box::new(move |_| replayed.clone()),
+        ),
+        (
+            "the proof was made for bastion SHA256:another",
+            Box::new(|_| request(&url, &alice, "SHA256:another", &sso_key, |_| {})),
+        ),
+        (
+            "is not an STS endpoint",
+            Box::new(|fp| {
+                request(&url, &alice, fp, &sso_key, |r| {
+                    r["proof"]["url"] = json!("http://127.0.0.1:9/")
+                })
+            }),
+        ),
+        (
+            "the proof was made for key",
+            Box::new(|fp| {
+                let other = KeyPair::ed25519(&rig.scratch, "other_key");
+                request(&url, &alice, fp, &sso_key, |r| {
+                    r["public_key"] = json!(other.public_line)
+                })
+            }),
+        ),
+        (
+            "the request is not a gatehouse login request",
+            Box::new(|_| "{\"junk\": 1}".to_owned()),
+        ),
+    ];
+    for (reason, make) in &cases {
+        let (name, said) = ask(make.as_ref());
+        assert_eq!(name, gatehouse_ssh::issuer::REFUSED, "{reason}: {said}");
+        assert!(said.contains(reason), "expected {reason:?}, got {said:?}");
+    }
+    let audit = read_audit(&rig.audit);
+    let refused = audit
+        .iter()
+        .filter(|e| e["event"] == "certificate.refused")
+        .count();
+    assert_eq!(refused, 2 + cases.len(), "{audit:?}");
+
+    // Certificates the bastion did not issue as they are: an expired one of its own CA, and
+    // a valid one of another CA.
+    let login_name = "alice~40example.org";
+    let expired_key = KeyPair::ed25519(&rig.scratch, "expired_key");
+    sign_with(&rig.ca_key, &expired_key, login_name, "20200101:20200102");
+    let other_ca = KeyPair::ed25519(&rig.scratch, "other_ca");
+    let foreign_key = KeyPair::ed25519(&rig.scratch, "foreign_key");
+    sign_with(&other_ca.private, &foreign_key, login_name, "-5m:+1h");
+    for key in [&expired_key, &foreign_key] {
+        let client = SshClient::new(
+            &rig.topology.client,
+            &rig.scratch,
+            rig.bastion,
+            login_name,
+            &key.private,
+        );
+        let out = dash_w(&client, &format!("jupyter:{SSH_PORT}"));
+        assert!(!out.stdout_str().starts_with("SSH-2.0-"), "{out}");
+        assert!(out.stderr_str().contains("Permission denied"), "{out}");
+    }
+    let audit = read_audit(&rig.audit);
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["event"] == "auth.failure" && e["reason_code"] == "untrusted_ca"),
+        "{audit:?}"
+    );
+    assert!(
+        !rig.gatehouse.stderr().contains("panicked"),
+        "{}",
+        rig.gatehouse.logs()
+    );
 }

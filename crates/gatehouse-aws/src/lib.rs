@@ -32,7 +32,7 @@ pub mod events;
 pub mod hostkey;
 pub mod iam;
 pub mod instance_connect;
-pub mod names;
+pub use gatehouse_directory::names;
 mod pace;
 pub mod persist;
 pub mod refresh;

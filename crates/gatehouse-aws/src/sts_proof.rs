@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub use gatehouse_directory::callers::{caller, Caller};
+
 /// The header that names the bastion a proof is for: its host key's SHA-256 fingerprint
 /// (`SHA256:...`), the same for every replica.
 pub const BASTION_HEADER: &str = "x-gatehouse-bastion";
@@ -113,6 +115,9 @@ pub enum ProofError {
     /// STS's answer named no caller.
     #[error("STS answered without a caller: {0}")]
     Answer(String),
+    /// The client found no AWS credentials to sign with.
+    #[error("no AWS credentials to prove who you are ({0}); run `aws sso login` (or set AWS_PROFILE) first")]
+    Credentials(String),
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -211,6 +216,49 @@ pub fn sign(
         headers,
         body: BODY.to_owned(),
     })
+}
+
+/// Sign a proof for `binding` with the credentials the SDK finds on this machine (an SSO
+/// profile after `aws sso login`, the environment, an assumed role), to STS in the region it
+/// finds (default `us-east-1`), or to `AWS_ENDPOINT_URL` when that is set. Returns the proof
+/// and the region. `gatehouse login` runs this on the user's laptop.
+///
+/// # Errors
+/// No credentials could be found, or the request could not be signed.
+pub async fn sign_from_environment(
+    binding: &Binding,
+    now: SystemTime,
+) -> Result<(Proof, String), ProofError> {
+    use aws_credential_types::provider::ProvideCredentials;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let region = sdk
+        .region()
+        .map_or_else(|| "us-east-1".to_owned(), ToString::to_string);
+    let provider = sdk.credentials_provider().ok_or_else(|| {
+        ProofError::Credentials("no AWS credentials provider is configured".into())
+    })?;
+    let credentials = provider
+        .provide_credentials()
+        .await
+        .map_err(|e| ProofError::Credentials(format!("{e}: {}", error_chain(&e))))?;
+    let endpoint = sdk
+        .endpoint_url()
+        .map_or_else(|| sts_endpoint(&region), ToOwned::to_owned);
+    let proof = sign(&credentials, &region, &endpoint, binding, now)?;
+    Ok((proof, region))
+}
+
+/// The sources of an error, joined (the SDK's credential errors say little at the top).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push(s.to_string());
+        source = s.source();
+    }
+    out.join(": ")
 }
 
 /// A proof that passed [`check`]: safe to send to STS.
@@ -351,7 +399,7 @@ fn amz_date(value: &str) -> Result<SystemTime, ProofError> {
 /// Who STS says signed the proof.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerIdentity {
-    /// The caller's ARN (see [`caller`]).
+    /// The caller's ARN (read by [`caller`]).
     pub arn: String,
     /// Its account.
     pub account: String,
@@ -419,79 +467,6 @@ fn xml_text(doc: &str, name: &str) -> Option<String> {
         }
     }
     None
-}
-
-/// The caller, as the bastion maps it to a login.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// An IAM Identity Center (SSO) session: the role `AWSReservedSSO_<PermissionSet>_<id>`
-    /// assumed with the user's name as the session name.
-    Sso {
-        /// The permission set's name.
-        permission_set: String,
-        /// The role IAM Identity Center made for it in this account.
-        role: String,
-        /// The session name: the user's name in the identity store (often an email).
-        session: String,
-    },
-    /// Another assumed role: mapped by the role's `gatehouse:groups` tag.
-    Role {
-        /// The role's name.
-        role: String,
-        /// The session name its assumer chose.
-        session: String,
-    },
-    /// An IAM user: mapped as today.
-    User {
-        /// The user's name (without its path).
-        name: String,
-    },
-}
-
-/// Read a caller ARN (`arn:aws:sts::<account>:assumed-role/<role>/<session>` or
-/// `arn:aws:iam::<account>:user/<path/>name`).
-///
-/// # Errors
-/// Any other principal (the account root, a federated user): refused, with the ARN.
-pub fn caller(arn: &str) -> Result<Caller, String> {
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    let refuse = || format!("{arn} is not an assumed role or an IAM user");
-    let [_, _, service, _, _, resource] = parts.as_slice() else {
-        return Err(refuse());
-    };
-    match (*service, resource.split_once('/')) {
-        ("sts", Some(("assumed-role", rest))) => {
-            let (role, session) = rest.split_once('/').ok_or_else(refuse)?;
-            if role.is_empty() || session.is_empty() {
-                return Err(refuse());
-            }
-            let sso = role
-                .strip_prefix("AWSReservedSSO_")
-                .and_then(|r| r.rsplit_once('_'))
-                .filter(|(set, id)| !set.is_empty() && !id.is_empty());
-            Ok(match sso {
-                Some((set, _)) => Caller::Sso {
-                    permission_set: set.to_owned(),
-                    role: role.to_owned(),
-                    session: session.to_owned(),
-                },
-                None => Caller::Role {
-                    role: role.to_owned(),
-                    session: session.to_owned(),
-                },
-            })
-        }
-        ("iam", Some(("user", rest))) => {
-            let name = rest.rsplit('/').next().unwrap_or(rest);
-            if name.is_empty() {
-                return Err(refuse());
-            }
-            Ok(Caller::User {
-                name: name.to_owned(),
-            })
-        }
-        _ => Err(refuse()),
-    }
 }
 
 #[cfg(test)]

@@ -120,6 +120,17 @@ pub const MAX_VALIDITY_RANGE: (Duration, Duration) = (
     Duration::from_secs(60),
     Duration::from_secs(3660 * 24 * 60 * 60),
 );
+/// Default `sso.validity`: a long working day, so one `gatehouse login` a day.
+pub const DEFAULT_SSO_VALIDITY: Duration = Duration::from_secs(10 * 60 * 60);
+/// Accepted range of `sso.validity`.
+pub const SSO_VALIDITY_RANGE: (Duration, Duration) = (
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(7 * 24 * 60 * 60),
+);
+/// Default `sso.ca_key`.
+pub const DEFAULT_USER_CA_KEY: &str = "/var/lib/gatehouse/user_ca_ed25519_key";
+/// Most entries `sso.permission_sets` or `sso.roles` may hold.
+pub const MAX_SSO_MAPPINGS: usize = 1000;
 /// Most entries one `trusted_user_ca[].principals` table may hold.
 pub const MAX_PRINCIPAL_MAPPINGS: usize = 10_000;
 /// Longest certificate principal a mapping may name, in characters.
@@ -152,6 +163,40 @@ pub struct Config {
     /// `[[trusted_user_ca]]`: certificate authorities whose OpenSSH user certificates log
     /// users of the directory in, in file order. May be empty (no certificate is accepted).
     pub trusted_user_ca: Vec<TrustedUserCa>,
+    /// `[sso]`: people log in with their AWS identity (`gatehouse login`). `None`: the
+    /// bastion issues no certificates.
+    pub sso: Option<SsoConfig>,
+}
+
+/// `[sso]`: `gatehouse login` proves the caller's AWS identity (IAM Identity Center, an
+/// assumed role, an IAM user) with a signed `sts:GetCallerIdentity` request that the bastion
+/// replays to STS, and gets an OpenSSH user certificate from the bastion's own CA for the
+/// login the caller maps to. The certificate logs in like a key: the caller's groups are
+/// looked up again from this mapping at every login and re-checked on every change, so a
+/// removed mapping closes open tunnels at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsoConfig {
+    /// `accounts`: the AWS account ids (12 digits) whose callers may log in. Required, at
+    /// least one: a role named like a permission set in any other account maps to nothing.
+    pub accounts: Vec<String>,
+    /// `validity`: how long an issued certificate lets its holder in (the session closes
+    /// then). Range 5m..7d, default [`DEFAULT_SSO_VALIDITY`].
+    pub validity: Duration,
+    /// `ca_key`: path of the CA's OpenSSH ed25519 private key; created 0600 on first start.
+    /// Relative to the config file's directory. Not used with `aws.user_ca_ssm_parameter`.
+    /// Default [`DEFAULT_USER_CA_KEY`].
+    pub ca_key: PathBuf,
+    /// `permission_sets`: IAM Identity Center permission set name -> groups, e.g.
+    /// `{ Research = ["research"] }`. A caller in role `AWSReservedSSO_<set>_<id>` gets the
+    /// groups of `<set>`; its login is its session name (the user's name in the identity
+    /// store, often an email) made typeable as IAM user names are (`@` becomes `~40`).
+    pub permission_sets: BTreeMap<String, Vec<String>>,
+    /// `roles`: IAM role name -> groups, for other assumed roles (CI runners, break-glass);
+    /// the login is the session name its assumer chose, made typeable the same way.
+    pub roles: BTreeMap<String, Vec<String>>,
+    /// `iam_users`: an IAM user caller logs in as that IAM user of the directory, with its
+    /// groups. Default true with `[aws]`; refused without it (static users are not IAM users).
+    pub iam_users: bool,
 }
 
 /// `[[trusted_user_ca]]`: a certificate authority (step-ca, Vault's SSH engine, another
@@ -563,6 +608,18 @@ impl Config {
         }
         if !cas.is_empty() {
             let _ = writeln!(out, "trusted user CAs: {}", cas.join(", "));
+        }
+        if let Some(sso) = &self.sso {
+            let _ = writeln!(
+                out,
+                "sso: accounts {}, {} permission sets, {} roles, IAM users {}, certificates for {}, CA key {}",
+                sso.accounts.join(", "),
+                sso.permission_sets.len(),
+                sso.roles.len(),
+                if sso.iam_users { "yes" } else { "no" },
+                humantime::format_duration(sso.validity),
+                sso.ca_key.display()
+            );
         }
         match &self.audit.file {
             Some(file) => {

@@ -42,6 +42,23 @@ pub(crate) struct RawConfig {
     /// `[[trusted_user_ca]]`.
     #[serde(default)]
     pub(crate) trusted_user_ca: Vec<Spanned<RawTrustedCa>>,
+    /// `[sso]`.
+    pub(crate) sso: Option<Spanned<RawSso>>,
+}
+
+/// A name -> groups table (`sso.permission_sets`, `sso.roles`).
+pub(crate) type RawGroupMap = Spanned<BTreeMap<String, Spanned<Vec<Spanned<String>>>>>;
+
+/// `[sso]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table of SSO login settings")]
+pub(crate) struct RawSso {
+    pub(crate) accounts: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) validity: Option<Spanned<String>>,
+    pub(crate) ca_key: Option<Spanned<String>>,
+    pub(crate) permission_sets: Option<RawGroupMap>,
+    pub(crate) roles: Option<RawGroupMap>,
+    pub(crate) iam_users: Option<Spanned<bool>>,
 }
 
 /// One `[[trusted_user_ca]]` entry.

@@ -19,8 +19,8 @@ use crate::error::{Diagnostic, Source};
 use crate::keys::{parse_key_line, parse_keys_file, parse_user_key_line};
 use crate::model::*;
 use crate::raw::{
-    Integer, RawAudit, RawAws, RawConfig, RawDateTime, RawHost, RawLimits, RawMetrics,
-    RawPenalties, RawServer, RawTrustedCa, RawUser,
+    Integer, RawAudit, RawAws, RawConfig, RawDateTime, RawGroupMap, RawHost, RawLimits, RawMetrics,
+    RawPenalties, RawServer, RawSso, RawTrustedCa, RawUser,
 };
 
 /// Longest user, group and host-label name, in characters.
@@ -68,6 +68,10 @@ pub(crate) fn validate(
                 .to_owned(),
         );
     }
+    let sso = raw
+        .sso
+        .as_ref()
+        .map(|sso| v.sso(sso.get_ref(), &sso.span(), aws.is_some()));
     if aws.is_some() {
         // One source of truth at a time: a static entry next to AWS would be a second door
         // that no IAM change can close.
@@ -100,6 +104,7 @@ pub(crate) fn validate(
             metrics,
             aws,
             trusted_user_ca,
+            sso,
         });
     }
     let config_file = source.file;
@@ -844,6 +849,122 @@ impl Validator<'_> {
                 principals,
                 max_validity,
             });
+        }
+        out
+    }
+
+    /// `[sso]`.
+    fn sso(&mut self, s: &RawSso, table: &Range<usize>, aws: bool) -> SsoConfig {
+        let mut accounts: Vec<String> = Vec::new();
+        match &s.accounts {
+            None => self.error(
+                table,
+                "sso.accounts: missing; name the AWS account ids whose callers may log in, e.g. \
+                 accounts = [\"123456789012\"]",
+            ),
+            Some(list) if list.get_ref().is_empty() => self.error(
+                &list.span(),
+                "sso.accounts: empty; give at least one account id",
+            ),
+            Some(list) => {
+                for (i, account) in list.get_ref().iter().enumerate() {
+                    let text = account.get_ref();
+                    if text.len() != 12 || !text.bytes().all(|b| b.is_ascii_digit()) {
+                        self.error(
+                            &account.span(),
+                            format!(
+                                "sso.accounts[{i}]: `{}` is not an AWS account id (12 digits)",
+                                shorten_text(text)
+                            ),
+                        );
+                    } else if !accounts.contains(text) {
+                        accounts.push(text.clone());
+                    }
+                }
+            }
+        }
+        let validity = self.duration(
+            "sso.validity",
+            s.validity.as_ref(),
+            DEFAULT_SSO_VALIDITY,
+            SSO_VALIDITY_RANGE,
+        );
+        let ca_key = s
+            .ca_key
+            .as_ref()
+            .and_then(|p| self.path("sso.ca_key", p))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_USER_CA_KEY));
+        let permission_sets = self.group_map("sso.permission_sets", s.permission_sets.as_ref(), 32);
+        let roles = self.group_map("sso.roles", s.roles.as_ref(), 64);
+        let iam_users = match &s.iam_users {
+            Some(flag) if *flag.get_ref() && !aws => {
+                self.error(
+                    &flag.span(),
+                    "sso.iam_users: needs [aws]: IAM user callers log in as the IAM users of \
+                     the directory, and without [aws] the directory has only static users",
+                );
+                false
+            }
+            Some(flag) => *flag.get_ref(),
+            None => aws,
+        };
+        let asked_iam_users = s.iam_users.as_ref().is_some_and(|f| *f.get_ref());
+        let listed = |m: Option<&RawGroupMap>| m.is_some_and(|m| !m.get_ref().is_empty());
+        if !listed(s.permission_sets.as_ref())
+            && !listed(s.roles.as_ref())
+            && !asked_iam_users
+            && !iam_users
+        {
+            self.error(
+                table,
+                "sso: maps no caller; give permission_sets (IAM Identity Center), roles, or \
+                 iam_users = true (with [aws])",
+            );
+        }
+        SsoConfig {
+            accounts,
+            validity,
+            ca_key,
+            permission_sets,
+            roles,
+            iam_users,
+        }
+    }
+
+    /// `sso.permission_sets` / `sso.roles`: an IAM name (1 to `max_len` of letters, digits
+    /// and `+=,.@_-`) -> its groups.
+    fn group_map(
+        &mut self,
+        key: &str,
+        map: Option<&RawGroupMap>,
+        max_len: usize,
+    ) -> BTreeMap<String, Vec<String>> {
+        let mut out = BTreeMap::new();
+        let Some(map) = map else {
+            return out;
+        };
+        if map.get_ref().len() > MAX_SSO_MAPPINGS {
+            self.error(
+                &map.span(),
+                format!("{key}: more than {MAX_SSO_MAPPINGS} entries"),
+            );
+            return out;
+        }
+        for (name, groups) in map.get_ref() {
+            let ok = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c);
+            if name.is_empty() || name.len() > max_len || !name.chars().all(ok) {
+                self.error(
+                    &groups.span(),
+                    format!(
+                        "{key}: `{}` is not an IAM name: 1 to {max_len} of letters, digits and `+=,.@_-`",
+                        shorten_text(name)
+                    ),
+                );
+                continue;
+            }
+            let owner = format!("{key}.{name}");
+            let list = self.groups(&owner, &groups.span(), Some(groups));
+            out.insert(name.clone(), list);
         }
         out
     }

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::callers::{Via, VIA_EXTENSION};
 use gatehouse_config::{show_time, TrustedUserCa};
 use gatehouse_policy::printable;
 use ssh_key::certificate::CertType;
@@ -29,6 +30,10 @@ pub const MAX_SOURCE_ADDRESSES: usize = 256;
 const MAX_KEY_ID: usize = 128;
 /// Principals shown in a refusal.
 const SHOWN_PRINCIPALS: usize = 5;
+
+/// How far before the moment of issue the bastion's own certificates start (clock skew
+/// between the bastion replicas and laptops).
+pub const ISSUE_BACKDATE: Duration = Duration::from_secs(60);
 
 /// The extension without which sshd refuses port forwarding, all a jump host does.
 pub const PERMIT_PORT_FORWARDING: &str = "permit-port-forwarding";
@@ -55,6 +60,10 @@ pub struct CertLogin {
     pub principal: String,
     /// When it expires (`None`: OpenSSH's "forever").
     pub valid_before: Option<SystemTime>,
+    /// For a certificate of the bastion's own CA (`gatehouse login`): the `[sso]` mapping
+    /// entry it was issued through, whose groups it gets at every login. `None`: another CA
+    /// (the login's groups are the directory user's).
+    pub via: Option<crate::callers::Via>,
 }
 
 /// Why a certificate is refused.
@@ -66,7 +75,7 @@ pub struct CertRefusal {
     /// `expired`, `bad_signature`, `not_user_certificate`, `validity_too_long`,
     /// `no_principals`, `too_many_principals`, `principal_not_mapped`, `source_address`,
     /// `force_command`, `verify_required`, `unknown_critical_option`, `too_many_options`,
-    /// `no_port_forwarding`.
+    /// `no_port_forwarding`, `no_mapping`.
     pub code: &'static str,
     /// The reason in words.
     pub reason: String,
@@ -78,7 +87,12 @@ struct Ca {
     keys: Vec<KeyData>,
     principals: Option<BTreeMap<String, String>>,
     max_validity: Option<Duration>,
+    /// The bastion's own CA (`[sso]`): its certificates carry a [`VIA_EXTENSION`].
+    own: bool,
 }
+
+/// The name of the bastion's own CA in audit lines.
+pub const OWN_CA: &str = "gatehouse";
 
 /// The trusted user CAs of a config.
 #[derive(Debug, Clone, Default)]
@@ -97,9 +111,23 @@ impl TrustedCas {
                     keys: c.keys.iter().map(|k| k.key_data().clone()).collect(),
                     principals: c.principals.clone(),
                     max_validity: c.max_validity,
+                    own: false,
                 })
                 .collect(),
         }
+    }
+
+    /// The same CAs and the bastion's own (`[sso]`, public key `key`), whose certificates
+    /// are at most `validity` long and log in through the mapping entry they name.
+    pub fn with_own(mut self, key: KeyData, validity: Duration) -> Self {
+        self.cas.push(Ca {
+            name: OWN_CA.to_owned(),
+            keys: vec![key],
+            principals: None,
+            max_validity: Some(validity + ISSUE_BACKDATE),
+            own: true,
+        });
+        self
     }
 
     /// Whether no CA is trusted (every certificate is refused).
@@ -199,10 +227,26 @@ impl TrustedCas {
         let principal = match_principal(ca, cert.valid_principals(), login)
             .map_err(|(code, reason)| refuse(code, reason))?;
         check_options(cert, client).map_err(|(code, reason)| refuse(code, reason))?;
+        let via = if ca.own {
+            let via = cert
+                .extensions()
+                .get(VIA_EXTENSION)
+                .and_then(|v| Via::decode(v));
+            if via.is_none() {
+                return Err(refuse(
+                    "no_mapping",
+                    format!("certificate of the bastion's own CA without a valid {VIA_EXTENSION}"),
+                ));
+            }
+            via
+        } else {
+            None
+        };
         Ok(CertLogin {
             facts,
             principal,
             valid_before: cert.valid_before_time(),
+            via,
         })
     }
 }

@@ -8,12 +8,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod callers;
 pub mod certificate;
+pub mod names;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use callers::{Caller, Callers, Mapped, Via};
 use gatehouse_config::Config;
 use gatehouse_policy::{Host, Inventory, Principal};
 use ssh_key::{HashAlg, PublicKey};
@@ -76,6 +79,9 @@ pub enum LoginRefusal {
     DirectoryStale,
     /// The identity's (or the key's) access ended at this instant.
     Expired(SystemTime),
+    /// A certificate issued through an `[sso]` mapping entry that is gone, or whose login
+    /// is now a user of the directory (why, in words).
+    Unmapped(String),
 }
 
 impl LoginRefusal {
@@ -86,6 +92,7 @@ impl LoginRefusal {
             LoginRefusal::UnknownKey => "unknown_key",
             LoginRefusal::DirectoryStale => "directory_stale",
             LoginRefusal::Expired(_) => "access_expired",
+            LoginRefusal::Unmapped(_) => "caller_not_mapped",
         }
     }
 
@@ -96,6 +103,7 @@ impl LoginRefusal {
             LoginRefusal::Expired(at) => {
                 format!("access expired at {}", gatehouse_config::show_time(*at))
             }
+            LoginRefusal::Unmapped(why) => why.clone(),
             other => other.code().to_owned(),
         }
     }
@@ -110,6 +118,8 @@ pub struct Snapshot {
     fresh_until: Option<Instant>,
     /// When the snapshot was built.
     created: Instant,
+    /// `[sso]`'s mapping, stamped on by the [`Directory`] that publishes the snapshot.
+    callers: Arc<Callers>,
 }
 
 impl Default for Snapshot {
@@ -130,6 +140,7 @@ impl Snapshot {
             inventory,
             fresh_until: None,
             created: Instant::now(),
+            callers: Arc::default(),
         }
     }
 
@@ -240,6 +251,57 @@ impl Snapshot {
         Ok(principal_of(identity))
     }
 
+    /// The login a `gatehouse login` caller (of `account`) gets a certificate for, or why
+    /// none (the reason the user sees): it must map through `[sso]`, an SSO or role login
+    /// must not be the name of a user of the directory (two people never share a login), an
+    /// IAM user caller must be a user of the directory, and the snapshot must be fresh.
+    pub fn map_caller(&self, account: &str, caller: &Caller) -> Result<Mapped, String> {
+        if self.is_stale(Instant::now()) {
+            return Err(LoginRefusal::DirectoryStale.reason());
+        }
+        let mapped = self.callers.map(account, caller)?;
+        self.login_via(&mapped.via, &mapped.login)
+            .map_err(|refusal| refusal.reason())?;
+        Ok(mapped)
+    }
+
+    /// A login by a certificate of the bastion's own CA, issued through `via`: the principal
+    /// this snapshot gives it (the entry's groups now), or why none. A stale snapshot
+    /// refuses it like any login.
+    pub fn login_via(&self, via: &Via, login: &str) -> Result<Principal, LoginRefusal> {
+        if self.is_stale(Instant::now()) {
+            return Err(LoginRefusal::DirectoryStale);
+        }
+        self.recheck_via(via, login)
+    }
+
+    /// [`Snapshot::login_via`] without the staleness check, for open sessions.
+    pub fn recheck_via(&self, via: &Via, login: &str) -> Result<Principal, LoginRefusal> {
+        match via {
+            Via::IamUser if self.callers.iam_users() => self.recheck_user(login),
+            Via::IamUser => Err(LoginRefusal::Unmapped(
+                "IAM users may no longer log in with gatehouse login (sso.iam_users)".to_owned(),
+            )),
+            _ if self.identities.contains_key(login) => Err(LoginRefusal::Unmapped(format!(
+                "login {login} is a user of the directory; a {via} caller cannot have it"
+            ))),
+            _ => match self.callers.groups(via) {
+                Some(groups) => Ok(Principal {
+                    user: login.to_owned(),
+                    groups: groups.clone(),
+                }),
+                None => Err(LoginRefusal::Unmapped(format!(
+                    "{via} is no longer mapped to any group"
+                ))),
+            },
+        }
+    }
+
+    /// `[sso]`'s mapping in this snapshot.
+    pub fn callers(&self) -> &Callers {
+        &self.callers
+    }
+
     /// When access of `user` (with `key`, or by certificate with `None`) ends in this
     /// snapshot. `None`: never (or no such user).
     pub fn access_ends(&self, user: &str, key: Option<&PublicKey>) -> Option<SystemTime> {
@@ -276,13 +338,29 @@ pub fn fingerprint(key: &PublicKey) -> String {
 #[derive(Debug)]
 pub struct Directory {
     tx: watch::Sender<Arc<Snapshot>>,
+    /// `[sso]`'s mapping, stamped on every snapshot published (whatever its source).
+    callers: Mutex<Arc<Callers>>,
 }
 
 impl Directory {
     /// A directory that starts with `initial`.
     pub fn new(initial: Snapshot) -> Self {
+        let callers = initial.callers.clone();
         let (tx, _) = watch::channel(Arc::new(initial));
-        Directory { tx }
+        Directory {
+            tx,
+            callers: Mutex::new(callers),
+        }
+    }
+
+    /// Sets `[sso]`'s mapping: this and every later snapshot carry it. Republishes the
+    /// current snapshot, so open sessions are re-checked against the new mapping.
+    pub fn set_callers(&self, callers: Callers) {
+        let callers = Arc::new(callers);
+        *self.callers.lock().unwrap_or_else(|e| e.into_inner()) = callers.clone();
+        let mut snapshot = (*self.current()).clone();
+        snapshot.callers = callers;
+        self.tx.send_replace(Arc::new(snapshot));
     }
 
     /// The current snapshot.
@@ -296,7 +374,12 @@ impl Directory {
     }
 
     /// Replaces the snapshot and wakes every subscriber.
-    pub fn publish(&self, snapshot: Snapshot) {
+    pub fn publish(&self, mut snapshot: Snapshot) {
+        snapshot.callers = self
+            .callers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         self.tx.send_replace(Arc::new(snapshot));
     }
 }
@@ -406,6 +489,59 @@ mod tests {
             Err(LoginRefusal::Expired(_))
         ));
         assert_eq!(s.login_user("carol"), Err(LoginRefusal::UnknownUser));
+    }
+
+    #[test]
+    fn a_caller_maps_to_a_free_login_and_loses_it_with_its_mapping() {
+        use callers::{Caller, Callers, Via};
+        let config = |sets: &str| {
+            let text = format!(
+                "[server]\nlisten = [\"0.0.0.0:22\"]\n[sso]\naccounts = [\"123456789012\"]\n\
+                 permission_sets = {{ {sets} }}\n"
+            );
+            let config = gatehouse_config::parse(&text, std::path::Path::new("g.toml")).unwrap();
+            Callers::from_config(config.sso.as_ref())
+        };
+        let dir = Directory::new(snapshot());
+        dir.set_callers(config("Research = [\"research\"]"));
+        let sso = |session: &str| Caller::Sso {
+            permission_set: "Research".into(),
+            role: "AWSReservedSSO_Research_0a".into(),
+            session: session.into(),
+        };
+        let s = dir.current();
+        let mapped = s
+            .map_caller("123456789012", &sso("carol@example.org"))
+            .unwrap();
+        assert_eq!(mapped.login, "carol~40example.org");
+        let p = s.login_via(&mapped.via, &mapped.login).unwrap();
+        assert_eq!(p.groups, ["research".to_string()].into());
+        // A directory user's login is never handed to a caller.
+        let taken = s.map_caller("123456789012", &sso("alice")).unwrap_err();
+        assert!(
+            taken.contains("login alice is a user of the directory"),
+            "{taken}"
+        );
+        // The mapping goes: the open session's recheck fails, and a later publish keeps it gone.
+        dir.set_callers(config("Other = [\"research\"]"));
+        let refusal = dir
+            .current()
+            .recheck_via(&mapped.via, &mapped.login)
+            .unwrap_err();
+        assert_eq!(refusal.code(), "caller_not_mapped");
+        assert_eq!(
+            refusal.reason(),
+            "permission set Research is no longer mapped to any group"
+        );
+        dir.publish(snapshot());
+        assert!(dir
+            .current()
+            .recheck_via(&mapped.via, &mapped.login)
+            .is_err());
+        assert!(matches!(
+            dir.current().recheck_via(&Via::IamUser, "alice"),
+            Err(LoginRefusal::Unmapped(_))
+        ));
     }
 
     #[test]

@@ -84,6 +84,34 @@ pub enum Event<'a> {
         reason: &'a str,
         certificate: CertAudit<'a>,
     },
+    /// `gatehouse login`: a certificate was issued to a caller STS named.
+    #[serde(rename = "certificate.issued")]
+    CertificateIssued {
+        session: &'a str,
+        source: SocketAddr,
+        /// The caller's ARN (also the certificate's key id).
+        caller: &'a str,
+        /// The login it is for.
+        user: &'a str,
+        /// The `[sso]` entry it came through (`permission-set:Research`, ...).
+        via: &'a str,
+        /// The certified key.
+        key: &'a str,
+        serial: u64,
+        valid_before: &'a str,
+    },
+    /// `gatehouse login`: no certificate, and why (the reason the user saw).
+    #[serde(rename = "certificate.refused")]
+    CertificateRefused {
+        session: &'a str,
+        source: SocketAddr,
+        /// The caller's ARN, when STS named one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        caller: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+        reason: &'a str,
+    },
     /// An authentication attempt was refused.
     #[serde(rename = "auth.failure")]
     AuthFailure {

@@ -20,7 +20,8 @@ pub(crate) struct Login {
     pub key: PublicKey,
     pub fingerprint: String,
     /// The certificate, for a certificate login: re-checked by user only (the CA vouched
-    /// for the key), and the session ends at its `valid_before`.
+    /// for the key), or by its `[sso]` mapping entry for the bastion's own CA, and the
+    /// session ends at its `valid_before`.
     pub certificate: Option<gatehouse_directory::certificate::CertLogin>,
 }
 
@@ -36,7 +37,10 @@ impl Login {
                 if let Some(end) = cert.valid_before.filter(|t| SystemTime::now() >= *t) {
                     return Err(gatehouse_directory::LoginRefusal::Expired(end));
                 }
-                snapshot.recheck_user(&self.user)
+                match &cert.via {
+                    Some(via) => snapshot.recheck_via(via, &self.user),
+                    None => snapshot.recheck_user(&self.user),
+                }
             }
         }
     }

@@ -16,6 +16,7 @@ use crate::admission::Phase;
 use crate::algorithms::signature_allowed;
 use crate::audit::{CertAudit, Event};
 use crate::conn::{Conn, Login};
+use crate::issuer;
 use crate::shared::Shared;
 use crate::tunnel::{self, prohibited};
 
@@ -24,6 +25,19 @@ pub(crate) struct Handler {
     conn: Arc<Conn>,
     /// Fired once authentication succeeds, so the connection task lifts the pre-auth limits.
     authenticated: Option<oneshot::Sender<()>>,
+    /// Where a `gatehouse login` exchange is (keyboard-interactive with [`issuer::SUBMETHOD`]).
+    login_flow: LoginFlow,
+}
+
+/// The steps of a `gatehouse login` exchange on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoginFlow {
+    /// No exchange (or one finished and refused: the next one starts afresh).
+    Idle,
+    /// The prompt for the [`issuer::LoginRequest`] was sent.
+    Asked,
+    /// The answer (certificate or refusal) was sent; the client's empty reply ends it.
+    Answered,
 }
 
 /// How long a refused session request waits for the client to acknowledge the hint.
@@ -38,7 +52,81 @@ impl Handler {
             shared,
             conn,
             authenticated: Some(authenticated),
+            login_flow: LoginFlow::Idle,
         }
+    }
+
+    /// A `gatehouse login` request (see [`issuer`]): the certificate, or why none. Every
+    /// outcome is audited; a refusal counts as a failed authentication.
+    async fn issue(
+        &self,
+        issuer: &issuer::Issuer,
+        answer: &[u8],
+    ) -> Result<issuer::Issued, String> {
+        let mut caller_arn: Option<String> = None;
+        let mut key_fp: Option<String> = None;
+        let outcome = async {
+            if answer.len() > issuer::MAX_REQUEST_BYTES {
+                return Err(format!(
+                    "the request is larger than {} bytes",
+                    issuer::MAX_REQUEST_BYTES
+                ));
+            }
+            let request: issuer::LoginRequest = serde_json::from_slice(answer)
+                .map_err(|e| format!("the request is not a gatehouse login request: {e}"))?;
+            let key = gatehouse_config::parse_public_key(&request.public_key)
+                .map_err(|e| format!("public_key: {e}"))?;
+            let fp = fingerprint(&key);
+            key_fp = Some(fp.clone());
+            let bastion = fingerprint(
+                self.shared
+                    .russh
+                    .keys
+                    .first()
+                    .map(|k| k.public_key())
+                    .ok_or("the bastion has no host key")?,
+            );
+            let verified = issuer
+                .verifier()
+                .verify(request.proof.to_string(), bastion, fp)
+                .await?;
+            caller_arn = Some(verified.arn.clone());
+            let snapshot = self.shared.directory.borrow().clone();
+            let mapped = snapshot.map_caller(&verified.account, &verified.caller)?;
+            issuer.issue(&key, &mapped, &verified.arn, SystemTime::now())
+        }
+        .await;
+        match &outcome {
+            Ok(issued) => {
+                let serial = russh::keys::Certificate::from_openssh(&issued.certificate)
+                    .map(|c| c.serial())
+                    .unwrap_or_default();
+                let via = issued_via(&issued.certificate);
+                tracing::info!(session = %self.conn.id, peer = %self.conn.peer, caller = %issued.caller, user = %issued.login, serial, "certificate issued");
+                self.shared.audit.record(Event::CertificateIssued {
+                    session: &self.conn.id,
+                    source: self.conn.peer,
+                    caller: &issued.caller,
+                    user: &issued.login,
+                    via: &via,
+                    key: key_fp.as_deref().unwrap_or(""),
+                    serial,
+                    valid_before: &issued.valid_before,
+                });
+            }
+            Err(reason) => {
+                self.conn.note_auth_failure();
+                tracing::info!(session = %self.conn.id, peer = %self.conn.peer, caller = caller_arn.as_deref().unwrap_or(""), reason, "certificate refused");
+                self.shared.audit.record(Event::CertificateRefused {
+                    session: &self.conn.id,
+                    source: self.conn.peer,
+                    caller: caller_arn.as_deref(),
+                    key: key_fp.as_deref(),
+                    reason,
+                });
+            }
+        }
+        outcome
     }
 
     /// Any authentication request: the key exchange is done (see `admission`).
@@ -254,6 +342,18 @@ impl Handler {
     }
 }
 
+/// The `[sso]` entry an issued certificate line names (for its audit line).
+fn issued_via(line: &str) -> String {
+    russh::keys::Certificate::from_openssh(line)
+        .ok()
+        .and_then(|c| {
+            c.extensions()
+                .get(gatehouse_directory::callers::VIA_EXTENSION)
+                .cloned()
+        })
+        .unwrap_or_default()
+}
+
 /// A certificate's audit fields.
 fn cert_audit<'a>(
     facts: &'a CertFacts,
@@ -293,15 +393,54 @@ impl russh::server::Handler for Handler {
         Ok(Self::reject())
     }
 
+    /// Only `gatehouse login` (submethod [`issuer::SUBMETHOD`], with `[sso]`): one prompt for
+    /// the request, then an info request without prompts carrying the certificate or the
+    /// refusal, then a rejection. This never authenticates the connection.
     async fn auth_keyboard_interactive<'a>(
         &'a mut self,
         user: &str,
-        _submethods: &str,
-        _response: Option<russh::server::Response<'a>>,
+        submethods: &str,
+        response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
         self.authenticating();
-        self.auth_failure(user, "keyboard-interactive", None, ONLY_PUBLICKEY);
-        Ok(Self::reject())
+        let issuer = match (&self.shared.issuer, submethods == issuer::SUBMETHOD) {
+            (Some(issuer), true) => issuer.clone(),
+            _ => {
+                self.auth_failure(user, "keyboard-interactive", None, ONLY_PUBLICKEY);
+                return Ok(Self::reject());
+            }
+        };
+        let info = |name: &'static str, instructions: String| Auth::Partial {
+            name: name.into(),
+            instructions: instructions.into(),
+            prompts: Vec::new().into(),
+        };
+        match (self.login_flow, response) {
+            (_, None) => {
+                self.login_flow = LoginFlow::Asked;
+                Ok(Auth::Partial {
+                    name: issuer::ASK.into(),
+                    instructions: "".into(),
+                    prompts: vec![("request: ".into(), false)].into(),
+                })
+            }
+            (LoginFlow::Asked, Some(mut answers)) => {
+                self.login_flow = LoginFlow::Answered;
+                let answer = answers.next().unwrap_or_default();
+                Ok(match self.issue(&issuer, &answer).await {
+                    Ok(issued) => info(
+                        issuer::ISSUED,
+                        serde_json::to_string(&issued).unwrap_or_default(),
+                    ),
+                    Err(reason) => info(issuer::REFUSED, reason),
+                })
+            }
+            (_, Some(_)) => {
+                // The client read the answer: the exchange ends without a login.
+                self.login_flow = LoginFlow::Idle;
+                Ok(Self::reject())
+            }
+        }
     }
 
     async fn auth_publickey_offered(
@@ -376,7 +515,11 @@ impl russh::server::Handler for Handler {
             }
         };
         let snapshot = self.shared.directory.borrow().clone();
-        match snapshot.login_user(user) {
+        let verdict = match &login.via {
+            Some(via) => snapshot.login_via(via, user),
+            None => snapshot.login_user(user),
+        };
+        match verdict {
             Ok(principal) => Ok(self.admit(user, principal, &key, Some(login))),
             Err(refusal) => {
                 let reason = match &refusal {

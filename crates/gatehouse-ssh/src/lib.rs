@@ -16,6 +16,7 @@ pub mod control;
 mod handler;
 mod health;
 pub mod hostkey;
+pub mod issuer;
 pub mod liveness;
 mod local;
 pub mod proxy;

@@ -52,6 +52,9 @@ pub struct Bastion {
     /// for it (`Grant::key_push`). `None`: such tunnels are refused (a static config never
     /// asks; an AWS one does only with `aws.instance_connect`, which sets this).
     pub key_push: Option<Arc<dyn KeyPush>>,
+    /// The bastion's own CA for `gatehouse login` (`[sso]`); its key must also be in
+    /// `trusted_cas` (`TrustedCas::with_own`). `None`: no certificate is issued.
+    pub issuer: Option<Arc<crate::issuer::Issuer>>,
     /// Tells a supervisor the daemon is alive while every connection worker answers
     /// (systemd's watchdog, when `WATCHDOG_USEC` is set). `None`: nobody asks.
     pub watchdog: Option<crate::liveness::Watchdog>,
@@ -66,6 +69,7 @@ pub(crate) struct Shared {
     pub trusted_cas: TrustedCas,
     pub audit: Audit,
     pub key_push: Option<Arc<dyn KeyPush>>,
+    pub issuer: Option<Arc<crate::issuer::Issuer>>,
     /// Connection and tunnel tasks, awaited on shutdown.
     pub tasks: TaskTracker,
     /// Single-threaded runtimes, one per core: each connection lives on one of them with all
@@ -132,6 +136,7 @@ impl Shared {
             trusted_cas: b.trusted_cas,
             audit: b.audit,
             key_push: b.key_push,
+            issuer: b.issuer,
             tasks: TaskTracker::new(),
             workers: LocalPoolHandle::new(worker_count()),
             draining: CancellationToken::new(),

@@ -84,6 +84,12 @@ pub(crate) fn observe(event: &Event<'_>) {
             )
             .increment(1);
         }
+        Event::CertificateIssued { .. } => {
+            metrics::counter!("gatehouse_certificates_total", "result" => "issued").increment(1);
+        }
+        Event::CertificateRefused { .. } => {
+            metrics::counter!("gatehouse_certificates_total", "result" => "refused").increment(1);
+        }
         Event::SessionExpired { .. } => {
             metrics::counter!("gatehouse_revocations_total", "kind" => "expired").increment(1);
         }

@@ -253,3 +253,13 @@ fn host_name() -> anyhow::Result<String> {
     );
     Ok(name.to_owned())
 }
+
+/// The bastion's side of `gatehouse login`: proofs replayed to STS (or to `aws.endpoint_url`,
+/// the one other URL a proof may name).
+pub fn proof_verifier(
+    config: &Config,
+) -> anyhow::Result<Arc<dyn gatehouse_ssh::issuer::ProofVerifier>> {
+    Ok(Arc::new(crate::login::StsVerifier::new(
+        config.aws.as_ref().and_then(|a| a.endpoint_url.clone()),
+    )))
+}

@@ -2,7 +2,7 @@
 //!
 //! `serve` runs the daemon; `check` validates a config; `hosts` shows who may reach what;
 //! `ssh-config` writes a user's `~/.ssh/config` block; `sessions` shows who is in now; `audit`
-//! sums up an audit log; `demo` runs the daemon on the embedded
+//! sums up an audit log; `login` gets a certificate with the user's AWS identity; `demo` runs the daemon on the embedded
 //! demo config with generated keys; `event-pattern` prints the EventBridge pattern of the IAM
 //! change events it reads. Config errors exit with 64 and `file:line:column: message` lines,
 //! before any socket is bound.
@@ -19,6 +19,8 @@ mod aws;
 mod aws;
 mod demo;
 mod hosts;
+#[cfg(feature = "aws")]
+mod login;
 mod serve;
 mod sessions;
 mod ssh_config;
@@ -126,6 +128,26 @@ enum Command {
     /// IAM calls whose events the bastion reads (for setting the rule up without
     /// gatehouse-vpc, which provisions it).
     EventPattern,
+    /// Log in with your AWS identity (IAM Identity Center / SSO, an assumed role, an IAM
+    /// user; from the AWS SDK's usual places): the bastion certifies your SSH public key for
+    /// a working day, written where ssh picks it up (`<key>-cert.pub`).
+    #[cfg(feature = "aws")]
+    Login {
+        /// The bastion: HOST or HOST:PORT.
+        #[arg(long)]
+        bastion: String,
+        /// Your private key (its `.pub` is certified); default ~/.ssh/id_ed25519, id_ecdsa
+        /// or id_rsa.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Where to write the certificate; default `<key>-cert.pub`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// known_hosts file to check the bastion's host key against; default
+        /// ~/.ssh/known_hosts.
+        #[arg(long)]
+        known_hosts: Option<PathBuf>,
+    },
     /// Run the bastion on the embedded demo config (static users and hosts, no AWS), with a
     /// demo key pair and an ssh_config generated in the state directory.
     Demo {
@@ -192,6 +214,18 @@ fn main() -> ExitCode {
         Command::EventPattern => aws::event_pattern()
             .map(|pattern| println!("{pattern}"))
             .map_err(Failure::Runtime),
+        #[cfg(feature = "aws")]
+        Command::Login {
+            bastion,
+            key,
+            out,
+            known_hosts,
+        } => run_client(login::run(&login::Options {
+            bastion,
+            key,
+            out,
+            known_hosts,
+        })),
         Command::Demo { state_dir, listen } => demo::prepare(&state_dir, listen)
             .map_err(Failure::Runtime)
             .and_then(|(config, hint)| run(serve::run(config, Some(hint), None))),
@@ -235,6 +269,16 @@ fn audit_file(file: Option<PathBuf>, config: &Path) -> Result<PathBuf, Failure> 
 
 fn run_plain(r: anyhow::Result<()>) -> Result<(), Failure> {
     r.map_err(Failure::Runtime)
+}
+
+/// A client command: no daemon logging, one thread.
+#[cfg(feature = "aws")]
+fn run_client(f: impl std::future::Future<Output = anyhow::Result<()>>) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    runtime.block_on(f).map_err(Failure::Runtime)
 }
 
 fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) -> Result<(), Failure> {

@@ -73,3 +73,10 @@ pub fn login_for(snapshot: &Snapshot, name: &str) -> Option<String> {
 pub fn event_pattern() -> anyhow::Result<String> {
     anyhow::bail!(NO_AWS)
 }
+
+/// Always an error: `gatehouse login`'s proofs are replayed to STS (see [`NO_AWS`]).
+pub fn proof_verifier(
+    _config: &Config,
+) -> anyhow::Result<Arc<dyn gatehouse_ssh::issuer::ProofVerifier>> {
+    anyhow::bail!("[sso]: {NO_AWS}")
+}

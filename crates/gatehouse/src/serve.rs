@@ -116,6 +116,36 @@ pub async fn run(
             audit.clone(),
         ));
     }
+    directory.set_callers(gatehouse_directory::callers::Callers::from_config(
+        config.sso.as_ref(),
+    ));
+    let issuer = match &config.sso {
+        Some(sso) => {
+            let ca = hostkey::load_or_create(&sso.ca_key).with_context(|| {
+                format!(
+                    "cannot use the SSO CA key {} (sso.ca_key)",
+                    sso.ca_key.display()
+                )
+            })?;
+            tracing::info!(
+                ca_key = %gatehouse_directory::fingerprint(ca.public_key()),
+                "gatehouse login: certificates for {}",
+                humantime::format_duration(sso.validity)
+            );
+            Some(Arc::new(gatehouse_ssh::issuer::Issuer::new(
+                ca,
+                sso.validity,
+                crate::aws::proof_verifier(&config)?,
+            )))
+        }
+        None => None,
+    };
+    let mut trusted_cas =
+        gatehouse_directory::certificate::TrustedCas::from_config(&config.trusted_user_ca);
+    if let Some(issuer) = &issuer {
+        trusted_cas =
+            trusted_cas.with_own(issuer.public_key().key_data().clone(), issuer.validity());
+    }
     let fingerprint = gatehouse_directory::fingerprint(host_key.public_key());
     let bound: Vec<std::net::SocketAddr> = listeners
         .iter()
@@ -141,9 +171,8 @@ pub async fn run(
         limits: config.limits.clone(),
         penalties: config.penalties.clone(),
         directory: directory.subscribe(),
-        trusted_cas: gatehouse_directory::certificate::TrustedCas::from_config(
-            &config.trusted_user_ca,
-        ),
+        trusted_cas,
+        issuer,
         audit,
         key_push: aws.as_ref().and_then(|aws| aws.key_push()),
         health,
@@ -161,7 +190,8 @@ pub async fn run(
 /// On each SIGHUP, re-reads the config file and publishes its users and hosts. Open sessions
 /// and tunnels are re-checked against them (the SSH layer closes what is no longer allowed).
 /// An invalid file is refused and the running config stays. `[server]` and `[audit]` settings
-/// apply at the next restart, and so does `[[trusted_user_ca]]`.
+/// apply at the next restart, and so do `[[trusted_user_ca]]` and `[sso]`'s CA key and
+/// validity (its accounts and mapping apply at once).
 async fn reload_on_hangup(
     mut hangup: tokio::signal::unix::Signal,
     path: PathBuf,
@@ -178,6 +208,9 @@ async fn reload_on_hangup(
                     path.display()
                 );
                 tracing::info!("SIGHUP: reloaded {detail}");
+                directory.set_callers(gatehouse_directory::callers::Callers::from_config(
+                    config.sso.as_ref(),
+                ));
                 directory.publish(Snapshot::from_config(&config));
                 audit.record(Event::ConfigReload {
                     result: "applied",

@@ -225,47 +225,6 @@ fn amz_dates_are_read_exactly() {
 }
 
 #[test]
-fn callers_are_sso_sessions_roles_or_users() {
-    assert_eq!(
-        caller("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Research_0123abcd/alice@example.org"),
-        Ok(Caller::Sso {
-            permission_set: "Research".into(),
-            role: "AWSReservedSSO_Research_0123abcd".into(),
-            session: "alice@example.org".into(),
-        })
-    );
-    assert_eq!(
-        caller("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Data_Science_0123abcd/bob"),
-        Ok(Caller::Sso {
-            permission_set: "Data_Science".into(),
-            role: "AWSReservedSSO_Data_Science_0123abcd".into(),
-            session: "bob".into(),
-        })
-    );
-    assert_eq!(
-        caller("arn:aws:sts::123456789012:assumed-role/ci-deploy/build-42"),
-        Ok(Caller::Role {
-            role: "ci-deploy".into(),
-            session: "build-42".into(),
-        })
-    );
-    assert_eq!(
-        caller("arn:aws:iam::123456789012:user/staff/carol"),
-        Ok(Caller::User {
-            name: "carol".into()
-        })
-    );
-    for refused in [
-        "arn:aws:iam::123456789012:root",
-        "arn:aws:sts::123456789012:federated-user/dave",
-        "arn:aws:sts::123456789012:assumed-role/only-role",
-        "not an arn",
-    ] {
-        assert!(caller(refused).is_err(), "{refused}");
-    }
-}
-
-#[test]
 fn stss_answers_are_read_for_the_caller_and_the_refusal() {
     let ok = "<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
         <GetCallerIdentityResult><Arn>arn:aws:sts::123456789012:assumed-role/R/s</Arn>\

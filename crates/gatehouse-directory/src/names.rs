@@ -1,6 +1,8 @@
-//! IAM user names as SSH login names, and back.
+//! IAM user names as SSH login names, and back; the session names of SSO and role callers
+//! (`gatehouse login`) become login names by the same rule.
 //!
-//! IAM user names are 1 to 64 characters of `A-Z a-z 0-9` and `+ = , . @ _ -`. Four of those do
+//! IAM user names are 1 to 64 characters of `A-Z a-z 0-9` and `+ = , . @ _ -`, and so are STS
+//! session names (2 to 64: IAM Identity Center puts the user's name there). Four of those do
 //! not belong in an SSH login name: `,` separates jump hosts in `ssh -J a,b`, `@` separates the
 //! user from the host in `user@host`, and `+` and `=` have meanings in some tools' option
 //! syntax. The mapping is URL percent-encoding with `~` instead of `%` (a character IAM never
