@@ -629,3 +629,208 @@ fn sso_login_refuses_bad_proofs_unmapped_callers_and_bad_certificates_with_a_rea
         rig.gatehouse.logs()
     );
 }
+
+/// A replica of the SSO fleet: AWS mode behind the balancer, the host key and the CA key in
+/// SSM (`aws.host_key_ssm_parameter`, `aws.user_ca_ssm_parameter`), as gatehouse-vpc
+/// configures a scaled-out stack. Replica `slot` listens for PROXY v2 on 127.0.0.(10+slot):22
+/// of the bastion namespace, health on :8080; its audit goes to `r<slot>.audit.jsonl`.
+fn replica_config(scratch: &Scratch, slot: u8, endpoint: &str, vpc_id: &str) -> PathBuf {
+    let ip = std::net::Ipv4Addr::new(127, 0, 0, 10 + slot);
+    let text = format!(
+        r#"
+[server]
+listen = []
+proxy_listen = ["{ip}:22"]
+trusted_proxies = ["127.0.0.1/32"]
+health_listen = "{ip}:8080"
+host_key = "{dir}/r{slot}_host_key"
+connect_timeout = "3s"
+shutdown_grace = "1s"
+
+[audit]
+file = "{dir}/r{slot}.audit.jsonl"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+vpc_ids = ["{vpc_id}"]
+refresh_interval = "1s"
+iam_group_prefix = "gatehouse-"
+host_key_ssm_parameter = "/gatehouse/sso/host_ed25519"
+user_ca_ssm_parameter = "/gatehouse/sso/user_ca_ed25519"
+host_key_tags = {{ "gatehouse:stack" = "sso" }}
+
+[sso]
+accounts = ["{ACCOUNT}"]
+ca_key = "{dir}/r{slot}_user_ca"
+permission_sets = {{ Research = ["research"] }}
+"#,
+        dir = scratch.path().display(),
+    );
+    scratch.write(format!("r{slot}.toml"), text.as_bytes())
+}
+
+#[test]
+fn sso_two_replicas_behind_the_balancer_accept_a_certificate_either_issued() {
+    use crate::harness::haproxy::{BackendServer, BalancerConfig, Haproxy};
+    let topology = Topology::new();
+    let scratch = Scratch::new();
+    let moto = NsMoto::start_in(&topology.bastion);
+    let proxy = Proxy::start(&topology, &scratch, moto.addr().port());
+    let alice_key = KeyPair::ed25519(&scratch, "alice_key");
+    let world = standard_world(&topology, &moto, &alice_key);
+    let sso_key = KeyPair::ed25519(&scratch, "sso_key");
+    let mut replicas = Vec::new();
+    for slot in [1u8, 2] {
+        let config = replica_config(&scratch, slot, &proxy.url(), &world.vpc_id);
+        let mut cmd = crate::aws::gatehouse_cmd(&topology);
+        cmd.arg("serve").arg("--config").arg(&config);
+        replicas.push(crate::harness::Daemon::spawn(
+            &format!("r{slot}"),
+            cmd,
+            &scratch,
+        ));
+    }
+    for replica in &mut replicas {
+        replica.wait_for_stderr("gatehouse listening", CMD_TIMEOUT);
+    }
+    let ca_lines: Vec<String> = replicas
+        .iter()
+        .map(|r| {
+            let log = r.stderr();
+            let line = log
+                .lines()
+                .find(|l| l.contains("gatehouse login: certificates for"))
+                .unwrap_or_else(|| panic!("no CA line\n{log}"))
+                .to_owned();
+            line[line.find("ca_key=").expect("ca_key=")..]
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ca_lines[0], ca_lines[1], "one CA for the fleet");
+    let stored = ns_fixture(
+        &topology,
+        &moto,
+        json!([{"op": "call", "service": "ssm", "method": "list_tags_for_resource", "args": {
+            "ResourceType": "Parameter", "ResourceId": "/gatehouse/sso/user_ca_ed25519"}}]),
+    );
+    assert_eq!(
+        stored[0]["TagList"],
+        json!([{"Key": "gatehouse:stack", "Value": "sso"}]),
+        "the CA parameter is tagged with the stack, so destroy finds it"
+    );
+    let _sshd = SshdConfig::private_host(addr(PRIVATE_ADDR, SSH_PORT))
+        .authorize(&sso_key.public_line)
+        .start(&topology.private, &scratch, "private_sshd");
+    let frontend = addr(BASTION_CLIENT_ADDR, SSH_PORT);
+    let servers = [1u8, 2]
+        .iter()
+        .map(|slot| BackendServer {
+            name: format!("r{slot}"),
+            addr: SocketAddr::from(([127, 0, 0, 10 + slot], 22)),
+            check_port: 8080,
+            enabled: true,
+        })
+        .collect();
+    let haproxy = Haproxy::start(
+        &topology.bastion,
+        &scratch,
+        "haproxy",
+        &BalancerConfig {
+            bind: frontend,
+            servers,
+            send_proxy_v2: true,
+            source: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            check_path: "/health".into(),
+            check_interval: Duration::from_millis(100),
+            fall: 2,
+            rise: 2,
+            retries: 0,
+            redispatch: false,
+            timeout_connect: Duration::from_secs(1),
+            timeout_idle: Duration::from_secs(60),
+            timeout_check: Duration::from_secs(1),
+        },
+    );
+    let only = |slot: u8| {
+        let (on, off) = (format!("r{slot}"), format!("r{}", 3 - slot));
+        haproxy.set_state(&off, "maint");
+        haproxy.set_state(&on, "ready");
+        haproxy.wait_server(&on, "up", Duration::from_secs(10), |s| s.is_up());
+    };
+    let known_hosts = scratch.write("known_hosts_empty", b"");
+    let alice = assume(
+        &topology,
+        &moto,
+        SSO_PATH,
+        "AWSReservedSSO_Research_0123abcd",
+        "alice@example.org",
+    );
+    let login_name = "alice~40example.org";
+    let audit = |slot: u8| read_audit(&scratch.join(format!("r{slot}.audit.jsonl")));
+    for (issuer, checker) in [(1u8, 2u8), (2, 1)] {
+        only(issuer);
+        let mut cmd = topology.client.command(gatehouse_bin());
+        cmd.arg("login")
+            .arg("--bastion")
+            .arg(frontend.to_string())
+            .arg("--key")
+            .arg(&sso_key.private)
+            .arg("--known-hosts")
+            .arg(&known_hosts)
+            .env("AWS_ACCESS_KEY_ID", &alice.key)
+            .env("AWS_SECRET_ACCESS_KEY", &alice.secret)
+            .env("AWS_SESSION_TOKEN", &alice.token)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", proxy.url())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/aws-credentials",
+            )
+            .env_remove("AWS_PROFILE");
+        let out = run_with_timeout(cmd, CMD_TIMEOUT);
+        out.expect_success(&format!("gatehouse login at r{issuer}"));
+        let cert = std::fs::read_to_string(format!("{}-cert.pub", sso_key.private.display()))
+            .expect("certificate");
+        let serial = russh::keys::Certificate::from_openssh(cert.trim())
+            .expect("certificate parses")
+            .serial();
+        assert!(
+            audit(issuer)
+                .iter()
+                .any(|e| e["event"] == "certificate.issued" && e["serial"] == serial),
+            "r{issuer} issued serial {serial}"
+        );
+        only(checker);
+        let client = SshClient::new(
+            &topology.client,
+            &scratch,
+            frontend,
+            login_name,
+            &sso_key.private,
+        );
+        let out = dash_w(&client, &format!("jupyter:{SSH_PORT}"));
+        assert!(
+            out.stdout_str().starts_with("SSH-2.0-"),
+            "r{checker} takes r{issuer}'s certificate: {out}"
+        );
+        assert!(
+            audit(checker).iter().any(|e| e["event"] == "auth.success"
+                && e["user"] == login_name
+                && e["certificate"]["serial"] == serial
+                && e["source"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("10.240.0.2:"))),
+            "r{checker} admitted serial {serial} from the client's own address: {:?}",
+            audit(checker)
+        );
+    }
+    for replica in &replicas {
+        assert!(!replica.stderr().contains("panicked"), "{}", replica.logs());
+    }
+}

@@ -731,6 +731,7 @@ async fn daemon_host_key(
         ssm,
         parameter,
         &aws.host_key_tags,
+        "host key",
         &gatehouse_aws::Calls::default(),
     )
     .await

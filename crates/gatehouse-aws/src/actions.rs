@@ -13,8 +13,8 @@ pub enum Resource {
     Any,
     /// IAM users: `arn:PARTITION:iam::ACCOUNT:user/*`.
     IamUsers,
-    /// The host key parameter `aws.host_key_ssm_parameter`:
-    /// `arn:PARTITION:ssm:REGION:ACCOUNT:parameter/NAME`.
+    /// The key parameters `aws.host_key_ssm_parameter` and `aws.user_ca_ssm_parameter`:
+    /// `arn:PARTITION:ssm:REGION:ACCOUNT:parameter/NAME` of each.
     HostKeyParameter,
     /// Instances of the region that carry both the groups tag and the login tag
     /// (`arn:PARTITION:ec2:REGION:ACCOUNT:instance/*`, conditioned on `aws:ResourceTag`).
@@ -34,9 +34,9 @@ pub enum Resource {
 pub enum Need {
     /// Always, in AWS mode.
     Always,
-    /// With `aws.host_key_ssm_parameter`.
+    /// With `aws.host_key_ssm_parameter` or `aws.user_ca_ssm_parameter`.
     SsmHostKey,
-    /// With `aws.host_key_ssm_parameter` and `aws.host_key_tags`.
+    /// With one of those and `aws.host_key_tags`.
     SsmHostKeyTags,
     /// With `aws.instance_connect`; used on a tunnel, not at start.
     InstanceConnect,
@@ -120,13 +120,13 @@ actions! {
         "the tagged, running instances (no resource-level permissions exist)";
     /// Reads the host key.
     GET_PARAMETER = "ssm:GetParameter", HostKeyParameter, SsmHostKey, true,
-        "read the host key";
+        "read the host key (and the SSO CA key)";
     /// Creates the host key.
     PUT_PARAMETER = "ssm:PutParameter", HostKeyParameter, SsmHostKey, true,
-        "create the host key on first start (never overwrites)";
+        "create the host key (and the SSO CA key) on first start (never overwrites)";
     /// Tags the host key as it is created.
     ADD_TAGS_TO_RESOURCE = "ssm:AddTagsToResource", HostKeyParameter, SsmHostKeyTags, false,
-        "only with `host_key_tags`: tag the host key as it is created (checked by PutParameter)";
+        "only with `host_key_tags`: tag the key as it is created (checked by PutParameter)";
     /// Pushes a user's key to an instance for 60 seconds.
     SEND_SSH_PUBLIC_KEY = "ec2-instance-connect:SendSSHPublicKey", InstancesWithLoginTag,
         InstanceConnect, true,
@@ -157,7 +157,7 @@ actions! {
 /// What the daemon is configured to do, as far as its AWS permissions are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Mode {
-    /// `aws.host_key_ssm_parameter` is set.
+    /// `aws.host_key_ssm_parameter` or `aws.user_ca_ssm_parameter` is set.
     pub ssm_host_key: bool,
     /// `aws.host_key_tags` is not empty (with `ssm_host_key`).
     pub host_key_tags: bool,
@@ -176,7 +176,8 @@ pub struct Mode {
 impl Mode {
     /// The mode of a validated `[aws]` table.
     pub fn of(settings: &AwsConfig) -> Mode {
-        let ssm_host_key = settings.host_key_ssm_parameter.is_some();
+        let ssm_host_key =
+            settings.host_key_ssm_parameter.is_some() || settings.user_ca_ssm_parameter.is_some();
         Mode {
             ssm_host_key,
             host_key_tags: ssm_host_key && !settings.host_key_tags.is_empty(),

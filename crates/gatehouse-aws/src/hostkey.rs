@@ -1,4 +1,5 @@
-//! The bastion's host key in SSM Parameter Store, shared by every replica.
+//! The bastion's host key in SSM Parameter Store, shared by every replica; the `[sso]` CA's
+//! key (`aws.user_ca_ssm_parameter`) is kept the same way.
 //!
 //! Read the SecureString; if it does not exist, generate an ed25519 key and create the
 //! parameter with `Overwrite=false`. If another replica created it in between
@@ -22,8 +23,8 @@ use crate::error::AwsError;
 /// How many read / create rounds before giving up (a parameter that keeps vanishing).
 const ROUNDS: usize = 3;
 
-/// Loads the host key from `parameter`, creating it with `tags` if absent (an existing
-/// parameter is used as it is).
+/// Loads the key (`what`: "host key", "SSO CA key") from `parameter`, creating it with `tags`
+/// if absent (an existing parameter is used as it is).
 ///
 /// # Errors
 /// An SSM call failed, or the parameter holds something that is not an unencrypted ed25519
@@ -32,6 +33,7 @@ pub async fn load_or_create(
     client: &Client,
     parameter: &str,
     tags: &BTreeMap<String, String>,
+    what: &str,
     calls: &Calls,
 ) -> Result<PrivateKey, AwsError> {
     let tags = tags
@@ -62,7 +64,9 @@ pub async fn load_or_create(
         let put = client
             .put_parameter()
             .name(parameter)
-            .description("gatehouse bastion SSH host key (ed25519, OpenSSH format)")
+            .description(format!(
+                "gatehouse bastion {what} (ed25519, OpenSSH format)"
+            ))
             .value(text.as_str())
             .r#type(ParameterType::SecureString)
             .overwrite(false)
@@ -71,7 +75,7 @@ pub async fn load_or_create(
             .await;
         match put {
             Ok(_) => {
-                tracing::info!(parameter, "created a new ed25519 host key in SSM");
+                tracing::info!(parameter, "created a new ed25519 {what} in SSM");
                 return Ok(key);
             }
             Err(e)
@@ -81,7 +85,7 @@ pub async fn load_or_create(
                 // Another replica won the race: use its key (next round reads it).
                 tracing::info!(
                     parameter,
-                    "another replica created the host key first; using it"
+                    "another replica created the {what} first; using it"
                 );
             }
             Err(e) => return Err(AwsError::call("ssm", "PutParameter", &e)),

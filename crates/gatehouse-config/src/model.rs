@@ -275,6 +275,13 @@ pub struct AwsConfig {
     /// parameter needs `ssm:AddTagsToResource` besides `ssm:PutParameter`. An existing
     /// parameter is used as it is (never re-tagged). Empty: created untagged.
     pub host_key_tags: BTreeMap<String, String>,
+    /// `user_ca_ssm_parameter`: name of an SSM Parameter Store SecureString holding the
+    /// `[sso]` CA's OpenSSH ed25519 private key, e.g. `"/gatehouse/prod/user_ca_ed25519"`;
+    /// created (without overwrite, tagged with `host_key_tags`) on first start like the host
+    /// key, so every replica signs with one CA and accepts what any of them issued. Needs
+    /// `[sso]`; `sso.ca_key` is then where a copy is kept (with `snapshot_file`). `None`: the
+    /// `sso.ca_key` file.
+    pub user_ca_ssm_parameter: Option<String>,
     /// `instance_connect`: before a tunnel to port 22 of an instance tagged
     /// `<tag_prefix>login` (OS user names, e.g. `"ubuntu"`), push the public key the user
     /// logged in to the bastion with to that instance for those OS users with EC2 Instance

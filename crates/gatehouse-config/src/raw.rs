@@ -95,6 +95,7 @@ pub(crate) struct RawAws {
     pub(crate) tag_prefix: Option<Spanned<String>>,
     pub(crate) host_key_ssm_parameter: Option<Spanned<String>>,
     pub(crate) host_key_tags: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub(crate) user_ca_ssm_parameter: Option<Spanned<String>>,
     pub(crate) instance_connect: Option<Spanned<bool>>,
     pub(crate) snapshot_file: Option<Spanned<String>>,
     pub(crate) iam_calls_per_second: Option<Spanned<Integer>>,

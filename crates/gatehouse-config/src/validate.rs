@@ -72,6 +72,19 @@ pub(crate) fn validate(
         .sso
         .as_ref()
         .map(|sso| v.sso(sso.get_ref(), &sso.span(), aws.is_some()));
+    if let (Some(param), None) = (
+        raw.aws
+            .as_ref()
+            .and_then(|a| a.get_ref().user_ca_ssm_parameter.as_ref()),
+        &sso,
+    ) {
+        v.error(
+            &param.span(),
+            "aws.user_ca_ssm_parameter: needs [sso]: it holds the key of the CA that signs \
+             gatehouse login's certificates"
+                .to_owned(),
+        );
+    }
     if aws.is_some() {
         // One source of truth at a time: a static entry next to AWS would be a second door
         // that no IAM change can close.
@@ -853,6 +866,31 @@ impl Validator<'_> {
         out
     }
 
+    /// An SSM parameter name for a key (`key` names the setting, `example` the last part of
+    /// the example name).
+    fn ssm_parameter(&mut self, key: &str, p: &Spanned<String>, example: &str) -> Option<String> {
+        let text = p.get_ref();
+        let ok = text.starts_with('/')
+            && text.len() > 1
+            && text.len() <= 1011
+            && !text.to_ascii_lowercase().starts_with("/aws")
+            && !text.to_ascii_lowercase().starts_with("/ssm")
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+        if ok {
+            return Some(text.clone());
+        }
+        self.error(
+            &p.span(),
+            format!(
+                "{key}: `{text}` is not an SSM parameter name: a path of letters, digits and \
+                 `_.-/` starting with `/` (not /aws or /ssm), e.g. \"/gatehouse/prod/{example}\""
+            ),
+        );
+        None
+    }
+
     /// `[sso]`.
     fn sso(&mut self, s: &RawSso, table: &Range<usize>, aws: bool) -> SsoConfig {
         let mut accounts: Vec<String> = Vec::new();
@@ -1349,30 +1387,14 @@ impl Validator<'_> {
                 text.clone()
             }
         };
-        let host_key_ssm_parameter = a.host_key_ssm_parameter.as_ref().and_then(|p| {
-            let text = p.get_ref();
-            let ok = text.starts_with('/')
-                && text.len() > 1
-                && text.len() <= 1011
-                && !text.to_ascii_lowercase().starts_with("/aws")
-                && !text.to_ascii_lowercase().starts_with("/ssm")
-                && text
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
-            if ok {
-                Some(text.clone())
-            } else {
-                self.error(
-                    &p.span(),
-                    format!(
-                        "aws.host_key_ssm_parameter: `{text}` is not an SSM parameter name: a \
-                         path of letters, digits and `_.-/` starting with `/` (not /aws or \
-                         /ssm), e.g. \"/gatehouse/prod/host_ed25519\""
-                    ),
-                );
-                None
-            }
-        });
+        let host_key_ssm_parameter = a
+            .host_key_ssm_parameter
+            .as_ref()
+            .and_then(|p| self.ssm_parameter("aws.host_key_ssm_parameter", p, "host_ed25519"));
+        let user_ca_ssm_parameter = a
+            .user_ca_ssm_parameter
+            .as_ref()
+            .and_then(|p| self.ssm_parameter("aws.user_ca_ssm_parameter", p, "user_ca_ed25519"));
         let host_key_tags = self.host_key_tags(a);
         let events_queue_url = a.events_queue_url.as_ref().and_then(|u| {
             let text = u.get_ref();
@@ -1401,6 +1423,7 @@ impl Validator<'_> {
             tag_prefix,
             host_key_ssm_parameter,
             host_key_tags,
+            user_ca_ssm_parameter,
             instance_connect: a.instance_connect.as_ref().is_some_and(|b| *b.get_ref()),
             iam_calls_per_second: u32::try_from(self.count(
                 "aws.iam_calls_per_second",

@@ -21,6 +21,8 @@ pub struct Started {
     /// The host key: from SSM with `host_key_ssm_parameter`, else the `server.host_key` file.
     /// It also signs the listings this bastion saves and shares.
     pub host_key: PrivateKey,
+    /// The `[sso]` CA's key, with `user_ca_ssm_parameter`: one for every replica.
+    pub user_ca: Option<PrivateKey>,
     refresher: AwsDirectory,
     /// EC2 Instance Connect, with `instance_connect`.
     key_push: Option<Arc<dyn KeyPush>>,
@@ -86,6 +88,7 @@ impl Started {
     pub async fn new(
         settings: &AwsConfig,
         host_key_file: &Path,
+        user_ca_file: Option<&Path>,
         audit_file: Option<&Path>,
     ) -> anyhow::Result<Started> {
         let clients = Clients::new(settings).await;
@@ -104,8 +107,15 @@ impl Started {
         // key too, so a copy of the SSM key is kept at `server.host_key`.
         let copy = settings.snapshot_file.is_some().then_some(host_key_file);
         let host_key = match &settings.host_key_ssm_parameter {
-            Some(parameter) => ssm_host_key(&clients, settings, parameter, copy).await?,
+            Some(parameter) => ssm_key(&clients, settings, parameter, copy, "host key").await?,
             None => gatehouse_ssh::hostkey::load_or_create(host_key_file)?,
+        };
+        let user_ca = match &settings.user_ca_ssm_parameter {
+            Some(parameter) => {
+                let copy = user_ca_file.filter(|_| settings.snapshot_file.is_some());
+                Some(ssm_key(&clients, settings, parameter, copy, "SSO CA key").await?)
+            }
+            None => None,
         };
         // The saved and shared listings are signed with the host key: only this fleet (which
         // alone holds it) can write a listing that a replica will serve.
@@ -121,6 +131,7 @@ impl Started {
         });
         Ok(Started {
             host_key,
+            user_ca,
             refresher,
             key_push,
         })
@@ -147,24 +158,27 @@ impl Started {
     }
 }
 
-/// The SSM host key; kept at `copy` (when given), and read from there when SSM cannot be.
-async fn ssm_host_key(
+/// A key kept in SSM (`what`: the host key, the SSO CA key); kept at `copy` (when given),
+/// and read from there when SSM cannot be.
+async fn ssm_key(
     clients: &Clients,
     settings: &AwsConfig,
     parameter: &str,
     copy: Option<&Path>,
+    what: &str,
 ) -> anyhow::Result<PrivateKey> {
     let from_ssm = gatehouse_aws::hostkey::load_or_create(
         &clients.ssm,
         parameter,
         &settings.host_key_tags,
+        what,
         &Calls::default(),
     )
     .await;
     match (from_ssm, copy) {
         (Ok(key), Some(path)) => {
             if let Err(e) = gatehouse_ssh::hostkey::store(path, &key) {
-                tracing::warn!("cannot keep a copy of the SSM host key: {e}");
+                tracing::warn!("cannot keep a copy of the SSM {what}: {e}");
             }
             Ok(key)
         }
@@ -172,20 +186,20 @@ async fn ssm_host_key(
         (Err(e), Some(path)) => match gatehouse_ssh::hostkey::load(path) {
             Ok(key) => {
                 tracing::warn!(
-                    "cannot load the host key from SSM {parameter} ({e}); using the copy kept \
+                    "cannot load the {what} from SSM {parameter} ({e}); using the copy kept \
                      at {} (the SSM key as last read)",
                     path.display()
                 );
                 Ok(key)
             }
             Err(copy_error) => Err(anyhow::Error::new(e).context(format!(
-                "cannot load the host key from SSM {parameter}, and there is no usable copy \
+                "cannot load the {what} from SSM {parameter}, and there is no usable copy \
                  ({copy_error})"
             ))),
         },
         (Err(e), None) => {
             Err(anyhow::Error::new(e)
-                .context(format!("cannot load the host key from SSM {parameter}")))
+                .context(format!("cannot load the {what} from SSM {parameter}")))
         }
     }
 }

@@ -19,6 +19,7 @@ const NO_AWS: &str =
 /// Never made: without AWS support there is no AWS side.
 pub struct Started {
     pub host_key: PrivateKey,
+    pub user_ca: Option<PrivateKey>,
     never: Infallible,
 }
 
@@ -27,6 +28,7 @@ impl Started {
     pub async fn new(
         _settings: &AwsConfig,
         _host_key_file: &std::path::Path,
+        _user_ca_file: Option<&std::path::Path>,
         _audit_file: Option<&std::path::Path>,
     ) -> anyhow::Result<Started> {
         anyhow::bail!(NO_AWS)

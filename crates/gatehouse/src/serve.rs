@@ -58,6 +58,7 @@ pub async fn run(
             let started = crate::aws::Started::new(
                 settings,
                 &config.server.host_key,
+                config.sso.as_ref().map(|sso| sso.ca_key.as_path()),
                 config.audit.file.as_deref(),
             )
             .await;
@@ -121,12 +122,15 @@ pub async fn run(
     ));
     let issuer = match &config.sso {
         Some(sso) => {
-            let ca = hostkey::load_or_create(&sso.ca_key).with_context(|| {
-                format!(
-                    "cannot use the SSO CA key {} (sso.ca_key)",
-                    sso.ca_key.display()
-                )
-            })?;
+            let ca = match aws.as_ref().and_then(|aws| aws.user_ca.clone()) {
+                Some(ca) => ca,
+                None => hostkey::load_or_create(&sso.ca_key).with_context(|| {
+                    format!(
+                        "cannot use the SSO CA key {} (sso.ca_key)",
+                        sso.ca_key.display()
+                    )
+                })?,
+            };
             tracing::info!(
                 ca_key = %gatehouse_directory::fingerprint(ca.public_key()),
                 "gatehouse login: certificates for {}",
