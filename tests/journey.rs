@@ -111,6 +111,10 @@ refresh_interval = "{refresh}s"
 iam_group_prefix = "gatehouse-"
 instance_connect = true
 
+# gatehouse login: IAM Identity Center's Research permission set gets group research.
+[bastion.daemon.sso]
+permission_sets = {{ Research = ["research"] }}
+
 [private]
 ports = [22, {JUPYTER_PORT}]
 
@@ -384,6 +388,9 @@ pub(crate) fn leftovers(admin: impl Fn(Value) -> Vec<Value>) -> Vec<String> {
          "args": {"AlarmNamePrefix": prefix}},
         {"op": "call", "service": "logs", "method": "describe_metric_filters",
          "args": {"filterNamePrefix": prefix}},
+        {"op": "call", "service": "ssm", "method": "describe_parameters",
+         "args": {"ParameterFilters": [{"Key": "Name", "Option": "BeginsWith",
+                                        "Values": [format!("/gatehouse/{STACK}/")]}]}},
     ]));
     let mut left: Vec<String> = r[0]["leftovers"]
         .as_array()
@@ -430,6 +437,13 @@ pub(crate) fn leftovers(admin: impl Fn(Value) -> Vec<Value>) -> Vec<String> {
             "metric-filter {}",
             filter["filterName"].as_str().unwrap_or_default()
         ));
+    }
+    // The key parameters (the host key's is also in stack_leftovers; the SSO CA's only here).
+    for parameter in r[7]["Parameters"].as_array().into_iter().flatten() {
+        let name = parameter["Name"].as_str().unwrap_or_default();
+        if name != PARAMETER {
+            left.push(format!("parameter {name}"));
+        }
     }
     left
 }
@@ -617,6 +631,15 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
         ),
         &format!("file = \"{AUDIT_FILE}\""),
         &format!("file = \"{}\"", audit_file.display()),
+    );
+    // The CA key's copy (kept beside the listing) in the scratch directory too.
+    let config_text = substitute(
+        &config_text,
+        &format!("ca_key = \"{}\"", gatehouse_vpc::userdata::USER_CA_PATH),
+        &format!(
+            "ca_key = \"{}\"",
+            scratch.path().join("user_ca_ed25519_key").display()
+        ),
     );
     let config = scratch.write("gatehouse.toml", config_text.as_bytes());
     let policies = r[1]["policies"].as_object().expect("role policies");
@@ -948,6 +971,65 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     );
     out.expect_success("Jupyter through ssh -L as bob");
     assert!(out.stdout_str().contains("\"result\": \"42\""), "{out}");
+
+    // carol has no IAM user: she signs in with IAM Identity Center (a role named as its
+    // Research permission set, assumed with her name). `gatehouse login` proves it to the
+    // bastion, which replays the proof to STS with nothing of its role's, and signs her key
+    // with the stack's CA, which the daemon created in SSM under the role's policy. Stock
+    // `ssh -J` with the certificate then reaches the host (her key pushed like alice's).
+    let carol = KeyPair::ed25519(&scratch, "carol_key");
+    let r = admin_fixture(json!([
+        {"op": "principal", "name": "identity-center", "policy": {"Version": "2012-10-17",
+         "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]}},
+    ]));
+    let identity_center = key_of(&r[0]);
+    let carol_creds = crate::sso::assume(
+        admin_fixture,
+        (
+            |ops| fixture_as(&topology, &moto, Some(&identity_center), ops),
+            "arn:aws:iam::123456789012:user/identity-center",
+        ),
+        crate::sso::SSO_PATH,
+        "AWSReservedSSO_Research_5e7a1c2b",
+        "carol@example.org",
+    );
+    let known_hosts = scratch.write("known_hosts_empty", b"");
+    let out = crate::sso::login_as(
+        &topology.client,
+        bastion_addr,
+        &proxy.url(),
+        &carol_creds,
+        &carol,
+        &known_hosts,
+    );
+    out.expect_success("gatehouse login as carol");
+    assert!(
+        out.stdout_str()
+            .contains("certificate for carol~40example.org"),
+        "{out}"
+    );
+    let mut carol_client = SshClient::new(
+        &topology.client,
+        &scratch,
+        bastion_addr,
+        "carol~40example.org",
+        &carol.private,
+    );
+    carol_client.add_target("jupyter-box", "jupyter", 22, TEST_USER, None);
+    let mut ssh = carol_client.ssh();
+    ssh.args(["jupyter-box", "echo", "reached"]);
+    let out = run_with_timeout(ssh, CMD_TIMEOUT);
+    out.expect_success("ssh -J bastion jupyter as carol, with the certificate");
+    assert_eq!(out.stdout_str().trim(), "reached");
+    let r = admin_fixture(json!([
+        {"op": "call", "service": "ssm", "method": "list_tags_for_resource", "args": {
+            "ResourceType": "Parameter", "ResourceId": format!("/gatehouse/{STACK}/user_ca_ed25519")}},
+    ]));
+    assert_eq!(
+        r[0]["TagList"],
+        json!([{"Key": "gatehouse:stack", "Value": STACK}]),
+        "the CA key's parameter, tagged with the stack"
+    );
 
     // 6. bob's key is deactivated in IAM. The daemon sweeps IAM every half hour (step 2):
     //    until the event CloudTrail delivers for that call, nothing tells it, and bob's

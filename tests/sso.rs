@@ -131,12 +131,14 @@ fn a_proof_signed_by_an_sso_session_is_replayed_to_sts_and_names_that_session() 
 
 /// The account moto answers for.
 const ACCOUNT: &str = "123456789012";
+/// The account's root, trusted by the roles of the tests without enforced policies.
+const ROOT: &str = "arn:aws:iam::123456789012:root";
 /// The path IAM Identity Center gives the roles it makes.
-const SSO_PATH: &str = "/aws-reserved/sso.amazonaws.com/";
+pub(crate) const SSO_PATH: &str = "/aws-reserved/sso.amazonaws.com/";
 
 /// Temporary credentials from STS.
 #[derive(Clone)]
-struct Creds {
+pub(crate) struct Creds {
     key: String,
     secret: String,
     token: String,
@@ -154,25 +156,31 @@ impl Creds {
     }
 }
 
-/// Makes role `name` (at `path`) and assumes it with session name `session`.
-fn assume(topology: &Topology, moto: &NsMoto, path: &str, name: &str, session: &str) -> Creds {
+/// Makes role `name` (at `path`) with `admin`'s boto3 calls and assumes it with session
+/// name `session` with `signer`'s (who IAM Identity Center would be: someone allowed to),
+/// whose ARN is `signer_arn` (the account's root where no policy is enforced).
+pub(crate) fn assume(
+    admin: impl Fn(Value) -> Vec<Value>,
+    (signer, signer_arn): (impl Fn(Value) -> Vec<Value>, &str),
+    path: &str,
+    name: &str,
+    session: &str,
+) -> Creds {
     let trust = json!({
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")},
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": signer_arn},
                        "Action": "sts:AssumeRole"}]
     });
-    let r = ns_fixture(
-        topology,
-        moto,
-        json!([
-            {"op": "call", "service": "iam", "method": "create_role", "args": {
-                "RoleName": name, "Path": path, "AssumeRolePolicyDocument": trust.to_string()}},
-            {"op": "call", "service": "sts", "method": "assume_role", "args": {
-                "RoleArn": format!("arn:aws:iam::{ACCOUNT}:role{path}{name}"),
-                "RoleSessionName": session}},
-        ]),
-    );
-    let c = &r[1]["Credentials"];
+    admin(json!([
+        {"op": "call", "service": "iam", "method": "create_role", "args": {
+            "RoleName": name, "Path": path, "AssumeRolePolicyDocument": trust.to_string()}},
+    ]));
+    let r = signer(json!([
+        {"op": "call", "service": "sts", "method": "assume_role", "args": {
+            "RoleArn": format!("arn:aws:iam::{ACCOUNT}:role{path}{name}"),
+            "RoleSessionName": session}},
+    ]));
+    let c = &r[0]["Credentials"];
     let field = |k: &str| {
         c[k].as_str()
             .unwrap_or_else(|| panic!("{k} in {c}"))
@@ -185,26 +193,33 @@ fn assume(topology: &Topology, moto: &NsMoto, path: &str, name: &str, session: &
     }
 }
 
-/// `gatehouse login` in the client namespace (the laptop), with `creds` in the environment
-/// and nothing else of AWS: it signs for `AWS_ENDPOINT_URL` (the proxy's URL, which the
-/// bastion's `aws.endpoint_url` names) and never connects there itself.
-fn login(rig: &SsoRig, creds: &Creds, key: &KeyPair) -> CmdOutput {
-    let mut cmd = rig.topology.client.command(gatehouse_bin());
+/// `gatehouse login --bastion <bastion>` in `ns` (the laptop) for `key`, with `creds` in the
+/// environment and nothing else of AWS: it signs for `AWS_ENDPOINT_URL` = `endpoint` (the
+/// URL the bastion's `aws.endpoint_url` names) and never connects there itself.
+pub(crate) fn login_as(
+    ns: &Netns,
+    bastion: SocketAddr,
+    endpoint: &str,
+    creds: &Creds,
+    key: &KeyPair,
+    known_hosts: &Path,
+) -> CmdOutput {
+    let mut cmd = ns.command(gatehouse_bin());
     cmd.arg("login")
         .arg("--bastion")
-        .arg(rig.bastion.to_string())
+        .arg(bastion.to_string())
         .arg("--key")
         .arg(&key.private)
         .arg("--known-hosts")
-        .arg(&rig.known_hosts);
-    for var in ["AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"] {
+        .arg(known_hosts);
+    for var in ["AWS_PROFILE", "AWS_DEFAULT_REGION"] {
         cmd.env_remove(var);
     }
     cmd.env("AWS_ACCESS_KEY_ID", &creds.key)
         .env("AWS_SECRET_ACCESS_KEY", &creds.secret)
         .env("AWS_SESSION_TOKEN", &creds.token)
         .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", rig.proxy.url())
+        .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
         .env(
@@ -212,6 +227,18 @@ fn login(rig: &SsoRig, creds: &Creds, key: &KeyPair) -> CmdOutput {
             "/nonexistent/aws-credentials",
         );
     run_with_timeout(cmd, CMD_TIMEOUT)
+}
+
+/// [`login_as`] from the client namespace to `rig`'s bastion.
+fn login(rig: &SsoRig, creds: &Creds, key: &KeyPair) -> CmdOutput {
+    login_as(
+        &rig.topology.client,
+        rig.bastion,
+        &rig.proxy.url(),
+        creds,
+        key,
+        &rig.known_hosts,
+    )
 }
 
 /// Fields drop in order: processes first, the namespaces last.
@@ -406,8 +433,8 @@ fn sso_login_certifies_the_laptops_key_and_stock_ssh_jumps_with_it() {
     let sso_key = KeyPair::ed25519(&scratch, "sso_key");
     let rig = sso_rig(&sso_key, scratch, "");
     let alice = assume(
-        &rig.topology,
-        &rig.moto,
+        |ops| ns_fixture(&rig.topology, &rig.moto, ops),
+        (|ops| ns_fixture(&rig.topology, &rig.moto, ops), ROOT),
         SSO_PATH,
         "AWSReservedSSO_Research_0123abcd",
         "alice@example.org",
@@ -513,8 +540,8 @@ fn sso_login_refuses_bad_proofs_unmapped_callers_and_bad_certificates_with_a_rea
     let rig = sso_rig(&sso_key, scratch, "[penalties]\nenabled = false\n");
     let url = rig.proxy.url();
     let alice = assume(
-        &rig.topology,
-        &rig.moto,
+        |ops| ns_fixture(&rig.topology, &rig.moto, ops),
+        (|ops| ns_fixture(&rig.topology, &rig.moto, ops), ROOT),
         SSO_PATH,
         "AWSReservedSSO_Research_0123abcd",
         "alice@example.org",
@@ -522,13 +549,19 @@ fn sso_login_refuses_bad_proofs_unmapped_callers_and_bad_certificates_with_a_rea
 
     // Unmapped callers, through the real client: the reason is what the user reads.
     let admin = assume(
-        &rig.topology,
-        &rig.moto,
+        |ops| ns_fixture(&rig.topology, &rig.moto, ops),
+        (|ops| ns_fixture(&rig.topology, &rig.moto, ops), ROOT),
         SSO_PATH,
         "AWSReservedSSO_Admin_4567ef01",
         "bob@example.org",
     );
-    let deploy = assume(&rig.topology, &rig.moto, "/", "deploy", "build-42");
+    let deploy = assume(
+        |ops| ns_fixture(&rig.topology, &rig.moto, ops),
+        (|ops| ns_fixture(&rig.topology, &rig.moto, ops), ROOT),
+        "/",
+        "deploy",
+        "build-42",
+    );
     for (creds, reason) in [
         (&admin, "permission set Admin is not mapped to any group"),
         (&deploy, "role deploy is not mapped to any group"),
@@ -763,8 +796,8 @@ fn sso_two_replicas_behind_the_balancer_accept_a_certificate_either_issued() {
     };
     let known_hosts = scratch.write("known_hosts_empty", b"");
     let alice = assume(
-        &topology,
-        &moto,
+        |ops| ns_fixture(&topology, &moto, ops),
+        (|ops| ns_fixture(&topology, &moto, ops), ROOT),
         SSO_PATH,
         "AWSReservedSSO_Research_0123abcd",
         "alice@example.org",
@@ -773,27 +806,14 @@ fn sso_two_replicas_behind_the_balancer_accept_a_certificate_either_issued() {
     let audit = |slot: u8| read_audit(&scratch.join(format!("r{slot}.audit.jsonl")));
     for (issuer, checker) in [(1u8, 2u8), (2, 1)] {
         only(issuer);
-        let mut cmd = topology.client.command(gatehouse_bin());
-        cmd.arg("login")
-            .arg("--bastion")
-            .arg(frontend.to_string())
-            .arg("--key")
-            .arg(&sso_key.private)
-            .arg("--known-hosts")
-            .arg(&known_hosts)
-            .env("AWS_ACCESS_KEY_ID", &alice.key)
-            .env("AWS_SECRET_ACCESS_KEY", &alice.secret)
-            .env("AWS_SESSION_TOKEN", &alice.token)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL", proxy.url())
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                "/nonexistent/aws-credentials",
-            )
-            .env_remove("AWS_PROFILE");
-        let out = run_with_timeout(cmd, CMD_TIMEOUT);
+        let out = login_as(
+            &topology.client,
+            frontend,
+            &proxy.url(),
+            &alice,
+            &sso_key,
+            &known_hosts,
+        );
         out.expect_success(&format!("gatehouse login at r{issuer}"));
         let cert = std::fs::read_to_string(format!("{}-cert.pub", sso_key.private.display()))
             .expect("certificate");

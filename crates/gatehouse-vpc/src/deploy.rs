@@ -11,8 +11,8 @@ use gatehouse_aws::events::IAM_EVENTS_REGION;
 use crate::model::TAG_STACK;
 use crate::names::{alarm_name, alert_topic_name, ALARM_KINDS};
 use crate::names::{
-    audit_log_group, binary_bucket, event_queue_name, event_rule_name, host_key_parameter,
-    partition, role_name,
+    audit_log_group, binary_bucket, event_queue_name, event_rule_name, key_parameters, partition,
+    role_name,
 };
 
 /// The four commands, as a bit set.
@@ -449,7 +449,8 @@ const EC2_OWNED: &[&str] = &[
 /// The deployer's policy for `stack` in `region`: every action of [`ALL`], each narrowed as
 /// its [`Scope`] says. The IAM change-event resources live in `us-east-1`: a stack of another
 /// partition (China, GovCloud) has none and its policy names none. The audit log group is in
-/// the stack's region.
+/// the stack's region. The SSM statement names both key parameters the stack's bastion may
+/// create (the host key's, and the SSO CA's), so that `destroy` deletes whichever exists.
 pub fn deployer_policy(stack: &str, region: &str, builds: Builds) -> Value {
     let part = partition(region);
     let events_part = partition(IAM_EVENTS_REGION);
@@ -563,10 +564,10 @@ pub fn deployer_policy(stack: &str, region: &str, builds: Builds) -> Value {
         (
             "TheHostKeyParameter",
             actions_of(&[Scope::HostKeyParameter]),
-            json!(format!(
-                "arn:{part}:ssm:{region}:*:parameter/{}",
-                host_key_parameter(stack).trim_start_matches('/')
-            )),
+            json!(key_parameters(stack, true)
+                .iter()
+                .map(|p| format!("arn:{part}:ssm:{region}:*:parameter/{}", p.trim_start_matches('/')))
+                .collect::<Vec<_>>()),
             None,
         ),
         (

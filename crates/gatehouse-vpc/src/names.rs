@@ -32,6 +32,21 @@ pub fn host_key_parameter(stack: &str) -> String {
     format!("/gatehouse/{stack}/host_ed25519")
 }
 
+/// SSM parameter holding the key of the CA of `gatehouse login` (with `[bastion.daemon.sso]`).
+pub fn user_ca_parameter(stack: &str) -> String {
+    format!("/gatehouse/{stack}/user_ca_ed25519")
+}
+
+/// The SSM parameters a stack's bastion keeps its keys in: the host key's, and the SSO CA's
+/// when `sso` is on. The daemon creates them tagged with the stack; `destroy` deletes them.
+pub fn key_parameters(stack: &str, sso: bool) -> Vec<String> {
+    let mut out = vec![host_key_parameter(stack)];
+    if sso {
+        out.push(user_ca_parameter(stack));
+    }
+    out
+}
+
 // ---- network ----
 
 /// The only destination the stack routes: everything not local.

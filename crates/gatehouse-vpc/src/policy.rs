@@ -71,6 +71,21 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>, account: &str) -> Value
         .as_ref()
         .and_then(|a| a.host_key_ssm_parameter.clone())
         .unwrap_or_else(|| host_key_parameter(&spec.stack));
+    // The name starts with `/`, which the ARN does not repeat.
+    let parameter_arn = |name: &str| {
+        format!(
+            "arn:{part}:ssm:{}:*:parameter/{}",
+            spec.region,
+            name.trim_start_matches('/')
+        )
+    };
+    let mut key_parameters = vec![parameter_arn(&parameter)];
+    if let Some(ca) = settings
+        .as_ref()
+        .and_then(|a| a.user_ca_ssm_parameter.as_deref())
+    {
+        key_parameters.push(parameter_arn(ca));
+    }
     let audit_group = settings
         .as_ref()
         .and_then(|a| a.audit_log_group.clone())
@@ -88,60 +103,53 @@ pub fn bastion_policy(spec: &Spec, bucket: Option<&str>, account: &str) -> Value
     });
     let mut statements = Vec::new();
     for (sid, resource, arn, condition) in [
-        (
-            "ListAndDescribe",
-            Resource::Any,
-            "*".to_owned(),
-            Value::Null,
-        ),
+        ("ListAndDescribe", Resource::Any, json!("*"), Value::Null),
         (
             "ReadUserKeys",
             Resource::IamUsers,
-            format!("arn:{part}:iam::*:user/*"),
+            json!(format!("arn:{part}:iam::*:user/*")),
             Value::Null,
         ),
         (
             "HostKey",
             Resource::HostKeyParameter,
-            // The name starts with `/`, which the ARN does not repeat.
-            format!(
-                "arn:{part}:ssm:{}:*:parameter/{}",
-                spec.region,
-                parameter.trim_start_matches('/')
-            ),
+            match key_parameters.as_slice() {
+                [one] => json!(one),
+                many => json!(many),
+            },
             Value::Null,
         ),
         (
             PUSH_KEYS_SID,
             Resource::InstancesWithLoginTag,
-            format!("arn:{part}:ec2:{}:*:instance/*", spec.region),
+            json!(format!("arn:{part}:ec2:{}:*:instance/*", spec.region)),
             tagged,
         ),
         (
             EVENTS_SID,
             Resource::EventQueue,
-            event_queue_arn(&spec.stack, account),
+            json!(event_queue_arn(&spec.stack, account)),
             Value::Null,
         ),
         (
             "SharedListing",
             Resource::SharedSnapshot,
             // Only with `[bastion.daemon.aws] shared_snapshot`; no action needs it otherwise.
-            settings
+            json!(settings
                 .as_ref()
                 .and_then(|a| a.shared_snapshot.as_ref())
                 .map_or_else(String::new, |o| {
                     format!("arn:{part}:s3:::{}/{}", o.bucket, o.key)
-                }),
+                })),
             Value::Null,
         ),
         (
             AUDIT_SID,
             Resource::AuditLogGroup,
-            format!(
+            json!(format!(
                 "arn:{part}:logs:{}:{account}:log-group:{audit_group}:*",
                 spec.region
-            ),
+            )),
             Value::Null,
         ),
     ] {

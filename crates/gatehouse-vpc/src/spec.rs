@@ -339,6 +339,11 @@ impl Bastion {
     pub fn scaled_out(&self) -> bool {
         self.replicas > 1
     }
+
+    /// `gatehouse login` is on (`[bastion.daemon.sso]`): the stack keeps the CA key in SSM.
+    pub fn sso(&self) -> bool {
+        self.daemon.contains_key("sso")
+    }
 }
 
 /// Where the bastion gets its gatehouse binary at boot.

@@ -4,7 +4,7 @@
 //! the image's sshd to gatehouse and starts it.
 
 use crate::model::TAG_STACK;
-use crate::names::{audit_log_group, event_queue_name, host_key_parameter};
+use crate::names::{audit_log_group, event_queue_name, host_key_parameter, user_ca_parameter};
 use crate::spec::{Binary, Spec};
 use gatehouse_config::Config;
 
@@ -25,6 +25,8 @@ IPAddressAllow=\n";
 pub const SNAPSHOT_PATH: &str = "/var/lib/gatehouse/aws-directory.json";
 /// Where the daemon keeps its host key (inside its StateDirectory).
 pub const HOST_KEY_PATH: &str = "/var/lib/gatehouse/ssh_host_ed25519_key";
+/// Where the daemon keeps its copy of the SSO CA key (`sso.ca_key`, with `[bastion.daemon.sso]`).
+pub const USER_CA_PATH: &str = "/var/lib/gatehouse/user_ca_ed25519_key";
 /// The daemon's audit file (inside its StateDirectory): the spool its audit lines are shipped
 /// from, with the position shipped kept beside it (`audit.jsonl.shipped`). State that must
 /// survive a restart as it is, so not in the LogsDirectory, where log rotation could move it.
@@ -32,7 +34,7 @@ pub const AUDIT_FILE_PATH: &str = "/var/lib/gatehouse/audit.jsonl";
 
 /// The daemon settings gatehouse-vpc writes itself, as (table, key): `[bastion.daemon]` in the
 /// spec may set anything else the daemon reads, but not these.
-pub const WRITTEN_KEYS: [(&str, &str); 15] = [
+pub const WRITTEN_KEYS: [(&str, &str); 17] = [
     ("server", "listen"),
     ("server", "host_key"),
     // With `[bastion] replicas` >= 2: port 22 takes PROXY v2 from the balancer's subnets,
@@ -54,6 +56,10 @@ pub const WRITTEN_KEYS: [(&str, &str); 15] = [
     ("aws", "events_queue_url"),
     // The stack's audit log group, which outlives the bastion.
     ("aws", "audit_log_group"),
+    // With `[bastion.daemon.sso]`: the fleet's one CA, in the stack's SSM parameter, and the
+    // copy kept in the StateDirectory.
+    ("aws", "user_ca_ssm_parameter"),
+    ("sso", "ca_key"),
 ];
 
 /// The port of the daemon's health endpoint (`server.health_listen`) on replicas behind the
@@ -112,6 +118,7 @@ pub fn event_queue_url(spec: &Spec, account: &str) -> String {
 /// [`check_daemon_config`] is what the daemon's own parser says about it.
 pub fn daemon_config(spec: &Spec, vpc_id: &str, account: &str) -> String {
     let mut doc = spec.bastion.daemon.clone();
+    let sso_accounts = doc.get("sso").and_then(|t| t.get("accounts")).is_some();
     let mut set = |table: &str, key: &str, value: toml::Value| {
         if let toml::Value::Table(t) = doc
             .entry(table)
@@ -169,6 +176,18 @@ pub fn daemon_config(spec: &Spec, vpc_id: &str, account: &str) -> String {
             "events_queue_url",
             event_queue_url(spec, account).into(),
         );
+    }
+    if spec.bastion.sso() {
+        set(
+            "aws",
+            "user_ca_ssm_parameter",
+            user_ca_parameter(&spec.stack).into(),
+        );
+        set("sso", "ca_key", USER_CA_PATH.into());
+        if !sso_accounts {
+            // The stack's own account, unless the spec names others.
+            set("sso", "accounts", toml::Value::from(vec![account]));
+        }
     }
     let body = toml::to_string(&doc).unwrap_or_else(|e| format!("# not serializable: {e}\n"));
     format!(

@@ -10,7 +10,7 @@ use crate::deploy;
 use crate::model::*;
 use crate::names::{
     audit_log_group, audit_log_group_arn, binary_bucket, event_queue_name, event_rule_name,
-    host_key_parameter, partition, role_name, POLICY_NAME,
+    key_parameters, partition, role_name, POLICY_NAME,
 };
 use gatehouse_aws::events::IAM_EVENTS_REGION;
 
@@ -912,31 +912,33 @@ async fn observe_iam(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(),
     Ok(())
 }
 
-/// The host key parameter, if it exists (the daemon creates it and should tag it).
+/// The key parameters (the host key's, the SSO CA's) that exist: the daemon creates them and
+/// should tag them.
 async fn observe_ssm(c: &Clients, stack: &str, obs: &mut Observed) -> Result<(), Error> {
-    let name = host_key_parameter(stack);
-    let what = format!("ssm parameter {name}");
-    let tags = c
-        .ssm
-        .list_tags_for_resource()
-        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
-        .resource_id(&name)
-        .send()
-        .await;
-    match tags {
-        Ok(out) => {
-            let tags: Tags = out
-                .tag_list()
-                .iter()
-                .map(|t| (t.key().to_string(), t.value().to_string()))
-                .collect();
-            obs.parameters.push(ObsParameter { name, tags });
-        }
-        Err(e) => {
-            let err = fail(&what, &deploy::LIST_TAGS_FOR_RESOURCE, e);
-            let missing = err.is_not_found() || err.code() == Some("InvalidResourceId");
-            if !missing {
-                return Err(err);
+    for name in key_parameters(stack, true) {
+        let what = format!("ssm parameter {name}");
+        let tags = c
+            .ssm
+            .list_tags_for_resource()
+            .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+            .resource_id(&name)
+            .send()
+            .await;
+        match tags {
+            Ok(out) => {
+                let tags: Tags = out
+                    .tag_list()
+                    .iter()
+                    .map(|t| (t.key().to_string(), t.value().to_string()))
+                    .collect();
+                obs.parameters.push(ObsParameter { name, tags });
+            }
+            Err(e) => {
+                let err = fail(&what, &deploy::LIST_TAGS_FOR_RESOURCE, e);
+                let missing = err.is_not_found() || err.code() == Some("InvalidResourceId");
+                if !missing {
+                    return Err(err);
+                }
             }
         }
     }

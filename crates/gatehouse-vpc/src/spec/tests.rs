@@ -737,3 +737,68 @@ fn a_binary_with_debug_info_is_taken_with_a_warning() {
     let spec = parse_with(origin, &text("dist"), None, ReadBinary::Yes).expect("valid");
     assert_eq!(spec.warnings, Vec::<String>::new());
 }
+
+#[test]
+fn sso_in_the_daemon_table_keeps_the_ca_in_the_stacks_parameter_and_maps_the_stacks_account() {
+    let text = format!(
+        "{MINIMAL}\n[bastion.daemon.sso]\npermission_sets = {{ Research = [\"research\"] }}\n"
+    );
+    let spec = parse("t.toml", &text, None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(spec.bastion.sso());
+    let config =
+        crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0", "210987654321")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    let sso = config.sso.expect("[sso]");
+    assert_eq!(sso.accounts, ["210987654321"], "the stack's own account");
+    assert_eq!(
+        sso.ca_key,
+        std::path::Path::new(crate::userdata::USER_CA_PATH)
+    );
+    assert!(sso.iam_users, "IAM users map by default in AWS mode");
+    let aws = config.aws.expect("[aws]");
+    assert_eq!(
+        aws.user_ca_ssm_parameter.as_deref(),
+        Some("/gatehouse/lab/user_ca_ed25519")
+    );
+    // The bastion may read and create exactly the two key parameters.
+    let policy = crate::policy::bastion_policy(&spec, None, "210987654321");
+    let keys = policy["Statement"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .find(|s| s["Sid"] == "HostKey")
+        .expect("the key statement");
+    let region = &spec.region;
+    assert_eq!(
+        keys["Resource"],
+        serde_json::json!([
+            format!("arn:aws:ssm:{region}:*:parameter/gatehouse/lab/host_ed25519"),
+            format!("arn:aws:ssm:{region}:*:parameter/gatehouse/lab/user_ca_ed25519"),
+        ])
+    );
+    // Accounts the spec names are kept; the key gatehouse-vpc writes is refused.
+    let text = format!(
+        "{MINIMAL}\n[bastion.daemon.sso]\naccounts = [\"111111111111\"]\n\
+         permission_sets = {{ Research = [\"research\"] }}\n"
+    );
+    let spec = parse("t.toml", &text, None).unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        crate::userdata::check_daemon_config(&spec, "vpc-0123456789abcdef0", "210987654321")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(config.sso.expect("[sso]").accounts, ["111111111111"]);
+    let text = format!(
+        "{MINIMAL}\n[bastion.daemon.sso]\nca_key = \"/tmp/ca\"\n\
+         permission_sets = {{ Research = [\"research\"] }}\n"
+    );
+    assert_rejected(&text, "sso.ca_key is written by gatehouse-vpc");
+    // Without [sso], the bastion's key statement names the host key alone.
+    let spec = parse("t.toml", MINIMAL, None).expect("valid");
+    let policy = crate::policy::bastion_policy(&spec, None, "210987654321");
+    let keys = policy["Statement"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .find(|s| s["Sid"] == "HostKey")
+        .expect("the key statement");
+    assert!(keys["Resource"].is_string(), "{keys}");
+}
