@@ -24,6 +24,9 @@ pub use gatehouse_directory::callers::{caller, Caller};
 pub const BASTION_HEADER: &str = "x-gatehouse-bastion";
 /// The header that names the public key a certificate is asked for (its fingerprint).
 pub const KEY_HEADER: &str = "x-gatehouse-key";
+/// A random value per proof (128 bits, hex), so that two proofs made in the same second
+/// (SigV4 dates have one-second resolution) differ and each can be used once.
+pub const NONCE_HEADER: &str = "x-gatehouse-nonce";
 /// The one request body accepted.
 pub const BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
@@ -44,9 +47,16 @@ const HEADERS: &[&str] = &[
     "x-amz-security-token",
     BASTION_HEADER,
     KEY_HEADER,
+    NONCE_HEADER,
 ];
 /// The headers that must be among those signed.
-const SIGNED: &[&str] = &["host", "x-amz-date", BASTION_HEADER, KEY_HEADER];
+const SIGNED: &[&str] = &[
+    "host",
+    "x-amz-date",
+    BASTION_HEADER,
+    KEY_HEADER,
+    NONCE_HEADER,
+];
 
 /// What a proof binds to: this bastion and the key to certify.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +197,7 @@ pub fn sign(
         ("host".to_owned(), host),
         (BASTION_HEADER.to_owned(), binding.bastion.clone()),
         (KEY_HEADER.to_owned(), binding.key.clone()),
+        (NONCE_HEADER.to_owned(), nonce()),
     ];
     let identity = credentials.clone().into();
     let params = aws_sigv4::sign::v4::SigningParams::builder()
@@ -259,6 +270,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out.join(": ")
+}
+
+/// 128 random bits, hex.
+fn nonce() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A proof that passed [`check`]: safe to send to STS.

@@ -384,12 +384,22 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     let mut hop = PerSide::default();
     let mut full = PerSide::default();
+    let mut cert_hop = PerSide::default();
     if wanted(cli, "login") {
+        use measure::Credential;
         guarded("3. logins, bastion hop", &mut problems, &mut |p| {
-            hop = measure::logins(&[&gh, &os], plan.logins, false, p)
+            hop = measure::logins(&[&gh, &os], plan.logins, false, Credential::Key, p)
         });
+        guarded(
+            "3. logins, bastion hop, certificate",
+            &mut problems,
+            &mut |p| {
+                cert_hop =
+                    measure::logins(&[&gh, &os], plan.logins, false, Credential::Certificate, p)
+            },
+        );
         guarded("3. logins, ssh -J ... true", &mut problems, &mut |p| {
-            full = measure::logins(&[&gh, &os], plan.full_logins, true, p)
+            full = measure::logins(&[&gh, &os], plan.full_logins, true, Credential::Key, p)
         });
     }
     let mut hol = PerSide::default();
@@ -483,6 +493,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         r,
         "bastion hop (`ssh -W` to a closing target)",
         &hop,
+        plan.logins,
+    );
+    login_rows(
+        r,
+        "bastion hop with a CA's certificate (`ssh -W` to a closing target)",
+        &cert_hop,
         plan.logins,
     );
     login_rows(r, "`ssh -J bastion private true`", &full, plan.full_logins);
@@ -692,6 +708,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .insert("tunnel_chacha20_poly1305".into(), json!(chacha));
     r.raw.insert("logins_bastion_hop".into(), json!(hop));
     r.raw.insert("logins_ssh_j".into(), json!(full));
+    r.raw
+        .insert("logins_bastion_hop_certificate".into(), json!(cert_hop));
     r.raw.insert(
         "idle_memory".into(),
         json!({"gatehouse": mem_gh, "openssh": mem_os, "gatehouse_large": mem_gh_big}),

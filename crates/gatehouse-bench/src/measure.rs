@@ -195,6 +195,15 @@ pub struct Logins {
     pub cpu_ms_per_login: f64,
 }
 
+/// How a login authenticates to the bastion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// The plain key the bastion lists.
+    Key,
+    /// A certificate from the CA both bastions trust (`trusted_user_ca` / `TrustedUserCAKeys`).
+    Certificate,
+}
+
 /// `n` sequential logins per side, alternating. `full`: `ssh -J bastion private true` (the
 /// last hop is the private sshd); otherwise the bastion hop alone: `ssh -W` to a target that
 /// closes at once (login, channel open, dial, close), which is what `-J` asks of a bastion.
@@ -202,6 +211,7 @@ pub fn logins(
     sides: &[&Side],
     n: usize,
     full: bool,
+    credential: Credential,
     problems: &mut Vec<String>,
 ) -> PerSide<Logins> {
     let mut out: PerSide<Logins> = PerSide::default();
@@ -209,7 +219,10 @@ pub fn logins(
     let mut results: Vec<Logins> = sides.iter().map(|_| Logins::default()).collect();
     for _ in 0..n {
         for (side, r) in sides.iter().zip(results.iter_mut()) {
-            let mut cmd = side.gcm.ssh();
+            let mut cmd = match credential {
+                Credential::Key => side.gcm.ssh(),
+                Credential::Certificate => side.cert.ssh(),
+            };
             if full {
                 cmd.args([PRIVATE_HOST, "true"]);
             } else {
@@ -229,8 +242,13 @@ pub fn logins(
         r.cpu_ms_per_login = ticks_to_s(c1.saturating_sub(c0)) * 1e3 / done as f64;
         if r.failures > 0 {
             problems.push(format!(
-                "logins ({}) on {}: {} of {n} failed",
+                "logins ({}{}) on {}: {} of {n} failed",
                 if full { "ssh -J" } else { "bastion hop" },
+                if credential == Credential::Certificate {
+                    ", certificate"
+                } else {
+                    ""
+                },
                 side.kind.label(),
                 r.failures
             ));

@@ -72,6 +72,10 @@ impl Kind {
 pub struct Env {
     pub scratch: Scratch,
     pub key: KeyPair,
+    /// The benchmark's user CA (trusted by both bastions) and a key it certified for
+    /// [`TEST_USER`] (`<key>-cert.pub` beside it, which ssh picks up by itself).
+    pub ca: KeyPair,
+    pub cert_key: KeyPair,
     pub gatehouse_bin: PathBuf,
     /// The gatehouse config (written once, with the limits this gatehouse version knows).
     pub gatehouse_config: PathBuf,
@@ -85,14 +89,19 @@ impl Env {
     pub fn new(gatehouse_bin: PathBuf) -> anyhow::Result<Env> {
         let scratch = Scratch::new();
         let key = KeyPair::ed25519(&scratch, "bench_key");
+        let ca = KeyPair::ed25519(&scratch, "bench_ca");
+        let cert_key = KeyPair::ed25519(&scratch, "bench_cert_key");
+        certify(&ca, &cert_key)?;
         scratch.subdir("gatehouse-state");
         let gatehouse_config =
-            write_gatehouse_config(&scratch, &key, &gatehouse_bin, Preauth::Raised)?;
+            write_gatehouse_config(&scratch, &key, &ca, &gatehouse_bin, Preauth::Raised)?;
         let gatehouse_siege_config =
-            write_gatehouse_config(&scratch, &key, &gatehouse_bin, Preauth::Defaults)?;
+            write_gatehouse_config(&scratch, &key, &ca, &gatehouse_bin, Preauth::Defaults)?;
         Ok(Env {
             scratch,
             key,
+            ca,
+            cert_key,
             gatehouse_bin,
             gatehouse_config,
             gatehouse_siege_config,
@@ -109,9 +118,20 @@ impl Env {
 fn write_gatehouse_config(
     scratch: &Scratch,
     key: &KeyPair,
+    ca: &KeyPair,
     bin: &Path,
     preauth: Preauth,
 ) -> anyhow::Result<PathBuf> {
+    // The certificate logins' CA, in the measurements' config only: with a CA, a key the
+    // directory does not know is decided after it signs, which would change what the siege's
+    // attackers cost.
+    let trusted = match preauth {
+        Preauth::Raised => format!(
+            "\n[[trusted_user_ca]]\nname = \"bench-ca\"\nkeys = [\"{}\"]\n",
+            ca.public_line.trim()
+        ),
+        Preauth::Defaults => String::new(),
+    };
     let (name, listen, server_preauth, per_source, penalties) = match preauth {
         Preauth::Raised => (
             "gatehouse.toml",
@@ -152,7 +172,7 @@ name = "{PRIVATE_HOST}"
 address = "{PRIVATE_ADDR}"
 groups = ["bench"]
 ports = [{SSH_PORT}, {DISCARD_PORT}, {CLOSE_PORT}, {STALL_PORT}]
-"#,
+{trusted}"#,
         dir = scratch.path().display(),
         audit = gatehouse_audit_file(scratch).display(),
         key = key.public_line.trim(),
@@ -186,6 +206,23 @@ ports = [{SSH_PORT}, {DISCARD_PORT}, {CLOSE_PORT}, {STALL_PORT}]
     Ok(plain)
 }
 
+/// Certifies `key` with `ca` for [`TEST_USER`], a day long, port forwarding only (what a
+/// jump host needs), as `<key>-cert.pub`.
+fn certify(ca: &KeyPair, key: &KeyPair) -> anyhow::Result<()> {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(&ca.private)
+        .args(["-I", "bench", "-n", TEST_USER, "-V", "-5m:+1d"])
+        .args(["-O", "clear", "-O", "permit-port-forwarding"])
+        .arg(&key.public)
+        .output()
+        .context("run ssh-keygen -s")?;
+    if !out.status.success() {
+        bail!("ssh-keygen -s: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 /// The audit file of both gatehouse configs.
 fn gatehouse_audit_file(scratch: &Scratch) -> PathBuf {
     scratch.join("gatehouse-audit.jsonl")
@@ -194,7 +231,18 @@ fn gatehouse_audit_file(scratch: &Scratch) -> PathBuf {
 /// An OpenSSH client in `ns` for the bastion at `bastion`, with `cipher` and the benchmark's
 /// key exchange, and the private host as a target.
 fn ssh_client(ns: &Netns, env: &Env, bastion: SocketAddr, cipher: &str) -> SshClient {
-    let mut c = SshClient::new(ns, &env.scratch, bastion, TEST_USER, &env.key.private);
+    ssh_client_with(ns, env, bastion, cipher, &env.key)
+}
+
+/// [`ssh_client`] with `key` as the identity (its certificate, if any, comes with it).
+fn ssh_client_with(
+    ns: &Netns,
+    env: &Env,
+    bastion: SocketAddr,
+    cipher: &str,
+    key: &KeyPair,
+) -> SshClient {
+    let mut c = SshClient::new(ns, &env.scratch, bastion, TEST_USER, &key.private);
     c.option("Ciphers", cipher)
         .option("KexAlgorithms", KEX)
         .add_target(
@@ -225,6 +273,8 @@ pub struct Side {
     /// OpenSSH client configs: aes128-gcm and chacha20-poly1305.
     pub gcm: SshClient,
     pub chacha: SshClient,
+    /// aes128-gcm, logging in with the certified key instead of the plain one.
+    pub cert: SshClient,
     _private_sshd: Sshd,
     pub discard: Sink,
     /// Holds the closing target up (logins dial it).
@@ -255,6 +305,7 @@ impl Side {
             starts: 0,
             gcm: ssh_client(&topology.client, env, client_side, AES_GCM),
             chacha: ssh_client(&topology.client, env, client_side, CHACHA),
+            cert: ssh_client_with(&topology.client, env, client_side, AES_GCM, &env.cert_key),
             _private_sshd: private_sshd,
             discard,
             _close: close,
@@ -293,8 +344,12 @@ impl Side {
                     .iter()
                     .map(|p| format!("{PRIVATE_ADDR}:{p}"))
                     .collect();
+                let ca_keys = env
+                    .scratch
+                    .write("bench_ca_keys", env.ca.public_line.as_bytes());
                 let config = SshdConfig::jump_host(addr(BASTION_CLIENT_ADDR, SSH_PORT), &permit)
-                    .authorize(&env.key.public_line);
+                    .authorize(&env.key.public_line)
+                    .config_line(&format!("TrustedUserCAKeys {}", ca_keys.display()));
                 let config = match self.preauth {
                     // The load generator keeps up to 64 handshakes in flight; 100 tunnels
                     // log in at once.

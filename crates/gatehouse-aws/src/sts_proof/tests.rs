@@ -243,3 +243,26 @@ fn stss_answers_are_read_for_the_caller_and_the_refusal() {
     );
     assert_eq!(xml_text("<<<", "Arn"), None);
 }
+
+#[test]
+fn two_proofs_made_in_the_same_second_differ_by_their_signed_nonce() {
+    let (a, b) = (proof(), proof());
+    let authorization = |p: &Proof| header(&p.headers, "authorization").map(str::to_owned);
+    assert_ne!(authorization(&a), authorization(&b));
+    let nonce = header(&a.headers, NONCE_HEADER).expect("a nonce");
+    assert_eq!(nonce.len(), 32, "{nonce}");
+    assert!(check(&a, &binding(), None, now()).is_ok());
+    // A proof whose nonce is not signed in is refused like any unsigned binding.
+    let signed = header(&a.headers, "authorization")
+        .unwrap_or_default()
+        .to_owned();
+    let unsigned = with_header(
+        a.clone(),
+        "authorization",
+        &signed.replace(";x-gatehouse-nonce", ""),
+    );
+    assert_eq!(
+        check(&unsigned, &binding(), None, now()),
+        Err(ProofError::Unsigned(NONCE_HEADER))
+    );
+}
