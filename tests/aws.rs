@@ -1525,26 +1525,16 @@ fn aws_a_stale_replica_stays_behind_the_balancer_and_keeps_its_sessions() {
         &rig.topology.bastion,
         &rig.scratch,
         "haproxy",
-        &BalancerConfig {
-            bind: addr(BASTION_CLIENT_ADDR, 2207),
-            servers: vec![BackendServer {
+        &BalancerConfig::like_an_nlb(
+            addr(BASTION_CLIENT_ADDR, 2207),
+            vec![BackendServer {
                 name: "r1".into(),
                 addr: addr(replica_at, 22),
                 check_port: 8080,
                 enabled: true,
             }],
-            send_proxy_v2: true,
-            source: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            check_path: "/health".into(),
-            check_interval: Duration::from_millis(100),
-            fall: 2,
-            rise: 2,
-            retries: 0,
-            redispatch: false,
-            timeout_connect: Duration::from_secs(1),
-            timeout_idle: Duration::from_secs(60),
-            timeout_check: Duration::from_secs(1),
-        },
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ),
     );
     haproxy.wait_server("r1", "up", Duration::from_secs(10), |s| s.is_up());
     let alice = SshClient::new(

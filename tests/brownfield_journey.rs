@@ -1173,27 +1173,22 @@ fn brownfield_journey_single_and_replicas_reach_a_preexisting_host_and_destroy_r
         &scratch,
         "balancer",
         &BalancerConfig {
-            bind: (BASTION_CLIENT_ADDR, 22).into(),
-            servers: REPLICAS
-                .iter()
-                .map(|(name, ip)| BackendServer {
-                    name: (*name).to_owned(),
-                    addr: SocketAddr::from((*ip, 22)),
-                    check_port,
-                    enabled: true,
-                })
-                .collect(),
-            send_proxy_v2: true,
-            source: Some(IpAddr::V4(BALANCER_NODE)),
+            // The path the stack's target group checks.
             check_path: str_at(&target_group["HealthCheckPath"], "health check path").to_owned(),
             check_interval: Duration::from_millis(200),
-            fall: 2,
-            rise: 2,
-            retries: 0,
-            redispatch: false,
-            timeout_connect: Duration::from_secs(1),
-            timeout_idle: Duration::from_secs(60),
-            timeout_check: Duration::from_secs(1),
+            ..BalancerConfig::like_an_nlb(
+                (BASTION_CLIENT_ADDR, 22).into(),
+                REPLICAS
+                    .iter()
+                    .map(|(name, ip)| BackendServer {
+                        name: (*name).to_owned(),
+                        addr: SocketAddr::from((*ip, 22)),
+                        check_port,
+                        enabled: true,
+                    })
+                    .collect(),
+                IpAddr::V4(BALANCER_NODE),
+            )
         },
     );
     for (name, _) in REPLICAS {

@@ -28,8 +28,11 @@
 //!   its reason; a certificate's session ends at its expiry, a static user's open tunnel at
 //!   `expires`, and a key whose `expiry-time` passed is refused
 //! - `openssh_baseline`: the harness itself, with OpenSSH sshd as the bastion
-//! - `sso`: a proof of an AWS identity (an SSO-style session's signed `sts:GetCallerIdentity`,
-//!   bound to the bastion and a key) replayed to moto's STS names that session
+//! - `sso`: `gatehouse login` against moto: a proof of an AWS identity (an SSO-style session's
+//!   signed `sts:GetCallerIdentity`, bound to the bastion and a key) replayed to STS names that
+//!   session; the certificate it gets works with stock `ssh -J`, `-W` and a Jupyter tunnel;
+//!   bad proofs, unmapped callers and bad certificates are refused with their reason; two
+//!   replicas behind HAProxy accept a certificate either issued
 //! - `package`: the Debian package (cargo-deb) unpacked into a temporary root: files, control
 //!   fields, conffile, maintainer scripts that start nothing, the binary and its config, the
 //!   units through `systemd-analyze verify --root`
@@ -47,4 +50,4 @@ mod openssh_baseline;
 mod package; // the Debian package, unpacked and checked: binary, config, units
 mod scaleout; // replicas behind HAProxy (the NLB stand-in): kill -9, rolling replacement
 mod siege; // 200 hostile sources at the defaults: slowloris, flood, PROXY; logins still get in
-mod sso; // a signed sts:GetCallerIdentity bound to the bastion, replayed to STS (moto)
+mod sso; // gatehouse login: proof, certificate, refusals, two replicas (moto, HAProxy)

@@ -229,6 +229,14 @@ pub(crate) fn login_as(
     run_with_timeout(cmd, CMD_TIMEOUT)
 }
 
+impl SsoRig {
+    /// [`assume`] in this rig's moto, where nothing is enforced.
+    fn assume(&self, path: &str, name: &str, session: &str) -> Creds {
+        let fixture = |ops| ns_fixture(&self.topology, &self.moto, ops);
+        assume(fixture, (fixture, ROOT), path, name, session)
+    }
+}
+
 /// [`login_as`] from the client namespace to `rig`'s bastion.
 fn login(rig: &SsoRig, creds: &Creds, key: &KeyPair) -> CmdOutput {
     login_as(
@@ -432,9 +440,7 @@ fn sso_login_certifies_the_laptops_key_and_stock_ssh_jumps_with_it() {
     let scratch = Scratch::new();
     let sso_key = KeyPair::ed25519(&scratch, "sso_key");
     let rig = sso_rig(&sso_key, scratch, "");
-    let alice = assume(
-        |ops| ns_fixture(&rig.topology, &rig.moto, ops),
-        (|ops| ns_fixture(&rig.topology, &rig.moto, ops), ROOT),
+    let alice = rig.assume(
         SSO_PATH,
         "AWSReservedSSO_Research_0123abcd",
         "alice@example.org",
@@ -563,29 +569,15 @@ fn sso_login_refuses_bad_proofs_unmapped_callers_and_bad_certificates_with_a_rea
     // Every refusal here counts against the client's address: no penalty, to try them all.
     let rig = sso_rig(&sso_key, scratch, "[penalties]\nenabled = false\n");
     let url = rig.proxy.url();
-    let alice = assume(
-        |ops| ns_fixture(&rig.topology, &rig.moto, ops),
-        (|ops| ns_fixture(&rig.topology, &rig.moto, ops), ROOT),
+    let alice = rig.assume(
         SSO_PATH,
         "AWSReservedSSO_Research_0123abcd",
         "alice@example.org",
     );
 
     // Unmapped callers, through the real client: the reason is what the user reads.
-    let admin = assume(
-        |ops| ns_fixture(&rig.topology, &rig.moto, ops),
-        (|ops| ns_fixture(&rig.topology, &rig.moto, ops), ROOT),
-        SSO_PATH,
-        "AWSReservedSSO_Admin_4567ef01",
-        "bob@example.org",
-    );
-    let deploy = assume(
-        |ops| ns_fixture(&rig.topology, &rig.moto, ops),
-        (|ops| ns_fixture(&rig.topology, &rig.moto, ops), ROOT),
-        "/",
-        "deploy",
-        "build-42",
-    );
+    let admin = rig.assume(SSO_PATH, "AWSReservedSSO_Admin_4567ef01", "bob@example.org");
+    let deploy = rig.assume("/", "deploy", "build-42");
     for (creds, reason) in [
         (&admin, "permission set Admin is not mapped to any group"),
         (&deploy, "role deploy is not mapped to any group"),
@@ -796,21 +788,11 @@ fn sso_two_replicas_behind_the_balancer_accept_a_certificate_either_issued() {
         &topology.bastion,
         &scratch,
         "haproxy",
-        &BalancerConfig {
-            bind: frontend,
+        &BalancerConfig::like_an_nlb(
+            frontend,
             servers,
-            send_proxy_v2: true,
-            source: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-            check_path: "/health".into(),
-            check_interval: Duration::from_millis(100),
-            fall: 2,
-            rise: 2,
-            retries: 0,
-            redispatch: false,
-            timeout_connect: Duration::from_secs(1),
-            timeout_idle: Duration::from_secs(60),
-            timeout_check: Duration::from_secs(1),
-        },
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        ),
     );
     let only = |slot: u8| {
         let (on, off) = (format!("r{slot}"), format!("r{}", 3 - slot));

@@ -80,6 +80,27 @@ pub struct BalancerConfig {
 }
 
 impl BalancerConfig {
+    /// An NLB's behaviour, scaled down for tests: PROXY v2 from `source`, `GET /health`
+    /// every 100 ms, down after 2 failures and up after 2 successes, no retry or redispatch
+    /// (an NLB does neither), 1 s to connect or to answer a check, a minute idle.
+    pub fn like_an_nlb(bind: SocketAddr, servers: Vec<BackendServer>, source: IpAddr) -> Self {
+        BalancerConfig {
+            bind,
+            servers,
+            send_proxy_v2: true,
+            source: Some(source),
+            check_path: "/health".into(),
+            check_interval: Duration::from_millis(100),
+            fall: 2,
+            rise: 2,
+            retries: 0,
+            redispatch: false,
+            timeout_connect: Duration::from_secs(1),
+            timeout_idle: Duration::from_secs(60),
+            timeout_check: Duration::from_secs(1),
+        }
+    }
+
     /// The `haproxy.cfg` text, with the runtime API socket at `api_socket`.
     pub fn render(&self, api_socket: &Path) -> String {
         let ms = |d: Duration| format!("{}ms", d.as_millis());
