@@ -4,28 +4,15 @@
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use gatehouse_config::{parse, ConfigError, Diagnostic};
+mod common;
+
+use common::one_error;
+use gatehouse_config::parse;
 
 const ALICE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA/QDyYe4rrdgqzIM35BWrczCDZdu7xlBwE9876P1IVv alice@example";
 const CA: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAID1/epXfixlSMRU/+nXXI0MBdkXyddgu850H/WDey7iC ca@example";
 const SERVER: &str = "[server]\nlisten = [\"0.0.0.0:22\"]\n";
-
-fn errors(text: &str) -> Vec<Diagnostic> {
-    match parse(text, Path::new("g.toml")) {
-        Ok(_) => panic!("accepted:\n{text}"),
-        Err(ConfigError::Invalid(list)) => list,
-        Err(other) => panic!("{other:?}"),
-    }
-}
-
-fn one_error(text: &str, line: usize, column: usize, needle: &str) {
-    let list = errors(text);
-    assert_eq!(list.len(), 1, "{list:?}");
-    let d = &list[0];
-    assert_eq!((d.line, d.column), (line, column), "{d}");
-    assert!(d.message.contains(needle), "{d}");
-}
 
 #[test]
 fn a_trusted_ca_with_principals_and_max_validity_is_read() {

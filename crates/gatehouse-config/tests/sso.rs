@@ -4,26 +4,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use gatehouse_config::{parse, ConfigError, Diagnostic, DEFAULT_SSO_VALIDITY};
+mod common;
+
+use common::one_error;
+use gatehouse_config::{parse, DEFAULT_SSO_VALIDITY};
 
 const SERVER: &str = "[server]\nlisten = [\"0.0.0.0:22\"]\n";
 const AWS: &str = "[aws]\nvpc_ids = [\"vpc-0123456789abcdef0\"]\n";
-
-fn errors(text: &str) -> Vec<Diagnostic> {
-    match parse(text, Path::new("/etc/gatehouse/g.toml")) {
-        Ok(_) => panic!("accepted:\n{text}"),
-        Err(ConfigError::Invalid(list)) => list,
-        Err(other) => panic!("{other:?}"),
-    }
-}
-
-fn one_error(text: &str, line: usize, column: usize, needle: &str) {
-    let list = errors(text);
-    assert_eq!(list.len(), 1, "{list:?}");
-    let d = &list[0];
-    assert_eq!((d.line, d.column), (line, column), "{d}");
-    assert!(d.message.contains(needle), "{d}");
-}
 
 #[test]
 fn sso_mappings_and_defaults_are_read() {

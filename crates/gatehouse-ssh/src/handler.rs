@@ -98,19 +98,15 @@ impl Handler {
         .await;
         match &outcome {
             Ok(issued) => {
-                let serial = russh::keys::Certificate::from_openssh(&issued.certificate)
-                    .map(|c| c.serial())
-                    .unwrap_or_default();
-                let via = issued_via(&issued.certificate);
-                tracing::info!(session = %self.conn.id, peer = %self.conn.peer, caller = %issued.caller, user = %issued.login, serial, "certificate issued");
+                tracing::info!(session = %self.conn.id, peer = %self.conn.peer, caller = %issued.caller, user = %issued.login, serial = issued.serial, "certificate issued");
                 self.shared.audit.record(Event::CertificateIssued {
                     session: &self.conn.id,
                     source: self.conn.peer,
                     caller: &issued.caller,
                     user: &issued.login,
-                    via: &via,
+                    via: &issued.via,
                     key: key_fp.as_deref().unwrap_or(""),
-                    serial,
+                    serial: issued.serial,
                     valid_before: &issued.valid_before,
                 });
             }
@@ -340,18 +336,6 @@ impl Handler {
         }
         text
     }
-}
-
-/// The `[sso]` entry an issued certificate line names (for its audit line).
-fn issued_via(line: &str) -> String {
-    russh::keys::Certificate::from_openssh(line)
-        .ok()
-        .and_then(|c| {
-            c.extensions()
-                .get(gatehouse_directory::callers::VIA_EXTENSION)
-                .cloned()
-        })
-        .unwrap_or_default()
 }
 
 /// A certificate's audit fields.

@@ -52,6 +52,10 @@ pub struct Issued {
     pub valid_before: String,
     /// The caller STS named.
     pub caller: String,
+    /// The certificate's serial number.
+    pub serial: u64,
+    /// The `[sso]` entry it was issued through (its `gatehouse-via@gatehouse` extension).
+    pub via: String,
 }
 
 /// The caller a proof was signed by, as STS named it.
@@ -138,7 +142,9 @@ impl Issuer {
         )
         .map_err(|e| e.to_string())?;
         let fail = |e: russh::keys::ssh_key::Error| format!("cannot build the certificate: {e}");
-        builder.serial(rand::random()).map_err(fail)?;
+        let serial: u64 = rand::random();
+        let via = mapped.via.encode();
+        builder.serial(serial).map_err(fail)?;
         builder.cert_type(CertType::User).map_err(fail)?;
         builder.key_id(caller).map_err(fail)?;
         builder
@@ -148,7 +154,7 @@ impl Issuer {
             .extension(PERMIT_PORT_FORWARDING, "")
             .map_err(fail)?;
         builder
-            .extension(VIA_EXTENSION, mapped.via.encode())
+            .extension(VIA_EXTENSION, via.clone())
             .map_err(fail)?;
         builder.comment(mapped.login.clone()).map_err(fail)?;
         let cert = builder
@@ -159,6 +165,8 @@ impl Issuer {
             login: mapped.login.clone(),
             valid_before: gatehouse_config::show_time(valid_before),
             caller: caller.to_owned(),
+            serial,
+            via,
         })
     }
 }
@@ -198,6 +206,8 @@ mod tests {
         let cert = russh::keys::Certificate::from_openssh(&issued.certificate).unwrap();
         assert_eq!(cert.public_key(), user.public_key().key_data());
         assert_eq!(cert.key_id(), arn);
+        assert_eq!(cert.serial(), issued.serial);
+        assert_eq!(issued.via, "permission-set:Research");
         let cas = TrustedCas::default()
             .with_own(issuer.public_key().key_data().clone(), issuer.validity());
         let client = "192.0.2.7".parse().unwrap();

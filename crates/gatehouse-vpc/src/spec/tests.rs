@@ -738,6 +738,18 @@ fn a_binary_with_debug_info_is_taken_with_a_warning() {
     assert_eq!(spec.warnings, Vec::<String>::new());
 }
 
+/// The bastion role's statement on the key parameters, for `spec`.
+fn key_statement(spec: &Spec) -> serde_json::Value {
+    let policy = crate::policy::bastion_policy(spec, None, "210987654321");
+    policy["Statement"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .find(|s| s["Sid"] == "HostKey")
+        .expect("the key statement")
+        .clone()
+}
+
 #[test]
 fn sso_in_the_daemon_table_keeps_the_ca_in_the_stacks_parameter_and_maps_the_stacks_account() {
     let text = format!(
@@ -761,13 +773,7 @@ fn sso_in_the_daemon_table_keeps_the_ca_in_the_stacks_parameter_and_maps_the_sta
         Some("/gatehouse/lab/user_ca_ed25519")
     );
     // The bastion may read and create exactly the two key parameters.
-    let policy = crate::policy::bastion_policy(&spec, None, "210987654321");
-    let keys = policy["Statement"]
-        .as_array()
-        .expect("statements")
-        .iter()
-        .find(|s| s["Sid"] == "HostKey")
-        .expect("the key statement");
+    let keys = key_statement(&spec);
     let region = &spec.region;
     assert_eq!(
         keys["Resource"],
@@ -793,12 +799,6 @@ fn sso_in_the_daemon_table_keeps_the_ca_in_the_stacks_parameter_and_maps_the_sta
     assert_rejected(&text, "sso.ca_key is written by gatehouse-vpc");
     // Without [sso], the bastion's key statement names the host key alone.
     let spec = parse("t.toml", MINIMAL, None).expect("valid");
-    let policy = crate::policy::bastion_policy(&spec, None, "210987654321");
-    let keys = policy["Statement"]
-        .as_array()
-        .expect("statements")
-        .iter()
-        .find(|s| s["Sid"] == "HostKey")
-        .expect("the key statement");
+    let keys = key_statement(&spec);
     assert!(keys["Resource"].is_string(), "{keys}");
 }
