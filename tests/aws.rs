@@ -211,7 +211,7 @@ pub(super) fn gatehouse_cmd_from(topology: &Topology, binary: &Path) -> Command 
 /// listings than when called. The refresher runs one of each at a time, so the second of each
 /// started after this call and saw every change AWS had taken before it.
 #[track_caller]
-fn wait_for_refreshes(daemon: &Daemon) {
+pub(super) fn wait_for_refreshes(daemon: &Daemon) {
     let count = |part: &str| {
         daemon
             .stderr()

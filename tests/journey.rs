@@ -1030,6 +1030,60 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
         json!([{"Key": "gatehouse:stack", "Value": STACK}]),
         "the CA key's parameter, tagged with the stack"
     );
+    // A CI job's role (an ordinary IAM role) is tagged `gatehouse:groups`: the event of that
+    // call makes the daemon re-read the account's roles (iam:GetAccountAuthorizationDetails,
+    // the action the sweep already has, under enforced IAM), and the job's `gatehouse login`
+    // gets a certificate for `ci-deploy/build-7`: the login names the role.
+    let ci_creds = crate::sso::assume(
+        admin_fixture,
+        (
+            |ops| fixture_as(&topology, &moto, Some(&identity_center), ops),
+            "arn:aws:iam::123456789012:user/identity-center",
+        ),
+        "/",
+        "ci-deploy",
+        "build-7",
+    );
+    let r = admin_fixture(json!([
+        {"op": "call", "service": "iam", "method": "tag_role", "args": {
+            "RoleName": "ci-deploy", "Tags": [{"Key": "gatehouse:groups", "Value": "research"}]}},
+        crate::aws::iam_event("TagRole", json!({"roleName": "ci-deploy"})),
+    ]));
+    assert_eq!(r[1]["FailedEntryCount"], 0, "{r:?}");
+    let logs = daemon.wait_for_stderr("IAM role change events applied", SLACK);
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("IAM role change events applied") && l.contains("changed=true")),
+        "{logs}"
+    );
+    let ci_key = KeyPair::ed25519(&scratch, "ci_key");
+    let out = crate::sso::login_as(
+        &topology.client,
+        bastion_addr,
+        &proxy.url(),
+        &ci_creds,
+        &ci_key,
+        &known_hosts,
+    );
+    out.expect_success("gatehouse login by the tagged CI role");
+    assert!(
+        out.stdout_str()
+            .contains("certificate for ci-deploy/build-7"),
+        "{out}"
+    );
+    let mut ci_client = SshClient::new(
+        &topology.client,
+        &scratch,
+        bastion_addr,
+        "ci-deploy/build-7",
+        &ci_key.private,
+    );
+    ci_client.add_target("jupyter-box", "jupyter", 22, TEST_USER, None);
+    let mut ssh = ci_client.ssh();
+    ssh.args(["jupyter-box", "echo", "reached"]);
+    let out = run_with_timeout(ssh, CMD_TIMEOUT);
+    out.expect_success("ssh -J bastion jupyter as the CI role, with the certificate");
+    assert_eq!(out.stdout_str().trim(), "reached");
 
     // 6. bob's key is deactivated in IAM. The daemon sweeps IAM every half hour (step 2):
     //    until the event CloudTrail delivers for that call, nothing tells it, and bob's

@@ -16,8 +16,8 @@ use gatehouse_aws::sts_proof::{self, Binding, Caller};
 use serde_json::{json, Value};
 
 use crate::aws::{
-    addr, dash_w, fixture as ns_fixture, read_audit, standard_world, start_gatehouse, write_config,
-    Proxy, Settings, CMD_TIMEOUT, ECHO_PORT, SSH_PORT,
+    addr, dash_w, fixture as ns_fixture, read_audit, standard_world, start_gatehouse,
+    wait_for_refreshes, write_config, Proxy, Settings, CMD_TIMEOUT, ECHO_PORT, SSH_PORT,
 };
 use crate::harness::moto::Moto;
 use crate::harness::moto_ns::NsMoto;
@@ -671,6 +671,129 @@ fn sso_login_refuses_bad_proofs_unmapped_callers_and_bad_certificates_with_a_rea
             .iter()
             .any(|e| e["event"] == "auth.failure" && e["reason_code"] == "untrusted_ca"),
         "{audit:?}"
+    );
+    assert!(
+        !rig.gatehouse.stderr().contains("panicked"),
+        "{}",
+        rig.gatehouse.logs()
+    );
+}
+
+/// An ordinary IAM role maps by its `gatehouse:groups` tag, read from IAM with the users, and
+/// losing the tag is a revocation: the open tunnel closes, and new logins (with the
+/// certificate, or `gatehouse login`) are refused with the reason.
+#[test]
+fn sso_a_role_maps_by_its_iam_groups_tag_and_losing_it_closes_its_tunnels() {
+    use std::io::Read as _;
+    let scratch = Scratch::new();
+    let sso_key = KeyPair::ed25519(&scratch, "sso_key");
+    let rig = sso_rig(&sso_key, scratch, "");
+    let iam = |ops| ns_fixture(&rig.topology, &rig.moto, ops);
+    // The session name is an SSO user's name: whoever may assume a role chooses it, so the
+    // login names the role and is never that user's (`alice~40example.org`).
+    let deploy = rig.assume("/", "deploy", "alice@example.org");
+    let out = login(&rig, &deploy, &sso_key);
+    out.expect_failure("gatehouse login by an untagged role");
+    assert!(
+        out.stderr_str()
+            .contains("the bastion refused: role deploy is not mapped to any group"),
+        "{out}"
+    );
+
+    iam(
+        json!([{"op": "call", "service": "iam", "method": "tag_role", "args": {
+        "RoleName": "deploy",
+        "Tags": [{"Key": "gatehouse:groups", "Value": "research"}]}}]),
+    );
+    wait_for_refreshes(&rig.gatehouse);
+    let out = login(&rig, &deploy, &sso_key);
+    out.expect_success("gatehouse login by a tagged role");
+    let login_name = "deploy/alice~40example.org";
+    assert!(
+        out.stdout_str()
+            .contains(&format!("ssh -J {login_name}@{}", rig.bastion)),
+        "{out}"
+    );
+    let mut client = SshClient::new(
+        &rig.topology.client,
+        &rig.scratch,
+        rig.bastion,
+        login_name,
+        &sso_key.private,
+    );
+    client.add_target("jupyter-host", "jupyter", SSH_PORT, TEST_USER, None);
+    let mut jump = client.ssh();
+    jump.args(["jupyter-host", "echo", "hello-from-the-host"]);
+    let out = run_with_timeout(jump, CMD_TIMEOUT);
+    out.expect_success("ssh -J with the tagged role's certificate");
+    assert!(out.stdout_str().contains("hello-from-the-host"), "{out}");
+
+    // A tunnel to the host's sshd, open while the tag goes.
+    let _tunnel = client.local_forward(
+        &rig.scratch,
+        "role_tunnel",
+        18022,
+        "jupyter",
+        SSH_PORT,
+        "bastion",
+    );
+    let mut stream = rig
+        .topology
+        .client
+        .connect(
+            addr(std::net::Ipv4Addr::LOCALHOST, 18022),
+            Duration::from_secs(5),
+        )
+        .expect("connect to the forwarded port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    let mut banner = [0u8; 8];
+    stream.read_exact(&mut banner).expect("the host's banner");
+    assert_eq!(&banner, b"SSH-2.0-");
+    iam(
+        json!([{"op": "call", "service": "iam", "method": "untag_role", "args": {
+        "RoleName": "deploy", "TagKeys": ["gatehouse:groups"]}}]),
+    );
+    let untagged = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let end = stream.read_to_end(&mut rest);
+    assert!(
+        !matches!(&end, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the tunnel stayed open 20 s after the tag was removed: {end:?}"
+    );
+    eprintln!(
+        "measured: the tunnel closed {:?} after the untag call returned",
+        untagged.elapsed()
+    );
+    let audit = read_audit(&rig.audit);
+    let revoked = audit
+        .iter()
+        .find(|e| e["event"] == "session.revoked" && e["user"] == login_name)
+        .unwrap_or_else(|| panic!("no session.revoked for {login_name}: {audit:?}"));
+    assert!(
+        revoked["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("role deploy (by its groups tag) is no longer mapped")),
+        "{revoked}"
+    );
+
+    // The certificate no longer logs in, and no new one is issued.
+    let out = dash_w(&client, &format!("jupyter:{SSH_PORT}"));
+    assert!(!out.stdout_str().starts_with("SSH-2.0-"), "{out}");
+    let audit = read_audit(&rig.audit);
+    assert!(
+        audit.iter().any(|e| e["event"] == "auth.failure"
+            && e["user"] == login_name
+            && e["reason_code"] == "caller_not_mapped"),
+        "{audit:?}"
+    );
+    let out = login(&rig, &deploy, &sso_key);
+    out.expect_failure("gatehouse login after the tag is gone");
+    assert!(
+        out.stderr_str()
+            .contains("the bastion refused: role deploy is not mapped to any group"),
+        "{out}"
     );
     assert!(
         !rig.gatehouse.stderr().contains("panicked"),

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use gatehouse_config::{
     check_group_name, check_host_name, check_os_user, forbidden_target_reason, AwsConfig,
 };
+use gatehouse_directory::callers::TaggedRole;
 use gatehouse_directory::Identity;
 use gatehouse_policy::{Host, Inventory};
 use ssh_key::PublicKey;
@@ -33,6 +34,17 @@ pub struct UserRecord {
     pub iam_groups: Vec<String>,
     /// The user's Active SSH public keys: (key id, parsed key or why it was not usable).
     pub keys: Vec<(String, Result<PublicKey, String>)>,
+}
+
+/// One IAM role that carries the groups tag, as the account listing named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleRecord {
+    /// The role's name.
+    pub name: String,
+    /// Its ARN (`arn:aws:iam::<account>:role/<path/>name`), which names its account.
+    pub arn: String,
+    /// Its tags, as (key, value).
+    pub tags: Vec<(String, String)>,
 }
 
 /// One EC2 instance as the fetchers saw it.
@@ -225,6 +237,49 @@ pub fn identities(users: &[UserRecord], settings: &AwsConfig) -> (Vec<Identity>,
     (out, notes)
 }
 
+/// The roles among `roles` that map callers by their groups tag (`sso.roles` in the config
+/// wins over a tag): a valid role name, an ARN that names its account, and a tag of valid
+/// groups (one bad group name drops the role: a half-read tag could grant a narrower or wider
+/// set than the administrator wrote).
+pub fn tagged_roles(roles: &[RoleRecord], settings: &AwsConfig) -> (Vec<TaggedRole>, Vec<Skipped>) {
+    let groups_tag = settings.groups_tag();
+    let mut out = Vec::new();
+    let mut notes = Vec::new();
+    for role in roles {
+        let who = format!("IAM role {}", role.name);
+        if let Err(e) = login_name(&role.name) {
+            notes.push(skipped(who, e.to_string()));
+            continue;
+        }
+        let account = role
+            .arn
+            .split(':')
+            .nth(4)
+            .filter(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()));
+        let Some(account) = account else {
+            notes.push(skipped(who, format!("ARN {} names no account", role.arn)));
+            continue;
+        };
+        let Some(value) = tag(&role.tags, &groups_tag) else {
+            continue;
+        };
+        match parse_groups(value) {
+            Ok(groups) if !groups.is_empty() => out.push(TaggedRole {
+                name: role.name.clone(),
+                account: account.to_owned(),
+                groups,
+            }),
+            Ok(_) => {}
+            Err(why) => notes.push(skipped(
+                format!("{who} tag {groups_tag}"),
+                format!("role not mapped: {why}"),
+            )),
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    (out, notes)
+}
+
 /// The hosts among `instances`: running, tagged with groups, with a usable private address.
 /// Names: the `Name` tag (lowercased, when it is a valid host name), the instance id, and the
 /// private DNS name (lowercased).
@@ -372,6 +427,61 @@ mod tests {
                 .map(|(i, k)| (format!("APKA{i}"), key(k)))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn roles_map_by_a_valid_groups_tag_and_name_their_account() {
+        let role = |name: &str, arn: &str, t: &[(&str, &str)]| RoleRecord {
+            name: name.into(),
+            arn: arn.into(),
+            tags: tags(t),
+        };
+        let records = [
+            role(
+                "deploy",
+                "arn:aws:iam::123456789012:role/ci/deploy",
+                &[("gatehouse:groups", "Ops, research")],
+            ),
+            role(
+                "bad-groups",
+                "arn:aws:iam::123456789012:role/bad-groups",
+                &[("gatehouse:groups", "ops, b@d")],
+            ),
+            role(
+                "no-account",
+                "arn:aws:iam:::role/x",
+                &[("gatehouse:groups", "ops")],
+            ),
+            role(
+                "bad name",
+                "arn:aws:iam::123456789012:role/x",
+                &[("gatehouse:groups", "ops")],
+            ),
+            role("untagged", "arn:aws:iam::123456789012:role/untagged", &[]),
+            role(
+                "empty",
+                "arn:aws:iam::123456789012:role/empty",
+                &[("gatehouse:groups", " ")],
+            ),
+        ];
+        let (roles, skipped) = tagged_roles(&records, &settings());
+        assert_eq!(
+            roles,
+            [TaggedRole {
+                name: "deploy".into(),
+                account: "123456789012".into(),
+                groups: ["ops".to_string(), "research".to_string()].into(),
+            }]
+        );
+        let what: Vec<&str> = skipped.iter().map(|s| s.what.as_str()).collect();
+        assert_eq!(
+            what,
+            [
+                "IAM role bad-groups tag gatehouse:groups",
+                "IAM role no-account",
+                "IAM role bad name"
+            ]
+        );
     }
 
     fn instance(id: &str, ip: &str, t: &[(&str, &str)]) -> InstanceRecord {

@@ -20,7 +20,9 @@ use crate::error::AwsError;
 
 /// The IAM calls whose success can change who may log in, with the request parameters that
 /// name the users concerned. The rule matches exactly these; the daemon re-reads the users
-/// they name, and a group rename (which changes every member) starts a full sweep.
+/// they name, a role call re-reads the roles (whose groups tag maps `gatehouse login`
+/// callers, with `[sso]`), and a group rename (which changes every member) starts a full
+/// sweep.
 pub const IAM_EVENT_NAMES: &[&str] = &[
     "UploadSSHPublicKey",
     "UpdateSSHPublicKey",
@@ -34,7 +36,14 @@ pub const IAM_EVENT_NAMES: &[&str] = &[
     "DeleteUser",
     "UpdateGroup",
     "DeleteGroup",
+    "CreateRole",
+    "DeleteRole",
+    "TagRole",
+    "UntagRole",
 ];
+
+/// The calls of [`IAM_EVENT_NAMES`] that concern roles.
+const ROLE_EVENT_NAMES: &[&str] = &["CreateRole", "DeleteRole", "TagRole", "UntagRole"];
 
 /// Where IAM's CloudTrail events reach EventBridge (IAM is a global service).
 pub const IAM_EVENTS_REGION: &str = "us-east-1";
@@ -64,6 +73,8 @@ pub fn iam_event_pattern() -> Value {
 pub enum Change {
     /// These IAM users (by IAM name): re-read each.
     Users(BTreeSet<String>),
+    /// A role was created, deleted, tagged or untagged: re-read the roles.
+    Roles,
     /// Possibly anyone (a group renamed or deleted, an event that names nobody, a burst larger
     /// than one receive shows): sweep IAM.
     Everyone,
@@ -89,6 +100,7 @@ pub fn change_of(body: &str) -> Change {
     };
     match detail["eventName"].as_str() {
         Some("UpdateGroup" | "DeleteGroup") | None => Change::Everyone,
+        Some(role) if ROLE_EVENT_NAMES.contains(&role) => Change::Roles,
         Some(_) => {
             let users: BTreeSet<String> = [name("userName"), name("newUserName")]
                 .into_iter()
@@ -315,10 +327,27 @@ mod tests {
         // Every name the rule lets through is read as a change of someone.
         for name in IAM_EVENT_NAMES {
             let change = change_of(&event(name, json!({"userName": "u", "groupName": "g"})));
-            assert!(
-                change == users(&["u"]) || change == Change::Everyone,
-                "{name}: {change:?}"
+            let expected = if ROLE_EVENT_NAMES.contains(name) {
+                change == Change::Roles
+            } else {
+                change == users(&["u"]) || change == Change::Everyone
+            };
+            assert!(expected, "{name}: {change:?}");
+        }
+    }
+
+    #[test]
+    fn a_role_event_re_reads_the_roles() {
+        for name in ["CreateRole", "DeleteRole", "TagRole", "UntagRole"] {
+            assert_eq!(
+                change_of(&event(name, json!({"roleName": "deploy"}))),
+                Change::Roles,
+                "{name}"
             );
+        }
+        // Every role event name is one the rule matches.
+        for name in ROLE_EVENT_NAMES {
+            assert!(IAM_EVENT_NAMES.contains(name), "{name}");
         }
     }
 }

@@ -12,6 +12,11 @@
 //! calls.) `iam_path_prefix` is applied to the answer: the account listing has no path filter.
 //! Key bodies are cached by (user, key id, upload date); a re-uploaded key gets a new id.
 //!
+//! With roles on (`[sso]`, see [`IamFetcher::reading_roles`]) the same listing also names
+//! every role (the Role filter: no other action), and the roles that carry the groups tag
+//! come back as [`RoleRecord`]s; a role change event re-reads only the roles (one call per
+//! 1,000 roles).
+//!
 //! IAM changes while it is listed. A user deleted after the account listing named them
 //! answers `NoSuchEntity` to ListSSHPublicKeys: that user is simply gone from this listing,
 //! logged at info, and the rest of the listing stands. Likewise a key deleted after it was
@@ -29,7 +34,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::actions;
-use crate::build::UserRecord;
+use crate::build::{RoleRecord, UserRecord};
 use crate::calls::Calls;
 use crate::error::AwsError;
 use crate::pace::Pace;
@@ -58,6 +63,16 @@ struct AccountUser {
     groups: Vec<String>,
 }
 
+/// One sweep of IAM: the users (with keys) and, with roles on, the roles that carry the
+/// groups tag.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IamListing {
+    /// The candidate users with an Active key.
+    pub users: Vec<UserRecord>,
+    /// The roles that carry the groups tag (none with roles off).
+    pub roles: Vec<RoleRecord>,
+}
+
 /// Reads users and keys from IAM, remembering key bodies between refreshes.
 #[derive(Debug)]
 pub struct IamFetcher {
@@ -65,6 +80,8 @@ pub struct IamFetcher {
     path_prefix: Option<String>,
     group_prefix: Option<String>,
     groups_tag: String,
+    /// Whether roles are read too.
+    roles: bool,
     cache: HashMap<(String, String), CachedKey>,
     /// The pace of the per-user calls.
     pace: Arc<Pace>,
@@ -86,19 +103,36 @@ impl IamFetcher {
             path_prefix,
             group_prefix,
             groups_tag,
+            roles: false,
             cache: HashMap::new(),
             pace: Arc::new(Pace::new(calls_per_second)),
         }
+    }
+
+    /// The same fetcher, also reading the roles that carry the groups tag (for `[sso]`).
+    pub fn reading_roles(mut self) -> Self {
+        self.roles = true;
+        self
     }
 
     /// Every candidate user with an Active key, with tags, prefixed IAM groups and parsed keys.
     /// Fails as a whole if any call fails: a partial listing is never returned. Newly seen
     /// keys that do not parse are returned as errors (and logged by the caller), not dropped
     /// silently.
-    pub async fn fetch(&mut self, calls: &Calls) -> Result<Vec<UserRecord>, AwsError> {
-        let candidates: Vec<AccountUser> = self
-            .account_users(calls)
-            .await?
+    pub async fn fetch(&mut self, calls: &Calls) -> Result<IamListing, AwsError> {
+        let wanted = Wanted {
+            users: true,
+            roles: self.roles,
+        };
+        let (account_users, roles) = account_details(
+            &self.client,
+            self.path_prefix.as_deref(),
+            wanted,
+            &self.groups_tag,
+            calls,
+        )
+        .await?;
+        let candidates: Vec<AccountUser> = account_users
             .into_iter()
             .filter(|u| self.may_be_gatehouse_user(u))
             .collect();
@@ -172,7 +206,7 @@ impl IamFetcher {
         }
         // Forget keys that are gone or inactive: a re-activated key is fetched again.
         self.cache.retain(|slot, _| seen.contains(slot));
-        Ok(users)
+        Ok(IamListing { users, roles })
     }
 
     /// Whether `user` can have a gatehouse group: the groups tag, or a prefixed IAM group
@@ -184,56 +218,87 @@ impl IamFetcher {
                 .as_deref()
                 .is_some_and(|p| user.groups.iter().any(|g| g.starts_with(p)))
     }
+}
 
-    /// Every user of the account under the path prefix, with tags and IAM groups.
-    async fn account_users(&self, calls: &Calls) -> Result<Vec<AccountUser>, AwsError> {
-        let mut users = Vec::new();
-        let mut marker: Option<String> = None;
-        for _ in 0..MAX_PAGES {
-            calls.count(actions::GET_ACCOUNT_AUTHORIZATION_DETAILS);
-            let page = self
-                .client
-                .get_account_authorization_details()
-                .filter(EntityType::User)
-                .set_marker(marker.clone())
-                .max_items(PAGE)
-                .send()
-                .await
-                .map_err(|e| AwsError::call("iam", "GetAccountAuthorizationDetails", &e))?;
-            for user in page.user_detail_list() {
-                let Some(name) = user.user_name() else {
+/// What an account listing asks for.
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    users: bool,
+    roles: bool,
+}
+
+/// Every user of the account under `path_prefix`, with tags and IAM groups, and every role
+/// under it that carries the tag `groups_tag`, as `wanted`: one paginated
+/// GetAccountAuthorizationDetails.
+async fn account_details(
+    client: &Client,
+    path_prefix: Option<&str>,
+    wanted: Wanted,
+    groups_tag: &str,
+    calls: &Calls,
+) -> Result<(Vec<AccountUser>, Vec<RoleRecord>), AwsError> {
+    let (mut users, mut tagged) = (Vec::new(), Vec::new());
+    let under = |path: Option<&str>| path_prefix.is_none_or(|p| path.unwrap_or("/").starts_with(p));
+    let tags_of = |tags: &[aws_sdk_iam::types::Tag]| -> Vec<(String, String)> {
+        tags.iter()
+            .map(|t| (t.key().to_owned(), t.value().to_owned()))
+            .collect()
+    };
+    let mut marker: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        calls.count(actions::GET_ACCOUNT_AUTHORIZATION_DETAILS);
+        let mut ask = client.get_account_authorization_details();
+        if wanted.users {
+            ask = ask.filter(EntityType::User);
+        }
+        if wanted.roles {
+            ask = ask.filter(EntityType::Role);
+        }
+        let page = ask
+            .set_marker(marker.clone())
+            .max_items(PAGE)
+            .send()
+            .await
+            .map_err(|e| AwsError::call("iam", "GetAccountAuthorizationDetails", &e))?;
+        for user in page.user_detail_list() {
+            let Some(name) = user.user_name() else {
+                continue;
+            };
+            if !under(user.path()) {
+                continue;
+            }
+            users.push(AccountUser {
+                name: name.to_owned(),
+                tags: tags_of(user.tags()),
+                groups: user.group_list().to_vec(),
+            });
+        }
+        if wanted.roles {
+            for role in page.role_detail_list() {
+                let (Some(name), Some(arn)) = (role.role_name(), role.arn()) else {
                     continue;
                 };
-                let path = user.path().unwrap_or("/");
-                if self
-                    .path_prefix
-                    .as_deref()
-                    .is_some_and(|prefix| !path.starts_with(prefix))
-                {
-                    continue;
+                let tags = tags_of(role.tags());
+                if under(role.path()) && tags.iter().any(|(k, _)| k == groups_tag) {
+                    tagged.push(RoleRecord {
+                        name: name.to_owned(),
+                        arn: arn.to_owned(),
+                        tags,
+                    });
                 }
-                users.push(AccountUser {
-                    name: name.to_owned(),
-                    tags: user
-                        .tags()
-                        .iter()
-                        .map(|t| (t.key().to_owned(), t.value().to_owned()))
-                        .collect(),
-                    groups: user.group_list().to_vec(),
-                });
-            }
-            match next_marker(
-                page.is_truncated(),
-                page.marker(),
-                &marker,
-                "GetAccountAuthorizationDetails",
-            )? {
-                Some(next) => marker = Some(next),
-                None => return Ok(users),
             }
         }
-        Err(too_many_pages("GetAccountAuthorizationDetails"))
+        match next_marker(
+            page.is_truncated(),
+            page.marker(),
+            &marker,
+            "GetAccountAuthorizationDetails",
+        )? {
+            Some(next) => marker = Some(next),
+            None => return Ok((users, tagged)),
+        }
     }
+    Err(too_many_pages("GetAccountAuthorizationDetails"))
 }
 
 /// Re-reads single users (those an IAM change event names), with the listing's client,
@@ -245,6 +310,7 @@ pub struct UserReader {
     path_prefix: Option<String>,
     group_prefix: Option<String>,
     groups_tag: String,
+    roles: bool,
     pace: Arc<Pace>,
 }
 
@@ -256,6 +322,7 @@ impl IamFetcher {
             path_prefix: self.path_prefix.clone(),
             group_prefix: self.group_prefix.clone(),
             groups_tag: self.groups_tag.clone(),
+            roles: self.roles,
             pace: self.pace.clone(),
         }
     }
@@ -270,9 +337,41 @@ impl UserReader {
             path_prefix: self.path_prefix.clone(),
             group_prefix: self.group_prefix.clone(),
             groups_tag: self.groups_tag.clone(),
+            roles: self.roles,
             cache: HashMap::new(),
             pace: self.pace.clone(),
         }
+    }
+
+    /// Whether roles are read (`[sso]`): role change events then re-read them.
+    pub fn reads_roles(&self) -> bool {
+        self.roles
+    }
+
+    /// The roles that carry the groups tag, as a sweep would see them now (for a role change
+    /// event): one GetAccountAuthorizationDetails per 1,000 roles, users not included.
+    /// Nothing (and no call) with roles off.
+    ///
+    /// # Errors
+    /// The call failed.
+    pub async fn roles(&self, calls: &Calls) -> Result<Vec<RoleRecord>, AwsError> {
+        if !self.roles {
+            return Ok(Vec::new());
+        }
+        self.pace.ready().await;
+        let wanted = Wanted {
+            users: false,
+            roles: true,
+        };
+        let (_, roles) = account_details(
+            &self.client,
+            self.path_prefix.as_deref(),
+            wanted,
+            &self.groups_tag,
+            calls,
+        )
+        .await?;
+        Ok(roles)
     }
 
     /// `name` as the listing would see it now: `None` when the user is gone, outside the path
@@ -755,6 +854,84 @@ mod tests {
         }
     }
 
+    /// One role of the account listing: (name, path, groups tag value).
+    fn account_role(name: &str, path: &str, tag: Option<&str>) -> String {
+        let tags = tag
+            .map(|v| format!("<member><Key>gatehouse:groups</Key><Value>{v}</Value></member>"))
+            .unwrap_or_default();
+        format!(
+            "<member><Path>{path}</Path><RoleName>{name}</RoleName><RoleId>AROA{name}</RoleId>\
+             <Arn>arn:aws:iam::123456789012:role{path}{name}</Arn><CreateDate>{DATE}</CreateDate>\
+             <Tags>{tags}</Tags></member>"
+        )
+    }
+
+    /// IAM with roles: `deploy` (tagged), `plain` (untagged), `staff-ci` under /staff/
+    /// (tagged), and no users. Users and roles are answered as the filters ask.
+    fn iam_with_roles(call: &Call) -> Answer {
+        assert_eq!(call.action, "GetAccountAuthorizationDetails");
+        let filters: Vec<&str> = (1..=3)
+            .map(|i| call.param(&format!("Filter.member.{i}")))
+            .filter(|f| !f.is_empty())
+            .collect();
+        let roles = if filters.contains(&"Role") {
+            [
+                account_role("deploy", "/", Some("ops")),
+                account_role("plain", "/", None),
+                account_role("staff-ci", "/staff/", Some("ci")),
+            ]
+            .concat()
+        } else {
+            String::new()
+        };
+        ok(
+            "GetAccountAuthorizationDetails",
+            &format!(
+                "<UserDetailList></UserDetailList><RoleDetailList>{roles}</RoleDetailList>\
+                 <IsTruncated>false</IsTruncated>"
+            ),
+        )
+    }
+
+    #[tokio::test]
+    async fn roles_with_the_groups_tag_come_with_the_sweep_and_alone_for_an_event() {
+        let client = fake_iam(iam_with_roles).await;
+        let calls = Calls::default();
+        let listing = fetcher(client.clone(), None)
+            .reading_roles()
+            .fetch(&calls)
+            .await
+            .unwrap();
+        let names: Vec<&str> = listing.roles.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["deploy", "staff-ci"], "untagged roles are not kept");
+        assert_eq!(
+            listing.roles[0].arn,
+            "arn:aws:iam::123456789012:role/deploy"
+        );
+        // The path prefix applies to roles as to users; an event re-reads only roles.
+        let reader = fetcher(client.clone(), Some("/staff/"))
+            .reading_roles()
+            .user_reader();
+        assert!(reader.reads_roles());
+        let roles = reader.roles(&calls).await.unwrap();
+        let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["staff-ci"]);
+        assert_eq!(
+            calls.snapshot().get("iam:GetAccountAuthorizationDetails"),
+            Some(&2),
+            "{calls}"
+        );
+        // Without roles, neither the sweep nor the reader asks for them.
+        let mut off = fetcher(client, None);
+        assert!(off.fetch(&calls).await.unwrap().roles.is_empty());
+        assert!(off.user_reader().roles(&calls).await.unwrap().is_empty());
+        assert_eq!(
+            calls.snapshot().get("iam:GetAccountAuthorizationDetails"),
+            Some(&3),
+            "the sweep's one call, and none for the reader: {calls}"
+        );
+    }
+
     fn fetcher(client: Client, path_prefix: Option<&str>) -> IamFetcher {
         IamFetcher::new(
             client,
@@ -770,10 +947,12 @@ mod tests {
         let client = fake_iam(iam_during_deletions).await;
         let mut fetcher = fetcher(client, None);
         let calls = Calls::default();
-        let users = fetcher
+        let listing = fetcher
             .fetch(&calls)
             .await
             .expect("a deletion during the listing does not fail it");
+        assert!(listing.roles.is_empty(), "roles are read only when asked");
+        let users = listing.users;
         let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(
             names,
@@ -800,7 +979,7 @@ mod tests {
         assert_eq!(counts.get("iam:ListSSHPublicKeys"), Some(&4), "{calls}");
         // The deleted key is not cached: asked again next time (and gone again).
         let again = fetcher.fetch(&calls).await.expect("second listing");
-        assert_eq!(again.len(), 3);
+        assert_eq!(again.users.len(), 3);
         assert_eq!(
             calls.snapshot().get("iam:GetSSHPublicKey"),
             Some(&5),
@@ -814,7 +993,8 @@ mod tests {
         let users = fetcher(client, Some("/staff/"))
             .fetch(&Calls::default())
             .await
-            .expect("listing");
+            .expect("listing")
+            .users;
         let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["eve"]);
     }

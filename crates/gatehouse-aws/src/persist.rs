@@ -3,7 +3,8 @@
 //! at once, while the listing is within `max_staleness`, instead of waiting for a whole IAM and
 //! EC2 listing (which AWS may be slow, throttled or down for).
 //!
-//! What is kept is what was published: identities (login name, groups, public keys) and hosts,
+//! What is kept is what was published: identities (login name, groups, public keys), hosts
+//! and the IAM roles that carry the groups tag (name, account, groups),
 //! with the wall-clock time the listing started and the settings that decide what a listing
 //! holds (`vpc_ids`, `iam_path_prefix`, `iam_group_prefix`, `tag_prefix`,
 //! `instance_connect`).
@@ -40,6 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gatehouse_config::AwsConfig;
+use gatehouse_directory::callers::TaggedRole;
 use gatehouse_directory::Identity;
 use gatehouse_policy::Host;
 use serde::{Deserialize, Serialize};
@@ -126,6 +128,13 @@ struct SavedHost {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+struct SavedRole {
+    name: String,
+    account: String,
+    groups: BTreeSet<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
 struct Saved {
     format: u32,
     scope: Scope,
@@ -133,6 +142,9 @@ struct Saved {
     listed_at_ms: u64,
     identities: Vec<SavedIdentity>,
     hosts: Vec<SavedHost>,
+    /// Absent in a listing saved before roles were read: none (the first sweep reads them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    roles: Vec<SavedRole>,
 }
 
 /// What is written: the listing's JSON text, and the host key's signature of exactly that
@@ -154,6 +166,8 @@ pub struct Restored {
     pub identities: Vec<Identity>,
     /// Where they may go.
     pub hosts: Vec<Host>,
+    /// The IAM roles that carry the groups tag.
+    pub roles: Vec<TaggedRole>,
     /// When the listing started, on this process's clock (in the past).
     pub started: Instant,
     /// How old the listing is.
@@ -174,8 +188,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 pub fn encode(
     settings: &AwsConfig,
     started: SystemTime,
-    identities: &[Identity],
-    hosts: &[Host],
+    (identities, hosts, roles): (&[Identity], &[Host], &[TaggedRole]),
     seal: &Seal,
 ) -> Result<Vec<u8>, String> {
     let saved = Saved {
@@ -200,6 +213,14 @@ pub fn encode(
                 groups: h.groups.clone(),
                 ports: h.ports.clone(),
                 login_users: h.login_users.clone(),
+            })
+            .collect(),
+        roles: roles
+            .iter()
+            .map(|r| SavedRole {
+                name: r.name.clone(),
+                account: r.account.clone(),
+                groups: r.groups.clone(),
             })
             .collect(),
     };
@@ -227,11 +248,11 @@ pub fn save(
     path: &Path,
     settings: &AwsConfig,
     started: SystemTime,
-    (identities, hosts): (&[Identity], &[Host]),
+    listing: (&[Identity], &[Host], &[TaggedRole]),
     seal: &Seal,
 ) -> std::io::Result<()> {
     use std::io::Write as _;
-    let text = encode(settings, started, identities, hosts, seal).map_err(std::io::Error::other)?;
+    let text = encode(settings, started, listing, seal).map_err(std::io::Error::other)?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -348,9 +369,11 @@ pub fn decode(text: &[u8], settings: &AwsConfig, seal: &Seal) -> Result<Restored
         .ok_or("its listing is older than this machine's uptime")?;
     let identities = restore_identities(saved.identities)?;
     let hosts = restore_hosts(saved.hosts, settings)?;
+    let roles = restore_roles(saved.roles)?;
     Ok(Restored {
         identities,
         hosts,
+        roles,
         started,
         age,
     })
@@ -407,6 +430,32 @@ fn restore_identities(saved: Vec<SavedIdentity>) -> Result<Vec<Identity>, String
         });
     }
     Ok(identities)
+}
+
+/// The saved roles, each checked as the live listing checks it: a valid IAM name, an account
+/// of 12 digits, at least one group (each by the config's rule), no name twice.
+fn restore_roles(saved: Vec<SavedRole>) -> Result<Vec<TaggedRole>, String> {
+    let mut seen = BTreeSet::new();
+    let mut roles = Vec::with_capacity(saved.len());
+    for saved in saved {
+        let name = gatehouse_policy::printable(&saved.name);
+        if login_name(&saved.name).is_err() {
+            return Err(format!("role {name}: not an IAM role name"));
+        }
+        if saved.account.len() != 12 || !saved.account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("role {name}: account is not 12 digits"));
+        }
+        if !seen.insert(saved.name.clone()) {
+            return Err(format!("role {name} is listed twice"));
+        }
+        check_groups(&format!("role {name}"), &saved.groups)?;
+        roles.push(TaggedRole {
+            name: saved.name,
+            account: saved.account,
+            groups: saved.groups,
+        });
+    }
+    Ok(roles)
 }
 
 /// The saved hosts, each checked as the live listing checks it: names by the host-name rule
@@ -499,7 +548,7 @@ Z1O+ggLPBhrTENagKICHAAAACGF0dGFja2VyAQIDBAU=
         .expect("aws")
     }
 
-    fn listing() -> (Vec<Identity>, Vec<Host>) {
+    fn listing() -> (Vec<Identity>, Vec<Host>, Vec<TaggedRole>) {
         // With an expiry (the tag `gatehouse:expires`): a saved listing keeps it.
         let identity = Identity {
             name: "alice".into(),
@@ -516,7 +565,12 @@ Z1O+ggLPBhrTENagKICHAAAACGF0dGFja2VyAQIDBAU=
             ports: [22, 8888].into(),
             login_users: vec!["ubuntu".into()],
         };
-        (vec![identity], vec![host])
+        let role = TaggedRole {
+            name: "deploy".into(),
+            account: "123456789012".into(),
+            groups: ["ops".to_owned()].into(),
+        };
+        (vec![identity], vec![host], vec![role])
     }
 
     /// Files in the temporary directory other than `keep`.
@@ -538,15 +592,16 @@ Z1O+ggLPBhrTENagKICHAAAACGF0dGFja2VyAQIDBAU=
         assert!(load(&path, &s, &fleet)
             .expect("no file is no error")
             .is_none());
-        let (identities, hosts) = listing();
+        let (identities, hosts, roles) = listing();
         let listed = SystemTime::now() - Duration::from_secs(60);
-        save(&path, &s, listed, (&identities, &hosts), &fleet).expect("save");
+        save(&path, &s, listed, (&identities, &hosts, &roles), &fleet).expect("save");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(others(dir.path(), &path), Vec::<PathBuf>::new());
         let back = load(&path, &s, &fleet).expect("usable").expect("a file");
         assert_eq!(back.identities, identities);
         assert_eq!(back.hosts, hosts);
+        assert_eq!(back.roles, roles);
         assert!((59..=61).contains(&back.age.as_secs()), "{:?}", back.age);
     }
 
@@ -555,9 +610,9 @@ Z1O+ggLPBhrTENagKICHAAAACGF0dGFja2VyAQIDBAU=
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("directory.json");
         let (s, fleet) = (settings(""), seal(FLEET));
-        let (identities, hosts) = listing();
+        let (identities, hosts, roles) = listing();
         let save_at = |t: SystemTime, s: &AwsConfig| {
-            save(&path, s, t, (&identities, &hosts), &fleet).expect("save");
+            save(&path, s, t, (&identities, &hosts, &roles), &fleet).expect("save");
         };
         save_at(SystemTime::now() - Duration::from_secs(16 * 60), &s);
         let load = |s: &AwsConfig| load(&path, s, &fleet).expect_err("refused");
@@ -580,13 +635,13 @@ Z1O+ggLPBhrTENagKICHAAAACGF0dGFja2VyAQIDBAU=
     fn a_listing_this_fleet_did_not_sign_is_refused_whole() {
         let s = settings("");
         let (fleet, other) = (seal(FLEET), seal(OTHER));
-        let (identities, hosts) = listing();
+        let (identities, hosts, roles) = listing();
         let now = SystemTime::now();
-        let genuine = encode(&s, now, &identities, &hosts, &fleet).expect("encode");
+        let genuine = encode(&s, now, (&identities, &hosts, &roles), &fleet).expect("encode");
         assert!(decode(&genuine, &s, &fleet).is_ok());
 
         // Signed by another key (the attacker's own, or another fleet's).
-        let foreign = encode(&s, now, &identities, &hosts, &other).expect("encode");
+        let foreign = encode(&s, now, (&identities, &hosts, &roles), &other).expect("encode");
         let why = decode(&foreign, &s, &fleet).expect_err("refused");
         assert!(
             why.contains("does not verify with this bastion's host key"),
@@ -629,9 +684,10 @@ Z1O+ggLPBhrTENagKICHAAAACGF0dGFja2VyAQIDBAU=
     fn a_signed_listing_is_checked_again_as_the_live_listing_is() {
         let fleet = seal(FLEET);
         let refused = |s: &AwsConfig, edit: &dyn Fn(&mut Vec<Identity>, &mut Vec<Host>)| {
-            let (mut identities, mut hosts) = listing();
+            let (mut identities, mut hosts, roles) = listing();
             edit(&mut identities, &mut hosts);
-            let bytes = encode(s, SystemTime::now(), &identities, &hosts, &fleet).expect("encode");
+            let bytes = encode(s, SystemTime::now(), (&identities, &hosts, &roles), &fleet)
+                .expect("encode");
             decode(&bytes, s, &fleet).expect_err("refused")
         };
         let s = settings("");
@@ -691,8 +747,9 @@ Z1O+ggLPBhrTENagKICHAAAACGF0dGFja2VyAQIDBAU=
             assert!(why.contains(want), "want {want:?}, got {why:?}");
         }
         // A DSA key (the config refuses DSA): a key line written into the listing by hand.
-        let (identities, hosts) = listing();
-        let bytes = encode(&s, SystemTime::now(), &identities, &hosts, &fleet).expect("encode");
+        let (identities, hosts, roles) = listing();
+        let bytes =
+            encode(&s, SystemTime::now(), (&identities, &hosts, &roles), &fleet).expect("encode");
         let sealed: Sealed = serde_json::from_slice(&bytes).expect("sealed");
         let mut saved: Value = serde_json::from_str(&sealed.listing).expect("listing");
         saved["identities"][0]["keys"][0] = "ssh-dss AAAAB3NzaC1kc3MAAACBAP1/U4EddRIpUt9KnC7s5Of2EbdSPO9EAMMeP4C2USZpRV1AIlH7WT2NWPq/xfW6MPbLm1Vs14E7gB00b/JmYLdrmVClpJ+f6AR7ECLCT7up1/63xhv4O1fnxqimFQ8E+4P208UewwI1VBNaFpEy9nXzrith1yrv8iIDGZ3RSAHHAAAAFQCXYFCPFSMLzLKSuYKi64QL8Fgc9QAAAIEA9+GghdabPd7LvKtcNrhXuXmUr7v6OuqC+VdMCz0HgmdRWVeOutRZT+ZxBxCBgLRJFnEj6EwoFhO3zwkyjMim4TwWeotUfI0o4KOuHiuzpnWRbqN/C/ohNWLx+2J6ASQ7zKTxvqhRkImog9/hWuWfBpKLZl6Ae1UlZAFMO/7PSSoAAACBAOQYE3c1xKzDwrNqgA6e1bOqBN8m5J8mK4lqtIhIyBLQqHSWW2oO6WW4ztlgqLnRU85KU1QPqAudT82oVzfljiQK2FQ5ViEWVH8dXXp9oWi+LLPo1dLCAWzT8fEaD9jDsk+M/8FuLV5MBvhOGoaMzYQhQmUVuSmn2+z7gLVKhyEt test".into();
@@ -706,6 +763,21 @@ Z1O+ggLPBhrTENagKICHAAAACGF0dGFja2VyAQIDBAU=
         let why =
             decode(&serde_json::to_vec(&edited).expect("json"), &s, &fleet).expect_err("refused");
         assert!(why.contains("a key"), "{why}");
+        // Roles, likewise.
+        type RoleEdit = fn(&mut TaggedRole);
+        let role_cases: [(&str, RoleEdit); 3] = [
+            ("not an IAM role name", |r| r.name = "a b".into()),
+            ("12 digits", |r| r.account = "1234".into()),
+            ("has no group", |r| r.groups.clear()),
+        ];
+        for (want, edit) in role_cases {
+            let (identities, hosts, mut roles) = listing();
+            edit(&mut roles[0]);
+            let bytes = encode(&s, SystemTime::now(), (&identities, &hosts, &roles), &fleet)
+                .expect("encode");
+            let why = decode(&bytes, &s, &fleet).expect_err("refused");
+            assert!(why.contains(want), "want {want:?}, got {why:?}");
+        }
         // Login users only with instance_connect.
         let off = settings("").clone();
         let off = AwsConfig {
@@ -722,9 +794,16 @@ Z1O+ggLPBhrTENagKICHAAAACGF0dGFja2VyAQIDBAU=
     fn a_file_behind_a_symbolic_link_or_owned_by_another_user_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (s, fleet) = (settings(""), seal(FLEET));
-        let (identities, hosts) = listing();
+        let (identities, hosts, roles) = listing();
         let real = dir.path().join("real.json");
-        save(&real, &s, SystemTime::now(), (&identities, &hosts), &fleet).expect("save");
+        save(
+            &real,
+            &s,
+            SystemTime::now(),
+            (&identities, &hosts, &roles),
+            &fleet,
+        )
+        .expect("save");
         let link = dir.path().join("directory.json");
         std::os::unix::fs::symlink(&real, &link).expect("symlink");
         let why = load(&link, &s, &fleet).expect_err("refused");
@@ -740,7 +819,14 @@ Z1O+ggLPBhrTENagKICHAAAACGF0dGFja2VyAQIDBAU=
         // A save replaces a symbolic link at the path with a file; the link's target is left
         // as it was.
         let before = std::fs::read(&real).expect("read");
-        save(&link, &s, SystemTime::now(), (&identities, &hosts), &fleet).expect("save");
+        save(
+            &link,
+            &s,
+            SystemTime::now(),
+            (&identities, &hosts, &roles),
+            &fleet,
+        )
+        .expect("save");
         assert!(!std::fs::symlink_metadata(&link)
             .expect("meta")
             .file_type()

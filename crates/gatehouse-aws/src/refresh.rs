@@ -24,16 +24,17 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use gatehouse_config::AwsConfig;
+use gatehouse_directory::callers::{TaggedRole, TaggedRoles};
 use gatehouse_directory::{Directory, Identity, Snapshot};
 use gatehouse_policy::{Host, Inventory};
 use rand::RngExt as _;
 
-use crate::build::{self, Skipped, UserRecord};
+use crate::build::{self, RoleRecord, Skipped, UserRecord};
 use crate::calls::Calls;
 use crate::ec2::Ec2Fetcher;
 use crate::error::AwsError;
 use crate::events::{self, Change, Received, Report};
-use crate::iam::{IamFetcher, UserReader};
+use crate::iam::{IamFetcher, IamListing, UserReader};
 use crate::persist::{self, Seal};
 use crate::shared::{Shared, SHARE_EVERY};
 use crate::Clients;
@@ -49,6 +50,8 @@ pub struct Listing {
     pub identities: Vec<Identity>,
     /// Where they may go.
     pub hosts: Vec<Host>,
+    /// The IAM roles that carry the groups tag (read only for `[sso]`).
+    pub roles: Vec<TaggedRole>,
     /// What was left out, and why.
     pub skipped: Vec<Skipped>,
     /// The AWS calls this listing made, by action.
@@ -65,8 +68,11 @@ impl Listing {
     /// The snapshot of this listing, admitting logins until `max_staleness` after it started.
     pub fn snapshot(&self, max_staleness: Duration) -> Snapshot {
         listed_snapshot(
-            self.identities.clone(),
-            self.hosts.clone(),
+            (
+                self.identities.clone(),
+                self.hosts.clone(),
+                self.roles.clone(),
+            ),
             self.started,
             max_staleness,
         )
@@ -76,12 +82,12 @@ impl Listing {
 /// A snapshot of AWS data read at `started` (now, or restored from disk): as old as that
 /// read, and admitting logins until `max_staleness` after it.
 fn listed_snapshot(
-    identities: Vec<Identity>,
-    hosts: Vec<Host>,
+    (identities, hosts, roles): (Vec<Identity>, Vec<Host>, Vec<TaggedRole>),
     started: Instant,
     max_staleness: Duration,
 ) -> Snapshot {
     Snapshot::new(identities, Inventory::new(hosts))
+        .with_roles(TaggedRoles::new(roles))
         .listed_at(started)
         .fresh_until(started + max_staleness)
 }
@@ -98,8 +104,9 @@ pub struct AwsSource {
     queue: Option<(aws_sdk_sqs::Client, String)>,
     /// The fleet's shared listing, when `aws.shared_snapshot` is set.
     shared: Option<Shared>,
-    /// Skips already warned about (users, hosts), so each is logged once while it lasts.
-    warned: [HashSet<String>; 2],
+    /// Skips already warned about (users, hosts, roles), so each is logged once while it
+    /// lasts.
+    warned: [HashSet<String>; 3],
 }
 
 impl AwsSource {
@@ -127,8 +134,18 @@ impl AwsSource {
                 .clone()
                 .zip(settings.shared_snapshot.clone())
                 .map(|(client, object)| Shared::new(client, object)),
-            warned: [HashSet::new(), HashSet::new()],
+            warned: [HashSet::new(), HashSet::new(), HashSet::new()],
         }
+    }
+
+    /// The same source, also reading the IAM roles that carry the groups tag (for `[sso]`:
+    /// such a role's callers may log in), in each sweep and on role change events.
+    pub fn reading_roles(mut self) -> Self {
+        self.iam = self.iam.take().map(IamFetcher::reading_roles);
+        if let Some(iam) = &self.iam {
+            self.reader = iam.user_reader();
+        }
+        self
     }
 
     /// The settings this source was made with.
@@ -183,10 +200,12 @@ impl AwsSource {
         self.iam = Some(iam);
         let mut failure = None;
         match users {
-            Some(Ok((users, started))) => {
-                let (identities, skipped) = self.identities(&users);
+            Some(Ok((listing, started))) => {
+                let (identities, skipped) = self.identities(&listing.users);
                 parts.skipped.extend(skipped);
-                parts.users = Some((identities, started));
+                let (roles, skipped) = self.roles(&listing.roles);
+                parts.skipped.extend(skipped);
+                parts.users = Some(((identities, roles), started));
             }
             Some(Err(e)) => failure = Some(e),
             None => {}
@@ -218,12 +237,22 @@ impl AwsSource {
         warn_new(&mut self.warned[0], &skipped);
         (identities, skipped)
     }
+
+    /// The roles among `roles` that map by their groups tag (newly skipped ones logged).
+    fn roles(&mut self, roles: &[RoleRecord]) -> (Vec<TaggedRole>, Vec<Skipped>) {
+        let (roles, skipped) = build::tagged_roles(roles, &self.settings);
+        warn_new(&mut self.warned[2], &skipped);
+        (roles, skipped)
+    }
 }
+
+/// What an IAM sweep gives: the identities and the tagged roles.
+type IamPart = (Vec<Identity>, Vec<TaggedRole>);
 
 /// The parts of a first listing got so far, and the calls of every try.
 #[derive(Debug, Default)]
 struct Parts {
-    users: Option<(Vec<Identity>, Stamp)>,
+    users: Option<(IamPart, Stamp)>,
     hosts: Option<(Vec<Host>, Stamp)>,
     skipped: Vec<Skipped>,
     calls: Calls,
@@ -232,11 +261,12 @@ struct Parts {
 impl Parts {
     /// The listing, once both parts are in: as old as its older part.
     fn listing(self) -> Option<Listing> {
-        let ((identities, a), (hosts, b)) = (self.users?, self.hosts?);
+        let (((identities, roles), a), (hosts, b)) = (self.users?, self.hosts?);
         let started = Stamp::earliest(a, b);
         Some(Listing {
             identities,
             hosts,
+            roles,
             skipped: self.skipped,
             calls: self.calls,
             started: started.mono,
@@ -343,7 +373,7 @@ impl EmptyGuard {
 }
 
 /// A running IAM sweep: the fetcher it owns, its calls, when it started, and its answer.
-type SweepDone = (IamFetcher, Calls, Stamp, Result<Vec<UserRecord>, AwsError>);
+type SweepDone = (IamFetcher, Calls, Stamp, Result<IamListing, AwsError>);
 
 /// Most users one batch of events may name before it is cheaper to sweep.
 const MAX_USERS_PER_BATCH: usize = 64;
@@ -360,6 +390,11 @@ pub struct AwsDirectory {
     identities: BTreeMap<String, Identity>,
     /// Where they may go, as published.
     hosts: Vec<Host>,
+    /// The IAM roles that carry the groups tag, as published.
+    roles: Vec<TaggedRole>,
+    /// When the roles were last re-read for a role change event: a sweep that started
+    /// before then may have read them before the change, so it keeps these.
+    roles_reread: Option<Instant>,
     /// IAM is known as of this moment: the start of the last good sweep, moved on by each
     /// receive of a complete run of events.
     iam_at: Stamp,
@@ -440,7 +475,7 @@ impl AwsDirectory {
             };
             return Ok(AwsDirectory::holding(
                 (source, seal),
-                (restored.identities, restored.hosts),
+                (restored.identities, restored.hosts, restored.roles),
                 at,
                 true,
                 (events, event_calls),
@@ -467,7 +502,7 @@ impl AwsDirectory {
                     };
                     let mut directory = AwsDirectory::holding(
                         (source, seal),
-                        (listing.identities, listing.hosts),
+                        (listing.identities, listing.hosts, listing.roles),
                         at,
                         false,
                         (events, event_calls),
@@ -491,17 +526,21 @@ impl AwsDirectory {
         }
     }
 
-    /// A directory publishing `identities` and `hosts` listed at `at` (`restored` when they
-    /// came from the saved listing).
+    /// A directory publishing `identities`, `hosts` and `roles` listed at `at` (`restored`
+    /// when they came from the saved listing).
     fn holding(
         (source, seal): (AwsSource, Seal),
-        (identities, hosts): (Vec<Identity>, Vec<Host>),
+        (identities, hosts, roles): (Vec<Identity>, Vec<Host>, Vec<TaggedRole>),
         at: Stamp,
         restored: bool,
         (events, event_calls): (Option<(mpsc::Receiver<Report>, Instant)>, Calls),
     ) -> AwsDirectory {
         let max_staleness = source.settings().max_staleness;
-        let snapshot = listed_snapshot(identities.clone(), hosts.clone(), at.mono, max_staleness);
+        let snapshot = listed_snapshot(
+            (identities.clone(), hosts.clone(), roles.clone()),
+            at.mono,
+            max_staleness,
+        );
         AwsDirectory {
             users_guard: EmptyGuard::new("users", identities.len()),
             hosts_guard: EmptyGuard::new("hosts", hosts.len()),
@@ -510,6 +549,8 @@ impl AwsDirectory {
                 .map(|i| (i.name.clone(), i))
                 .collect(),
             hosts,
+            roles,
+            roles_reread: None,
             iam_at: at,
             swept_at: at.mono,
             ec2_at: at,
@@ -556,8 +597,11 @@ impl AwsDirectory {
     async fn publish(&mut self, swept: bool) {
         let max_staleness = self.source.settings().max_staleness;
         self.directory.publish(listed_snapshot(
-            self.identities.values().cloned().collect(),
-            self.hosts.clone(),
+            (
+                self.identities.values().cloned().collect(),
+                self.hosts.clone(),
+                self.roles.clone(),
+            ),
             self.listed().mono,
             max_staleness,
         ));
@@ -583,8 +627,11 @@ impl AwsDirectory {
         let bytes = match persist::encode(
             &self.source.settings,
             self.listed().wall,
-            &self.identities.values().cloned().collect::<Vec<_>>(),
-            &self.hosts,
+            (
+                &self.identities.values().cloned().collect::<Vec<_>>(),
+                &self.hosts,
+                &self.roles,
+            ),
             &self.seal,
         ) {
             Ok(bytes) => bytes,
@@ -618,8 +665,11 @@ impl AwsDirectory {
         save(
             &self.source.settings,
             self.listed().wall,
-            self.identities.values().cloned().collect(),
-            self.hosts.clone(),
+            (
+                self.identities.values().cloned().collect(),
+                self.hosts.clone(),
+                self.roles.clone(),
+            ),
             &self.seal,
         )
         .await;
@@ -664,10 +714,11 @@ impl AwsDirectory {
     /// # Errors
     /// The sweep failed, or it was held back as suspicious; nothing was published.
     async fn finish_sweep(&mut self, done: SweepDone) -> Result<(), AwsError> {
-        let (iam, calls, started, users) = done;
+        let (iam, calls, started, listing) = done;
         self.source.iam = Some(iam);
-        let users = users?;
-        let (identities, _) = self.source.identities(&users);
+        let listing = listing?;
+        let (identities, _) = self.source.identities(&listing.users);
+        let (roles, _) = self.source.roles(&listing.roles);
         let identities = self.users_guard.admit(Ok(identities))?;
         let mut identities: BTreeMap<String, Identity> = identities
             .into_iter()
@@ -677,8 +728,16 @@ impl AwsDirectory {
         for (iam_name, (_, patch)) in &self.patches {
             apply_patch(&mut identities, iam_name, patch.clone());
         }
-        let changed = identities != self.identities;
+        // Roles re-read for an event since the sweep started are newer than its own.
+        let roles_newer = self.roles_reread.is_some_and(|at| at >= started.mono);
+        let roles = if roles_newer {
+            self.roles.clone()
+        } else {
+            roles
+        };
+        let changed = identities != self.identities || roles != self.roles;
         self.identities = identities;
+        self.roles = roles;
         self.swept_at = started.mono;
         if started.mono > self.iam_at.mono {
             self.iam_at = started;
@@ -693,10 +752,11 @@ impl AwsDirectory {
     /// many users, or a re-read that failed).
     async fn apply_events(&mut self, received: Received) -> bool {
         let mut users = BTreeSet::new();
-        let mut everyone = false;
+        let (mut everyone, mut roles) = (false, false);
         for change in received.changes {
             match change {
                 Change::Users(names) => users.extend(names),
+                Change::Roles => roles = true,
                 Change::Everyone => everyone = true,
             }
         }
@@ -704,7 +764,10 @@ impl AwsDirectory {
             everyone = true;
         }
         let mut failed = false;
-        if !everyone && !users.is_empty() {
+        if !everyone && roles && self.source.reader.reads_roles() {
+            failed = !self.reread_roles(received.at).await;
+        }
+        if !everyone && !failed && !users.is_empty() {
             let started = Instant::now();
             let mut changed = Vec::new();
             for name in &users {
@@ -767,6 +830,32 @@ impl AwsDirectory {
             }
         }
         everyone || failed || missed
+    }
+
+    /// Re-reads the roles that carry the groups tag (for a role change event received at
+    /// `at`) and publishes them if they changed. False when the re-read failed (a sweep is
+    /// then needed).
+    async fn reread_roles(&mut self, at: Instant) -> bool {
+        let started = Instant::now();
+        match self.source.reader.roles(&self.event_calls).await {
+            Ok(records) => {
+                let (roles, _) = self.source.roles(&records);
+                let changed = roles != self.roles;
+                self.roles = roles;
+                self.roles_reread = Some(at);
+                tracing::info!(roles = self.roles.len(), changed, took = ?started.elapsed(),
+                    calls = %self.event_calls, "IAM role change events applied");
+                if changed {
+                    self.publish(false).await;
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e,
+                    "cannot re-read the roles an IAM change event concerns; sweeping IAM");
+                false
+            }
+        }
     }
 
     /// The time from one sweep to the next: `iam_sweep_interval`, but with events configured
@@ -998,13 +1087,12 @@ fn restore(settings: &AwsConfig, seal: &Seal) -> Option<persist::Restored> {
     }
 }
 
-/// Keeps `identities` and `hosts`, listed at `listed_at`, in `aws.snapshot_file`, if set; a
+/// Keeps `identities`, `hosts` and `roles`, listed at `listed_at`, in `aws.snapshot_file`, if set; a
 /// failure is logged, never fatal.
 async fn save(
     settings: &AwsConfig,
     listed_at: SystemTime,
-    identities: Vec<Identity>,
-    hosts: Vec<Host>,
+    (identities, hosts, roles): (Vec<Identity>, Vec<Host>, Vec<TaggedRole>),
     seal: &Seal,
 ) {
     let Some(path) = settings.snapshot_file.clone() else {
@@ -1013,8 +1101,14 @@ async fn save(
     let settings = settings.clone();
     let seal = seal.clone();
     let written = tokio::task::spawn_blocking(move || {
-        persist::save(&path, &settings, listed_at, (&identities, &hosts), &seal)
-            .map_err(|e| format!("{}: {e}", path.display()))
+        persist::save(
+            &path,
+            &settings,
+            listed_at,
+            (&identities, &hosts, &roles),
+            &seal,
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))
     })
     .await;
     match written {
@@ -1183,7 +1277,7 @@ mod tests {
         };
         assert!(parts.listing().is_none(), "no listing without users");
         let parts = Parts {
-            users: Some((Vec::new(), late)),
+            users: Some(((Vec::new(), Vec::new()), late)),
             hosts: Some((Vec::new(), early)),
             ..Parts::default()
         };

@@ -191,8 +191,11 @@ pub struct SsoConfig {
     /// groups of `<set>`; its login is its session name (the user's name in the identity
     /// store, often an email) made typeable as IAM user names are (`@` becomes `~40`).
     pub permission_sets: BTreeMap<String, Vec<String>>,
-    /// `roles`: IAM role name -> groups, for other assumed roles (CI runners, break-glass);
-    /// the login is the session name its assumer chose, made typeable the same way.
+    /// `roles`: IAM role name -> groups, for other assumed roles (CI runners, break-glass).
+    /// With `[aws]`, a role of the bastion's account not listed here maps by its groups tag
+    /// (`<tag_prefix>groups`, as on IAM users), read with the users. A role caller's login is
+    /// `<role>/<session name>` (each made typeable the same way): its assumer chooses the
+    /// session name, so the login names the role and is never anyone else's.
     pub roles: BTreeMap<String, Vec<String>>,
     /// `iam_users`: an IAM user caller logs in as that IAM user of the directory, with its
     /// groups. Default true with `[aws]`; refused without it (static users are not IAM users).

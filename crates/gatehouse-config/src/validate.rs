@@ -948,15 +948,17 @@ impl Validator<'_> {
         };
         let asked_iam_users = s.iam_users.as_ref().is_some_and(|f| *f.get_ref());
         let listed = |m: Option<&RawGroupMap>| m.is_some_and(|m| !m.get_ref().is_empty());
+        // With [aws], IAM roles that carry the groups tag map too (read with the users).
         if !listed(s.permission_sets.as_ref())
             && !listed(s.roles.as_ref())
             && !asked_iam_users
             && !iam_users
+            && !aws
         {
             self.error(
                 table,
                 "sso: maps no caller; give permission_sets (IAM Identity Center), roles, or \
-                 iam_users = true (with [aws])",
+                 [aws] (IAM users, and IAM roles with the groups tag)",
             );
         }
         SsoConfig {

@@ -36,6 +36,16 @@ fn sso_mappings_and_defaults_are_read() {
     assert!(sso.iam_users, "with [aws], IAM users map by default");
     assert_eq!(sso.validity, Duration::from_secs(3600));
     assert!(sso.permission_sets.is_empty());
+
+    // With [aws] and no IAM users, roles with the groups tag may still map.
+    let roles_by_tag =
+        format!("{SERVER}{AWS}[sso]\naccounts = [\"123456789012\"]\niam_users = false\n");
+    let sso = parse(&roles_by_tag, Path::new("g.toml"))
+        .unwrap()
+        .sso
+        .unwrap();
+    assert!(!sso.iam_users);
+    assert!(sso.roles.is_empty());
 }
 
 #[test]

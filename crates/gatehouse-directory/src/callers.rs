@@ -5,12 +5,16 @@
 //! every login and directory change with the certificate (its [`Via`] extension says which
 //! entry it came through), so a mapping removed from the config stops new logins and closes
 //! open tunnels like any other revocation. A certificate carries no groups.
+//!
+//! An ordinary IAM role maps through `sso.roles`, or, in the bastion's own account, through
+//! its groups tag (`<tag_prefix>groups`, as on IAM users), which the AWS directory reads with
+//! the users ([`TaggedRoles`]): removing the tag is then a revocation like any other.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use gatehouse_config::SsoConfig;
 
-use crate::names::login_name;
+use crate::names::{login_name, role_login};
 
 /// A caller, as STS's answer names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,17 +107,20 @@ pub enum Via {
     PermissionSet(String),
     /// `sso.roles.<name>`.
     Role(String),
+    /// An IAM role of the bastion's account, by its groups tag ([`TaggedRoles`]).
+    TaggedRole(String),
     /// An IAM user of the directory (`sso.iam_users`).
     IamUser,
 }
 
 impl Via {
     /// As the certificate extension's value: `permission-set:<name>`, `role:<name>`,
-    /// `iam-user`.
+    /// `tagged-role:<name>`, `iam-user`.
     pub fn encode(&self) -> String {
         match self {
             Via::PermissionSet(name) => format!("permission-set:{name}"),
             Via::Role(name) => format!("role:{name}"),
+            Via::TaggedRole(name) => format!("tagged-role:{name}"),
             Via::IamUser => "iam-user".to_owned(),
         }
     }
@@ -125,6 +132,9 @@ impl Via {
                 Some(Via::PermissionSet(name.to_owned()))
             }
             Some(("role", name)) if !name.is_empty() => Some(Via::Role(name.to_owned())),
+            Some(("tagged-role", name)) if !name.is_empty() => {
+                Some(Via::TaggedRole(name.to_owned()))
+            }
             None if text == "iam-user" => Some(Via::IamUser),
             _ => None,
         }
@@ -136,6 +146,7 @@ impl std::fmt::Display for Via {
         match self {
             Via::PermissionSet(name) => write!(f, "permission set {name}"),
             Via::Role(name) => write!(f, "role {name}"),
+            Via::TaggedRole(name) => write!(f, "role {name} (by its groups tag)"),
             Via::IamUser => f.write_str("IAM user"),
         }
     }
@@ -148,6 +159,60 @@ pub struct Mapped {
     pub login: String,
     /// The entry it came through.
     pub via: Via,
+}
+
+/// An IAM role that carries the groups tag, as the AWS directory read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaggedRole {
+    /// The role's name (without its path).
+    pub name: String,
+    /// The account it is in (from its ARN).
+    pub account: String,
+    /// Its groups, from the tag.
+    pub groups: BTreeSet<String>,
+}
+
+/// The IAM roles of the bastion's account that carry the groups tag (read only with `[sso]`
+/// and `[aws]`; empty otherwise). A role caller not in `sso.roles` maps through these when
+/// its account and role name match one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaggedRoles {
+    roles: BTreeMap<String, TaggedRole>,
+}
+
+impl TaggedRoles {
+    /// From the roles read (a role named twice keeps its last entry).
+    pub fn new(roles: impl IntoIterator<Item = TaggedRole>) -> Self {
+        TaggedRoles {
+            roles: roles.into_iter().map(|r| (r.name.clone(), r)).collect(),
+        }
+    }
+
+    /// The tagged role `name` of `account`.
+    pub fn get(&self, account: &str, name: &str) -> Option<&TaggedRole> {
+        self.roles.get(name).filter(|r| r.account == account)
+    }
+
+    /// The tagged role `name`, whatever its account (a certificate issued through it was
+    /// issued for the account it had).
+    pub fn named(&self, name: &str) -> Option<&TaggedRole> {
+        self.roles.get(name)
+    }
+
+    /// Every tagged role, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &TaggedRole> {
+        self.roles.values()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.roles.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.roles.is_empty()
+    }
 }
 
 /// `[sso]`'s mapping (empty without `[sso]`: nothing maps).
@@ -178,10 +243,16 @@ impl Callers {
         }
     }
 
-    /// The login `caller` (in `account`) maps to, or why it maps to none (the reason the
+    /// The login `caller` (in `account`) maps to, through `[sso]` or, for a role not in
+    /// `sso.roles`, through its groups tag (`tagged`), or why it maps to none (the reason the
     /// user sees). Whether the login is free is the snapshot's to say
     /// ([`crate::Snapshot::map_caller`]).
-    pub fn map(&self, account: &str, caller: &Caller) -> Result<Mapped, String> {
+    pub fn map(
+        &self,
+        account: &str,
+        caller: &Caller,
+        tagged: &TaggedRoles,
+    ) -> Result<Mapped, String> {
         if !self.accounts.iter().any(|a| a == account) {
             return Err(format!(
                 "account {account} is not one whose callers may log in (sso.accounts)"
@@ -202,13 +273,21 @@ impl Callers {
             Caller::Sso { permission_set, .. } => Err(format!(
                 "permission set {permission_set} is not mapped to any group (sso.permission_sets)"
             )),
-            Caller::Role { role, session } if self.roles.contains_key(role) => Ok(Mapped {
-                login: typeable(session)?,
-                via: Via::Role(role.clone()),
-            }),
-            Caller::Role { role, .. } => Err(format!(
-                "role {role} is not mapped to any group (sso.roles)"
-            )),
+            Caller::Role { role, session } => {
+                let via = if self.roles.contains_key(role) {
+                    Via::Role(role.clone())
+                } else if tagged.get(account, role).is_some() {
+                    Via::TaggedRole(role.clone())
+                } else {
+                    return Err(format!(
+                        "role {role} is not mapped to any group (sso.roles, or a groups tag \
+                         on the role)"
+                    ));
+                };
+                let login = role_login(role, session)
+                    .map_err(|e| format!("role session {session:?} cannot be a login: {e}"))?;
+                Ok(Mapped { login, via })
+            }
             Caller::User { name } if self.iam_users => Ok(Mapped {
                 login: login_name(name).map_err(|e| e.to_string())?,
                 via: Via::IamUser,
@@ -220,11 +299,16 @@ impl Callers {
     }
 
     /// The groups of a mapping entry, or `None` if it is gone. `IamUser` has none here (the
-    /// directory's IAM user has them).
-    pub fn groups(&self, via: &Via) -> Option<&BTreeSet<String>> {
+    /// directory's IAM user has them), and a tagged role has those of `tagged`.
+    pub fn groups<'a>(
+        &'a self,
+        via: &Via,
+        tagged: &'a TaggedRoles,
+    ) -> Option<&'a BTreeSet<String>> {
         match via {
             Via::PermissionSet(name) => self.permission_sets.get(name),
             Via::Role(name) => self.roles.get(name),
+            Via::TaggedRole(name) => tagged.named(name).map(|r| &r.groups),
             Via::IamUser => None,
         }
     }
@@ -284,13 +368,14 @@ mod tests {
     #[test]
     fn callers_map_by_permission_set_role_or_not_at_all() {
         let c = callers();
+        let none = TaggedRoles::default();
         let sso = |set: &str, session: &str| Caller::Sso {
             permission_set: set.into(),
             role: format!("AWSReservedSSO_{set}_0a"),
             session: session.into(),
         };
         assert_eq!(
-            c.map("123456789012", &sso("Research", "alice@example.org")),
+            c.map("123456789012", &sso("Research", "alice@example.org"), &none),
             Ok(Mapped {
                 login: "alice~40example.org".into(),
                 via: Via::PermissionSet("Research".into())
@@ -301,8 +386,11 @@ mod tests {
             session: "run-42".into(),
         };
         assert_eq!(
-            c.map("123456789012", &role).unwrap().via,
-            Via::Role("ci".into())
+            c.map("123456789012", &role, &none),
+            Ok(Mapped {
+                login: "ci/run-42".into(),
+                via: Via::Role("ci".into())
+            })
         );
         let refusals = [
             (
@@ -330,14 +418,66 @@ mod tests {
             ),
         ];
         for (account, caller, needle) in refusals {
-            let why = c.map(account, &caller).unwrap_err();
+            let why = c.map(account, &caller, &none).unwrap_err();
             assert!(why.contains(needle), "{why}");
         }
         assert_eq!(
-            c.groups(&Via::PermissionSet("Research".into())),
+            c.groups(&Via::PermissionSet("Research".into()), &none),
             Some(&["research".to_string()].into())
         );
-        assert_eq!(c.groups(&Via::Role("gone".into())), None);
+        assert_eq!(c.groups(&Via::Role("gone".into()), &none), None);
+    }
+
+    #[test]
+    fn a_role_maps_by_its_groups_tag_in_the_bastions_account_only() {
+        let c = callers();
+        let tagged = TaggedRoles::new([
+            TaggedRole {
+                name: "deploy".into(),
+                account: "123456789012".into(),
+                groups: ["ops".to_string()].into(),
+            },
+            // sso.roles wins over a tag.
+            TaggedRole {
+                name: "ci".into(),
+                account: "123456789012".into(),
+                groups: ["ops".to_string()].into(),
+            },
+        ]);
+        let role = |name: &str| Caller::Role {
+            role: name.into(),
+            session: "alice@example.org".into(),
+        };
+        assert_eq!(
+            c.map("123456789012", &role("deploy"), &tagged),
+            Ok(Mapped {
+                login: "deploy/alice~40example.org".into(),
+                via: Via::TaggedRole("deploy".into())
+            })
+        );
+        assert_eq!(
+            c.map("123456789012", &role("ci"), &tagged).unwrap().via,
+            Via::Role("ci".into())
+        );
+        assert_eq!(
+            c.groups(&Via::TaggedRole("deploy".into()), &tagged),
+            Some(&["ops".to_string()].into())
+        );
+        assert_eq!(
+            c.groups(&Via::TaggedRole("deploy".into()), &TaggedRoles::default()),
+            None
+        );
+        // A role of that name in another account listed in sso.accounts does not match.
+        let text = "[server]\nlisten = [\"0.0.0.0:22\"]\n[sso]\n\
+                    accounts = [\"123456789012\", \"210987654321\"]\n\
+                    permission_sets = { Research = [\"research\"] }\n";
+        let config = gatehouse_config::parse(text, std::path::Path::new("g.toml")).unwrap();
+        let two = Callers::from_config(config.sso.as_ref());
+        let why = two
+            .map("210987654321", &role("deploy"), &tagged)
+            .unwrap_err();
+        assert!(why.contains("role deploy is not mapped"), "{why}");
+        assert!(two.map("123456789012", &role("deploy"), &tagged).is_ok());
     }
 
     #[test]
@@ -345,11 +485,19 @@ mod tests {
         for via in [
             Via::PermissionSet("Data_Admin".into()),
             Via::Role("ci".into()),
+            Via::TaggedRole("deploy".into()),
             Via::IamUser,
         ] {
             assert_eq!(Via::decode(&via.encode()), Some(via));
         }
-        for junk in ["", "role:", "iam-user:x", "permission-set", "admin"] {
+        for junk in [
+            "",
+            "role:",
+            "tagged-role:",
+            "iam-user:x",
+            "permission-set",
+            "admin",
+        ] {
             assert_eq!(Via::decode(junk), None, "{junk:?}");
         }
     }

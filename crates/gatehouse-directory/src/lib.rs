@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use callers::{Caller, Callers, Mapped, Via};
+use callers::{Caller, Callers, Mapped, TaggedRoles, Via};
 use gatehouse_config::Config;
 use gatehouse_policy::{Host, Inventory, Principal};
 use ssh_key::{HashAlg, PublicKey};
@@ -120,6 +120,8 @@ pub struct Snapshot {
     created: Instant,
     /// `[sso]`'s mapping, stamped on by the [`Directory`] that publishes the snapshot.
     callers: Arc<Callers>,
+    /// The IAM roles that carry the groups tag, as the source read them (AWS only).
+    roles: Arc<TaggedRoles>,
 }
 
 impl Default for Snapshot {
@@ -141,7 +143,20 @@ impl Snapshot {
             fresh_until: None,
             created: Instant::now(),
             callers: Arc::default(),
+            roles: Arc::default(),
         }
+    }
+
+    /// The same snapshot, with the IAM roles that carry the groups tag (see
+    /// [`callers::TaggedRoles`]).
+    pub fn with_roles(mut self, roles: TaggedRoles) -> Self {
+        self.roles = Arc::new(roles);
+        self
+    }
+
+    /// The IAM roles of this snapshot that carry the groups tag.
+    pub fn roles(&self) -> &TaggedRoles {
+        &self.roles
     }
 
     /// Time since the snapshot was built (for the AWS source: since its data was read).
@@ -259,7 +274,7 @@ impl Snapshot {
         if self.is_stale(Instant::now()) {
             return Err(LoginRefusal::DirectoryStale.reason());
         }
-        let mapped = self.callers.map(account, caller)?;
+        let mapped = self.callers.map(account, caller, &self.roles)?;
         self.login_via(&mapped.via, &mapped.login)
             .map_err(|refusal| refusal.reason())?;
         Ok(mapped)
@@ -285,7 +300,7 @@ impl Snapshot {
             _ if self.identities.contains_key(login) => Err(LoginRefusal::Unmapped(format!(
                 "login {login} is a user of the directory; a {via} caller cannot have it"
             ))),
-            _ => match self.callers.groups(via) {
+            _ => match self.callers.groups(via, &self.roles) {
                 Some(groups) => Ok(Principal {
                     user: login.to_owned(),
                     groups: groups.clone(),

@@ -79,6 +79,18 @@ pub fn iam_name(login: &str) -> Option<String> {
     (login_name(&out).ok()? == login).then_some(out)
 }
 
+/// The login of a caller who assumed the IAM role `role` with the session name `session`
+/// (`gatehouse login`): `<role>/<session>`, each part by [`login_name`]. Whoever may assume
+/// a role chooses its session name, so a role caller's login names the role: it can never be
+/// the login of an IAM Identity Center user (whose session name IAM Identity Center sets), of
+/// an IAM user or of a static user (none of which contains `/`), nor of another role's caller.
+///
+/// # Errors
+/// Either name is not a valid IAM name.
+pub fn role_login(role: &str, session: &str) -> Result<String, NameError> {
+    Ok(format!("{}/{}", login_name(role)?, login_name(session)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +130,19 @@ mod tests {
         ] {
             assert_eq!(iam_name(login), None, "{login:?}");
         }
+    }
+
+    #[test]
+    fn a_role_login_names_its_role_and_is_no_other_login() {
+        assert_eq!(role_login("ci", "run-42").unwrap(), "ci/run-42");
+        assert_eq!(
+            role_login("deploy", "alice@example.org").unwrap(),
+            "deploy/alice~40example.org"
+        );
+        // Never the login of an SSO user or IAM user of the same session name.
+        assert_eq!(iam_name("deploy/alice~40example.org"), None);
+        assert!(role_login("a b", "x").is_err());
+        assert!(role_login("ci", "").is_err());
     }
 
     #[test]

@@ -19,7 +19,8 @@ pub(crate) fn recheck(shared: &Shared, conn: &Conn, snapshot: &Snapshot) -> Opti
                 "key {} is no longer valid for user '{}' ({})",
                 login.fingerprint,
                 login.user,
-                refusal.code()
+                // The code, or for a certificate's mapping gone, which entry and why.
+                refusal.reason()
             );
             tracing::info!(session = %conn.id, user = %login.user, "session revoked: {reason}");
             shared.audit.record(Event::SessionRevoked {

@@ -83,6 +83,9 @@ impl Started {
     /// `max_staleness` (each failure is logged). A bastion that cannot read AWS at all serves
     /// nobody, so after that it gives up with the last error.
     ///
+    /// `user_ca_file` is `[sso]`'s CA key file (`None` without `[sso]`); with it, IAM roles
+    /// are read too.
+    ///
     /// With `audit_log_group`, shipping the audit file (`audit_file`) starts first, so the
     /// lines a previous run left unshipped go out while the listing runs.
     pub async fn new(
@@ -120,7 +123,13 @@ impl Started {
         // The saved and shared listings are signed with the host key: only this fleet (which
         // alone holds it) can write a listing that a replica will serve.
         let seal = gatehouse_aws::persist::Seal::new(host_key.clone());
-        let refresher = AwsDirectory::start(AwsSource::new(&clients, settings), seal)
+        // With [sso] (which is what gives a CA key file), roles with the groups tag map
+        // `gatehouse login` callers: the sweep reads them too.
+        let mut source = AwsSource::new(&clients, settings);
+        if user_ca_file.is_some() {
+            source = source.reading_roles();
+        }
+        let refresher = AwsDirectory::start(source, seal)
             .await
             .context("cannot list users and hosts from AWS")?;
         let key_push = settings.instance_connect.then(|| {
