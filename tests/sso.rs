@@ -230,6 +230,20 @@ pub(crate) fn login_as(
 }
 
 impl SsoRig {
+    /// Stock OpenSSH from the client namespace as `login` with `key` (and its certificate
+    /// beside it), with `jupyter-host` (the private sshd, through the bastion) configured.
+    fn client(&self, login: &str, key: &KeyPair) -> SshClient {
+        let mut client = SshClient::new(
+            &self.topology.client,
+            &self.scratch,
+            self.bastion,
+            login,
+            &key.private,
+        );
+        client.add_target("jupyter-host", "jupyter", SSH_PORT, TEST_USER, None);
+        client
+    }
+
     /// [`assume`] in this rig's moto, where nothing is enforced.
     fn assume(&self, path: &str, name: &str, session: &str) -> Creds {
         let fixture = |ops| ns_fixture(&self.topology, &self.moto, ops);
@@ -260,6 +274,7 @@ struct SsoRig {
     known_hosts: PathBuf,
     ca_key: PathBuf,
     audit: PathBuf,
+    config: PathBuf,
     scratch: Scratch,
     topology: Topology,
 }
@@ -308,6 +323,7 @@ fn sso_rig(sso_key: &KeyPair, scratch: Scratch, extra: &str) -> SsoRig {
         known_hosts,
         ca_key,
         audit: scratch.join("gatehouse.audit.jsonl"),
+        config,
         scratch,
         topology,
     }
@@ -479,14 +495,7 @@ fn sso_login_certifies_the_laptops_key_and_stock_ssh_jumps_with_it() {
     assert!(!shown.contains("permit-pty"), "{shown}");
 
     // Stock OpenSSH with nothing but the key (the certificate is picked up beside it).
-    let mut client = SshClient::new(
-        &rig.topology.client,
-        &rig.scratch,
-        rig.bastion,
-        login_name,
-        &sso_key.private,
-    );
-    client.add_target("jupyter-host", "jupyter", SSH_PORT, TEST_USER, None);
+    let client = rig.client(login_name, &sso_key);
     let out = dash_w(&client, &format!("jupyter:{SSH_PORT}"));
     assert!(
         out.stdout_str().starts_with("SSH-2.0-"),
@@ -681,10 +690,10 @@ fn sso_login_refuses_bad_proofs_unmapped_callers_and_bad_certificates_with_a_rea
 
 /// An ordinary IAM role maps by its `gatehouse:groups` tag, read from IAM with the users, and
 /// losing the tag is a revocation: the open tunnel closes, and new logins (with the
-/// certificate, or `gatehouse login`) are refused with the reason.
+/// certificate, or `gatehouse login`) are refused with the reason. Then a permission set
+/// removed from the config (SIGHUP, in AWS mode) does the same to its caller.
 #[test]
 fn sso_a_role_maps_by_its_iam_groups_tag_and_losing_it_closes_its_tunnels() {
-    use std::io::Read as _;
     let scratch = Scratch::new();
     let sso_key = KeyPair::ed25519(&scratch, "sso_key");
     let rig = sso_rig(&sso_key, scratch, "");
@@ -714,14 +723,7 @@ fn sso_a_role_maps_by_its_iam_groups_tag_and_losing_it_closes_its_tunnels() {
             .contains(&format!("ssh -J {login_name}@{}", rig.bastion)),
         "{out}"
     );
-    let mut client = SshClient::new(
-        &rig.topology.client,
-        &rig.scratch,
-        rig.bastion,
-        login_name,
-        &sso_key.private,
-    );
-    client.add_target("jupyter-host", "jupyter", SSH_PORT, TEST_USER, None);
+    let client = rig.client(login_name, &sso_key);
     let mut jump = client.ssh();
     jump.args(["jupyter-host", "echo", "hello-from-the-host"]);
     let out = run_with_timeout(jump, CMD_TIMEOUT);
@@ -729,53 +731,16 @@ fn sso_a_role_maps_by_its_iam_groups_tag_and_losing_it_closes_its_tunnels() {
     assert!(out.stdout_str().contains("hello-from-the-host"), "{out}");
 
     // A tunnel to the host's sshd, open while the tag goes.
-    let _tunnel = client.local_forward(
-        &rig.scratch,
-        "role_tunnel",
-        18022,
-        "jupyter",
-        SSH_PORT,
-        "bastion",
-    );
-    let mut stream = rig
-        .topology
-        .client
-        .connect(
-            addr(std::net::Ipv4Addr::LOCALHOST, 18022),
-            Duration::from_secs(5),
-        )
-        .expect("connect to the forwarded port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("read timeout");
-    let mut banner = [0u8; 8];
-    stream.read_exact(&mut banner).expect("the host's banner");
-    assert_eq!(&banner, b"SSH-2.0-");
+    let (_tunnel, stream) = open_tunnel(&rig, &client, 18022);
     iam(
         json!([{"op": "call", "service": "iam", "method": "untag_role", "args": {
         "RoleName": "deploy", "TagKeys": ["gatehouse:groups"]}}]),
     );
-    let untagged = std::time::Instant::now();
-    let mut rest = Vec::new();
-    let end = stream.read_to_end(&mut rest);
-    assert!(
-        !matches!(&end, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
-        "the tunnel stayed open 20 s after the tag was removed: {end:?}"
-    );
-    eprintln!(
-        "measured: the tunnel closed {:?} after the untag call returned",
-        untagged.elapsed()
-    );
-    let audit = read_audit(&rig.audit);
-    let revoked = audit
-        .iter()
-        .find(|e| e["event"] == "session.revoked" && e["user"] == login_name)
-        .unwrap_or_else(|| panic!("no session.revoked for {login_name}: {audit:?}"));
-    assert!(
-        revoked["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("role deploy (by its groups tag) is no longer mapped")),
-        "{revoked}"
+    closes(stream, "the tag was removed");
+    revoked(
+        &rig,
+        login_name,
+        "role deploy (by its groups tag) is no longer mapped",
     );
 
     // The certificate no longer logs in, and no new one is issued.
@@ -795,10 +760,117 @@ fn sso_a_role_maps_by_its_iam_groups_tag_and_losing_it_closes_its_tunnels() {
             .contains("the bastion refused: role deploy is not mapped to any group"),
         "{out}"
     );
+
+    // With [aws], the config's mapping applies on SIGHUP too (users and hosts still come
+    // from AWS): removing the permission set closes its caller's open tunnel.
+    let alice_key = KeyPair::ed25519(&rig.scratch, "alice_sso_key");
+    let alice = rig.assume(
+        SSO_PATH,
+        "AWSReservedSSO_Research_0123abcd",
+        "alice@example.org",
+    );
+    login(&rig, &alice, &alice_key).expect_success("gatehouse login through Research");
+    let alice_login = "alice~40example.org";
+    let alice_client = rig.client(alice_login, &alice_key);
+    let (_tunnel, stream) = open_tunnel(&rig, &alice_client, 18023);
+    let text = std::fs::read_to_string(&rig.config).expect("config");
+    let edited = text.replace(
+        "permission_sets = { Research = [\"research\"] }",
+        "permission_sets = { Other = [\"research\"] }",
+    );
+    assert_ne!(edited, text);
+    std::fs::write(&rig.config, edited).expect("config");
+    rig.gatehouse.signal(nix::sys::signal::Signal::SIGHUP);
+    closes(stream, "Research was removed from the config (SIGHUP)");
+    revoked(
+        &rig,
+        alice_login,
+        "permission set Research is no longer mapped",
+    );
+    let audit = read_audit(&rig.audit);
+    assert!(
+        audit.iter().any(|e| e["event"] == "config.reload"
+            && e["result"] == "applied"
+            && e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("[sso] accounts and mapping"))),
+        "{audit:?}"
+    );
+    let out = login(&rig, &alice, &alice_key);
+    out.expect_failure("gatehouse login through a removed permission set");
+    assert!(
+        out.stderr_str()
+            .contains("the bastion refused: permission set Research is not mapped"),
+        "{out}"
+    );
     assert!(
         !rig.gatehouse.stderr().contains("panicked"),
         "{}",
         rig.gatehouse.logs()
+    );
+}
+
+/// A tunnel (`ssh -N -L <port>:jupyter:22` through `client`) and a connection through it
+/// that has read the host's banner.
+fn open_tunnel(
+    rig: &SsoRig,
+    client: &SshClient,
+    port: u16,
+) -> (crate::harness::Daemon, std::net::TcpStream) {
+    use std::io::Read as _;
+    let tunnel = client.local_forward(
+        &rig.scratch,
+        &format!("tunnel_{port}"),
+        port,
+        "jupyter",
+        SSH_PORT,
+        "bastion",
+    );
+    let mut stream = rig
+        .topology
+        .client
+        .connect(
+            addr(std::net::Ipv4Addr::LOCALHOST, port),
+            Duration::from_secs(5),
+        )
+        .expect("connect to the forwarded port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    let mut banner = [0u8; 8];
+    stream.read_exact(&mut banner).expect("the host's banner");
+    assert_eq!(&banner, b"SSH-2.0-");
+    (tunnel, stream)
+}
+
+/// Asserts that `stream` ends (within its 20 s read timeout) after `what`; prints how long
+/// that took.
+#[track_caller]
+fn closes(mut stream: std::net::TcpStream, what: &str) {
+    use std::io::Read as _;
+    let since = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let end = stream.read_to_end(&mut rest);
+    let timed_out = matches!(&end, Err(e) if matches!(e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+    assert!(!timed_out, "the tunnel stayed open 20 s after {what}");
+    eprintln!(
+        "measured: the tunnel closed {:?} after {what}",
+        since.elapsed()
+    );
+}
+
+/// Asserts a `session.revoked` audit line for `login` whose reason contains `why`.
+#[track_caller]
+fn revoked(rig: &SsoRig, login: &str, why: &str) {
+    let audit = read_audit(&rig.audit);
+    let line = audit
+        .iter()
+        .find(|e| e["event"] == "session.revoked" && e["user"] == login)
+        .unwrap_or_else(|| panic!("no session.revoked for {login}: {audit:?}"));
+    assert!(
+        line["reason"].as_str().is_some_and(|r| r.contains(why)),
+        "{line}"
     );
 }
 

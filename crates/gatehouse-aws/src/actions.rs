@@ -106,9 +106,10 @@ macro_rules! actions {
 }
 
 actions! {
-    /// Lists every user with their tags and IAM groups.
+    /// Lists every user with their tags and IAM groups (and, with `[sso]`, every role with
+    /// its tags).
     GET_ACCOUNT_AUTHORIZATION_DETAILS = "iam:GetAccountAuthorizationDetails", Any, Always, true,
-        "every user with their tags and IAM groups, 1000 a page (no resource-level permissions exist)";
+        "every user with their tags and IAM groups, 1000 a page (no resource-level permissions exist); with `[sso]`, every role with its tags too";
     /// Lists a user's key ids.
     LIST_SSH_PUBLIC_KEYS = "iam:ListSSHPublicKeys", IamUsers, Always, true,
         "the key ids and Active/Inactive status of users with a gatehouse group";

@@ -124,14 +124,7 @@ impl IamFetcher {
             users: true,
             roles: self.roles,
         };
-        let (account_users, roles) = account_details(
-            &self.client,
-            self.path_prefix.as_deref(),
-            wanted,
-            &self.groups_tag,
-            calls,
-        )
-        .await?;
+        let (account_users, roles) = self.user_reader().account(wanted, calls).await?;
         let candidates: Vec<AccountUser> = account_users
             .into_iter()
             .filter(|u| self.may_be_gatehouse_user(u))
@@ -363,15 +356,23 @@ impl UserReader {
             users: false,
             roles: true,
         };
-        let (_, roles) = account_details(
+        Ok(self.account(wanted, calls).await?.1)
+    }
+
+    /// [`account_details`] with this reader's client, path prefix and groups tag.
+    async fn account(
+        &self,
+        wanted: Wanted,
+        calls: &Calls,
+    ) -> Result<(Vec<AccountUser>, Vec<RoleRecord>), AwsError> {
+        account_details(
             &self.client,
             self.path_prefix.as_deref(),
             wanted,
             &self.groups_tag,
             calls,
         )
-        .await?;
-        Ok(roles)
+        .await
     }
 
     /// `name` as the listing would see it now: `None` when the user is gone, outside the path

@@ -221,9 +221,7 @@ pub async fn refresh_on_hangup(
     wakeup: Arc<tokio::sync::Notify>,
 ) {
     while hangup.recv().await.is_some() {
-        tracing::info!(
-            "SIGHUP: refreshing users and hosts from AWS now; config file changes apply at restart"
-        );
+        tracing::info!("SIGHUP: refreshing users and hosts from AWS now");
         wakeup.notify_one();
     }
 }

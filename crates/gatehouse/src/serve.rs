@@ -35,7 +35,8 @@ const START_EXTENSION_EVERY: std::time::Duration = std::time::Duration::from_sec
 /// Runs the daemon until SIGTERM or SIGINT, then drains. `hint` is printed once listening.
 /// With `reload_from`, SIGHUP re-reads that file and applies its users and hosts; with
 /// `[aws]`, SIGHUP asks for an immediate AWS refresh instead (the file's users and hosts are
-/// empty by construction, so reloading them would revoke everyone).
+/// empty by construction, so reloading them would revoke everyone), and applies the file's
+/// `[sso]` accounts and mapping.
 pub async fn run(
     config: Config,
     hint: Option<String>,
@@ -108,14 +109,34 @@ pub async fn run(
     if let Some(aws) = &aws {
         let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         tokio::spawn(crate::aws::refresh_on_hangup(hangup, aws.wakeup()));
-    } else if let Some(path) = reload_from {
+    }
+    if let Some(path) = reload_from {
+        // Each SIGHUP reaches every stream registered for it: this one re-reads the file.
         let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-        tokio::spawn(reload_on_hangup(
-            hangup,
-            path,
-            directory.clone(),
-            audit.clone(),
-        ));
+        let target = directory.clone();
+        let apply: Box<dyn Fn(&Config) -> String + Send> = if aws.is_some() {
+            Box::new(move |config: &Config| {
+                target.set_callers(gatehouse_directory::callers::Callers::from_config(
+                    config.sso.as_ref(),
+                ));
+                "[sso] accounts and mapping; users and hosts come from AWS, and every other \
+                 change applies at restart"
+                    .to_owned()
+            })
+        } else {
+            Box::new(move |config: &Config| {
+                target.set_callers(gatehouse_directory::callers::Callers::from_config(
+                    config.sso.as_ref(),
+                ));
+                target.publish(Snapshot::from_config(config));
+                format!(
+                    "{} users, {} hosts; [server] and [audit] changes apply at restart",
+                    config.users.len(),
+                    config.hosts.len(),
+                )
+            })
+        };
+        tokio::spawn(reload_on_hangup(hangup, path, audit.clone(), apply));
     }
     directory.set_callers(gatehouse_directory::callers::Callers::from_config(
         config.sso.as_ref(),
@@ -191,31 +212,23 @@ pub async fn run(
     Ok(())
 }
 
-/// On each SIGHUP, re-reads the config file and publishes its users and hosts. Open sessions
-/// and tunnels are re-checked against them (the SSH layer closes what is no longer allowed).
-/// An invalid file is refused and the running config stays. `[server]` and `[audit]` settings
-/// apply at the next restart, and so do `[[trusted_user_ca]]` and `[sso]`'s CA key and
-/// validity (its accounts and mapping apply at once).
+/// On each SIGHUP, re-reads the config file and `apply`s it, which says what it applied: in
+/// static mode its users, hosts and `[sso]` mapping, with `[aws]` only the `[sso]` mapping.
+/// Open sessions and tunnels are re-checked against them (the SSH layer closes what is no
+/// longer allowed). An invalid file is refused and the running config stays. `[server]` and
+/// `[audit]` settings apply at the next restart, and so do `[[trusted_user_ca]]` and `[sso]`'s
+/// CA key and validity (its accounts and mapping apply at once).
 async fn reload_on_hangup(
     mut hangup: tokio::signal::unix::Signal,
     path: PathBuf,
-    directory: Arc<Directory>,
     audit: Audit,
+    apply: Box<dyn Fn(&Config) -> String + Send>,
 ) {
     while hangup.recv().await.is_some() {
         match gatehouse_config::load(&path) {
             Ok(config) => {
-                let detail = format!(
-                    "{} users, {} hosts from {}; [server] and [audit] changes apply at restart",
-                    config.users.len(),
-                    config.hosts.len(),
-                    path.display()
-                );
+                let detail = format!("{} from {}", apply(&config), path.display());
                 tracing::info!("SIGHUP: reloaded {detail}");
-                directory.set_callers(gatehouse_directory::callers::Callers::from_config(
-                    config.sso.as_ref(),
-                ));
-                directory.publish(Snapshot::from_config(&config));
                 audit.record(Event::ConfigReload {
                     result: "applied",
                     detail: &detail,
