@@ -983,44 +983,59 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
          "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]}},
     ]));
     let identity_center = key_of(&r[0]);
-    let carol_creds = crate::sso::assume(
-        admin_fixture,
-        (
-            |ops| fixture_as(&topology, &moto, Some(&identity_center), ops),
-            "arn:aws:iam::123456789012:user/identity-center",
-        ),
+    // Who IAM Identity Center is here: assumes a role of the account for a session.
+    let assume = |path: &str, role: &str, session: &str| {
+        crate::sso::assume(
+            admin_fixture,
+            (
+                |ops| fixture_as(&topology, &moto, Some(&identity_center), ops),
+                "arn:aws:iam::123456789012:user/identity-center",
+            ),
+            path,
+            role,
+            session,
+        )
+    };
+    let known_hosts = scratch.write("known_hosts_empty", b"");
+    // `gatehouse login` with `creds` for `key`, which must certify `login`; then stock
+    // `ssh -J` with the certificate reaches the host.
+    let certified_reach = |creds: &crate::sso::Creds, key: &KeyPair, login: &str| {
+        let out = crate::sso::login_as(
+            &topology.client,
+            bastion_addr,
+            &proxy.url(),
+            creds,
+            key,
+            &known_hosts,
+        );
+        out.expect_success(&format!("gatehouse login as {login}"));
+        assert!(
+            out.stdout_str()
+                .contains(&format!("certificate for {login}")),
+            "{out}"
+        );
+        let mut client = SshClient::new(
+            &topology.client,
+            &scratch,
+            bastion_addr,
+            login,
+            &key.private,
+        );
+        client.add_target("jupyter-box", "jupyter", 22, TEST_USER, None);
+        let mut ssh = client.ssh();
+        ssh.args(["jupyter-box", "echo", "reached"]);
+        let out = run_with_timeout(ssh, CMD_TIMEOUT);
+        out.expect_success(&format!(
+            "ssh -J bastion jupyter as {login}, with the certificate"
+        ));
+        assert_eq!(out.stdout_str().trim(), "reached");
+    };
+    let carol_creds = assume(
         crate::sso::SSO_PATH,
         "AWSReservedSSO_Research_5e7a1c2b",
         "carol@example.org",
     );
-    let known_hosts = scratch.write("known_hosts_empty", b"");
-    let out = crate::sso::login_as(
-        &topology.client,
-        bastion_addr,
-        &proxy.url(),
-        &carol_creds,
-        &carol,
-        &known_hosts,
-    );
-    out.expect_success("gatehouse login as carol");
-    assert!(
-        out.stdout_str()
-            .contains("certificate for carol~40example.org"),
-        "{out}"
-    );
-    let mut carol_client = SshClient::new(
-        &topology.client,
-        &scratch,
-        bastion_addr,
-        "carol~40example.org",
-        &carol.private,
-    );
-    carol_client.add_target("jupyter-box", "jupyter", 22, TEST_USER, None);
-    let mut ssh = carol_client.ssh();
-    ssh.args(["jupyter-box", "echo", "reached"]);
-    let out = run_with_timeout(ssh, CMD_TIMEOUT);
-    out.expect_success("ssh -J bastion jupyter as carol, with the certificate");
-    assert_eq!(out.stdout_str().trim(), "reached");
+    certified_reach(&carol_creds, &carol, "carol~40example.org");
     let r = admin_fixture(json!([
         {"op": "call", "service": "ssm", "method": "list_tags_for_resource", "args": {
             "ResourceType": "Parameter", "ResourceId": format!("/gatehouse/{STACK}/user_ca_ed25519")}},
@@ -1034,16 +1049,7 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
     // call makes the daemon re-read the account's roles (iam:GetAccountAuthorizationDetails,
     // the action the sweep already has, under enforced IAM), and the job's `gatehouse login`
     // gets a certificate for `ci-deploy/build-7`: the login names the role.
-    let ci_creds = crate::sso::assume(
-        admin_fixture,
-        (
-            |ops| fixture_as(&topology, &moto, Some(&identity_center), ops),
-            "arn:aws:iam::123456789012:user/identity-center",
-        ),
-        "/",
-        "ci-deploy",
-        "build-7",
-    );
+    let ci_creds = assume("/", "ci-deploy", "build-7");
     let r = admin_fixture(json!([
         {"op": "call", "service": "iam", "method": "tag_role", "args": {
             "RoleName": "ci-deploy", "Tags": [{"Key": "gatehouse:groups", "Value": "research"}]}},
@@ -1057,33 +1063,7 @@ fn journey_apply_reach_jupyter_revoke_destroy_under_enforced_iam() {
         "{logs}"
     );
     let ci_key = KeyPair::ed25519(&scratch, "ci_key");
-    let out = crate::sso::login_as(
-        &topology.client,
-        bastion_addr,
-        &proxy.url(),
-        &ci_creds,
-        &ci_key,
-        &known_hosts,
-    );
-    out.expect_success("gatehouse login by the tagged CI role");
-    assert!(
-        out.stdout_str()
-            .contains("certificate for ci-deploy/build-7"),
-        "{out}"
-    );
-    let mut ci_client = SshClient::new(
-        &topology.client,
-        &scratch,
-        bastion_addr,
-        "ci-deploy/build-7",
-        &ci_key.private,
-    );
-    ci_client.add_target("jupyter-box", "jupyter", 22, TEST_USER, None);
-    let mut ssh = ci_client.ssh();
-    ssh.args(["jupyter-box", "echo", "reached"]);
-    let out = run_with_timeout(ssh, CMD_TIMEOUT);
-    out.expect_success("ssh -J bastion jupyter as the CI role, with the certificate");
-    assert_eq!(out.stdout_str().trim(), "reached");
+    certified_reach(&ci_creds, &ci_key, "ci-deploy/build-7");
 
     // 6. bob's key is deactivated in IAM. The daemon sweeps IAM every half hour (step 2):
     //    until the event CloudTrail delivers for that call, nothing tells it, and bob's

@@ -564,11 +564,7 @@ fn sso_login_certifies_the_laptops_key_and_stock_ssh_jumps_with_it() {
         logins.iter().all(|e| e["certificate"]["ca"] == "gatehouse"),
         "{logins:?}"
     );
-    assert!(
-        !rig.gatehouse.stderr().contains("panicked"),
-        "{}",
-        rig.gatehouse.logs()
-    );
+    rig.gatehouse.assert_no_panic();
 }
 
 #[test]
@@ -681,11 +677,7 @@ fn sso_login_refuses_bad_proofs_unmapped_callers_and_bad_certificates_with_a_rea
             .any(|e| e["event"] == "auth.failure" && e["reason_code"] == "untrusted_ca"),
         "{audit:?}"
     );
-    assert!(
-        !rig.gatehouse.stderr().contains("panicked"),
-        "{}",
-        rig.gatehouse.logs()
-    );
+    rig.gatehouse.assert_no_panic();
 }
 
 /// An ordinary IAM role maps by its `gatehouse:groups` tag, read from IAM with the users, and
@@ -803,11 +795,7 @@ fn sso_a_role_maps_by_its_iam_groups_tag_and_losing_it_closes_its_tunnels() {
             .contains("the bastion refused: permission set Research is not mapped"),
         "{out}"
     );
-    assert!(
-        !rig.gatehouse.stderr().contains("panicked"),
-        "{}",
-        rig.gatehouse.logs()
-    );
+    rig.gatehouse.assert_no_panic();
 }
 
 /// A tunnel (`ssh -N -L <port>:jupyter:22` through `client`) and a connection through it

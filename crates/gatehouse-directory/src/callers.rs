@@ -198,21 +198,6 @@ impl TaggedRoles {
     pub fn named(&self, name: &str) -> Option<&TaggedRole> {
         self.roles.get(name)
     }
-
-    /// Every tagged role, by name.
-    pub fn iter(&self) -> impl Iterator<Item = &TaggedRole> {
-        self.roles.values()
-    }
-
-    /// How many there are.
-    pub fn len(&self) -> usize {
-        self.roles.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.roles.is_empty()
-    }
 }
 
 /// `[sso]`'s mapping (empty without `[sso]`: nothing maps).

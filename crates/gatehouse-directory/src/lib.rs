@@ -154,11 +154,6 @@ impl Snapshot {
         self
     }
 
-    /// The IAM roles of this snapshot that carry the groups tag.
-    pub fn roles(&self) -> &TaggedRoles {
-        &self.roles
-    }
-
     /// Time since the snapshot was built (for the AWS source: since its data was read).
     pub fn age(&self) -> std::time::Duration {
         self.created.elapsed()

@@ -114,27 +114,22 @@ pub async fn run(
         // Each SIGHUP reaches every stream registered for it: this one re-reads the file.
         let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         let target = directory.clone();
-        let apply: Box<dyn Fn(&Config) -> String + Send> = if aws.is_some() {
-            Box::new(move |config: &Config| {
-                target.set_callers(gatehouse_directory::callers::Callers::from_config(
-                    config.sso.as_ref(),
-                ));
-                "[sso] accounts and mapping; users and hosts come from AWS, and every other \
-                 change applies at restart"
-                    .to_owned()
-            })
-        } else {
-            Box::new(move |config: &Config| {
-                target.set_callers(gatehouse_directory::callers::Callers::from_config(
-                    config.sso.as_ref(),
-                ));
-                target.publish(Snapshot::from_config(config));
-                format!(
-                    "{} users, {} hosts; [server] and [audit] changes apply at restart",
-                    config.users.len(),
-                    config.hosts.len(),
-                )
-            })
+        let from_aws = aws.is_some();
+        let apply = move |config: &Config| {
+            target.set_callers(gatehouse_directory::callers::Callers::from_config(
+                config.sso.as_ref(),
+            ));
+            if from_aws {
+                return "[sso] accounts and mapping; users and hosts come from AWS, and every \
+                        other change applies at restart"
+                    .to_owned();
+            }
+            target.publish(Snapshot::from_config(config));
+            format!(
+                "{} users, {} hosts; [server] and [audit] changes apply at restart",
+                config.users.len(),
+                config.hosts.len(),
+            )
         };
         tokio::spawn(reload_on_hangup(hangup, path, audit.clone(), apply));
     }
@@ -222,7 +217,7 @@ async fn reload_on_hangup(
     mut hangup: tokio::signal::unix::Signal,
     path: PathBuf,
     audit: Audit,
-    apply: Box<dyn Fn(&Config) -> String + Send>,
+    apply: impl Fn(&Config) -> String,
 ) {
     while hangup.recv().await.is_some() {
         match gatehouse_config::load(&path) {
